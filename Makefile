@@ -1,0 +1,32 @@
+# torchrec-mdr: `make run` (main job on the default synthetic data) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA := data/synthetic-default
+
+.PHONY: setup run test bench-loader clean
+
+setup: $(STAMP)
+
+# CPU install: a metadata-only `fbgemm-gpu` wheel pulls `fbgemm-gpu-cpu`, so torchrec never
+# downloads the CUDA build. Re-runs only when the install inputs change.
+$(STAMP): pyproject.toml install/constraints-cpu.txt install/build_fbgemm_shim.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python install/build_fbgemm_shim.py $(VENV)/shim-wheels
+	$(BIN)/python -m pip install --quiet --find-links $(VENV)/shim-wheels \
+		-c install/constraints-cpu.txt -e '.[dev]'
+	$(BIN)/python -c "import fbgemm_gpu, torchrec, torchmetrics, torchx, pyarrow"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/mdr demo --data $(DATA)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench-loader: setup
+	$(BIN)/mdr bench loader --data data/bench-loader
+
+clean:
+	rm -rf $(VENV) data/synthetic-default data/bench-loader
