@@ -1,0 +1,105 @@
+"""Pieces every converter shares: common options, streaming CSV with a progress bar, temporal splits."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from tqdm import tqdm
+
+from torchrec_mdr.config import ConfigError, bounds, doc
+from torchrec_mdr.data.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(kw_only=True)
+class OutputOptions:
+    """Options of the written dataset, shared by every converter (each converter's Options extends it).
+
+    Keyword-only, so that a converter's own required fields (``src``) can follow in a subclass.
+    """
+
+    out: Path = field(metadata=doc("output folder for the parquet splits and spec.json"))
+    overwrite: bool = field(default=False, metadata=doc("replace OUT if it exists"))
+    row_group_size: int = field(default=65_536, metadata=bounds(ge=1, help="rows per parquet row group"))
+    rows_per_file: int = field(default=5_000_000, metadata=bounds(ge=1, help="rows per parquet part file"))
+
+
+def progress(total: int | None, desc: str, unit: str = "B") -> tqdm:
+    """A progress bar on stderr (bytes by default, scaled to kB/MB/GB)."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+class _CountingReader(io.RawIOBase):
+    """A file wrapper that advances a progress bar by the bytes read."""
+
+    def __init__(self, raw: BinaryIO, bar: tqdm) -> None:
+        self._raw, self._bar = raw, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = self._raw.readinto(buffer)
+        self._bar.update(n or 0)
+        return n or 0
+
+
+def stream_csv(
+    path: str | Path,
+    column_names: list[str] | None,
+    column_types: dict[str, pa.DataType],
+    delimiter: str = ",",
+    block_size: int = 64 << 20,
+    desc: str | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Stream a (possibly huge) delimited text file as record batches, with a byte progress bar.
+
+    ``column_names=None`` reads the header line. Parse errors become a :class:`DataError` that names
+    the file (pyarrow's message carries the offending row's text).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=path)
+    read_options = pacsv.ReadOptions(column_names=column_names, block_size=block_size)
+    parse_options = pacsv.ParseOptions(delimiter=delimiter)
+    convert_options = pacsv.ConvertOptions(column_types=column_types,
+                                           include_columns=list(column_types) or None)
+    with open(path, "rb") as raw, progress(path.stat().st_size, desc or path.name) as bar:
+        try:
+            reader = pacsv.open_csv(_CountingReader(raw, bar), read_options=read_options,
+                                    parse_options=parse_options, convert_options=convert_options)
+            for batch in reader:
+                yield batch
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise DataError(f"cannot parse: {error}", file=path) from None
+
+
+def temporal_split_points(times: np.ndarray, fractions: tuple[float, float, float]) -> tuple[int, int]:
+    """Timestamps (t1, t2) such that rows with time < t1 are train, < t2 valid, the rest test.
+
+    ``fractions`` are the target shares of (train, valid, test) rows; cuts fall on timestamp
+    boundaries so that no timestamp is split across two splits.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ConfigError(f"split fractions {fractions} must be >= 0 and sum to 1")
+    ordered = np.sort(times)
+    n = len(ordered)
+    t1 = ordered[min(int(n * fractions[0]), n - 1)]
+    t2 = ordered[min(int(n * (fractions[0] + fractions[1])), n - 1)]
+    return int(t1), int(max(t1, t2))
+
+
+def writer_for(options: OutputOptions, **kwargs) -> "DatasetWriter":
+    """A :class:`DatasetWriter` configured from the shared output options."""
+    from data_prep.writer import DatasetWriter
+
+    return DatasetWriter(options.out, overwrite=options.overwrite, row_group_size=options.row_group_size,
+                         rows_per_file=options.rows_per_file, **kwargs)
