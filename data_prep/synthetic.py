@@ -1,0 +1,335 @@
+"""Planted-effect synthetic multi-domain data: ground truth known, oracle AUC recorded in the spec.
+
+The world (all of it derived from ``seed``; nothing per-entity is stored, so 10M+ ids cost no memory):
+
+* ``items`` items in ``categories`` categories. Item ``i`` has category ``i % C`` and popularity rank
+  ``i // C``; candidates and behaviours draw ranks from a Zipf law. Its latent vector
+  ``v_i = normalise(mu_category + 0.5 eps_i)`` (``eps_i`` hashed from ``(seed, i)``), its brand is hashed.
+* ``users`` users, each with two preferred categories, a latent interest
+  ``u = normalise(mu_p1 + mu_p2 + 0.5 eps_u)``, a segment and an activity bucket (an *implicit domain
+  feature* in the ADS sense).
+* ``domains`` domains of unequal size (``domain_proportions``). Each row's behaviour sequence holds
+  items that carry their own domain; the domain of behaviour ``t`` follows a Markov chain that stays
+  in the previous behaviour's domain with probability ``domain_stickiness``.
+
+The true logit of row ``(user u, domain d, candidate c, behaviours v_1..v_T in domains d_1..d_T)`` is
+
+    z = b + s * delta_d + w_pop * popularity_c + alpha * <u, v_c> + beta * S
+    S = sum_t omega_t * < M_{d,a} v_t + m_d ,  Q_d v_c + q_d >
+    omega = softmax_t( s * G[d, d_t] + recency * t / T )
+
+with ``s = domain_shift`` and three planted domain-specific mechanisms, each zero at ``s = 0``:
+
+(a) a domain-specific transform of the items the user has seen, ``M_{d,a} = I + s (A_d + 0.5 A'_a)``
+    (``a`` = the user's activity bucket) and bias ``m_d = s a_d`` — what ADS's PSRG claims to capture;
+(b) a domain-specific candidate-to-behaviour relation, ``Q_d = I + s B_d``, ``q_d = s b_d`` — PCRG;
+(c) a domain-specific re-weighting of behaviours by the behaviour's domain, ``G[d, d_t]`` — SFPNet.
+
+``delta_d`` spreads the domains' base rates (scaled by ``s`` too, so that at ``s = 0`` the label
+distribution given the features is identical in every domain; only the domains' sizes differ).
+Labels are ``Bernoulli(sigmoid(z))``; the oracle AUC is the AUC of ``z`` itself against those labels,
+computed per split and per domain from fine histograms (exact up to ties inside a bin of width 1e-4
+in probability) and written to the spec. Rows are generated in chunks; memory does not grow with
+``rows``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data_prep.common import SPLITS, OutputOptions, progress, writer_for
+from data_prep.writer import list_array
+from torchrec_mdr.config import ConfigError, bounds, doc
+from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
+
+_HIST_BINS = 10_000
+NUM_HOURS = 24
+NUM_DEVICES = 3
+NUM_SEGMENTS = 32
+NUM_ACTIVITY = 5
+
+
+@dataclass(kw_only=True)
+class Options(OutputOptions):
+    rows: int = field(default=200_000, metadata=bounds(ge=10, help="rows over all splits"))
+    users: int = field(default=20_000, metadata=bounds(ge=1, help="distinct users"))
+    items: int = field(default=200_000, metadata=bounds(ge=1, help="distinct items (10M+ costs no memory)"))
+    categories: int = field(default=200, metadata=bounds(ge=2, help="item categories"))
+    brands: int = field(default=2_000, metadata=bounds(ge=1, help="item brands"))
+    domains: int = field(default=3, metadata=bounds(ge=1, help="number of domains"))
+    domain_proportions: list[float] | None = field(
+        default=None, metadata=bounds(gt=0, help="relative domain sizes (default: geometric, ratio 0.6)"))
+    domain_shift: float = field(default=1.0, metadata=bounds(ge=0, help="strength of the planted domain "
+                                                                         "effects; 0 = identical domains"))
+    base_rate: float = field(default=0.15, metadata=bounds(gt=0, lt=1, help="mean positive rate"))
+    base_rate_spread: float = field(default=1.0, metadata=bounds(ge=0, help="logit spread of the domains' "
+                                                                            "base rates at domain_shift 1"))
+    seq_length: int = field(default=50, metadata=bounds(ge=1, help="longest behaviour sequence"))
+    min_seq_length: int = field(default=10, metadata=bounds(ge=0, help="shortest behaviour sequence"))
+    domain_stickiness: float = field(default=0.7, metadata=bounds(ge=0, le=1, help="P(behaviour stays in the "
+                                                                                 "previous behaviour's domain)"))
+    zipf_exponent: float = field(default=1.1, metadata=bounds(gt=0, help="Zipf exponent of item popularity"))
+    latent_dim: int = field(default=8, metadata=bounds(ge=2, help="dimension of the true latent vectors"))
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1],
+                                         metadata=bounds(ge=0, help="train / valid / test shares"))
+    chunk_rows: int = field(default=50_000, metadata=bounds(ge=1, help="rows generated per chunk"))
+    seed: int = field(default=0, metadata=bounds(ge=0, help="world and sampling seed"))
+
+    def validate(self) -> None:
+        if self.min_seq_length > self.seq_length:
+            raise ConfigError(f"min_seq_length ({self.min_seq_length}) exceeds seq_length ({self.seq_length})")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
+            raise ConfigError(f"split_fractions {self.split_fractions} must be three shares summing to 1")
+        if self.domain_proportions is not None and len(self.domain_proportions) != self.domains:
+            raise ConfigError(f"domain_proportions has {len(self.domain_proportions)} entries for "
+                              f"{self.domains} domains")
+        if self.items < self.categories:
+            raise ConfigError(f"items ({self.items}) must be >= categories ({self.categories})")
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash(ids: np.ndarray, salt: int) -> np.ndarray:
+    return _splitmix64(np.asarray(ids, dtype=np.uint64) * np.uint64(0x100000001B3) + np.uint64(salt))
+
+
+def _hash_uniform(ids: np.ndarray, salt: int) -> np.ndarray:
+    """Uniform in (0, 1) per id, deterministic."""
+    return ((_hash(ids, salt) >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def _hash_gaussian(ids: np.ndarray, salt: int, dim: int) -> np.ndarray:
+    """[len(ids), dim] standard normal vectors, deterministic per id (Box-Muller on hashed uniforms)."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    out = np.empty((len(ids), dim), dtype=np.float32)
+    for j in range(dim):
+        u1 = _hash_uniform(ids, salt + 2 * j + 1)
+        u2 = _hash_uniform(ids, salt + 2 * j + 2)
+        out[:, j] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return out
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
+# --------------------------------------------------------------------------- the world
+
+
+class World:
+    """The fixed ground truth: category centres, domain matrices, sampling tables."""
+
+    def __init__(self, o: Options) -> None:
+        self.o = o
+        rng = np.random.default_rng([o.seed, 1])
+        k, d = o.latent_dim, o.domains
+        s = o.domain_shift
+        self.salt = o.seed * 1_000_003
+        self.category_centres = rng.standard_normal((o.categories, k)).astype(np.float32)
+        eye = np.eye(k, dtype=np.float32)
+        scale = 1.0 / math.sqrt(k)
+        domain_transform = rng.standard_normal((d, k, k)).astype(np.float32) * scale
+        activity_transform = rng.standard_normal((NUM_ACTIVITY, k, k)).astype(np.float32) * scale
+        # (a) M_{d,a} = I + s (A_d + 0.5 A'_a), m_d = s a_d          [d, activity, k, k], [d, k]
+        self.item_transform = eye + s * (domain_transform[:, None] + 0.5 * activity_transform[None, :])
+        self.item_bias = s * rng.standard_normal((d, k)).astype(np.float32) * 0.5
+        # (b) Q_d = I + s B_d, q_d = s b_d                                       [d, k, k], [d, k]
+        self.query_transform = eye + s * rng.standard_normal((d, k, k)).astype(np.float32) * scale
+        self.query_bias = s * rng.standard_normal((d, k)).astype(np.float32) * 0.5
+        # (c) behaviour-domain affinity G[d, d_t]                                         [d, d]
+        self.behaviour_affinity = s * rng.standard_normal((d, d)).astype(np.float32) * 1.5
+        spread = np.linspace(-0.5, 0.5, d) if d > 1 else np.zeros(1)
+        self.intercept = (math.log(o.base_rate / (1 - o.base_rate)) - 1.0
+                          + s * o.base_rate_spread * rng.permutation(spread))
+        proportions = np.asarray(o.domain_proportions or [0.6 ** i for i in range(d)], dtype=np.float64)
+        self.domain_p = proportions / proportions.sum()
+        self.items_per_category = max(o.items // o.categories, 1)
+        ranks = np.arange(1, self.items_per_category + 1, dtype=np.float64)
+        zipf = ranks ** -o.zipf_exponent
+        self.rank_cdf = np.cumsum(zipf / zipf.sum())
+        self.alpha, self.beta, self.w_pop, self.recency = 1.5, 3.0, 0.3, 1.0
+
+    # entities ---------------------------------------------------------------------------
+    def item_vectors(self, items: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(items, return_inverse=True)
+        centre = self.category_centres[unique % self.o.categories]
+        vectors = _normalise(centre + 0.5 * _hash_gaussian(unique, self.salt + 101, self.o.latent_dim))
+        return vectors[inverse.reshape(items.shape)]
+
+    def user_preferences(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = self.o.categories
+        first = (_hash(users, self.salt + 7) % np.uint64(c)).astype(np.int64)
+        second = (_hash(users, self.salt + 8) % np.uint64(c)).astype(np.int64)
+        return first, second
+
+    def user_vectors(self, users: np.ndarray) -> np.ndarray:
+        first, second = self.user_preferences(users)
+        noise = _hash_gaussian(users, self.salt + 301, self.o.latent_dim)
+        return _normalise(self.category_centres[first] + self.category_centres[second] + 0.5 * noise)
+
+    def user_activity(self, users: np.ndarray) -> np.ndarray:
+        """Activity bucket 0..4 (skewed: most users are light)."""
+        u = _hash_uniform(users, self.salt + 9)
+        return np.minimum((u ** 2 * NUM_ACTIVITY).astype(np.int64), NUM_ACTIVITY - 1)
+
+    # sampling ---------------------------------------------------------------------------
+    def sample_items(self, rng: np.random.Generator, users: np.ndarray, shape: tuple[int, ...],
+                     p_preferred: float) -> np.ndarray:
+        """Items for ``users`` (broadcast over ``shape``): a preferred category w.p. ``p_preferred``."""
+        first, second = self.user_preferences(users)
+        first = np.broadcast_to(first.reshape(-1, *([1] * (len(shape) - 1))), shape)
+        second = np.broadcast_to(second.reshape(-1, *([1] * (len(shape) - 1))), shape)
+        pick = rng.random(shape)
+        category = np.where(pick < p_preferred / 2, first,
+                            np.where(pick < p_preferred, second, rng.integers(0, self.o.categories, shape)))
+        rank = np.minimum(np.searchsorted(self.rank_cdf, rng.random(shape)), self.items_per_category - 1)
+        return np.minimum(rank * self.o.categories + category, self.o.items - 1)
+
+
+def histogram_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """AUC from per-bin positive and negative counts of a score (bins in increasing score order)."""
+    pos, neg = positives.astype(np.float64), negatives.astype(np.float64)
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos == 0 or total_neg == 0:
+        return float("nan")
+    negatives_below = np.cumsum(neg) - neg
+    return float((pos * (negatives_below + 0.5 * neg)).sum() / (total_pos * total_neg))
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def columns(o: Options) -> list[ColumnSpec]:
+    length = o.seq_length
+    return [
+        ColumnSpec("click", "label", description="Bernoulli(sigmoid(true logit))"),
+        ColumnSpec("domain", "domain"),
+        ColumnSpec("group_id", "group", description="user id, for GAUC"),
+        ColumnSpec("user_id", "id", table="user", cardinality=o.users, oov="reject"),
+        ColumnSpec("item_id", "id", table="item", cardinality=o.items, oov="reject"),
+        ColumnSpec("category_id", "id", table="category", cardinality=o.categories, oov="reject"),
+        ColumnSpec("brand_id", "id", table="brand", cardinality=o.brands, oov="reject"),
+        ColumnSpec("user_segment", "id", cardinality=NUM_SEGMENTS, oov="reject"),
+        ColumnSpec("user_activity", "id", cardinality=NUM_ACTIVITY, oov="reject",
+                   description="activity bucket: an implicit domain feature (ADS)"),
+        ColumnSpec("hour", "id", cardinality=NUM_HOURS, oov="reject"),
+        ColumnSpec("device", "id", cardinality=NUM_DEVICES, oov="reject"),
+        ColumnSpec("hist_item_id", "sequence", table="item", cardinality=o.items, oov="reject",
+                   sequence_group="hist", max_length=length),
+        ColumnSpec("hist_domain", "sequence", table="hist_domain", cardinality=o.domains, oov="reject",
+                   sequence_group="hist", max_length=length, description="domain the behaviour happened in"),
+        ColumnSpec("item_popularity", "dense", description="-log(popularity rank) scaled to ~[0, 1]"),
+        ColumnSpec("user_activity_level", "dense", description="activity bucket / 4 plus noise"),
+        ColumnSpec("price", "dense", description="log price (hashed per item), standardised"),
+        ColumnSpec("noise", "dense", description="irrelevant feature"),
+    ]
+
+
+def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[dict[str, object], np.ndarray]:
+    """One chunk of rows as writer columns, and its true logits [rows]."""
+    o = world.o
+    k = o.latent_dim
+    users = rng.integers(0, o.users, rows)
+    domains = rng.choice(o.domains, size=rows, p=world.domain_p)
+    activity = world.user_activity(users)
+    candidates = world.sample_items(rng, users, (rows,), p_preferred=0.5)
+    lengths = rng.integers(o.min_seq_length, o.seq_length + 1, rows)
+    mask = np.arange(o.seq_length)[None, :] < lengths[:, None]  # [rows, T] valid positions (oldest first)
+    behaviours = world.sample_items(rng, users, (rows, o.seq_length), p_preferred=0.7)
+    behaviour_domains = np.empty((rows, o.seq_length), dtype=np.int64)
+    behaviour_domains[:, 0] = rng.choice(o.domains, size=rows, p=world.domain_p)
+    fresh = rng.choice(o.domains, size=(rows, o.seq_length), p=world.domain_p)
+    stay = rng.random((rows, o.seq_length)) < o.domain_stickiness
+    for t in range(1, o.seq_length):
+        behaviour_domains[:, t] = np.where(stay[:, t], behaviour_domains[:, t - 1], fresh[:, t])
+
+    # True logit.
+    v_c = world.item_vectors(candidates)                                  # [R, k]
+    v_t = world.item_vectors(behaviours)                                  # [R, T, k]
+    u = world.user_vectors(users)                                         # [R, k]
+    query = np.einsum("rij,rj->ri", world.query_transform[domains], v_c) + world.query_bias[domains]
+    transform = world.item_transform[domains, activity]                   # [R, k, k]
+    projected = np.einsum("rji,rj->ri", transform, query)                 # M^T (Q v_c + q)
+    relevance = np.einsum("rtk,rk->rt", v_t, projected) + (world.item_bias[domains] * query).sum(-1)[:, None]
+    # Behaviours are left-aligned here (oldest first): position t of a row is its (t+1)-th oldest one.
+    position = np.arange(o.seq_length)[None, :] / np.maximum(lengths[:, None], 1)
+    scores = world.behaviour_affinity[domains[:, None], behaviour_domains] + world.recency * position
+    scores = np.where(mask, scores, -np.inf)
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    weights = np.where(mask, weights, 0.0)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    sequence_term = (weights * relevance).sum(axis=1) * (lengths > 0)
+    popularity_rank = candidates // o.categories
+    item_popularity = 1.0 - np.log1p(popularity_rank) / math.log1p(world.items_per_category)
+    logit = (world.intercept[domains] + world.w_pop * item_popularity
+             + world.alpha * (u * v_c).sum(-1) + world.beta * sequence_term)
+    labels = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
+
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    chunk = {
+        "click": labels,
+        "domain": domains,
+        "group_id": users,
+        "user_id": users,
+        "item_id": candidates,
+        "category_id": candidates % o.categories,
+        "brand_id": (_hash(candidates, world.salt + 11) % np.uint64(o.brands)).astype(np.int64),
+        "user_segment": world.user_preferences(users)[0] % NUM_SEGMENTS,
+        "user_activity": activity,
+        "hour": rng.integers(0, NUM_HOURS, rows),
+        "device": rng.choice(NUM_DEVICES, size=rows, p=[0.6, 0.3, 0.1]),
+        "hist_item_id": list_array(offsets, behaviours[mask]),
+        "hist_domain": list_array(offsets, behaviour_domains[mask]),
+        "item_popularity": item_popularity.astype(np.float32),
+        "user_activity_level": (activity / (NUM_ACTIVITY - 1) + 0.1 * rng.standard_normal(rows)).astype(np.float32),
+        "price": (_hash_gaussian(candidates, world.salt + 13, 1)[:, 0]).astype(np.float32),
+        "noise": rng.standard_normal(rows).astype(np.float32),
+    }
+    return chunk, logit
+
+
+def convert(options: Options) -> DatasetSpec:
+    """Generate the dataset chunk by chunk and write it with its oracle AUCs."""
+    o = options
+    world = World(o)
+    rng = np.random.default_rng([o.seed, 2])
+    cuts = np.cumsum(np.round(np.asarray(o.split_fractions) * o.rows).astype(np.int64))
+    cuts[-1] = o.rows
+    split_ranges = dict(zip(SPLITS, zip(np.concatenate([[0], cuts[:-1]]), cuts)))
+    domain_names = [f"domain{d}" for d in range(o.domains)]
+    source = (f"synthetic planted-effect generator: rows={o.rows} users={o.users} items={o.items} "
+              f"domains={o.domains} domain_shift={o.domain_shift} seq_length={o.seq_length} seed={o.seed}")
+    notes = {"generator": "data_prep.synthetic", "options": repr({k: v for k, v in vars(o).items()
+                                                                   if k not in ("out", "overwrite")}),
+             "domain_proportions": repr(world.domain_p.round(4).tolist())}
+    with writer_for(o, name="synthetic", columns=columns(o), domain_names=domain_names, source=source,
+                    notes=notes) as writer, progress(o.rows, "synthetic", unit="rows") as bar:
+        for split, (start, stop) in split_ranges.items():
+            positives = np.zeros((o.domains, _HIST_BINS), dtype=np.int64)
+            negatives = np.zeros((o.domains, _HIST_BINS), dtype=np.int64)
+            for chunk_start in range(int(start), int(stop), o.chunk_rows):
+                rows = min(o.chunk_rows, int(stop) - chunk_start)
+                chunk, logit = generate_chunk(world, rng, rows)
+                writer.write(split, chunk)
+                probability_bin = np.minimum((_HIST_BINS / (1.0 + np.exp(-logit))).astype(np.int64), _HIST_BINS - 1)
+                flat = chunk["domain"] * _HIST_BINS + probability_bin
+                label = chunk["click"].astype(bool)
+                positives += np.bincount(flat[label], minlength=positives.size).reshape(positives.shape)
+                negatives += np.bincount(flat[~label], minlength=negatives.size).reshape(negatives.shape)
+                bar.update(rows)
+            oracle = {"all": histogram_auc(positives.sum(0), negatives.sum(0))}
+            oracle.update({name: histogram_auc(positives[d], negatives[d]) for d, name in enumerate(domain_names)})
+            writer.set_oracle_auc(split, oracle)
+        return writer.close()

@@ -1,0 +1,69 @@
+"""Shared fixtures: small prepared datasets written through the real writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep.writer import DatasetWriter, list_array
+from torchrec_mdr.data.spec import ColumnSpec
+
+
+def toy_columns(max_length: int = 4, oov: str = "hash") -> list[ColumnSpec]:
+    return [
+        ColumnSpec("click", "label"),
+        ColumnSpec("domain", "domain"),
+        ColumnSpec("group_id", "group"),
+        ColumnSpec("row_id", "id", cardinality=1 << 40, oov="reject"),
+        ColumnSpec("item_id", "id", table="item", cardinality=50, oov=oov),
+        ColumnSpec("tags", "multi_id", cardinality=10, oov="reject"),
+        ColumnSpec("hist_item_id", "sequence", table="item", cardinality=50, oov=oov,
+                   sequence_group="hist", max_length=max_length),
+        ColumnSpec("hist_domain", "sequence", cardinality=2, oov="reject", sequence_group="hist",
+                   max_length=max_length),
+        ColumnSpec("price", "dense"),
+        ColumnSpec("age", "dense"),
+    ]
+
+
+def toy_rows(n: int, seed: int = 0, max_item: int = 50) -> dict[str, object]:
+    """Rows whose every value is derivable from row_id (so tests can check any batch exactly)."""
+    rng = np.random.default_rng(seed)
+    row_id = np.arange(n, dtype=np.int64)
+    lengths = rng.integers(0, 7, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    hist = rng.integers(0, max_item, offsets[-1])
+    tag_lengths = rng.integers(0, 3, n)
+    tag_offsets = np.concatenate([[0], np.cumsum(tag_lengths)])
+    return {
+        "click": (row_id % 3 == 0).astype(np.int8),
+        "domain": row_id % 2,
+        "group_id": row_id // 5,
+        "row_id": row_id,
+        "item_id": rng.integers(0, max_item, n),
+        "tags": list_array(tag_offsets, rng.integers(0, 10, tag_offsets[-1])),
+        "hist_item_id": list_array(offsets, hist),
+        "hist_domain": list_array(offsets, hist % 2),
+        "price": rng.random(n).astype(np.float32),
+        "age": row_id.astype(np.float32),
+    }
+
+
+def write_toy(path: Path, n: int = 1000, row_group_size: int = 128, rows_per_file: int = 400,
+              max_length: int = 4, oov: str = "hash", max_item: int = 50) -> Path:
+    writer = DatasetWriter(path, "toy", toy_columns(max_length, oov), ["a", "b"],
+                           row_group_size=row_group_size, rows_per_file=rows_per_file)
+    rows = toy_rows(n, max_item=max_item)
+    cut = int(n * 0.8)
+    for split, (lo, hi) in {"train": (0, cut), "valid": (cut, n)}.items():
+        chunk = {k: (v.slice(lo, hi - lo) if hasattr(v, "slice") else v[lo:hi]) for k, v in rows.items()}
+        writer.write(split, chunk)
+    writer.close()
+    return path
+
+
+@pytest.fixture
+def toy_dataset(tmp_path: Path) -> Path:
+    return write_toy(tmp_path / "toy")
