@@ -82,7 +82,7 @@ def stream_csv(
             raise DataError(f"cannot parse: {error}", file=path) from None
 
 
-def temporal_split_points(times: np.ndarray, fractions: tuple[float, float, float]) -> tuple[int, int]:
+def temporal_split_points(times: np.ndarray, fractions: tuple[float, float, float]) -> tuple[float, float]:
     """Timestamps (t1, t2) such that rows with time < t1 are train, < t2 valid, the rest test.
 
     ``fractions`` are the target shares of (train, valid, test) rows; cuts fall on timestamp
@@ -94,7 +94,7 @@ def temporal_split_points(times: np.ndarray, fractions: tuple[float, float, floa
     n = len(ordered)
     t1 = ordered[min(int(n * fractions[0]), n - 1)]
     t2 = ordered[min(int(n * (fractions[0] + fractions[1])), n - 1)]
-    return int(t1), int(max(t1, t2))
+    return t1.item(), max(t1, t2).item()
 
 
 def writer_for(options: OutputOptions, **kwargs) -> "DatasetWriter":

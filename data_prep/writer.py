@@ -96,6 +96,7 @@ class DatasetWriter:
     def write(self, split: str, chunk: Mapping[str, object] | pa.Table) -> None:
         """Append rows to ``split``. ``chunk`` maps every column name to a numpy or arrow array."""
         table = self._to_table(chunk)
+        self._split_stats(split)  # an empty split is still a split of the dataset
         if table.num_rows == 0:
             return
         self._count(split, table)

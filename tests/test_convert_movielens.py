@@ -163,7 +163,7 @@ def strip(rows: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- the formats agree with the reference
 
 
-@pytest.fixture(params=["ml-100k", "ml-100k.zip", "ml-1m", "ml-1m.zip", "recbole", "recbole.inter"])
+@pytest.fixture(params=["ml-100k", "ml-100k.zip", "ml-1m", "ml-1m.zip", "recbole", "recbole.inter", "recbole.whl"])
 def source(request, tmp_path) -> Path:
     kind = request.param
     if kind == "ml-100k":
@@ -176,6 +176,14 @@ def source(request, tmp_path) -> Path:
         return zip_folder(write_ml1m(tmp_path / "raw"), tmp_path / "ml-1m.zip", "ml-1m")
     if kind == "recbole":
         return write_recbole(tmp_path / "atomic")
+    if kind == "recbole.whl":  # laid out like the recbole wheel, with unrelated members around it
+        (tmp_path / "pkg").mkdir()
+        (tmp_path / "pkg" / "__init__.py").write_text("")
+        wheel = zip_folder(write_recbole(tmp_path / "atomic"), tmp_path / "fake.whl",
+                           "recbole/dataset_example/ml-tiny")
+        with zipfile.ZipFile(wheel, "a") as z:
+            z.write(tmp_path / "pkg" / "__init__.py", "recbole/__init__.py")
+        return wheel
     return write_recbole(tmp_path / "atomic") / "ml-tiny.inter"
 
 
@@ -331,6 +339,15 @@ def test_no_dataset(tmp_path):
         convert(Options(src=tmp_path / "nowhere", out=tmp_path / "out"))
 
 
+def test_archive_with_two_datasets(tmp_path):
+    archive = zip_folder(write_ml100k(tmp_path / "a"), tmp_path / "two.zip", "ml-100k")
+    with zipfile.ZipFile(archive, "a") as z:
+        for path in write_ml1m(tmp_path / "b").iterdir():
+            z.write(path, f"ml-1m/{path.name}")
+    with pytest.raises(DataError, match="several datasets"):
+        convert(Options(src=archive, out=tmp_path / "out"))
+
+
 def test_malformed_line(tmp_path):
     lines = [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in RATINGS]
     lines[4] = "3\t10\t3"  # line 5 lacks its timestamp
@@ -474,15 +491,14 @@ def test_real_ml100k_from_the_recbole_wheel(recbole_wheel, tmp_path):
     assert np.all(hist_time < np.repeat(row_time, lengths))
     assert not np.any(hist_item == np.repeat(item, lengths))
     assert np.all(lengths <= 50) and lengths.max() == 50
-    sorted_times: dict[int, list[int]] = {}
-    for u, tt in zip(user.tolist(), row_time.tolist()):
-        sorted_times.setdefault(u, []).append(tt)
-    earlier = np.array([np.searchsorted(sorted_times[u], tt) for u, tt in zip(user.tolist(), row_time.tolist())])
+    user_time = np.sort(user.astype(np.int64) << 32 | row_time)
+    first_of_user = np.searchsorted(user_time, user.astype(np.int64) << 32)
+    earlier = np.searchsorted(user_time, user.astype(np.int64) << 32 | row_time) - first_of_user
     assert np.array_equal(lengths, np.minimum(earlier, 50))
     # Oldest first, and the last behaviour is the user's latest rating before the row.
     last = offsets[1:][lengths > 0] - 1
     inner = np.ones(len(hist_time), dtype=bool)
     inner[last] = False
     assert np.all(np.diff(hist_time)[inner[:-1]] >= 0)
-    latest = [sorted_times[u][n - 1] for u, n in zip(user[lengths > 0].tolist(), earlier[lengths > 0].tolist())]
+    latest = user_time[first_of_user + earlier - 1][lengths > 0] & 0xFFFFFFFF
     assert np.array_equal(hist_time[last], latest)

@@ -1,0 +1,1 @@
+"""Prepared-data side of torchrec-mdr: dataset spec, validation, parquet reader, Batch."""
