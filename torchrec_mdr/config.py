@@ -267,11 +267,20 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _without_none(tp: Any) -> Any:
+    """``X`` for ``X | None`` (flags cannot spell None; leaving a flag out keeps the default)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one ``--flag`` per field of ``cls`` (defaults from the dataclass, help from metadata)."""
     hints = get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        tp = hints[field.name]
+        tp = _without_none(hints[field.name])
         help_text = field.metadata.get("help", "")
         default = (
             field.default
