@@ -302,6 +302,11 @@ def block_to_batch(spec: DatasetSpec, block: Block) -> Batch:
 # --------------------------------------------------------------------------- the dataset
 
 
+def _row_group_sizes(path: Path) -> list[int]:
+    metadata = open_parquet(path).metadata
+    return [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+
+
 class ParquetBatches(IterableDataset):
     """Batches of one split for one rank; each dataloader worker reads its own slice.
 
@@ -322,8 +327,7 @@ class ParquetBatches(IterableDataset):
         self.folder = Path(config.path)
         self.spec = DatasetSpec.load(self.folder)
         self.files = [path for path, _rows in check_files(self.spec, self.folder, split)]
-        self.row_groups = [[open_parquet(p).metadata.row_group(g).num_rows
-                            for g in range(open_parquet(p).metadata.num_row_groups)] for p in self.files]
+        self.row_groups = [_row_group_sizes(path) for path in self.files]
         self.columns = [c.name for c in self.spec.columns]
         self.epoch = 0
 
