@@ -33,7 +33,7 @@ def batch_rows(batch) -> dict[int, dict]:
     for i in range(batch.batch_size):
         row_id = int(pooled["row_id"].to_dense()[i][0])
         out[row_id] = {
-            "item_id": pooled["item_id"].to_dense()[i].tolist(),
+            "item_id": sequence["item_id"].to_dense()[i].tolist(),
             "tags": pooled["tags"].to_dense()[i].tolist(),
             "hist_item_id": sequence["hist_item_id"].to_dense()[i].tolist(),
             "hist_domain": sequence["hist_domain"].to_dense()[i].tolist(),
@@ -149,9 +149,11 @@ def test_batch_moves_and_pins(toy_dataset):
     moved = batch.to(torch.device("cpu"))
     assert torch.equal(moved.sparse_features.values(), batch.sparse_features.values())
     assert moved.batch_size == 16 and moved.labels.shape == (16, 1) and moved.dense_features.shape == (16, 2)
-    assert moved.sequence_features.keys() == ["hist_item_id", "hist_domain"]
+    # item_id shares its table with hist_item_id, so it travels unpooled with the sequences
+    assert moved.sparse_features.keys() == ["row_id", "tags"]
+    assert moved.sequence_features.keys() == ["item_id", "hist_item_id", "hist_domain"]
     lengths = moved.sequence_features.length_per_key()
-    assert lengths[0] == lengths[1]  # the fields of a group are aligned
+    assert lengths[0] == 16 and lengths[1] == lengths[2]  # the fields of a group are aligned
     if torch.cuda.is_available():  # pragma: no cover - GPU machines only
         pinned = batch.pin_memory()
         assert pinned.dense_features.is_pinned()

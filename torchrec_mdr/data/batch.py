@@ -15,11 +15,13 @@ class Batch(Pipelineable):
 
     Attributes:
         dense_features: [B, num_dense] float32.
-        sparse_features: pooled features (spec kinds ``id`` and ``multi_id``), keys in spec order;
-            an ``id`` feature has length 1 per row. For EmbeddingBagCollection.
-        sequence_features: behaviour sequences (spec kind ``sequence``), keys grouped by sequence
-            group; oldest first, at most ``max_length`` per row; the fields of a group have equal
-            lengths per row. For EmbeddingCollection.
+        sparse_features: pooled features for the EmbeddingBagCollection: the ``id`` and ``multi_id``
+            columns whose table no sequence uses, in spec order; an ``id`` has length 1 per row.
+        sequence_features: unpooled features for the EmbeddingCollection: first the ``id`` /
+            ``multi_id`` columns that share a table with a sequence (e.g. the candidate ``item_id``
+            next to ``hist_item_id``), then the behaviour sequences grouped by sequence group,
+            oldest first, at most ``max_length`` per row; the fields of a group have equal lengths
+            per row.
         domain: [B] int64 domain id in [0, num_domains).
         labels: [B, num_labels] float32 in {0, 1}, columns in spec label order.
         group_ids: [B] int64 GAUC group key (user/session); zeros when the spec has none.

@@ -120,14 +120,22 @@ class DatasetSpec:
         return groups[0].name if groups else None
 
     @property
+    def sequence_tables(self) -> set[str]:
+        """Tables that some sequence column looks up (they live in the EmbeddingCollection)."""
+        return {c.table_name for c in self.columns_of("sequence")}
+
+    @property
     def pooled_features(self) -> list[ColumnSpec]:
-        """Columns that travel in the pooled KeyedJaggedTensor, in spec order."""
-        return self.columns_of("id", "multi_id")
+        """``id``/``multi_id`` columns whose table no sequence uses: the pooled KJT (EmbeddingBagCollection)."""
+        return [c for c in self.columns_of("id", "multi_id") if c.table_name not in self.sequence_tables]
 
     @property
     def sequence_features(self) -> list[ColumnSpec]:
-        """Columns that travel in the sequence KeyedJaggedTensor, grouped by sequence group."""
-        return [c for group in self.sequence_groups.values() for c in group]
+        """The unpooled KJT (EmbeddingCollection): first the ``id``/``multi_id`` columns that share a
+        table with a sequence (the candidate item of target attention, looked up in the same table as
+        the behaviours), then the sequence columns, grouped by sequence group."""
+        candidates = [c for c in self.columns_of("id", "multi_id") if c.table_name in self.sequence_tables]
+        return candidates + [c for group in self.sequence_groups.values() for c in group]
 
     @property
     def sequence_groups(self) -> dict[str, list[ColumnSpec]]:
