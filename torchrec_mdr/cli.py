@@ -20,6 +20,7 @@ from pathlib import Path
 
 from torchrec_mdr.config import ConfigError, add_dataclass_arguments, bounds, dataclass_from_args, doc
 from torchrec_mdr.data.errors import DataError
+from torchrec_mdr.errors import TrainingError
 
 
 @dataclass
@@ -103,6 +104,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
           f"sequence keys {batch.sequence_features.keys()}, labels {tuple(batch.labels.shape)}")
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from torchrec_mdr.config import load_config
+    from torchrec_mdr.experiment import ExperimentConfig
+    from torchrec_mdr.training.trainer import Trainer
+
+    config = load_config(ExperimentConfig, args.config, args.overrides)
+    Trainer(config, args.out).fit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from data_prep.registry import CONVERTERS
 
@@ -130,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(loader, LoaderBenchOptions)
     loader.set_defaults(handler=_cmd_bench_loader)
 
+    train = commands.add_parser("train", help="train a registered model on a prepared dataset")
+    train.add_argument("--config", type=Path, default=None, help="TOML or YAML experiment config")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set model.name=dnn (repeatable)")
+    train.add_argument("--out", type=Path, required=True, help="run directory (config, metrics, checkpoints)")
+    train.set_defaults(handler=_cmd_train)
+
     demo = commands.add_parser("demo", help="generate the default data if missing, show it, read one epoch")
     add_dataclass_arguments(demo, DemoOptions)
     demo.set_defaults(handler=_cmd_demo)
@@ -141,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (ConfigError, DataError, FileExistsError) as error:
+    except (ConfigError, DataError, FileExistsError, TrainingError) as error:
         print(f"mdr: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -350,6 +350,17 @@ class ParquetBatches(IterableDataset):
         _, hi = slice_bounds(total, self.world_size * workers, self.rank * workers + workers - 1)
         return hi - lo
 
+    def num_batches(self) -> int:
+        """Batches this rank yields per epoch (all its workers together)."""
+        total = sum(sum(g) for g in self.row_groups)
+        workers = max(self.config.num_workers, 1)
+        count = 0
+        for worker in range(workers):
+            lo, hi = slice_bounds(total, self.world_size * workers, self.rank * workers + worker)
+            rows = hi - lo
+            count += rows // self.config.batch_size if self.config.drop_last else -(-rows // self.config.batch_size)
+        return count
+
     def blocks(self) -> Iterator[Block]:
         """Checked blocks of this process's slice, in (shuffled) row-group order."""
         index, num_slices = self.slice_index()

@@ -1,0 +1,1 @@
+"""Models: registry, shared ranking wrapper, per-model dense archs."""

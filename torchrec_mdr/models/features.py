@@ -1,0 +1,126 @@
+"""Embedded features as dense archs want them: field vectors, padded sequences, candidate queries.
+
+The sparse arch returns what torchrec's collections return — a KeyedTensor of pooled embeddings
+(EmbeddingBagCollection) and a dict of JaggedTensors (EmbeddingCollection). :class:`FeatureLayout`
+(built once from the dataset spec) and :func:`embed_features` turn them into one
+:class:`EmbeddedFeatures` with fixed shapes, so every model reads the same, documented tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
+
+from torchrec_mdr.data.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """One behaviour-sequence group and the candidate columns that share its tables."""
+
+    name: str
+    fields: tuple[str, ...]  # the group's sequence columns
+    max_length: int
+    candidate_fields: tuple[str, ...]  # id columns looked up in the same tables (the attention query)
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which features exist and in what order, derived from a dataset spec."""
+
+    fields: tuple[str, ...]  # every id / multi_id column, spec order: one [B, D] vector each
+    pooled: frozenset[str]  # the fields that come pooled from the EmbeddingBagCollection
+    sequences: tuple[SequenceLayout, ...]
+    embedding_dim: int
+    num_dense: int
+    num_domains: int
+    num_tasks: int
+
+    @staticmethod
+    def from_spec(spec: DatasetSpec, embedding_dim: int) -> "FeatureLayout":
+        ids = spec.columns_of("id", "multi_id")
+        sequences = []
+        for group, columns in spec.sequence_groups.items():
+            tables = [c.table_name for c in columns]
+            candidates = tuple(c.name for table in tables for c in spec.columns_of("id") if c.table_name == table)
+            sequences.append(SequenceLayout(group, tuple(c.name for c in columns), columns[0].max_length, candidates))
+        return FeatureLayout(
+            fields=tuple(c.name for c in ids),
+            pooled=frozenset(c.name for c in spec.pooled_features),
+            sequences=tuple(sequences),
+            embedding_dim=embedding_dim,
+            num_dense=len(spec.dense_features),
+            num_domains=spec.num_domains,
+            num_tasks=len(spec.label_names),
+        )
+
+    def sequence_width(self, sequence: SequenceLayout) -> int:
+        return len(sequence.fields) * self.embedding_dim
+
+    def query_width(self, sequence: SequenceLayout) -> int:
+        return len(sequence.candidate_fields) * self.embedding_dim
+
+
+@dataclass
+class EmbeddedSequence:
+    """A padded behaviour sequence.
+
+    Attributes:
+        keys: [B, L, F * D] the group's field embeddings concatenated per position, oldest first,
+            left-aligned (positions ``>= length`` are zero padding).
+        mask: [B, L] bool, True at real behaviours.
+        query: [B, Q * D] the candidate's embeddings in the same tables (Q may be 0).
+    """
+
+    keys: torch.Tensor
+    mask: torch.Tensor
+    query: torch.Tensor
+
+
+@dataclass
+class EmbeddedFeatures:
+    """Everything a dense arch receives.
+
+    Attributes:
+        fields: [B, N, D] one vector per id / multi_id column (multi-valued ones sum-pooled).
+        sequences: one :class:`EmbeddedSequence` per sequence group, in spec order.
+        dense: [B, num_dense] float32.
+        domain: [B] int64 domain id.
+    """
+
+    fields: torch.Tensor
+    sequences: list[EmbeddedSequence]
+    dense: torch.Tensor
+    domain: torch.Tensor
+
+
+def _sum_pool(jagged: JaggedTensor, batch_size: int) -> torch.Tensor:
+    """[B, D] sum of each row's embeddings (rows of length 0 give zeros)."""
+    values = jagged.values()
+    lengths = jagged.lengths().long()
+    rows = torch.repeat_interleave(torch.arange(batch_size, device=values.device), lengths)
+    return torch.zeros(batch_size, values.shape[-1], dtype=values.dtype, device=values.device).index_add_(
+        0, rows, values)
+
+
+def embed_features(layout: FeatureLayout, pooled: KeyedTensor, unpooled: dict[str, JaggedTensor],
+                   dense: torch.Tensor, domain: torch.Tensor) -> EmbeddedFeatures:
+    """Arrange the sparse arch's outputs by the layout (see :class:`EmbeddedFeatures` for shapes)."""
+    batch_size = dense.shape[0]
+    pooled_dict = pooled.to_dict() if layout.pooled else {}
+    vectors = []
+    for name in layout.fields:
+        vectors.append(pooled_dict[name] if name in layout.pooled else _sum_pool(unpooled[name], batch_size))
+    fields = (torch.stack(vectors, dim=1) if vectors
+              else torch.zeros(batch_size, 0, layout.embedding_dim, device=dense.device))
+    sequences = []
+    for sequence in layout.sequences:
+        padded = [unpooled[f].to_padded_dense(desired_length=sequence.max_length) for f in sequence.fields]
+        lengths = unpooled[sequence.fields[0]].lengths()
+        mask = torch.arange(sequence.max_length, device=dense.device)[None, :] < lengths[:, None]
+        query_parts = [vectors[layout.fields.index(f)] for f in sequence.candidate_fields]
+        query = torch.cat(query_parts, dim=-1) if query_parts else fields.new_zeros(batch_size, 0)
+        sequences.append(EmbeddedSequence(torch.cat(padded, dim=-1), mask, query))
+    return EmbeddedFeatures(fields, sequences, dense, domain)

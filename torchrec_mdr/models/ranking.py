@@ -1,0 +1,69 @@
+"""The ranking model every registered model shares: SparseArch -> dense arch -> logits, and its loss.
+
+The forward is shaped for TrainPipelineSparseDist: the sharded collections are called at the top
+of the call graph on attributes of the batch, and everything after them lives in one module
+(:class:`DenseArch`) that the pipeline's tracer treats as a leaf.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
+
+from torchrec_mdr.data.batch import Batch
+from torchrec_mdr.data.spec import DatasetSpec
+from torchrec_mdr.models.features import FeatureLayout, embed_features
+from torchrec_mdr.models.registry import ModelConfig, build_dense_arch
+from torchrec_mdr.sparse.arch import SparseArch
+
+
+class DenseArch(nn.Module):
+    """Embeddings -> :class:`EmbeddedFeatures` -> the registered model's arch -> logits [B, num_tasks]."""
+
+    def __init__(self, layout: FeatureLayout, config: ModelConfig) -> None:
+        super().__init__()
+        self.layout = layout
+        self.model = build_dense_arch(layout, config)
+
+    def forward(self, pooled: KeyedTensor | None, unpooled: dict[str, JaggedTensor], dense: torch.Tensor,
+                domain: torch.Tensor) -> torch.Tensor:
+        return self.model(embed_features(self.layout, pooled, unpooled, dense, domain))
+
+
+class RankingModel(nn.Module):
+    """Batch -> logits [B, num_tasks].
+
+    Args:
+        spec: dataset spec (features, tables, domains, labels).
+        config: model name, embedding dimension and the model's options.
+        sparse_device: device of the embedding tables at construction (``meta`` under DMP).
+        dense_device: device of the dense parameters.
+    """
+
+    def __init__(self, spec: DatasetSpec, config: ModelConfig, sparse_device: torch.device | None = None,
+                 dense_device: torch.device | None = None) -> None:
+        super().__init__()
+        self.sparse_arch = SparseArch(spec, config.embedding_dim, device=sparse_device)
+        self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim), config).to(dense_device)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        pooled, unpooled = self.sparse_arch(batch.sparse_features, batch.sequence_features)
+        return self.dense_arch(pooled, unpooled, batch.dense_features, batch.domain)
+
+
+class TrainModel(nn.Module):
+    """RankingModel + binary cross-entropy (mean over rows and tasks), in the pipeline's contract.
+
+    ``forward(batch) -> (loss, (loss, logits [B, T], labels [B, T], domain [B], group_ids [B]))``.
+    """
+
+    def __init__(self, model: RankingModel) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        logits = self.model(batch)
+        loss = self.loss_fn(logits, batch.labels)
+        return loss, (loss.detach(), logits.detach(), batch.labels, batch.domain, batch.group_ids)

@@ -1,0 +1,226 @@
+"""Training and evaluation of a registered model on a prepared dataset, sharded with DMP.
+
+One :class:`Trainer` per process (rank). It builds the model with its sparse arch on the meta
+device, registers the fused sparse optimizer, shards with DistributedModelParallel, combines the
+fused and dense optimizers, and trains with TrainPipelineSparseDist (or TrainPipelineBase / a plain
+loop, for comparison). Every rank runs the same number of steps: an epoch is the smallest number
+of batches any rank's slice yields. Evaluation covers every row of the split exactly once: ranks
+with fewer batches repeat a batch whose predictions are discarded, so that the sharded
+collectives stay in step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
+from tqdm import tqdm
+
+from torchrec_mdr.config import to_dict
+from torchrec_mdr.data.batch import Batch
+from torchrec_mdr.data.reader import BatchLoader, make_dataloader
+from torchrec_mdr.data.spec import DatasetSpec
+from torchrec_mdr.errors import TrainingError
+from torchrec_mdr.experiment import ExperimentConfig
+from torchrec_mdr.metrics.ranking import EvalResult, PredictionBuffer, evaluate_predictions
+from torchrec_mdr.models.ranking import RankingModel, TrainModel
+from torchrec_mdr.training.distributed import DistContext, init_distributed
+from torchrec_mdr.training.optimizers import LRSchedule, apply_sparse_optimizer, build_optimizer
+from torchrec_mdr.training.sharding import wrap_model
+
+
+@dataclass
+class Progress:
+    epoch: int = 0
+    step: int = 0  # optimizer steps done
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+
+
+def _all_equal_batches(loader: BatchLoader, ctx: DistContext, reduce_op: dist.ReduceOp) -> int:
+    count = torch.tensor([loader.dataset.num_batches()], dtype=torch.int64)
+    if ctx.world_size > 1:
+        dist.all_reduce(count, op=reduce_op)
+    return int(count.item())
+
+
+class Trainer:
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.ctx = init_distributed(config.train.device)
+        self.spec = DatasetSpec.load(config.data.path)
+        torch.manual_seed(config.train.seed)
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+        model = TrainModel(RankingModel(self.spec, config.model, sparse_device=torch.device("meta"),
+                                        dense_device=self.ctx.device))
+        apply_sparse_optimizer(model, config.optimizer, self.ctx.device)
+        self.model = wrap_model(model, config.sparse.sharding, self.ctx)
+        self.optimizer = build_optimizer(self.model, config.optimizer)
+        self.train_loader = make_dataloader(config.data, "train", self.ctx.rank, self.ctx.world_size)
+        self.steps_per_epoch = _all_equal_batches(self.train_loader, self.ctx, dist.ReduceOp.MIN)
+        total = self.steps_per_epoch * config.train.epochs
+        self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
+        self.schedule = LRSchedule(self.optimizer, config.optimizer, self.total_steps)
+        self.progress = Progress()
+        self.pipeline = None
+        self.writer = None
+        if self.ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # ------------------------------------------------------------------ training
+    def _pipeline(self):
+        kind = self.config.train.pipeline
+        if kind == "sparse_dist":
+            return TrainPipelineSparseDist(self.model, self.optimizer, self.ctx.device, execute_all_batches=True)
+        if kind == "base":
+            return TrainPipelineBase(self.model, self.optimizer, self.ctx.device)
+        return None
+
+    def _plain_step(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss, output = self.model(batch.to(self.ctx.device))
+        loss.backward()
+        self.optimizer.step()
+        return output
+
+    def fit(self) -> dict:
+        """Train for the configured epochs / steps; evaluate; write metrics.json. Returns the metrics."""
+        cfg = self.config.train
+        pipeline = self.pipeline = self._pipeline()
+        losses: list[float] = []
+        samples = 0
+        start = time.perf_counter()
+        bar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", unit="step",
+                   disable=not self.ctx.is_main, dynamic_ncols=True, mininterval=1.0)
+        done = self.progress.step >= self.total_steps
+        while not done and self.progress.epoch < cfg.epochs:
+            self.train_loader.dataset.set_epoch(self.progress.epoch)
+            batches: Iterator[Batch] = itertools.islice(iter(self.train_loader), self.progress.batch_in_epoch,
+                                                        self.steps_per_epoch)
+            while True:
+                try:
+                    if pipeline is None:
+                        output = self._plain_step(next(batches))
+                    else:
+                        output = pipeline.progress(batches)
+                except StopIteration:
+                    break
+                self.progress.step += 1
+                self.progress.batch_in_epoch += 1
+                self.schedule.step()
+                losses.append(float(output[0]))
+                samples += int(output[1].shape[0]) * self.ctx.world_size
+                bar.update(1)
+                if self.progress.step % cfg.log_every == 0 or self.progress.step == self.total_steps:
+                    mean_loss = self._check_loss(losses[-cfg.log_every:])
+                    rate = samples / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
+                    self._scalar("train/loss", mean_loss)
+                    self._scalar("train/samples_per_sec", rate)
+                if cfg.eval_every and self.progress.step % cfg.eval_every == 0:
+                    result = self.evaluate(cfg.eval_split)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", valid_auc=f"{result.auc:.4f}")
+                if self.progress.step >= self.total_steps:
+                    done = True
+                    break
+            if not done:
+                self.progress.epoch += 1
+                self.progress.batch_in_epoch = 0
+        bar.close()
+        wall = time.perf_counter() - start
+        self._check_loss(losses[-cfg.log_every:])
+        train = {"samples_per_sec": samples / wall if wall else 0.0, "steps": self.progress.step, "wall_sec": wall,
+                 "final_loss": losses[-1] if losses else float("nan")}
+        return self.report(train)
+
+    def _check_loss(self, recent: list[float]) -> float:
+        """Mean recent loss over all ranks; a NaN or inf anywhere stops the run on every rank."""
+        value = torch.tensor([sum(recent) / max(len(recent), 1)], dtype=torch.float64)
+        if self.ctx.world_size > 1:
+            dist.all_reduce(value)
+            value /= self.ctx.world_size
+        mean = float(value.item())
+        if not math.isfinite(mean):
+            raise TrainingError(f"the training loss became {mean} at step {self.progress.step}; stopping "
+                                f"(lower optimizer.dense_lr / optimizer.sparse_lr or set optimizer.grad_clip_norm)")
+        return mean
+
+    def _scalar(self, tag: str, value: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, self.progress.step)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, split: str) -> EvalResult:
+        """Metrics over every row of ``split`` (identical on all ranks)."""
+        config = replace(self.config.data, shuffle=False, drop_last=False)
+        loader = make_dataloader(config, split, self.ctx.rank, self.ctx.world_size, shuffle=False)
+        steps = _all_equal_batches(loader, self.ctx, dist.ReduceOp.MAX)
+        buffer = PredictionBuffer()
+        if isinstance(self.pipeline, TrainPipelineSparseDist):
+            self.pipeline.detach()  # restore the plain forwards; the next progress() re-attaches
+        self.model.eval()
+        last = None
+        with torch.no_grad():
+            iterator = iter(loader)
+            for _ in range(steps):
+                batch = next(iterator, None)
+                real = batch is not None
+                batch = batch if real else last  # keep the collectives in step; discard the output
+                if batch is None:
+                    raise TrainingError(f"rank {self.ctx.rank} has no rows of split '{split}' to evaluate")
+                _loss, (_, logits, labels, domain, group) = self.model(batch.to(self.ctx.device))
+                if real:
+                    buffer.add(logits, labels, domain, group)
+                last = batch
+        self.model.train()
+        result = evaluate_predictions(buffer.gather(), self.spec.domain_names)
+        self._scalar(f"{split}/auc", result.auc)
+        self._scalar(f"{split}/logloss", result.logloss)
+        self._scalar(f"{split}/gauc", result.gauc)
+        for name, values in result.per_domain.items():
+            self._scalar(f"{split}/auc/{name}", values["auc"])
+        return result
+
+    def report(self, train: dict) -> dict:
+        split = self.config.train.test_split
+        result = self.evaluate(split)
+        metrics = {"model": self.config.model.name, "dataset": self.spec.name, "split": split,
+                   **result.to_dict(), "train": train}
+        oracle = self.spec.splits.get(split).oracle_auc if split in self.spec.splits else {}
+        if oracle:
+            metrics["oracle_auc"] = oracle
+        if self.ctx.is_main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            print(format_table(metrics, self.spec.domain_names))
+        if self.writer is not None:
+            self.writer.flush()
+        return metrics
+
+
+def format_table(metrics: dict, domain_names: list[str]) -> str:
+    oracle = metrics.get("oracle_auc", {})
+    header = f"{'domain':<20}{'rows':>10}{'AUC':>9}{'GAUC':>9}{'logloss':>9}" + ("  oracle AUC" if oracle else "")
+    lines = [f"\n{metrics['model']} on {metrics['dataset']} ({metrics['split']} split)", header]
+    for name in domain_names:
+        d = metrics["per_domain"][name]
+        line = f"{name:<20}{d['rows']:>10,}{d['auc']:>9.4f}{d['gauc']:>9.4f}{d['logloss']:>9.4f}"
+        lines.append(line + (f"  {oracle[name]:.4f}" if name in oracle else ""))
+    line = f"{'all':<20}{metrics['rows']:>10,}{metrics['auc']:>9.4f}{metrics['gauc']:>9.4f}{metrics['logloss']:>9.4f}"
+    lines.append(line + (f"  {oracle['all']:.4f}" if "all" in oracle else ""))
+    train = metrics["train"]
+    lines.append(f"trained {train['steps']} steps in {train['wall_sec']:.1f} s, "
+                 f"{train['samples_per_sec']:,.0f} samples/s")
+    return "\n".join(lines)
