@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml install/constraints-cpu.txt install/build_fbgemm_shim.p
 	$(BIN)/python -c "import fbgemm_gpu, torchrec, torchmetrics, torchx, pyarrow"
 	touch $(STAMP)
 
+# The main job: the default synthetic data (generated if missing), its spec and one epoch read
+# through the reader, then DIN trained with DMP + TrainPipelineSparseDist, per-domain table at the end.
 run: setup
 	$(BIN)/mdr demo --data $(DATA)
+	$(BIN)/mdr train --config configs/quickstart.toml --set data.path=$(DATA) \
+		--out runs/quickstart-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(BIN)/python -m pytest -q tests

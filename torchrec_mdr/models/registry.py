@@ -12,6 +12,7 @@ from typing import Callable
 
 from torch import nn
 
+from dlrm_style.models import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.models.din import DINArch, DINConfig
 from torchrec_mdr.models.dnn import DNNArch, DNNConfig
@@ -28,6 +29,8 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "dnn": ModelEntry(DNNArch, "dnn", "shared MLP over all embeddings (BaseDNN)"),
     "din": ModelEntry(DINArch, "din", "DIN target attention over the behaviour sequences"),
+    "dlrm": ModelEntry(DLRMArch, "dlrm", "DLRM: dense arch, pairwise-dot interaction, over arch"),
+    "dlrm_dcn": ModelEntry(DLRMDCNArch, "dlrm_dcn", "DLRM-DCNv2: low-rank cross layers as the interaction"),
 }
 
 
@@ -37,6 +40,8 @@ class ModelConfig:
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))
     dnn: DNNConfig = field(default_factory=DNNConfig)
     din: DINConfig = field(default_factory=DINConfig)
+    dlrm: DLRMConfig = field(default_factory=DLRMConfig)
+    dlrm_dcn: DLRMDCNConfig = field(default_factory=DLRMDCNConfig)
 
     def validate(self) -> None:
         if self.name not in MODELS:
