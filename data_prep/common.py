@@ -57,10 +57,13 @@ def stream_csv(
     column_names: list[str] | None,
     column_types: dict[str, pa.DataType],
     delimiter: str = ",",
-    block_size: int = 64 << 20,
+    block_size: int = 8 << 20,
     desc: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream a (possibly huge) delimited text file as record batches, with a byte progress bar.
+
+    ``block_size`` bounds memory: pyarrow reads ahead several blocks when parsing outruns the
+    consumer (64 MiB blocks peaked at 3 GB on Taobao's 3.5 GB file; 8 MiB stays near 1 GB).
 
     ``column_names=None`` reads the header line. Parse errors become a :class:`DataError` that names
     the file (pyarrow's message carries the offending row's text).

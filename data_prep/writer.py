@@ -142,7 +142,9 @@ class DatasetWriter:
             if c.kind != "id":
                 column = pa.chunked_array([chunk.flatten() for chunk in column.chunks], pa.int64())
             if len(column):
-                self._max_id[c.name] = max(self._max_id[c.name], int(pc.max(column).as_py() or -1))
+                largest = pc.max(column).as_py()
+                if largest is not None:
+                    self._max_id[c.name] = max(self._max_id[c.name], int(largest))
 
     def _flush(self, split: str, rows: int | None = None) -> None:
         pending = pa.concat_tables(self._buffers.get(split, []))
