@@ -4,7 +4,10 @@
     mdr data show --data DIR                   print a dataset's spec and per-domain statistics
     mdr data validate --data DIR               check every file and value against the spec
     mdr bench loader [--data DIR]              reader throughput (rows/s)
+    mdr bench train [--data DIR]               training samples/s per model, world size and loop
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
+    mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
+    mdr eval --run RUN_DIR [--data DIR] [--split S]   evaluate a run's latest checkpoint
 
 Every option is a field of a typed dataclass; errors in options or data are printed as one line
 naming the option, file, column or row, and the command exits with status 2.
@@ -13,8 +16,10 @@ naming the option, file, column or row, and the command exits with status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +83,12 @@ def _cmd_bench_loader(args: argparse.Namespace) -> None:
     run(dataclass_from_args(LoaderBenchOptions, args))
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.train import TrainBenchOptions, run
+
+    run(dataclass_from_args(TrainBenchOptions, args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
     from torchrec_mdr.data.spec import SPEC_FILE, DatasetSpec
@@ -110,7 +121,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from torchrec_mdr.training.trainer import Trainer
 
     config = load_config(ExperimentConfig, args.config, args.overrides)
-    Trainer(config, args.out).fit()
+    Trainer(config, args.out, resume=args.resume).fit()
+
+
+@dataclass
+class EvalOptions:
+    run: Path = field(metadata=doc("run directory (holds config.json and checkpoints/)"))
+    data: Path | None = field(default=None, metadata=doc("another prepared dataset with the same spec "
+                                                         "fingerprint (default: the run's data.path)"))
+    split: str = field(default="test", metadata=doc("split to evaluate"))
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from torchrec_mdr.training.checkpoint import evaluate_run
+
+    options = dataclass_from_args(EvalOptions, args)
+    evaluate_run(options.run, data=options.data, split=options.split)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,13 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     loader = bench_commands.add_parser("loader", help="reader rows/s per dataloader-worker setting")
     add_dataclass_arguments(loader, LoaderBenchOptions)
     loader.set_defaults(handler=_cmd_bench_loader)
+    from torchrec_mdr.bench.train import TrainBenchOptions
+
+    bench_train = bench_commands.add_parser("train", help="training samples/s: models x world sizes x loops")
+    add_dataclass_arguments(bench_train, TrainBenchOptions)
+    bench_train.set_defaults(handler=_cmd_bench_train)
 
     train = commands.add_parser("train", help="train a registered model on a prepared dataset")
     train.add_argument("--config", type=Path, default=None, help="TOML or YAML experiment config")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set model.name=dnn (repeatable)")
     train.add_argument("--out", type=Path, required=True, help="run directory (config, metrics, checkpoints)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the latest complete checkpoint in --out (fresh start if there is none)")
     train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's latest checkpoint on a split; "
+                                                "writes RUN_DIR/eval-<split>.json")
+    add_dataclass_arguments(evaluate, EvalOptions)
+    evaluate.set_defaults(handler=_cmd_eval)
 
     demo = commands.add_parser("demo", help="generate the default data if missing, show it, read one epoch")
     add_dataclass_arguments(demo, DemoOptions)
@@ -153,9 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Keep torchrec's planner notices and deprecation chatter off the user's terminal.
+
+    They concern torchrec's own internals (topology construction, storage estimates, DDP flags) and
+    say nothing actionable about a run; errors still come through.
+    """
+    logging.getLogger("torchrec").setLevel(logging.ERROR)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"fbgemm_gpu\..*")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         args.handler(args)
     except (ConfigError, DataError, FileExistsError, TrainingError) as error:

@@ -315,7 +315,9 @@ class ParquetBatches(IterableDataset):
     """
 
     def __init__(self, config: ReaderConfig, split: str = "train", rank: int = 0, world_size: int = 1,
-                 shuffle: bool | None = None) -> None:
+                 shuffle: bool | None = None, spec: DatasetSpec | None = None) -> None:
+        """``spec``: the spec to read with (default: the folder's ``spec.json``); managed-collision
+        tables pass one whose id ranges follow ``input_hash_size`` (:mod:`torchrec_mdr.sparse.eviction`)."""
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -325,7 +327,7 @@ class ParquetBatches(IterableDataset):
         self.world_size = world_size
         self.shuffle = config.shuffle if shuffle is None else shuffle
         self.folder = Path(config.path)
-        self.spec = DatasetSpec.load(self.folder)
+        self.spec = spec if spec is not None else DatasetSpec.load(self.folder)
         self.files = [path for path, _rows in check_files(self.spec, self.folder, split)]
         self.row_groups = [_row_group_sizes(path) for path in self.files]
         self.columns = [c.name for c in self.spec.columns]
@@ -427,9 +429,10 @@ class BatchLoader(DataLoader):
 
 
 def make_dataloader(config: ReaderConfig, split: str = "train", rank: int = 0, world_size: int = 1,
-                    shuffle: bool | None = None, pin_memory: bool | None = None) -> BatchLoader:
+                    shuffle: bool | None = None, pin_memory: bool | None = None,
+                    spec: DatasetSpec | None = None) -> BatchLoader:
     """A DataLoader over :class:`ParquetBatches` (batches are made in the dataset: ``batch_size=None``)."""
-    dataset = ParquetBatches(config, split=split, rank=rank, world_size=world_size, shuffle=shuffle)
+    dataset = ParquetBatches(config, split=split, rank=rank, world_size=world_size, shuffle=shuffle, spec=spec)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     return BatchLoader(dataset, batch_size=None, num_workers=config.num_workers, pin_memory=pin,
                       prefetch_factor=4 if config.num_workers else None,

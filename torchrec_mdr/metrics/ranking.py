@@ -39,19 +39,20 @@ class PredictionBuffer:
         self.parts.append(torch.stack([logits[:, 0].double(), labels[:, 0].double(), domain.double(),
                                        group.double()], dim=1).cpu())
 
-    def gather(self) -> np.ndarray:
-        """[N, 4] float64 rows of every rank (rank order)."""
+    def gather(self, device: torch.device | None = None) -> np.ndarray:
+        """[N, 4] float64 rows of every rank (rank order); ``device`` carries the collectives (GPU for nccl)."""
         local = torch.cat(self.parts) if self.parts else torch.zeros(0, 4, dtype=torch.float64)
         if not dist.is_initialized() or dist.get_world_size() == 1:
             return local.numpy()
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
-        dist.all_gather(sizes, torch.tensor([len(local)]))
+        device = device or torch.device("cpu")
+        sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, torch.tensor([len(local)], device=device))
         longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(longest, 4, dtype=torch.float64)
-        padded[:len(local)] = local
+        padded = torch.zeros(longest, 4, dtype=torch.float64, device=device)
+        padded[:len(local)] = local.to(device)
         gathered = [torch.zeros_like(padded) for _ in sizes]
         dist.all_gather(gathered, padded)
-        return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)]).numpy()
+        return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)]).cpu().numpy()
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -7,6 +7,8 @@ of the call graph on attributes of the batch, and everything after them lives in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
@@ -16,6 +18,9 @@ from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.features import FeatureLayout, embed_features
 from torchrec_mdr.models.registry import ModelConfig, build_dense_arch
 from torchrec_mdr.sparse.arch import SparseArch
+
+if TYPE_CHECKING:
+    from torchrec_mdr.experiment import EvictionConfig
 
 
 class DenseArch(nn.Module):
@@ -39,12 +44,16 @@ class RankingModel(nn.Module):
         config: model name, embedding dimension and the model's options.
         sparse_device: device of the embedding tables at construction (``meta`` under DMP).
         dense_device: device of the dense parameters.
+        eviction, mc_buckets: managed-collision tables and their bucket count (the world size);
+            see :mod:`torchrec_mdr.sparse.eviction`.
     """
 
     def __init__(self, spec: DatasetSpec, config: ModelConfig, sparse_device: torch.device | None = None,
-                 dense_device: torch.device | None = None) -> None:
+                 dense_device: torch.device | None = None, eviction: "EvictionConfig | None" = None,
+                 mc_buckets: int = 1) -> None:
         super().__init__()
-        self.sparse_arch = SparseArch(spec, config.embedding_dim, device=sparse_device)
+        self.sparse_arch = SparseArch(spec, config.embedding_dim, device=sparse_device, eviction=eviction,
+                                      mc_buckets=mc_buckets)
         self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim), config).to(dense_device)
 
     def forward(self, batch: Batch) -> torch.Tensor:

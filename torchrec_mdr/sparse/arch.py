@@ -8,16 +8,30 @@
 
 Both are built on the meta device and materialised by DistributedModelParallel, which shards them
 and fuses the sparse optimizer into the backward pass.
+
+Tables named in ``sparse.eviction.tables`` are managed (:mod:`torchrec_mdr.sparse.eviction`): they
+have ``zch_size`` rows and live in a ManagedCollisionEmbeddingBagCollection /
+ManagedCollisionEmbeddingCollection beside the plain collections, which remaps raw ids to rows and
+evicts low-frequency ids. The two pooled (and the two unpooled) outputs are merged, so the dense
+side sees the same KeyedTensor / dict either way.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig
+from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagCollection,
+                                                   ManagedCollisionEmbeddingCollection)
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
+from torchrec_mdr.sparse.eviction import check_eviction, managed_tables, mc_collection
+
+if TYPE_CHECKING:
+    from torchrec_mdr.experiment import EvictionConfig
 
 
 def _tables(columns: list[ColumnSpec]) -> dict[str, tuple[int, list[str]]]:
@@ -28,14 +42,37 @@ def _tables(columns: list[ColumnSpec]) -> dict[str, tuple[int, list[str]]]:
     return tables
 
 
-def pooled_table_configs(spec: DatasetSpec, embedding_dim: int) -> list[EmbeddingBagConfig]:
-    return [EmbeddingBagConfig(name=name, embedding_dim=embedding_dim, num_embeddings=rows, feature_names=features)
+def pooled_table_configs(spec: DatasetSpec, embedding_dim: int,
+                         eviction: "EvictionConfig | None" = None) -> list[EmbeddingBagConfig]:
+    """Pooled tables; a managed one (``eviction.tables``) has ``eviction.zch_size`` rows."""
+    managed = managed_tables(eviction)
+    return [EmbeddingBagConfig(name=name, embedding_dim=embedding_dim, feature_names=features,
+                               num_embeddings=eviction.zch_size if name in managed else rows)
             for name, (rows, features) in _tables(spec.pooled_features).items()]
 
 
-def unpooled_table_configs(spec: DatasetSpec, embedding_dim: int) -> list[EmbeddingConfig]:
-    return [EmbeddingConfig(name=name, embedding_dim=embedding_dim, num_embeddings=rows, feature_names=features)
+def unpooled_table_configs(spec: DatasetSpec, embedding_dim: int,
+                           eviction: "EvictionConfig | None" = None) -> list[EmbeddingConfig]:
+    """Unpooled tables; a managed one (``eviction.tables``) has ``eviction.zch_size`` rows."""
+    managed = managed_tables(eviction)
+    return [EmbeddingConfig(name=name, embedding_dim=embedding_dim, feature_names=features,
+                            num_embeddings=eviction.zch_size if name in managed else rows)
             for name, (rows, features) in _tables(spec.sequence_features).items()]
+
+
+@torch.fx.wrap
+def _merge_pooled(plain: KeyedTensor | None, managed: KeyedTensor | None) -> KeyedTensor | None:
+    """One KeyedTensor [B, sum of D] with the keys of both (either may be None)."""
+    if plain is None or managed is None:
+        return managed if plain is None else plain
+    return KeyedTensor(keys=plain.keys() + managed.keys(),
+                       length_per_key=plain.length_per_key() + managed.length_per_key(),
+                       values=torch.cat([plain.values(), managed.values()], dim=1))
+
+
+@torch.fx.wrap
+def _merge_unpooled(plain: dict[str, JaggedTensor], managed: dict[str, JaggedTensor]) -> dict[str, JaggedTensor]:
+    return {**plain, **managed}
 
 
 class SparseArch(nn.Module):
@@ -45,22 +82,49 @@ class SparseArch(nn.Module):
         spec: the dataset spec (tables, sizes, which features are pooled).
         embedding_dim: D, the same for every table.
         device: ``meta`` to let DistributedModelParallel materialise (and shard) the tables.
+        eviction: managed-collision settings; its ``tables`` get managed collections (None: none).
+        mc_buckets: buckets of each managed-collision module: the world size the model will be
+            sharded over (torchrec's planner needs a multiple of it).
 
     Call: ``(sparse_features KJT, sequence_features KJT) ->
     (KeyedTensor [B, num_pooled * D], dict feature -> JaggedTensor of [length, D] rows)``.
+    Managed tables take raw ids in ``[0, eviction.input_hash_size)``; other tables take ids below
+    their cardinality.
     """
 
-    def __init__(self, spec: DatasetSpec, embedding_dim: int, device: torch.device | None = None) -> None:
+    def __init__(self, spec: DatasetSpec, embedding_dim: int, device: torch.device | None = None,
+                 eviction: "EvictionConfig | None" = None, mc_buckets: int = 1) -> None:
         super().__init__()
-        pooled = pooled_table_configs(spec, embedding_dim)
-        unpooled = unpooled_table_configs(spec, embedding_dim)
+        managed = managed_tables(eviction)
+        if managed:
+            check_eviction(spec, eviction)
+        pooled = pooled_table_configs(spec, embedding_dim, eviction)
+        unpooled = unpooled_table_configs(spec, embedding_dim, eviction)
         self.has_pooled = bool(pooled)
         self.has_unpooled = bool(unpooled)
-        self.embedding_bag_collection = EmbeddingBagCollection(tables=pooled, device=device) if pooled else None
-        self.embedding_collection = EmbeddingCollection(tables=unpooled, device=device) if unpooled else None
+        plain_pooled = [c for c in pooled if c.name not in managed]
+        plain_unpooled = [c for c in unpooled if c.name not in managed]
+        managed_pooled = [c for c in pooled if c.name in managed]
+        managed_unpooled = [c for c in unpooled if c.name in managed]
+        self.embedding_bag_collection = (EmbeddingBagCollection(tables=plain_pooled, device=device)
+                                         if plain_pooled else None)
+        self.embedding_collection = (EmbeddingCollection(tables=plain_unpooled, device=device)
+                                     if plain_unpooled else None)
+        self.managed_embedding_bag_collection = (ManagedCollisionEmbeddingBagCollection(
+            EmbeddingBagCollection(tables=managed_pooled, device=device),
+            mc_collection(managed_pooled, spec, eviction, mc_buckets, device),
+            return_remapped_features=False) if managed_pooled else None)
+        self.managed_embedding_collection = (ManagedCollisionEmbeddingCollection(
+            EmbeddingCollection(tables=managed_unpooled, device=device),
+            mc_collection(managed_unpooled, spec, eviction, mc_buckets, device),
+            return_remapped_features=False) if managed_unpooled else None)
 
     def forward(self, sparse_features: KeyedJaggedTensor,
                 sequence_features: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
         pooled = self.embedding_bag_collection(sparse_features) if self.embedding_bag_collection is not None else None
         unpooled = self.embedding_collection(sequence_features) if self.embedding_collection is not None else {}
+        if self.managed_embedding_bag_collection is not None:
+            pooled = _merge_pooled(pooled, self.managed_embedding_bag_collection(sparse_features)[0])
+        if self.managed_embedding_collection is not None:
+            unpooled = _merge_unpooled(unpooled, self.managed_embedding_collection(sequence_features)[0])
         return pooled, unpooled

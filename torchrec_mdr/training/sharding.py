@@ -1,37 +1,63 @@
 """Wrap a model in DistributedModelParallel with a sharding plan for its embedding tables.
 
-``sparse.sharding = "auto"`` asks torchrec's planner (with the constraints CPU needs: no
-data_parallel EmbeddingCollection, which fbgemm's CPU kernel cannot run). The explicit types build
+``sparse.sharding = "auto"`` asks torchrec's planner, never for data_parallel (every table keeps
+the fused sparse optimizer; on CPU fbgemm's kernel could not run a data-parallel
+EmbeddingCollection anyway). The explicit types build
 a hand-written plan for every table (``construct_module_sharding_plan``), because on CPU the
 planner refuses row_wise although it works: table_wise places whole tables round-robin, largest
 first; row_wise splits rows over all ranks; column_wise splits the embedding dimension evenly
 over all ranks; data_parallel replicates (EmbeddingBagCollection only on CPU).
+
+Managed-collision collections (tables with low-frequency eviction, :mod:`torchrec_mdr.sparse.eviction`)
+are always row_wise with the fused kernel, whatever ``sparse.sharding`` says: torchrec shards them
+no other way, so they get a hand-written plan in ``auto`` mode too (the planner, which on CPU
+offers a managed EmbeddingBagCollection no sharding type at all, plans the other tables). On CPU
+their evictions need the :mod:`torchrec_mdr.sparse.fbgemm_cpu_fallback` kernel, installed after
+sharding.
 """
 
 from __future__ import annotations
+
+from typing import get_args
 
 import torch.distributed as dist
 from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.mc_embedding import ManagedCollisionEmbeddingCollectionSharder
+from torchrec.distributed.mc_embeddingbag import ManagedCollisionEmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.sharding_plan import (column_wise, construct_module_sharding_plan, data_parallel,
                                                 row_wise, table_wise)
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagCollection,
+                                                   ManagedCollisionEmbeddingCollection)
 
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.experiment import ShardingType
+from torchrec_mdr.sparse import fbgemm_cpu_fallback
 from torchrec_mdr.training.distributed import DistContext
 
 
-def _collections(model: nn.Module) -> dict[str, EmbeddingBagCollection | EmbeddingCollection]:
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection))}
+MANAGED = (ManagedCollisionEmbeddingBagCollection, ManagedCollisionEmbeddingCollection)
 
 
-def _table_sizes(module: EmbeddingBagCollection | EmbeddingCollection) -> dict[str, tuple[int, int]]:
+def _collections(model: nn.Module) -> dict[str, nn.Module]:
+    """The shardable collections by path: EBC, EC and managed-collision wrappers (not the EBC/EC inside one)."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():  # parents come before their children
+        if any(name.startswith(path + ".") for path, parent in found.items() if isinstance(parent, MANAGED)):
+            continue
+        if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection) + MANAGED):
+            found[name] = module
+    return found
+
+
+def _table_sizes(module: nn.Module) -> dict[str, tuple[int, int]]:
+    if isinstance(module, MANAGED):
+        module = module._embedding_module
     configs = (module.embedding_bag_configs() if isinstance(module, EmbeddingBagCollection)
                else module.embedding_configs())
     return {c.name: (c.num_embeddings, c.embedding_dim) for c in configs}
@@ -39,7 +65,12 @@ def _table_sizes(module: EmbeddingBagCollection | EmbeddingCollection) -> dict[s
 
 def check_sharding(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> None:
     """Clear errors for a sharding type these tables or this device cannot use."""
+    if sharding not in get_args(ShardingType):
+        raise ConfigError(f"sparse.sharding = {sharding!r} is not a sharding type; "
+                          f"choose one of {', '.join(get_args(ShardingType))}")
     for module in _collections(model).values():
+        if isinstance(module, MANAGED):
+            continue  # always row_wise
         for table, (_rows, dim) in _table_sizes(module).items():
             if sharding == "column_wise" and dim % ctx.world_size:
                 raise ConfigError(f"sparse.sharding = column_wise: table '{table}' has embedding dimension {dim}, "
@@ -50,13 +81,16 @@ def check_sharding(model: nn.Module, sharding: ShardingType, ctx: DistContext) -
                               "use auto, table_wise, row_wise or column_wise")
 
 
-def hand_plan(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> ShardingPlan:
+def hand_plan(model: nn.Module | dict[str, nn.Module], sharding: ShardingType, ctx: DistContext) -> ShardingPlan:
+    """A plan of every collection of ``model`` (or of the given ``{path: collection}``); managed ones row_wise."""
     plans = {}
-    for path, module in _collections(model).items():
+    collections = model if isinstance(model, dict) else _collections(model)
+    for path, module in collections.items():
         sizes = _table_sizes(module)
         by_size = sorted(sizes, key=lambda t: -sizes[t][0] * sizes[t][1])
         generators = {
-            table: (table_wise(rank=by_size.index(table) % ctx.world_size) if sharding == "table_wise"
+            table: (row_wise() if isinstance(module, MANAGED)
+                    else table_wise(rank=by_size.index(table) % ctx.world_size) if sharding == "table_wise"
                     else row_wise() if sharding == "row_wise"
                     else column_wise(ranks=list(range(ctx.world_size))) if sharding == "column_wise"
                     else data_parallel())
@@ -68,22 +102,55 @@ def hand_plan(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> Sha
 
 
 def planner_plan(model: nn.Module, ctx: DistContext, sharders: list) -> ShardingPlan:
+    """The planner's plan, never data_parallel: a data-parallel table gets no fused optimizer, so it
+    would train with the dense optimizer and rate instead of ``optimizer.sparse`` / ``sparse_lr``
+    (and which small tables the planner replicates changes with the world size)."""
     constraints = {}
-    if ctx.device.type == "cpu":
-        for module in _collections(model).values():
-            if isinstance(module, EmbeddingCollection):
-                for table in _table_sizes(module):
-                    constraints[table] = ParameterConstraints(sharding_types=["table_wise", "column_wise", "row_wise"])
+    for module in _collections(model).values():
+        if isinstance(module, MANAGED):
+            continue
+        types = (["table_wise", "column_wise", "row_wise"]
+                 if isinstance(module, EmbeddingCollection) and ctx.device.type == "cpu"
+                 else ["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise"])
+        for table in _table_sizes(module):
+            constraints[table] = ParameterConstraints(sharding_types=types)
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=ctx.world_size, compute_device=ctx.device.type, local_world_size=ctx.world_size),
         constraints=constraints or None,
     )
-    return planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    collections = _collections(model)
+    managed = {path: module for path, module in collections.items() if isinstance(module, MANAGED)}
+    if not managed:
+        return planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    # Managed collections are planned by hand (always row_wise): the planner sees the others only,
+    # at their own paths, so that it neither plans a managed one nor the collection inside it.
+    others = {path: module for path, module in collections.items() if path not in managed}
+    plan = planner.collective_plan(_tree(others), sharders, dist.GroupMember.WORLD) if others else ShardingPlan({})
+    return ShardingPlan({**plan.plan, **hand_plan(managed, "row_wise", ctx).plan})
+
+
+def _tree(modules: dict[str, nn.Module]) -> nn.Module:
+    """A module tree that holds just ``modules``, each at its path (they stay in their own model too)."""
+    root = nn.Module()
+    for path, module in modules.items():
+        *parents, leaf = path.split(".")
+        node = root
+        for name in parents:
+            if not hasattr(node, name):
+                node.add_module(name, nn.Module())
+            node = getattr(node, name)
+        node.add_module(leaf, module)
+    return root
 
 
 def wrap_model(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> DistributedModelParallel:
     """Shard ``model``'s embedding collections (built on the meta device) and wrap the rest in DDP."""
     check_sharding(model, sharding, ctx)
-    sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+    sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder(),
+                ManagedCollisionEmbeddingBagCollectionSharder(), ManagedCollisionEmbeddingCollectionSharder()]
     plan = planner_plan(model, ctx, sharders) if sharding == "auto" else hand_plan(model, sharding, ctx)
-    return DistributedModelParallel(model, device=ctx.device, plan=plan, sharders=sharders)
+    managed = any(isinstance(m, MANAGED) for m in _collections(model).values())
+    sharded = DistributedModelParallel(model, device=ctx.device, plan=plan, sharders=sharders)
+    if managed:
+        fbgemm_cpu_fallback.install(sharded)  # a no-op off CPU or where fbgemm has the CPU kernel
+    return sharded

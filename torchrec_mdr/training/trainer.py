@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +32,9 @@ from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.metrics.ranking import EvalResult, PredictionBuffer, evaluate_predictions
 from torchrec_mdr.models.ranking import RankingModel, TrainModel
+from torchrec_mdr.sparse.eviction import eviction_stats, managed_reader_spec, prepare_eviction
+from torchrec_mdr.training.checkpoint import (CheckpointInfo, CheckpointManager, all_finite, check_identity,
+                                              data_order, differences, run_identity)
 from torchrec_mdr.training.distributed import DistContext, init_distributed
 from torchrec_mdr.training.optimizers import LRSchedule, apply_sparse_optimizer, build_optimizer
 from torchrec_mdr.training.sharding import wrap_model
@@ -44,40 +47,129 @@ class Progress:
     batch_in_epoch: int = 0  # batches of the current epoch already trained on
 
 
+def _seeded_iter(loader: BatchLoader, seed: int) -> Iterator[Batch]:
+    """``iter(loader)`` without a draw from torch's global RNG: a DataLoader draws its workers' base
+    seed from ``loader.generator``, the global RNG when None, which would shift dropout's random
+    stream by one draw per epoch and per evaluation (and break exact resumption)."""
+    loader.generator = torch.Generator().manual_seed(seed)
+    return iter(loader)
+
+
 def _all_equal_batches(loader: BatchLoader, ctx: DistContext, reduce_op: dist.ReduceOp) -> int:
-    count = torch.tensor([loader.dataset.num_batches()], dtype=torch.int64)
+    count = torch.tensor([loader.dataset.num_batches()], dtype=torch.int64, device=ctx.device)  # nccl: on GPU
     if ctx.world_size > 1:
         dist.all_reduce(count, op=reduce_op)
     return int(count.item())
 
 
 class Trainer:
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path) -> None:
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, resume: bool = False,
+                 evaluate_only: bool = False) -> None:
+        """``resume``: continue from the latest complete checkpoint of ``run_dir`` (see
+        :mod:`torchrec_mdr.training.checkpoint`; with none, start fresh and say so). Without it, a
+        ``run_dir`` that holds checkpoints is refused. ``evaluate_only``: build the model to load a
+        checkpoint into and evaluate (``mdr eval``): no config.json, train split or TensorBoard."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.ctx = init_distributed(config.train.device)
         self.spec = DatasetSpec.load(config.data.path)
+        prepare_eviction(self.spec, config.sparse.eviction, self.ctx.world_size, config.data.batch_size)
+        self.checkpoints = CheckpointManager(self.run_dir, self.ctx, config.train.keep_checkpoints)
+        self.identity = run_identity(config, self.spec)
+        self.last_checkpoint: Path | None = None  # the last complete checkpoint of this run
+        self._saved_step = -1  # progress.step of last_checkpoint
+        self._losses_saved = 0  # len(step_losses) at the last checkpoint
+        resume_from = None if evaluate_only else self._resume_point(resume)
         torch.manual_seed(config.train.seed)
-        if self.ctx.is_main:
+        if self.ctx.is_main and not evaluate_only:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
         model = TrainModel(RankingModel(self.spec, config.model, sparse_device=torch.device("meta"),
-                                        dense_device=self.ctx.device))
+                                        dense_device=self.ctx.device, eviction=config.sparse.eviction,
+                                        mc_buckets=self.ctx.world_size))
         apply_sparse_optimizer(model, config.optimizer, self.ctx.device)
         self.model = wrap_model(model, config.sparse.sharding, self.ctx)
         self.optimizer = build_optimizer(self.model, config.optimizer)
-        self.train_loader = make_dataloader(config.data, "train", self.ctx.rank, self.ctx.world_size)
-        self.steps_per_epoch = _all_equal_batches(self.train_loader, self.ctx, dist.ReduceOp.MIN)
+        self.reader_spec = managed_reader_spec(self.spec, config.sparse.eviction)
+        self.train_loader = (None if evaluate_only else
+                             make_dataloader(config.data, "train", self.ctx.rank, self.ctx.world_size,
+                                             spec=self.reader_spec))
+        self.steps_per_epoch = (0 if evaluate_only else
+                                _all_equal_batches(self.train_loader, self.ctx, dist.ReduceOp.MIN))
         total = self.steps_per_epoch * config.train.epochs
         self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
         self.schedule = LRSchedule(self.optimizer, config.optimizer, self.total_steps)
         self.progress = Progress()
+        self.step_losses: list[float] = []  # this rank's loss of every step trained by fit()
         self.pipeline = None
         self.writer = None
-        if self.ctx.is_main:
+        if self.ctx.is_main and not evaluate_only:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if resume_from is not None:
+            self._resume(resume_from)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _resume_point(self, resume: bool) -> CheckpointInfo | None:
+        """The checkpoint to resume from, checked against this run's model, optimizer and dataset."""
+        latest = self.checkpoints.latest()
+        if not resume:
+            if latest is not None:
+                raise TrainingError(f"{self.run_dir} already holds checkpoint {latest.path.name}: pass --resume to "
+                                    f"continue from it, or choose another run directory")
+            return None
+        if latest is None:
+            if self.ctx.is_main:
+                print(f"--resume: no complete checkpoint in {self.checkpoints.root}; starting fresh")
+            return None
+        check_identity(latest.record.get("identity", {}), self.identity, latest.path)
+        return latest
+
+    def _resume(self, info: CheckpointInfo) -> None:
+        """Load model, optimizer, schedule, progress and RNG states. At the checkpoint's world size and
+        data settings the run continues exactly; otherwise (say so) the epoch position is carried
+        over as the fraction of the epoch's rows already trained on."""
+        self.checkpoints.load(info.path, self.model, self.optimizer)
+        record = info.record
+        self.progress = Progress(**record["progress"])
+        self.schedule.load_state_dict(record["schedule"])
+        self.last_checkpoint, self._saved_step = info.path, self.progress.step
+        saved_order = record.get("data_order", {})
+        changed = differences(saved_order, data_order(self.config, self.ctx.world_size), "data")
+        if changed:
+            rows = (self.progress.batch_in_epoch * saved_order.get("world_size", self.ctx.world_size)
+                    * saved_order.get("batch_size", self.config.data.batch_size))
+            per_step = self.ctx.world_size * self.config.data.batch_size
+            self.progress.batch_in_epoch = min(rows // per_step, self.steps_per_epoch)
+        if self.ctx.is_main:
+            print(f"resuming from {info.path} (step {self.progress.step}, epoch {self.progress.epoch}, "
+                  f"batch {self.progress.batch_in_epoch} of the epoch)")
+            if changed:
+                print("note: the data order differs from the checkpoint's run, so this is not an exact "
+                      "continuation: " + "; ".join(changed).replace("data.world_size", "world size"))
+
+    def save_checkpoint(self) -> Path | None:
+        """Checkpoint the current state (a collective) unless this step is saved already. A non-finite
+        loss since the last checkpoint or non-finite weights raise TrainingError instead, so that the
+        last good checkpoint is never replaced by a broken state."""
+        if self.progress.step in (0, self._saved_step):
+            return None
+        self._check_loss(self.step_losses[self._losses_saved:])
+        if not all_finite(self.model, self.ctx):
+            raise TrainingError(f"the model's weights are not finite at step {self.progress.step}; not saving "
+                                f"a checkpoint{self._checkpoint_note()}")
+        record = {"model_name": self.config.model.name, "progress": asdict(self.progress),
+                  "schedule": self.schedule.state_dict(), "identity": self.identity,
+                  "data_order": data_order(self.config, self.ctx.world_size)}
+        self.last_checkpoint = self.checkpoints.save(self.model, self.optimizer, record)
+        self._saved_step, self._losses_saved = self.progress.step, len(self.step_losses)
+        return self.last_checkpoint
+
+    def _checkpoint_note(self) -> str:
+        if self.last_checkpoint is None:
+            return "; no checkpoint of this run was saved"
+        return f"; the last good checkpoint is {self.last_checkpoint} (continue from it with --resume)"
 
     # ------------------------------------------------------------------ training
     def _pipeline(self):
@@ -100,7 +192,7 @@ class Trainer:
         """Train for the configured epochs / steps; evaluate; write metrics.json. Returns the metrics."""
         cfg = self.config.train
         pipeline = self.pipeline = self._pipeline()
-        losses: list[float] = []
+        losses = self.step_losses
         samples = 0
         start = time.perf_counter()
         bar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", unit="step",
@@ -108,7 +200,8 @@ class Trainer:
         done = self.progress.step >= self.total_steps
         while not done and self.progress.epoch < cfg.epochs:
             self.train_loader.dataset.set_epoch(self.progress.epoch)
-            batches: Iterator[Batch] = itertools.islice(iter(self.train_loader), self.progress.batch_in_epoch,
+            epoch_batches = _seeded_iter(self.train_loader, cfg.seed * 100_003 + self.progress.epoch)
+            batches: Iterator[Batch] = itertools.islice(epoch_batches, self.progress.batch_in_epoch,
                                                         self.steps_per_epoch)
             while True:
                 try:
@@ -130,9 +223,14 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
                     self._scalar("train/loss", mean_loss)
                     self._scalar("train/samples_per_sec", rate)
+                    occupancy = self._log_eviction()
+                    if occupancy:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}", **occupancy)
                 if cfg.eval_every and self.progress.step % cfg.eval_every == 0:
                     result = self.evaluate(cfg.eval_split)
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", valid_auc=f"{result.auc:.4f}")
+                if cfg.checkpoint_every and self.progress.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
                 if self.progress.step >= self.total_steps:
                     done = True
                     break
@@ -142,21 +240,34 @@ class Trainer:
         bar.close()
         wall = time.perf_counter() - start
         self._check_loss(losses[-cfg.log_every:])
+        self.save_checkpoint()
         train = {"samples_per_sec": samples / wall if wall else 0.0, "steps": self.progress.step, "wall_sec": wall,
                  "final_loss": losses[-1] if losses else float("nan")}
         return self.report(train)
 
     def _check_loss(self, recent: list[float]) -> float:
         """Mean recent loss over all ranks; a NaN or inf anywhere stops the run on every rank."""
-        value = torch.tensor([sum(recent) / max(len(recent), 1)], dtype=torch.float64)
+        value = torch.tensor([sum(recent) / max(len(recent), 1)], dtype=torch.float64, device=self.ctx.device)
         if self.ctx.world_size > 1:
             dist.all_reduce(value)
             value /= self.ctx.world_size
         mean = float(value.item())
         if not math.isfinite(mean):
             raise TrainingError(f"the training loss became {mean} at step {self.progress.step}; stopping "
-                                f"(lower optimizer.dense_lr / optimizer.sparse_lr or set optimizer.grad_clip_norm)")
+                                f"(lower optimizer.dense_lr / optimizer.sparse_lr or set optimizer.grad_clip_norm)"
+                                f"{self._checkpoint_note()}")
         return mean
+
+    def _log_eviction(self) -> dict[str, str]:
+        """TensorBoard scalars of the managed tables (a collective when sharded); {"occ_<table>": "0.93"}."""
+        if not self.config.sparse.eviction.tables:
+            return {}
+        stats = eviction_stats(self.model, self.config.sparse.eviction.tables, self.ctx.device)
+        for table, table_stats in stats.items():
+            self._scalar(f"eviction/{table}/occupancy", table_stats.occupancy)
+            self._scalar(f"eviction/{table}/evicted_ids", table_stats.evicted_ids)
+            self._scalar(f"eviction/{table}/admitted_ids", table_stats.admitted_ids)
+        return {f"occ_{table}": f"{table_stats.occupancy:.2f}" for table, table_stats in stats.items()}
 
     def _scalar(self, tag: str, value: float) -> None:
         if self.writer is not None:
@@ -166,7 +277,8 @@ class Trainer:
     def evaluate(self, split: str) -> EvalResult:
         """Metrics over every row of ``split`` (identical on all ranks)."""
         config = replace(self.config.data, shuffle=False, drop_last=False)
-        loader = make_dataloader(config, split, self.ctx.rank, self.ctx.world_size, shuffle=False)
+        loader = make_dataloader(config, split, self.ctx.rank, self.ctx.world_size, shuffle=False,
+                                 spec=self.reader_spec)
         steps = _all_equal_batches(loader, self.ctx, dist.ReduceOp.MAX)
         buffer = PredictionBuffer()
         if isinstance(self.pipeline, TrainPipelineSparseDist):
@@ -174,7 +286,7 @@ class Trainer:
         self.model.eval()
         last = None
         with torch.no_grad():
-            iterator = iter(loader)
+            iterator = _seeded_iter(loader, self.config.train.seed)
             for _ in range(steps):
                 batch = next(iterator, None)
                 real = batch is not None
@@ -186,7 +298,7 @@ class Trainer:
                     buffer.add(logits, labels, domain, group)
                 last = batch
         self.model.train()
-        result = evaluate_predictions(buffer.gather(), self.spec.domain_names)
+        result = evaluate_predictions(buffer.gather(self.ctx.device), self.spec.domain_names)
         self._scalar(f"{split}/auc", result.auc)
         self._scalar(f"{split}/logloss", result.logloss)
         self._scalar(f"{split}/gauc", result.gauc)
@@ -202,6 +314,9 @@ class Trainer:
         oracle = self.spec.splits.get(split).oracle_auc if split in self.spec.splits else {}
         if oracle:
             metrics["oracle_auc"] = oracle
+        if self.config.sparse.eviction.tables:  # occupancy and eviction counts per managed table
+            stats = eviction_stats(self.model, self.config.sparse.eviction.tables, self.ctx.device)
+            metrics["eviction"] = {table: table_stats.to_dict() for table, table_stats in stats.items()}
         if self.ctx.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             print(format_table(metrics, self.spec.domain_names))
@@ -220,7 +335,8 @@ def format_table(metrics: dict, domain_names: list[str]) -> str:
         lines.append(line + (f"  {oracle[name]:.4f}" if name in oracle else ""))
     line = f"{'all':<20}{metrics['rows']:>10,}{metrics['auc']:>9.4f}{metrics['gauc']:>9.4f}{metrics['logloss']:>9.4f}"
     lines.append(line + (f"  {oracle['all']:.4f}" if "all" in oracle else ""))
-    train = metrics["train"]
-    lines.append(f"trained {train['steps']} steps in {train['wall_sec']:.1f} s, "
-                 f"{train['samples_per_sec']:,.0f} samples/s")
+    train = metrics.get("train")
+    if train:
+        lines.append(f"trained {train['steps']} steps in {train['wall_sec']:.1f} s, "
+                     f"{train['samples_per_sec']:,.0f} samples/s")
     return "\n".join(lines)

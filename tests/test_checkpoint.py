@@ -1,0 +1,441 @@
+"""Checkpoints (torch.distributed.checkpoint): exact resumption, resharding, atomic saves, checks.
+
+* Resume exactness at world size 1: a run trained straight through and runs stopped at step k
+  (at an epoch boundary, mid-epoch, and by a crash inside a save) then resumed with ``resume=True``
+  give identical per-step losses and an identical final state (every table row, every weight).
+  The model has dropout, so the torch RNG state must be restored too; the reader shuffles.
+* Managed collision (eviction): resumption between two eviction rounds is exact, at 1 and 2 ranks.
+* 2 ranks (gloo, spawned): resumption is exact there too (TrainPipelineSparseDist, row-wise
+  tables, a checkpoint taken while the pipeline holds the next batch); the final checkpoint loads
+  on 1 rank (DCP resharding) and ``evaluate_run`` reproduces the 2-rank run's own final metrics;
+  resuming it on 1 rank works and says that it is not an exact continuation; a checkpoint with
+  managed-collision tables is refused at another world size.
+* Errors before training: another model config, optimizer or dataset spec; checkpoints in a run
+  directory without ``--resume``. A NaN loss keeps the last good checkpoint and names it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+from torchrec_mdr.cli import main
+from torchrec_mdr.data.batch import Batch
+from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
+from torchrec_mdr.data.spec import DatasetSpec
+from torchrec_mdr.errors import TrainingError
+from torchrec_mdr.experiment import EvictionConfig, ExperimentConfig, OptimizerConfig, SparseConfig, TrainConfig
+from torchrec_mdr.models.din import DINConfig
+from torchrec_mdr.models.registry import ModelConfig
+from torchrec_mdr.training import checkpoint
+from torchrec_mdr.training.checkpoint import (CheckpointManager, all_finite, dataset_signature, differences,
+                                              evaluate_run)
+
+BATCH = 64  # 480 train rows: 8 steps per epoch at world size 1, 4 at world size 2
+EPOCH_STEPS = 8
+
+
+def make_dataset(path: Path, items: int = 60) -> Path:
+    from data_prep.synthetic import Options, convert
+
+    convert(Options(out=path, rows=600, users=40, items=items, categories=6, brands=10, seq_length=5,
+                    min_seq_length=0))
+    return path
+
+
+def experiment(data: Path, max_steps: int | None = None, epochs: int = 2, checkpoint_every: int | None = 5,
+               keep: int = 2, pipeline: str = "sparse_dist", sharding: str = "auto", embedding_dim: int = 4,
+               sparse: str = "rowwise_adagrad", log_every: int = 4, eviction: bool = False) -> ExperimentConfig:
+    """``eviction``: managed collision on tables ``user`` (pooled) and ``item`` (sequences and the
+    candidate), 32 slots each (fewer than their ids), an eviction round every 2 steps."""
+    managed = EvictionConfig(tables=["user", "item"], zch_size=32, eviction_interval=2) if eviction else None
+    return ExperimentConfig(
+        data=ReaderConfig(path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=128, seed=3),
+        model=ModelConfig(name="din", embedding_dim=embedding_dim,
+                          din=DINConfig(attention_hidden=[8], hidden=[16, 8], dropout=0.2)),
+        sparse=SparseConfig(sharding=sharding, eviction=managed or EvictionConfig()),  # type: ignore[arg-type]
+        optimizer=OptimizerConfig(sparse=sparse, sparse_lr=0.1, dense="adam", dense_lr=0.01),  # type: ignore
+        train=TrainConfig(epochs=epochs, max_steps=max_steps, pipeline=pipeline, device="cpu",  # type: ignore
+                          log_every=log_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep, seed=5),
+    )
+
+
+def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of the model's state dict, sharded tables gathered to full size (a collective)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            out = torch.zeros(value.size(), dtype=value.dtype) if dist.get_rank() == 0 else None
+            value.gather(dst=0, out=out)
+            state[key] = out
+        else:
+            state[key] = value.detach().clone()
+    return state
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def fit(config: ExperimentConfig, run: Path, resume: bool = False) -> tuple[list[float], dict, dict]:
+    from torchrec_mdr.training.trainer import Trainer
+
+    trainer = Trainer(config, run, resume=resume)
+    metrics = trainer.fit()
+    return list(trainer.step_losses), metrics, full_state(trainer.model)
+
+
+def latest_name(run: Path) -> str:
+    return (run / "checkpoints" / "latest").read_text().strip()
+
+
+def checkpoint_names(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("ckpt") / "syn")
+
+
+@pytest.fixture(scope="module")
+def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two epochs (16 steps) without interruption; checkpoints every 5 steps and at the end, keep 2."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    losses, metrics, state = fit(experiment(data), run)
+    return {"run": run, "losses": losses, "metrics": metrics, "state": state}
+
+
+# --------------------------------------------------------------------------- data order
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skipping_batches_gives_the_same_batches(data: Path, workers: int) -> None:
+    """What resumption relies on: an epoch's batches depend only on (seed, epoch, slice), so islice
+    skipping k of them yields exactly the rest of an uninterrupted epoch."""
+    config = ReaderConfig(path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=128, seed=3,
+                          num_workers=workers)
+    loader = make_dataloader(config, "train")
+
+    def epoch(number: int, skip: int = 0) -> list[Batch]:
+        loader.dataset.set_epoch(number)
+        return list(itertools.islice(iter(loader), skip, None))
+
+    def rows(batches: list[Batch]) -> list[list[float]]:
+        return [torch.cat([b.dense_features.flatten(), b.labels.flatten(), b.sparse_features.values().float(),
+                           b.sequence_features.values().float(),
+                           b.sequence_features.lengths().float()]).tolist() for b in batches]
+
+    whole = epoch(1)
+    assert len(whole) == EPOCH_STEPS
+    assert rows(epoch(1, skip=3)) == rows(whole[3:])
+    assert rows(epoch(1)) == rows(whole)
+    assert rows(epoch(2)) != rows(whole)  # the shuffle does depend on the epoch
+
+
+# --------------------------------------------------------------------------- exact resumption, world size 1
+
+
+@pytest.mark.parametrize("stop", [EPOCH_STEPS, EPOCH_STEPS + 3], ids=["epoch-boundary", "mid-epoch"])
+def test_resume_is_exact(data: Path, straight: dict[str, Any], tmp_path: Path, stop: int,
+                         capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    first, _, _ = fit(experiment(data, max_steps=stop), run)
+    assert first == straight["losses"][:stop]
+    assert latest_name(run) == f"step-{stop:06d}"
+    capsys.readouterr()
+    rest, metrics, state = fit(experiment(data), run, resume=True)
+    assert f"resuming from {run / 'checkpoints' / f'step-{stop:06d}'}" in capsys.readouterr().out
+    assert len(rest) == 2 * EPOCH_STEPS - stop
+    assert rest == straight["losses"][stop:]  # exactly, step by step
+    assert_same_state(state, straight["state"])  # every embedding row, weight and buffer
+    assert metrics["auc"] == straight["metrics"]["auc"] and metrics["logloss"] == straight["metrics"]["logloss"]
+    assert metrics["train"]["steps"] == 2 * EPOCH_STEPS
+
+
+def test_resume_is_exact_with_managed_collision_mid_interval(data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eviction rounds at steps 2, 4, 6, 8; the run stops at step 5, between two rounds. The ids counted
+    since round 4 live outside the state dict (torchrec_mdr.training.mch_state saves them per rank)."""
+    import shutil
+
+    def config(max_steps: int) -> ExperimentConfig:
+        return experiment(data, max_steps=max_steps, checkpoint_every=None, eviction=True)
+
+    straight, _, state = fit(config(8), tmp_path / "straight")
+    first, _, _ = fit(config(5), tmp_path / "resumed")
+    shutil.copytree(tmp_path / "resumed", tmp_path / "forgetful")
+    rest, _, resumed_state = fit(config(8), tmp_path / "resumed", resume=True)
+    assert first + rest == straight
+    assert_same_state(resumed_state, state)  # slots, their counts, every table row
+    assert any("_mch_sorted_raw_ids" in key for key in state)
+    # the same resumption without that history: the next round comes at step 7 instead of 6
+    monkeypatch.setattr(checkpoint, "load_module_states", lambda model, states: [])
+    forgetful, _, _ = fit(config(8), tmp_path / "forgetful", resume=True)
+    assert forgetful[0] == straight[5] and forgetful != straight[5:]
+
+
+def test_keep_last_checkpoints(data: Path, straight: dict[str, Any]) -> None:
+    run = straight["run"]
+    # saved at 5, 10, 15 and at the end (16); keep_checkpoints = 2
+    assert checkpoint_names(run) == ["step-000015", "step-000016"]
+    assert latest_name(run) == "step-000016"
+    record = json.loads((run / "checkpoints" / "step-000016" / "state.json").read_text())
+    assert record["progress"] == {"epoch": 1, "step": 16, "batch_in_epoch": EPOCH_STEPS}
+    assert record["model_name"] == "din" and record["world_size"] == 1
+    assert record["identity"]["model"]["embedding_dim"] == 4
+    assert record["identity"]["dataset"]["fingerprint"] == dataset_signature(DatasetSpec.load(data))["fingerprint"]
+    assert (run / "checkpoints" / "step-000016" / "rank0.pt").is_file()
+    # `mdr eval` on the same world size reproduces the run's own final evaluation exactly
+    assert main(["eval", "--run", str(run), "--split", "test"]) == 0
+    evaluated = json.loads((run / "eval-test.json").read_text())
+    assert evaluated["checkpoint"]["step"] == 16 and evaluated["rows"] == straight["metrics"]["rows"]
+    for key in ("auc", "gauc", "logloss"):
+        assert evaluated[key] == straight["metrics"][key]
+
+
+def test_buffers_and_lazy_optimizer_state_round_trip(tmp_path: Path) -> None:
+    """Module buffers (here BatchNorm's running statistics) are saved and loaded with the weights, and
+    Adam's lazily created state is recreated from the checkpoint in an optimizer that never stepped."""
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+
+    from torchrec_mdr.training.distributed import init_distributed
+
+    def build(seed: int) -> tuple[torch.nn.Module, CombinedOptimizer]:
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+        wrapper = KeyedOptimizerWrapper(dict(model.named_parameters()), lambda ps: torch.optim.Adam(ps, lr=0.1))
+        return model, CombinedOptimizer([wrapper])
+
+    def step(model: torch.nn.Module, optimizer: CombinedOptimizer, seed: int) -> None:
+        optimizer.zero_grad()
+        model(torch.randn(8, 4, generator=torch.Generator().manual_seed(seed))).square().mean().backward()
+        optimizer.step()
+
+    manager = CheckpointManager(tmp_path, init_distributed("cpu"))
+    model, optimizer = build(0)
+    for seed in range(3):
+        step(model, optimizer, seed)
+    path = manager.save(model, optimizer, {"progress": {"step": 3}})
+    assert int(model[1].num_batches_tracked) == 3
+
+    other, other_optimizer = build(1)
+    assert other_optimizer.state_dict()["state"] == {}
+    manager.load(path, other, other_optimizer)
+    assert_same_state(dict(other.state_dict()), dict(model.state_dict()))  # running_mean/var, batch count
+    step(model, optimizer, 7)
+    step(other, other_optimizer, 7)
+    assert_same_state(dict(other.state_dict()), dict(model.state_dict()))  # Adam's moments and step count came back
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint(data: Path, straight: dict[str, Any], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    publish = checkpoint._publish
+
+    def crash_at_step_10(tmp: Path, final: Path, latest: Path) -> None:
+        if final.name == "step-000010":
+            raise RuntimeError("simulated crash after the checkpoint files were written")
+        publish(tmp, final, latest)
+
+    monkeypatch.setattr(checkpoint, "_publish", crash_at_step_10)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(experiment(data), run)
+    monkeypatch.setattr(checkpoint, "_publish", publish)
+    names = checkpoint_names(run)
+    assert latest_name(run) == "step-000005"
+    assert "step-000010" not in names
+    half = [n for n in names if n.startswith("step-000010.tmp-")]
+    assert len(half) == 1 and (run / "checkpoints" / half[0] / ".metadata").is_file()  # written, never published
+
+    rest, _, state = fit(experiment(data), run, resume=True)
+    assert rest == straight["losses"][5:]
+    assert_same_state(state, straight["state"])
+    assert checkpoint_names(run) == ["step-000015", "step-000016"]  # the half-written folder was cleaned up
+
+
+def test_latest_falls_back_to_the_newest_complete_checkpoint(straight: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    from torchrec_mdr.training.distributed import init_distributed
+
+    run = tmp_path / "copy"
+    shutil.copytree(straight["run"] / "checkpoints", run / "checkpoints")
+    (run / "checkpoints" / "latest").unlink()  # a crash between the rename and the marker
+    (run / "checkpoints" / "step-000020.tmp-x").mkdir()  # half-written: ignored
+    manager = CheckpointManager(run, init_distributed("cpu"))
+    assert manager.latest().path.name == "step-000016"
+    (run / "checkpoints" / "latest").write_text("step-000015\n")
+    assert manager.latest().step == 15
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_mismatches_are_refused_before_training(data: Path, straight: dict[str, Any], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    from torchrec_mdr.training.trainer import Trainer
+
+    run = straight["run"]
+    with pytest.raises(TrainingError, match=r"different model config: model\.embedding_dim: 4 in the checkpoint, "
+                                            r"8 now"):
+        Trainer(experiment(data, embedding_dim=8), run, resume=True)
+    with pytest.raises(TrainingError, match=r"different optimizer kinds: optimizer\.sparse: 'rowwise_adagrad' in "
+                                            r"the checkpoint, 'sgd' now"):
+        Trainer(experiment(data, sparse="sgd"), run, resume=True)
+    other = make_dataset(tmp_path / "other", items=90)
+    with pytest.raises(TrainingError, match=r"different dataset spec: columns\.item_id\.cardinality: 60 in the "
+                                            r"checkpoint, 90 now"):
+        Trainer(experiment(other), run, resume=True)
+    with pytest.raises(TrainingError, match=r"already holds checkpoint step-000016: pass --resume"):
+        Trainer(experiment(data), run)
+    # the failed attempts wrote nothing into the run
+    assert json.loads((run / "config.json").read_text())["model"]["embedding_dim"] == 4
+    # the command line: one line, exit status 2
+    assert main(["train", "--set", f"data.path={other}", "--set", "model.embedding_dim=4", "--out", str(run),
+                 "--resume"]) == 2
+    assert "mdr: error: checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--run", str(run), "--data", str(other)]) == 2
+    assert "item_id.cardinality: 60 in the checkpoint, 90 now" in capsys.readouterr().err
+    # --resume with nothing to resume from starts fresh and says so
+    fresh = Trainer(experiment(data, max_steps=1), tmp_path / "fresh", resume=True)
+    assert "no complete checkpoint" in capsys.readouterr().out and fresh.progress.step == 0
+
+
+def test_differences_are_named() -> None:
+    saved = {"columns": [{"name": "a", "cardinality": 3}, {"name": "b", "cardinality": 4}], "domains": ["x"]}
+    now = {"columns": [{"name": "a", "cardinality": 5}], "domains": ["x", "y"]}
+    assert differences(saved, now) == ["columns.a.cardinality: 3 in the checkpoint, 5 now",
+                                       "columns.b: only in the checkpoint",
+                                       'domains: ["x"] in the checkpoint, ["x", "y"] now']
+
+
+def test_all_finite() -> None:
+    from torchrec_mdr.training.distributed import init_distributed
+
+    ctx = init_distributed("cpu")
+    model = torch.nn.Linear(3, 70_000)  # weight [70000, 3]: two chunks of rows
+    with torch.no_grad():
+        model.weight.fill_(3e38)  # finite, but their sum overflows to inf: the exact check must decide
+    assert all_finite(model, ctx)
+    with torch.no_grad():
+        model.weight[69_999, 2] = float("inf")
+    assert not all_finite(model, ctx)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        model.bias[5] = float("nan")
+    assert not all_finite(model, ctx)
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(data: Path, tmp_path: Path) -> None:
+    from torchrec_mdr.models.ranking import DenseArch
+    from torchrec_mdr.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    trainer = Trainer(experiment(data, checkpoint_every=2, log_every=100, pipeline="plain"), run)
+    assert all_finite(trainer.model, trainer.ctx)
+    dense = next(m for m in trainer.model.modules() if isinstance(m, DenseArch))
+    calls = []
+
+    def poison(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return output * float("nan") if len(calls) == 3 else output  # step 3's loss is NaN
+
+    dense.register_forward_hook(poison)
+    good = run / "checkpoints" / "step-000002"
+    with pytest.raises(TrainingError, match=rf"loss became nan at step 4.*last good checkpoint is {good}"):
+        trainer.fit()
+    assert latest_name(run) == "step-000002" and checkpoint_names(run) == ["step-000002"]
+    assert not all_finite(trainer.model, trainer.ctx)  # the NaN step broke the weights: nothing was saved
+
+
+# --------------------------------------------------------------------------- 2 ranks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn: Callable[..., None], world_size: int, port: int, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        fn(rank, world_size, *args)
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _two_rank_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
+    """A 2-rank run to load on one rank; a straight 2-rank run with managed collision and one stopped at
+    step 3 (mid eviction interval, one step after a checkpoint) and resumed; each rank saves its losses."""
+    common = {"checkpoint_every": 2, "sharding": "row_wise"}
+    fit(experiment(data, max_steps=6, **common), out / "straight")
+    losses = {}
+    losses["straight"], _, _ = fit(experiment(data, max_steps=6, eviction=True, **common), out / "managed")
+    first, _, _ = fit(experiment(data, max_steps=3, eviction=True, **common), out / "managed-resumed")
+    rest, _, _ = fit(experiment(data, max_steps=6, eviction=True, **common), out / "managed-resumed", resume=True)
+    losses["resumed"] = first + rest
+    (out / f"losses-{rank}.json").write_text(json.dumps(losses))
+
+
+def test_two_ranks_resume_exactly_and_load_on_one(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from torchrec_mdr.training.trainer import Trainer
+
+    mp.spawn(_entry, args=(_two_rank_worker, 2, free_port(), (data, tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        losses = json.loads((tmp_path / f"losses-{rank}.json").read_text())
+        assert len(losses["straight"]) == 6 and losses["resumed"] == losses["straight"]
+    run = tmp_path / "straight"
+    assert latest_name(run) == "step-000006"
+    assert json.loads((run / "checkpoints" / "step-000006" / "state.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in (run / "checkpoints" / "step-000006").glob("*.distcp")) == ["__0_0.distcp",
+                                                                                              "__1_0.distcp"]
+
+    # the 2-rank checkpoint on 1 rank: the same metrics as the 2-rank run's own final evaluation
+    reference = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    metrics = evaluate_run(run, split="test")
+    assert "din on synthetic (test split)" in capsys.readouterr().out
+    assert json.loads((run / "eval-test.json").read_text())["auc"] == metrics["auc"]
+    assert metrics["rows"] == reference["rows"] and metrics["checkpoint"]["world_size"] == 2
+    for key in ("auc", "gauc", "logloss"):
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-6)
+    for name, values in reference["per_domain"].items():
+        assert metrics["per_domain"][name]["rows"] == values["rows"]
+        for key in ("auc", "gauc", "logloss"):  # a domain without positives has AUC nan on both sides
+            assert metrics["per_domain"][name][key] == pytest.approx(values[key], abs=1e-6, nan_ok=True)
+
+    # and resuming it on 1 rank: training goes on from the 2-rank state, saying it is not exact
+    trainer = Trainer(experiment(data, max_steps=8, checkpoint_every=None, sharding="row_wise"), run, resume=True)
+    text = capsys.readouterr().out
+    assert "not an exact continuation" in text and "world size: 2 in the checkpoint, 1 now" in text
+    assert trainer.progress.step == 6 and trainer.progress.epoch == 1
+    assert trainer.progress.batch_in_epoch == 4  # 2 batches of 2 ranks = 4 batches of one
+    trainer.fit()
+    assert len(trainer.step_losses) == 2 and all(map(lambda v: v == v, trainer.step_losses))
+    assert latest_name(run) == "step-000008"
+
+    # managed-collision slot maps are per shard: such a checkpoint is refused at another world size
+    with pytest.raises(TrainingError, match=r"written by 2 rank\(s\) and holds managed-collision tables "
+                                            r"\['item', 'user'\].*cannot be resharded"):
+        evaluate_run(tmp_path / "managed")

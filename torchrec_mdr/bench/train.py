@@ -1,0 +1,264 @@
+"""``mdr bench train``: training samples/s per model, world size and training loop.
+
+For every world size the benchmark spawns that many processes joined over gloo (the torchrun
+variables set per process, as torchrun would), and each process builds, for every model and loop,
+the real :class:`~torchrec_mdr.training.trainer.Trainer` (meta-device sparse arch, fused sparse
+optimizer, DMP with the configured sharding, dense optimizer) and runs:
+
+* ``plain`` — the trainer's plain step: zero_grad, forward, backward, step;
+* ``base`` — torchrec's ``TrainPipelineBase`` (copies the next batch ahead; no sparse overlap);
+* ``sparse_dist`` — torchrec's ``TrainPipelineSparseDist`` (the input all-to-all of batch i+1
+  overlaps the forward/backward of batch i), what ``mdr train`` uses by default.
+
+Measured: ``warmup`` steps are run and discarded, then the wall time of ``steps`` steps (the
+slowest rank's) gives ``samples/s = steps * batch_size * world_size / seconds``. The loops of one
+model are built side by side and timed in turn, ``repeats`` windows each (plain, base,
+sparse_dist, plain, base, ...), and each cell reports its best window: on a shared machine a burst
+of outside load then spoils one window, not one loop's whole figure. Batches are read
+once (the first ``batches_in_memory`` of the train split) and re-wrapped in fresh
+KeyedJaggedTensors for every step, so the figures measure training, not parquet reading (``mdr
+bench loader`` measures that). Each process uses ``cores // world_size`` threads unless ``threads``
+says otherwise, so every world size uses the same cores.
+
+The dataset is the synthetic one (every behaviour sequence full length), generated on first use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from torchrec_mdr.config import ConfigError, bounds, doc
+from torchrec_mdr.data.batch import Batch
+from torchrec_mdr.data.spec import SPEC_FILE
+from torchrec_mdr.experiment import PipelineType, ShardingType
+
+PIPELINES: tuple[str, ...] = ("plain", "base", "sparse_dist")
+
+
+@dataclass
+class TrainBenchOptions:
+    data: Path = field(default=Path("data/bench-train"), metadata=doc("dataset (generated if missing)"))
+    rows: int = field(default=200_000, metadata=bounds(ge=1000, help="rows to generate if the data is missing"))
+    seq_length: int = field(default=50, metadata=bounds(ge=1, help="behaviour-sequence length of generated data"))
+    models: list[str] = field(default_factory=lambda: ["dnn", "din"], metadata=doc("registered models to measure"))
+    world_sizes: list[int] = field(default_factory=lambda: [1, 2], metadata=bounds(ge=1, help="process counts"))
+    pipelines: list[PipelineType] = field(default_factory=lambda: list(PIPELINES),  # type: ignore[arg-type]
+                                          metadata=doc("training loops: plain, base, sparse_dist"))
+    batch_size: int = field(default=512, metadata=bounds(ge=1, help="rows per batch per process"))
+    embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))
+    sharding: ShardingType = field(default="table_wise", metadata=doc("sharding of every table (auto: planner)"))
+    warmup: int = field(default=20, metadata=bounds(ge=1, help="steps run before timing (discarded)"))
+    steps: int = field(default=200, metadata=bounds(ge=1, help="timed steps per window"))
+    repeats: int = field(default=3, metadata=bounds(ge=1, help="timed windows per cell; the best is reported"))
+    batches_in_memory: int = field(default=32, metadata=bounds(ge=1, help="distinct batches cycled through"))
+    threads: int = field(default=0, metadata=bounds(ge=0, help="torch threads per process (0: cores // world size)"))
+
+    def validate(self) -> None:
+        from torchrec_mdr.models.registry import MODELS
+
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown:
+            raise ConfigError(f"'models': unknown {unknown}; registered models: {sorted(MODELS)}")
+        if not self.pipelines or not self.models or not self.world_sizes:
+            raise ConfigError("'models', 'world_sizes' and 'pipelines' need at least one entry each")
+
+
+@dataclass
+class Cell:
+    model: str
+    world_size: int
+    pipeline: str
+    samples_per_sec: float
+    seconds: float
+    steps: int
+    batch_size: int  # per process
+
+
+def ensure_bench_data(path: Path, rows: int, seq_length: int) -> None:
+    if (path / SPEC_FILE).is_file():
+        return
+    from data_prep.synthetic import Options, convert
+
+    print(f"generating {rows:,} rows of benchmark data into {path} ...")
+    convert(Options(out=path, rows=rows, seq_length=seq_length, min_seq_length=seq_length,
+                    split_fractions=[0.9, 0.05, 0.05]))
+
+
+# --------------------------------------------------------------------------- inside each process
+
+
+def _fresh(batches: list[Batch]) -> Iterator[Batch]:
+    """Cycle through ``batches`` forever, each time in new KeyedJaggedTensors (no cached offsets)."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    def rewrap(kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        return KeyedJaggedTensor(kjt.keys(), kjt.values(), lengths=kjt.lengths(), stride=kjt.stride())
+
+    for batch in itertools.cycle(batches):
+        yield Batch(batch.dense_features, rewrap(batch.sparse_features), rewrap(batch.sequence_features),
+                    batch.domain, batch.labels, batch.group_ids)
+
+
+def _read_batches(options: TrainBenchOptions, rank: int, world_size: int) -> list[Batch]:
+    from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
+
+    config = ReaderConfig(path=options.data, batch_size=options.batch_size, shuffle=False, drop_last=True)
+    batches = list(itertools.islice(iter(make_dataloader(config, "train", rank, world_size)),
+                                    options.batches_in_memory))
+    if not batches:
+        raise ConfigError(f"'batch_size' {options.batch_size}: the train split of {options.data} has no full "
+                          f"batch per process at world size {world_size}")
+    return batches
+
+
+class _Loop:
+    """One model trained by one loop: the trainer, its torchrec pipeline (None: plain) and batches."""
+
+    def __init__(self, options: TrainBenchOptions, model: str, pipeline: str, batches: list[Batch],
+                 run_dir: Path) -> None:
+        from torchrec_mdr.data.reader import ReaderConfig
+        from torchrec_mdr.experiment import ExperimentConfig, SparseConfig, TrainConfig
+        from torchrec_mdr.models.registry import ModelConfig
+        from torchrec_mdr.training.trainer import Trainer
+
+        config = ExperimentConfig(
+            data=ReaderConfig(path=options.data, batch_size=options.batch_size, shuffle=False),
+            model=ModelConfig(name=model, embedding_dim=options.embedding_dim),
+            sparse=SparseConfig(sharding=options.sharding),
+            train=TrainConfig(pipeline=pipeline, device="cpu"),  # type: ignore[arg-type]
+        )
+        self.trainer = Trainer(config, run_dir)
+        self.pipeline = self.trainer._pipeline()
+        self.source = _fresh(batches)
+
+    def step(self) -> None:
+        if self.pipeline is None:
+            self.trainer._plain_step(next(self.source))
+        else:
+            self.pipeline.progress(self.source)
+
+    def timed(self, steps: int) -> float:
+        """Seconds of ``steps`` steps, the slowest rank's."""
+        import torch.distributed as dist
+
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        return float(seconds.item())
+
+    def close(self) -> None:
+        if self.trainer.writer is not None:
+            self.trainer.writer.close()
+
+
+def _measure_model(options: TrainBenchOptions, model: str, batches: list[Batch], out: Path,
+                   world_size: int) -> dict[str, float]:
+    """pipeline -> best seconds of ``options.steps`` steps over ``options.repeats`` interleaved windows."""
+    loops = {p: _Loop(options, model, p, batches, out / f"run-{world_size}-{model}-{p}") for p in options.pipelines}
+    for loop in loops.values():
+        for _ in range(options.warmup):
+            loop.step()
+    best = {p: float("inf") for p in loops}
+    for _ in range(options.repeats):
+        for pipeline, loop in loops.items():
+            best[pipeline] = min(best[pipeline], loop.timed(options.steps))
+    for loop in loops.values():
+        loop.close()
+    return best
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _quiet() -> None:
+    """Keep the table readable: torchrec's planner and DMP log and warn for every model built."""
+    for name in (None, "torchrec", "fbgemm_gpu", "torch.fx._symbolic_trace"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, out: Path) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(options.threads or max(_cores() // world_size, 1))
+    _quiet()
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        batches = _read_batches(options, rank, world_size)
+        cells = []
+        samples = options.steps * options.batch_size * world_size
+        for model in options.models:
+            for pipeline, seconds in _measure_model(options, model, batches, out, world_size).items():
+                cells.append(Cell(model, world_size, pipeline, samples / seconds, seconds, options.steps,
+                                  options.batch_size).__dict__)
+        if rank == 0:
+            (out / f"cells-{world_size}.json").write_text(json.dumps(cells))
+    finally:
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- the launcher
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
+    """One row per (model, world size): samples/s of every loop and sparse_dist / plain."""
+    by_key = {(c.model, c.world_size, c.pipeline): c for c in cells}
+    ratio = "plain" in options.pipelines and "sparse_dist" in options.pipelines
+    header = f"{'model':<10}{'world':>6}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
+    header += f"{'sparse_dist/plain':>19}" if ratio else ""
+    lines = [f"training samples/s (best of {options.repeats} x {options.steps} timed steps after {options.warmup} "
+             f"warm-up, "
+             f"batch {options.batch_size} per process, sharding {options.sharding}, "
+             f"embedding dim {options.embedding_dim}, torch threads per process: "
+             f"{options.threads or 'cores // world size'})", header]
+    for model in options.models:
+        for world_size in options.world_sizes:
+            row = [by_key[(model, world_size, p)].samples_per_sec for p in options.pipelines]
+            line = f"{model:<10}{world_size:>6}{options.batch_size * world_size:>11,}"
+            line += "".join(f"{value:>14,.0f}" for value in row)
+            if ratio:
+                value = by_key[(model, world_size, "sparse_dist")].samples_per_sec
+                line += f"{value / by_key[(model, world_size, 'plain')].samples_per_sec:>19.3f}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def run(options: TrainBenchOptions) -> list[Cell]:
+    """Measure every (model, world size, loop) cell; print and return them."""
+    import torch.multiprocessing as mp
+
+    ensure_bench_data(options.data, options.rows, options.seq_length)
+    cells: list[Cell] = []
+    with tempfile.TemporaryDirectory(prefix="mdr-bench-train-") as tmp:
+        out = Path(tmp)
+        for world_size in options.world_sizes:
+            print(f"world size {world_size}: {len(options.models) * len(options.pipelines)} cells ...", flush=True)
+            mp.spawn(_worker, args=(world_size, _free_port(), options, out), nprocs=world_size, join=True)
+            cells += [Cell(**c) for c in json.loads((out / f"cells-{world_size}.json").read_text())]
+    print(format_table(cells, options))
+    return cells

@@ -1,0 +1,515 @@
+"""Checkpoints of a training run with torch.distributed.checkpoint (DCP): save, find, check, load.
+
+A checkpoint is a folder ``RUN_DIR/checkpoints/step-000123/`` holding
+
+* the DCP files (``.metadata`` + one ``__R_0.distcp`` per rank) of one nested state dict:
+  ``{"model": DMP state_dict, "optim": CombinedOptimizer state}``. The model part holds every
+  parameter and every persistent buffer: sharded tables as ShardedTensor (each rank writes its own
+  shards), replicated dense tensors once; the optimizer part holds the fused sparse optimizer's
+  state (ShardedTensor, e.g. RowWiseAdagrad's ``momentum1`` [rows]) and the dense optimizer's
+  state (e.g. Adam's ``exp_avg``, ``exp_avg_sq``, ``step``);
+* ``state.json`` (rank 0): the trainer's progress (epoch, step, batch_in_epoch), the learning-rate
+  schedule, and the run's identity: model config, managed-collision (eviction) config, optimizer
+  kinds, the dataset spec's fingerprint (columns, kinds, tables, cardinalities, domains, labels),
+  the data-order settings, world size and torchrec-mdr version;
+* ``rank{R}.pt``: what is each rank's own and outside the state dicts: its torch / CUDA / numpy /
+  python random states, and the managed-collision modules' id history since their last eviction
+  round (:mod:`torchrec_mdr.training.mch_state`).
+
+Atomic publication: every rank writes into ``step-000123.tmp-<token>``; after a barrier rank 0
+renames it to ``step-000123`` and only then points ``checkpoints/latest`` at it (written to a
+temporary file and renamed). A crash at any moment leaves ``latest`` on the previous complete
+checkpoint; the half-written folder is never read and is deleted by the next save. After
+publication the oldest checkpoints beyond ``keep`` are deleted (never the one ``latest`` names).
+
+Loading reshards: DCP reads whatever slices of each table the current sharding plan puts on a
+rank, so a checkpoint written by N ranks loads on M ranks (e.g. a 2-rank run evaluated on one
+process) — except managed-collision tables, whose slot maps are per shard: a checkpoint with
+them loads only at its own world size (TrainingError otherwise).
+
+Exactness: resuming at the *same* world size with the same data settings (batch size, workers,
+shuffle, seed) continues with exactly the losses of an uninterrupted run — same weights,
+optimizer state, schedule, RNG streams, and the same batches (the reader's order depends only on
+(seed, epoch, slice); the trainer skips the ``batch_in_epoch`` batches already trained on). At
+another world size training continues from the saved weights and optimizer state, but each
+rank's data slice and batches differ, so the losses are NOT those of an uninterrupted run (the
+epoch position is carried over as the fraction of the epoch's rows already trained on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torchrec.modules.mc_modules import MCHManagedCollisionModule
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
+
+import torchrec_mdr
+from torchrec_mdr.config import to_dict
+from torchrec_mdr.data.spec import EMBEDDED_KINDS, DatasetSpec
+from torchrec_mdr.errors import TrainingError
+from torchrec_mdr.experiment import ExperimentConfig
+from torchrec_mdr.models.registry import MODELS
+from torchrec_mdr.training.distributed import DistContext
+from torchrec_mdr.training.mch_state import load_module_states, module_states
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST_FILE = "latest"
+STATE_FILE = "state.json"
+FORMAT_VERSION = 1
+_COMPLETE = re.compile(r"^step-(\d+)$")
+_STALE = re.compile(r"^step-\d+\.(tmp|old)-")
+
+
+# --------------------------------------------------------------------------- identity of a run
+
+
+def dataset_signature(spec: DatasetSpec) -> dict[str, Any]:
+    """What a model trained on ``spec`` depends on: columns (name, kind, table, cardinality, sequence
+    group, max length), domain names and labels — not row counts, files or the dataset's name.
+    ``fingerprint`` is a short hash of the rest."""
+    columns = [{"name": c.name, "kind": c.kind, "table": c.table_name if c.kind in EMBEDDED_KINDS else None,
+                "cardinality": c.cardinality, "sequence_group": c.sequence_group, "max_length": c.max_length}
+               for c in spec.columns]
+    signature: dict[str, Any] = {"columns": columns, "domains": list(spec.domain_names),
+                                 "labels": spec.label_names}
+    text = json.dumps(signature, sort_keys=True)
+    signature["fingerprint"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return signature
+
+
+def run_identity(config: ExperimentConfig, spec: DatasetSpec) -> dict[str, Any]:
+    """The parts of a run a checkpoint must agree with to be loaded into it: the model config (without
+    the options of the other registered models), the managed-collision config, the optimizer kinds
+    (their state must fit) and the dataset signature. Learning rates, steps, sharding may change."""
+    others = {entry.config_field for name, entry in MODELS.items() if name != config.model.name}
+    return {
+        "model": {k: v for k, v in to_dict(config.model).items() if k not in others},
+        "eviction": to_dict(config.sparse.eviction),
+        "optimizer": {"sparse": config.optimizer.sparse, "dense": config.optimizer.dense},
+        "dataset": dataset_signature(spec),
+    }
+
+
+def data_order(config: ExperimentConfig, world_size: int) -> dict[str, Any]:
+    """Settings that decide which rows each step trains on (exact resumption needs them unchanged)."""
+    data = config.data
+    return {"world_size": world_size, "batch_size": data.batch_size, "num_workers": data.num_workers,
+            "shuffle": data.shuffle, "shuffle_buffer_rows": data.shuffle_buffer_rows, "drop_last": data.drop_last,
+            "seed": data.seed}
+
+
+def _describe(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
+
+
+def differences(saved: Any, current: Any, key: str = "") -> list[str]:
+    """Human-readable differences ``key: <saved> in the checkpoint, <current> now`` of two JSON trees.
+
+    Lists of dicts with a ``name`` (the dataset's columns) are compared by name."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found = []
+        for name in list(saved) + [k for k in current if k not in saved]:
+            sub = f"{key}.{name}" if key else str(name)
+            if name not in current:
+                found.append(f"{sub}: only in the checkpoint")
+            elif name not in saved:
+                found.append(f"{sub}: not in the checkpoint")
+            else:
+                found.extend(differences(saved[name], current[name], sub))
+        return found
+    if (isinstance(saved, list) and isinstance(current, list) and saved and current
+            and all(isinstance(v, dict) and "name" in v for v in saved + current)):
+        return differences({v["name"]: v for v in saved}, {v["name"]: v for v in current}, key)
+    if saved != current:
+        return [f"{key}: {_describe(saved)} in the checkpoint, {_describe(current)} now"]
+    return []
+
+
+def check_identity(saved: dict[str, Any], current: dict[str, Any], path: Path,
+                   parts: tuple[str, ...] = ("model", "eviction", "optimizer", "dataset")) -> None:
+    """TrainingError naming every difference in ``parts`` between a checkpoint and this run."""
+    what = {"model": "model config", "eviction": "sparse.eviction config", "optimizer": "optimizer kinds",
+            "dataset": "dataset spec"}
+    for part in parts:
+        saved_part = dict(saved.get(part, {}))
+        current_part = dict(current[part])
+        if part == "dataset":
+            if saved_part.get("fingerprint") == current_part.get("fingerprint"):
+                continue
+            saved_part.pop("fingerprint", None)
+            current_part.pop("fingerprint", None)
+        found = differences(saved_part, current_part, "model" if part == "model" else
+                            "sparse.eviction" if part == "eviction" else "optimizer" if part == "optimizer" else "")
+        if found:
+            shown = "; ".join(found[:8]) + (f"; ... ({len(found) - 8} more)" if len(found) > 8 else "")
+            raise TrainingError(f"checkpoint {path} was written for a different {what[part]}: {shown}")
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch (CPU and CUDA), numpy and python random states."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- state dicts
+
+
+def _local_tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, ShardedTensor):
+        for shard in value.local_shards():
+            yield shard.tensor
+    elif isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _local_tensors(v)
+
+
+def _finite(part: torch.Tensor) -> bool:
+    # A sum is finite whenever every value is (one pass, no temporary; 4-5x faster than isfinite on
+    # CPU); only a non-finite sum, which large finite values can also give, needs the exact check.
+    return bool(torch.isfinite(part.sum())) or bool(torch.isfinite(part).all())
+
+
+def all_finite(model: nn.Module, ctx: DistContext, chunk_rows: int = 1 << 16) -> bool:
+    """Whether every floating-point value of the model's state (each rank's local shards) is finite,
+    agreed over all ranks. Checked in chunks of rows so that a large table needs no large temporary."""
+    finite = True
+    for tensor in _local_tensors(model.state_dict()):
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        rows = tensor.reshape(tensor.shape[0], -1) if tensor.dim() > 1 else tensor.reshape(-1, 1)
+        if not all(_finite(part) for part in rows.split(chunk_rows)):
+            finite = False
+            break
+    flag = torch.tensor([1 if finite else 0], dtype=torch.int64, device=ctx.device)
+    if ctx.world_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _leaf_optimizers(optimizer: KeyedOptimizer) -> Iterator[KeyedOptimizer]:
+    if isinstance(optimizer, CombinedOptimizer):
+        for _, child in optimizer.optimizers:
+            yield from _leaf_optimizers(child)
+    else:
+        yield optimizer
+
+
+def _optimizer_target(optimizer: KeyedOptimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer state to load into: its current state, plus freshly allocated tensors for the
+    parameters whose state the optimizer creates lazily (torch's Adam before its first step) and the
+    checkpoint holds (shapes and dtypes from the checkpoint's metadata; 0-dim ``step`` on CPU, as
+    torch keeps it)."""
+    state = optimizer.state_dict()["state"]
+    for key, param in optimizer.params.items():
+        if key in state or isinstance(param, ShardedTensor):
+            continue
+        prefix = f"optim.{key}."
+        entries = {fqn[len(prefix):]: md for fqn, md in saved.items()
+                   if fqn.startswith(prefix) and isinstance(md, TensorStorageMetadata)}
+        if entries:
+            state[key] = {name: torch.empty(md.size, dtype=md.properties.dtype,
+                                            device="cpu" if len(md.size) == 0 else param.device)
+                          for name, md in entries.items()}
+    return state
+
+
+def _attach_optimizer_state(optimizer: KeyedOptimizer, loaded: dict[str, Any]) -> None:
+    """Give lazily created state (allocated by :func:`_optimizer_target`) to the optimizer that owns the
+    parameter, then let torchrec's KeyedOptimizer check counts and copy everything into place."""
+    params = optimizer.params
+    owners = {id(p): leaf for leaf in _leaf_optimizers(optimizer) for p in leaf.params.values()}
+    current = optimizer.state
+    for key, values in loaded.items():
+        param = params.get(key)
+        if param is not None and param not in current:
+            owners[id(param)].state[param] = values
+    optimizer.load_state_dict({"state": loaded})
+
+
+# --------------------------------------------------------------------------- the manager
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A complete checkpoint: its folder, its step and its state.json record."""
+
+    path: Path
+    step: int
+    record: dict[str, Any]  # the checkpoint's state.json
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _publish(tmp: Path, final: Path, latest: Path) -> None:
+    """Rank 0: give a fully written checkpoint its final name, then point ``latest`` at it."""
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    _write_atomic(latest, final.name + "\n")
+
+
+class CheckpointManager:
+    """Saves, finds and loads the checkpoints of one run directory (one instance per rank).
+
+    Args:
+        run_dir: the run directory; checkpoints live in ``run_dir/checkpoints``.
+        ctx: this process's rank and world size.
+        keep: how many complete checkpoints to keep (oldest deleted first).
+    """
+
+    def __init__(self, run_dir: str | Path, ctx: DistContext, keep: int = 2) -> None:
+        self.root = Path(run_dir) / CHECKPOINT_DIR
+        self.ctx = ctx
+        self.keep = keep
+
+    # ---------------------------------------------------------------- finding
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a folder gets its ``step-N`` name only once complete)."""
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.root.iterdir()
+                 if p.is_dir() and (m := _COMPLETE.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> CheckpointInfo | None:
+        """The checkpoint ``latest`` names; if that marker is missing or names no complete checkpoint
+        (it is written last, so a crash can leave it absent), the newest complete one; None if none."""
+        marker = self.root / LATEST_FILE
+        path = None
+        if marker.is_file():
+            named = self.root / marker.read_text().strip()
+            if _COMPLETE.match(named.name) and (named / STATE_FILE).is_file():
+                path = named
+        if path is None:
+            complete = [p for p in self.complete() if (p / STATE_FILE).is_file()]
+            path = complete[-1] if complete else None
+        return self.info(path) if path is not None else None
+
+    def info(self, path: str | Path) -> CheckpointInfo:
+        path = Path(path)
+        state = path / STATE_FILE
+        if not state.is_file():
+            raise TrainingError(f"{path} is not a complete checkpoint (it has no {STATE_FILE})")
+        try:
+            record = json.loads(state.read_text())
+        except json.JSONDecodeError as error:
+            raise TrainingError(f"checkpoint record {state} is not valid JSON: {error}") from None
+        if record.get("format") != FORMAT_VERSION:
+            raise TrainingError(f"checkpoint {path} has format {record.get('format')}; this version of "
+                                f"torchrec-mdr reads format {FORMAT_VERSION}")
+        return CheckpointInfo(path, int(record["progress"]["step"]), record)
+
+    # ---------------------------------------------------------------- saving
+    def _token(self) -> str:
+        token = [f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}" if self.ctx.is_main else None]
+        if self.ctx.world_size > 1:
+            dist.broadcast_object_list(token, src=0)
+        return str(token[0])
+
+    def _barrier(self) -> None:
+        if self.ctx.world_size > 1:
+            dist.barrier()
+
+    def remove_stale(self, keep: Path | None = None) -> list[Path]:
+        """Rank 0: delete half-written (``.tmp-``) and displaced (``.old-``) folders of earlier saves."""
+        removed = []
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                if path != keep and _STALE.match(path.name):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+        return removed
+
+    def prune(self) -> list[Path]:
+        """Rank 0: delete the oldest complete checkpoints beyond ``keep`` (never the one ``latest`` names)."""
+        latest = self.latest()
+        complete = self.complete()
+        removed = []
+        for path in complete[:max(len(complete) - self.keep, 0)]:
+            if latest is not None and path == latest.path:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed
+
+    def save(self, model: nn.Module, optimizer: KeyedOptimizer, record: dict[str, Any]) -> Path:
+        """Write the model, the optimizer, this rank's RNG states and ``record`` (state.json, which must
+        hold ``progress.step``) as checkpoint ``step-NNNNNN``; a collective: every rank calls it."""
+        step = int(record["progress"]["step"])
+        final = self.root / f"step-{step:06d}"
+        tmp = self.root / f"{final.name}.tmp-{self._token()}"
+        if self.ctx.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.remove_stale(keep=tmp)
+        state = {"model": model.state_dict(), "optim": optimizer.state_dict()["state"]}
+        dcp.save(state, storage_writer=FileSystemWriter(str(tmp)))
+        torch.save({"rng": rng_state(), "modules": module_states(model)}, tmp / f"rank{self.ctx.rank}.pt")
+        if self.ctx.is_main:
+            full = {"format": FORMAT_VERSION, "torchrec_mdr_version": torchrec_mdr.__version__,
+                    "world_size": self.ctx.world_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+            (tmp / STATE_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        self._barrier()  # every rank's files are written
+        if self.ctx.is_main:
+            if final.exists():  # left by a crashed run that never pointed `latest` at it
+                final.rename(self.root / f"{final.name}.old-{tmp.name.rsplit('.tmp-', 1)[1]}")
+            _publish(tmp, final, self.root / LATEST_FILE)
+            self.prune()
+            self.remove_stale()
+        self._barrier()
+        return final
+
+    # ---------------------------------------------------------------- loading
+    def load(self, path: str | Path, model: nn.Module, optimizer: KeyedOptimizer | None = None,
+             restore_rng: bool = True) -> CheckpointInfo:
+        """Load a checkpoint into ``model`` (and ``optimizer``) in place, resharding as needed. At the
+        checkpoint's world size also restore this rank's managed-collision history and (``restore_rng``)
+        its RNG states."""
+        info = self.info(path)
+        saved_world = info.record.get("world_size")
+        managed = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                          if isinstance(module, MCHManagedCollisionModule)})
+        if managed and saved_world != self.ctx.world_size:
+            raise TrainingError(f"checkpoint {info.path} was written by {saved_world} rank(s) and holds managed-"
+                                f"collision tables {managed}, whose slot maps are kept per shard and cannot be "
+                                f"resharded: load it with {saved_world} rank(s) (e.g. torchrun --nproc-per-node "
+                                f"{saved_world}), not {self.ctx.world_size}")
+        reader = FileSystemReader(str(info.path))
+        try:
+            saved = reader.read_metadata().state_dict_metadata
+        except (OSError, ValueError) as error:
+            raise TrainingError(f"cannot read the DCP metadata of checkpoint {info.path}: {error}") from None
+        state: dict[str, Any] = {"model": model.state_dict()}
+        if optimizer is not None:
+            state["optim"] = _optimizer_target(optimizer, saved)
+        missing = sorted(k for k in _flat_keys(state) if k not in saved)
+        if missing:
+            raise TrainingError(f"checkpoint {info.path} does not hold {len(missing)} entries this model needs, "
+                                f"e.g. {missing[:3]} (was it written by another model or optimizer?)")
+        try:
+            dcp.load(state, storage_reader=reader)
+        except CheckpointException as error:
+            raise TrainingError(f"cannot load checkpoint {info.path}: {error}") from None
+        model.load_state_dict(state["model"])
+        if optimizer is not None:
+            try:
+                _attach_optimizer_state(optimizer, state["optim"])
+            except ValueError as error:
+                raise TrainingError(f"the optimizer state of checkpoint {info.path} does not fit: {error}") from None
+        rank_file = info.path / f"rank{self.ctx.rank}.pt"
+        if saved_world == self.ctx.world_size and rank_file.is_file():
+            own = torch.load(rank_file, weights_only=False)
+            load_module_states(model, own["modules"])
+            if restore_rng:
+                set_rng_state(own["rng"])
+        return info
+
+
+def _flat_keys(state: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """DCP's flattened keys of a nested state dict (``a.b.c``)."""
+    for key, value in state.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            yield from _flat_keys(value, name)
+        else:
+            yield name
+
+
+# --------------------------------------------------------------------------- evaluation of a run
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test") -> dict[str, Any]:
+    """Evaluate the latest complete checkpoint of a run on ``split`` (``mdr eval``).
+
+    The run's ``config.json`` is loaded through the typed config system; ``data`` replaces its
+    ``data.path`` by another prepared dataset, which must have the checkpoint's spec fingerprint.
+    Works at any world size (DCP reshards the tables). Prints the per-domain table, writes
+    ``RUN_DIR/eval-<split>.json`` and returns those metrics.
+    """
+    from dataclasses import replace
+
+    from torchrec_mdr.config import load_config
+    from torchrec_mdr.training.trainer import Trainer, format_table
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise TrainingError(f"{run_dir} is not a run directory: {config_file} does not exist")
+    config = load_config(ExperimentConfig, config_file)
+    if data is not None:
+        config = replace(config, data=replace(config.data, path=Path(data)))
+    trainer = Trainer(config, run_dir, evaluate_only=True)
+    info = trainer.checkpoints.latest()
+    if info is None:
+        raise TrainingError(f"{run_dir} holds no complete checkpoint to evaluate "
+                            f"(nothing in {trainer.checkpoints.root})")
+    check_identity(info.record.get("identity", {}), trainer.identity, info.path,
+                   parts=("model", "eviction", "dataset"))
+    trainer.checkpoints.load(info.path, trainer.model, optimizer=None, restore_rng=False)
+    result = trainer.evaluate(split)
+    metrics: dict[str, Any] = {"model": config.model.name, "dataset": trainer.spec.name, "data": str(config.data.path),
+                               "split": split, **result.to_dict(),
+                               "checkpoint": {"path": str(info.path), "step": info.step,
+                                              "world_size": info.record.get("world_size")}}
+    stats = trainer.spec.splits.get(split)
+    if stats is not None and stats.oracle_auc:
+        metrics["oracle_auc"] = stats.oracle_auc
+    if trainer.ctx.is_main:
+        (run_dir / f"eval-{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(format_table(metrics, trainer.spec.domain_names))
+        print(f"checkpoint {info.path} (step {info.step}, written by {info.record.get('world_size')} rank(s)); "
+              f"wrote {run_dir / f'eval-{split}.json'}")
+    return metrics

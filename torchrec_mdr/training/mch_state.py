@@ -1,0 +1,87 @@
+"""The per-rank state of torchrec's managed-collision modules that their state_dict leaves out.
+
+A torchrec workaround, kept to this module. Checked against torchrec 1.8.0 and 1.9.2
+(``torchrec.modules.mc_modules.MCHManagedCollisionModule``): between eviction rounds the module
+collects the ids it sees in ``_history_accumulator`` (a plain attribute) and their eviction
+metadata in ``_history_<name>`` (non-persistent buffers), filled up to
+``_current_history_buffer_offset`` of ``_input_history_buffer_size``; it counts steps in the
+python ints ``_current_iter`` / ``_last_eviction_iter``. Its state_dict holds the slots and their
+counts (``_mch_sorted_raw_ids``, ``_mch_remapped_ids_mapping``, ``_mch_counts``...) and
+``_current_iter_tensor``, but none of the above: a module loaded from a checkpoint forgets the ids
+counted since the last round and moves its next round to ``eviction_interval`` steps after the load.
+
+:func:`module_states` / :func:`load_module_states` save and restore exactly those attributes for
+every MCH module of a model (each rank's own shards), so that a run resumed mid-interval evicts
+the same ids at the same steps as an uninterrupted one. Modules whose attributes differ from
+these (another torchrec version) are skipped with a warning: resumption then stays correct
+but is no longer exact.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec.modules.mc_modules import MCHManagedCollisionModule
+
+_ATTRIBUTES = ("_history_accumulator", "_history_metadata", "_current_history_buffer_offset",
+               "_input_history_buffer_size", "_current_iter", "_last_eviction_iter")
+
+
+def _supported(module: MCHManagedCollisionModule) -> bool:
+    if all(hasattr(module, name) for name in _ATTRIBUTES[1:]):  # the accumulator comes with the first batch
+        return True
+    warnings.warn(f"torchrec's {type(module).__name__} lacks the attributes torchrec-mdr saves between "
+                  f"eviction rounds ({', '.join(_ATTRIBUTES)}); a resumed run will not be exact", stacklevel=3)
+    return False
+
+
+def module_state(module: MCHManagedCollisionModule) -> dict[str, Any]:
+    """Step counters and the history collected since the last eviction round (CPU tensors [offset])."""
+    offset = int(module._current_history_buffer_offset)
+    state: dict[str, Any] = {"current_iter": int(module._current_iter),
+                             "last_eviction_iter": int(module._last_eviction_iter),
+                             "history_size": int(module._input_history_buffer_size), "history_offset": offset}
+    if state["history_size"] != -1:
+        state["history"] = module._history_accumulator[:offset].cpu().clone()
+        state["history_metadata"] = {name: buffer[:offset].cpu().clone()
+                                     for name, buffer in module._history_metadata.items()}
+    return state
+
+
+def load_module_state(module: MCHManagedCollisionModule, state: dict[str, Any]) -> None:
+    """Inverse of :func:`module_state` (allocates the history buffers as the first training batch would)."""
+    size, offset = state["history_size"], state["history_offset"]
+    if size != -1:
+        device = module._mch_sorted_raw_ids.device
+        module._input_history_buffer_size = size
+        module._history_accumulator = torch.empty(size, dtype=torch.int64, device=device)
+        module._history_accumulator[:offset] = state["history"].to(device)
+        for name, values in state["history_metadata"].items():
+            buffer = torch.zeros(size, dtype=torch.int64, device=device)
+            buffer[:offset] = values.to(device)
+            module.register_buffer(f"_history_{name}", buffer, persistent=False)
+            module._history_metadata[name] = buffer
+    module._current_history_buffer_offset = offset
+    module._current_iter = state["current_iter"]
+    module._last_eviction_iter = state["last_eviction_iter"]
+
+
+def module_states(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Qualified module name -> :func:`module_state` for every MCH module of ``model`` on this rank."""
+    return {name: module_state(module) for name, module in model.named_modules()
+            if isinstance(module, MCHManagedCollisionModule) and _supported(module)}
+
+
+def load_module_states(model: nn.Module, states: dict[str, dict[str, Any]]) -> list[str]:
+    """Restore :func:`module_states`; returns the names of this model's MCH modules that had no saved state."""
+    missing = []
+    for name, module in model.named_modules():
+        if isinstance(module, MCHManagedCollisionModule):
+            if name in states and _supported(module):
+                load_module_state(module, states[name])
+            else:
+                missing.append(name)
+    return missing
