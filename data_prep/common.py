@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +14,9 @@ from tqdm import tqdm
 
 from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.data.errors import DataError
+
+if TYPE_CHECKING:
+    from data_prep.writer import DatasetWriter
 
 SPLITS = ("train", "valid", "test")
 

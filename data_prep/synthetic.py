@@ -42,7 +42,7 @@ import numpy as np
 
 from data_prep.common import SPLITS, OutputOptions, progress, writer_for
 from data_prep.writer import list_array
-from torchrec_mdr.config import ConfigError, bounds, doc
+from torchrec_mdr.config import ConfigError, bounds
 from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
 
 _HIST_BINS = 10_000
@@ -239,7 +239,6 @@ def columns(o: Options) -> list[ColumnSpec]:
 def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[dict[str, object], np.ndarray]:
     """One chunk of rows as writer columns, and its true logits [rows]."""
     o = world.o
-    k = o.latent_dim
     users = rng.integers(0, o.users, rows)
     domains = rng.choice(o.domains, size=rows, p=world.domain_p)
     activity = world.user_activity(users)

@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
-import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from multiprocess import spawn
 from torchrec_mdr.cli import main
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
@@ -365,26 +362,6 @@ def test_nan_loss_keeps_the_last_good_checkpoint(data: Path, tmp_path: Path) -> 
 # --------------------------------------------------------------------------- 2 ranks
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, fn: Callable[..., None], world_size: int, port: int, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        fn(rank, world_size, *args)
-    except BaseException:
-        traceback.print_exc()
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def _two_rank_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
     """A 2-rank run to load on one rank; a straight 2-rank run with managed collision and one stopped at
     step 3 (mid eviction interval, one step after a checkpoint) and resumed; each rank saves its losses."""
@@ -401,7 +378,7 @@ def _two_rank_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
 def test_two_ranks_resume_exactly_and_load_on_one(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from torchrec_mdr.training.trainer import Trainer
 
-    mp.spawn(_entry, args=(_two_rank_worker, 2, free_port(), (data, tmp_path)), nprocs=2, join=True)
+    spawn(_two_rank_worker, 2, data, tmp_path)
     for rank in range(2):
         losses = json.loads((tmp_path / f"losses-{rank}.json").read_text())
         assert len(losses["straight"]) == 6 and losses["resumed"] == losses["straight"]

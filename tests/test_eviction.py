@@ -11,17 +11,13 @@ ids keep their slots and their trained rows. Every id is at or above the spec's 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from conftest import write_toy
+from multiprocess import spawn
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -190,30 +186,6 @@ def test_evaluation_remaps_but_never_evicts() -> None:
 
 
 # --------------------------------------------------------------------------- sharded (2 ranks, gloo)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, fn: Callable[..., None], world_size: int, port: int, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        fn(rank, world_size, *args)
-    except BaseException:
-        traceback.print_exc()
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def spawn(fn: Callable[..., None], world_size: int, *args: Any) -> None:
-    mp.spawn(_entry, args=(fn, world_size, free_port(), args), nprocs=world_size, join=True)
 
 
 def _sharded_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
