@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_prep.synthetic import Options, convert
+from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.blocks import MLP, DINAttention
@@ -15,6 +17,8 @@ from torchrec_mdr.models.dnn import DNNArch, DNNConfig, masked_mean
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.ranking import RankingModel
 from torchrec_mdr.models.registry import ModelConfig
+from torchrec_mdr.experiment import ExperimentConfig
+from torchrec_mdr.training.trainer import Trainer
 
 B, L, D = 5, 6, 4
 
@@ -234,3 +238,15 @@ def test_embedded_features_match_the_tables(synthetic):
     torch.testing.assert_close(features.fields[:, 1], item[item_ids])  # item_id is field 1
     user = model.sparse_arch.embedding_bag_collection.embedding_bags["user"].weight
     torch.testing.assert_close(features.fields[:, 0], user[batch.sparse_features["user_id"].values()])
+
+
+def test_mixed_precision_needs_a_gpu(tmp_path):
+    """bf16 autocast is a GPU feature: asking for it on the CPU is a clear error before training."""
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        pytest.skip("this machine has a GPU")
+    data = tmp_path / "syn"
+    convert(Options(out=data, rows=300, users=20, items=50, categories=5, seq_length=4, min_seq_length=1))
+    config = load_config(ExperimentConfig, None, [f"data.path={data}", "train.mixed_precision=true",
+                                                  "train.device=cpu"])
+    with pytest.raises(ConfigError, match="mixed_precision is bf16 autocast on GPU"):
+        Trainer(config, tmp_path / "run")

@@ -26,14 +26,18 @@ if TYPE_CHECKING:
 class DenseArch(nn.Module):
     """Embeddings -> :class:`EmbeddedFeatures` -> the registered model's arch -> logits [B, num_tasks]."""
 
-    def __init__(self, layout: FeatureLayout, config: ModelConfig) -> None:
+    def __init__(self, layout: FeatureLayout, config: ModelConfig, mixed_precision: bool = False) -> None:
         super().__init__()
         self.layout = layout
         self.model = build_dense_arch(layout, config)
+        self.mixed_precision = mixed_precision  # bf16 autocast on CUDA; logits come back as float32
 
     def forward(self, pooled: KeyedTensor | None, unpooled: dict[str, JaggedTensor], dense: torch.Tensor,
                 domain: torch.Tensor) -> torch.Tensor:
-        return self.model(embed_features(self.layout, pooled, unpooled, dense, domain))
+        with torch.autocast(device_type=dense.device.type, dtype=torch.bfloat16,
+                            enabled=self.mixed_precision and dense.device.type == "cuda"):
+            logits = self.model(embed_features(self.layout, pooled, unpooled, dense, domain))
+        return logits.float()
 
 
 class RankingModel(nn.Module):
@@ -46,15 +50,17 @@ class RankingModel(nn.Module):
         dense_device: device of the dense parameters.
         eviction, mc_buckets: managed-collision tables and their bucket count (the world size);
             see :mod:`torchrec_mdr.sparse.eviction`.
+        mixed_precision: bf16 autocast of the dense arch on CUDA.
     """
 
     def __init__(self, spec: DatasetSpec, config: ModelConfig, sparse_device: torch.device | None = None,
                  dense_device: torch.device | None = None, eviction: "EvictionConfig | None" = None,
-                 mc_buckets: int = 1) -> None:
+                 mc_buckets: int = 1, mixed_precision: bool = False) -> None:
         super().__init__()
         self.sparse_arch = SparseArch(spec, config.embedding_dim, device=sparse_device, eviction=eviction,
                                       mc_buckets=mc_buckets)
-        self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim), config).to(dense_device)
+        self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim), config,
+                                    mixed_precision).to(dense_device)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         pooled, unpooled = self.sparse_arch(batch.sparse_features, batch.sequence_features)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 from tqdm import tqdm
 
-from torchrec_mdr.config import to_dict
+from torchrec_mdr.config import ConfigError, to_dict
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.reader import BatchLoader, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
@@ -72,6 +72,8 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.ctx = init_distributed(config.train.device)
+        if config.train.mixed_precision and self.ctx.device.type != "cuda":
+            raise ConfigError("train.mixed_precision is bf16 autocast on GPU; this run is on the CPU")
         self.spec = DatasetSpec.load(config.data.path)
         prepare_eviction(self.spec, config.sparse.eviction, self.ctx.world_size, config.data.batch_size)
         self.checkpoints = CheckpointManager(self.run_dir, self.ctx, config.train.keep_checkpoints)
@@ -86,7 +88,8 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
         model = TrainModel(RankingModel(self.spec, config.model, sparse_device=torch.device("meta"),
                                         dense_device=self.ctx.device, eviction=config.sparse.eviction,
-                                        mc_buckets=self.ctx.world_size))
+                                        mc_buckets=self.ctx.world_size,
+                                        mixed_precision=config.train.mixed_precision))
         apply_sparse_optimizer(model, config.optimizer, self.ctx.device)
         self.model = wrap_model(model, config.sparse.sharding, self.ctx)
         self.optimizer = build_optimizer(self.model, config.optimizer)
