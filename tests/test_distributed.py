@@ -30,16 +30,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from multiprocess import spawn
 from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.reader import Block, ParquetBatches, ReaderConfig, block_to_batch
@@ -71,31 +68,6 @@ RUNS_1 = [("reference", "table_wise", "plain", "rowwise_adagrad", "adam"),
 
 
 # --------------------------------------------------------------------------- launching
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, fn: Callable[..., None], world_size: int, port: int, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        fn(rank, world_size, *args)
-    except BaseException:
-        traceback.print_exc()
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def spawn(fn: Callable[..., None], world_size: int, *args: Any) -> None:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes joined over gloo."""
-    mp.spawn(_entry, args=(fn, world_size, free_port(), args), nprocs=world_size, join=True)
 
 
 # --------------------------------------------------------------------------- shared set-up
@@ -420,13 +392,24 @@ def test_bench_train_tiny(tmp_path, capsys):
                  "--batches-in-memory", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("model"))
-    assert lines[header].split() == ["model", "world", "rows/step", "plain", "base", "sparse_dist",
+    assert lines[header].split() == ["model", "world", "threads", "rows/step", "plain", "base", "sparse_dist",
                                      "sparse_dist/plain"]
     rows = [line.split() for line in lines[header + 1:header + 5]]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("dnn", "1", "16"), ("dnn", "2", "32"), ("din", "1", "16"),
+    assert [(r[0], r[1], r[3]) for r in rows] == [("dnn", "1", "16"), ("dnn", "2", "32"), ("din", "1", "16"),
                                                   ("din", "2", "32")]
+    cores = len(os.sched_getaffinity(0))
+    assert [int(r[2]) for r in rows] == [cores, max(cores // 2, 1)] * 2  # the cores split between the ranks
     for row in rows:
-        values = [float(v.replace(",", "")) for v in row[3:]]
+        values = [float(v.replace(",", "")) for v in row[4:]]
         assert len(values) == 4 and all(v > 0 and math.isfinite(v) for v in values), row
         plain, sparse_dist, ratio = values[0], values[2], values[3]  # the table rounds to whole samples/s
         assert (sparse_dist - 0.5) / (plain + 0.5) - 5e-4 <= ratio <= (sparse_dist + 0.5) / (plain - 0.5) + 5e-4
+
+
+def test_bench_train_bad_options_are_one_line_errors(capsys):
+    from torchrec_mdr.cli import main
+
+    assert main(["bench", "train", "--models", "nonexistent"]) == 2
+    assert "'models': unknown ['nonexistent']" in capsys.readouterr().err
+    assert main(["bench", "train", "--sharding", "column_wise", "--embedding-dim", "5"]) == 2
+    assert "divisible by every world size" in capsys.readouterr().err

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from test_distributed import assemble, experiment, local_state, spawn
+from multiprocess import spawn
+from test_distributed import assemble, experiment, local_state
 from torchrec_mdr.data.reader import make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.metrics.ranking import auc, auc_improvement, evaluate_predictions, gauc, logloss

@@ -73,6 +73,13 @@ class TrainBenchOptions:
             raise ConfigError(f"'models': unknown {unknown}; registered models: {sorted(MODELS)}")
         if not self.pipelines or not self.models or not self.world_sizes:
             raise ConfigError("'models', 'world_sizes' and 'pipelines' need at least one entry each")
+        # the checks the trainer would make inside the spawned processes, made here for a clean error
+        if self.sharding == "data_parallel":
+            raise ConfigError("'sharding': data_parallel cannot hold the EmbeddingCollection of the sequences "
+                              "on CPU; use table_wise, row_wise, column_wise or auto")
+        if self.sharding == "column_wise" and any(self.embedding_dim % w for w in self.world_sizes):
+            raise ConfigError(f"'sharding': column_wise needs 'embedding_dim' ({self.embedding_dim}) divisible "
+                              f"by every world size {self.world_sizes}")
 
 
 @dataclass
@@ -84,6 +91,7 @@ class Cell:
     seconds: float
     steps: int
     batch_size: int  # per process
+    threads: int  # torch threads per process while timed
 
 
 def ensure_bench_data(path: Path, rows: int, seq_length: int) -> None:
@@ -140,6 +148,7 @@ class _Loop:
             train=TrainConfig(pipeline=pipeline, device="cpu"),  # type: ignore[arg-type]
         )
         self.trainer = Trainer(config, run_dir)
+        torch.set_num_threads(_threads(options, self.trainer.ctx.world_size))  # init_distributed sets its own
         self.pipeline = self.trainer._pipeline()
         self.source = _fresh(batches)
 
@@ -186,6 +195,10 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _threads(options: TrainBenchOptions, world_size: int) -> int:
+    return options.threads or max(_cores() // world_size, 1)
+
+
 def _quiet() -> None:
     """Keep the table readable: torchrec's planner and DMP log and warn for every model built."""
     for name in (None, "torchrec", "fbgemm_gpu", "torch.fx._symbolic_trace"):
@@ -199,7 +212,7 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(options.threads or max(_cores() // world_size, 1))
+    torch.set_num_threads(_threads(options, world_size))
     _quiet()
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
@@ -209,7 +222,7 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
         for model in options.models:
             for pipeline, seconds in _measure_model(options, model, batches, out, world_size).items():
                 cells.append(Cell(model, world_size, pipeline, samples / seconds, seconds, options.steps,
-                                  options.batch_size).__dict__)
+                                  options.batch_size, torch.get_num_threads()).__dict__)
         if rank == 0:
             (out / f"cells-{world_size}.json").write_text(json.dumps(cells))
     finally:
@@ -229,17 +242,17 @@ def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
     """One row per (model, world size): samples/s of every loop and sparse_dist / plain."""
     by_key = {(c.model, c.world_size, c.pipeline): c for c in cells}
     ratio = "plain" in options.pipelines and "sparse_dist" in options.pipelines
-    header = f"{'model':<10}{'world':>6}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
+    header = f"{'model':<10}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
     header += f"{'sparse_dist/plain':>19}" if ratio else ""
     lines = [f"training samples/s (best of {options.repeats} x {options.steps} timed steps after {options.warmup} "
              f"warm-up, "
              f"batch {options.batch_size} per process, sharding {options.sharding}, "
-             f"embedding dim {options.embedding_dim}, torch threads per process: "
-             f"{options.threads or 'cores // world size'})", header]
+             f"embedding dim {options.embedding_dim})", header]
     for model in options.models:
         for world_size in options.world_sizes:
             row = [by_key[(model, world_size, p)].samples_per_sec for p in options.pipelines]
-            line = f"{model:<10}{world_size:>6}{options.batch_size * world_size:>11,}"
+            threads = by_key[(model, world_size, options.pipelines[0])].threads
+            line = f"{model:<10}{world_size:>6}{threads:>8}{options.batch_size * world_size:>11,}"
             line += "".join(f"{value:>14,.0f}" for value in row)
             if ratio:
                 value = by_key[(model, world_size, "sparse_dist")].samples_per_sec
