@@ -2,11 +2,11 @@
 
 ``sparse.sharding = "auto"`` asks torchrec's planner, never for data_parallel (every table keeps
 the fused sparse optimizer; on CPU fbgemm's kernel could not run a data-parallel
-EmbeddingCollection anyway). The explicit types build
-a hand-written plan for every table (``construct_module_sharding_plan``), because on CPU the
-planner refuses row_wise although it works: table_wise places whole tables round-robin, largest
-first; row_wise splits rows over all ranks; column_wise splits the embedding dimension evenly
-over all ranks; data_parallel replicates (EmbeddingBagCollection only on CPU).
+EmbeddingCollection anyway). The explicit types build a hand-written plan for every table
+(``construct_module_sharding_plan``), because on CPU the planner refuses row_wise although it
+works: table_wise places whole tables round-robin, largest first; row_wise splits rows over all
+ranks; column_wise splits the embedding dimension evenly over all ranks; data_parallel replicates
+(EmbeddingBagCollection only on CPU).
 
 Managed-collision collections (tables with low-frequency eviction, :mod:`torchrec_mdr.sparse.eviction`)
 are always row_wise with the fused kernel, whatever ``sparse.sharding`` says: torchrec shards them
