@@ -60,7 +60,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.common import OutputOptions, progress, stream_csv, writer_for
+from data_prep.common import IdCounter, OutputOptions, progress, stream_csv, take_bags, writer_for
 from data_prep.partition import DiskPartitioner
 from data_prep.writer import list_array
 from torchrec_mdr.config import ConfigError, bounds, doc
@@ -322,44 +322,6 @@ def top_by_value(rows: np.ndarray, ids: np.ndarray, values: np.ndarray, n: int,
     return offsets, ids[rank < cap]
 
 
-class IdCounter:
-    """Occurrence counts of int64 ids, merged lazily (bounded by the number of distinct ids)."""
-
-    def __init__(self) -> None:
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._counts = np.zeros(0, dtype=np.int64)
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending_size = 0
-
-    def add(self, ids: np.ndarray) -> None:
-        ids = ids[ids >= 0]
-        if ids.size:
-            uniq, counts = np.unique(ids, return_counts=True)
-            self._pending.append((uniq, counts))
-            self._pending_size += uniq.size
-            if self._pending_size > max(1 << 22, self._ids.size):
-                self._merge()
-
-    def _merge(self) -> None:
-        if not self._pending:
-            return
-        ids = np.concatenate([self._ids] + [p[0] for p in self._pending])
-        counts = np.concatenate([self._counts] + [p[1] for p in self._pending])
-        self._ids, inverse = np.unique(ids, return_inverse=True)
-        self._counts = np.bincount(inverse, weights=counts, minlength=self._ids.size).astype(np.int64)
-        self._pending, self._pending_size = [], 0
-
-    def vocabulary(self, min_count: int = 1) -> np.ndarray:
-        """Sorted ids seen at least ``min_count`` times."""
-        self._merge()
-        return self._ids[self._counts >= min_count]
-
-    def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted distinct ids, their counts)."""
-        self._merge()
-        return self._ids, self._counts
-
-
 def encode(raw: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
     """Raw ids -> ``ABSENT`` (raw < 0), ``UNKNOWN`` (not in the vocabulary) or ``FIRST_ID + rank``."""
     if vocabulary.size == 0:
@@ -533,15 +495,6 @@ def _bags_with_absent(lists: pa.ListArray | pa.ChunkedArray, vocabulary: np.ndar
     values = encode(lists.values.to_numpy()[offsets[0]:offsets[-1]], vocabulary)
     offsets = offsets - offsets[0]
     return np.append(offsets, offsets[-1]), values
-
-
-def take_bags(offsets: np.ndarray, values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (offsets, values) of the bags ``index`` of a CSR table."""
-    lengths = offsets[index + 1] - offsets[index]
-    out = np.zeros(index.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    gather = np.repeat(offsets[index] - out[:-1], lengths) + np.arange(out[-1], dtype=np.int64)
-    return out, values[gather]
 
 
 def _join_partition(table: pa.Table, vocab: dict[str, np.ndarray], scenarios: np.ndarray,

@@ -50,8 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.aliccp import IdCounter, take_bags
-from data_prep.common import OutputOptions, progress, stream_csv, writer_for
+from data_prep.common import IdCounter, OutputOptions, progress, stream_csv, take_bags, writer_for
 from data_prep.history import build_history
 from data_prep.partition import DiskPartitioner
 from data_prep.writer import list_array

@@ -87,7 +87,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from data_prep.common import SPLITS, OutputOptions, progress, temporal_split_points, writer_for
+from data_prep.common import SPLITS, OutputOptions, progress, take_bags, temporal_split_points, writer_for
 from data_prep.history import build_history
 from data_prep.writer import list_array
 from torchrec_mdr.config import ConfigError, bounds, doc
@@ -539,15 +539,6 @@ def within_user_times(user: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, n
     return rank, earlier
 
 
-def gather_lists(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR lists of ``rows`` taken from a CSR table (offsets, values)."""
-    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
-    out = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    index = np.repeat(starts - out[:-1], lengths) + np.arange(out[-1], dtype=np.int64)
-    return out, values[index]
-
-
 def genre_groups(genre_names: list[str]) -> np.ndarray:
     """Domain (index into GENRE_GROUPS) of every genre id."""
     group_of = {g: d for d, genres in enumerate(GENRE_GROUPS.values()) for g in genres}
@@ -606,7 +597,7 @@ def prepare(data: MovieLens, o: Options) -> Prepared:
     }
     order = np.lexsort((item_id, user_id, r.time))
     rows = {k: v[order] for k, v in rows.items()}
-    genres_offsets, genres_values = gather_lists(it.genre_offsets, it.genre_ids, rows.pop("item_row"))
+    genres_offsets, genres_values = take_bags(it.genre_offsets, it.genre_ids, rows.pop("item_row"))
     t1, t2 = temporal_split_points(rows["time"], tuple(o.split_fractions))
     split = (rows["time"] >= t1).astype(np.int64) + (rows["time"] >= t2)
     vocab = {"genre": it.genre_names, "occupation": occupations, "zip_prefix": zip_prefixes}
@@ -707,7 +698,7 @@ def convert(options: Options) -> DatasetSpec:
                 offsets, history = build_history(rows["user_id"][chunk_rows], rows["time_rank"][chunk_rows],
                                                  event_user, event_time, event_fields, o.max_length)
                 chunk: dict[str, object] = {c: rows[c][chunk_rows] for c in scalar}
-                genre_offsets, genre_values = gather_lists(p.genres_offsets, p.genres_values, chunk_rows)
+                genre_offsets, genre_values = take_bags(p.genres_offsets, p.genres_values, chunk_rows)
                 chunk["genres"] = list_array(genre_offsets, genre_values)
                 for name, values in history.items():
                     chunk[name] = list_array(offsets, values)
