@@ -104,6 +104,7 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, config.optimizer, self.total_steps)
         self.progress = Progress()
         self.step_losses: list[float] = []  # this rank's loss of every step trained by fit()
+        self._pending_losses: list[torch.Tensor] = []  # losses of steps since the last log step
         self.pipeline = None
         self.writer = None
         if self.ctx.is_main and not evaluate_only:
@@ -158,6 +159,7 @@ class Trainer:
         last good checkpoint is never replaced by a broken state."""
         if self.progress.step in (0, self._saved_step):
             return None
+        self._flush_losses()
         self._check_loss(self.step_losses[self._losses_saved:])
         if not all_finite(self.model, self.ctx):
             raise TrainingError(f"the model's weights are not finite at step {self.progress.step}; not saving "
@@ -168,6 +170,12 @@ class Trainer:
         self.last_checkpoint = self.checkpoints.save(self.model, self.optimizer, record)
         self._saved_step, self._losses_saved = self.progress.step, len(self.step_losses)
         return self.last_checkpoint
+
+    def _flush_losses(self) -> None:
+        """Move the steps' loss tensors into ``step_losses`` (floats) with one device sync."""
+        if self._pending_losses:
+            self.step_losses.extend(torch.stack(self._pending_losses).float().cpu().tolist())
+            self._pending_losses = []
 
     def _checkpoint_note(self) -> str:
         if self.last_checkpoint is None:
@@ -217,10 +225,11 @@ class Trainer:
                 self.progress.step += 1
                 self.progress.batch_in_epoch += 1
                 self.schedule.step()
-                losses.append(float(output[0]))
+                self._pending_losses.append(output[0].detach())  # read at log steps: no per-step GPU sync
                 samples += int(output[1].shape[0]) * self.ctx.world_size
                 bar.update(1)
                 if self.progress.step % cfg.log_every == 0 or self.progress.step == self.total_steps:
+                    self._flush_losses()
                     mean_loss = self._check_loss(losses[-cfg.log_every:])
                     rate = samples / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
@@ -230,6 +239,7 @@ class Trainer:
                     if occupancy:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}", **occupancy)
                 if cfg.eval_every and self.progress.step % cfg.eval_every == 0:
+                    self._flush_losses()
                     result = self.evaluate(cfg.eval_split)
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", valid_auc=f"{result.auc:.4f}")
                 if cfg.checkpoint_every and self.progress.step % cfg.checkpoint_every == 0:
@@ -242,6 +252,7 @@ class Trainer:
                 self.progress.batch_in_epoch = 0
         bar.close()
         wall = time.perf_counter() - start
+        self._flush_losses()
         self._check_loss(losses[-cfg.log_every:])
         self.save_checkpoint()
         train = {"samples_per_sec": samples / wall if wall else 0.0, "steps": self.progress.step, "wall_sec": wall,
