@@ -64,6 +64,16 @@ def write_toy(path: Path, n: int = 1000, row_group_size: int = 128, rows_per_fil
     return path
 
 
+def tiny_synthetic(out: Path, **options) -> Path:
+    """A small planted-effect dataset (3,000 rows, 8-long sequences unless overridden) at ``out``."""
+    from data_prep.synthetic import Options, convert
+
+    settings = dict(rows=3000, users=200, items=1000, categories=10, brands=50, seq_length=8, min_seq_length=2)
+    settings.update(options)
+    convert(Options(out=out, **settings))
+    return out
+
+
 @pytest.fixture
 def toy_dataset(tmp_path: Path) -> Path:
     return write_toy(tmp_path / "toy")

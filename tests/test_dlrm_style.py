@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import tiny_synthetic
 from dlrm_style.models import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from dlrm_style.train import build_config, build_parser, flags_to_overrides
 from dlrm_style.train import main as program_main
@@ -183,12 +184,7 @@ def test_program_flags_map_onto_the_experiment_config(tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    from data_prep.synthetic import Options, convert
-
-    out = tmp_path_factory.mktemp("dlrm") / "syn"
-    convert(Options(out=out, rows=3000, users=200, items=1000, categories=10, brands=50, seq_length=8,
-                    min_seq_length=2))
-    return out
+    return tiny_synthetic(tmp_path_factory.mktemp("dlrm") / "syn")
 
 
 @pytest.fixture

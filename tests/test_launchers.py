@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_synthetic
 from launchers.components import set_overrides, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,12 +119,7 @@ def test_kubernetes_dryrun():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    from data_prep.synthetic import Options, convert
-
-    out = tmp_path_factory.mktemp("launch") / "syn"
-    convert(Options(out=out, rows=3000, users=200, items=1000, categories=10, brands=50, seq_length=8,
-                    min_seq_length=2))
-    return out
+    return tiny_synthetic(tmp_path_factory.mktemp("launch") / "syn")
 
 
 STEPS, BATCH = 4, 64
