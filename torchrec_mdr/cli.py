@@ -139,6 +139,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     evaluate_run(options.run, data=options.data, split=options.split)
 
 
+def _subcommand(parent, name: str, help_text: str, options: type, handler) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the fields of the ``options`` dataclass."""
+    parser = parent.add_parser(name, help=help_text, description=help_text)
+    add_dataclass_arguments(parser, options)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from data_prep.registry import CONVERTERS
 
@@ -148,28 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="prepare, inspect and validate datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     for name, converter in CONVERTERS.items():
-        sub = data_commands.add_parser(name, help=converter.help, description=converter.help)
-        add_dataclass_arguments(sub, converter.module().Options)
-        sub.set_defaults(handler=lambda args, name=name: _cmd_convert(name, args))
-    show = data_commands.add_parser("show", help="print a dataset's spec and per-domain statistics")
-    add_dataclass_arguments(show, DataFolderOptions)
-    show.set_defaults(handler=_cmd_show)
-    validate = data_commands.add_parser("validate", help="check files and values against the spec")
-    add_dataclass_arguments(validate, ValidateOptions)
-    validate.set_defaults(handler=_cmd_validate)
+        _subcommand(data_commands, name, converter.help, converter.module().Options,
+                    lambda args, name=name: _cmd_convert(name, args))
+    _subcommand(data_commands, "show", "print a dataset's spec and per-domain statistics", DataFolderOptions,
+                _cmd_show)
+    _subcommand(data_commands, "validate", "check files and values against the spec", ValidateOptions,
+                _cmd_validate)
+
+    from torchrec_mdr.bench.loader import LoaderBenchOptions
+    from torchrec_mdr.bench.train import TrainBenchOptions
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
-    from torchrec_mdr.bench.loader import LoaderBenchOptions
-
-    loader = bench_commands.add_parser("loader", help="reader rows/s per dataloader-worker setting")
-    add_dataclass_arguments(loader, LoaderBenchOptions)
-    loader.set_defaults(handler=_cmd_bench_loader)
-    from torchrec_mdr.bench.train import TrainBenchOptions
-
-    bench_train = bench_commands.add_parser("train", help="training samples/s: models x world sizes x loops")
-    add_dataclass_arguments(bench_train, TrainBenchOptions)
-    bench_train.set_defaults(handler=_cmd_bench_train)
+    _subcommand(bench_commands, "loader", "reader rows/s per dataloader-worker setting", LoaderBenchOptions,
+                _cmd_bench_loader)
+    _subcommand(bench_commands, "train", "training samples/s: models x world sizes x loops", TrainBenchOptions,
+                _cmd_bench_train)
 
     train = commands.add_parser("train", help="train a registered model on a prepared dataset")
     train.add_argument("--config", type=Path, default=None, help="TOML or YAML experiment config")
@@ -180,14 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the latest complete checkpoint in --out (fresh start if there is none)")
     train.set_defaults(handler=_cmd_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a run's latest checkpoint on a split; "
-                                                "writes RUN_DIR/eval-<split>.json")
-    add_dataclass_arguments(evaluate, EvalOptions)
-    evaluate.set_defaults(handler=_cmd_eval)
-
-    demo = commands.add_parser("demo", help="generate the default data if missing, show it, read one epoch")
-    add_dataclass_arguments(demo, DemoOptions)
-    demo.set_defaults(handler=_cmd_demo)
+    _subcommand(commands, "eval", "evaluate a run's latest checkpoint on a split; writes RUN_DIR/eval-<split>.json",
+                EvalOptions, _cmd_eval)
+    _subcommand(commands, "demo", "generate the default data if missing, show it, read one epoch", DemoOptions,
+                _cmd_demo)
     return parser
 
 
