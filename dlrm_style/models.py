@@ -45,7 +45,7 @@ from torchrec.models.dlrm import DenseArch, InteractionArch, InteractionDCNArch,
 from torchrec.modules.crossnet import LowRankCrossNet
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.dnn import masked_mean
+from torchrec_mdr.models.blocks import masked_mean
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 SequenceMode = Literal["mean", "none"]

@@ -14,10 +14,11 @@ from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.blocks import MLP, DINAttention
 from torchrec_mdr.models.din import DINArch, DINConfig, QueryProjection
-from torchrec_mdr.models.dnn import DNNArch, DNNConfig, masked_mean
+from torchrec_mdr.models.blocks import masked_mean
+from torchrec_mdr.models.dnn import DNNArch, DNNConfig
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.ranking import RankingModel
-from torchrec_mdr.models.registry import ModelConfig
+from torchrec_mdr.models.registry import MODELS, ModelConfig
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.training.trainer import Trainer
 
@@ -193,16 +194,19 @@ def test_feature_layout_of_the_synthetic_spec(synthetic):
     assert (layout.num_dense, layout.num_domains, layout.num_tasks) == (4, 3, 1)
 
 
-@pytest.mark.parametrize("name", ["dnn", "din"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_ranking_model_on_a_real_batch(synthetic, name):
+    """Every registered model at its default sizes (some tie their widths to the default dimension)."""
     torch.manual_seed(0)
     spec = DatasetSpec.load(synthetic)
-    model = RankingModel(spec, ModelConfig(name=name, embedding_dim=D))
+    model = RankingModel(spec, ModelConfig(name=name))
     batch = first_batch(synthetic)
-    logits = model(batch)
+    logits, auxiliary_loss = model(batch)
     assert logits.shape == (32, 1) and torch.isfinite(logits).all()
-    logits.sum().backward()  # every dense parameter gets a gradient
-    assert all(p.grad is not None for p in model.dense_arch.parameters())
+    assert auxiliary_loss.shape == () and torch.isfinite(auxiliary_loss)
+    (logits.sum() + auxiliary_loss).backward()  # every dense parameter gets a gradient
+    missing = [n for n, p in model.dense_arch.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
 
 
 def test_embedded_features_match_the_tables(synthetic):

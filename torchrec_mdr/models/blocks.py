@@ -1,9 +1,11 @@
-"""Small building blocks shared by the models: MLP, DIN target attention."""
+"""Small building blocks shared by the models: MLP, DIN target attention, the flat input, domain selection."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
 class MLP(nn.Sequential):
@@ -48,3 +50,37 @@ class DINAttention(nn.Module):
         scores = self.scorer(torch.cat([query, keys, query - keys, query * keys], dim=-1)).squeeze(-1)
         weights = scores * mask.to(scores.dtype)
         return torch.einsum("bl,bld->bd", weights, keys)
+
+
+def masked_mean(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, L, D], [B, L] -> [B, D] mean over real positions (zeros for an empty sequence)."""
+    weights = mask.to(keys.dtype)
+    return torch.einsum("bl,bld->bd", weights, keys) / weights.sum(1, keepdim=True).clamp_min(1.0)
+
+
+def select_domain(per_domain: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    """Each row's own domain slice: [B, K, ...], [B] -> [B, ...].
+
+    A gather, so a domain-specific head only receives gradient from its own domain's rows.
+    """
+    index = domain.long().view(-1, *([1] * (per_domain.dim() - 1))).expand(-1, 1, *per_domain.shape[2:])
+    return per_domain.gather(1, index).squeeze(1)
+
+
+class FlatInput(nn.Module):
+    """The baselines' input: [fields, domain-id embedding, dense, mean-pooled sequences] concatenated.
+
+    Shapes: EmbeddedFeatures -> [B, width] with
+    ``width = (N + 1) * D + num_dense + sum of the sequence widths``.
+    """
+
+    def __init__(self, layout: FeatureLayout) -> None:
+        super().__init__()
+        self.domain_embedding = nn.Embedding(layout.num_domains, layout.embedding_dim)
+        self.width = ((len(layout.fields) + 1) * layout.embedding_dim + layout.num_dense
+                      + sum(layout.sequence_width(s) for s in layout.sequences))
+
+    def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
+        parts = [features.fields.flatten(1), self.domain_embedding(features.domain), features.dense]
+        parts += [masked_mean(s.keys, s.mask) for s in features.sequences]
+        return torch.cat(parts, dim=1)

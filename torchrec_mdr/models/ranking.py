@@ -7,6 +7,7 @@ of the call graph on attributes of the batch, and everything after them lives in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,8 +24,26 @@ if TYPE_CHECKING:
     from torchrec_mdr.experiment import EvictionConfig
 
 
+@dataclass
+class ArchOutput:
+    """What a model arch may return instead of bare logits.
+
+    Attributes:
+        logits: [B, num_tasks].
+        auxiliary_loss: scalar added to the label loss in training (e.g. ADIN's self-training term);
+            archs return it only while ``self.training``.
+    """
+
+    logits: torch.Tensor
+    auxiliary_loss: torch.Tensor
+
+
 class DenseArch(nn.Module):
-    """Embeddings -> :class:`EmbeddedFeatures` -> the registered model's arch -> logits [B, num_tasks]."""
+    """Embeddings -> :class:`EmbeddedFeatures` -> the registered model's arch -> (logits, auxiliary loss).
+
+    Returns ``(logits [B, num_tasks] float32, auxiliary_loss scalar)``; the auxiliary loss is 0 for
+    archs that return bare logits.
+    """
 
     def __init__(self, layout: FeatureLayout, config: ModelConfig, mixed_precision: bool = False) -> None:
         super().__init__()
@@ -33,15 +52,17 @@ class DenseArch(nn.Module):
         self.mixed_precision = mixed_precision  # bf16 autocast on CUDA; logits come back as float32
 
     def forward(self, pooled: KeyedTensor | None, unpooled: dict[str, JaggedTensor], dense: torch.Tensor,
-                domain: torch.Tensor) -> torch.Tensor:
+                domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(device_type=dense.device.type, dtype=torch.bfloat16,
                             enabled=self.mixed_precision and dense.device.type == "cuda"):
-            logits = self.model(embed_features(self.layout, pooled, unpooled, dense, domain))
-        return logits.float()
+            output = self.model(embed_features(self.layout, pooled, unpooled, dense, domain))
+        if isinstance(output, ArchOutput):
+            return output.logits.float(), output.auxiliary_loss.float()
+        return output.float(), dense.new_zeros(())
 
 
 class RankingModel(nn.Module):
-    """Batch -> logits [B, num_tasks].
+    """Batch -> (logits [B, num_tasks], auxiliary loss scalar); see :class:`DenseArch`.
 
     Args:
         spec: dataset spec (features, tables, domains, labels).
@@ -62,7 +83,7 @@ class RankingModel(nn.Module):
         self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim), config,
                                     mixed_precision).to(dense_device)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, unpooled = self.sparse_arch(batch.sparse_features, batch.sequence_features)
         return self.dense_arch(pooled, unpooled, batch.dense_features, batch.domain)
 
@@ -70,7 +91,8 @@ class RankingModel(nn.Module):
 class TrainModel(nn.Module):
     """RankingModel + binary cross-entropy (mean over rows and tasks), in the pipeline's contract.
 
-    ``forward(batch) -> (loss, (loss, logits [B, T], labels [B, T], domain [B], group_ids [B]))``.
+    ``forward(batch) -> (loss, (loss, logits [B, T], labels [B, T], domain [B], group_ids [B]))``;
+    the loss includes the arch's auxiliary loss (zero for most models).
     """
 
     def __init__(self, model: RankingModel) -> None:
@@ -79,6 +101,6 @@ class TrainModel(nn.Module):
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        logits = self.model(batch)
-        loss = self.loss_fn(logits, batch.labels)
+        logits, auxiliary_loss = self.model(batch)
+        loss = self.loss_fn(logits, batch.labels) + auxiliary_loss
         return loss, (loss.detach(), logits.detach(), batch.labels, batch.domain, batch.group_ids)
