@@ -5,6 +5,7 @@
     mdr data validate --data DIR               check every file and value against the spec
     mdr bench loader [--data DIR]              reader throughput (rows/s)
     mdr bench train [--data DIR]               training samples/s per model, world size and loop
+    mdr bench accuracy [--suites ...]          mechanisms vs their bases: tables + plot in docs/results
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr eval --run RUN_DIR [--data DIR] [--split S]   evaluate a run's latest checkpoint
@@ -89,6 +90,12 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     run(dataclass_from_args(TrainBenchOptions, args))
 
 
+def _cmd_bench_accuracy(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.accuracy import AccuracyBenchOptions, run
+
+    run(dataclass_from_args(AccuracyBenchOptions, args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
     from torchrec_mdr.data.spec import SPEC_FILE, DatasetSpec
@@ -163,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(data_commands, "validate", "check files and values against the spec", ValidateOptions,
                 _cmd_validate)
 
+    from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
     from torchrec_mdr.bench.loader import LoaderBenchOptions
     from torchrec_mdr.bench.train import TrainBenchOptions
 
@@ -172,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                 _cmd_bench_loader)
     _subcommand(bench_commands, "train", "training samples/s: models x world sizes x loops", TrainBenchOptions,
                 _cmd_bench_train)
+    _subcommand(bench_commands, "accuracy", "the seed mechanisms vs their bases on planted-effect, null and "
+                "real data: tables and a plot", AccuracyBenchOptions, _cmd_bench_accuracy)
 
     train = commands.add_parser("train", help="train a registered model on a prepared dataset")
     train.add_argument("--config", type=Path, default=None, help="TOML or YAML experiment config")

@@ -1,0 +1,227 @@
+"""``mdr bench accuracy``: do the seed mechanisms do what their papers claim, and nothing without their premise?
+
+Suites (each writes one markdown table under ``out``; see :mod:`torchrec_mdr.bench.accuracy_report`):
+
+* ``planted`` — the planted-effect synthetic data with ``domain_shift > 0``: ADS on each backbone
+  (DIN, MHA, CAN) against that backbone, SFPNet against DNN and against its own w/o-STB ablation,
+  ADIN against SharedBottom, the other multi-domain baselines beside them; mean ± std over
+  ``seeds`` training seeds, AUC Imp. (ADS eq. 14) against each model's base, the oracle AUC;
+* ``no_shift`` — the same comparisons on data generated with ``domain_shift = 0`` (the domains share
+  one true logit; only their sizes differ): the gains should vanish within the seed noise;
+* ``ablation`` — ADS, w/o PCRG, w/o PCRG & PSRG (DIN backbone); SFPNet and each single ablation;
+* ``chunk_cost`` — ADS (DIN) parameters, training FLOPs and measured step time of the dense arch
+  per items-per-chunk setting, beside DIN (the ADS paper's Fig. 4), with the AUC of each (seed 0);
+* ``movielens`` — the ``planted`` comparisons on real MovieLens-100K (age-group domains).
+
+Every training is the real ``mdr train`` path (:class:`~torchrec_mdr.training.trainer.Trainer`: DMP,
+fused sparse optimizer, TrainPipelineSparseDist) at world size 1. The seed varies the model
+initialisation and the data order; the dataset of a suite is fixed. Each run's ``metrics.json``
+stays under ``work/runs/<dataset>/<label>-seed<k>``: an interrupted benchmark continues where it
+stopped, suites on one dataset share their common runs, and a finished benchmark re-renders its
+tables without training (delete a run's folder to train it again).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchrec_mdr.config import ConfigError, bounds, doc
+
+SUITES: tuple[str, ...] = ("planted", "no_shift", "ablation", "chunk_cost", "movielens")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained configuration: a table label, a registered model and its ``--set`` overrides.
+
+    ``base`` names the label it is compared with (AUC Imp., per-seed wins)."""
+
+    label: str
+    model: str
+    overrides: tuple[str, ...] = ()
+    base: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+
+
+def _ads(backbone: str, *extra: str, label: str | None = None, base: str | None = None) -> Variant:
+    return Variant(label or f"ADS ({backbone.upper()})", "ads", (f"model.ads.backbone={backbone}", *extra),
+                   base or backbone.upper())
+
+
+COMPARISONS: tuple[Variant, ...] = (
+    Variant("DIN", "din"),
+    _ads("din"),
+    Variant("MHA", "mha"),
+    _ads("mha"),
+    Variant("CAN", "can"),
+    _ads("can"),
+    Variant("DNN", "dnn"),
+    Variant("SFPNet w/o STB", "sfpnet", ("model.sfpnet.num_blocks=0",), "DNN"),
+    Variant("SFPNet", "sfpnet", (), "DNN"),
+    Variant("SharedBottom", "shared_bottom"),
+    Variant("ADIN", "adin", (), "SharedBottom"),
+    Variant("MMoE", "mmoe", (), "SharedBottom"),
+    Variant("PLE", "ple", (), "SharedBottom"),
+    Variant("STAR", "star", (), "SharedBottom"),
+    Variant("PEPNet", "pepnet", (), "SharedBottom"),
+)
+
+NULL_COMPARISONS: tuple[Variant, ...] = tuple(
+    v for v in COMPARISONS if v.label in {"DIN", "ADS (DIN)", "DNN", "SFPNet w/o STB", "SFPNet", "SharedBottom", "ADIN"})
+
+ABLATIONS: tuple[Variant, ...] = (
+    _ads("din", label="ADS (DIN)"),
+    _ads("din", "model.ads.use_pcrg=false", label="ADS w/o PCRG", base="ADS (DIN)"),
+    _ads("din", "model.ads.use_pcrg=false", "model.ads.use_psrg=false", label="ADS w/o PCRG & PSRG",
+         base="ADS (DIN)"),
+    Variant("SFPNet", "sfpnet"),
+    Variant("SFPNet w/o DAP", "sfpnet", ("model.sfpnet.distribution_aware_pooling=false",), "SFPNet"),
+    Variant("SFPNet w/o SAM", "sfpnet", ("model.sfpnet.use_sam=false",), "SFPNet"),
+    Variant("SFPNet w/o RTM", "sfpnet", ("model.sfpnet.use_rtm=false",), "SFPNet"),
+    Variant("SFPNet w/o S-DNN", "sfpnet", ("model.sfpnet.scenario_aware_dnn=false",), "SFPNet"),
+    Variant("SFPNet w/o STB", "sfpnet", ("model.sfpnet.num_blocks=0",), "SFPNet"),
+)
+
+CHUNK_SETTINGS: tuple[int, ...] = (1, 2, 5, 10)
+
+
+@dataclass
+class AccuracyBenchOptions:
+    out: Path = field(default=Path("docs/results"), metadata=doc("folder for the tables and the plot"))
+    work: Path = field(default=Path("data/bench-accuracy"), metadata=doc("datasets and per-run metrics "
+                                                                         "(kept: a re-run resumes)"))
+    suites: list[str] = field(default_factory=lambda: list(SUITES), metadata=doc(f"any of {', '.join(SUITES)}"))
+    seeds: int = field(default=3, metadata=bounds(ge=1, help="training seeds per configuration"))
+    models: list[str] | None = field(default=None, metadata=doc("only these table labels' slugs, e.g. din ads-din "
+                                                                "(default: all)"))
+    rows: int = field(default=200_000, metadata=bounds(ge=1000, help="synthetic rows (train/valid/test 80/10/10)"))
+    users: int = field(default=5_000, metadata=bounds(ge=1, help="synthetic users"))
+    items: int = field(default=2_000, metadata=bounds(ge=1, help="synthetic items"))
+    seq_length: int = field(default=30, metadata=bounds(ge=1, help="synthetic behaviour-sequence length"))
+    domain_shift: float = field(default=1.0, metadata=bounds(gt=0, help="planted-effect strength of `planted`"))
+    epochs: int = field(default=2, metadata=bounds(ge=1, help="training epochs per run"))
+    max_steps: int | None = field(default=None, metadata=bounds(ge=1, help="cap on steps per run (tiny runs)"))
+    batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch"))
+    embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
+    ads_domain_features: list[str] = field(default_factory=lambda: ["user_activity"],
+                                           metadata=doc("ADS implicit domain features on the synthetic data"))
+    movielens_src: Path = field(default=Path("data/cache/recbole-1.2.1-py3-none-any.whl"),
+                                metadata=doc("MovieLens-100K source for `movielens` (see the README)"))
+    movielens_epochs: int = field(default=3, metadata=bounds(ge=1, help="training epochs on MovieLens-100K"))
+    movielens_batch_size: int = field(default=512, metadata=bounds(ge=1, help="rows per batch on MovieLens"))
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.suites) - set(SUITES))
+        if unknown:
+            raise ConfigError(f"--suites: unknown {unknown}; choose from {list(SUITES)}")
+
+
+def synthetic_data(options: AccuracyBenchOptions, domain_shift: float) -> Path:
+    """The suite's planted-effect dataset (generated once; same world seed for every shift)."""
+    from data_prep.synthetic import Options, convert
+    from torchrec_mdr.data.spec import SPEC_FILE
+
+    path = options.work / f"synthetic-shift{domain_shift:g}-rows{options.rows}"
+    if not (path / SPEC_FILE).exists():
+        convert(Options(out=path, rows=options.rows, users=options.users, items=options.items,
+                        categories=max(2, options.items // 50), brands=max(1, options.items // 10),
+                        seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),
+                        domain_shift=domain_shift, overwrite=True))
+    return path
+
+
+def movielens_data(options: AccuracyBenchOptions) -> Path:
+    from data_prep.movielens import Options, convert
+    from torchrec_mdr.data.spec import SPEC_FILE
+
+    path = options.work / "ml-100k"
+    if not (path / SPEC_FILE).exists():
+        if not options.movielens_src.exists():
+            raise ConfigError(f"--movielens-src {options.movielens_src} does not exist; get it with "
+                              "`pip download --no-deps recbole==1.2.1 -d data/cache` (see the README)")
+        if options.movielens_src.suffix in {".whl", ".zip"} and not zipfile.is_zipfile(options.movielens_src):
+            raise ConfigError(f"--movielens-src {options.movielens_src} is not a readable zip/wheel")
+        convert(Options(src=options.movielens_src, out=path, overwrite=True))
+    return path
+
+
+def run_variant(options: AccuracyBenchOptions, suite: str, variant: Variant, data: Path, seed: int,
+                extra: tuple[str, ...] = ()) -> dict:
+    """Train one configuration (or read its finished metrics.json) and return its metrics."""
+    from torchrec_mdr.config import load_config
+    from torchrec_mdr.experiment import ExperimentConfig
+    from torchrec_mdr.training.trainer import Trainer
+
+    run_dir = options.work / "runs" / data.name / f"{variant.slug}-seed{seed}"
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists():
+        return json.loads(metrics_file.read_text())
+    movielens = suite == "movielens"
+    overrides = [
+        f"data.path={data}",
+        f"data.batch_size={options.movielens_batch_size if movielens else options.batch_size}",
+        f"model.name={variant.model}",
+        f"model.embedding_dim={options.embedding_dim}",
+        f"train.epochs={options.movielens_epochs if movielens else options.epochs}",
+        f"train.seed={seed}",
+        "train.log_every=50",
+    ]
+    if options.max_steps:
+        overrides.append(f"train.max_steps={options.max_steps}")
+    if variant.model == "ads" and not movielens:
+        overrides.append(f"model.ads.domain_features={json.dumps(options.ads_domain_features)}")
+    config = load_config(ExperimentConfig, None, overrides + list(variant.overrides) + list(extra))
+    if run_dir.exists():  # an interrupted run: start it again from scratch
+        import shutil
+
+        shutil.rmtree(run_dir)
+    print(f"\n[{suite}] {variant.label}, seed {seed}", flush=True)
+    return Trainer(config, run_dir).fit()
+
+
+def selected(options: AccuracyBenchOptions, variants: tuple[Variant, ...]) -> list[Variant]:
+    if options.models is None:
+        return list(variants)
+    return [v for v in variants if v.slug in options.models]
+
+
+def run(options: AccuracyBenchOptions) -> dict[str, Path]:
+    """Run the chosen suites; write their tables (and the plot); return the written files."""
+    from torchrec_mdr.bench import accuracy_report as report
+
+    options.validate()
+    options.out.mkdir(parents=True, exist_ok=True)
+    seeds = range(options.seeds)
+    written: dict[str, Path] = {}
+    results: dict[str, dict[str, list[dict]]] = {}
+    suites = {
+        "planted": (COMPARISONS, lambda: synthetic_data(options, options.domain_shift)),
+        "no_shift": (NULL_COMPARISONS, lambda: synthetic_data(options, 0.0)),
+        "ablation": (ABLATIONS, lambda: synthetic_data(options, options.domain_shift)),
+        "movielens": (COMPARISONS, lambda: movielens_data(options)),
+    }
+    for suite, (variants, make_data) in suites.items():
+        if suite not in options.suites:
+            continue
+        data = make_data()
+        chosen = selected(options, variants)
+        results[suite] = {v.label: [run_variant(options, suite, v, data, seed) for seed in seeds] for v in chosen}
+        written[suite] = report.write_suite(options, suite, chosen, results[suite], data)
+    if "chunk_cost" in options.suites:
+        from torchrec_mdr.bench.ads_cost import measure_chunk_costs
+
+        data = synthetic_data(options, options.domain_shift)
+        costs = measure_chunk_costs(options, data, CHUNK_SETTINGS)
+        written["chunk_cost"] = report.write_chunk_costs(options, costs, data)
+    if "planted" in results or "no_shift" in results:
+        written["plot"] = report.write_plot(options, results)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return written

@@ -1,0 +1,206 @@
+"""ADS: Adaptive Domain Scaling (Chai et al., SIGIR 2025), papers/ads_sigir25.txt §2.
+
+Per behaviour-sequence group, ADS personalises both sides of a target attention by the domain:
+
+* PSRG (eqs 2–5, :class:`PSRG`) re-codes every behaviour ``e_t -> W e_t + b`` with a per-sample
+  ``W = eta * (W_shared ⊙ sigmoid(MLP_w(E_D)))`` and ``b = MLP_b(E_D)``;
+* PCRG (eqs 6–7, :class:`PCRG`) generates one query per behaviour (or per chunk of behaviours) from
+  ``E_D ⊕ E_Q`` plus the candidate ``E_Q`` itself;
+* the backbone target attention (DIN, MHA or CAN, :mod:`.attention`) pairs query ``t`` with key ``t``
+  (eqs 8–12) and the pooled vector joins the other features in the prediction MLP (eq 13).
+
+``E_D`` (the domain features) is the explicit domain-id embedding concatenated with the embeddings of
+the id fields named in ``domain_features`` (implicit domain indicators such as an activity bucket).
+
+Ablations (Table 3): ``use_pcrg=False`` feeds the plain candidate query to every position (the tiled
+``E_Q``); ``use_pcrg=use_psrg=False`` is the plain backbone over the raw behaviours. The prediction MLP
+reads the fields (the ``domain_features`` among them) and the domain-id embedding in every variant, so
+the ablated models see the same domain information, only not inside the attention: the comparison
+isolates PSRG and PCRG.
+
+Choices where the paper is silent (each tested in tests/test_ads.py):
+
+* ``E_Q`` is the candidate's embeddings in the group's tables, linearly projected to the key width
+  ``d_S`` when the widths differ (as in DIN here), so ``d_Q = d_S`` and query ``t`` and key ``t`` can
+  meet in DIN's ``[q, k, q - k, q * k]`` and CAN's micro-MLP.
+* ``W_shared`` starts as the identity and ``eta`` defaults to 2, so at initialisation
+  ``W ≈ eta * 0.5 * I = I``: PSRG starts near the identity map and ADS near its backbone.
+* Chunk 0 of PCRG covers the *most recent* behaviours: query slot ``g`` serves the behaviours whose
+  recency rank (0 = the newest real behaviour) lies in ``[g k, (g + 1) k)``. Sequences here are stored
+  oldest first and left-aligned with different lengths per row, so an absolute position means a
+  different recency in every row; counting from the newest behaviour gives each generated query the
+  same meaning in every row, the short rows use the same (well trained) slots as the long ones, and
+  the truncated last chunk (``L`` not divisible by ``k``) is the oldest one. Adjacent behaviours — the
+  paper's reason for chunking — stay together either way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from torchrec_mdr.config import ConfigError, bounds, doc
+from torchrec_mdr.models.attention import BACKBONES, build_attention
+from torchrec_mdr.models.blocks import MLP
+from torchrec_mdr.models.din import QueryProjection
+from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout
+
+
+@dataclass
+class ADSConfig:
+    backbone: str = field(default="din", metadata=doc(f"target attention personalised by ADS: {', '.join(BACKBONES)}"))
+    domain_features: list[str] = field(default_factory=list, metadata=doc(
+        "id fields joined to the domain-id embedding as E_D (implicit domain indicators)"))
+    use_psrg: bool = field(default=True, metadata=doc("personalise the behaviours (PSRG, eqs 2-5)"))
+    use_pcrg: bool = field(default=True, metadata=doc("personalise the queries (PCRG, eqs 6-7)"))
+    eta: float = field(default=2.0, metadata=bounds(gt=0, help="eta of eq 3: scale of sigmoid(MLP_w(E_D))"))
+    generator_hidden: int = field(default=32, metadata=bounds(ge=1, help="d_h: hidden width of every gen-net"))
+    items_per_chunk: int = field(default=1, metadata=bounds(
+        ge=1, help="behaviours sharing one generated query (1: one query per behaviour)"))
+    attention_hidden: list[int] = field(default_factory=lambda: [64, 32],
+                                        metadata=bounds(ge=1, help="DIN backbone: attention MLP widths"))
+    heads: int = field(default=2, metadata=bounds(ge=1, help="MHA backbone: attention heads"))
+    head_dim: int = field(default=16, metadata=bounds(ge=1, help="MHA backbone: d_A per head"))
+    micro_hidden: list[int] = field(default_factory=lambda: [8, 4],
+                                    metadata=bounds(ge=1, help="CAN backbone: micro-MLP layer widths"))
+    orders: int = field(default=1, metadata=bounds(ge=1, help="CAN backbone: multi-order enhancement"))
+    hidden: list[int] = field(default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="MLP widths"))
+    dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
+
+    def validate(self) -> None:  # at load time; the message gets the section ("model.ads: ") in front
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone: {self.backbone!r} is not one of {list(BACKBONES)}")
+
+
+class PSRG(nn.Module):
+    """Personalised sequence representation generation, ADS eqs 2–5.
+
+    ``W_private = sigmoid(MLP_w(E_D))`` (eq 2, two layers, ReLU between), ``W = eta * (W_shared ⊙
+    W_private)`` (eq 3), ``b = MLP_b(E_D)`` (eq 4), and every behaviour ``e_t -> W e_t + b`` with ``W``
+    reshaped row-major to ``[d_S, d_S]`` (eq 5: ``E_S W^T + b``).
+
+    Shapes: domain_features [B, d_D], keys [B, L, d_S] -> [B, L, d_S].
+    """
+
+    def __init__(self, domain_dim: int, seq_dim: int, hidden: int, eta: float) -> None:
+        super().__init__()
+        self.seq_dim, self.eta = seq_dim, eta
+        self.weight_generator = MLP(domain_dim, [hidden], out_features=seq_dim * seq_dim)  # eq 2 (pre-sigmoid)
+        self.shared_weight = nn.Parameter(torch.eye(seq_dim).flatten())  # W_shared, eq 3
+        self.bias_generator = MLP(domain_dim, [hidden], out_features=seq_dim)  # eq 4
+
+    def generate(self, domain_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample weight [B, d_S, d_S] (eq 3, reshaped) and bias [B, d_S] (eq 4)."""
+        private = torch.sigmoid(self.weight_generator(domain_features))
+        weight = self.eta * (self.shared_weight * private)
+        return weight.view(-1, self.seq_dim, self.seq_dim), self.bias_generator(domain_features)
+
+    def forward(self, domain_features: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.generate(domain_features)
+        return torch.einsum("blj,bij->bli", keys, weight) + bias.unsqueeze(1)  # eq 5
+
+
+class PCRG(nn.Module):
+    """Personalised candidate representation generation: the multi-query gen-net, ADS eqs 6–7.
+
+    ``E_Q-private = MLP_q(E_D ⊕ E_Q)`` (eq 6, two layers) gives ``G = ceil(L / k)`` chunk queries of
+    width ``d_Q``; chunk ``g`` serves the behaviours of recency rank ``[g k, (g + 1) k)`` (rank 0 = the
+    newest real behaviour; see the module docstring for why), and every position's query is its
+    chunk's query plus the candidate ``E_Q`` (eq 7, the residual ``tile(E_Q)``). ``k = 1`` is the
+    unchunked gen-net (one query per behaviour); ``k >= L`` gives one shared query.
+
+    Shapes: domain_features [B, d_D], query [B, d_Q], mask [B, L] -> queries [B, L, d_Q].
+    """
+
+    def __init__(self, domain_dim: int, query_dim: int, length: int, items_per_chunk: int, hidden: int) -> None:
+        super().__init__()
+        self.query_dim, self.items_per_chunk = query_dim, items_per_chunk
+        self.num_chunks = math.ceil(length / items_per_chunk)
+        self.generator = MLP(domain_dim + query_dim, [hidden], out_features=self.num_chunks * query_dim)  # eq 6
+
+    def chunk_index(self, mask: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool -> [B, L] int64: the chunk serving each position (padding: chunk 0, unused)."""
+        real = mask.long()
+        recency = real.flip(1).cumsum(1).flip(1) - real  # real behaviours after position t
+        return torch.div(recency, self.items_per_chunk, rounding_mode="floor").clamp_max(self.num_chunks - 1)
+
+    def forward(self, domain_features: torch.Tensor, query: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        private = self.generator(torch.cat([domain_features, query], dim=-1))
+        private = private.view(-1, self.num_chunks, self.query_dim)  # [B, G, d_Q]
+        index = self.chunk_index(mask).unsqueeze(-1).expand(-1, -1, self.query_dim)
+        return private.gather(1, index) + query.unsqueeze(1)  # eq 7
+
+
+class ADSSequenceBlock(nn.Module):
+    """One sequence group through ADS: query projection, PSRG, PCRG, then the backbone attention.
+
+    Shapes: domain_features [B, d_D], EmbeddedSequence (keys [B, L, d_S], query [B, Q], mask [B, L])
+    -> [B, out_features].
+    """
+
+    def __init__(self, query_width: int, key_width: int, length: int, domain_dim: int, config: ADSConfig) -> None:
+        super().__init__()
+        self.query_projection = QueryProjection(query_width, key_width)
+        self.psrg = PSRG(domain_dim, key_width, config.generator_hidden, config.eta) if config.use_psrg else None
+        self.pcrg = (PCRG(domain_dim, key_width, length, config.items_per_chunk, config.generator_hidden)
+                     if config.use_pcrg else None)
+        self.attention = build_attention(
+            config.backbone, key_width, din_hidden=config.attention_hidden, heads=config.heads,
+            head_dim=config.head_dim, micro_hidden=config.micro_hidden, orders=config.orders)
+        self.out_features = self.attention.out_features
+
+    def queries_and_keys(self, domain_features: torch.Tensor,
+                         sequence: EmbeddedSequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """Personalised queries [B, L, d_S] (query t for behaviour t) and behaviours [B, L, d_S]."""
+        candidate = self.query_projection(sequence.query)  # E_Q [B, d_S]
+        keys = sequence.keys if self.psrg is None else self.psrg(domain_features, sequence.keys)
+        if self.pcrg is None:  # w/o PCRG: the candidate, tiled over the positions
+            queries = candidate.unsqueeze(1).expand(-1, keys.shape[1], -1)
+        else:
+            queries = self.pcrg(domain_features, candidate, sequence.mask)
+        return queries, keys
+
+    def forward(self, domain_features: torch.Tensor, sequence: EmbeddedSequence) -> torch.Tensor:
+        queries, keys = self.queries_and_keys(domain_features, sequence)
+        return self.attention(queries, keys, sequence.mask)
+
+
+class ADSArch(nn.Module):
+    """[fields, domain embedding, dense, ADS-pooled sequences] -> MLP -> logits (eq 13).
+
+    Each sequence group has its own :class:`ADSSequenceBlock` (own gen-nets and attention); all share
+    ``E_D`` = [domain-id embedding, embeddings of ``domain_features``].
+    Shapes: EmbeddedFeatures -> [B, num_tasks].
+    """
+
+    def __init__(self, layout: FeatureLayout, config: ADSConfig) -> None:
+        super().__init__()
+        if config.backbone not in BACKBONES:
+            raise ConfigError(f"model.ads.backbone: {config.backbone!r} is not one of {list(BACKBONES)}")
+        unknown = [name for name in config.domain_features if name not in layout.fields]
+        if unknown:
+            raise ConfigError(f"model.ads.domain_features: {unknown[0]!r} is not an id feature of the dataset; "
+                              f"id features: {list(layout.fields)}")
+        dim = layout.embedding_dim
+        self.domain_field_index = [layout.fields.index(name) for name in config.domain_features]
+        self.domain_embedding = nn.Embedding(layout.num_domains, dim)
+        domain_dim = (1 + len(self.domain_field_index)) * dim
+        self.blocks = nn.ModuleList(
+            ADSSequenceBlock(layout.query_width(s), layout.sequence_width(s), s.max_length, domain_dim, config)
+            for s in layout.sequences)
+        width = (len(layout.fields) + 1) * dim + layout.num_dense + sum(b.out_features for b in self.blocks)
+        self.mlp = MLP(width, config.hidden, out_features=layout.num_tasks, dropout=config.dropout)
+
+    def domain_features(self, features: EmbeddedFeatures, domain: torch.Tensor) -> torch.Tensor:
+        """E_D [B, d_D]: the domain-id embedding ``domain`` [B, D] then the named fields' embeddings."""
+        return torch.cat([domain, features.fields[:, self.domain_field_index].flatten(1)], dim=1)
+
+    def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
+        domain = self.domain_embedding(features.domain)
+        domain_features = self.domain_features(features, domain)
+        parts = [features.fields.flatten(1), domain, features.dense]
+        parts += [block(domain_features, sequence) for block, sequence in zip(self.blocks, features.sequences)]
+        return self.mlp(torch.cat(parts, dim=1))

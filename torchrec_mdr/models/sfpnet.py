@@ -1,0 +1,157 @@
+"""SFPNet (Zhang et al., SIGIR 2024; papers/sfpnet_sigir24.txt §4): scenario-tailored behaviours.
+
+``L`` stacked Scenario-Tailoring Blocks re-code every id field and every behaviour with the
+scenario (SAM, eqs 2–4) and a per-instance context (RTM, eqs 5–7); DIN target attention pools the
+tailored behaviours (eq 8); a scenario-aware DNN whose every layer is gated by the scenario predicts
+(eqs 9–11). The blocks are in :mod:`torchrec_mdr.models.sfpnet_blocks`.
+
+Choices where the paper is silent or ambiguous (each one tested in ``tests/test_sfpnet.py``):
+
+* **Scenario vector** ``s_m``: a learned embedding of the domain id (the paper's only scenario
+  feature), concatenated with the raw embeddings of the id fields listed in ``scenario_features``
+  (none by default; e.g. ``user_activity``, an implicit domain feature of the synthetic data).
+  Those fields stay ordinary features x_i as well.
+* **Features x_i** that are tailored: every id field (``layout.fields``), each one ``d`` wide; the
+  **behaviours** of every sequence group, ``d_g = F_g·d`` wide (the group's fields concatenated per
+  position: the paper's "pooled embedding of the clicked item and its attribute features").
+* **Sequence context width**: ``d_g`` per group, not the ``2d`` of the paper's slice indices (see
+  :class:`~torchrec_mdr.models.sfpnet_blocks.ResidualTailoringModule`).
+* **DIN query** of a group: the tailored fields of its candidate columns (``item_id`` for
+  ``hist_item_id``), concatenated and linearly projected to ``d_g`` when the widths differ (as
+  :class:`~torchrec_mdr.models.din.DINArch` does).
+* **Dense features** enter the DNN input: ``H¹ = x_1^L ⊕ … ⊕ x_n^L ⊕ V_1 ⊕ … ⊕ dense`` (the paper
+  has none); they are not tailored.
+* **Ablations** (paper Table 5): ``distribution_aware_pooling=False`` = w/o DAP (mean pooling);
+  ``use_sam=False`` = w/o SAM; ``use_rtm=False`` = w/o RTM; ``scenario_aware_dnn=False`` = w/o S-DNN
+  (a plain MLP over ``H¹ ⊕ s_m``: the scenario stays an input, ungated); ``num_blocks=0`` = w/o STB
+  (DIN and the S-DNN over the raw embeddings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from torchrec_mdr.config import ConfigError, bounds, doc
+from torchrec_mdr.models.blocks import MLP, DINAttention
+from torchrec_mdr.models.din import QueryProjection
+from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
+from torchrec_mdr.models.sfpnet_blocks import ScenarioAwareDNN, ScenarioTailoringBlock
+
+
+@dataclass
+class SFPNetConfig:
+    num_blocks: int = field(default=3, metadata=bounds(
+        ge=0, help="stacked Scenario-Tailoring Blocks L (paper: 3 industrial, 2 Ali-CCP); 0 = w/o STB"))
+    sam_hidden: int = field(default=64, metadata=bounds(ge=1, help="hidden width of the SAM gate (W0, eq 3)"))
+    context_hidden: int = field(default=128, metadata=bounds(
+        ge=1, help="hidden width of the RTM aggregation MLP (W2, eq 5)"))
+    distribution_aware_pooling: bool = field(default=True, metadata=doc(
+        "pool sequences by mean ⊕ std (eq 2); false = mean only (w/o DAP)"))
+    use_sam: bool = field(default=True, metadata=doc("Scenario-Adaptive Module gate (eqs 3-4); false = w/o SAM"))
+    use_rtm: bool = field(default=True, metadata=doc("Residual-Tailoring Module (eqs 5-7); false = w/o RTM"))
+    scenario_aware_dnn: bool = field(default=True, metadata=doc(
+        "gate every DNN layer with the scenario (eqs 10-11); false = plain DNN (w/o S-DNN)"))
+    scenario_features: list[str] = field(default_factory=list, metadata=doc(
+        "id features whose embeddings join the domain-id embedding in the scenario vector s_m"))
+    attention_hidden: list[int] = field(default_factory=lambda: [64, 32],
+                                        metadata=bounds(ge=1, help="DIN attention MLP widths"))
+    hidden: list[int] = field(default_factory=lambda: [256, 128, 64],
+                              metadata=bounds(ge=1, help="DNN widths (paper: [256, 128, 64])"))
+    dnn_gate_hidden: int = field(default=64, metadata=bounds(
+        ge=1, help="hidden width of each S-DNN layer's gate (W5, eq 10)"))
+    dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden DNN layer"))
+
+    def validate(self) -> None:
+        for key in ("sam_hidden", "context_hidden", "dnn_gate_hidden"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is out of range (must be >= 1)")
+        if self.num_blocks < 0:
+            raise ConfigError(f"num_blocks: {self.num_blocks!r} is out of range (must be >= 0; 0 = w/o STB)")
+        for key in ("hidden", "attention_hidden"):
+            if any(width < 1 for width in getattr(self, key)):
+                raise ConfigError(f"{key}: every width must be >= 1, got {getattr(self, key)!r}")
+        if not self.hidden:
+            raise ConfigError("hidden: the DNN needs at least one layer")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout: {self.dropout!r} is out of range (must be >= 0 and < 1)")
+        if self.num_blocks > 0 and not (self.use_sam or self.use_rtm):
+            raise ConfigError("use_sam, use_rtm: both false, a block would do nothing; "
+                              "set num_blocks = 0 for the w/o STB ablation")
+
+
+class SFPNetArch(nn.Module):
+    """Scenario embedding -> L Scenario-Tailoring Blocks -> DIN per sequence group -> S-DNN -> logits.
+
+    Shapes: EmbeddedFeatures (fields [B, n, d], sequences keys [B, L_g, d_g], dense [B, num_dense],
+    domain [B]) -> logits [B, num_tasks].
+    """
+
+    def __init__(self, layout: FeatureLayout, config: SFPNetConfig) -> None:
+        super().__init__()
+        try:
+            config.validate()
+        except ConfigError as error:
+            raise ConfigError(f"model.sfpnet.{error}") from None
+        unknown = [name for name in config.scenario_features if name not in layout.fields]
+        if unknown:
+            raise ConfigError(f"model.sfpnet.scenario_features: {unknown[0]!r} is not an id feature of the "
+                              f"dataset; id features: {list(layout.fields)}")
+        if len(set(config.scenario_features)) != len(config.scenario_features):
+            raise ConfigError(f"model.sfpnet.scenario_features: duplicate names in {config.scenario_features}")
+        dim, num_fields = layout.embedding_dim, len(layout.fields)
+        widths = [layout.sequence_width(s) for s in layout.sequences]
+        self.layout = layout
+        self.scenario_index = [layout.fields.index(name) for name in config.scenario_features]
+        self.candidate_index = [[layout.fields.index(name) for name in s.candidate_fields] for s in layout.sequences]
+        scenario_width = dim * (1 + len(self.scenario_index))
+        self.domain_embedding = nn.Embedding(layout.num_domains, dim)
+        self.blocks = nn.ModuleList(
+            ScenarioTailoringBlock(num_fields, dim, widths, scenario_width, use_sam=config.use_sam,
+                                   use_rtm=config.use_rtm, with_std=config.distribution_aware_pooling,
+                                   sam_hidden=config.sam_hidden, context_hidden=config.context_hidden)
+            for _ in range(config.num_blocks))
+        self.queries = nn.ModuleList(QueryProjection(layout.query_width(s), layout.sequence_width(s))
+                                     for s in layout.sequences)
+        self.attentions = nn.ModuleList(DINAttention(w, config.attention_hidden) for w in widths)
+        width = num_fields * dim + sum(widths) + layout.num_dense  # H¹
+        if config.scenario_aware_dnn:
+            self.dnn: nn.Module = ScenarioAwareDNN(width, config.hidden, layout.num_tasks, scenario_width,
+                                                   config.dnn_gate_hidden, config.dropout)
+        else:
+            self.dnn = MLP(width + scenario_width, config.hidden, out_features=layout.num_tasks,
+                           dropout=config.dropout)
+        self.scenario_aware_dnn = config.scenario_aware_dnn
+
+    def scenario(self, features: EmbeddedFeatures) -> torch.Tensor:
+        """s_m: [B, d·(1 + len(scenario_features))]."""
+        parts = [self.domain_embedding(features.domain)]
+        parts += [features.fields[:, i] for i in self.scenario_index]
+        return torch.cat(parts, dim=-1)
+
+    def tailor(self, features: EmbeddedFeatures,
+               scenario: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stacked blocks: fields [B, n, d] and behaviours [B, L_g, d_g] after block L."""
+        fields = features.fields
+        behaviours = [s.keys for s in features.sequences]
+        masks = [s.mask for s in features.sequences]
+        for block in self.blocks:
+            fields, behaviours = block(fields, behaviours, masks, scenario)
+        return fields, behaviours
+
+    def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
+        scenario = self.scenario(features)
+        fields, behaviours = self.tailor(features, scenario)
+        parts = [fields.flatten(1)]
+        for sequence, keys, index, project, attend in zip(features.sequences, behaviours, self.candidate_index,
+                                                          self.queries, self.attentions):
+            query = (fields[:, index].flatten(1) if index
+                     else fields.new_zeros(fields.shape[0], 0))
+            parts.append(attend(project(query), keys, sequence.mask))  # eq 8
+        parts.append(features.dense.to(parts[0].dtype))
+        h = torch.cat(parts, dim=-1)  # H¹ (eq 9)
+        if self.scenario_aware_dnn:
+            return self.dnn(h, scenario)
+        return self.dnn(torch.cat([h, scenario], dim=-1))
