@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DATA := data/synthetic-default
+DATA := data/synthetic-planted
+RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: setup run test bench-loader clean
 
@@ -19,12 +20,15 @@ $(STAMP): pyproject.toml install/constraints-cpu.txt install/build_fbgemm_shim.p
 	$(BIN)/python -c "import fbgemm_gpu, torchrec, torchmetrics, torchx, pyarrow"
 	touch $(STAMP)
 
-# The main job: the default synthetic data (generated if missing), its spec and one epoch read
-# through the reader, then DIN trained with DMP + TrainPipelineSparseDist, per-domain table at the end.
+# The main job: the default planted-effect synthetic data (generated if missing), its spec and one
+# epoch read through the reader; then ADS (DIN backbone) and DIN trained with DMP +
+# TrainPipelineSparseDist, and their per-domain AUCs side by side with the oracle AUC and AUC Imp.
 run: setup
 	$(BIN)/mdr demo --data $(DATA)
 	$(BIN)/mdr train --config configs/quickstart.toml --set data.path=$(DATA) \
-		--out runs/quickstart-$$(date +%Y%m%d-%H%M%S)
+		--set 'model.ads.domain_features=[user_activity]' --out $(RUN)-ads
+	$(BIN)/mdr train --config configs/quickstart.toml --set data.path=$(DATA) --set model.name=din --out $(RUN)-din
+	$(BIN)/mdr compare --runs $(RUN)-ads $(RUN)-din
 
 test: setup
 	$(BIN)/python -m pytest -q tests
@@ -33,4 +37,4 @@ bench-loader: setup
 	$(BIN)/mdr bench loader --data data/bench-loader
 
 clean:
-	rm -rf $(VENV) data/synthetic-default data/bench-loader
+	rm -rf $(VENV) data/synthetic-planted data/bench-loader

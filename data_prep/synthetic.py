@@ -265,7 +265,8 @@ def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[d
     position = np.arange(o.seq_length)[None, :] / np.maximum(lengths[:, None], 1)
     scores = world.behaviour_affinity[domains[:, None], behaviour_domains] + world.recency * position
     scores = np.where(mask, scores, -np.inf)
-    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    row_max = np.where(lengths[:, None] > 0, scores.max(axis=1, keepdims=True), 0.0)  # empty rows: -inf
+    weights = np.exp(scores - row_max)
     weights = np.where(mask, weights, 0.0)
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
     sequence_term = (weights * relevance).sum(axis=1) * (lengths > 0)

@@ -1,6 +1,6 @@
 """DLRM / DLRM-DCNv2 training program with the flags of torchrec's DLRM example (``dlrm_main.py``).
 
-    python -m dlrm_style.train --dataset data/synthetic-default --batch_size 2048 --epochs 1 \\
+    python -m dlrm_style.train --dataset data/synthetic-planted --batch_size 2048 --epochs 1 \\
         --embedding_dim 64 --dense_arch_layer_sizes 512,256,64 --over_arch_layer_sizes 512,512,256,1 \\
         --interaction_type dcn --dcn_num_layers 3 --dcn_low_rank_dim 512 --learning_rate 0.05 --adagrad
     torchrun --nproc_per_node 2 -m dlrm_style.train --dataset DIR ...

@@ -226,7 +226,7 @@ def domain_specific_parameters(arch: ADINArch) -> dict[str, torch.Tensor]:
     return named
 
 
-def test_adin_arch_shapes_and_padding(tmp_path):
+def test_adin_arch_shapes_and_padding():
     torch.manual_seed(0)
     arch = ADINArch(layout(), small_config())
     assert arch.network.out_features == 12  # concat of 6 + 6

@@ -9,6 +9,7 @@
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr eval --run RUN_DIR [--data DIR] [--split S]   evaluate a run's latest checkpoint
+    mdr compare --runs RUN_A RUN_B             per-domain AUC side by side, AUC Imp. of A vs B, oracle AUC
 
 Every option is a field of a typed dataclass; errors in options or data are printed as one line
 naming the option, file, column or row, and the command exits with status 2.
@@ -43,8 +44,12 @@ class ValidateOptions:
 
 @dataclass
 class DemoOptions:
-    data: Path = field(default=Path("data/synthetic-default"), metadata=doc("dataset folder (generated if missing)"))
+    data: Path = field(default=Path("data/synthetic-planted"), metadata=doc("dataset folder (generated if missing)"))
     rows: int = field(default=200_000, metadata=bounds(ge=100, help="rows to generate if the data is missing"))
+    users: int = field(default=5_000, metadata=bounds(ge=1, help="users of generated data"))
+    items: int = field(default=2_000, metadata=bounds(ge=1, help="items of generated data (few enough that "
+                                                                 "their embeddings are learned in one run)"))
+    seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length of generated data"))
     batch_size: int = field(default=4096, metadata=bounds(ge=1, help="rows per batch"))
     num_workers: int = field(default=0, metadata=bounds(ge=0, help="dataloader workers"))
 
@@ -105,7 +110,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         from data_prep.synthetic import Options, convert
 
         print(f"generating the default synthetic dataset into {options.data} ...")
-        convert(Options(out=options.data, rows=options.rows))
+        convert(Options(out=options.data, rows=options.rows, users=options.users, items=options.items,
+                        categories=max(2, options.items // 50), brands=max(1, options.items // 10),
+                        seq_length=options.seq_length))
     spec = DatasetSpec.load(options.data)
     print(spec.describe())
     config = ReaderConfig(path=options.data, batch_size=options.batch_size, num_workers=options.num_workers)
@@ -129,6 +136,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     config = load_config(ExperimentConfig, args.config, args.overrides)
     Trainer(config, args.out, resume=args.resume).fit()
+
+
+@dataclass
+class CompareOptions:
+    runs: list[Path] = field(metadata=doc("finished run directories; the last is the base of AUC Imp."))
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from torchrec_mdr.metrics.compare import comparison_table, load_metrics
+
+    options = dataclass_from_args(CompareOptions, args)
+    runs = [load_metrics(run) for run in options.runs]
+    print(comparison_table(runs, [run["model"] for run in runs]))
 
 
 @dataclass
@@ -194,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _subcommand(commands, "eval", "evaluate a run's latest checkpoint on a split; writes RUN_DIR/eval-<split>.json",
                 EvalOptions, _cmd_eval)
+    _subcommand(commands, "compare", "per-domain AUC of finished runs side by side, with AUC Imp. vs the last",
+                CompareOptions, _cmd_compare)
     _subcommand(commands, "demo", "generate the default data if missing, show it, read one epoch", DemoOptions,
                 _cmd_demo)
     return parser

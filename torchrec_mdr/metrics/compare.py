@@ -1,0 +1,51 @@
+"""Side-by-side per-domain AUC of finished runs, with the oracle AUC and AUC Imp. against a base run.
+
+    mdr compare runs/ads runs/din          # the last run is the base of AUC Imp. (ADS paper eq. 14)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torchrec_mdr.config import ConfigError
+from torchrec_mdr.metrics.ranking import auc_improvement
+
+
+def load_metrics(run_dir: Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: is {run_dir} a finished `mdr train` run?")
+    metrics = json.loads(path.read_text())
+    if "auc" not in metrics or "per_domain" not in metrics:
+        raise ConfigError(f"{path} holds no ranking metrics (auc, per_domain)")
+    return metrics
+
+
+def comparison_table(runs: list[dict], labels: list[str]) -> str:
+    """Rows: domains then 'all'; columns: each run's AUC, AUC Imp. of each run vs the last, oracle AUC."""
+    if len(runs) < 2:
+        raise ConfigError("compare needs at least two runs (the last one is the base)")
+    domains = list(runs[-1]["per_domain"])
+    for label, run in zip(labels, runs):
+        if list(run["per_domain"]) != domains:
+            raise ConfigError(f"{label} has domains {list(run['per_domain'])}, the base has {domains}: "
+                              "runs on different datasets cannot be compared")
+    base_label = labels[-1]
+    oracle = runs[-1].get("oracle_auc", {})
+    width = max(12, *(len(label) + 2 for label in labels))
+    header = f"{'domain':<16}{'rows':>9}" + "".join(f"{label:>{width}}" for label in labels)
+    header += "".join(f"{'Imp. ' + label:>{width + 6}}" for label in labels[:-1])
+    header += "  oracle AUC" if oracle else ""
+    lines = [f"test AUC, AUC Imp. vs {base_label} (ADS eq. 14)", header]
+
+    def row(name: str, pick) -> str:
+        aucs = [pick(run)["auc"] for run in runs]
+        line = f"{name:<16}{pick(runs[-1])['rows']:>9,}" + "".join(f"{auc:>{width}.4f}" for auc in aucs)
+        line += "".join(f"{auc_improvement(auc, aucs[-1]):>{width + 5}.2f}%" for auc in aucs[:-1])
+        return line + (f"  {oracle[name]:.4f}" if name in oracle else "")
+
+    for name in domains:
+        lines.append(row(name, lambda run, name=name: run["per_domain"][name]))
+    lines.append(row("all", lambda run: run))
+    return "\n".join(lines)
