@@ -116,6 +116,9 @@ class AccuracyBenchOptions:
                                 metadata=doc("MovieLens-100K source for `movielens` (see the README)"))
     movielens_epochs: int = field(default=3, metadata=bounds(ge=1, help="training epochs on MovieLens-100K"))
     movielens_batch_size: int = field(default=512, metadata=bounds(ge=1, help="rows per batch on MovieLens"))
+    threads: int | None = field(default=None, metadata=bounds(ge=1, help="torch threads per run (default: all "
+                                                                          "cores; 1 on a machine shared with "
+                                                                          "other work)"))
 
     def validate(self) -> None:
         unknown = sorted(set(self.suites) - set(SUITES))
@@ -183,7 +186,12 @@ def run_variant(options: AccuracyBenchOptions, suite: str, variant: Variant, dat
 
         shutil.rmtree(run_dir)
     print(f"\n[{suite}] {variant.label}, seed {seed}", flush=True)
-    return Trainer(config, run_dir).fit()
+    trainer = Trainer(config, run_dir)
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    return trainer.fit()
 
 
 def selected(options: AccuracyBenchOptions, variants: tuple[Variant, ...]) -> list[Variant]:
