@@ -347,9 +347,10 @@ def test_nan_loss_keeps_the_last_good_checkpoint(data: Path, tmp_path: Path) -> 
     dense = next(m for m in trainer.model.modules() if isinstance(m, DenseArch))
     calls = []
 
-    def poison(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    def poison(_module: torch.nn.Module, _inputs: Any, output: tuple[torch.Tensor, torch.Tensor]) -> Any:
         calls.append(1)
-        return output * float("nan") if len(calls) == 3 else output  # step 3's loss is NaN
+        logits, auxiliary_loss = output
+        return (logits * float("nan"), auxiliary_loss) if len(calls) == 3 else output  # step 3: NaN loss
 
     dense.register_forward_hook(poison)
     good = run / "checkpoints" / "step-000002"

@@ -2,9 +2,11 @@
 
     mdr train --config configs/quickstart.toml --set model.name=dnn --set data.path=data/ml-100k
 
-Sections: ``data`` (reader), ``model`` (registry name, embedding dim, per-model options),
-``sparse`` (sharding, low-frequency eviction), ``optimizer`` (fused sparse + dense, schedule,
-clipping), ``train`` (steps, evaluation, pipeline, checkpoints, seed).
+Sections: ``task`` (ranking or retrieval), ``data`` (reader), ``model`` (registry name, embedding
+dim, per-model options), ``retrieval`` (the two-tower model of ``task = "retrieval"``; ``model.name``
+is then unused, ``model.embedding_dim`` still sizes the tables), ``sparse`` (sharding, low-frequency
+eviction), ``optimizer`` (fused sparse + dense, schedule, clipping), ``train`` (steps, evaluation,
+pipeline, checkpoints, seed).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Literal
 from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.data.reader import ReaderConfig
 from torchrec_mdr.models.registry import ModelConfig
+from torchrec_mdr.retrieval.config import RetrievalConfig
 
 ShardingType = Literal["auto", "table_wise", "row_wise", "column_wise", "data_parallel"]
 EvictionPolicy = Literal["lfu", "lru", "distance_lfu"]
@@ -68,12 +71,19 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=bounds(ge=1, help="checkpoints kept"))
     mixed_precision: bool = field(default=False, metadata=doc("bf16 autocast of the dense arch (GPU only)"))
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("auto: cuda when available"))
+    threads: int | None = field(default=None, metadata=bounds(ge=1, help="CPU threads per process (default: the "
+                                                                         "cores / the processes on this machine; "
+                                                                         "1 on a machine busy with other work)"))
 
 
 @dataclass
 class ExperimentConfig:
+    task: Literal["ranking", "retrieval"] = field(default="ranking", metadata=doc(
+        "ranking: model.name scores each row (AUC/GAUC); retrieval: a two-tower model (see [retrieval]) "
+        "trained by in-batch softmax over the positive rows (Recall@K, HitRate@K)"))
     data: ReaderConfig = field(default_factory=ReaderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     sparse: SparseConfig = field(default_factory=SparseConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -178,6 +178,8 @@ def run_variant(options: AccuracyBenchOptions, suite: str, variant: Variant, dat
     ]
     if options.max_steps:
         overrides.append(f"train.max_steps={options.max_steps}")
+    if options.threads:
+        overrides.append(f"train.threads={options.threads}")
     if variant.model == "ads" and not movielens:
         overrides.append(f"model.ads.domain_features={json.dumps(options.ads_domain_features)}")
     config = load_config(ExperimentConfig, None, overrides + list(variant.overrides) + list(extra))
@@ -186,12 +188,7 @@ def run_variant(options: AccuracyBenchOptions, suite: str, variant: Variant, dat
 
         shutil.rmtree(run_dir)
     print(f"\n[{suite}] {variant.label}, seed {seed}", flush=True)
-    trainer = Trainer(config, run_dir)
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
-    return trainer.fit()
+    return Trainer(config, run_dir).fit()
 
 
 def selected(options: AccuracyBenchOptions, variants: tuple[Variant, ...]) -> list[Variant]:

@@ -500,12 +500,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
                    parts=("model", "eviction", "dataset"))
     trainer.checkpoints.load(info.path, trainer.model, optimizer=None, restore_rng=False)
     result = trainer.evaluate(split)
-    metrics: dict[str, Any] = {"model": config.model.name, "dataset": trainer.spec.name, "data": str(config.data.path),
+    metrics: dict[str, Any] = {"model": trainer.model_name, "dataset": trainer.spec.name, "data": str(config.data.path),
                                "split": split, **result.to_dict(),
                                "checkpoint": {"path": str(info.path), "step": info.step,
                                               "world_size": info.record.get("world_size")}}
     stats = trainer.spec.splits.get(split)
-    if stats is not None and stats.oracle_auc:
+    if stats is not None and stats.oracle_auc and not trainer.retrieval:
         metrics["oracle_auc"] = stats.oracle_auc
     if trainer.ctx.is_main:
         (run_dir / f"eval-{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")

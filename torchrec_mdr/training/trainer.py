@@ -7,6 +7,10 @@ loop, for comparison). Every rank runs the same number of steps: an epoch is the
 of batches any rank's slice yields. Evaluation covers every row of the split exactly once: ranks
 with fewer batches repeat a batch whose predictions are discarded, so that the sharded
 collectives stay in step.
+
+``task = "retrieval"`` trains the two-tower model of :mod:`torchrec_mdr.retrieval` instead (same
+sharding, pipeline, checkpoints and resumption); its evaluation collects the positive rows' user and
+item vectors and reports Recall@K and HitRate@K (:mod:`torchrec_mdr.retrieval.metrics`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.metrics.ranking import EvalResult, PredictionBuffer, evaluate_predictions
 from torchrec_mdr.models.ranking import RankingModel, TrainModel
+from torchrec_mdr.retrieval.metrics import (RetrievalBuffer, RetrievalResult, format_retrieval_table,
+                                            retrieval_metrics)
+from torchrec_mdr.retrieval.model import RetrievalModel
 from torchrec_mdr.sparse.eviction import eviction_stats, managed_reader_spec, prepare_eviction
 from torchrec_mdr.training.checkpoint import (CheckpointInfo, CheckpointManager, all_finite, check_identity,
                                               data_order, differences, run_identity)
@@ -72,12 +79,19 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.ctx = init_distributed(config.train.device)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
         if config.train.mixed_precision and self.ctx.device.type != "cuda":
             raise ConfigError("train.mixed_precision is bf16 autocast on GPU; this run is on the CPU")
         self.spec = DatasetSpec.load(config.data.path)
         prepare_eviction(self.spec, config.sparse.eviction, self.ctx.world_size, config.data.batch_size)
         self.checkpoints = CheckpointManager(self.run_dir, self.ctx, config.train.keep_checkpoints)
         self.identity = run_identity(config, self.spec)
+        self.retrieval = config.task == "retrieval"
+        self.model_name = config.retrieval.model_name if self.retrieval else config.model.name
+        if self.retrieval:  # the towers' structure replaces the (unused) ranking model's config
+            self.identity["model"] = {"task": "retrieval", "embedding_dim": config.model.embedding_dim,
+                                      "retrieval": to_dict(config.retrieval.structure())}
         self.last_checkpoint: Path | None = None  # the last complete checkpoint of this run
         self._saved_step = -1  # progress.step of last_checkpoint
         self._losses_saved = 0  # len(step_losses) at the last checkpoint
@@ -86,10 +100,16 @@ class Trainer:
         if self.ctx.is_main and not evaluate_only:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
-        model = TrainModel(RankingModel(self.spec, config.model, sparse_device=torch.device("meta"),
-                                        dense_device=self.ctx.device, eviction=config.sparse.eviction,
-                                        mc_buckets=self.ctx.world_size,
-                                        mixed_precision=config.train.mixed_precision))
+        if self.retrieval:
+            model = RetrievalModel(self.spec, config.model.embedding_dim, config.retrieval,
+                                   sparse_device=torch.device("meta"), dense_device=self.ctx.device,
+                                   eviction=config.sparse.eviction, mc_buckets=self.ctx.world_size,
+                                   mixed_precision=config.train.mixed_precision, stream_rows=config.data.batch_size)
+        else:
+            model = TrainModel(RankingModel(self.spec, config.model, sparse_device=torch.device("meta"),
+                                            dense_device=self.ctx.device, eviction=config.sparse.eviction,
+                                            mc_buckets=self.ctx.world_size,
+                                            mixed_precision=config.train.mixed_precision))
         apply_sparse_optimizer(model, config.optimizer, self.ctx.device)
         self.model = wrap_model(model, config.sparse.sharding, self.ctx)
         self.optimizer = build_optimizer(self.model, config.optimizer)
@@ -164,7 +184,7 @@ class Trainer:
         if not all_finite(self.model, self.ctx):
             raise TrainingError(f"the model's weights are not finite at step {self.progress.step}; not saving "
                                 f"a checkpoint{self._checkpoint_note()}")
-        record = {"model_name": self.config.model.name, "progress": asdict(self.progress),
+        record = {"model_name": self.model_name, "progress": asdict(self.progress),
                   "schedule": self.schedule.state_dict(), "identity": self.identity,
                   "data_order": data_order(self.config, self.ctx.world_size)}
         self.last_checkpoint = self.checkpoints.save(self.model, self.optimizer, record)
@@ -241,7 +261,9 @@ class Trainer:
                 if cfg.eval_every and self.progress.step % cfg.eval_every == 0:
                     self._flush_losses()
                     result = self.evaluate(cfg.eval_split)
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", valid_auc=f"{result.auc:.4f}")
+                    headline = (result.headline() if isinstance(result, RetrievalResult)
+                                else {"auc": f"{result.auc:.4f}"})
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", **{f"valid_{k}": v for k, v in headline.items()})
                 if cfg.checkpoint_every and self.progress.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.progress.step >= self.total_steps:
@@ -288,13 +310,14 @@ class Trainer:
             self.writer.add_scalar(tag, value, self.progress.step)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, split: str) -> EvalResult:
-        """Metrics over every row of ``split`` (identical on all ranks)."""
+    def _eval_outputs(self, split: str) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The model's outputs (the second element of its forward) on this rank's batches of ``split``,
+        in eval mode without gradients. Ranks with fewer batches run a repeat of their last batch, whose
+        output is not yielded, so that the sharded collectives stay in step."""
         config = replace(self.config.data, shuffle=False, drop_last=False)
         loader = make_dataloader(config, split, self.ctx.rank, self.ctx.world_size, shuffle=False,
                                  spec=self.reader_spec)
         steps = _all_equal_batches(loader, self.ctx, dist.ReduceOp.MAX)
-        buffer = PredictionBuffer()
         if isinstance(self.pipeline, TrainPipelineSparseDist):
             self.pipeline.detach()  # restore the plain forwards; the next progress() re-attaches
         self.model.eval()
@@ -307,11 +330,19 @@ class Trainer:
                 batch = batch if real else last  # keep the collectives in step; discard the output
                 if batch is None:
                     raise TrainingError(f"rank {self.ctx.rank} has no rows of split '{split}' to evaluate")
-                _loss, (_, logits, labels, domain, group) = self.model(batch.to(self.ctx.device))
+                _loss, output = self.model(batch.to(self.ctx.device))
                 if real:
-                    buffer.add(logits, labels, domain, group)
+                    yield output
                 last = batch
         self.model.train()
+
+    def evaluate(self, split: str) -> EvalResult | RetrievalResult:
+        """Metrics over every row of ``split`` (identical on all ranks)."""
+        if self.retrieval:
+            return self._evaluate_retrieval(split)
+        buffer = PredictionBuffer()
+        for _, logits, labels, domain, group in self._eval_outputs(split):
+            buffer.add(logits, labels, domain, group)
         result = evaluate_predictions(buffer.gather(self.ctx.device), self.spec.domain_names)
         self._scalar(f"{split}/auc", result.auc)
         self._scalar(f"{split}/logloss", result.logloss)
@@ -320,12 +351,28 @@ class Trainer:
             self._scalar(f"{split}/auc/{name}", values["auc"])
         return result
 
+    def _evaluate_retrieval(self, split: str) -> RetrievalResult:
+        """Recall@K and HitRate@K over the positive rows of ``split`` (identical on all ranks)."""
+        buffer = RetrievalBuffer()
+        for _, user, item, item_ids, positive, domain, group in self._eval_outputs(split):
+            buffer.add(user, item, item_ids, positive, domain, group)
+        result = retrieval_metrics(*buffer.gather(self.ctx.device), self.spec.domain_names,
+                                   self.config.retrieval.top_k)
+        result.model = self.model_name
+        for k in result.recall:
+            self._scalar(f"{split}/recall@{k}", result.recall[k])
+            self._scalar(f"{split}/hitrate@{k}", result.hitrate[k])
+            for name, values in result.per_domain.items():
+                self._scalar(f"{split}/recall@{k}/{name}", values[f"recall@{k}"])
+        return result
+
     def report(self, train: dict) -> dict:
         split = self.config.train.test_split
         result = self.evaluate(split)
-        metrics = {"model": self.config.model.name, "dataset": self.spec.name, "split": split,
+        metrics = {"model": self.model_name, "dataset": self.spec.name, "split": split,
                    **result.to_dict(), "train": train}
-        oracle = self.spec.splits.get(split).oracle_auc if split in self.spec.splits else {}
+        oracle = (self.spec.splits.get(split).oracle_auc if split in self.spec.splits and not self.retrieval
+                  else {})
         if oracle:
             metrics["oracle_auc"] = oracle
         if self.config.sparse.eviction.tables:  # occupancy and eviction counts per managed table
@@ -340,6 +387,8 @@ class Trainer:
 
 
 def format_table(metrics: dict, domain_names: list[str]) -> str:
+    if metrics.get("task") == "retrieval":
+        return format_retrieval_table(metrics, domain_names)
     oracle = metrics.get("oracle_auc", {})
     header = f"{'domain':<20}{'rows':>10}{'AUC':>9}{'GAUC':>9}{'logloss':>9}" + ("  oracle AUC" if oracle else "")
     lines = [f"\n{metrics['model']} on {metrics['dataset']} ({metrics['split']} split)", header]
