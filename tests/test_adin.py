@@ -10,10 +10,11 @@ from torch import nn
 
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.models import ranking
-from torchrec_mdr.models.adin import (ADINArch, ADINConfig, DomainInterestLayer, DomainLinear, DomainTowers,
-                                      SharedAndDomainNetwork, self_training_loss)
+from torchrec_mdr.models.adin import (ADINArch, ADINConfig, DomainInterestLayer, SharedAndDomainNetwork,
+                                      self_training_loss)
 from torchrec_mdr.models.domain_norm import DomainBatchNorm
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
+from torchrec_mdr.models.stacked import StackedLinear, StackedMLP
 
 B, L, D, K, T = 12, 5, 4, 3, 2
 
@@ -182,11 +183,11 @@ def test_shared_and_domain_network_fusion(fusion):
 
 def test_domain_towers_one_mlp_per_domain():
     torch.manual_seed(0)
-    towers = DomainTowers(6, [4], K, T)
+    towers = StackedMLP(K, 6, [4], T)
     h = torch.randn(B, 6)
     out = towers(h)
     assert out.shape == (B, K, T)
-    first, last = towers.layers
+    first, last = (layer for layer in towers.layers if isinstance(layer, StackedLinear))
     for k in range(K):
         expected = torch.relu(h @ first.weight[k] + first.bias[k]) @ last.weight[k] + last.bias[k]
         torch.testing.assert_close(out[:, k], expected)
@@ -358,7 +359,7 @@ def test_ablation_switches_remove_their_modules():
     assert not any(isinstance(m, DomainBatchNorm) for m in bare.modules())
     assert isinstance(bare(features()), torch.Tensor)
     # the shared/domain split and the towers stay: they are ADIN, not an option
-    assert isinstance(bare.towers.layers[0], DomainLinear) and isinstance(bare.network.domain[0].linear, DomainLinear)
+    assert isinstance(bare.towers.layers[0], StackedLinear) and isinstance(bare.network.domain[0].linear, StackedLinear)
 
 
 def test_config_errors_name_the_key():

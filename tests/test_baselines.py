@@ -13,7 +13,8 @@ from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import EPNet, GateNU, PEPNetArch, PEPNetConfig, PPNetTowers
 from torchrec_mdr.models.ple import CGCLevel, PLEArch, PLEConfig
 from torchrec_mdr.models.registry import ModelConfig
-from torchrec_mdr.models.shared_bottom import SharedBottomArch, SharedBottomConfig, StackedLinear, StackedMLP
+from torchrec_mdr.models.shared_bottom import SharedBottomArch, SharedBottomConfig
+from torchrec_mdr.models.stacked import StackedLinear, StackedMLP
 from torchrec_mdr.models.star import StarFCN, STARArch, STARConfig, StarLinear
 
 B, L, D, K, T = 6, 5, 4, 3, 2

@@ -6,7 +6,7 @@ The paper is a two-tower retrieval model; this is its ranking form on the shared
     fields [B, N, D] --DomainInterestLayer (SE block, domain-specific excitation)--> [B, N, D]
     [re-weighted fields, domain embedding, dense, DIN-pooled sequences] -> x [B, W]
     x --SharedAndDomainNetwork (shared MLP  ⊕  row's domain MLP, DSBN after every layer)--> h
-    h --DomainTowers (one MLP per domain)--> per-domain logits [B, K, T] --select row's domain--> [B, T]
+    h --StackedMLP (one tower per domain)--> per-domain logits [B, K, T] --select row's domain--> [B, T]
 
 plus the self-training term: confident predictions of the *other* domains' heads on a row become
 hard pseudo-labels for those heads (label-level transfer across domains).
@@ -43,6 +43,7 @@ from torchrec_mdr.models.blocks import DINAttention, select_domain
 from torchrec_mdr.models.din import QueryProjection
 from torchrec_mdr.models.domain_norm import DomainBatchNorm
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
+from torchrec_mdr.models.stacked import StackedLinear, StackedMLP
 
 
 @dataclass
@@ -65,27 +66,6 @@ class ADINConfig:
     pseudo_label_weight: float = field(default=0.1, metadata=bounds(ge=0, help="weight of the self-training loss"))
 
 
-class DomainLinear(nn.Module):
-    """One linear map per domain, stacked in single tensors: [B, in] or [B, K, in] -> [B, K, out].
-
-    ``out[b, k] = x[b] @ W_k + b_k`` (or ``x[b, k] @ W_k + b_k`` for per-domain inputs). Computing
-    every domain's map for every row and then gathering with :func:`select_domain` keeps it
-    vectorised while ``W_k`` still receives gradient only from what is read of slot ``k``.
-    """
-
-    def __init__(self, in_features: int, out_features: int, num_domains: int) -> None:
-        super().__init__()
-        layers = [nn.Linear(in_features, out_features) for _ in range(num_domains)]  # nn.Linear's init
-        self.weight = nn.Parameter(torch.stack([layer.weight.detach().T for layer in layers]))  # [K, in, out]
-        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))  # [K, out]
-        self.out_features = out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            return torch.einsum("bi,kio->bko", x, self.weight) + self.bias
-        return torch.einsum("bki,kio->bko", x, self.weight) + self.bias
-
-
 class DomainInterestLayer(nn.Module):
     """ADIN's domain interest adaptation layer: an SE block whose excitation is domain-specific.
 
@@ -98,7 +78,7 @@ class DomainInterestLayer(nn.Module):
     def __init__(self, num_fields: int, num_domains: int, hidden: int) -> None:
         super().__init__()
         self.shared = nn.Linear(num_fields, hidden)
-        self.domain_specific = DomainLinear(hidden, num_fields, num_domains)
+        self.domain_specific = StackedLinear(num_domains, hidden, num_fields)
 
     def field_weights(self, fields: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """[B, N, D], [B] -> [B, N] excitation weights in (0, 2)."""
@@ -113,20 +93,20 @@ class DomainInterestLayer(nn.Module):
 class NormalisedLayer(nn.Module):
     """Linear -> (domain) batch norm -> ReLU. Shapes: x [B, in], domain [B] -> [B, out].
 
-    ``domain_specific``: a :class:`DomainLinear` read at the row's domain, else one shared Linear.
+    ``domain_specific``: a :class:`StackedLinear` (one map per domain) read at the row's domain, else one shared Linear.
     ``use_dsbn``: :class:`DomainBatchNorm`, else ``nn.BatchNorm1d``.
     """
 
     def __init__(self, in_features: int, out_features: int, num_domains: int, domain_specific: bool,
                  use_dsbn: bool) -> None:
         super().__init__()
-        self.linear = (DomainLinear(in_features, out_features, num_domains) if domain_specific
+        self.linear = (StackedLinear(num_domains, in_features, out_features) if domain_specific
                        else nn.Linear(in_features, out_features))
         self.norm = DomainBatchNorm(out_features, num_domains) if use_dsbn else nn.BatchNorm1d(out_features)
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         out = self.linear(x)
-        if isinstance(self.linear, DomainLinear):
+        if isinstance(self.linear, StackedLinear):
             out = select_domain(out, domain)
         out = self.norm(out, domain) if isinstance(self.norm, DomainBatchNorm) else self.norm(out)
         return torch.relu(out)
@@ -164,27 +144,6 @@ class SharedAndDomainNetwork(nn.Module):
         for layer in self.domain:
             specific = layer(specific, domain)
         return torch.cat([shared, specific], dim=1) if self.fusion == "concat" else shared + specific
-
-
-class DomainTowers(nn.Module):
-    """ADIN's domain-specific forward networks: one MLP per domain, every one applied to every row.
-
-    Shapes: h [B, in_features] -> per-domain logits [B, K, num_tasks] (each row's own domain is
-    picked by :func:`select_domain`; the others feed self-training).
-    """
-
-    def __init__(self, in_features: int, hidden: list[int], num_domains: int, num_tasks: int) -> None:
-        super().__init__()
-        widths = [in_features, *hidden, num_tasks]
-        self.layers = nn.ModuleList(DomainLinear(a, b, num_domains) for a, b in zip(widths, widths[1:]))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out = h
-        for index, layer in enumerate(self.layers):
-            out = layer(out)
-            if index < len(self.layers) - 1:
-                out = torch.relu(out)
-        return out
 
 
 def self_training_loss(per_domain_logits: torch.Tensor, domain: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -233,7 +192,7 @@ class ADINArch(nn.Module):
                                         for s in layout.sequences)
         width = (num_fields + 1) * dim + layout.num_dense + sum(layout.sequence_width(s) for s in layout.sequences)
         self.network = SharedAndDomainNetwork(width, config.hidden, num_domains, config.use_dsbn, config.fusion)
-        self.towers = DomainTowers(self.network.out_features, config.tower_hidden, num_domains, layout.num_tasks)
+        self.towers = StackedMLP(num_domains, self.network.out_features, config.tower_hidden, layout.num_tasks)
 
     def per_domain_logits(self, features: EmbeddedFeatures) -> torch.Tensor:
         """EmbeddedFeatures -> every domain head's logits [B, K, num_tasks]."""

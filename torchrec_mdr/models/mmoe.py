@@ -21,7 +21,7 @@ from torch import nn
 from torchrec_mdr.config import ConfigError, bounds
 from torchrec_mdr.models.blocks import FlatInput, select_domain
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
-from torchrec_mdr.models.shared_bottom import DomainTowers, StackedLinear, StackedMLP
+from torchrec_mdr.models.stacked import DomainTowers, StackedLinear, StackedMLP
 
 
 @dataclass

@@ -40,7 +40,7 @@ from torch import nn
 from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.models.blocks import masked_mean
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
-from torchrec_mdr.models.shared_bottom import StackedLinear
+from torchrec_mdr.models.stacked import StackedLinear
 
 
 @dataclass
