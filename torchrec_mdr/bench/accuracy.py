@@ -38,12 +38,14 @@ SUITES: tuple[str, ...] = ("planted", "no_shift", "ablation", "chunk_cost", "mov
 class Variant:
     """One trained configuration: a table label, a registered model and its ``--set`` overrides.
 
-    ``base`` names the label it is compared with (AUC Imp., per-seed wins)."""
+    ``base`` names the label it is compared with (AUC Imp. column, verdict); ``also_against`` more
+    labels it gets a verdict against."""
 
     label: str
     model: str
     overrides: tuple[str, ...] = ()
     base: str | None = None
+    also_against: tuple[str, ...] = ()
 
     @property
     def slug(self) -> str:
@@ -64,7 +66,7 @@ COMPARISONS: tuple[Variant, ...] = (
     _ads("can"),
     Variant("DNN", "dnn"),
     Variant("SFPNet w/o STB", "sfpnet", ("model.sfpnet.num_blocks=0",), "DNN"),
-    Variant("SFPNet", "sfpnet", (), "DNN"),
+    Variant("SFPNet", "sfpnet", (), "DNN", also_against=("SFPNet w/o STB",)),
     Variant("SharedBottom", "shared_bottom"),
     Variant("ADIN", "adin", (), "SharedBottom"),
     Variant("MMoE", "mmoe", (), "SharedBottom"),

@@ -86,28 +86,28 @@ def verdicts(suite: str, variants: list["Variant"], results: dict[str, list[dict
              domains: list[str]) -> list[str]:
     lines = []
     for variant in variants:
-        if variant.base is None or variant.base not in results:
-            continue
-        c = compare(results[variant.label], results[variant.base])
-        per_domain = [compare(results[variant.label], results[variant.base], d) for d in domains]
-        won_domains = sum(p["delta"] > 0 for p in per_domain)
-        text = (f"{variant.label} vs {variant.base}: Δ AUC {c['delta']:+.4f} ± {c['delta_sd']:.4f} "
-                f"(AUC Imp. {c['imp']:+.2f}%), better in {c['wins']}/{c['seeds']} seeds and in "
-                f"{won_domains}/{len(domains)} domains")
-        if suite == "no_shift":
-            if c["seeds"] < 2:
-                verdict = "one seed: no noise estimate"
-            else:
-                verdict = ("within the seed noise" if abs(c["delta"]) <= 2 * c["delta_sd"]
-                           else "NOT within the seed noise")
-        else:
-            holds = c["delta"] > 0 and c["wins"] * 2 > c["seeds"]
-            verdict = "holds" if holds else "does NOT hold"
-            if suite == "ablation":
-                verdict = ("the full model is better" if c["delta"] < 0 and (c["seeds"] - c["wins"]) * 2 > c["seeds"]
-                           else "the ablation is NOT worse")
-        lines.append(f"- {text} — **{verdict}**.")
+        for base in (variant.base, *variant.also_against):
+            if base is None or base not in results:
+                continue
+            c = compare(results[variant.label], results[base])
+            per_domain = [compare(results[variant.label], results[base], d) for d in domains]
+            won_domains = sum(p["delta"] > 0 for p in per_domain)
+            text = (f"{variant.label} vs {base}: Δ AUC {c['delta']:+.4f} ± {c['delta_sd']:.4f} "
+                    f"(AUC Imp. {c['imp']:+.2f}%), better in {c['wins']}/{c['seeds']} seeds and in "
+                    f"{won_domains}/{len(domains)} domains")
+            lines.append(f"- {text} — **{_verdict(suite, c)}**.")
     return lines
+
+
+def _verdict(suite: str, c: dict) -> str:
+    if suite == "no_shift":
+        if c["seeds"] < 2:
+            return "one seed: no noise estimate"
+        return "within the seed noise" if abs(c["delta"]) <= 2 * c["delta_sd"] else "NOT within the seed noise"
+    if suite == "ablation":
+        full_better = c["delta"] < 0 and (c["seeds"] - c["wins"]) * 2 > c["seeds"]
+        return "the full model is better" if full_better else "the ablation is NOT worse"
+    return "holds" if c["delta"] > 0 and c["wins"] * 2 > c["seeds"] else "does NOT hold"
 
 
 def write_suite(options: "AccuracyBenchOptions", suite: str, variants: list["Variant"],
