@@ -125,7 +125,8 @@ def write_suite(options: "AccuracyBenchOptions", suite: str, variants: list["Var
         imp = ""
         if variant.base and variant.base in results:
             imp = f"{compare(runs, results[variant.base])['imp']:+.2f}%"
-        cells = [variant.label, _fmt([r["auc"] for r in runs]), imp, variant.base or "",
+        base = variant.base if variant.base in results else ""  # a base outside this table: no column
+        cells = [variant.label, _fmt([r["auc"] for r in runs]), imp, base,
                  *[_fmt(_domain_aucs(runs, d)) for d in domains],
                  _fmt([r["gauc"] for r in runs]), _fmt([r["logloss"] for r in runs])]
         lines.append("| " + " | ".join(cells) + " |")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
 
 WARMUP_STEPS = 3
-TIMED_STEPS = 10
+TIMED_STEPS = 40
 
 
 def _embedded_batch(data: Path, options: "AccuracyBenchOptions"):
