@@ -4,12 +4,15 @@
   (at an epoch boundary, mid-epoch, and by a crash inside a save) then resumed with ``resume=True``
   give identical per-step losses and an identical final state (every table row, every weight).
   The model has dropout, so the torch RNG state must be restored too; the reader shuffles.
-* Managed collision (eviction): resumption between two eviction rounds is exact, at 1 and 2 ranks.
+* Managed collision (eviction): resumption between two eviction rounds is exact, at 1 and 2 ranks,
+  eviction counts (metrics.json, TensorBoard) included.
 * 2 ranks (gloo, spawned): resumption is exact there too (TrainPipelineSparseDist, row-wise
   tables, a checkpoint taken while the pipeline holds the next batch); the final checkpoint loads
   on 1 rank (DCP resharding) and ``evaluate_run`` reproduces the 2-rank run's own final metrics;
-  resuming it on 1 rank works and says that it is not an exact continuation; a checkpoint with
-  managed-collision tables is refused at another world size.
+  resuming it on 1 rank works and says that it is not an exact continuation. Managed collision
+  at another world size (2 -> 1 and 1 -> 2): every held id keeps its embedding row, momentum and
+  count, evaluation gives the same metrics, the eviction counts carry over, and ids that no longer
+  fit their new shard are dropped lowest-count first (and said so).
 * Errors before training: another model config, optimizer or dataset spec; checkpoints in a run
   directory without ``--resume``. A NaN loss keeps the last good checkpoint and names it.
 """
@@ -53,10 +56,13 @@ def make_dataset(path: Path, items: int = 60) -> Path:
 
 def experiment(data: Path, max_steps: int | None = None, epochs: int = 2, checkpoint_every: int | None = 5,
                keep: int = 2, pipeline: str = "sparse_dist", sharding: str = "auto", embedding_dim: int = 4,
-               sparse: str = "rowwise_adagrad", log_every: int = 4, eviction: bool = False) -> ExperimentConfig:
-    """``eviction``: managed collision on tables ``user`` (pooled) and ``item`` (sequences and the
-    candidate), 32 slots each (fewer than their ids), an eviction round every 2 steps."""
-    managed = EvictionConfig(tables=["user", "item"], zch_size=32, eviction_interval=2) if eviction else None
+               sparse: str = "rowwise_adagrad", log_every: int = 4, eviction: bool = False,
+               zch_size: int = 32) -> ExperimentConfig:
+    """``eviction``: managed collision on tables ``user`` (40 ids, pooled) and ``item`` (60 ids: sequences
+    and the candidate), ``zch_size`` slots each (32: fewer than their ids; 64: room for every id on 1 or
+    2 ranks), an eviction round every 2 steps."""
+    managed = (EvictionConfig(tables=["user", "item"], zch_size=zch_size, eviction_interval=2) if eviction
+               else None)
     return ExperimentConfig(
         data=ReaderConfig(path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=128, seed=3),
         model=ModelConfig(name="din", embedding_dim=embedding_dim,
@@ -101,6 +107,65 @@ def latest_name(run: Path) -> str:
 
 def checkpoint_names(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+
+
+MANAGED_TABLES = ["user", "item"]
+
+
+def held_rows(trainer: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """This rank's managed-collision state per table, looked up directly: the ids holding a slot (ascending),
+    their embedding rows, RowWiseAdagrad momentum and LFU counts."""
+    import re
+
+    from torchrec_mdr.sparse.eviction import EMPTY_SLOT, tracked_modules
+
+    model_state = trainer.model.state_dict()
+    optim_state = trainer.optimizer.state_dict()["state"]
+    out = {}
+    for module in tracked_modules(trainer.model):
+        table = module.table
+        (key,) = [k for k in model_state
+                  if re.search(rf"_embedding_module\.(embedding_bags|embeddings)\.{table}\.weight$", k)]
+        shard = model_state[key].local_shards()[0]
+        rows = module._mch_remapped_ids_mapping - int(shard.metadata.shard_offsets[0])
+        held = module._mch_sorted_raw_ids != EMPTY_SLOT
+        momentum = optim_state[key][f"{table}.momentum1"].local_shards()[0].tensor
+        out[table] = {"ids": module._mch_sorted_raw_ids[held].clone(), "weights": shard.tensor[rows[held]].clone(),
+                      "momentum": momentum[rows[held]].clone(), "counts": module._mch_counts[held].clone()}
+    return out
+
+
+def merge_held(parts: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
+    """:func:`held_rows` of every rank as one table (ranks hold disjoint ids), ordered by id."""
+    merged = {}
+    for table in parts[0]:
+        values = {name: torch.cat([part[table][name] for part in parts]) for name in parts[0][table]}
+        order = torch.argsort(values["ids"])
+        merged[table] = {name: value[order] for name, value in values.items()}
+    return merged
+
+
+def split_ids(data: Path, split: str) -> dict[str, set[int]]:
+    """Every raw id of the managed tables in a split (as the trainer's reader passes them)."""
+    from torchrec_mdr.sparse.eviction import managed_reader_spec
+
+    spec = DatasetSpec.load(data)
+    reader_spec = managed_reader_spec(spec, EvictionConfig(tables=MANAGED_TABLES))
+    table_of = {c.name: c.table_name for c in spec.columns if c.table_name in MANAGED_TABLES}
+    found: dict[str, set[int]] = {t: set() for t in MANAGED_TABLES}
+    for batch in make_dataloader(ReaderConfig(path=data, batch_size=1000, shuffle=False), split, spec=reader_spec):
+        for kjt in (batch.sparse_features, batch.sequence_features):
+            for key in kjt.keys():
+                if key in table_of:
+                    found[table_of[key]].update(kjt[key].values().tolist())
+    return found
+
+
+def eviction_totals(trainer: Any) -> dict[str, dict[str, float]]:
+    """The trainer's eviction statistics per managed table (a collective when sharded)."""
+    from torchrec_mdr.sparse.eviction import eviction_stats
+
+    return {t: s.to_dict() for t, s in eviction_stats(trainer.model, MANAGED_TABLES, trainer.ctx.device).items()}
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +237,34 @@ def test_resume_is_exact_with_managed_collision_mid_interval(data: Path, tmp_pat
     def config(max_steps: int) -> ExperimentConfig:
         return experiment(data, max_steps=max_steps, checkpoint_every=None, eviction=True)
 
-    straight, _, state = fit(config(8), tmp_path / "straight")
+    straight, straight_metrics, state = fit(config(8), tmp_path / "straight")
     first, _, _ = fit(config(5), tmp_path / "resumed")
     shutil.copytree(tmp_path / "resumed", tmp_path / "forgetful")
-    rest, _, resumed_state = fit(config(8), tmp_path / "resumed", resume=True)
+    rest, metrics, resumed_state = fit(config(8), tmp_path / "resumed", resume=True)
     assert first + rest == straight
     assert_same_state(resumed_state, state)  # slots, their counts, every table row
     assert any("_mch_sorted_raw_ids" in key for key in state)
+    # the eviction counts go on from the checkpoint: metrics.json and TensorBoard report an uninterrupted run's
+    assert metrics["eviction"] == straight_metrics["eviction"]
+    for table in MANAGED_TABLES:
+        assert metrics["eviction"][table]["eviction_rounds"] == 4 and metrics["eviction"][table]["evicted_ids"] > 0
+    assert tensorboard_eviction(tmp_path / "resumed") == tensorboard_eviction(tmp_path / "straight")
     # the same resumption without that history: the next round comes at step 7 instead of 6
     monkeypatch.setattr(checkpoint, "load_module_states", lambda model, states: [])
     forgetful, _, _ = fit(config(8), tmp_path / "forgetful", resume=True)
     assert forgetful[0] == straight[5] and forgetful != straight[5:]
+
+
+def tensorboard_eviction(run: Path) -> dict[str, dict[int, float]]:
+    """The eviction scalars of a run's TensorBoard logs (every event file), tag -> {step: value} at
+    the uninterrupted run's log steps (4 and 8; a run stopped at 5 also logged its last step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = [t for t in events.Tags()["scalars"] if t.startswith("eviction/")]
+    assert len(tags) == 3 * len(MANAGED_TABLES)
+    return {tag: {e.step: e.value for e in events.Scalars(tag) if e.step in (4, 8)} for tag in tags}
 
 
 def test_keep_last_checkpoints(data: Path, straight: dict[str, Any]) -> None:
@@ -365,7 +447,11 @@ def test_nan_loss_keeps_the_last_good_checkpoint(data: Path, tmp_path: Path) -> 
 
 def _two_rank_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
     """A 2-rank run to load on one rank; a straight 2-rank run with managed collision and one stopped at
-    step 3 (mid eviction interval, one step after a checkpoint) and resumed; each rank saves its losses."""
+    step 3 (mid eviction interval, one step after a checkpoint) and resumed; each rank saves its losses.
+    Then a 2-rank managed-collision run with room for every id ("wide"), whose ids, rows, momentum
+    and counts each rank saves (``wide-held-<rank>.pt``) to compare with the checkpoint loaded on 1 rank."""
+    from torchrec_mdr.training.trainer import Trainer
+
     common = {"checkpoint_every": 2, "sharding": "row_wise"}
     fit(experiment(data, max_steps=6, **common), out / "straight")
     losses = {}
@@ -374,6 +460,9 @@ def _two_rank_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
     rest, _, _ = fit(experiment(data, max_steps=6, eviction=True, **common), out / "managed-resumed", resume=True)
     losses["resumed"] = first + rest
     (out / f"losses-{rank}.json").write_text(json.dumps(losses))
+    trainer = Trainer(experiment(data, max_steps=6, eviction=True, zch_size=64, **common), out / "wide")
+    trainer.fit()
+    torch.save(held_rows(trainer), out / f"wide-held-{rank}.pt")
 
 
 def test_two_ranks_resume_exactly_and_load_on_one(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -413,7 +502,168 @@ def test_two_ranks_resume_exactly_and_load_on_one(data: Path, tmp_path: Path, ca
     assert len(trainer.step_losses) == 2 and all(map(lambda v: v == v, trainer.step_losses))
     assert latest_name(run) == "step-000008"
 
-    # managed-collision slot maps are per shard: such a checkpoint is refused at another world size
-    with pytest.raises(TrainingError, match=r"written by 2 rank\(s\) and holds managed-collision tables "
-                                            r"\['item', 'user'\].*cannot be resharded"):
-        evaluate_run(tmp_path / "managed")
+    # the managed-collision runs: the resumed run's eviction counts are the straight run's
+    managed = json.loads((tmp_path / "managed" / "metrics.json").read_text())["eviction"]
+    assert json.loads((tmp_path / "managed-resumed" / "metrics.json").read_text())["eviction"] == managed
+    assert all(managed[t]["eviction_rounds"] == 3 and managed[t]["admitted_ids"] > 0 for t in MANAGED_TABLES)
+
+    # a 2-rank checkpoint with managed collision on 1 rank: every id goes to the single shard (31 usable
+    # slots >= 2 x 31), with its row; evaluation is the 2-rank run's own (every test id holds a slot, so
+    # no id falls to a shard's unknown-id row, which differs between the two layouts)
+    wide = tmp_path / "wide"
+    before = merge_held([torch.load(tmp_path / f"wide-held-{rank}.pt") for rank in range(2)])
+    for table, ids in split_ids(data, "test").items():
+        assert ids <= set(before[table]["ids"].tolist()), table
+    reference = json.loads((wide / "metrics.json").read_text())
+    capsys.readouterr()
+    metrics = evaluate_run(wide, split="test")
+    text = capsys.readouterr().out
+    assert "resharded from 2 to 1 rank(s)" in text
+    for table in MANAGED_TABLES:
+        assert f"'{table}' {before[table]['ids'].numel()} ids kept, 0 dropped" in text
+    for key in ("auc", "gauc", "logloss"):
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-6)
+    for name, values in reference["per_domain"].items():
+        for key in ("auc", "logloss"):
+            assert metrics["per_domain"][name][key] == pytest.approx(values[key], abs=1e-6, nan_ok=True)
+    # resumed on 1 rank (with the optimizer): the same ids, rows, momentum and counts, looked up directly,
+    # and the eviction counts of the 2-rank run; training goes on, with the next round at step 8
+    trainer = Trainer(experiment(data, max_steps=8, eviction=True, zch_size=64, checkpoint_every=None,
+                                 sharding="row_wise"), wide, resume=True)
+    after = held_rows(trainer)
+    for table in MANAGED_TABLES:
+        for name in ("ids", "weights", "momentum", "counts"):
+            assert torch.equal(after[table][name], before[table][name]), (table, name)
+        assert after[table]["momentum"].gt(0).any()
+    assert eviction_totals(trainer) == reference["eviction"]
+    resumed = trainer.fit()
+    assert len(trainer.step_losses) == 2 and all(v == v for v in trainer.step_losses)
+    for table in MANAGED_TABLES:
+        assert resumed["eviction"][table]["eviction_rounds"] == 4
+        assert resumed["eviction"][table]["admitted_ids"] >= reference["eviction"][table]["admitted_ids"]
+
+
+E = torch.iinfo(torch.int64).max  # a free slot
+
+
+def test_reshard_plan_moves_ids_to_their_new_shard_and_drops_the_lowest_counts() -> None:
+    """:func:`plan_table` on hand-made slot maps of 8 rows, ids placed by fbgemm's rule for an input
+    size of 10 (ids 0-4 -> shard 0 and 5-9 -> shard 1 of 2; ids >= 10 by parity)."""
+    from torchrec_mdr.training.mch_reshard import SlotMaps, bucket_owner, plan_table
+
+    def owner(world_size: int):
+        return lambda ids: bucket_owner(ids, 10, world_size, world_size)
+
+    assert bucket_owner(torch.tensor([0, 4, 5, 9, 12, 13]), 10, 2, 2).tolist() == [0, 0, 1, 1, 0, 1]
+    # 2 -> 1: shard 0 holds 1, 3, 12 (rows 2, 0, 1; row 3 its unknown row), shard 1 holds 6, 13 (rows 5, 4)
+    two = SlotMaps(torch.tensor([1, 3, 12, E, 6, 13, E, E]), torch.tensor([2, 0, 1, 3, 5, 4, 6, 7]),
+                   {"counts": torch.tensor([5, 2, 7, E, 4, 1, 0, E])})
+    plan = plan_table(two, [0, 4, 8], [0, 8], owner(1))
+    assert plan.slots.raw_ids.tolist() == [1, 3, 6, 12, 13, E, E, E]
+    assert plan.slots.rows.tolist() == [2, 0, 5, 1, 4, 3, 6, 7]  # every id keeps its row; 7 stays the unknown row
+    assert plan.slots.metadata["counts"].tolist() == [5, 2, 4, 7, 1, 0, 0, E]
+    assert plan.source_rows.tolist() == list(range(8)) and plan.dropped.numel() == 0
+    # 1 -> 2: shard 0 gets 1, 2, 3, 4, 12 for 3 usable slots: 2 (count 1) and 12 (count 3) are dropped
+    one = SlotMaps(torch.tensor([1, 2, 3, 4, 6, 12, 13, E]), torch.tensor([6, 0, 5, 1, 2, 3, 4, 7]),
+                   {"counts": torch.tensor([5, 1, 5, 9, 2, 3, 8, E])})
+    plan = plan_table(one, [0, 8], [0, 4, 8], owner(2))
+    assert plan.slots.raw_ids.tolist() == [1, 3, 4, E, 6, 13, E, E]
+    # 4 keeps row 1; 1 and 3 take the free rows 0 and 2; 13 keeps row 4, 6 takes row 5; rows 3 and 7: unknown
+    assert plan.slots.rows.tolist() == [0, 2, 1, 3, 5, 4, 6, 7]
+    assert plan.slots.metadata["counts"].tolist() == [5, 5, 9, E, 2, 8, 0, E]
+    assert plan.source_rows.tolist() == [6, 1, 5, 7, 4, 2, 6, 7]  # both unknown rows take the old unknown row 7
+    assert plan.dropped.tolist() == [2, 12] and sorted(plan.kept.tolist()) == [1, 3, 4, 6, 13]
+    # LRU keeps no counts: the least recently seen go
+    one.metadata = {"last_access_iter": torch.tensor([4, 9, 8, 7, 2, 3, 8, 4])}
+    plan = plan_table(one, [0, 8], [0, 4, 8], owner(2))
+    assert plan.dropped.tolist() == [1, 12] and plan.slots.raw_ids.tolist()[:3] == [2, 3, 4]
+    with pytest.raises(TrainingError, match="free unknown-id slot"):
+        plan_table(SlotMaps(torch.arange(8), torch.arange(8)), [0, 8], [0, 4, 8], owner(2))
+
+
+def _one_to_two_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
+    """Load 1-rank managed-collision checkpoints on 2 ranks: save each rank's held ids and rows, the
+    eviction counts, rank 0's printed notes and an ``evaluate_run``; train the narrow one on 2 more steps."""
+    import contextlib
+    import io
+
+    from torchrec_mdr.training.trainer import Trainer
+
+    printed = io.StringIO()
+    results: dict[str, Any] = {}
+    with contextlib.redirect_stdout(printed):
+        for name, zch_size in (("wide", 64), ("narrow", 32)):
+            trainer = Trainer(experiment(data, max_steps=8, eviction=True, zch_size=zch_size, checkpoint_every=None,
+                                         sharding="row_wise"), out / f"{name}-copy", resume=True)
+            torch.save(held_rows(trainer), out / f"{name}-held-{rank}.pt")
+            results[name] = {"loaded": eviction_totals(trainer)}
+            if name == "narrow":
+                results[name]["trained"] = trainer.fit()["eviction"]
+                results[name]["losses"] = trainer.step_losses
+        results["eval"] = evaluate_run(out / "wide", split="test")
+    (out / f"printed-{rank}.txt").write_text(printed.getvalue())
+    (out / f"results-{rank}.json").write_text(json.dumps(results))
+
+
+def test_managed_collision_checkpoint_from_one_rank_loads_on_two(data: Path, tmp_path: Path) -> None:
+    """1 -> 2 ranks. "wide" (64 slots): every id fits its new shard (31 usable slots, <= 30 ids each), so
+    ids, rows, momentum, counts and the evaluation are the 1-rank run's. "narrow" (32 slots: 31 ids held
+    on 1 rank, 15 usable slots per shard on 2): the lowest-count ids of an overflowing shard are dropped
+    and counted as evicted; the kept ones keep their rows; training goes on."""
+    import shutil
+
+    from torchrec_mdr.training.mch_reshard import bucket_owner
+    from torchrec_mdr.training.trainer import Trainer
+
+    single: dict[str, Any] = {}
+    for name, zch_size in (("wide", 64), ("narrow", 32)):
+        trainer = Trainer(experiment(data, max_steps=6, eviction=True, zch_size=zch_size, checkpoint_every=None,
+                                     sharding="row_wise"), tmp_path / name)
+        single[name] = {"metrics": trainer.fit(), "held": held_rows(trainer)}
+        shutil.copytree(tmp_path / name, tmp_path / f"{name}-copy")
+    spawn(_one_to_two_worker, 2, data, tmp_path)
+    results = [json.loads((tmp_path / f"results-{rank}.json").read_text()) for rank in range(2)]
+    printed = (tmp_path / "printed-0.txt").read_text()
+    assert "resharded from 1 to 2 rank(s)" in printed and "not an exact continuation" in printed
+    assert (tmp_path / "printed-1.txt").read_text().count("resharded") == 0  # rank 0 speaks
+
+    # wide: nothing dropped, everything as on 1 rank
+    held = merge_held([torch.load(tmp_path / f"wide-held-{rank}.pt") for rank in range(2)])
+    for table in MANAGED_TABLES:
+        assert f"'{table}' {single['wide']['held'][table]['ids'].numel()} ids kept, 0 dropped" in printed
+        for name in ("ids", "weights", "momentum", "counts"):
+            assert torch.equal(held[table][name], single["wide"]["held"][table][name]), (table, name)
+    reference = single["wide"]["metrics"]
+    assert results[0]["wide"]["loaded"] == results[1]["wide"]["loaded"] == reference["eviction"]
+    for key in ("auc", "gauc", "logloss"):  # every held id and the unknown row (copied to both shards) as before
+        assert results[0]["eval"][key] == pytest.approx(reference[key], abs=1e-6)
+
+    # narrow: per new shard, the lowest counts go
+    spec = DatasetSpec.load(data)
+    parts = [torch.load(tmp_path / f"narrow-held-{rank}.pt") for rank in range(2)]
+    kept = merge_held(parts)
+    loaded = results[0]["narrow"]["loaded"]
+    for table in MANAGED_TABLES:
+        before = single["narrow"]["held"][table]
+        position = {int(i): n for n, i in enumerate(before["ids"].tolist())}
+        kept_ids = set(kept[table]["ids"].tolist())
+        dropped = sorted(set(position) - kept_ids)
+        assert kept_ids <= set(position) and dropped, table
+        assert f"'{table}' {len(kept_ids)} ids kept, {len(dropped)} dropped" in printed
+        at = torch.tensor([position[i] for i in kept[table]["ids"].tolist()])
+        for name in ("weights", "momentum", "counts"):
+            assert torch.equal(kept[table][name], before[name][at]), (table, name)
+        owners = bucket_owner(torch.tensor(dropped), spec.tables[table], 2, 2)
+        for rank in range(2):
+            assert torch.all(bucket_owner(parts[rank][table]["ids"], spec.tables[table], 2, 2) == rank)
+            lost = before["counts"][[position[i] for i, o in zip(dropped, owners.tolist()) if o == rank]]
+            if lost.numel():  # a shard that dropped ids is full, and kept only higher or equal counts
+                assert parts[rank][table]["ids"].numel() == 32 // 2 - 1
+                assert int(lost.max()) <= int(parts[rank][table]["counts"].min())
+        old = single["narrow"]["metrics"]["eviction"][table]
+        assert loaded[table] == old | {"ids_held": len(kept_ids), "occupancy": len(kept_ids) / 32,
+                                       "evicted_ids": old["evicted_ids"] + len(dropped)}
+        trained = results[0]["narrow"]["trained"][table]
+        assert trained["eviction_rounds"] == old["eviction_rounds"] + 1
+        assert trained["admitted_ids"] - trained["evicted_ids"] == trained["ids_held"]
+    assert all(len(r["narrow"]["losses"]) == 2 and all(v == v for v in r["narrow"]["losses"]) for r in results)

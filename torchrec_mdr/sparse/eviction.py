@@ -54,7 +54,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 import torch.distributed as dist
@@ -84,8 +84,11 @@ class TrackedMCHModule(MCHManagedCollisionModule):
 
     ``evicted_ids``: ids that held a slot before a round and lost it; ``admitted_ids``: ids that
     gained one; ``eviction_rounds``: rounds run. All counts are of this module (one shard when
-    sharded) since it was built. Sharding rebuilds the module per shard through
-    ``rebuild_with_output_id_range`` (``type(self)(...)``), so every shard counts too.
+    sharded) since training started: checkpoints save them per shard and a resumed run goes on
+    from them (loaded at another world size, a table's totals move to its first shard, and ids
+    dropped there for lack of slots count as evicted: :mod:`torchrec_mdr.training.mch_reshard`).
+    Sharding rebuilds the module per shard through ``rebuild_with_output_id_range``
+    (``type(self)(...)``), so every shard counts too.
     """
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - MCHManagedCollisionModule's signature
@@ -104,6 +107,17 @@ class TrackedMCHModule(MCHManagedCollisionModule):
         self.evicted_ids += int((~torch.isin(held_before, held_after)).sum())
         self.admitted_ids += int((~torch.isin(held_after, held_before)).sum())
         self.eviction_rounds += 1
+
+    def counter_state(self) -> dict[str, int]:
+        """The three counts, for a checkpoint (:mod:`torchrec_mdr.training.mch_state` saves them per rank)."""
+        return {"evicted_ids": self.evicted_ids, "admitted_ids": self.admitted_ids,
+                "eviction_rounds": self.eviction_rounds}
+
+    def load_counter_state(self, state: Mapping[str, int]) -> None:
+        """Inverse of :meth:`counter_state`, so that a resumed run counts on from the checkpoint."""
+        self.evicted_ids = int(state["evicted_ids"])
+        self.admitted_ids = int(state["admitted_ids"])
+        self.eviction_rounds = int(state["eviction_rounds"])
 
     @property
     def table(self) -> str:
@@ -230,9 +244,9 @@ class TableOccupancy:
     """One managed table, summed over its shards.
 
     ``occupancy`` = ids_held / zch_size (at most ``(zch_size - shards) / zch_size``: every shard keeps
-    one row for unknown ids). ``ids_held`` is the table's state (checkpointed with it);
-    ``evicted_ids``, ``admitted_ids`` and ``eviction_rounds`` count since this process built the
-    model (a resumed run starts them at 0).
+    one row for unknown ids). ``ids_held`` is the table's state; ``evicted_ids``, ``admitted_ids``
+    and ``eviction_rounds`` count since training started. Both are checkpointed, so a resumed run
+    reports what an uninterrupted one would.
     """
 
     table: str

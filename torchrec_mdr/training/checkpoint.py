@@ -13,8 +13,8 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step-000123/`` holding
   kinds, the dataset spec's fingerprint (columns, kinds, tables, cardinalities, domains, labels),
   the data-order settings, world size and torchrec-mdr version;
 * ``rank{R}.pt``: what is each rank's own and outside the state dicts: its torch / CUDA / numpy /
-  python random states, and the managed-collision modules' id history since their last eviction
-  round (:mod:`torchrec_mdr.training.mch_state`).
+  python random states, and its managed-collision modules' id history since their last eviction
+  round and their eviction counters (:mod:`torchrec_mdr.training.mch_state`).
 
 Atomic publication: every rank writes into ``step-000123.tmp-<token>``; after a barrier rank 0
 renames it to ``step-000123`` and only then points ``checkpoints/latest`` at it (written to a
@@ -24,16 +24,20 @@ publication the oldest checkpoints beyond ``keep`` are deleted (never the one ``
 
 Loading reshards: DCP reads whatever slices of each table the current sharding plan puts on a
 rank, so a checkpoint written by N ranks loads on M ranks (e.g. a 2-rank run evaluated on one
-process) — except managed-collision tables, whose slot maps are per shard: a checkpoint with
-them loads only at its own world size (TrainingError otherwise).
+process). Managed-collision tables keep per-shard slot maps (which raw id holds which row of the
+shard that owns the id); at another world size :mod:`torchrec_mdr.training.mch_reshard` moves every
+held id, with its embedding row, optimizer rows and eviction metadata, to the shard that owns it
+now, dropping the lowest-count ids of a shard that has too few slots (rank 0 prints how many).
 
 Exactness: resuming at the *same* world size with the same data settings (batch size, workers,
 shuffle, seed) continues with exactly the losses of an uninterrupted run — same weights,
-optimizer state, schedule, RNG streams, and the same batches (the reader's order depends only on
-(seed, epoch, slice); the trainer skips the ``batch_in_epoch`` batches already trained on). At
-another world size training continues from the saved weights and optimizer state, but each
-rank's data slice and batches differ, so the losses are NOT those of an uninterrupted run (the
-epoch position is carried over as the fraction of the epoch's rows already trained on).
+optimizer state, managed-collision slots, id history and eviction counts (so metrics.json and
+TensorBoard report the counts of an uninterrupted run), schedule, RNG streams, and the same
+batches (the reader's order depends only on (seed, epoch, slice); the trainer skips the
+``batch_in_epoch`` batches already trained on). At another world size training continues from
+the saved weights and optimizer state, but each rank's data slice and batches differ, so the
+losses are NOT those of an uninterrupted run (the epoch position is carried over as the fraction
+of the epoch's rows already trained on).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.models.registry import MODELS
 from torchrec_mdr.training.distributed import DistContext
+from torchrec_mdr.training.mch_reshard import MCHReshard
 from torchrec_mdr.training.mch_state import load_module_states, module_states
 
 CHECKPOINT_DIR = "checkpoints"
@@ -415,18 +420,14 @@ class CheckpointManager:
     # ---------------------------------------------------------------- loading
     def load(self, path: str | Path, model: nn.Module, optimizer: KeyedOptimizer | None = None,
              restore_rng: bool = True) -> CheckpointInfo:
-        """Load a checkpoint into ``model`` (and ``optimizer``) in place, resharding as needed. At the
-        checkpoint's world size also restore this rank's managed-collision history and (``restore_rng``)
-        its RNG states."""
+        """Load a checkpoint into ``model`` (and ``optimizer``) in place, resharding as needed (a
+        collective). At the checkpoint's world size also restore this rank's managed-collision history
+        and eviction counters and (``restore_rng``) its RNG states; at another world size the
+        managed-collision tables are resharded by :class:`~torchrec_mdr.training.mch_reshard.MCHReshard`
+        (rank 0 prints what moved and how many ids were dropped)."""
         info = self.info(path)
-        saved_world = info.record.get("world_size")
-        managed = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                          if isinstance(module, MCHManagedCollisionModule)})
-        if managed and saved_world != self.ctx.world_size:
-            raise TrainingError(f"checkpoint {info.path} was written by {saved_world} rank(s) and holds managed-"
-                                f"collision tables {managed}, whose slot maps are kept per shard and cannot be "
-                                f"resharded: load it with {saved_world} rank(s) (e.g. torchrun --nproc-per-node "
-                                f"{saved_world}), not {self.ctx.world_size}")
+        saved_world = int(info.record.get("world_size", self.ctx.world_size))
+        managed = any(isinstance(module, MCHManagedCollisionModule) for module in model.modules())
         reader = FileSystemReader(str(info.path))
         try:
             saved = reader.read_metadata().state_dict_metadata
@@ -439,16 +440,24 @@ class CheckpointManager:
         if missing:
             raise TrainingError(f"checkpoint {info.path} does not hold {len(missing)} entries this model needs, "
                                 f"e.g. {missing[:3]} (was it written by another model or optimizer?)")
+        reshard = (MCHReshard(model, state["model"], saved, saved_world)
+                   if managed and saved_world != self.ctx.world_size else None)
         try:
             dcp.load(state, storage_reader=reader)
         except CheckpointException as error:
             raise TrainingError(f"cannot load checkpoint {info.path}: {error}") from None
+        if reshard is not None:
+            report = reshard.apply(state, info.path)
+            if self.ctx.is_main:
+                print("\n".join(report.lines()))
         model.load_state_dict(state["model"])
         if optimizer is not None:
             try:
                 _attach_optimizer_state(optimizer, state["optim"])
             except ValueError as error:
                 raise TrainingError(f"the optimizer state of checkpoint {info.path} does not fit: {error}") from None
+        if reshard is not None:
+            reshard.restore_modules()
         rank_file = info.path / f"rank{self.ctx.rank}.pt"
         if saved_world == self.ctx.world_size and rank_file.is_file():
             own = torch.load(rank_file, weights_only=False)
@@ -476,7 +485,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
 
     The run's ``config.json`` is loaded through the typed config system; ``data`` replaces its
     ``data.path`` by another prepared dataset, which must have the checkpoint's spec fingerprint.
-    Works at any world size (DCP reshards the tables). Prints the per-domain table, writes
+    Works at any world size (DCP reshards the tables; managed-collision tables through
+    :mod:`torchrec_mdr.training.mch_reshard`). Prints the per-domain table, writes
     ``RUN_DIR/eval-<split>.json`` and returns those metrics.
     """
     from dataclasses import replace

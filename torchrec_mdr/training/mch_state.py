@@ -12,9 +12,13 @@ counted since the last round and moves its next round to ``eviction_interval`` s
 
 :func:`module_states` / :func:`load_module_states` save and restore exactly those attributes for
 every MCH module of a model (each rank's own shards), so that a run resumed mid-interval evicts
-the same ids at the same steps as an uninterrupted one. Modules whose attributes differ from
-these (another torchrec version) are skipped with a warning: resumption then stays correct
-but is no longer exact.
+the same ids at the same steps as an uninterrupted one, together with the eviction counters of
+torchrec-mdr's :class:`~torchrec_mdr.sparse.eviction.TrackedMCHModule` (``evicted_ids``,
+``admitted_ids``, ``eviction_rounds``: python ints, outside the state dict too), so that a resumed
+run reports the counts of an uninterrupted one. Modules whose attributes differ from these
+(another torchrec version) keep their counters but lose the history, with a warning: resumption
+then stays correct but is no longer exact. At another world size
+:mod:`torchrec_mdr.training.mch_reshard` redistributes these states.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
+
+from torchrec_mdr.sparse.eviction import TrackedMCHModule
 
 _ATTRIBUTES = ("_history_accumulator", "_history_metadata", "_current_history_buffer_offset",
                "_input_history_buffer_size", "_current_iter", "_last_eviction_iter")
@@ -38,12 +44,17 @@ def _supported(module: MCHManagedCollisionModule) -> bool:
     return False
 
 
-def module_state(module: MCHManagedCollisionModule) -> dict[str, Any]:
-    """Step counters and the history collected since the last eviction round (CPU tensors [offset])."""
+def module_state(module: MCHManagedCollisionModule, history: bool = True) -> dict[str, Any]:
+    """Step counters and the history collected since the last eviction round (CPU tensors [offset]),
+    and the eviction counters of a :class:`TrackedMCHModule`. ``history=False``: the counters only."""
+    state: dict[str, Any] = {}
+    if isinstance(module, TrackedMCHModule):
+        state["counters"] = module.counter_state()
+    if not history:
+        return state
     offset = int(module._current_history_buffer_offset)
-    state: dict[str, Any] = {"current_iter": int(module._current_iter),
-                             "last_eviction_iter": int(module._last_eviction_iter),
-                             "history_size": int(module._input_history_buffer_size), "history_offset": offset}
+    state.update(current_iter=int(module._current_iter), last_eviction_iter=int(module._last_eviction_iter),
+                 history_size=int(module._input_history_buffer_size), history_offset=offset)
     if state["history_size"] != -1:
         state["history"] = module._history_accumulator[:offset].cpu().clone()
         state["history_metadata"] = {name: buffer[:offset].cpu().clone()
@@ -52,7 +63,12 @@ def module_state(module: MCHManagedCollisionModule) -> dict[str, Any]:
 
 
 def load_module_state(module: MCHManagedCollisionModule, state: dict[str, Any]) -> None:
-    """Inverse of :func:`module_state` (allocates the history buffers as the first training batch would)."""
+    """Inverse of :func:`module_state` (allocates the history buffers as the first training batch would);
+    the parts ``state`` lacks (a checkpoint of an older torchrec-mdr, no counters) are left as they are."""
+    if "counters" in state and isinstance(module, TrackedMCHModule):
+        module.load_counter_state(state["counters"])
+    if "history_size" not in state:
+        return
     size, offset = state["history_size"], state["history_offset"]
     if size != -1:
         device = module._mch_sorted_raw_ids.device
@@ -71,17 +87,20 @@ def load_module_state(module: MCHManagedCollisionModule, state: dict[str, Any]) 
 
 def module_states(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Qualified module name -> :func:`module_state` for every MCH module of ``model`` on this rank."""
-    return {name: module_state(module) for name, module in model.named_modules()
-            if isinstance(module, MCHManagedCollisionModule) and _supported(module)}
+    return {name: module_state(module, history=_supported(module)) for name, module in model.named_modules()
+            if isinstance(module, MCHManagedCollisionModule)}
 
 
 def load_module_states(model: nn.Module, states: dict[str, dict[str, Any]]) -> list[str]:
-    """Restore :func:`module_states`; returns the names of this model's MCH modules that had no saved state."""
+    """Restore :func:`module_states`; returns the names of this model's MCH modules that had no saved
+    history (another torchrec version, or a module the checkpoint did not have)."""
     missing = []
     for name, module in model.named_modules():
         if isinstance(module, MCHManagedCollisionModule):
-            if name in states and _supported(module):
-                load_module_state(module, states[name])
-            else:
+            state = states.get(name, {})
+            if "history_size" in state and not _supported(module):
+                state = {k: v for k, v in state.items() if k == "counters"}
+            load_module_state(module, state)
+            if "history_size" not in state:
                 missing.append(name)
     return missing
