@@ -16,6 +16,14 @@ Choices made where the data or the brief leave room:
   ``user_id`` over the users of the logs and of the user table, ``video_id`` over the videos of the
   logs, ``author_id`` and every other categorical column over the rows of the side tables that
   the logs use. Cardinality = n + 1, ``oov="reject"``. ``group_id`` is the raw user id.
+* Sessions (``session_id``, the key of S-GAUC): the log has no session id, so sessions are cut by a
+  gap rule on ``time_ms``. A user's loaded log lines (every tab, every loaded log — as for the
+  history — not only the kept rows), in time order, start a new session at the user's first line
+  and at every line more than ``--session-gap-minutes`` (default 30) after the user's previous line.
+  ``session_id = ordinal * (users + 1) + user code`` with ``ordinal`` the session's index among the
+  user's sessions (0-based) and the user code of ``user_id``: each session belongs to one user, and
+  the id does not depend on the partitioning. The split cuts on time, so a session that straddles a
+  cut has rows in both splits (S-GAUC of a split sees the session's rows in that split).
 * User side: ``user_active_degree``, ``is_lowactive_period``, ``is_live_streamer``,
   ``is_video_author``, the four ``*_range`` columns and ``onehot_feat0..17`` are ids; the counts
   ``follow_user_num``, ``fans_user_num``, ``friend_user_num``, ``register_days`` are dense
@@ -92,6 +100,8 @@ class Options(OutputOptions):
     include_random: bool = field(default=False, metadata=doc(
         "also read log_random_*.csv (randomly exposed videos) as impressions and history"))
     max_length: int = field(default=50, metadata=bounds(ge=1, help="most recent clicked videos kept per history"))
+    session_gap_minutes: float = field(default=30.0, metadata=bounds(
+        gt=0, help="a user's line more than this many minutes after the user's previous line starts a new session"))
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1], metadata=doc(
         "train, valid, test shares of the rows, cut on time_ms"))
     num_partitions: int = field(default=0, metadata=bounds(
@@ -395,6 +405,7 @@ def _partition_rows(table: pa.Table, ctx: _Context) -> Iterator[tuple[str, pa.Ta
     order = np.lexsort((log["seq"], log["time_ms"], log["user_id"]))
     log = {name: values[order] for name, values in log.items()}
     user, time_ms = log["user_id"], log["time_ms"]
+    log["session_id"] = session_ids(user, time_ms, ctx.users, ctx.options.session_gap_minutes)
     video = np.searchsorted(ctx.videos, log["video_id"]) + 1
     clicked = log["is_click"] == 1
     kept = np.flatnonzero(log["kept"])
@@ -421,11 +432,27 @@ def _partition_rows(table: pa.Table, ctx: _Context) -> Iterator[tuple[str, pa.Ta
                 yield name, chunk_table.filter(pa.array(mask))
 
 
+def session_ids(user: np.ndarray, time_ms: np.ndarray, users: np.ndarray, gap_minutes: float) -> np.ndarray:
+    """Session ids of log lines sorted by (user, time_ms): the gap rule of the module docstring.
+
+    ``users``: the sorted raw user vocabulary (user code = position + 1). Every line of a user must
+    be present (a partition holds all of its users' lines).
+    """
+    if user.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    first_of_user = np.r_[True, user[1:] != user[:-1]]
+    new_session = first_of_user | np.r_[False, np.diff(time_ms) > gap_minutes * 60_000]
+    number = np.cumsum(new_session) - 1  # session index within these lines
+    ordinal = number - number[np.flatnonzero(first_of_user)][np.cumsum(first_of_user) - 1]
+    return ordinal * (users.size + 1) + np.searchsorted(users, user) + 1
+
+
 def _features(log: dict[str, np.ndarray], video_code: np.ndarray, ctx: _Context) -> dict[str, object]:
     """Labels, domain, ids and dense features of impressions (``log``: their log columns)."""
     out: dict[str, object] = {name: log[name] for name in ctx.options.labels}
     out["domain"] = ctx.domain_of_tab[log["tab"]]
     out["group_id"] = log["user_id"]
+    out["session_id"] = log["session_id"]
     user_code = np.searchsorted(ctx.users, log["user_id"]) + 1
     out["user_id"] = user_code
     out["video_id"] = video_code
@@ -454,6 +481,8 @@ def _columns(options: Options, ctx: _Context) -> list[ColumnSpec]:
     columns += [
         ColumnSpec("domain", "domain", description="tab (scenario)"),
         ColumnSpec("group_id", "group", description="raw user_id, for GAUC"),
+        ColumnSpec("session_id", "session", description=f"gap > {options.session_gap_minutes:g} min between "
+                                                           "a user's lines starts a session; for S-GAUC"),
         ColumnSpec("user_id", "id", table="user", cardinality=users, oov="reject", description="user (0 unknown)"),
         ColumnSpec("video_id", "id", table="video", cardinality=videos, oov="reject", description="candidate video"),
         ColumnSpec("author_id", "id", table="author", cardinality=card["author_id"], oov="reject",
@@ -524,6 +553,8 @@ def convert(options: Options) -> DatasetSpec:
             "split": (f"by time_ms: train < {cut[0]} s <= valid < {cut[1]} s <= test "
                       f"(fractions {options.split_fractions})"),
             "history": "clicked videos strictly before the impression, all tabs and loaded logs, oldest first",
+            "sessions": (f"a user's lines (all tabs and loaded logs) split where the gap exceeds "
+                         f"{options.session_gap_minutes:g} min; session_id = ordinal * (users + 1) + user code"),
             "ids": "re-encoded 1..n per column, 0 = unknown / missing join",
             "log videos with basic features": f"{video_side.matched} of {videos.size}",
             "log users with features": f"{user_side.matched} of {log_users.size}",
@@ -531,7 +562,8 @@ def convert(options: Options) -> DatasetSpec:
         }
         source = (f"KuaiRand-{files.variant} in {files.standard[0].parent} (labels={options.labels}, "
                   f"tabs={tabs.tolist()}, include_random={options.include_random}, "
-                  f"max_length={options.max_length}, split_fractions={options.split_fractions})")
+                  f"max_length={options.max_length}, split_fractions={options.split_fractions}, "
+                  f"session_gap_minutes={options.session_gap_minutes:g})")
         with writer_for(options, name=f"kuairand_{files.variant}", columns=_columns(options, ctx),
                         domain_names=[f"tab{t}" for t in tabs.tolist()], source=source, notes=notes) as writer:
             with progress(num_partitions, "histories", unit="part") as bar:

@@ -31,6 +31,15 @@ Labels are ``Bernoulli(sigmoid(z))``; the oracle AUC is the AUC of ``z`` itself 
 computed per split and per domain from fine histograms (exact up to ties inside a bin of width 1e-4
 in probability) and written to the spec. Rows are generated in chunks; memory does not grow with
 ``rows``.
+
+Sessions (the ``session_id`` column, the key of S-GAUC): time is the row order — rows are generated
+in order, the train split first, then valid, then test. Each user's rows, in that order, are cut into
+sessions of ``session_length`` consecutive impressions (the user's 1st to L-th row form one session,
+the (L+1)-th to 2L-th the next, ...); a session never spans two splits (a user's count is rounded up
+to a multiple of L at each split's start), so a user's last session in a split may be shorter.
+``session_id = ordinal * users + user`` where ``ordinal`` is the session's index among the user's
+sessions: every session belongs to exactly one user. This needs one int64 counter per user
+(:class:`SessionCounter`); sessions do not enter the true logit.
 """
 
 from __future__ import annotations
@@ -75,6 +84,8 @@ class Options(OutputOptions):
     latent_dim: int = field(default=8, metadata=bounds(ge=2, help="dimension of the true latent vectors"))
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1],
                                          metadata=bounds(ge=0, help="train / valid / test shares"))
+    session_length: int = field(default=5, metadata=bounds(ge=1, help="impressions per session: each user's "
+                                                                  "rows, in time order, cut into runs of this many"))
     chunk_rows: int = field(default=50_000, metadata=bounds(ge=1, help="rows generated per chunk"))
     seed: int = field(default=0, metadata=bounds(ge=0, help="world and sampling seed"))
 
@@ -216,6 +227,8 @@ def columns(o: Options) -> list[ColumnSpec]:
         ColumnSpec("click", "label", description="Bernoulli(sigmoid(true logit))"),
         ColumnSpec("domain", "domain"),
         ColumnSpec("group_id", "group", description="user id, for GAUC"),
+        ColumnSpec("session_id", "session", description=f"runs of {o.session_length} consecutive impressions "
+                                                           "of one user, for S-GAUC"),
         ColumnSpec("user_id", "id", table="user", cardinality=o.users, oov="reject"),
         ColumnSpec("item_id", "id", table="item", cardinality=o.items, oov="reject"),
         ColumnSpec("category_id", "id", table="category", cardinality=o.categories, oov="reject"),
@@ -236,8 +249,39 @@ def columns(o: Options) -> list[ColumnSpec]:
     ]
 
 
+class SessionCounter:
+    """Session ids of a stream of impressions (the rule of the module docstring).
+
+    Holds, per user, the number of impressions seen so far; :meth:`assign` numbers the rows of a
+    chunk in row order, :meth:`start_split` closes every open session.
+    """
+
+    def __init__(self, users: int, session_length: int) -> None:
+        self.users = users
+        self.length = session_length
+        self.seen = np.zeros(users, dtype=np.int64)
+
+    def start_split(self) -> None:
+        """Round every user's count up to a multiple of the session length: no session spans two splits."""
+        self.seen = -(-self.seen // self.length) * self.length
+
+    def assign(self, users: np.ndarray) -> np.ndarray:
+        """int64 session ids of rows of ``users`` (in time order), continuing from earlier chunks."""
+        users = np.asarray(users, dtype=np.int64)
+        order = np.argsort(users, kind="stable")  # row order kept within each user
+        sorted_users = users[order]
+        starts = np.r_[True, sorted_users[1:] != sorted_users[:-1]] if users.size else np.zeros(0, dtype=bool)
+        first = np.flatnonzero(starts)
+        occurrence = np.empty_like(users)
+        occurrence[order] = np.arange(users.size) - first[np.cumsum(starts) - 1]  # earlier rows of the user here
+        ordinal = (self.seen[users] + occurrence) // self.length
+        self.seen[sorted_users[first]] += np.diff(np.r_[first, users.size])
+        return ordinal * self.users + users
+
+
 def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[dict[str, object], np.ndarray]:
-    """One chunk of rows as writer columns, and its true logits [rows]."""
+    """One chunk of rows as writer columns (all but ``session_id``, which continues from earlier
+    chunks: :class:`SessionCounter`), and its true logits [rows]."""
     o = world.o
     users = rng.integers(0, o.users, rows)
     domains = rng.choice(o.domains, size=rows, p=world.domain_p)
@@ -309,19 +353,24 @@ def convert(options: Options) -> DatasetSpec:
     cuts[-1] = o.rows
     split_ranges = dict(zip(SPLITS, zip(np.concatenate([[0], cuts[:-1]]), cuts)))
     domain_names = [f"domain{d}" for d in range(o.domains)]
+    sessions = SessionCounter(o.users, o.session_length)
     source = (f"synthetic planted-effect generator: rows={o.rows} users={o.users} items={o.items} "
               f"domains={o.domains} domain_shift={o.domain_shift} seq_length={o.seq_length} seed={o.seed}")
     notes = {"generator": "data_prep.synthetic", "options": repr({k: v for k, v in vars(o).items()
                                                                    if k not in ("out", "overwrite")}),
-             "domain_proportions": repr(world.domain_p.round(4).tolist())}
+             "domain_proportions": repr(world.domain_p.round(4).tolist()),
+             "sessions": (f"each user's rows in time (row) order cut into runs of {o.session_length}; "
+                          "no session spans two splits; session_id = ordinal * users + user")}
     with writer_for(o, name="synthetic", columns=columns(o), domain_names=domain_names, source=source,
                     notes=notes) as writer, progress(o.rows, "synthetic", unit="rows") as bar:
         for split, (start, stop) in split_ranges.items():
             positives = np.zeros((o.domains, _HIST_BINS), dtype=np.int64)
             negatives = np.zeros((o.domains, _HIST_BINS), dtype=np.int64)
+            sessions.start_split()
             for chunk_start in range(int(start), int(stop), o.chunk_rows):
                 rows = min(o.chunk_rows, int(stop) - chunk_start)
                 chunk, logit = generate_chunk(world, rng, rows)
+                chunk["session_id"] = sessions.assign(chunk["user_id"])
                 writer.write(split, chunk)
                 probability_bin = np.minimum((_HIST_BINS / (1.0 + np.exp(-logit))).astype(np.int64), _HIST_BINS - 1)
                 flat = chunk["domain"] * _HIST_BINS + probability_bin

@@ -32,6 +32,7 @@ ARROW_TYPES = {
     "id": pa.int64(),
     "domain": pa.int64(),
     "group": pa.int64(),
+    "session": pa.int64(),
     "multi_id": pa.list_(pa.int64()),
     "sequence": pa.list_(pa.int64()),
     "dense": pa.float32(),

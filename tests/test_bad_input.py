@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_toy
+from torchrec_mdr.config import ConfigError
 from torchrec_mdr.data.errors import DataError
 from torchrec_mdr.data.reader import ParquetBatches, ReaderConfig
+from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
 from torchrec_mdr.data.validate import validate_dataset
 
 FIRST = "train/part-00000.parquet"
@@ -181,3 +184,48 @@ def test_misaligned_sequence_group(data):
     rewrite(data, "hist_domain", pa.array(lists, pa.list_(pa.int64())))
     with pytest.raises(DataError, match=r"column 'hist_domain', row 42: sequence group 'hist'"):
         open_reader(data)
+
+
+# --------------------------------------------------------------------------- session column
+
+
+@pytest.fixture
+def session_data(tmp_path: Path) -> Path:
+    return write_toy(tmp_path / "toy", session=True)
+
+
+def test_two_session_columns_are_refused(session_data):
+    spec = json.loads((session_data / "spec.json").read_text())
+    group = next(c for c in spec["columns"] if c["name"] == "group_id")
+    group["kind"] = "session"
+    (session_data / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=r"spec.json: at most one column of kind 'session' is allowed, "
+                                        r"got \['group_id', 'session_id'\]"):
+        open_reader(session_data)
+    with pytest.raises(ConfigError, match=r"at most one column of kind 'session'"):
+        DatasetSpec(name="x", columns=[ColumnSpec("click", "label"), ColumnSpec("domain", "domain"),
+                                       ColumnSpec("s1", "session"), ColumnSpec("s2", "session")],
+                    domain_names=["a"], splits={}).validate()
+
+
+@pytest.mark.parametrize("values, arrow_type", [
+    (pa.array(np.arange(800, dtype=np.float64)), "double"),
+    (pa.array([[i] for i in range(800)], pa.list_(pa.int64())), "list<element: int64>"),
+    (pa.array([str(i) for i in range(800)]), "string"),
+])
+def test_mistyped_session_column(session_data, values, arrow_type):
+    table = pq.read_table(session_data / FIRST)
+    rewrite(session_data, "session_id", values.slice(0, table.num_rows))
+    with pytest.raises(DataError, match=rf"{FIRST}, column 'session_id': type {re.escape(arrow_type)} does not "
+                                        rf"fit kind 'session' of the spec"):
+        open_reader(session_data)
+
+
+def test_session_keys_may_be_any_int64(session_data):
+    """Like group keys, session keys are compared for equality only: negative or huge values are valid."""
+    values = first_column(session_data, "session_id")
+    values[:3] = [-7, np.iinfo(np.int64).max, np.iinfo(np.int64).min]
+    rewrite(session_data, "session_id", values)
+    validate_dataset(session_data)
+    batch = next(iter(ParquetBatches(ReaderConfig(path=session_data, batch_size=8, shuffle=False), "train")))
+    assert batch.session_ids[:3].tolist() == [-7, np.iinfo(np.int64).max, np.iinfo(np.int64).min]

@@ -336,3 +336,50 @@ def test_bad_log_values_are_errors(tmp_path, column, value, message):
     with pytest.raises(DataError, match=message) as info:
         convert(src, tmp_path / "out")
     assert info.value.row == 4 and info.value.column == column and info.value.file.endswith(path.name)
+
+
+def expected_session_ordinals(all_events: list[dict], gap_minutes: float) -> dict[tuple[int, int], int]:
+    """Brute force of the gap rule: (user, raw video) -> the index of its session among the user's sessions."""
+    out = {}
+    for user in {e["user_id"] for e in all_events}:
+        mine = sorted((e for e in all_events if e["user_id"] == user), key=lambda e: e["time_ms"])
+        ordinal = 0
+        for before, event in zip([None] + mine[:-1], mine):
+            if before is not None and event["time_ms"] - before["time_ms"] > gap_minutes * 60_000:
+                ordinal += 1
+            out[(user, event["video_id"])] = ordinal
+    return out
+
+
+@pytest.mark.parametrize("options, random_log, sessions_per_user", [
+    # 30 min: events 7 h apart are separate sessions; user 10's two events at one millisecond share one,
+    # as do user 20's random-log event and its first standard event 0.5 s later
+    (dict(include_random=True), True, None),
+    # exactly 7 h between lines is not more than 7 h: one session per user
+    (dict(session_gap_minutes=420), False, 1),
+    # tabs 3 and 0 only: kept rows are 7 or 14 h apart, but the skipped tab-1 lines (never rows)
+    # still chain them within 8 h, so every user keeps one session
+    (dict(tabs=[3, 0], session_gap_minutes=480), False, 1),
+])
+def test_sessions_follow_the_gap_rule_over_all_log_lines(tmp_path, options, random_log, sessions_per_user):
+    src = write_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    spec = convert(src, out, max_length=4, num_partitions=2, **options)
+    assert spec.session_column == "session_id"
+    all_events = events() + (random_events() if random_log else [])
+    reference = expected_session_ordinals(all_events, options.get("session_gap_minutes", 30))
+    users_plus_one = spec.column("user_id").cardinality  # log and table users (encoded 1..n) + unknown
+    sessions_of: dict[int, set[int]] = {}
+    for split in spec.splits:
+        table, rows = raw_rows(out, spec, split, all_events)
+        codes = table["user_id"].to_pylist()
+        for session, code, event in zip(table["session_id"].to_pylist(), codes, rows):
+            assert session == reference[(event["user_id"], event["video_id"])] * users_plus_one + code
+            sessions_of.setdefault(event["user_id"], set()).add(session)
+    if sessions_per_user is not None:
+        assert all(len(s) == sessions_per_user for s in sessions_of.values())
+    else:
+        assert len(sessions_of[10]) == EVENTS_PER_USER  # 13 lines of user 10, two of them at one millisecond
+        assert len(sessions_of[20]) == EVENTS_PER_USER  # 13 lines of user 20, the random one 0.5 s before another
+    every = [s for sessions in sessions_of.values() for s in sessions]
+    assert len(set(every)) == len(every)  # no session id is shared by two users

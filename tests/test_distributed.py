@@ -28,6 +28,7 @@ assert on what they saved.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 import os
 from pathlib import Path
@@ -171,14 +172,9 @@ def assemble(rank_states: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 def train_steps(trainer, batches: list[Batch]) -> list[float]:
-    """This rank's loss at every step, through the trainer's plain step or its pipeline."""
-    pipeline = trainer._pipeline()
+    """This rank's loss at every step, through the trainer's configured loop (plain step or pipeline)."""
     iterator = iter(batches)
-    losses = []
-    for _ in batches:
-        output = trainer._plain_step(next(iterator)) if pipeline is None else pipeline.progress(iterator)
-        losses.append(float(output[0]))
-    return losses
+    return [float(trainer.train_step(iterator)[0]) for _ in batches]
 
 
 # --------------------------------------------------------------------------- the spawned work
@@ -196,10 +192,56 @@ def _compare_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
         trainer = Trainer(config, out / f"run-{name}-{world_size}")
         load_full_state(trainer.model, init)
         results[name] = {"losses": train_steps(trainer, batches), "state": local_state(trainer.model)}
+    if world_size == 1:
+        results["epochs"] = _two_epochs(data, out, init)
     if world_size > 1:
+        results["eval_between"] = _evaluate_between_steps(data, out, init)
         results["models"] = _all_models(data, out)
         results["errors"] = _config_errors(data, out)
     torch.save(results, out / f"result-{world_size}-{rank}.pt")
+
+
+def _two_epochs(data: Path, out: Path, init: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """fit() for 2 epochs with an evaluation every 7 steps, with each training loop."""
+    from torchrec_mdr.training.trainer import Trainer
+
+    results = {}
+    for pipeline in ("plain", "base", "sparse_dist"):
+        config = experiment(data, "table_wise", pipeline, max_steps=None)  # type: ignore[arg-type]
+        config.train.epochs, config.train.eval_every = 2, 7
+        trainer = Trainer(config, out / f"run-epochs-{pipeline}")
+        load_full_state(trainer.model, init)
+        metrics = trainer.fit()
+        results[pipeline] = {"losses": trainer.step_losses, "steps": metrics["train"]["steps"],
+                             "steps_per_epoch": trainer.steps_per_epoch, "auc": metrics["auc"]}
+    return results
+
+
+def _evaluate_between_steps(data: Path, out: Path, init: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``fit()`` with TrainPipelineSparseDist, without and with an evaluation every 2 steps (calls of
+    EvalPipelineSparseDist.progress counted); then the evaluated run's test split once more through
+    plain DMP forwards."""
+    from torchrec.distributed.train_pipeline import EvalPipelineSparseDist
+
+    from torchrec_mdr.training.trainer import Trainer
+
+    calls = []
+    progress = EvalPipelineSparseDist.progress
+    EvalPipelineSparseDist.progress = lambda self, batches: (calls.append(1), progress(self, batches))[1]
+    results: dict[str, Any] = {}
+    for name, eval_every in (("straight", None), ("evaluated", 2)):
+        config = experiment(data, "row_wise", "sparse_dist", batch_size=GLOBAL_ROWS // 2, max_steps=5)
+        config.train.eval_every = eval_every
+        trainer = Trainer(config, out / f"run-eval-{name}")
+        load_full_state(trainer.model, init)
+        before = len(calls)
+        metrics = trainer.fit()
+        results[name] = {"losses": trainer.step_losses, "metrics": metrics, "eval_calls": len(calls) - before}
+    before = len(calls)
+    trainer.config = replace(config, train=replace(config.train, pipeline="plain"))
+    results["plain"] = {"metrics": trainer.evaluate("test").to_dict(), "eval_calls": len(calls) - before}
+    EvalPipelineSparseDist.progress = progress
+    return results
 
 
 def _all_models(data: Path, out: Path) -> dict[str, dict]:
@@ -327,6 +369,37 @@ def test_pipelines_match_plain_loop(runs):
     assert one["sparse_dist"]["losses"] == pytest.approx(one["reference"]["losses"], rel=1e-6, abs=1e-7)
 
 
+def test_every_loop_trains_every_epoch(runs):
+    """Two epochs with evaluations in between: each loop trains every batch of both epochs, with the same
+    losses (torchrec's TrainPipelineBase refuses a second iterator unless reset after the first)."""
+    epochs = runs[1][0]["epochs"]
+    plain = epochs["plain"]
+    assert plain["steps_per_epoch"] >= 8 and plain["steps"] == 2 * plain["steps_per_epoch"]
+    for pipeline in ("base", "sparse_dist"):
+        assert epochs[pipeline]["steps"] == plain["steps"], pipeline
+        assert epochs[pipeline]["losses"] == pytest.approx(plain["losses"], rel=1e-6, abs=1e-7), pipeline
+        assert epochs[pipeline]["auc"] == pytest.approx(plain["auc"], abs=1e-6), pipeline
+
+
+def test_evaluation_pipeline_between_training_steps(runs):
+    """Evaluating every 2 steps through EvalPipelineSparseDist leaves training exactly as without the
+    evaluations (the pipeline is drained before each, and refilled after), and the pipelined
+    evaluation gives the plain forwards' metrics."""
+    spec = DatasetSpec.load(runs["data"])
+    for rank in runs[2]:
+        straight, evaluated, plain = (rank["eval_between"][k] for k in ("straight", "evaluated", "plain"))
+        assert len(evaluated["losses"]) == 5 and evaluated["losses"] == straight["losses"]
+        assert evaluated["metrics"]["train"]["steps"] == 5
+        # the final test evaluation is pipelined in both runs; the evaluated run adds the valid split twice
+        rows_per_rank_step = GLOBAL_ROWS // 2
+        valid_steps = -(-spec.splits["valid"].rows // 2 // rows_per_rank_step)
+        assert straight["eval_calls"] >= 1 and plain["eval_calls"] == 0
+        assert evaluated["eval_calls"] - straight["eval_calls"] >= 2 * valid_steps
+        for key in ("auc", "gauc", "logloss", "rows"):
+            assert evaluated["metrics"][key] == straight["metrics"][key], key
+            assert plain["metrics"][key] == pytest.approx(evaluated["metrics"][key], rel=1e-6), key
+
+
 def test_every_registered_model_trains_under_dmp(runs):
     rank0, rank1 = (r["models"] for r in runs[2])
     test_rows = DatasetSpec.load(runs["data"]).splits["test"].rows
@@ -393,7 +466,7 @@ def test_bench_train_tiny(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("model"))
     assert lines[header].split() == ["model", "world", "threads", "rows/step", "plain", "base", "sparse_dist",
-                                     "sparse_dist/plain"]
+                                     "sparse_dist/plain", "min", "max"]
     rows = [line.split() for line in lines[header + 1:header + 5]]
     assert [(r[0], r[1], r[3]) for r in rows] == [("dnn", "1", "16"), ("dnn", "2", "32"), ("din", "1", "16"),
                                                   ("din", "2", "32")]
@@ -401,9 +474,30 @@ def test_bench_train_tiny(tmp_path, capsys):
     assert [int(r[2]) for r in rows] == [cores, max(cores // 2, 1)] * 2  # the cores split between the ranks
     for row in rows:
         values = [float(v.replace(",", "")) for v in row[4:]]
-        assert len(values) == 4 and all(v > 0 and math.isfinite(v) for v in values), row
+        assert len(values) == 6 and all(v > 0 and math.isfinite(v) for v in values), row
         plain, sparse_dist, ratio = values[0], values[2], values[3]  # the table rounds to whole samples/s
         assert (sparse_dist - 0.5) / (plain + 0.5) - 5e-4 <= ratio <= (sparse_dist + 0.5) / (plain - 0.5) + 5e-4
+        assert values[3] == values[4] == values[5]  # one round: median, min and max are its ratio
+
+
+def test_bench_train_rounds_and_paired_ratios():
+    """Loops take turns starting one place later each round; cells report median windows, and the
+    ratio column is the median (min, max) of per-round ratios, not a ratio of medians."""
+    from torchrec_mdr.bench.train import Cell, TrainBenchOptions, format_table, round_order
+
+    loops = ["plain", "base", "sparse_dist"]
+    assert [round_order(loops, i) for i in range(4)] == [loops, ["base", "sparse_dist", "plain"],
+                                                          ["sparse_dist", "plain", "base"], loops]
+    windows = {"plain": [100.0, 50.0, 200.0], "base": [90.0, 90.0, 90.0], "sparse_dist": [110.0, 40.0, 230.0]}
+    cells = [Cell("dnn", 1, p, w, steps=10, batch_size=8, threads=1) for p, w in windows.items()]
+    options = TrainBenchOptions(models=["dnn"], world_sizes=[1], repeats=3)
+    row = format_table(cells, options).splitlines()[-1].split()
+    assert row[4:7] == ["100", "90", "110"]  # medians of the windows
+    # per-round ratios 1.1, 0.8, 1.15: median 1.1 (the ratio of the medians would be 1.1 too), min 0.8, max 1.15
+    assert [float(v) for v in row[7:]] == [1.1, 0.8, 1.15]
+    windows["sparse_dist"] = [60.0, 100.0, 210.0]  # medians 100 vs 100, but round ratios 0.6, 2.0, 1.05
+    cells = [Cell("dnn", 1, p, w, steps=10, batch_size=8, threads=1) for p, w in windows.items()]
+    assert [float(v) for v in format_table(cells, options).splitlines()[-1].split()[7:]] == [1.05, 0.6, 2.0]
 
 
 def test_bench_train_bad_options_are_one_line_errors(capsys):

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import write_toy
+from conftest import TOY_SESSION_BASE, write_toy
 from torchrec_mdr.data.errors import DataError
 from torchrec_mdr.data.reader import ParquetBatches, ReaderConfig, make_dataloader, plan_segments, slice_bounds
 from torchrec_mdr.data.spec import DatasetSpec
@@ -159,3 +159,45 @@ def test_batch_moves_and_pins(toy_dataset):
         on_gpu = pinned.to(torch.device("cuda"), non_blocking=True)
         on_gpu.record_stream(torch.cuda.current_stream())
         assert on_gpu.sparse_features.values().is_cuda
+
+
+# --------------------------------------------------------------------------- session keys
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])  # in process (Batch) and through a worker (PackedBatch)
+def test_session_ids_equal_the_parquet_column(tmp_path, num_workers):
+    data = write_toy(tmp_path / "toy", session=True)
+    spec = DatasetSpec.load(data)
+    assert spec.session_column == "session_id" and spec.group_column == "group_id"
+    reference = read_split(data, "train")
+    assert min(row["session_id"] for row in reference.values()) == TOY_SESSION_BASE  # above 2**40
+    config = ReaderConfig(path=data, batch_size=37, shuffle=True, shuffle_buffer_rows=200, num_workers=num_workers)
+    seen = {}
+    for batch in make_dataloader(config, "train", pin_memory=False):
+        assert batch.session_ids.dtype == torch.int64 and batch.session_ids.shape == (batch.batch_size,)
+        row_ids = batch.sparse_features["row_id"].values().tolist()
+        seen.update(zip(row_ids, batch.session_ids.tolist()))
+        # the other per-row tensors stay aligned with the session key after shuffling
+        assert batch.group_ids.tolist() == [reference[r]["group_id"] for r in row_ids]
+    assert sorted(seen) == sorted(reference)
+    assert seen == {row_id: row["session_id"] for row_id, row in reference.items()}
+
+
+def test_session_ids_are_zeros_without_a_session_column(toy_dataset):
+    assert DatasetSpec.load(toy_dataset).session_column is None
+    for batch in ParquetBatches(ReaderConfig(path=toy_dataset, batch_size=300, shuffle=False)):
+        assert torch.equal(batch.session_ids, torch.zeros(batch.batch_size, dtype=torch.int64))
+
+
+def test_batch_carries_session_ids(tmp_path):
+    data = write_toy(tmp_path / "toy", session=True)
+    batch = next(iter(ParquetBatches(ReaderConfig(path=data, batch_size=16, shuffle=False))))
+    expected = TOY_SESSION_BASE + torch.arange(16) // 3
+    assert torch.equal(batch.session_ids, expected)
+    assert torch.equal(batch.to(torch.device("cpu")).session_ids, expected)
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        pinned = batch.pin_memory()
+        assert pinned.session_ids.is_pinned()
+        on_gpu = pinned.to(torch.device("cuda"), non_blocking=True)
+        on_gpu.record_stream(torch.cuda.current_stream())
+        assert torch.equal(on_gpu.session_ids.cpu(), expected)

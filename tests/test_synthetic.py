@@ -127,3 +127,37 @@ def test_options_are_validated(tmp_path):
         from_dict(Options, {"out": str(tmp_path), "min_seq_length": 60, "seq_length": 50})
     with pytest.raises(ConfigError, match="domain_proportions has 2 entries for 3 domains"):
         from_dict(Options, {"out": str(tmp_path), "domain_proportions": [0.5, 0.5]})
+
+
+def test_sessions_are_runs_of_one_users_impressions(tmp_path):
+    """Each session holds one user's impressions: that user's 1st..L-th rows (in row order) of a
+    split, then the next L, ...; chunk boundaries change nothing and no session spans two splits."""
+    length = 4
+    o = options(tmp_path, rows=3000, users=40, session_length=length, chunk_rows=700)  # chunks cut user runs
+    spec = convert(o)
+    assert spec.session_column == "session_id" and spec.group_column == "group_id"
+    splits = {}
+    for split in ("train", "valid", "test"):
+        table = pq.read_table(tmp_path / "syn" / spec.splits[split].files[0])
+        splits[split] = (table["user_id"].to_numpy(), table["session_id"].to_numpy())
+    owners: dict[int, int] = {}
+    for split, (users, sessions) in splits.items():
+        for user, session in zip(users, sessions):
+            assert owners.setdefault(int(session), int(user)) == user  # one user per session
+        for user in np.unique(users):
+            rows = sessions[users == user]
+            # the user's rows in row order: runs of `length` rows share a session, then the next one starts
+            expected_runs = np.arange(len(rows)) // length
+            assert np.array_equal(np.unique(rows, return_inverse=True)[1], expected_runs), (split, user)
+            assert np.all(np.diff(rows) >= 0)  # session ids of a user grow with time
+    ids = [set(sessions.tolist()) for _, sessions in splits.values()]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])  # no session spans splits
+    sizes = np.bincount(np.unique(splits["train"][1], return_inverse=True)[1])
+    assert sizes.max() == length and np.mean(sizes == length) > 0.8  # only a user's last session is shorter
+    # brute force over all rows in time order (train, valid, test): the documented id formula
+    seen: dict[int, int] = {}
+    for users, sessions in splits.values():
+        seen = {user: -(-count // length) * length for user, count in seen.items()}  # a split closes sessions
+        for user, session in zip(users.tolist(), sessions.tolist()):
+            assert session == seen.get(user, 0) // length * o.users + user
+            seen[user] = seen.get(user, 0) + 1

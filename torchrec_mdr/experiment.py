@@ -63,8 +63,8 @@ class TrainConfig:
     eval_every: int | None = field(default=None, metadata=bounds(ge=1, help="evaluate every N steps"))
     eval_split: str = field(default="valid", metadata=doc("split evaluated during training"))
     test_split: str = field(default="test", metadata=doc("split evaluated at the end (reported in metrics.json)"))
-    pipeline: PipelineType = field(default="sparse_dist", metadata=doc("TrainPipelineSparseDist, "
-                                                                       "TrainPipelineBase or a plain loop"))
+    pipeline: PipelineType = field(default="sparse_dist", metadata=doc(
+        "TrainPipelineSparseDist (evaluation: EvalPipelineSparseDist), TrainPipelineBase or a plain loop"))
     seed: int = field(default=0, metadata=bounds(ge=0, help="model initialisation and data order"))
     log_every: int = field(default=20, metadata=bounds(ge=1, help="steps between progress updates"))
     checkpoint_every: int | None = field(default=None, metadata=bounds(ge=1, help="steps between checkpoints"))

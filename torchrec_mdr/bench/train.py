@@ -10,11 +10,14 @@ optimizer, DMP with the configured sharding, dense optimizer) and runs:
 * ``sparse_dist`` — torchrec's ``TrainPipelineSparseDist`` (the input all-to-all of batch i+1
   overlaps the forward/backward of batch i), what ``mdr train`` uses by default.
 
-Measured: ``warmup`` steps are run and discarded, then the wall time of ``steps`` steps (the
-slowest rank's) gives ``samples/s = steps * batch_size * world_size / seconds``. The loops of one
-model are built side by side and timed in turn, ``repeats`` windows each (plain, base,
-sparse_dist, plain, base, ...), and each cell reports its best window: on a shared machine a burst
-of outside load then spoils one window, not one loop's whole figure. Batches are read
+Measured: ``warmup`` steps are run and discarded, then the loops of one model, built side by
+side, take turns in ``repeats`` rounds: in each round every loop trains ``steps`` steps (a window),
+the first loop of a round moving one place each round (plain, base, sparse_dist; base,
+sparse_dist, plain; ...), so that no loop always runs first or last. A window's wall time is the
+slowest rank's, and ``samples/s = steps * batch_size * world_size / seconds``. Each cell reports
+the median of its windows, and ``sparse_dist / plain`` is the median (with min and max) of the
+per-round ratios: the two windows of one round run back to back, so a burst of outside load on a
+shared machine moves both. Batches are read
 once (the first ``batches_in_memory`` of the train split) and re-wrapped in fresh
 KeyedJaggedTensors for every step, so the figures measure training, not parquet reading (``mdr
 bench loader`` measures that). Each process uses ``cores // world_size`` threads unless ``threads``
@@ -30,6 +33,7 @@ import json
 import logging
 import os
 import socket
+import statistics
 import tempfile
 import time
 import warnings
@@ -60,8 +64,8 @@ class TrainBenchOptions:
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))
     sharding: ShardingType = field(default="table_wise", metadata=doc("sharding of every table (auto: planner)"))
     warmup: int = field(default=20, metadata=bounds(ge=1, help="steps run before timing (discarded)"))
-    steps: int = field(default=200, metadata=bounds(ge=1, help="timed steps per window"))
-    repeats: int = field(default=3, metadata=bounds(ge=1, help="timed windows per cell; the best is reported"))
+    steps: int = field(default=100, metadata=bounds(ge=1, help="timed steps per window"))
+    repeats: int = field(default=5, metadata=bounds(ge=1, help="rounds of timed windows; cells report medians"))
     batches_in_memory: int = field(default=32, metadata=bounds(ge=1, help="distinct batches cycled through"))
     threads: int = field(default=0, metadata=bounds(ge=0, help="torch threads per process (0: cores // world size)"))
 
@@ -87,11 +91,20 @@ class Cell:
     model: str
     world_size: int
     pipeline: str
-    samples_per_sec: float
-    seconds: float
-    steps: int
+    window_samples_per_sec: list[float]  # one per round, in round order
+    steps: int  # per window
     batch_size: int  # per process
     threads: int  # torch threads per process while timed
+
+    @property
+    def samples_per_sec(self) -> float:
+        """The median window."""
+        return statistics.median(self.window_samples_per_sec)
+
+
+def paired_ratios(numerator: Cell, denominator: Cell) -> list[float]:
+    """Per round, the samples/s of ``numerator``'s window over ``denominator``'s (same model and world size)."""
+    return [a / b for a, b in zip(numerator.window_samples_per_sec, denominator.window_samples_per_sec)]
 
 
 def ensure_bench_data(path: Path, rows: int, seq_length: int) -> None:
@@ -116,7 +129,7 @@ def _fresh(batches: list[Batch]) -> Iterator[Batch]:
 
     for batch in itertools.cycle(batches):
         yield Batch(batch.dense_features, rewrap(batch.sparse_features), rewrap(batch.sequence_features),
-                    batch.domain, batch.labels, batch.group_ids)
+                    batch.domain, batch.labels, batch.group_ids, batch.session_ids)
 
 
 def _read_batches(options: TrainBenchOptions, rank: int, world_size: int) -> list[Batch]:
@@ -149,14 +162,10 @@ class _Loop:
         )
         self.trainer = Trainer(config, run_dir)
         torch.set_num_threads(_threads(options, self.trainer.ctx.world_size))  # init_distributed sets its own
-        self.pipeline = self.trainer._pipeline()
         self.source = _fresh(batches)
 
     def step(self) -> None:
-        if self.pipeline is None:
-            self.trainer._plain_step(next(self.source))
-        else:
-            self.pipeline.progress(self.source)
+        self.trainer.train_step(self.source)
 
     def timed(self, steps: int) -> float:
         """Seconds of ``steps`` steps, the slowest rank's."""
@@ -175,20 +184,26 @@ class _Loop:
             self.trainer.writer.close()
 
 
+def round_order(pipelines: list[str], round_index: int) -> list[str]:
+    """The loops' turn in round ``round_index``: rotated by one place per round."""
+    shift = round_index % len(pipelines)
+    return pipelines[shift:] + pipelines[:shift]
+
+
 def _measure_model(options: TrainBenchOptions, model: str, batches: list[Batch], out: Path,
-                   world_size: int) -> dict[str, float]:
-    """pipeline -> best seconds of ``options.steps`` steps over ``options.repeats`` interleaved windows."""
+                   world_size: int) -> dict[str, list[float]]:
+    """pipeline -> seconds of ``options.steps`` steps in each of ``options.repeats`` rounds."""
     loops = {p: _Loop(options, model, p, batches, out / f"run-{world_size}-{model}-{p}") for p in options.pipelines}
     for loop in loops.values():
         for _ in range(options.warmup):
             loop.step()
-    best = {p: float("inf") for p in loops}
-    for _ in range(options.repeats):
-        for pipeline, loop in loops.items():
-            best[pipeline] = min(best[pipeline], loop.timed(options.steps))
+    seconds: dict[str, list[float]] = {p: [] for p in loops}
+    for round_index in range(options.repeats):
+        for pipeline in round_order(list(loops), round_index):
+            seconds[pipeline].append(loops[pipeline].timed(options.steps))
     for loop in loops.values():
         loop.close()
-    return best
+    return seconds
 
 
 def _cores() -> int:
@@ -221,7 +236,7 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
         samples = options.steps * options.batch_size * world_size
         for model in options.models:
             for pipeline, seconds in _measure_model(options, model, batches, out, world_size).items():
-                cells.append(Cell(model, world_size, pipeline, samples / seconds, seconds, options.steps,
+                cells.append(Cell(model, world_size, pipeline, [samples / x for x in seconds], options.steps,
                                   options.batch_size, torch.get_num_threads()).__dict__)
         if rank == 0:
             (out / f"cells-{world_size}.json").write_text(json.dumps(cells))
@@ -239,14 +254,14 @@ def _free_port() -> int:
 
 
 def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
-    """One row per (model, world size): samples/s of every loop and sparse_dist / plain."""
+    """One row per (model, world size): median samples/s of every loop, and sparse_dist / plain as the
+    median, min and max of the per-round ratios."""
     by_key = {(c.model, c.world_size, c.pipeline): c for c in cells}
     ratio = "plain" in options.pipelines and "sparse_dist" in options.pipelines
     header = f"{'model':<10}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
-    header += f"{'sparse_dist/plain':>19}" if ratio else ""
-    lines = [f"training samples/s (best of {options.repeats} x {options.steps} timed steps after {options.warmup} "
-             f"warm-up, "
-             f"batch {options.batch_size} per process, sharding {options.sharding}, "
+    header += f"{'sparse_dist/plain':>19}{'min':>7}{'max':>7}" if ratio else ""
+    lines = [f"training samples/s (median of {options.repeats} rounds x {options.steps} timed steps after "
+             f"{options.warmup} warm-up, batch {options.batch_size} per process, sharding {options.sharding}, "
              f"embedding dim {options.embedding_dim})", header]
     for model in options.models:
         for world_size in options.world_sizes:
@@ -255,8 +270,8 @@ def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
             line = f"{model:<10}{world_size:>6}{threads:>8}{options.batch_size * world_size:>11,}"
             line += "".join(f"{value:>14,.0f}" for value in row)
             if ratio:
-                value = by_key[(model, world_size, "sparse_dist")].samples_per_sec
-                line += f"{value / by_key[(model, world_size, 'plain')].samples_per_sec:>19.3f}"
+                ratios = paired_ratios(by_key[(model, world_size, "sparse_dist")], by_key[(model, world_size, "plain")])
+                line += f"{statistics.median(ratios):>19.3f}{min(ratios):>7.3f}{max(ratios):>7.3f}"
             lines.append(line)
     return "\n".join(lines)
 

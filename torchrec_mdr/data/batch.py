@@ -25,6 +25,8 @@ class Batch(Pipelineable):
         domain: [B] int64 domain id in [0, num_domains).
         labels: [B, num_labels] float32 in {0, 1}, columns in spec label order.
         group_ids: [B] int64 GAUC group key (user/session); zeros when the spec has none.
+        session_ids: [B] int64 S-GAUC session key (the spec's ``session`` column); zeros when the
+            spec has none (the metrics then report no S-GAUC: they ask the spec, not the zeros).
     """
 
     dense_features: torch.Tensor
@@ -33,6 +35,7 @@ class Batch(Pipelineable):
     domain: torch.Tensor
     labels: torch.Tensor
     group_ids: torch.Tensor
+    session_ids: torch.Tensor
 
     @property
     def batch_size(self) -> int:
@@ -46,6 +49,7 @@ class Batch(Pipelineable):
             domain=self.domain.to(device=device, non_blocking=non_blocking),
             labels=self.labels.to(device=device, non_blocking=non_blocking),
             group_ids=self.group_ids.to(device=device, non_blocking=non_blocking),
+            session_ids=self.session_ids.to(device=device, non_blocking=non_blocking),
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -55,6 +59,7 @@ class Batch(Pipelineable):
         self.domain.record_stream(stream)
         self.labels.record_stream(stream)
         self.group_ids.record_stream(stream)
+        self.session_ids.record_stream(stream)
 
     def pin_memory(self) -> "Batch":
         return Batch(
@@ -64,4 +69,5 @@ class Batch(Pipelineable):
             domain=self.domain.pin_memory(),
             labels=self.labels.pin_memory(),
             group_ids=self.group_ids.pin_memory(),
+            session_ids=self.session_ids.pin_memory(),
         )

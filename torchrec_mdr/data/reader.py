@@ -31,7 +31,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_mdr.config import bounds, doc
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.errors import DataError
-from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
+from torchrec_mdr.data.spec import KEY_KINDS, ColumnSpec, DatasetSpec
 from torchrec_mdr.data.validate import check_block, check_files, open_parquet
 
 
@@ -98,6 +98,7 @@ class Block:
     labels: np.ndarray
     domain: np.ndarray
     group: np.ndarray
+    session: np.ndarray
 
     def __len__(self) -> int:
         return len(self.domain)
@@ -110,7 +111,7 @@ class Block:
                 sliced[id(offsets)] = offsets[a:b + 1] - offsets[a]
             lists[name] = (sliced[id(offsets)], values[offsets[a]:offsets[b]])
         return Block({k: v[a:b] for k, v in self.ids.items()}, lists, self.dense[a:b], self.labels[a:b],
-                     self.domain[a:b], self.group[a:b])
+                     self.domain[a:b], self.group[a:b], self.session[a:b])
 
     def take(self, rows: np.ndarray) -> "Block":
         gathers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # fields of a sequence group share offsets
@@ -121,7 +122,7 @@ class Block:
             new_offsets, gather = gathers[id(offsets)]
             lists[name] = (new_offsets, values[gather])
         return Block({k: v[rows] for k, v in self.ids.items()}, lists, self.dense[rows], self.labels[rows],
-                     self.domain[rows], self.group[rows])
+                     self.domain[rows], self.group[rows], self.session[rows])
 
     @staticmethod
     def concat(blocks: list["Block"]) -> "Block":
@@ -143,6 +144,7 @@ class Block:
             np.concatenate([b.labels for b in blocks]),
             np.concatenate([b.domain for b in blocks]),
             np.concatenate([b.group for b in blocks]),
+            np.concatenate([b.session for b in blocks]),
         )
 
 
@@ -217,10 +219,15 @@ def table_to_block(spec: DatasetSpec, table: pa.Table, path: Path | None = None,
              if dense_names else np.zeros((rows, 0), dtype=np.float32))
     labels = np.stack([table[n].to_numpy().astype(np.float32, copy=False) for n in spec.label_names], axis=1)
     domain = table[spec.domain_column].to_numpy().astype(np.int64, copy=False)
-    group_name = spec.group_column
-    group = (table[group_name].to_numpy().astype(np.int64, copy=False) if group_name
-             else np.zeros(rows, dtype=np.int64))
-    return Block(ids, lists, dense, labels, domain, group)
+    return Block(ids, lists, dense, labels, domain, _key(table, spec.group_column),
+                 _key(table, spec.session_column))
+
+
+def _key(table: pa.Table, name: str | None) -> np.ndarray:
+    """A key column (``group`` / ``session``) as int64 [rows]; zeros when the spec has none."""
+    if name is None:
+        return np.zeros(table.num_rows, dtype=np.int64)
+    return table[name].to_numpy().astype(np.int64, copy=False)
 
 
 def _jagged_arrays(block: Block, columns: list[ColumnSpec]) -> tuple[np.ndarray, np.ndarray]:
@@ -253,15 +260,15 @@ class PackedBatch:
     two buffers and a few sizes cost almost nothing. :func:`unpack_batch` rebuilds the Batch as views.
     """
 
-    integers: torch.Tensor  # pooled values, pooled lengths, sequence values, sequence lengths, domain, group
+    integers: torch.Tensor  # pooled values, pooled lengths, sequence values, sequence lengths, domain, group, session
     floats: torch.Tensor  # dense [B, F] then labels [B, L], flattened
-    sizes: tuple[int, ...]  # lengths of the six integer parts
+    sizes: tuple[int, ...]  # lengths of the seven integer parts
     rows: int
 
 
 def pack_block(spec: DatasetSpec, block: Block) -> PackedBatch:
     pooled, sequence = _jagged_arrays(block, spec.pooled_features), _jagged_arrays(block, spec.sequence_features)
-    parts = [pooled[0], pooled[1], sequence[0], sequence[1], block.domain, block.group]
+    parts = [pooled[0], pooled[1], sequence[0], sequence[1], block.domain, block.group, block.session]
     integers = np.concatenate([p.astype(np.int64, copy=False) for p in parts])
     floats = np.concatenate([block.dense.reshape(-1), block.labels.reshape(-1)])
     return PackedBatch(torch.from_numpy(integers), torch.from_numpy(floats), tuple(len(p) for p in parts), len(block))
@@ -271,8 +278,8 @@ def unpack_batch(spec: DatasetSpec, packed: "PackedBatch | Batch") -> Batch:
     """Batch from a PackedBatch (a Batch passes through unchanged)."""
     if isinstance(packed, Batch):
         return packed
-    pooled_values, pooled_lengths, seq_values, seq_lengths, domain, group = torch.split(packed.integers,
-                                                                                         packed.sizes)
+    (pooled_values, pooled_lengths, seq_values, seq_lengths, domain, group,
+     session) = torch.split(packed.integers, packed.sizes)
     rows = packed.rows
     num_dense = len(spec.dense_features)
     dense, labels = torch.split(packed.floats, [rows * num_dense, rows * len(spec.label_names)])
@@ -285,6 +292,7 @@ def unpack_batch(spec: DatasetSpec, packed: "PackedBatch | Batch") -> Batch:
         domain=domain,
         labels=labels.view(rows, -1),
         group_ids=group,
+        session_ids=session,
     )
 
 
@@ -296,6 +304,7 @@ def block_to_batch(spec: DatasetSpec, block: Block) -> Batch:
         domain=torch.from_numpy(np.array(block.domain, dtype=np.int64)),
         labels=torch.from_numpy(np.ascontiguousarray(block.labels)),
         group_ids=torch.from_numpy(np.array(block.group, dtype=np.int64)),
+        session_ids=torch.from_numpy(np.array(block.session, dtype=np.int64)),
     )
 
 
@@ -379,7 +388,7 @@ class ParquetBatches(IterableDataset):
             offset = segment.start - segment.group_start
             table = table.slice(offset, segment.stop - segment.start)
             check_block(self.spec, self.files[segment.file],
-                        {n: table[n] for n in self.columns if self.spec.column(n).kind != "group"},
+                        {n: table[n] for n in self.columns if self.spec.column(n).kind not in KEY_KINDS},
                         segment.start)
             yield table_to_block(self.spec, table, self.files[segment.file], segment.start)
 

@@ -16,7 +16,12 @@ dense      float32           one continuous feature
 label      int8/int64/float  0 or 1
 domain     int64             the row's domain (scenario) in [0, num_domains)
 group      int64             grouping key for GAUC (user or session)
+session    int64             session key for S-GAUC (SFPNet eq. 13): the impressions of one
+                             user's session share one value; optional, at most one column
 ========== ================= ==================================================================
+
+``group`` and ``session`` are keys, not features: no model embeds them, and their values may be
+any int64 (they are compared for equality only). At most one column of each kind.
 
 Ids of an embedded column must lie in ``[0, cardinality)``. An id at or above it is either hashed
 into range (``oov = "hash"``: ``id mod cardinality``) or rejected (``oov = "reject"``) by the reader.
@@ -36,9 +41,10 @@ from torchrec_mdr.data.errors import DataError
 SPEC_FILE = "spec.json"
 SPEC_FORMAT_VERSION = 1
 
-ColumnKind = Literal["id", "multi_id", "sequence", "dense", "label", "domain", "group"]
+ColumnKind = Literal["id", "multi_id", "sequence", "dense", "label", "domain", "group", "session"]
 OovPolicy = Literal["hash", "reject"]
 EMBEDDED_KINDS = ("id", "multi_id", "sequence")
+KEY_KINDS = ("group", "session")  # int64 keys the metrics group rows by; never embedded, never range-checked
 
 
 @dataclass
@@ -120,6 +126,12 @@ class DatasetSpec:
         return groups[0].name if groups else None
 
     @property
+    def session_column(self) -> str | None:
+        """The ``session`` column (the S-GAUC key), or None when the dataset has no sessions."""
+        sessions = self.columns_of("session")
+        return sessions[0].name if sessions else None
+
+    @property
     def sequence_tables(self) -> set[str]:
         """Tables that some sequence column looks up (they live in the EmbeddingCollection)."""
         return {c.table_name for c in self.columns_of("sequence")}
@@ -162,8 +174,11 @@ class DatasetSpec:
             raise ConfigError("exactly one column of kind 'domain' is required")
         if not self.columns_of("label"):
             raise ConfigError("at least one column of kind 'label' is required")
-        if len(self.columns_of("group")) > 1:
-            raise ConfigError("at most one column of kind 'group' is allowed")
+        for kind in KEY_KINDS:
+            keyed = self.columns_of(kind)
+            if len(keyed) > 1:
+                raise ConfigError(f"at most one column of kind '{kind}' is allowed, got "
+                                  f"{[c.name for c in keyed]}")
         if not self.domain_names:
             raise ConfigError("domain_names is empty")
         sizes: dict[str, int] = {}

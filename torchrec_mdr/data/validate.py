@@ -13,6 +13,7 @@ Two levels:
   over whole files): the same checks on the values themselves, plus NaN (which parquet statistics
   do not record).
 
+The key columns (``group``, ``session``) are checked for an integer type only: any int64 is a key.
 Rows are numbered from 0 within their file.
 """
 
@@ -26,10 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from torchrec_mdr.data.errors import DataError
-from torchrec_mdr.data.spec import EMBEDDED_KINDS, ColumnSpec, DatasetSpec
+from torchrec_mdr.data.spec import EMBEDDED_KINDS, KEY_KINDS, ColumnSpec, DatasetSpec
 
 LIST_KINDS = ("multi_id", "sequence")
-INTEGER_KINDS = ("id", "domain", "group")
+INTEGER_KINDS = ("id", "domain") + KEY_KINDS
 
 
 def expected_type_ok(column: ColumnSpec, arrow_type: pa.DataType) -> bool:
@@ -100,7 +101,7 @@ def _check_statistics(spec: DatasetSpec, path: Path, parquet: pq.ParquetFile) ->
     for rg in range(metadata.num_row_groups):
         group = metadata.row_group(rg)
         for column in spec.columns:
-            if column.kind == "group":
+            if column.kind in KEY_KINDS:  # any int64 is a valid key
                 continue
             stats = group.column(_leaf_index(metadata, column.name)).statistics
             if stats is None or not stats.has_min_max:
@@ -199,6 +200,6 @@ def validate_dataset(folder: str | Path, splits: list[str] | None = None, full: 
             row_start = 0
             for batch in parquet.iter_batches(batch_size=65_536):
                 check_block(spec, path, {name: batch.column(name) for name in batch.schema.names
-                                         if spec.column(name).kind != "group"}, row_start)
+                                         if spec.column(name).kind not in KEY_KINDS}, row_start)
                 row_start += batch.num_rows
     return spec

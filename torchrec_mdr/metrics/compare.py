@@ -1,6 +1,9 @@
 """Side-by-side per-domain AUC of finished runs, with the oracle AUC and AUC Imp. against a base run.
 
     mdr compare runs/ads runs/din          # the last run is the base of AUC Imp. (ADS paper eq. 14)
+
+When every run has S-GAUC (its data has a session column; SFPNet paper eq. 13), a second table
+shows it per domain, with each run's difference to the base in points of S-GAUC.
 """
 
 from __future__ import annotations
@@ -48,4 +51,25 @@ def comparison_table(runs: list[dict], labels: list[str]) -> str:
     for name in domains:
         lines.append(row(name, lambda run, name=name: run["per_domain"][name]))
     lines.append(row("all", lambda run: run))
+    if all("sgauc" in run for run in runs):
+        lines += ["", *sgauc_table(runs, labels, domains, width)]
     return "\n".join(lines)
+
+
+def sgauc_table(runs: list[dict], labels: list[str], domains: list[str], width: int) -> list[str]:
+    """Lines of the S-GAUC table: each run's S-GAUC per domain and overall, and its difference to the
+    base (the last run) — in S-GAUC points, since eq. 14's ratio to ``AUC - 0.5`` is an AUC convention."""
+    base_label = labels[-1]
+    header = f"{'domain':<16}{'rows':>9}" + "".join(f"{label:>{width}}" for label in labels)
+    header += "".join(f"{'diff ' + label:>{width + 6}}" for label in labels[:-1])
+    lines = [f"test S-GAUC (SFPNet eq. 13), difference to {base_label}", header]
+
+    def row(name: str, pick) -> str:
+        values = [pick(run)["sgauc"] for run in runs]
+        line = f"{name:<16}{pick(runs[-1])['rows']:>9,}" + "".join(f"{v:>{width}.4f}" for v in values)
+        return line + "".join(f"{v - values[-1]:>+{width + 6}.4f}" for v in values[:-1])
+
+    for name in domains:
+        lines.append(row(name, lambda run, name=name: run["per_domain"][name]))
+    lines.append(row("all", lambda run: run))
+    return lines

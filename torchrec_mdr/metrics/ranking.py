@@ -2,8 +2,17 @@
 
 Predictions are gathered from all ranks (``all_gather`` of padded tensors), then computed once:
 AUC and logloss (torchmetrics), per domain, GAUC (impression-weighted mean of per-group AUCs over
-groups with both classes, as in the DIN paper) and, for the ADS paper's reports, "AUC Imp."
-(eq. 14).
+groups with both classes, as in the DIN paper), S-GAUC and, for the ADS paper's reports,
+"AUC Imp." (eq. 14).
+
+S-GAUC (SFPNet paper, eq. 13) is ``sum_i #impression_i * AUC_i / sum_i #impression_i`` over the
+sessions ``i`` of the spec's ``session`` column: the GAUC formula (:func:`gauc`) with sessions as the
+groups, so a session with one class only is skipped and tied scores count one half. Per domain it
+groups the domain's rows by session (a session that spans domains contributes its rows in each
+domain separately). It exists only when the dataset has a session column: :class:`EvalResult`
+then holds ``sgauc`` (overall and per domain) and :meth:`EvalResult.to_dict` writes the ``sgauc``
+keys; without one ``sgauc`` is None and the keys are absent from ``metrics.json`` (so that runs on
+data without sessions, and the tables made from them, show no meaningless column).
 """
 
 from __future__ import annotations
@@ -18,37 +27,61 @@ from torchmetrics.functional.classification import binary_auroc
 
 @dataclass
 class EvalResult:
+    """Metrics of one evaluation pass.
+
+    ``per_domain[name]`` holds ``auc``, ``logloss``, ``gauc``, ``rows`` and, when the dataset has a
+    session column, ``sgauc``. ``sgauc`` is None when it has none (NaN when it has one but no
+    session holds both classes).
+    """
+
     auc: float
     logloss: float
     gauc: float
     rows: int
     per_domain: dict[str, dict[str, float]] = field(default_factory=dict)
+    sgauc: float | None = None
 
     def to_dict(self) -> dict:
-        return {"auc": self.auc, "logloss": self.logloss, "gauc": self.gauc, "rows": self.rows,
-                "per_domain": self.per_domain}
+        out = {"auc": self.auc, "logloss": self.logloss, "gauc": self.gauc}
+        if self.sgauc is not None:
+            out["sgauc"] = self.sgauc
+        return {**out, "rows": self.rows, "per_domain": self.per_domain}
+
+
+PREDICTION_COLUMNS = ("logit", "label", "domain", "group", "session")
 
 
 class PredictionBuffer:
-    """Collects (logit, label, domain, group) of the first task over an evaluation pass."""
+    """Collects (logit, label, domain, group, session) of the first task over an evaluation pass.
+
+    Rows are float64 (:data:`PREDICTION_COLUMNS`); the group and session keys are compared for
+    equality only, which float64 keeps exact for keys of magnitude below 2**53.
+    """
 
     def __init__(self) -> None:
         self.parts: list[torch.Tensor] = []
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor, group: torch.Tensor) -> None:
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor, group: torch.Tensor,
+            session: torch.Tensor | None = None) -> None:
+        """One batch: logits / labels [B, T] (task 0 is kept), domain / group / session [B]
+        (``session`` None: zeros, for data without a session column)."""
+        if session is None:
+            session = torch.zeros_like(group)
         self.parts.append(torch.stack([logits[:, 0].double(), labels[:, 0].double(), domain.double(),
-                                       group.double()], dim=1).cpu())
+                                       group.double(), session.double()], dim=1).cpu())
 
     def gather(self, device: torch.device | None = None) -> np.ndarray:
-        """[N, 4] float64 rows of every rank (rank order); ``device`` carries the collectives (GPU for nccl)."""
-        local = torch.cat(self.parts) if self.parts else torch.zeros(0, 4, dtype=torch.float64)
+        """[N, 5] float64 rows of every rank (rank order), columns :data:`PREDICTION_COLUMNS`;
+        ``device`` carries the collectives (GPU for nccl)."""
+        width = len(PREDICTION_COLUMNS)
+        local = torch.cat(self.parts) if self.parts else torch.zeros(0, width, dtype=torch.float64)
         if not dist.is_initialized() or dist.get_world_size() == 1:
             return local.numpy()
         device = device or torch.device("cpu")
         sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
         dist.all_gather(sizes, torch.tensor([len(local)], device=device))
         longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(longest, 4, dtype=torch.float64, device=device)
+        padded = torch.zeros(longest, width, dtype=torch.float64, device=device)
         padded[:len(local)] = local.to(device)
         gathered = [torch.zeros_like(padded) for _ in sizes]
         dist.all_gather(gathered, padded)
@@ -70,6 +103,8 @@ def logloss(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     """sum_g n_g AUC_g / sum_g n_g over groups with both a positive and a negative (ties averaged).
+
+    GAUC with users as ``groups``; S-GAUC (SFPNet eq. 13) with sessions as ``groups``.
 
     Vectorised: one sort by (group, score); tie-averaged ranks within each group; per-group
     Mann-Whitney U from the positives' rank sums.
@@ -99,15 +134,29 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     return float((size[valid] * group_auc).sum() / size[valid].sum())
 
 
-def evaluate_predictions(rows: np.ndarray, domain_names: list[str]) -> EvalResult:
+def evaluate_predictions(rows: np.ndarray, domain_names: list[str], sessions: bool = False) -> EvalResult:
+    """Metrics of gathered rows (columns :data:`PREDICTION_COLUMNS`; the session column may be absent
+    when ``sessions`` is False).
+
+    ``sessions``: whether the dataset has a session column (``spec.session_column is not None``);
+    only then is S-GAUC computed. It is a flag, not a guess from the values: an all-zero session
+    column is one big session, not a missing one.
+    """
+    if sessions and rows.shape[1] < len(PREDICTION_COLUMNS):
+        raise ValueError(f"S-GAUC needs the session column: rows have {rows.shape[1]} columns, "
+                         f"expected {list(PREDICTION_COLUMNS)}")
     logits, labels, domains, groups = rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64), rows[:, 3]
-    result = EvalResult(auc(logits, labels), logloss(logits, labels), gauc(logits, labels, groups), len(rows))
+    session_ids = rows[:, 4] if sessions else None
+    result = EvalResult(auc(logits, labels), logloss(logits, labels), gauc(logits, labels, groups), len(rows),
+                        sgauc=gauc(logits, labels, session_ids) if sessions else None)
     for d, name in enumerate(domain_names):
         mask = domains == d
-        result.per_domain[name] = {"auc": auc(logits[mask], labels[mask]),
-                                   "logloss": logloss(logits[mask], labels[mask]),
-                                   "gauc": gauc(logits[mask], labels[mask], groups[mask]),
-                                   "rows": int(mask.sum())}
+        values = {"auc": auc(logits[mask], labels[mask]),
+                  "logloss": logloss(logits[mask], labels[mask]),
+                  "gauc": gauc(logits[mask], labels[mask], groups[mask])}
+        if session_ids is not None:
+            values["sgauc"] = gauc(logits[mask], labels[mask], session_ids[mask])
+        result.per_domain[name] = {**values, "rows": int(mask.sum())}
     return result
 
 

@@ -91,8 +91,9 @@ class RankingModel(nn.Module):
 class TrainModel(nn.Module):
     """RankingModel + binary cross-entropy (mean over rows and tasks), in the pipeline's contract.
 
-    ``forward(batch) -> (loss, (loss, logits [B, T], labels [B, T], domain [B], group_ids [B]))``;
-    the loss includes the arch's auxiliary loss (zero for most models).
+    ``forward(batch) -> (loss, (loss, logits [B, T], labels [B, T], domain [B], group_ids [B],
+    session_ids [B]))``; the loss includes the arch's auxiliary loss (zero for most models). The
+    keys travel with the outputs so that evaluation groups rows for GAUC and S-GAUC.
     """
 
     def __init__(self, model: RankingModel) -> None:
@@ -103,4 +104,5 @@ class TrainModel(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         logits, auxiliary_loss = self.model(batch)
         loss = self.loss_fn(logits, batch.labels) + auxiliary_loss
-        return loss, (loss.detach(), logits.detach(), batch.labels, batch.domain, batch.group_ids)
+        return loss, (loss.detach(), logits.detach(), batch.labels, batch.domain, batch.group_ids,
+                      batch.session_ids)

@@ -3,7 +3,8 @@
 One :class:`Trainer` per process (rank). It builds the model with its sparse arch on the meta
 device, registers the fused sparse optimizer, shards with DistributedModelParallel, combines the
 fused and dense optimizers, and trains with TrainPipelineSparseDist (or TrainPipelineBase / a plain
-loop, for comparison). Every rank runs the same number of steps: an epoch is the smallest number
+loop, for comparison), and evaluates with EvalPipelineSparseDist (plain DMP forwards for the other
+two). Every rank runs the same number of steps: an epoch is the smallest number
 of batches any rank's slice yields. Evaluation covers every row of the split exactly once: ranks
 with fewer batches repeat a batch whose predictions are discarded, so that the sharded
 collectives stay in step.
@@ -25,7 +26,7 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
+from torchrec.distributed.train_pipeline import EvalPipelineSparseDist, TrainPipelineBase, TrainPipelineSparseDist
 from tqdm import tqdm
 
 from torchrec_mdr.config import ConfigError, to_dict
@@ -125,7 +126,7 @@ class Trainer:
         self.progress = Progress()
         self.step_losses: list[float] = []  # this rank's loss of every step trained by fit()
         self._pending_losses: list[torch.Tensor] = []  # losses of steps since the last log step
-        self.pipeline = None
+        self.pipeline: TrainPipelineBase | TrainPipelineSparseDist | None = None  # built by train_step
         self.writer = None
         if self.ctx.is_main and not evaluate_only:
             from torch.utils.tensorboard import SummaryWriter
@@ -203,7 +204,9 @@ class Trainer:
         return f"; the last good checkpoint is {self.last_checkpoint} (continue from it with --resume)"
 
     # ------------------------------------------------------------------ training
-    def _pipeline(self):
+    def _make_pipeline(self) -> TrainPipelineBase | TrainPipelineSparseDist | None:
+        """The torchrec training pipeline of ``train.pipeline`` over this trainer's model and optimizer
+        (None for ``plain``), built once per trainer by :meth:`train_step`."""
         kind = self.config.train.pipeline
         if kind == "sparse_dist":
             return TrainPipelineSparseDist(self.model, self.optimizer, self.ctx.device, execute_all_batches=True)
@@ -211,7 +214,20 @@ class Trainer:
             return TrainPipelineBase(self.model, self.optimizer, self.ctx.device)
         return None
 
-    def _plain_step(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+    def train_step(self, batches: Iterator[Batch]) -> tuple[torch.Tensor, ...]:
+        """One optimizer step on the next batch of ``batches`` with the configured loop; returns the
+        model's output tuple ``(loss, logits, ...)``. Raises StopIteration when ``batches`` is exhausted
+        (a pipeline first finishes the batches it holds). Does not advance :attr:`progress`."""
+        if self.pipeline is None and self.config.train.pipeline != "plain":
+            self.pipeline = self._make_pipeline()
+        if self.pipeline is not None:
+            try:
+                return self.pipeline.progress(batches)
+            except StopIteration:  # drained: it trained every batch it took from ``batches``
+                if isinstance(self.pipeline, TrainPipelineBase):
+                    self.pipeline.reset()  # else it refuses every later iterator (torchrec 1.9.2)
+                raise
+        batch = next(batches)
         self.model.train()
         self.optimizer.zero_grad()
         loss, output = self.model(batch.to(self.ctx.device))
@@ -222,7 +238,6 @@ class Trainer:
     def fit(self) -> dict:
         """Train for the configured epochs / steps; evaluate; write metrics.json. Returns the metrics."""
         cfg = self.config.train
-        pipeline = self.pipeline = self._pipeline()
         losses = self.step_losses
         samples = 0
         start = time.perf_counter()
@@ -234,14 +249,19 @@ class Trainer:
             epoch_batches = _seeded_iter(self.train_loader, cfg.seed * 100_003 + self.progress.epoch)
             batches: Iterator[Batch] = itertools.islice(epoch_batches, self.progress.batch_in_epoch,
                                                         self.steps_per_epoch)
+            # The pipeline is fed in segments that end where an evaluation is due: at the end of one it
+            # trains every batch it holds, so the evaluation pipeline can take the model over (torchrec's
+            # DLRM example does the same); the next segment refills it.
+            segment, segment_steps = itertools.islice(batches, self._steps_to_evaluation()), 0
             while True:
                 try:
-                    if pipeline is None:
-                        output = self._plain_step(next(batches))
-                    else:
-                        output = pipeline.progress(batches)
+                    output = self.train_step(segment)
+                    segment_steps += 1
                 except StopIteration:
-                    break
+                    if segment_steps == 0 or self.progress.batch_in_epoch >= self.steps_per_epoch:
+                        break
+                    segment, segment_steps = itertools.islice(batches, self._steps_to_evaluation()), 0
+                    continue
                 self.progress.step += 1
                 self.progress.batch_in_epoch += 1
                 self.schedule.step()
@@ -281,6 +301,11 @@ class Trainer:
                  "final_loss": losses[-1] if losses else float("nan")}
         return self.report(train)
 
+    def _steps_to_evaluation(self) -> int | None:
+        """Steps until the next evaluation of ``train.eval_every`` (None: no evaluations)."""
+        every = self.config.train.eval_every
+        return every - self.progress.step % every if every else None
+
     def _check_loss(self, recent: list[float]) -> float:
         """Mean recent loss over all ranks; a NaN or inf anywhere stops the run on every rank."""
         value = torch.tensor([sum(recent) / max(len(recent), 1)], dtype=torch.float64, device=self.ctx.device)
@@ -312,41 +337,65 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def _eval_outputs(self, split: str) -> Iterator[tuple[torch.Tensor, ...]]:
         """The model's outputs (the second element of its forward) on this rank's batches of ``split``,
-        in eval mode without gradients. Ranks with fewer batches run a repeat of their last batch, whose
-        output is not yielded, so that the sharded collectives stay in step."""
+        in eval mode without gradients: through torchrec's ``EvalPipelineSparseDist`` (the input
+        all-to-all of batch i+1 overlaps the forward of batch i; batches are read by a background
+        thread) when ``train.pipeline = "sparse_dist"``, plain DMP forwards otherwise. Ranks with fewer
+        batches run a repeat of their last batch, whose output is not yielded, so that the sharded
+        collectives stay in step."""
         config = replace(self.config.data, shuffle=False, drop_last=False)
         loader = make_dataloader(config, split, self.ctx.rank, self.ctx.world_size, shuffle=False,
                                  spec=self.reader_spec)
         steps = _all_equal_batches(loader, self.ctx, dist.ReduceOp.MAX)
+        if steps and loader.dataset.num_batches() == 0:
+            raise TrainingError(f"rank {self.ctx.rank} has no rows of split '{split}' to evaluate")
+        real: list[bool] = []  # real[i]: batch i is this rank's own (False: a repeat that keeps step)
+
+        def padded() -> Iterator[Batch]:
+            iterator, last = _seeded_iter(loader, self.config.train.seed), None
+            for _ in range(steps):
+                batch = next(iterator, None)
+                real.append(batch is not None)
+                last = batch if batch is not None else last
+                yield last
+
         if isinstance(self.pipeline, TrainPipelineSparseDist):
             self.pipeline.detach()  # restore the plain forwards; the next progress() re-attaches
         self.model.eval()
-        last = None
-        with torch.no_grad():
-            iterator = _seeded_iter(loader, self.config.train.seed)
-            for _ in range(steps):
-                batch = next(iterator, None)
-                real = batch is not None
-                batch = batch if real else last  # keep the collectives in step; discard the output
-                if batch is None:
-                    raise TrainingError(f"rank {self.ctx.rank} has no rows of split '{split}' to evaluate")
-                _loss, output = self.model(batch.to(self.ctx.device))
-                if real:
-                    yield output
-                last = batch
-        self.model.train()
+        try:
+            with torch.no_grad():
+                if self.config.train.pipeline == "sparse_dist":
+                    pipeline = EvalPipelineSparseDist(self.model, self.optimizer, self.ctx.device)
+                    batches = padded()
+                    try:
+                        for index in range(steps):
+                            output = pipeline.progress(batches)
+                            if real[index]:
+                                yield output
+                    finally:
+                        pipeline.detach()  # back to the plain forwards
+                        pipeline.reset()  # stops its batch-loading thread
+                else:
+                    for index, batch in enumerate(padded()):
+                        _loss, output = self.model(batch.to(self.ctx.device))
+                        if real[index]:
+                            yield output
+        finally:
+            self.model.train()
 
     def evaluate(self, split: str) -> EvalResult | RetrievalResult:
         """Metrics over every row of ``split`` (identical on all ranks)."""
         if self.retrieval:
             return self._evaluate_retrieval(split)
         buffer = PredictionBuffer()
-        for _, logits, labels, domain, group in self._eval_outputs(split):
-            buffer.add(logits, labels, domain, group)
-        result = evaluate_predictions(buffer.gather(self.ctx.device), self.spec.domain_names)
+        for _, logits, labels, domain, group, session in self._eval_outputs(split):
+            buffer.add(logits, labels, domain, group, session)
+        result = evaluate_predictions(buffer.gather(self.ctx.device), self.spec.domain_names,
+                                      sessions=self.spec.session_column is not None)
         self._scalar(f"{split}/auc", result.auc)
         self._scalar(f"{split}/logloss", result.logloss)
         self._scalar(f"{split}/gauc", result.gauc)
+        if result.sgauc is not None:  # the dataset has a session column
+            self._scalar(f"{split}/sgauc", result.sgauc)
         for name, values in result.per_domain.items():
             self._scalar(f"{split}/auc/{name}", values["auc"])
         return result
@@ -387,16 +436,25 @@ class Trainer:
 
 
 def format_table(metrics: dict, domain_names: list[str]) -> str:
+    """A run's ``metrics.json`` as a table: per domain and overall rows, AUC, GAUC, S-GAUC (a column
+    only when the metrics have ``sgauc``, i.e. the data has a session column), logloss, oracle AUC."""
     if metrics.get("task") == "retrieval":
         return format_retrieval_table(metrics, domain_names)
     oracle = metrics.get("oracle_auc", {})
-    header = f"{'domain':<20}{'rows':>10}{'AUC':>9}{'GAUC':>9}{'logloss':>9}" + ("  oracle AUC" if oracle else "")
+    sessions = "sgauc" in metrics  # only runs on data with a session column have S-GAUC
+
+    def values(m: dict) -> str:
+        return (f"{m['auc']:>9.4f}{m['gauc']:>9.4f}" + (f"{m['sgauc']:>9.4f}" if sessions else "")
+                + f"{m['logloss']:>9.4f}")
+
+    header = (f"{'domain':<20}{'rows':>10}{'AUC':>9}{'GAUC':>9}" + (f"{'S-GAUC':>9}" if sessions else "")
+              + f"{'logloss':>9}" + ("  oracle AUC" if oracle else ""))
     lines = [f"\n{metrics['model']} on {metrics['dataset']} ({metrics['split']} split)", header]
     for name in domain_names:
         d = metrics["per_domain"][name]
-        line = f"{name:<20}{d['rows']:>10,}{d['auc']:>9.4f}{d['gauc']:>9.4f}{d['logloss']:>9.4f}"
+        line = f"{name:<20}{d['rows']:>10,}{values(d)}"
         lines.append(line + (f"  {oracle[name]:.4f}" if name in oracle else ""))
-    line = f"{'all':<20}{metrics['rows']:>10,}{metrics['auc']:>9.4f}{metrics['gauc']:>9.4f}{metrics['logloss']:>9.4f}"
+    line = f"{'all':<20}{metrics['rows']:>10,}{values(metrics)}"
     lines.append(line + (f"  {oracle['all']:.4f}" if "all" in oracle else ""))
     train = metrics.get("train")
     if train:
