@@ -245,8 +245,26 @@ def test_prediction_buffer_carries_the_session_column():
     labels = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     buffer.add(logits, labels, torch.tensor([1, 0]), torch.tensor([7, 8]), torch.tensor([70, 80]))
     buffer.add(logits[:1], labels[:1], torch.tensor([2]), torch.tensor([9]))  # no session: zeros
-    np.testing.assert_array_equal(buffer.gather(), [[0.5, 1, 1, 7, 70], [-1, 0, 0, 8, 80], [0.5, 1, 2, 9, 0]])
+    # keys become dense codes: groups 7, 8, 9 -> 0, 1, 2; sessions 70, 80, 0 -> 1, 2, 0
+    np.testing.assert_array_equal(buffer.gather(), [[0.5, 1, 1, 0, 1], [-1, 0, 0, 1, 2], [0.5, 1, 2, 2, 0]])
     assert PredictionBuffer().gather().shape == (0, 5)
+
+
+def test_hashed_int64_keys_stay_distinct():
+    """2**53 and 2**53 + 1 are one float64 but two users: their rows must form two GAUC groups."""
+    big = 2**53
+    buffer = PredictionBuffer()
+    scores = torch.tensor([[0.9], [0.1], [0.2], [0.8]])
+    labels = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    keys = torch.tensor([big, big, big + 1, big + 1])
+    buffer.add(scores, labels, torch.zeros(4, dtype=torch.long), keys, -keys)
+    rows = buffer.gather()
+    assert list(rows[:, 3]) == [0, 0, 1, 1] and list(rows[:, 4]) == [1, 1, 0, 0]
+    result = evaluate_predictions(rows, ["a"], sessions=True)
+    # user big ranks its pair right (AUC 1), user big + 1 wrong (AUC 0): (2 * 1 + 2 * 0) / 4
+    assert result.gauc == 0.5 and result.sgauc == 0.5
+    merged = gauc(scores[:, 0].double().numpy(), labels[:, 0].double().numpy(), keys.double().numpy())
+    assert merged == 0.75  # what float64 keys would have computed: one group of four rows
 
 
 def _metrics_json(result, model: str = "m") -> dict:

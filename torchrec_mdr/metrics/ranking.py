@@ -54,12 +54,14 @@ PREDICTION_COLUMNS = ("logit", "label", "domain", "group", "session")
 class PredictionBuffer:
     """Collects (logit, label, domain, group, session) of the first task over an evaluation pass.
 
-    Rows are float64 (:data:`PREDICTION_COLUMNS`); the group and session keys are compared for
-    equality only, which float64 keeps exact for keys of magnitude below 2**53.
+    Scores travel as float64 and the keys as int64, so any int64 user or session key (hashed ids
+    included) stays exact; :meth:`gather` then codes each key column as dense ranks (``0..n-1``,
+    equal iff the keys are equal), which float64 holds exactly.
     """
 
     def __init__(self) -> None:
-        self.parts: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []  # [B, 3] float64: logit, label, domain
+        self.keys: list[torch.Tensor] = []  # [B, 2] int64: group, session
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor, group: torch.Tensor,
             session: torch.Tensor | None = None) -> None:
@@ -67,25 +69,32 @@ class PredictionBuffer:
         (``session`` None: zeros, for data without a session column)."""
         if session is None:
             session = torch.zeros_like(group)
-        self.parts.append(torch.stack([logits[:, 0].double(), labels[:, 0].double(), domain.double(),
-                                       group.double(), session.double()], dim=1).cpu())
+        self.values.append(torch.stack([logits[:, 0].double(), labels[:, 0].double(), domain.double()], dim=1).cpu())
+        self.keys.append(torch.stack([group.long(), session.long()], dim=1).cpu())
 
     def gather(self, device: torch.device | None = None) -> np.ndarray:
-        """[N, 5] float64 rows of every rank (rank order), columns :data:`PREDICTION_COLUMNS`;
-        ``device`` carries the collectives (GPU for nccl)."""
-        width = len(PREDICTION_COLUMNS)
-        local = torch.cat(self.parts) if self.parts else torch.zeros(0, width, dtype=torch.float64)
-        if not dist.is_initialized() or dist.get_world_size() == 1:
-            return local.numpy()
-        device = device or torch.device("cpu")
-        sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
-        dist.all_gather(sizes, torch.tensor([len(local)], device=device))
-        longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(longest, width, dtype=torch.float64, device=device)
-        padded[:len(local)] = local.to(device)
-        gathered = [torch.zeros_like(padded) for _ in sizes]
-        dist.all_gather(gathered, padded)
-        return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)]).cpu().numpy()
+        """[N, 5] float64 rows of every rank (rank order), columns :data:`PREDICTION_COLUMNS`, the group
+        and session columns as dense codes of the keys; ``device`` carries the collectives (GPU for nccl)."""
+        values = _all_gather_rows(torch.cat(self.values) if self.values else torch.zeros(0, 3, dtype=torch.float64),
+                                  device)
+        keys = _all_gather_rows(torch.cat(self.keys) if self.keys else torch.zeros(0, 2, dtype=torch.int64), device)
+        codes = [np.unique(keys[:, column], return_inverse=True)[1].reshape(-1) for column in range(2)]
+        return np.column_stack([values, *codes]).astype(np.float64)
+
+
+def _all_gather_rows(local: torch.Tensor, device: torch.device | None) -> np.ndarray:
+    """Every rank's ``local`` rows, concatenated in rank order (ranks may hold different row counts)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local.numpy()
+    device = device or torch.device("cpu")
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(local)], device=device))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, local.shape[1], dtype=local.dtype, device=device)
+    padded[:len(local)] = local.to(device)
+    gathered = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)]).cpu().numpy()
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
