@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -241,8 +242,12 @@ class Trainer:
         losses = self.step_losses
         samples = 0
         start = time.perf_counter()
+        # On a terminal the bar redraws every second; in a log file (torchx, slurm) every 30 s, so that
+        # a long run's log stays readable.
         bar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", unit="step",
-                   disable=not self.ctx.is_main, dynamic_ncols=True, mininterval=1.0)
+                   disable=not self.ctx.is_main, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        postfix: dict[str, str] = {}  # loss, samples/s, occupancy and the last evaluation, shown together
         done = self.progress.step >= self.total_steps
         while not done and self.progress.epoch < cfg.epochs:
             self.train_loader.dataset.set_epoch(self.progress.epoch)
@@ -272,18 +277,17 @@ class Trainer:
                     self._flush_losses()
                     mean_loss = self._check_loss(losses[-cfg.log_every:])
                     rate = samples / (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
                     self._scalar("train/loss", mean_loss)
                     self._scalar("train/samples_per_sec", rate)
-                    occupancy = self._log_eviction()
-                    if occupancy:
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}", **occupancy)
+                    postfix.update(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}", **self._log_eviction())
+                    bar.set_postfix(postfix, refresh=False)
                 if cfg.eval_every and self.progress.step % cfg.eval_every == 0:
                     self._flush_losses()
                     result = self.evaluate(cfg.eval_split)
                     headline = (result.headline() if isinstance(result, RetrievalResult)
                                 else {"auc": f"{result.auc:.4f}"})
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", **{f"valid_{k}": v for k, v in headline.items()})
+                    postfix.update({f"{cfg.eval_split}_{k}": v for k, v in headline.items()})
+                    bar.set_postfix(postfix, refresh=False)
                 if cfg.checkpoint_every and self.progress.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.progress.step >= self.total_steps:
