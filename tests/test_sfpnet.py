@@ -144,6 +144,76 @@ def test_scenario_aware_dnn_matches_eqs_10_and_11():
     torch.testing.assert_close(dnn(h[None], s[None])[0], expected)
 
 
+def test_gate_scale_is_gamma_times_the_paper_gate_and_passes_the_input_at_unit_scale_at_init():
+    """dnn_gate_scale = γ (eq 10 with A = γ·σ(·)): with γ = 2 a gate starts ≈ 1, not ≈ ½."""
+    torch.manual_seed(0)
+    paper = ScenarioAwareDNN(40, [32, 16], num_tasks=1, scenario_width=4, gate_hidden=8, dropout=0.0)
+    scaled = ScenarioAwareDNN(40, [32, 16], num_tasks=1, scenario_width=4, gate_hidden=8, dropout=0.0,
+                              gate_scale=2.0)
+    scaled.load_state_dict(paper.state_dict())  # same parameter names and shapes as the default
+    h, s = torch.randn(4096, 40), torch.randn(4096, 4)
+    z = torch.cat([h, s], dim=-1)
+    gate_paper, gate_scaled = paper.layers[0].gate(z), scaled.layers[0].gate(z)
+    torch.testing.assert_close(gate_scaled, 2.0 * gate_paper)
+    assert gate_scaled.min() > 0 and gate_scaled.max() < 2
+    # default initialisation: the paper's gate halves the input, γ = 2 keeps its scale (within 5 %)
+    assert abs(gate_paper.mean().item() - 0.5) < 0.05 and abs(gate_scaled.mean().item() - 1.0) < 0.05
+    rms = (h * gate_scaled).pow(2).mean().sqrt() / h.pow(2).mean().sqrt()
+    assert 0.95 < rms.item() < 1.15  # E[A²] = E[A]² + Var A: a little above 1
+    # eqs 10-11 with γ, layer by layer, the gated output layer included
+    expected = h[:3]
+    for layer, last in zip(scaled.layers, [False, False, True]):
+        gate = 2.0 * torch.sigmoid(layer.gate.out(layer.gate.norm(torch.relu(layer.gate.hidden(
+            torch.cat([expected, s[:3]], dim=-1))))))
+        expected = layer.linear(expected * gate)
+        expected = expected if last else torch.relu(expected)
+    torch.testing.assert_close(scaled(h[:3], s[:3]), expected)
+
+
+def test_ungated_output_layer_is_a_plain_linear_over_the_last_hidden_layer():
+    torch.manual_seed(0)
+    gated = ScenarioAwareDNN(6, [5, 4], num_tasks=2, scenario_width=3, gate_hidden=3, dropout=0.0)
+    plain = ScenarioAwareDNN(6, [5, 4], num_tasks=2, scenario_width=3, gate_hidden=3, dropout=0.0,
+                             gate_output=False)
+    assert len(gated.layers) == 3 and gated.output is None  # default: parameter names unchanged
+    assert len(plain.layers) == 2 and isinstance(plain.output, torch.nn.Linear)
+    assert (plain.output.in_features, plain.output.out_features) == (4, 2)
+    randomise(plain)
+    h, s = torch.randn(B, 6), torch.randn(B, 3)
+    hidden = h
+    for layer in plain.layers:
+        hidden = layer(hidden, s)
+    torch.testing.assert_close(plain(h, s), plain.output(hidden))
+    # the scenario still reaches the logits through the hidden layers' gates
+    assert not torch.equal(plain(h, s), plain(h, s + 1.0))
+
+
+@pytest.mark.parametrize("options", [dict(dnn_gate_scale=2.0), dict(gate_output_layer=False),
+                                     dict(dnn_gate_scale=2.0, gate_output_layer=False)])
+def test_s_dnn_options_keep_padding_invariance_and_domain_dependence(options):
+    torch.manual_seed(0)
+    arch = SFPNetArch(layout(), small(num_blocks=2, **options))
+    randomise(arch)
+    logits = arch(features())
+    assert logits.shape == (B, 2) and torch.isfinite(logits).all()
+    noisy = features()
+    mask = noisy.sequences[0].mask
+    noisy.sequences[0].keys = torch.where(mask[..., None], noisy.sequences[0].keys, 1e3 * torch.randn(B, L, 2 * D))
+    assert torch.equal(arch(noisy), logits)
+    other_domain = features()
+    other_domain.domain = (other_domain.domain + 1) % 3
+    assert not torch.allclose(arch(other_domain), logits)
+    logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in arch.parameters())
+
+
+def test_s_dnn_defaults_are_the_papers_literal_form():
+    config = SFPNetConfig()
+    assert config.dnn_gate_scale == 1.0 and config.gate_output_layer is True
+    arch = SFPNetArch(layout(), small())
+    assert all(layer.gate.scale == 1.0 for layer in arch.dnn.layers) and arch.dnn.output is None
+
+
 # --------------------------------------------------------------------------- the whole arch
 
 
@@ -267,6 +337,8 @@ def test_deterministic_given_the_seed():
     (dict(hidden=[8, 0]), "model.sfpnet.hidden"),
     (dict(attention_hidden=[0]), "model.sfpnet.attention_hidden"),
     (dict(dropout=1.0), "model.sfpnet.dropout"),
+    (dict(dnn_gate_scale=0.0), "model.sfpnet.dnn_gate_scale"),
+    (dict(dnn_gate_scale=-2.0), "model.sfpnet.dnn_gate_scale"),
     (dict(use_sam=False, use_rtm=False), "model.sfpnet.use_sam, use_rtm"),
     (dict(scenario_features=["foo"]), r"model.sfpnet.scenario_features: 'foo' is not an id feature"),
     (dict(scenario_features=["user", "user"]), "model.sfpnet.scenario_features: duplicate"),
@@ -282,6 +354,7 @@ def test_no_blocks_without_sam_and_rtm_is_allowed():
 
 @pytest.mark.parametrize("override, match", [
     ("model.sfpnet.num_blocks=-1", "num_blocks"),
+    ("model.sfpnet.dnn_gate_scale=0", "dnn_gate_scale"),
     ("model.sfpnet.use_rtm=false", None),
 ])
 def test_config_loading_checks_the_sfpnet_section(override, match):

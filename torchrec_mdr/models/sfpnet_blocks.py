@@ -48,21 +48,27 @@ def distribution_aware_pooling(keys: torch.Tensor, mask: torch.Tensor, with_std:
 
 
 class ScenarioGate(nn.Module):
-    """``A = σ(W1·LN(ReLU(W0·z + b0)) + b1)`` — the gate of eq 3 (SAM) and of eq 10 (S-DNN).
+    """``A = γ·σ(W1·LN(ReLU(W0·z + b0)) + b1)`` — the gate of eq 3 (SAM) and of eq 10 (S-DNN).
 
-    The layer norm has its elementwise affine parameters (the paper only says "LN").
+    The layer norm has its elementwise affine parameters (the paper only says "LN"). ``scale`` is
+    γ: the paper's gates have γ = 1 (values in (0, 1), ≈ ½ at initialisation); γ = 2 is the gate of
+    EPNet/PEPNet (≈ 1 at initialisation, so a gated input passes at its own scale).
 
-    Shapes: z [B, in_width] -> A [B, out_width], values in (0, 1).
+    Shapes: z [B, in_width] -> A [B, out_width], values in (0, γ).
     """
 
-    def __init__(self, in_width: int, hidden: int, out_width: int) -> None:
+    def __init__(self, in_width: int, hidden: int, out_width: int, scale: float = 1.0) -> None:
         super().__init__()
+        if scale <= 0:
+            raise ValueError(f"gate scale must be > 0, got {scale!r}")
+        self.scale = scale
         self.hidden = nn.Linear(in_width, hidden)  # W0, b0 (eq 3) / W5, b5 (eq 10)
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, out_width)  # W1, b1 (eq 3) / W6, b6 (eq 10)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.out(self.norm(torch.relu(self.hidden(z)))))
+        gate = torch.sigmoid(self.out(self.norm(torch.relu(self.hidden(z)))))
+        return gate if self.scale == 1.0 else self.scale * gate
 
 
 class ScenarioAdaptiveModule(nn.Module):
@@ -195,15 +201,17 @@ class ScenarioTailoringBlock(nn.Module):
 
 
 class ScenarioAwareLayer(nn.Module):
-    """One S-DNN layer, eqs 10–11: ``H' = act(W7·(H ⊗ A) + b7)``, ``A = ScenarioGate(H ⊕ s_m)``.
+    """One S-DNN layer, eqs 10–11: ``H' = act(W7·(H ⊗ A) + b7)``, ``A = γ·ScenarioGate(H ⊕ s_m)``.
+
+    ``gate_scale`` is γ (1 in the paper; see :class:`ScenarioGate`).
 
     Shapes: H [B, in_width], scenario [B, d_s] -> [B, out_width].
     """
 
     def __init__(self, in_width: int, out_width: int, scenario_width: int, gate_hidden: int,
-                 activation: bool, dropout: float) -> None:
+                 activation: bool, dropout: float, gate_scale: float = 1.0) -> None:
         super().__init__()
-        self.gate = ScenarioGate(in_width + scenario_width, gate_hidden, in_width)  # eq 10
+        self.gate = ScenarioGate(in_width + scenario_width, gate_hidden, in_width, gate_scale)  # eq 10
         self.linear = nn.Linear(in_width, out_width)  # W7, b7
         self.activation = nn.ReLU() if activation else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -214,25 +222,34 @@ class ScenarioAwareLayer(nn.Module):
 
 
 class ScenarioAwareDNN(nn.Module):
-    """S-DNN, eqs 9–11: every layer, the output layer included, gated by the scenario.
+    """S-DNN, eqs 9–11: every hidden layer gated by the scenario; the output layer by default too.
 
     The hidden layers are eq 11 with ReLU; the output layer (``hidden[-1] -> num_tasks``, the
-    logits that eq 9's σ turns into probabilities) is gated the same way but has no activation.
+    logits that eq 9's σ turns into probabilities) is gated the same way but has no activation
+    (``gate_output=True``, the default), or is a plain ``Linear`` (``gate_output=False``; the paper
+    does not say whether its last layer is one of the gated "j-th layers"). ``gate_scale`` is the γ of
+    every gate (:class:`ScenarioGate`; 1 in the paper).
 
     Shapes: H¹ [B, in_width], scenario [B, d_s] -> logits [B, num_tasks].
     """
 
     def __init__(self, in_width: int, hidden: list[int], num_tasks: int, scenario_width: int,
-                 gate_hidden: int, dropout: float) -> None:
+                 gate_hidden: int, dropout: float, gate_scale: float = 1.0, gate_output: bool = True) -> None:
         super().__init__()
         widths = [in_width, *hidden]
         self.layers = nn.ModuleList(
-            ScenarioAwareLayer(a, b, scenario_width, gate_hidden, activation=True, dropout=dropout)
+            ScenarioAwareLayer(a, b, scenario_width, gate_hidden, activation=True, dropout=dropout,
+                               gate_scale=gate_scale)
             for a, b in zip(widths[:-1], widths[1:]))
-        self.layers.append(ScenarioAwareLayer(widths[-1], num_tasks, scenario_width, gate_hidden,
-                                              activation=False, dropout=0.0))
+        # The gated output layer stays the last of ``layers`` (the parameter names of the default).
+        self.output: nn.Linear | None = None
+        if gate_output:
+            self.layers.append(ScenarioAwareLayer(widths[-1], num_tasks, scenario_width, gate_hidden,
+                                                  activation=False, dropout=0.0, gate_scale=gate_scale))
+        else:
+            self.output = nn.Linear(widths[-1], num_tasks)
 
     def forward(self, h: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
             h = layer(h, scenario)
-        return h
+        return h if self.output is None else self.output(h)
