@@ -188,6 +188,14 @@ def test_ungated_output_layer_is_a_plain_linear_over_the_last_hidden_layer():
     assert not torch.equal(plain(h, s), plain(h, s + 1.0))
 
 
+def noisy_padding():
+    """``features()`` with huge random values in every padded sequence position."""
+    noisy = features()
+    mask = noisy.sequences[0].mask
+    noisy.sequences[0].keys = torch.where(mask[..., None], noisy.sequences[0].keys, 1e3 * torch.randn(B, L, 2 * D))
+    return noisy
+
+
 @pytest.mark.parametrize("options", [dict(dnn_gate_scale=2.0), dict(gate_output_layer=False),
                                      dict(dnn_gate_scale=2.0, gate_output_layer=False)])
 def test_s_dnn_options_keep_padding_invariance_and_domain_dependence(options):
@@ -196,10 +204,7 @@ def test_s_dnn_options_keep_padding_invariance_and_domain_dependence(options):
     randomise(arch)
     logits = arch(features())
     assert logits.shape == (B, 2) and torch.isfinite(logits).all()
-    noisy = features()
-    mask = noisy.sequences[0].mask
-    noisy.sequences[0].keys = torch.where(mask[..., None], noisy.sequences[0].keys, 1e3 * torch.randn(B, L, 2 * D))
-    assert torch.equal(arch(noisy), logits)
+    assert torch.equal(arch(noisy_padding()), logits)
     other_domain = features()
     other_domain.domain = (other_domain.domain + 1) % 3
     assert not torch.allclose(arch(other_domain), logits)
@@ -224,10 +229,7 @@ def test_padded_positions_change_no_output_and_empty_sequences_are_finite():
     reference_features = features()
     logits = arch(reference_features)
     assert logits.shape == (B, 2) and torch.isfinite(logits).all()
-    noisy = features()
-    mask = noisy.sequences[0].mask
-    noisy.sequences[0].keys = torch.where(mask[..., None], noisy.sequences[0].keys, 1e3 * torch.randn(B, L, 2 * D))
-    assert torch.equal(arch(noisy), logits)
+    assert torch.equal(arch(noisy_padding()), logits)
     # a real behaviour does matter
     changed = features()
     changed.sequences[0].keys[0, 5] += 1.0
