@@ -88,6 +88,23 @@ class Options(OutputOptions):
                                                                   "rows, in time order, cut into runs of this many"))
     chunk_rows: int = field(default=50_000, metadata=bounds(ge=1, help="rows generated per chunk"))
     seed: int = field(default=0, metadata=bounds(ge=0, help="world and sampling seed"))
+    version: int = field(default=2, metadata=bounds(ge=1, le=2, help="generator version: 2 plants one separable "
+                                                              "effect per mechanism (data_prep/planted_v2.py); "
+                                                              "1 reproduces the first generator"))
+    psrg_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: (domain, activity) transform of the "
+                                                                        "behaviours (ADS PSRG's target); 0 = off"))
+    pcrg_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: query by domain and position chunk "
+                                                                        "(ADS PCRG's target); 0 = off"))
+    sfpnet_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: behaviours weighted by (row domain, "
+                                                                          "behaviour domain) (SFPNet's target)"))
+    dsbn_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: per-domain shift and scale of the "
+                                                                        "dense features (ADIN DSBN's target)"))
+    se_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: per-domain field relevance (ADIN's SE "
+                                                                      "domain-interest layer's target)"))
+    position_chunks: int = field(default=5, metadata=bounds(ge=1, help="v2: position chunks of the PCRG effect"))
+    domain_item_share: float = field(default=0.5, metadata=bounds(ge=0, le=1, help="v2: share of behaviours whose "
+                                                                                    "item is from the behaviour "
+                                                                                    "domain's own categories"))
 
     def validate(self) -> None:
         if self.min_seq_length > self.seq_length:
@@ -99,6 +116,10 @@ class Options(OutputOptions):
                               f"{self.domains} domains")
         if self.items < self.categories:
             raise ConfigError(f"items ({self.items}) must be >= categories ({self.categories})")
+        if self.version == 2 and self.categories < self.domains:
+            raise ConfigError(f"categories ({self.categories}) must be >= domains ({self.domains}) for version 2")
+        if self.version == 2 and self.position_chunks > self.seq_length:
+            raise ConfigError(f"position_chunks ({self.position_chunks}) exceeds seq_length ({self.seq_length})")
 
 
 # --------------------------------------------------------------------------- hashing
@@ -344,41 +365,71 @@ def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[d
     return chunk, logit
 
 
+class _Histograms:
+    """Per-domain histograms of ``sigmoid(score)`` by label, for exact-to-1e-4 AUCs of several scores."""
+
+    def __init__(self, names: list[str], domains: int) -> None:
+        self.positives = {n: np.zeros((domains, _HIST_BINS), dtype=np.int64) for n in names}
+        self.negatives = {n: np.zeros((domains, _HIST_BINS), dtype=np.int64) for n in names}
+
+    def add(self, scores: dict[str, np.ndarray], domains: np.ndarray, labels: np.ndarray) -> None:
+        label = labels.astype(bool)
+        for name in self.positives:
+            probability_bin = np.minimum((_HIST_BINS / (1.0 + np.exp(-scores[name]))).astype(np.int64), _HIST_BINS - 1)
+            flat = domains * _HIST_BINS + probability_bin
+            shape = self.positives[name].shape
+            self.positives[name] += np.bincount(flat[label], minlength=shape[0] * shape[1]).reshape(shape)
+            self.negatives[name] += np.bincount(flat[~label], minlength=shape[0] * shape[1]).reshape(shape)
+
+    def aucs(self, name: str, domain_names: list[str]) -> dict[str, float]:
+        pos, neg = self.positives[name], self.negatives[name]
+        out = {"all": histogram_auc(pos.sum(0), neg.sum(0))}
+        out.update({n: histogram_auc(pos[d], neg[d]) for d, n in enumerate(domain_names)})
+        return out
+
+
 def convert(options: Options) -> DatasetSpec:
-    """Generate the dataset chunk by chunk and write it with its oracle AUCs."""
+    """Generate the dataset chunk by chunk and write it with its oracle AUCs (and, v2, its ceilings)."""
+    from data_prep import planted_v2
+
     o = options
-    world = World(o)
+    v2 = o.version == 2
+    world = planted_v2.WorldV2(o) if v2 else World(o)
     rng = np.random.default_rng([o.seed, 2])
     cuts = np.cumsum(np.round(np.asarray(o.split_fractions) * o.rows).astype(np.int64))
     cuts[-1] = o.rows
     split_ranges = dict(zip(SPLITS, zip(np.concatenate([[0], cuts[:-1]]), cuts)))
     domain_names = [f"domain{d}" for d in range(o.domains)]
     sessions = SessionCounter(o.users, o.session_length)
-    source = (f"synthetic planted-effect generator: rows={o.rows} users={o.users} items={o.items} "
+    source = (f"synthetic planted-effect generator v{o.version}: rows={o.rows} users={o.users} items={o.items} "
               f"domains={o.domains} domain_shift={o.domain_shift} seq_length={o.seq_length} seed={o.seed}")
-    notes = {"generator": "data_prep.synthetic", "options": repr({k: v for k, v in vars(o).items()
-                                                                   if k not in ("out", "overwrite")}),
+    notes = {"generator": "data_prep.planted_v2" if v2 else "data_prep.synthetic",
+             "options": repr({k: v for k, v in vars(o).items() if k not in ("out", "overwrite")}),
              "domain_proportions": repr(world.domain_p.round(4).tolist()),
              "sessions": (f"each user's rows in time (row) order cut into runs of {o.session_length}; "
-                          "no session spans two splits; session_id = ordinal * users + user")}
+                          "no session spans two splits; session_id = ordinal * users + user"
+                          + ("; a session's rows share one domain" if v2 else ""))}
+    if v2:
+        notes["target_rates"] = repr(world.target_rate.round(4).tolist())
+        notes["effects"] = repr({m: round(float(v), 4) for m, v in world.strength.items()})
+    names = ["oracle", *planted_v2.CEILINGS] if v2 else ["oracle"]
     with writer_for(o, name="synthetic", columns=columns(o), domain_names=domain_names, source=source,
                     notes=notes) as writer, progress(o.rows, "synthetic", unit="rows") as bar:
         for split, (start, stop) in split_ranges.items():
-            positives = np.zeros((o.domains, _HIST_BINS), dtype=np.int64)
-            negatives = np.zeros((o.domains, _HIST_BINS), dtype=np.int64)
+            histograms = _Histograms(names, o.domains)
             sessions.start_split()
             for chunk_start in range(int(start), int(stop), o.chunk_rows):
                 rows = min(o.chunk_rows, int(stop) - chunk_start)
-                chunk, logit = generate_chunk(world, rng, rows)
-                chunk["session_id"] = sessions.assign(chunk["user_id"])
+                if v2:
+                    chunk, scores = planted_v2.generate_chunk(world, rng, rows, sessions)
+                else:
+                    chunk, logit = generate_chunk(world, rng, rows)
+                    chunk["session_id"] = sessions.assign(chunk["user_id"])
+                    scores = {"oracle": logit}
                 writer.write(split, chunk)
-                probability_bin = np.minimum((_HIST_BINS / (1.0 + np.exp(-logit))).astype(np.int64), _HIST_BINS - 1)
-                flat = chunk["domain"] * _HIST_BINS + probability_bin
-                label = chunk["click"].astype(bool)
-                positives += np.bincount(flat[label], minlength=positives.size).reshape(positives.shape)
-                negatives += np.bincount(flat[~label], minlength=negatives.size).reshape(negatives.shape)
+                histograms.add(scores, chunk["domain"], chunk["click"])
                 bar.update(rows)
-            oracle = {"all": histogram_auc(positives.sum(0), negatives.sum(0))}
-            oracle.update({name: histogram_auc(positives[d], negatives[d]) for d, name in enumerate(domain_names)})
-            writer.set_oracle_auc(split, oracle)
+            writer.set_oracle_auc(split, histograms.aucs("oracle", domain_names))
+            if v2:
+                writer.set_ceilings(split, {n: histograms.aucs(n, domain_names) for n in planted_v2.CEILINGS})
         return writer.close()

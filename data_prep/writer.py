@@ -109,6 +109,10 @@ class DatasetWriter:
     def set_oracle_auc(self, split: str, oracle_auc: Mapping[str, float]) -> None:
         self._split_stats(split).oracle_auc = {k: float(v) for k, v in oracle_auc.items()}
 
+    def set_ceilings(self, split: str, ceilings: Mapping[str, Mapping[str, float]]) -> None:
+        """AUCs of partial oracles (name -> "all" and domain names), beside the oracle AUC."""
+        self._split_stats(split).ceilings = {n: {k: float(v) for k, v in aucs.items()} for n, aucs in ceilings.items()}
+
     def _to_table(self, chunk: Mapping[str, object] | pa.Table) -> pa.Table:
         names = chunk.column_names if isinstance(chunk, pa.Table) else list(chunk)
         missing = [c.name for c in self.columns if c.name not in names]

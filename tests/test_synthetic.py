@@ -1,4 +1,4 @@
-"""The planted-effect generator: schema, oracle AUC, the domain-shift knob, sequences, determinism."""
+"""The planted-effect generator, version 1 (kept reproducible): schema, oracle AUC, the domain-shift knob, sequences, determinism."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def exact_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def options(tmp_path: Path, **kwargs) -> Options:
-    base = dict(out=tmp_path / "syn", rows=6000, users=500, items=5000, categories=20, chunk_rows=2000)
+    base = dict(out=tmp_path / "syn", rows=6000, users=500, items=5000, categories=20, chunk_rows=2000, version=1)
     base.update(kwargs)
     return Options(**base)
 

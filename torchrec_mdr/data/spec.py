@@ -84,6 +84,8 @@ class SplitStats:
     rows_per_domain: list[int]
     positives_per_domain: dict[str, list[int]]  # label name -> positives per domain
     oracle_auc: dict[str, float] = field(default_factory=dict)  # "all" and domain names (synthetic data)
+    # partial oracles of generator v2: name (e.g. "without_psrg", "main") -> "all" and domain names
+    ceilings: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
