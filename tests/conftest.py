@@ -92,10 +92,11 @@ def strip_sessions(path: Path) -> Path:
 
 
 def tiny_synthetic(out: Path, **options) -> Path:
-    """A small planted-effect dataset (3,000 rows, 8-long sequences unless overridden) at ``out``."""
+    """A small planted-effect dataset (generator v1, 3,000 rows, 8-long sequences unless overridden) at ``out``."""
     from data_prep.synthetic import Options, convert
 
-    settings = dict(rows=3000, users=200, items=1000, categories=10, brands=50, seq_length=8, min_seq_length=2)
+    settings = dict(rows=3000, users=200, items=1000, categories=10, brands=50, seq_length=8, min_seq_length=2,
+                    version=1)  # the generator these tests were written against
     settings.update(options)
     convert(Options(out=out, **settings))
     return out

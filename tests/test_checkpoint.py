@@ -49,7 +49,7 @@ EPOCH_STEPS = 8
 def make_dataset(path: Path, items: int = 60) -> Path:
     from data_prep.synthetic import Options, convert
 
-    convert(Options(out=path, rows=600, users=40, items=items, categories=6, brands=10, seq_length=5,
+    convert(Options(version=1, out=path, rows=600, users=40, items=items, categories=6, brands=10, seq_length=5,
                     min_seq_length=0))
     return path
 

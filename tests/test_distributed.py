@@ -77,7 +77,7 @@ RUNS_1 = [("reference", "table_wise", "plain", "rowwise_adagrad", "adam"),
 def tiny_dataset(path: Path, rows: int = 600) -> Path:
     from data_prep.synthetic import Options, convert
 
-    convert(Options(out=path, rows=rows, users=40, items=60, categories=6, brands=10, seq_length=5,
+    convert(Options(version=1, out=path, rows=rows, users=40, items=60, categories=6, brands=10, seq_length=5,
                     min_seq_length=0))
     return path
 

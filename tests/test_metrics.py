@@ -305,7 +305,7 @@ def metrics_dataset(path: Path) -> Path:
     """121 test rows: 60 / 61 per rank, so with batches of 10 the ranks run 6 and 7 batches."""
     from data_prep.synthetic import Options, convert
 
-    convert(Options(out=path, rows=1001, users=12, items=60, categories=6, brands=10, seq_length=5,
+    convert(Options(version=1, out=path, rows=1001, users=12, items=60, categories=6, brands=10, seq_length=5,
                     min_seq_length=0, base_rate=0.3, split_fractions=[0.779, 0.1, 0.121]))
     return path
 

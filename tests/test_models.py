@@ -246,7 +246,7 @@ def test_mixed_precision_needs_a_gpu(tmp_path):
     if torch.cuda.is_available():  # pragma: no cover - GPU machines only
         pytest.skip("this machine has a GPU")
     data = tmp_path / "syn"
-    convert(Options(out=data, rows=300, users=20, items=50, categories=5, seq_length=4, min_seq_length=1))
+    convert(Options(version=1, out=data, rows=300, users=20, items=50, categories=5, seq_length=4, min_seq_length=1))
     config = load_config(ExperimentConfig, None, [f"data.path={data}", "train.mixed_precision=true",
                                                   "train.device=cpu"])
     with pytest.raises(ConfigError, match="mixed_precision is bf16 autocast on GPU"):

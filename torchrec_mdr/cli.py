@@ -5,7 +5,8 @@
     mdr data validate --data DIR               check every file and value against the spec
     mdr bench loader [--data DIR]              reader throughput (rows/s)
     mdr bench train [--data DIR]               training samples/s per model, world size and loop
-    mdr bench accuracy [--suites ...]          mechanisms vs their bases: tables + plot in docs/results
+    mdr bench accuracy [--suites ...]          mechanisms vs their bases (generator v1): tables in docs/results
+    mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr eval --run RUN_DIR [--data DIR] [--split S]   evaluate a run's latest checkpoint
@@ -101,6 +102,12 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> None:
     run(dataclass_from_args(AccuracyBenchOptions, args))
 
 
+def _cmd_bench_proof(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.proof import ProofBenchOptions, run
+
+    run(dataclass_from_args(ProofBenchOptions, args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
     from torchrec_mdr.data.spec import SPEC_FILE, DatasetSpec
@@ -192,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
     from torchrec_mdr.bench.loader import LoaderBenchOptions
+    from torchrec_mdr.bench.proof import ProofBenchOptions
     from torchrec_mdr.bench.train import TrainBenchOptions
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -202,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                 _cmd_bench_train)
     _subcommand(bench_commands, "accuracy", "the seed mechanisms vs their bases on planted-effect, null and "
                 "real data: tables and a plot", AccuracyBenchOptions, _cmd_bench_accuracy)
+    _subcommand(bench_commands, "proof", "each seed mechanism with vs without it on each planted effect of "
+                "generator v2 (worlds x seeds, paired tests), ablations, learning curves", ProofBenchOptions,
+                _cmd_bench_proof)
 
     train = commands.add_parser("train", help="train a registered model on a prepared dataset")
     train.add_argument("--config", type=Path, default=None, help="TOML or YAML experiment config")

@@ -129,13 +129,13 @@ class AccuracyBenchOptions:
 
 
 def synthetic_data(options: AccuracyBenchOptions, domain_shift: float) -> Path:
-    """The suite's planted-effect dataset (generated once; same world seed for every shift)."""
+    """The suite's planted-effect dataset, generator v1 (generated once; same world seed for every shift)."""
     from data_prep.synthetic import Options, convert
     from torchrec_mdr.data.spec import SPEC_FILE
 
     path = options.work / f"synthetic-shift{domain_shift:g}-rows{options.rows}"
     if not (path / SPEC_FILE).exists():
-        convert(Options(out=path, rows=options.rows, users=options.users, items=options.items,
+        convert(Options(version=1, out=path, rows=options.rows, users=options.users, items=options.items,
                         categories=max(2, options.items // 50), brands=max(1, options.items // 10),
                         seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),
                         domain_shift=domain_shift, overwrite=True))

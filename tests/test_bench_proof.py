@@ -1,0 +1,94 @@
+"""`mdr bench proof`: the exact tests, the verdict rules, and CI's tiny end-to-end run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from torchrec_mdr.bench.proof import ABLATIONS, MODELS, PAIRS, ProofBenchOptions, run, run_dir
+from torchrec_mdr.bench.proof_report import paired, verdict
+from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
+from torchrec_mdr.config import ConfigError
+from torchrec_mdr.models.registry import MODELS as REGISTRY
+
+
+def brute_force_mann_whitney(a: list[float], b: list[float]) -> float:
+    """Two-sided p from every split of the pooled values into groups of len(a) and len(b)."""
+    pooled = a + b
+    ranks = np.argsort(np.argsort(pooled)) + 1.0
+    observed = abs(ranks[: len(a)].sum() - len(a) * (len(pooled) + 1) / 2)
+    sums = [abs(ranks[list(c)].sum() - len(a) * (len(pooled) + 1) / 2)
+            for c in itertools.combinations(range(len(pooled)), len(a))]
+    return float(np.mean([s >= observed - 1e-9 for s in sums]))
+
+
+def test_sign_flip_p_is_exact():
+    assert sign_flip_p([0.01] * 5) == pytest.approx(2 / 32)      # all 5 positive: the two extreme signings
+    assert sign_flip_p([0.01] * 6) == pytest.approx(2 / 64)
+    assert sign_flip_p([0.01, -0.01, 0.02, 0.0, 0.005]) == pytest.approx(
+        np.mean([abs(np.dot(s, [0.01, -0.01, 0.02, 0.0, 0.005])) >= 0.025 - 1e-12
+                 for s in itertools.product((-1, 1), repeat=5)]))
+    assert math.isnan(sign_flip_p([]))
+
+
+def test_mann_whitney_p_matches_enumeration():
+    rng = np.random.default_rng(0)
+    for m, n in ((5, 5), (3, 4), (6, 5)):
+        a, b = rng.normal(0.6, 0.02, m).tolist(), rng.normal(0.61, 0.02, n).tolist()
+        assert mann_whitney_p(a, b) == pytest.approx(brute_force_mann_whitney(a, b))
+    assert mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
+    assert mann_whitney_p([1, 3, 5], [2, 4, 6]) == pytest.approx(0.7)
+
+
+def test_paired_differences_and_verdicts():
+    results = {("A", f"d{w}", s): {"auc": 0.70 + 0.01 * s} for w in range(3) for s in range(5)}
+    results |= {("B", f"d{w}", s): {"auc": 0.69 + 0.01 * s} for w in range(3) for s in range(5)}
+    c = paired(results, "A", "B", ["d0", "d1", "d2"], 5)
+    assert c["n"] == 15 and c["wins"] == 15 and c["delta"] == pytest.approx(0.01) and c["p"] < 1e-3
+    assert verdict(c) == "wins"
+    assert verdict(paired(results, "B", "A", ["d0", "d1", "d2"], 5)) == "loses"
+    assert verdict(paired(results, "A", "B", ["d0"], 4)) == "too few pairs for p < 0.05"
+    noisy = {("A", "d0", s): {"auc": 0.70 + (0.01 if s % 2 else -0.01)} for s in range(6)}
+    noisy |= {("B", "d0", s): {"auc": 0.70} for s in range(6)}
+    assert verdict(paired(noisy, "A", "B", ["d0"], 6)) == "ties"
+
+
+def test_every_benchmarked_model_is_registered_and_pairs_differ_by_one_switch():
+    assert {v.model for v in ABLATIONS + MODELS} <= set(REGISTRY)
+    for mechanism, (with_v, without_v) in PAIRS.items():
+        assert with_v.model == without_v.model
+        assert len(set(without_v.overrides) - set(with_v.overrides)) == 1, mechanism
+
+
+def test_unknown_effect_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--effects: unknown"):
+        run(ProofBenchOptions(out=tmp_path, effects=["none", "everything"]))
+
+
+def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
+    """CI's tiny form: one world, two seeds, 2,000 rows, at most 2 epochs, two planted datasets."""
+    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=2, rows=2000,
+                                users=100, items=300, seq_length=6, max_epochs=2, patience=1, batch_size=256,
+                                effects=["none", "pcrg"], mechanisms=["pcrg"], suites=["specificity"])
+    written = run(options)
+    assert set(written) == {"ceilings", "specificity"}
+    raw = json.loads((options.out / "specificity.json").read_text())
+    cell = raw["pcrg"]["pcrg"]
+    data = options.work / "v2-world0-pcrg-rows2000"
+    runs = {(v.label, seed): json.loads((run_dir(options, v, data, seed) / "metrics.json").read_text())
+            for v in PAIRS["pcrg"] for seed in range(2)}
+    deltas = [runs[("ADS", s)]["auc"] - runs[("ADS w/o PCRG", s)]["auc"] for s in range(2)]
+    assert cell["n"] == 2 and cell["delta"] == pytest.approx(sum(deltas) / 2)
+    for metrics in runs.values():  # early stopping ran: one evaluation per epoch, at most 2
+        assert 1 <= len(metrics["history"]) <= 2
+    table = written["specificity"].read_text()
+    assert f"{cell['delta']:+.4f}" in table and "too few pairs" in table
+    ceilings = written["ceilings"].read_text()
+    assert "v2-world0-none-rows2000" in ceilings and "v2-world0-pcrg-rows2000" in ceilings
+    capsys.readouterr()
+    run(options)  # a finished benchmark re-renders without training
+    assert "to train" not in capsys.readouterr().out

@@ -1,0 +1,225 @@
+"""``mdr bench proof``: does each seed mechanism win where its effect is planted, and tie where it is not?
+
+Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed, planted effect):
+``none`` (every mechanism's knob at 0), one dataset per mechanism with only its knob on (``psrg``,
+``pcrg``, ``sfpnet``, ``dsbn``, ``se``) and ``all``. Suites (each writes a table under ``out``; see
+:mod:`torchrec_mdr.bench.proof_report`):
+
+* ``specificity`` — for each mechanism, the paired test AUC difference "model with it" minus "without it"
+  (:data:`PAIRS`) on every planted dataset, over ``worlds`` x ``seeds`` pairs, with the sign-flip and
+  Mann-Whitney p-values: a mechanism should win on its own effect (and on ``all``) and tie elsewhere;
+* ``ablation`` — the papers' ablation orders on ``all`` (ADS > w/o PCRG > w/o PCRG & PSRG; SFPNet
+  against each single ablation; ADIN against w/o DSBN, w/o SE, w/o self-training);
+* ``models`` — DNN, DIN, ADS, SFPNet, SharedBottom, ADIN on ``all``: test AUC against the oracle and the
+  ceilings, and the learning curves (validation AUC per epoch) of ``curves.png``.
+
+Every run is ``mdr train`` (DMP, fused sparse optimizer, TrainPipelineSparseDist, world size 1, one
+thread) with early stopping on the validation AUC (one evaluation per epoch, ``patience``), the best
+checkpoint restored for the test split; ``max_epochs`` bounds it. ADS and SFPNet both get the implicit
+domain feature ``user_activity`` (the planted PSRG transform depends on it). The seed sets the
+initialisation (``train.seed``) and the data order (``data.seed``). Each run's ``metrics.json`` stays under
+``work/runs/<dataset>/<label>-seed<k>``: an interrupted benchmark resumes, suites share their common
+runs, ``--jobs`` runs several at once, and a finished benchmark re-renders its tables without training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from torchrec_mdr.bench.accuracy import Variant
+from torchrec_mdr.config import ConfigError, bounds, doc
+
+SUITES: tuple[str, ...] = ("specificity", "ablation", "models")
+EFFECTS: tuple[str, ...] = ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")
+MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
+
+_ADS = ("model.ads.backbone=din", 'model.ads.domain_features=["user_activity"]')
+_SFP = ('model.sfpnet.scenario_features=["user_activity"]',)
+ADS = Variant("ADS", "ads", _ADS)
+ADS_NO_PCRG = Variant("ADS w/o PCRG", "ads", (*_ADS, "model.ads.use_pcrg=false"), "ADS")
+ADS_NEITHER = Variant("ADS w/o PCRG & PSRG", "ads", (*_ADS, "model.ads.use_pcrg=false", "model.ads.use_psrg=false"),
+                      "ADS")
+SFPNET = Variant("SFPNet", "sfpnet", _SFP)
+SFPNET_NO_STB = Variant("SFPNet w/o STB", "sfpnet", (*_SFP, "model.sfpnet.num_blocks=0"), "SFPNet")
+ADIN = Variant("ADIN", "adin")
+ADIN_NO_DSBN = Variant("ADIN w/o DSBN", "adin", ("model.adin.use_dsbn=false",), "ADIN")
+ADIN_NO_SE = Variant("ADIN w/o SE", "adin", ("model.adin.use_domain_interest=false",), "ADIN")
+
+# mechanism -> (the model with it, the same model without it)
+PAIRS: dict[str, tuple[Variant, Variant]] = {
+    "psrg": (ADS_NO_PCRG, ADS_NEITHER),
+    "pcrg": (ADS, ADS_NO_PCRG),
+    "sfpnet": (SFPNET, SFPNET_NO_STB),
+    "dsbn": (ADIN, ADIN_NO_DSBN),
+    "se": (ADIN, ADIN_NO_SE),
+}
+
+ABLATIONS: tuple[Variant, ...] = (
+    ADS, ADS_NO_PCRG, ADS_NEITHER,
+    SFPNET,
+    Variant("SFPNet w/o DAP", "sfpnet", (*_SFP, "model.sfpnet.distribution_aware_pooling=false"), "SFPNet"),
+    Variant("SFPNet w/o SAM", "sfpnet", (*_SFP, "model.sfpnet.use_sam=false"), "SFPNet"),
+    Variant("SFPNet w/o RTM", "sfpnet", (*_SFP, "model.sfpnet.use_rtm=false"), "SFPNet"),
+    Variant("SFPNet w/o S-DNN", "sfpnet", (*_SFP, "model.sfpnet.scenario_aware_dnn=false"), "SFPNet"),
+    SFPNET_NO_STB,
+    ADIN, ADIN_NO_DSBN, ADIN_NO_SE,
+    Variant("ADIN w/o self-training", "adin", ("model.adin.self_training=false",), "ADIN"),
+)
+
+MODELS: tuple[Variant, ...] = (
+    Variant("DNN", "dnn"), Variant("DIN", "din"), Variant("ADS", "ads", _ADS, "DIN"),
+    Variant("SFPNet", "sfpnet", _SFP, "DNN"), Variant("SharedBottom", "shared_bottom"),
+    Variant("ADIN", "adin", (), "SharedBottom"),
+)
+
+
+@dataclass
+class ProofBenchOptions:
+    out: Path = field(default=Path("docs/results/v2"), metadata=doc("folder for the tables and plots"))
+    work: Path = field(default=Path("data/bench-proof"), metadata=doc("datasets and per-run metrics (kept: a "
+                                                                      "re-run resumes)"))
+    suites: list[str] = field(default_factory=lambda: list(SUITES), metadata=doc(f"any of {', '.join(SUITES)}"))
+    effects: list[str] = field(default_factory=lambda: list(EFFECTS), metadata=doc(
+        f"planted datasets of the specificity suite: any of {', '.join(EFFECTS)}"))
+    mechanisms: list[str] = field(default_factory=lambda: list(MECHANISMS), metadata=doc(
+        f"rows of the specificity suite: any of {', '.join(MECHANISMS)}"))
+    worlds: int = field(default=3, metadata=bounds(ge=1, help="generator worlds (world seeds 0..N-1)"))
+    seeds: int = field(default=5, metadata=bounds(ge=1, help="training seeds per world"))
+    rows: int = field(default=100_000, metadata=bounds(ge=1000, help="rows per dataset (train/valid/test "
+                                                                     "80/10/10)"))
+    users: int = field(default=5_000, metadata=bounds(ge=1, help="users"))
+    items: int = field(default=2_000, metadata=bounds(ge=1, help="items"))
+    seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length"))
+    max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
+    patience: int = field(default=2, metadata=bounds(ge=1, help="epochs without a better validation AUC "
+                                                                "before stopping"))
+    batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch"))
+    embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
+    jobs: int = field(default=1, metadata=bounds(ge=1, help="runs trained at once (one thread each)"))
+
+    def validate(self) -> None:
+        for name, chosen, known in (("suites", self.suites, SUITES), ("effects", self.effects, EFFECTS),
+                                    ("mechanisms", self.mechanisms, MECHANISMS)):
+            unknown = sorted(set(chosen) - set(known))
+            if unknown:
+                raise ConfigError(f"--{name}: unknown {unknown}; choose from {list(known)}")
+
+
+def dataset(options: ProofBenchOptions, world: int, effect: str) -> Path:
+    """The generator-v2 dataset of ``world`` with only ``effect`` planted (``all``: every one; ``none``: no
+    mechanism, the domains differ only in size and base rate). Generated once."""
+    from data_prep.synthetic import Options, convert
+    from torchrec_mdr.data.spec import SPEC_FILE
+
+    path = options.work / f"v2-world{world}-{effect}-rows{options.rows}"
+    if not (path / SPEC_FILE).exists():
+        knobs = {f"{m}_effect": float(effect == "all" or effect == m) for m in MECHANISMS}
+        convert(Options(out=path, rows=options.rows, users=options.users, items=options.items,
+                        categories=max(3, options.items // 50), brands=max(1, options.items // 10),
+                        seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),
+                        seed=world, version=2, overwrite=True, **knobs))
+    return path
+
+
+def overrides(options: ProofBenchOptions, variant: Variant, data: Path, seed: int) -> list[str]:
+    from torchrec_mdr.data.spec import DatasetSpec
+
+    train_rows = DatasetSpec.load(data).splits["train"].rows
+    epoch_steps = math.ceil(train_rows / options.batch_size)
+    return [f"data.path={data}", f"data.batch_size={options.batch_size}", f"data.seed={seed}",
+            f"model.name={variant.model}", f"model.embedding_dim={options.embedding_dim}",
+            f"train.seed={seed}", "train.threads=1", f"train.log_every={epoch_steps}",
+            f"train.max_steps={options.max_epochs * epoch_steps}", f"train.eval_every={epoch_steps}",
+            "train.early_stopping.enabled=true", "train.early_stopping.metric=auc",
+            f"train.early_stopping.patience={options.patience}", *variant.overrides]
+
+
+def _train(arguments: list[str], run_dir: str) -> dict:
+    """One run in a fresh process (``--jobs``): config from overrides, the real trainer."""
+    from torchrec_mdr.config import load_config
+    from torchrec_mdr.experiment import ExperimentConfig
+    from torchrec_mdr.training.trainer import Trainer
+
+    config = load_config(ExperimentConfig, None, arguments)
+    return Trainer(config, Path(run_dir)).fit()
+
+
+def run_dir(options: ProofBenchOptions, variant: Variant, data: Path, seed: int) -> Path:
+    return options.work / "runs" / data.name / f"{variant.slug}-seed{seed}"
+
+
+def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]]) -> dict[tuple[str, str, int], dict]:
+    """Train every (variant, dataset, seed) not finished yet; return all their metrics."""
+    results: dict[tuple[str, str, int], dict] = {}
+    pending = []
+    unique = {(v.slug, d, s): (v, d, s) for v, d, s in jobs}  # one run per (label, dataset, seed)
+    for variant, data, seed in unique.values():
+        folder = run_dir(options, variant, data, seed)
+        if (folder / "metrics.json").exists():
+            results[(variant.label, data.name, seed)] = json.loads((folder / "metrics.json").read_text())
+        else:
+            pending.append((variant, data, seed, folder))
+    total = len(pending)
+    if total:
+        print(f"bench proof: {len(results)} runs done, {total} to train ({options.jobs} at once)", flush=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with ProcessPoolExecutor(max_workers=options.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {}
+        for variant, data, seed, folder in pending:
+            if folder.exists():  # an interrupted run: start it again from scratch
+                shutil.rmtree(folder)
+            futures[pool.submit(_train, overrides(options, variant, data, seed), str(folder))] = (variant, data, seed)
+        for done, future in enumerate(as_completed(futures), 1):
+            variant, data, seed = futures[future]
+            metrics = future.result()
+            results[(variant.label, data.name, seed)] = metrics
+            print(f"[{done}/{total}] {data.name} {variant.label} seed {seed}: test AUC {metrics['auc']:.4f} "
+                  f"(best epoch step {metrics.get('early_stopping', {}).get('best_step')})", file=sys.stderr,
+                  flush=True)
+    return results
+
+
+def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
+    """Every run the chosen suites need (datasets generated on the way)."""
+    jobs: list[tuple[Variant, Path, int]] = []
+    seeds = range(options.seeds)
+    for world in range(options.worlds):
+        if "specificity" in options.suites:
+            for effect in options.effects:
+                data = dataset(options, world, effect)
+                for mechanism in options.mechanisms:
+                    jobs += [(v, data, s) for v in PAIRS[mechanism] for s in seeds]
+        if {"ablation", "models"} & set(options.suites):
+            data = dataset(options, world, "all")
+            chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
+                MODELS if "models" in options.suites else ())
+            jobs += [(v, data, s) for v in chosen for s in seeds]
+    return jobs
+
+
+def run(options: ProofBenchOptions) -> dict[str, Path]:
+    """Train what is missing, then write the chosen suites' tables; return the written files."""
+    from torchrec_mdr.bench import proof_report as report
+
+    options.validate()
+    options.out.mkdir(parents=True, exist_ok=True)
+    results = train_all(options, planned_jobs(options))
+    written = {"ceilings": report.write_ceilings(options)}
+    if "specificity" in options.suites:
+        written["specificity"] = report.write_specificity(options, results)
+    if "ablation" in options.suites:
+        written["ablation"] = report.write_ablation(options, results)
+    if "models" in options.suites:
+        written["models"] = report.write_models(options, results)
+        written["curves"] = report.write_curves(options)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return written

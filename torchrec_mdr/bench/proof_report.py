@@ -1,0 +1,267 @@
+"""Tables and plots of ``mdr bench proof``; every verdict is computed from the numbers it prints.
+
+Paired differences are taken per (world, seed): the two models saw the same data in the same order
+from the same seed. Tests (:mod:`torchrec_mdr.bench.significance`): the exact sign-flip test of the
+paired mean (``p``), and the unpaired Mann-Whitney U test the SFPNet paper reports (``p_MW``).
+Verdicts at the 0.05 level:
+
+* a mechanism **wins** where ``mean Δ > 0`` and ``p < 0.05``, **loses** where ``mean Δ < 0`` and
+  ``p < 0.05``, and **ties** otherwise (with fewer than 5 pairs no test can reach 0.05 and the
+  verdict says so);
+* on its own planted effect (and on ``all``) a mechanism is expected to win; on ``none`` and on the
+  other effects, to tie.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
+
+if TYPE_CHECKING:
+    from torchrec_mdr.bench.accuracy import Variant
+    from torchrec_mdr.bench.proof import ProofBenchOptions
+
+Results = dict[tuple[str, str, int], dict]
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def paired(results: Results, with_label: str, without_label: str, datasets: list[str], seeds: int) -> dict:
+    """Δ test AUC (with - without) over every (dataset, seed) where both ran."""
+    pairs = [(results[(with_label, d, s)]["auc"], results[(without_label, d, s)]["auc"])
+             for d in datasets for s in range(seeds)
+             if (with_label, d, s) in results and (without_label, d, s) in results]
+    deltas = [a - b for a, b in pairs]
+    mean, sd = _mean_sd(deltas)
+    return {"n": len(deltas), "delta": mean, "sd": sd, "wins": sum(d > 0 for d in deltas),
+            "p": sign_flip_p(deltas), "p_mw": mann_whitney_p([a for a, _ in pairs], [b for _, b in pairs]),
+            "with": _mean_sd([a for a, _ in pairs])[0], "without": _mean_sd([b for _, b in pairs])[0]}
+
+
+def verdict(c: dict) -> str:
+    if c["n"] == 0:
+        return "not run"
+    if c["n"] < 5:
+        return "too few pairs for p < 0.05"
+    if c["p"] < 0.05:
+        return "wins" if c["delta"] > 0 else "loses"
+    return "ties"
+
+
+def _cell(c: dict) -> str:
+    if c["n"] == 0:
+        return "—"
+    return f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}, p={c['p']:.3g}) **{verdict(c)}**"
+
+
+def _world_datasets(options: "ProofBenchOptions", effect: str) -> list[str]:
+    return [f"v2-world{w}-{effect}-rows{options.rows}" for w in range(options.worlds)]
+
+
+def _spec(options: "ProofBenchOptions", name: str):
+    from torchrec_mdr.data.spec import SPEC_FILE, DatasetSpec
+
+    path = options.work / name
+    return DatasetSpec.load(path) if (path / SPEC_FILE).exists() else None
+
+
+def _ceiling_gap(options: "ProofBenchOptions", effect: str, mechanism: str) -> float:
+    """Mean over worlds of oracle - without_<mechanism> on the test split of ``effect``'s datasets."""
+    gaps = []
+    for name in _world_datasets(options, effect):
+        spec = _spec(options, name)
+        if spec is not None:
+            test = spec.splits["test"]
+            gaps.append(test.oracle_auc["all"] - test.ceilings[f"without_{mechanism}"]["all"])
+    return statistics.fmean(gaps) if gaps else float("nan")
+
+
+def _command(options: "ProofBenchOptions", suite: str) -> str:
+    return (f"mdr bench proof --suites {suite} --worlds {options.worlds} --seeds {options.seeds} "
+            f"--rows {options.rows} --users {options.users} --items {options.items} --seq-length "
+            f"{options.seq_length} --max-epochs {options.max_epochs} --patience {options.patience} "
+            f"--batch-size {options.batch_size}")
+
+
+def _header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
+    return [f"# {title}", "", f"Produced by `{_command(options, suite)}` (generator v2, "
+            "`data_prep/planted_v2.py`; early stopping on the validation AUC, best checkpoint restored; "
+            "test AUC; Δ = paired difference per (world, seed); p = exact sign-flip test of the paired "
+            "mean, p_MW = Mann-Whitney U; see `torchrec_mdr/bench/proof_report.py` for the verdict rules).",
+            ""]
+
+
+def write_ceilings(options: "ProofBenchOptions") -> Path:
+    from data_prep.planted_v2 import CEILINGS
+
+    lines = ["# Generator v2: oracle and ceilings (test split, all domains)", "",
+             "Each ceiling is the AUC of the labels against the true logit with one mechanism's effect "
+             "removed (`data_prep/planted_v2.py`); oracle − ceiling is what that effect is worth to an oracle.",
+             "", "| dataset | oracle | " + " | ".join(CEILINGS) + " | realised rates | configured rates |",
+             "|" + "---|" * (len(CEILINGS) + 4)]
+    for world in range(options.worlds):
+        for effect in ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all"):
+            name = f"v2-world{world}-{effect}-rows{options.rows}"
+            spec = _spec(options, name)
+            if spec is None:
+                continue
+            test = spec.splits["test"]
+            rates = [p / max(r, 1) for p, r in zip(test.positives_per_domain["click"], test.rows_per_domain)]
+            lines.append(f"| {name} | {test.oracle_auc['all']:.4f} | "
+                         + " | ".join(f"{test.ceilings[c]['all']:.4f}" for c in CEILINGS)
+                         + f" | {' / '.join(f'{r:.3f}' for r in rates)} | {spec.notes.get('target_rates', '')} |")
+    path = options.out / "ceilings.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
+    from torchrec_mdr.bench.proof import PAIRS
+
+    effects = list(options.effects)
+    lines = _header(options, "Specificity: each mechanism, with minus without, on each planted effect",
+                    "specificity")
+    lines += [f"Each cell: mean Δ test AUC ± sd (wins/pairs, p) over {options.worlds} world(s) × "
+              f"{options.seeds} seed(s). Rows: the mechanism and the pair of models that differ only by it.", "",
+              "| mechanism (with vs without) | " + " | ".join(effects) + " |", "|" + "---|" * (len(effects) + 1)]
+    raw: dict[str, dict[str, dict]] = {}
+    verdict_lines = []
+    for mechanism in options.mechanisms:
+        with_v, without_v = PAIRS[mechanism]
+        raw[mechanism] = {e: paired(results, with_v.label, without_v.label, _world_datasets(options, e),
+                                    options.seeds) for e in effects}
+        lines.append(f"| {mechanism} ({with_v.label} vs {without_v.label}) | "
+                     + " | ".join(_cell(raw[mechanism][e]) for e in effects) + " |")
+        own = raw[mechanism].get(mechanism)
+        if own and own["n"]:
+            gap = _ceiling_gap(options, mechanism, mechanism)
+            closed = own["delta"] / gap if gap and math.isfinite(gap) and gap > 0 else float("nan")
+            expected_ties = [e for e in effects if e not in (mechanism, "all") and raw[mechanism][e]["n"]]
+            ties = [e for e in expected_ties if verdict(raw[mechanism][e]) == "ties"]
+            verdict_lines.append(
+                f"- **{mechanism}**: on its own effect Δ {own['delta']:+.4f} (p={own['p']:.3g}, p_MW={own['p_mw']:.3g}) — "
+                f"**{verdict(own)}** (expected: wins); the oracle gap of the effect is {gap:.4f}, the mechanism "
+                f"closes {closed:.0%} of it. Ties where the effect is absent: {len(ties)}/{len(expected_ties)} "
+                f"({', '.join(e + ': ' + verdict(raw[mechanism][e]) for e in expected_ties) or 'none run'}).")
+    lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
+    path = options.out / "specificity.md"
+    path.write_text("\n".join(lines) + "\n")
+    (options.out / "specificity.json").write_text(json.dumps(raw, indent=1) + "\n")
+    return path
+
+
+def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Results, datasets: list[str],
+           with_ceiling: bool) -> list[str]:
+    header = ["Model", "test AUC", "base", "Δ vs base (wins/pairs)", "p", "p_MW", "best epoch"]
+    if with_ceiling:
+        header.insert(2, "share of oracle − main closed")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    oracle, main = [], []
+    for name in datasets:
+        spec = _spec(options, name)
+        if spec is not None:
+            oracle.append(spec.splits["test"].oracle_auc["all"])
+            main.append(spec.splits["test"].ceilings["main"]["all"])
+    for v in variants:
+        runs = [results[(v.label, d, s)] for d in datasets for s in range(options.seeds) if (v.label, d, s) in results]
+        if not runs:
+            continue
+        mean, sd = _mean_sd([r["auc"] for r in runs])
+        epochs = [r.get("early_stopping", {}).get("best_epoch") for r in runs]
+        epochs = [e for e in epochs if e is not None]
+        cells = [v.label, f"{mean:.4f} ± {sd:.4f}", v.base or "", "", "", "",
+                 f"{statistics.fmean(epochs):.1f}" if epochs else "n/a"]
+        if v.base:
+            c = paired(results, v.label, v.base, datasets, options.seeds)
+            cells[3:6] = [f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}) **{verdict(c)}**",
+                          f"{c['p']:.3g}", f"{c['p_mw']:.3g}"]
+        if with_ceiling:
+            share = (mean - statistics.fmean(main)) / (statistics.fmean(oracle) - statistics.fmean(main)) \
+                if oracle else float("nan")
+            cells.insert(2, f"{share:.0%}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if oracle:
+        lines += ["", f"Oracle AUC {statistics.fmean(oracle):.4f}, main-effects ceiling "
+                      f"{statistics.fmean(main):.4f} (mean over worlds)."]
+    return lines
+
+
+def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
+    from torchrec_mdr.bench.proof import ABLATIONS
+
+    datasets = _world_datasets(options, "all")
+    lines = _header(options, "Ablations on generator v2 with every effect planted", "ablation")
+    lines += _table(options, list(ABLATIONS), results, datasets, with_ceiling=True)
+    order = sorted(((v.label, _mean_sd([results[(v.label, d, s)]["auc"] for d in datasets
+                                         for s in range(options.seeds) if (v.label, d, s) in results])[0])
+                    for v in ABLATIONS), key=lambda item: -item[1] if math.isfinite(item[1]) else 0)
+    lines += ["", "## The papers' orders (computed from the table)", ""]
+    means = dict(order)
+    for chain in (("ADS", "ADS w/o PCRG", "ADS w/o PCRG & PSRG"),
+                  ("SFPNet", "SFPNet w/o DAP"), ("SFPNet", "SFPNet w/o SAM"), ("SFPNet", "SFPNet w/o RTM"),
+                  ("SFPNet", "SFPNet w/o S-DNN"), ("SFPNet", "SFPNet w/o STB"),
+                  ("ADIN", "ADIN w/o DSBN"), ("ADIN", "ADIN w/o SE"), ("ADIN", "ADIN w/o self-training")):
+        if not all(math.isfinite(means.get(label, float("nan"))) for label in chain):
+            continue
+        holds = all(means[a] > means[b] for a, b in zip(chain, chain[1:]))
+        lines.append(f"- {' > '.join(chain)}: " + ("**holds** in the means" if holds else "**does NOT hold**")
+                     + " (" + ", ".join(f"{label} {means[label]:.4f}" for label in chain) + ")")
+    path = options.out / "ablation.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_models(options: "ProofBenchOptions", results: Results) -> Path:
+    from torchrec_mdr.bench.proof import MODELS
+
+    lines = _header(options, "Models on generator v2 with every effect planted", "models")
+    lines += _table(options, list(MODELS), results, _world_datasets(options, "all"), with_ceiling=True)
+    lines += ["", "Learning curves (validation AUC per epoch, world 0): `curves.png`."]
+    path = options.out / "models.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_curves(options: "ProofBenchOptions") -> Path:
+    """curves.png: validation AUC per epoch of each model of the ``models`` suite (world 0, every seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from torchrec_mdr.bench.proof import MODELS, run_dir
+
+    data = options.work / f"v2-world0-all-rows{options.rows}"
+    spec = _spec(options, data.name)
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for v in MODELS:
+        for seed in range(options.seeds):
+            metrics_file = run_dir(options, v, data, seed) / "metrics.json"
+            if not metrics_file.exists():
+                continue
+            history = [h for h in json.loads(metrics_file.read_text()).get("history", []) if "auc" in h]
+            axis.plot([h["epoch"] + 1 for h in history], [h["auc"] for h in history],
+                      color=f"C{MODELS.index(v)}", alpha=0.7, label=v.label if seed == 0 else None)
+    if spec is not None:
+        axis.axhline(spec.splits["valid"].oracle_auc["all"], color="black", linestyle="--", label="oracle (valid)")
+        axis.axhline(spec.splits["valid"].ceilings["main"]["all"], color="grey", linestyle=":",
+                     label="main-effects ceiling")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation AUC")
+    axis.set_title("Generator v2, every effect planted (world 0)", fontsize=10)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    path = options.out / "curves.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
