@@ -9,7 +9,7 @@
     mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
-    mdr eval --run RUN_DIR [--data DIR] [--split S]   evaluate a run's latest checkpoint
+    mdr eval --run RUN_DIR [--data DIR] [--split S] [--checkpoint best|latest|step-N]   evaluate a checkpoint
     mdr compare --runs RUN_A RUN_B             per-domain AUC side by side, AUC Imp. of A vs B, oracle AUC
 
 Every option is a field of a typed dataclass; errors in options or data are printed as one line
@@ -164,13 +164,15 @@ class EvalOptions:
     data: Path | None = field(default=None, metadata=doc("another prepared dataset with the same spec "
                                                          "fingerprint (default: the run's data.path)"))
     split: str = field(default="test", metadata=doc("split to evaluate"))
+    checkpoint: str = field(default="latest", metadata=doc(
+        "latest, best (the best validation evaluation of train.early_stopping) or step-N"))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from torchrec_mdr.training.checkpoint import evaluate_run
 
     options = dataclass_from_args(EvalOptions, args)
-    evaluate_run(options.run, data=options.data, split=options.split)
+    evaluate_run(options.run, data=options.data, split=options.split, checkpoint=options.checkpoint)
 
 
 def _subcommand(parent, name: str, help_text: str, options: type, handler) -> argparse.ArgumentParser:
@@ -223,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the latest complete checkpoint in --out (fresh start if there is none)")
     train.set_defaults(handler=_cmd_train)
 
-    _subcommand(commands, "eval", "evaluate a run's latest checkpoint on a split; writes RUN_DIR/eval-<split>.json",
+    _subcommand(commands, "eval", "evaluate a run's checkpoint (latest, best or step-N) on a split; writes "
+                "RUN_DIR/eval-<split>.json",
                 EvalOptions, _cmd_eval)
     _subcommand(commands, "compare", "per-domain AUC of finished runs side by side, with AUC Imp. vs the last",
                 CompareOptions, _cmd_compare)

@@ -6,7 +6,13 @@ Sections: ``task`` (ranking or retrieval), ``data`` (reader), ``model`` (registr
 dim, per-model options), ``retrieval`` (the two-tower model of ``task = "retrieval"``; ``model.name``
 is then unused, ``model.embedding_dim`` still sizes the tables), ``sparse`` (sharding, low-frequency
 eviction), ``optimizer`` (fused sparse + dense, schedule, clipping), ``train`` (steps, evaluation,
-pipeline, checkpoints, seed).
+early stopping, pipeline, checkpoints, seed).
+
+Steps: ``train.max_steps``, when set, is the length of training (the train split is passed over
+as many times as needed and ``train.epochs`` is ignored); otherwise ``train.epochs`` passes.
+Seeds: ``train.seed`` drives the model (initialisation, dropout, every random draw of training);
+``data.seed`` drives the data order (the shuffle of row groups and rows, combined with the epoch).
+Changing one leaves the other's stream as it was.
 """
 
 from __future__ import annotations
@@ -57,23 +63,55 @@ class OptimizerConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop training when the validation metric stops improving, and keep the best checkpoint.
+
+    Every ``train.eval_every`` steps the trainer evaluates ``train.eval_split``; an evaluation whose
+    ``metric`` beats the best so far by more than ``min_delta`` (AUC higher, logloss lower) saves a
+    checkpoint and names it ``checkpoints/best`` (never deleted by ``train.keep_checkpoints``);
+    ``patience`` evaluations in a row without one stop the run. The best checkpoint's weights are
+    then restored for the final ``train.test_split`` evaluation, and ``metrics.json`` names its step.
+    """
+
+    enabled: bool = field(default=False, metadata=doc("stop when the validation metric stops improving"))
+    metric: Literal["auc", "logloss"] = field(default="auc", metadata=doc(
+        "metric of train.eval_split that decides (auc: higher is better; logloss: lower is better)"))
+    patience: int = field(default=3, metadata=bounds(ge=1, help="evaluations without improvement before stopping"))
+    min_delta: float = field(default=0.0, metadata=bounds(ge=0, help="smallest change that counts as an "
+                                                                     "improvement"))
+
+
+@dataclass
 class TrainConfig:
-    epochs: int = field(default=1, metadata=bounds(ge=1, help="passes over the train split"))
-    max_steps: int | None = field(default=None, metadata=bounds(ge=1, help="stop after this many steps"))
-    eval_every: int | None = field(default=None, metadata=bounds(ge=1, help="evaluate every N steps"))
+    epochs: int = field(default=1, metadata=bounds(ge=1, help=(
+        "passes over the train split; used only when train.max_steps is not set")))
+    max_steps: int | None = field(default=None, metadata=bounds(ge=1, help=(
+        "train exactly this many steps, passing over the train split as many times as needed "
+        "(train.epochs is then ignored); early stopping may end sooner")))
+    eval_every: int | None = field(default=None, metadata=bounds(ge=1, help=(
+        "evaluate train.eval_split every N steps (each evaluation is recorded in metrics.json's history)")))
     eval_split: str = field(default="valid", metadata=doc("split evaluated during training"))
     test_split: str = field(default="test", metadata=doc("split evaluated at the end (reported in metrics.json)"))
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     pipeline: PipelineType = field(default="sparse_dist", metadata=doc(
         "TrainPipelineSparseDist (evaluation: EvalPipelineSparseDist), TrainPipelineBase or a plain loop"))
-    seed: int = field(default=0, metadata=bounds(ge=0, help="model initialisation and data order"))
+    seed: int = field(default=0, metadata=bounds(ge=0, help=(
+        "model initialisation, dropout and every other random draw of the model; the order of the rows "
+        "is data.seed's")))
     log_every: int = field(default=20, metadata=bounds(ge=1, help="steps between progress updates"))
     checkpoint_every: int | None = field(default=None, metadata=bounds(ge=1, help="steps between checkpoints"))
-    keep_checkpoints: int = field(default=2, metadata=bounds(ge=1, help="checkpoints kept"))
+    keep_checkpoints: int = field(default=2, metadata=bounds(ge=1, help=(
+        "checkpoints kept (the best one of early stopping is kept besides)")))
     mixed_precision: bool = field(default=False, metadata=doc("bf16 autocast of the dense arch (GPU only)"))
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("auto: cuda when available"))
     threads: int | None = field(default=None, metadata=bounds(ge=1, help="CPU threads per process (default: the "
                                                                          "cores / the processes on this machine; "
                                                                          "1 on a machine busy with other work)"))
+
+    def validate(self) -> None:
+        if self.early_stopping.enabled and self.eval_every is None:
+            raise ConfigError("train.early_stopping needs train.eval_every (how often the validation split "
+                              "is evaluated)")
 
 
 @dataclass
@@ -91,3 +129,6 @@ class ExperimentConfig:
     def validate(self) -> None:
         if self.optimizer.decay != "none" and self.train.max_steps is None:
             raise ConfigError("optimizer.decay needs train.max_steps (the decay horizon)")
+        if self.task == "retrieval" and self.train.early_stopping.enabled:
+            raise ConfigError("train.early_stopping decides on AUC or logloss, which task = 'retrieval' does "
+                              "not compute; disable it for retrieval")

@@ -109,7 +109,8 @@ class AccuracyBenchOptions:
     seq_length: int = field(default=30, metadata=bounds(ge=1, help="synthetic behaviour-sequence length"))
     domain_shift: float = field(default=1.0, metadata=bounds(gt=0, help="planted-effect strength of `planted`"))
     epochs: int = field(default=2, metadata=bounds(ge=1, help="training epochs per run"))
-    max_steps: int | None = field(default=None, metadata=bounds(ge=1, help="cap on steps per run (tiny runs)"))
+    max_steps: int | None = field(default=None, metadata=bounds(ge=1, help="steps per run, replacing the epochs "
+                                                                          "(tiny runs)"))
     batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch"))
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
     ads_domain_features: list[str] = field(default_factory=lambda: ["user_activity"],

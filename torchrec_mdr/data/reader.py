@@ -45,7 +45,9 @@ class ReaderConfig:
     shuffle: bool = field(default=True, metadata=doc("shuffle row groups and rows within a buffer (train split)"))
     shuffle_buffer_rows: int = field(default=65_536, metadata=bounds(ge=1, help="rows permuted together"))
     drop_last: bool = field(default=False, metadata=doc("drop each slice's last partial batch"))
-    seed: int = field(default=0, metadata=bounds(ge=0, help="shuffle seed (combined with the epoch)"))
+    seed: int = field(default=0, metadata=bounds(ge=0, help=(
+        "shuffle seed (combined with the epoch): the order of the rows, nothing else; the model's random "
+        "draws are train.seed's")))
 
 
 # --------------------------------------------------------------------------- work split

@@ -20,7 +20,9 @@ Atomic publication: every rank writes into ``step-000123.tmp-<token>``; after a 
 renames it to ``step-000123`` and only then points ``checkpoints/latest`` at it (written to a
 temporary file and renamed). A crash at any moment leaves ``latest`` on the previous complete
 checkpoint; the half-written folder is never read and is deleted by the next save. After
-publication the oldest checkpoints beyond ``keep`` are deleted (never the one ``latest`` names).
+publication the oldest checkpoints beyond ``keep`` are deleted (never the one ``latest`` names, nor
+the one ``checkpoints/best`` names: the best evaluation of early stopping, see
+:mod:`torchrec_mdr.training.early_stopping`).
 
 Loading reshards: DCP reads whatever slices of each table the current sharding plan puts on a
 rank, so a checkpoint written by N ranks loads on M ranks (e.g. a 2-rank run evaluated on one
@@ -77,6 +79,7 @@ from torchrec_mdr.training.mch_state import load_module_states, module_states
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
+BEST_FILE = "best"
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 _COMPLETE = re.compile(r"^step-(\d+)$")
@@ -330,19 +333,58 @@ class CheckpointManager:
                  if p.is_dir() and (m := _COMPLETE.match(p.name))]
         return [p for _, p in sorted(found)]
 
-    def latest(self) -> CheckpointInfo | None:
-        """The checkpoint ``latest`` names; if that marker is missing or names no complete checkpoint
-        (it is written last, so a crash can leave it absent), the newest complete one; None if none."""
-        marker = self.root / LATEST_FILE
-        path = None
+    def _marked(self, marker_name: str) -> Path | None:
+        """The complete checkpoint a marker file (``latest``, ``best``) names, or None."""
+        marker = self.root / marker_name
         if marker.is_file():
             named = self.root / marker.read_text().strip()
             if _COMPLETE.match(named.name) and (named / STATE_FILE).is_file():
-                path = named
+                return named
+        return None
+
+    def latest(self) -> CheckpointInfo | None:
+        """The checkpoint ``latest`` names; if that marker is missing or names no complete checkpoint
+        (it is written last, so a crash can leave it absent), the newest complete one; None if none."""
+        path = self._marked(LATEST_FILE)
         if path is None:
             complete = [p for p in self.complete() if (p / STATE_FILE).is_file()]
             path = complete[-1] if complete else None
         return self.info(path) if path is not None else None
+
+    def best(self) -> CheckpointInfo | None:
+        """The checkpoint ``best`` names (the best evaluation of early stopping), or None."""
+        path = self._marked(BEST_FILE)
+        return self.info(path) if path is not None else None
+
+    def mark_best(self, path: Path) -> None:
+        """Rank 0: point ``checkpoints/best`` at the complete checkpoint ``path`` (atomically)."""
+        if self.ctx.is_main:
+            _write_atomic(self.root / BEST_FILE, Path(path).name + "\n")
+        self._barrier()
+
+    def resolve(self, name: str) -> CheckpointInfo:
+        """The checkpoint called ``name``: ``latest``, ``best`` or ``step-N`` (N with or without leading
+        zeros); TrainingError naming the run's checkpoints when there is none such."""
+        available = ", ".join(p.name for p in self.complete()) or "none"
+        if name == "latest":
+            info = self.latest()
+        elif name == "best":
+            info = self.best()
+            if info is None:
+                raise TrainingError(f"{self.root} has no best checkpoint (train.early_stopping was not enabled, "
+                                    f"or no evaluation finished); checkpoints: {available}")
+        else:
+            match = re.fullmatch(r"step-(\d+)", name)
+            if match is None:
+                raise TrainingError(f"checkpoint {name!r}: expected best, latest or step-N (checkpoints in "
+                                    f"{self.root}: {available})")
+            path = self.root / f"step-{int(match.group(1)):06d}"
+            if not (path / STATE_FILE).is_file():
+                raise TrainingError(f"{self.root} holds no complete checkpoint {name} (checkpoints: {available})")
+            info = self.info(path)
+        if info is None:
+            raise TrainingError(f"{self.root.parent} holds no complete checkpoint (nothing in {self.root})")
+        return info
 
     def info(self, path: str | Path) -> CheckpointInfo:
         path = Path(path)
@@ -380,9 +422,11 @@ class CheckpointManager:
         return removed
 
     def prune(self) -> list[Path]:
-        """Rank 0: delete the oldest complete checkpoints beyond ``keep`` (never the one ``latest`` names)."""
+        """Rank 0: delete the oldest complete checkpoints beyond ``keep`` (never the one ``latest`` names,
+        nor the one ``best`` names, which is kept besides the ``keep`` newest)."""
         latest = self.latest()
-        complete = self.complete()
+        best = self._marked(BEST_FILE)
+        complete = [p for p in self.complete() if p != best]
         removed = []
         for path in complete[:max(len(complete) - self.keep, 0)]:
             if latest is not None and path == latest.path:
@@ -480,14 +524,18 @@ def _flat_keys(state: dict[str, Any], prefix: str = "") -> Iterator[str]:
 # --------------------------------------------------------------------------- evaluation of a run
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test") -> dict[str, Any]:
-    """Evaluate the latest complete checkpoint of a run on ``split`` (``mdr eval``).
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
+                 checkpoint: str = "latest") -> dict[str, Any]:
+    """Evaluate a checkpoint of a run on ``split`` (``mdr eval``).
 
+    ``checkpoint``: ``latest`` (the default), ``best`` (the best evaluation of early stopping, whose
+    weights a run with ``train.early_stopping`` reports in its metrics.json) or ``step-N``.
     The run's ``config.json`` is loaded through the typed config system; ``data`` replaces its
     ``data.path`` by another prepared dataset, which must have the checkpoint's spec fingerprint.
     Works at any world size (DCP reshards the tables; managed-collision tables through
     :mod:`torchrec_mdr.training.mch_reshard`). Prints the per-domain table, writes
-    ``RUN_DIR/eval-<split>.json`` and returns those metrics.
+    ``RUN_DIR/eval-<split>.json`` (``eval-<split>-<checkpoint>.json`` for another checkpoint than
+    ``latest``) and returns those metrics.
     """
     from dataclasses import replace
 
@@ -502,24 +550,22 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     if data is not None:
         config = replace(config, data=replace(config.data, path=Path(data)))
     trainer = Trainer(config, run_dir, evaluate_only=True)
-    info = trainer.checkpoints.latest()
-    if info is None:
-        raise TrainingError(f"{run_dir} holds no complete checkpoint to evaluate "
-                            f"(nothing in {trainer.checkpoints.root})")
+    info = trainer.checkpoints.resolve(checkpoint)
     check_identity(info.record.get("identity", {}), trainer.identity, info.path,
                    parts=("model", "eviction", "dataset"))
     trainer.checkpoints.load(info.path, trainer.model, optimizer=None, restore_rng=False)
     result = trainer.evaluate(split)
     metrics: dict[str, Any] = {"model": trainer.model_name, "dataset": trainer.spec.name, "data": str(config.data.path),
                                "split": split, **result.to_dict(),
-                               "checkpoint": {"path": str(info.path), "step": info.step,
+                               "checkpoint": {"name": checkpoint, "path": str(info.path), "step": info.step,
                                               "world_size": info.record.get("world_size")}}
     stats = trainer.spec.splits.get(split)
     if stats is not None and stats.oracle_auc and not trainer.retrieval:
         metrics["oracle_auc"] = stats.oracle_auc
     if trainer.ctx.is_main:
-        (run_dir / f"eval-{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        out = run_dir / (f"eval-{split}.json" if checkpoint == "latest" else f"eval-{split}-{checkpoint}.json")
+        out.write_text(json.dumps(metrics, indent=2) + "\n")
         print(format_table(metrics, trainer.spec.domain_names))
         print(f"checkpoint {info.path} (step {info.step}, written by {info.record.get('world_size')} rank(s)); "
-              f"wrote {run_dir / f'eval-{split}.json'}")
+              f"wrote {out}")
     return metrics

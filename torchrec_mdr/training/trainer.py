@@ -5,9 +5,13 @@ device, registers the fused sparse optimizer, shards with DistributedModelParall
 fused and dense optimizers, and trains with TrainPipelineSparseDist (or TrainPipelineBase / a plain
 loop, for comparison), and evaluates with EvalPipelineSparseDist (plain DMP forwards for the other
 two). Every rank runs the same number of steps: an epoch is the smallest number
-of batches any rank's slice yields. Evaluation covers every row of the split exactly once: ranks
-with fewer batches repeat a batch whose predictions are discarded, so that the sharded
-collectives stay in step.
+of batches any rank's slice yields. Training lasts ``train.max_steps`` steps when that is set
+(epoch after epoch, as many as needed) and ``train.epochs`` epochs otherwise; early stopping
+(``train.early_stopping``, :mod:`torchrec_mdr.training.early_stopping`) may end it sooner, on every
+rank at the same step, and then the best checkpoint's weights are restored before the final
+evaluation. Every evaluation during training is kept in ``metrics.json``'s ``history``.
+Evaluation covers every row of the split exactly once: ranks with fewer batches repeat a batch
+whose predictions are discarded, so that the sharded collectives stay in step.
 
 ``task = "retrieval"`` trains the two-tower model of :mod:`torchrec_mdr.retrieval` instead (same
 sharding, pipeline, checkpoints and resumption); its evaluation collects the positive rows' user and
@@ -45,6 +49,7 @@ from torchrec_mdr.sparse.eviction import eviction_stats, managed_reader_spec, pr
 from torchrec_mdr.training.checkpoint import (CheckpointInfo, CheckpointManager, all_finite, check_identity,
                                               data_order, differences, run_identity)
 from torchrec_mdr.training.distributed import DistContext, init_distributed
+from torchrec_mdr.training.early_stopping import EarlyStopping, history_entry
 from torchrec_mdr.training.optimizers import LRSchedule, apply_sparse_optimizer, build_optimizer
 from torchrec_mdr.training.sharding import wrap_model
 
@@ -97,6 +102,8 @@ class Trainer:
         self.last_checkpoint: Path | None = None  # the last complete checkpoint of this run
         self._saved_step = -1  # progress.step of last_checkpoint
         self._losses_saved = 0  # len(step_losses) at the last checkpoint
+        self.history: list[dict] = []  # every evaluation during training (metrics.json's "history")
+        self.stopper = self._make_stopper()
         resume_from = None if evaluate_only else self._resume_point(resume)
         torch.manual_seed(config.train.seed)
         if self.ctx.is_main and not evaluate_only:
@@ -121,8 +128,11 @@ class Trainer:
                                              spec=self.reader_spec))
         self.steps_per_epoch = (0 if evaluate_only else
                                 _all_equal_batches(self.train_loader, self.ctx, dist.ReduceOp.MIN))
-        total = self.steps_per_epoch * config.train.epochs
-        self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
+        # max_steps, when set, is the length of training: the epochs repeat as needed (see TrainConfig)
+        self.total_steps = config.train.max_steps or self.steps_per_epoch * config.train.epochs
+        if config.train.max_steps and self.steps_per_epoch == 0 and not evaluate_only:
+            raise TrainingError(f"the train split of {config.data.path} gives no batch on some rank; cannot "
+                                f"train train.max_steps={config.train.max_steps} steps")
         self.schedule = LRSchedule(self.optimizer, config.optimizer, self.total_steps)
         self.progress = Progress()
         self.step_losses: list[float] = []  # this rank's loss of every step trained by fit()
@@ -135,6 +145,19 @@ class Trainer:
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         if resume_from is not None:
             self._resume(resume_from)
+
+    def _make_stopper(self) -> EarlyStopping | None:
+        """The early-stopping tracker of ``train.early_stopping`` (None when disabled)."""
+        config = self.config.train.early_stopping
+        if not config.enabled:
+            return None
+        if self.config.train.eval_every is None:
+            raise ConfigError("train.early_stopping needs train.eval_every (how often the validation split is "
+                              "evaluated)")
+        if self.retrieval:
+            raise ConfigError("train.early_stopping decides on AUC or logloss, which task = 'retrieval' does not "
+                              "compute; disable it for retrieval")
+        return EarlyStopping(config)
 
     # ------------------------------------------------------------------ checkpoints
     def _resume_point(self, resume: bool) -> CheckpointInfo | None:
@@ -160,6 +183,9 @@ class Trainer:
         record = info.record
         self.progress = Progress(**record["progress"])
         self.schedule.load_state_dict(record["schedule"])
+        self.history = list(record.get("history", []))
+        if self.stopper is not None:
+            self.stopper.load_state_dict(record.get("early_stopping", {}))
         self.last_checkpoint, self._saved_step = info.path, self.progress.step
         saved_order = record.get("data_order", {})
         changed = differences(saved_order, data_order(self.config, self.ctx.world_size), "data")
@@ -188,7 +214,9 @@ class Trainer:
                                 f"a checkpoint{self._checkpoint_note()}")
         record = {"model_name": self.model_name, "progress": asdict(self.progress),
                   "schedule": self.schedule.state_dict(), "identity": self.identity,
-                  "data_order": data_order(self.config, self.ctx.world_size)}
+                  "data_order": data_order(self.config, self.ctx.world_size), "history": self.history}
+        if self.stopper is not None:
+            record["early_stopping"] = self.stopper.state_dict()
         self.last_checkpoint = self.checkpoints.save(self.model, self.optimizer, record)
         self._saved_step, self._losses_saved = self.progress.step, len(self.step_losses)
         return self.last_checkpoint
@@ -248,8 +276,8 @@ class Trainer:
                    disable=not self.ctx.is_main, dynamic_ncols=True,
                    mininterval=1.0 if sys.stderr.isatty() else 30.0)
         postfix: dict[str, str] = {}  # loss, samples/s, occupancy and the last evaluation, shown together
-        done = self.progress.step >= self.total_steps
-        while not done and self.progress.epoch < cfg.epochs:
+        done = self.progress.step >= self.total_steps or self._stop_early()
+        while not done and (cfg.max_steps is not None or self.progress.epoch < cfg.epochs):
             self.train_loader.dataset.set_epoch(self.progress.epoch)
             epoch_batches = _seeded_iter(self.train_loader, cfg.seed * 100_003 + self.progress.epoch)
             batches: Iterator[Batch] = itertools.islice(epoch_batches, self.progress.batch_in_epoch,
@@ -281,6 +309,7 @@ class Trainer:
                     self._scalar("train/samples_per_sec", rate)
                     postfix.update(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}", **self._log_eviction())
                     bar.set_postfix(postfix, refresh=False)
+                stop = False
                 if cfg.eval_every and self.progress.step % cfg.eval_every == 0:
                     self._flush_losses()
                     result = self.evaluate(cfg.eval_split)
@@ -288,9 +317,10 @@ class Trainer:
                                 else {"auc": f"{result.auc:.4f}"})
                     postfix.update({f"{cfg.eval_split}_{k}": v for k, v in headline.items()})
                     bar.set_postfix(postfix, refresh=False)
+                    stop = self._after_evaluation(result)
                 if cfg.checkpoint_every and self.progress.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-                if self.progress.step >= self.total_steps:
+                if stop or self.progress.step >= self.total_steps:
                     done = True
                     break
             if not done:
@@ -301,9 +331,50 @@ class Trainer:
         self._flush_losses()
         self._check_loss(losses[-cfg.log_every:])
         self.save_checkpoint()
+        if self.stopper is not None and self.ctx.is_main and self.stopper.stopped_at is not None:
+            print(self.stopper.reason(cfg.eval_split))
+        self._restore_best()
         train = {"samples_per_sec": samples / wall if wall else 0.0, "steps": self.progress.step, "wall_sec": wall,
                  "final_loss": losses[-1] if losses else float("nan")}
         return self.report(train)
+
+    def _after_evaluation(self, result: EvalResult | RetrievalResult) -> bool:
+        """Record an evaluation of ``train.eval_split`` in the history and, with early stopping, save it as
+        the best checkpoint when it is; True when training must stop (the same answer on every rank: the
+        metric is broadcast from rank 0)."""
+        self.history.append(history_entry(result, self.progress.step, self.progress.epoch,
+                                          self.config.train.eval_split))
+        if self.stopper is None or not isinstance(result, EvalResult):
+            return False
+        value = torch.tensor([getattr(result, self.stopper.config.metric)], dtype=torch.float64,
+                             device=self.ctx.device)
+        if self.ctx.world_size > 1:
+            dist.broadcast(value, src=0)
+        if self.stopper.update(float(value.item()), self.progress.step):
+            self.save_checkpoint()
+            self.checkpoints.mark_best(self.last_checkpoint)
+        return self.stopper.should_stop
+
+    def _stop_early(self) -> bool:
+        """At the start of :meth:`fit`: whether a resumed run had already run out of patience."""
+        if self.stopper is None or not self.stopper.should_stop:
+            return False
+        if self.stopper.stopped_at is None:  # resumed with a smaller patience than the checkpoint's run
+            self.stopper.stopped_at = self.progress.step
+        return True
+
+    def _restore_best(self) -> None:
+        """With early stopping, load the best checkpoint's weights (if they are not the current ones) for
+        the final evaluation."""
+        if self.stopper is None or self.stopper.best_step is None or self.stopper.best_step == self.progress.step:
+            return
+        best = self.checkpoints.best()
+        if best is None or best.step != self.stopper.best_step:
+            raise TrainingError(f"the best checkpoint (step {self.stopper.best_step}) is missing from "
+                                f"{self.checkpoints.root}; cannot restore it for the final evaluation")
+        if self.ctx.is_main:
+            print(f"restoring the best checkpoint {best.path} (step {best.step}) for the final evaluation")
+        self.checkpoints.load(best.path, self.model, optimizer=None, restore_rng=False)
 
     def _steps_to_evaluation(self) -> int | None:
         """Steps until the next evaluation of ``train.eval_every`` (None: no evaluations)."""
@@ -423,7 +494,14 @@ class Trainer:
         split = self.config.train.test_split
         result = self.evaluate(split)
         metrics = {"model": self.model_name, "dataset": self.spec.name, "split": split,
-                   **result.to_dict(), "train": train}
+                   **result.to_dict(), "train": train, "history": self.history}
+        if self.stopper is not None:
+            best = self.checkpoints.best()
+            metrics["early_stopping"] = {**self.stopper.summary(self.config.train.eval_split),
+                                         "best_checkpoint": str(best.path) if best is not None else None}
+            step = self.stopper.best_step if self.stopper.best_step is not None else self.progress.step
+            metrics["checkpoint"] = {"name": "best" if self.stopper.best_step is not None else "latest",
+                                     "step": step}
         oracle = (self.spec.splits.get(split).oracle_auc if split in self.spec.splits and not self.retrieval
                   else {})
         if oracle:
