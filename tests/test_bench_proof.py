@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 
-from torchrec_mdr.bench.proof import ABLATIONS, MODELS, PAIRS, ProofBenchOptions, run, run_dir
+from torchrec_mdr.bench.proof import ABLATIONS, MODELS, PAIRS, ProofBenchOptions, planned_jobs, run, run_dir
 from torchrec_mdr.bench.proof_report import paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError
@@ -92,3 +93,18 @@ def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     run(options)  # a finished benchmark re-renders without training
     assert "to train" not in capsys.readouterr().out
+    shutil.rmtree(options.work / "runs")  # a fresh machine: the archived metrics beside the tables suffice
+    assert run(options)["specificity"].read_text() == table
+    assert "to train" not in capsys.readouterr().out
+
+
+def test_diagonal_matrix_plans_own_none_and_all(tmp_path):
+    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=2, seeds=2, rows=1000,
+                                users=50, items=200, seq_length=4, suites=["specificity"], matrix="diagonal")
+    jobs = planned_jobs(options)
+    cells = {(v.label, d.name) for v, d, _ in jobs}
+    assert ("ADS", "v2-world0-pcrg-rows1000") in cells and ("ADS", "v2-world0-sfpnet-rows1000") not in cells
+    assert ("SFPNet", "v2-world1-none-rows1000") in cells and ("SFPNet", "v2-world1-all-rows1000") in cells
+    assert [s for _, _, s in jobs] == sorted(s for _, _, s in jobs)  # seed by seed over the worlds
+    full = planned_jobs(ProofBenchOptions(**{**vars(options), "matrix": "full"}))
+    assert len(full) == 2 * 2 * 7 * 10 and len(jobs) == 2 * 2 * 3 * 10

@@ -18,8 +18,9 @@ thread) with early stopping on the validation AUC (one evaluation per epoch, ``p
 checkpoint restored for the test split; ``max_epochs`` bounds it. ADS and SFPNet both get the implicit
 domain feature ``user_activity`` (the planted PSRG transform depends on it). The seed sets the
 initialisation (``train.seed``) and the data order (``data.seed``). Each run's ``metrics.json`` stays under
-``work/runs/<dataset>/<label>-seed<k>``: an interrupted benchmark resumes, suites share their common
-runs, ``--jobs`` runs several at once, and a finished benchmark re-renders its tables without training.
+``work/runs/<dataset>/<label>-seed<k>``, and a copy under ``out/runs/`` (committed with the tables): an
+interrupted benchmark resumes, also on a fresh machine, suites share their common runs, ``--jobs`` runs
+several at once, and a finished benchmark re-renders its tables without training.
 """
 
 from __future__ import annotations
@@ -103,9 +104,14 @@ class ProofBenchOptions:
                                                                 "before stopping"))
     batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch"))
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
+    matrix: str = field(default="full", metadata=doc(
+        "specificity cells: full = every mechanism on every planted dataset; diagonal = each mechanism on "
+        "none, its own effect and all"))
     jobs: int = field(default=1, metadata=bounds(ge=1, help="runs trained at once (one thread each)"))
 
     def validate(self) -> None:
+        if self.matrix not in ("full", "diagonal"):
+            raise ConfigError(f"--matrix must be full or diagonal, not {self.matrix!r}")
         for name, chosen, known in (("suites", self.suites, SUITES), ("effects", self.effects, EFFECTS),
                                     ("mechanisms", self.mechanisms, MECHANISMS)):
             unknown = sorted(set(chosen) - set(known))
@@ -156,15 +162,24 @@ def run_dir(options: ProofBenchOptions, variant: Variant, data: Path, seed: int)
     return options.work / "runs" / data.name / f"{variant.slug}-seed{seed}"
 
 
+def archived(options: ProofBenchOptions, variant: Variant, data: Path, seed: int) -> Path:
+    """The copy of a finished run's metrics.json kept beside the tables (committed, so that the benchmark
+    resumes on a fresh machine)."""
+    return options.out / "runs" / data.name / f"{variant.slug}-seed{seed}.json"
+
+
 def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]]) -> dict[tuple[str, str, int], dict]:
     """Train every (variant, dataset, seed) not finished yet; return all their metrics."""
     results: dict[tuple[str, str, int], dict] = {}
     pending = []
     unique = {(v.slug, d, s): (v, d, s) for v, d, s in jobs}  # one run per (label, dataset, seed)
     for variant, data, seed in unique.values():
-        folder = run_dir(options, variant, data, seed)
-        if (folder / "metrics.json").exists():
-            results[(variant.label, data.name, seed)] = json.loads((folder / "metrics.json").read_text())
+        folder, archive = run_dir(options, variant, data, seed), archived(options, variant, data, seed)
+        if (folder / "metrics.json").exists() and not archive.exists():
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / "metrics.json", archive)
+        if archive.exists():
+            results[(variant.label, data.name, seed)] = json.loads(archive.read_text())
         else:
             pending.append((variant, data, seed, folder))
     total = len(pending)
@@ -181,6 +196,9 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
             variant, data, seed = futures[future]
             metrics = future.result()
             results[(variant.label, data.name, seed)] = metrics
+            archive = archived(options, variant, data, seed)
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            archive.write_text(json.dumps(metrics, indent=1) + "\n")
             print(f"[{done}/{total}] {data.name} {variant.label} seed {seed}: test AUC {metrics['auc']:.4f} "
                   f"(best epoch step {metrics.get('early_stopping', {}).get('best_step')})", file=sys.stderr,
                   flush=True)
@@ -188,20 +206,22 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
 
 
 def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
-    """Every run the chosen suites need (datasets generated on the way)."""
+    """Every run the chosen suites need (datasets generated on the way), seed by seed: the first seed of
+    every world is trained before the second seed of any, so that a partial benchmark covers the worlds."""
     jobs: list[tuple[Variant, Path, int]] = []
-    seeds = range(options.seeds)
-    for world in range(options.worlds):
-        if "specificity" in options.suites:
-            for effect in options.effects:
-                data = dataset(options, world, effect)
-                for mechanism in options.mechanisms:
-                    jobs += [(v, data, s) for v in PAIRS[mechanism] for s in seeds]
-        if {"ablation", "models"} & set(options.suites):
-            data = dataset(options, world, "all")
-            chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
-                MODELS if "models" in options.suites else ())
-            jobs += [(v, data, s) for v in chosen for s in seeds]
+    for seed in range(options.seeds):
+        for world in range(options.worlds):
+            if "specificity" in options.suites:
+                for effect in options.effects:
+                    data = dataset(options, world, effect)
+                    for mechanism in options.mechanisms:
+                        if options.matrix == "full" or effect in ("none", "all", mechanism):
+                            jobs += [(v, data, seed) for v in PAIRS[mechanism]]
+            if {"ablation", "models"} & set(options.suites):
+                data = dataset(options, world, "all")
+                chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
+                    MODELS if "models" in options.suites else ())
+                jobs += [(v, data, seed) for v in chosen]
     return jobs
 
 

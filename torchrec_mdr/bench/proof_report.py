@@ -48,6 +48,12 @@ def paired(results: Results, with_label: str, without_label: str, datasets: list
             "with": _mean_sd([a for a, _ in pairs])[0], "without": _mean_sd([b for _, b in pairs])[0]}
 
 
+def best_epoch(metrics: dict) -> int | None:
+    """1-based epoch of the restored best checkpoint (from the evaluation history)."""
+    step = metrics.get("early_stopping", {}).get("best_step")
+    return next((h["epoch"] + 1 for h in metrics.get("history", []) if h["step"] == step), None)
+
+
 def verdict(c: dict) -> str:
     if c["n"] == 0:
         return "not run"
@@ -90,7 +96,7 @@ def _command(options: "ProofBenchOptions", suite: str) -> str:
     return (f"mdr bench proof --suites {suite} --worlds {options.worlds} --seeds {options.seeds} "
             f"--rows {options.rows} --users {options.users} --items {options.items} --seq-length "
             f"{options.seq_length} --max-epochs {options.max_epochs} --patience {options.patience} "
-            f"--batch-size {options.batch_size}")
+            f"--batch-size {options.batch_size} --matrix {options.matrix}")
 
 
 def _header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
@@ -162,7 +168,7 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
 
 def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Results, datasets: list[str],
            with_ceiling: bool) -> list[str]:
-    header = ["Model", "test AUC", "base", "Δ vs base (wins/pairs)", "p", "p_MW", "best epoch"]
+    header = ["Model", "test AUC", "base", "Δ vs base (wins/pairs)", "p", "p_MW", "best epoch (mean)"]
     if with_ceiling:
         header.insert(2, "share of oracle − main closed")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -177,7 +183,7 @@ def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Res
         if not runs:
             continue
         mean, sd = _mean_sd([r["auc"] for r in runs])
-        epochs = [r.get("early_stopping", {}).get("best_epoch") for r in runs]
+        epochs = [best_epoch(r) for r in runs]
         epochs = [e for e in epochs if e is not None]
         cells = [v.label, f"{mean:.4f} ± {sd:.4f}", v.base or "", "", "", "",
                  f"{statistics.fmean(epochs):.1f}" if epochs else "n/a"]
