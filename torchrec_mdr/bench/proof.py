@@ -14,7 +14,7 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
   ceilings, and the learning curves (validation AUC per epoch) of ``curves.png``.
 
 Every run is ``mdr train`` (DMP, fused sparse optimizer, TrainPipelineSparseDist, world size 1, one
-thread) with early stopping on the validation AUC (one evaluation per epoch, ``patience``), the best
+CPU thread: many small runs side by side, ``--jobs`` at once) with early stopping on the validation AUC (one evaluation per epoch, ``patience``), the best
 checkpoint restored for the test split; ``max_epochs`` bounds it. ADS and SFPNet both get the implicit
 domain feature ``user_activity`` (the planted PSRG transform depends on it). The seed sets the
 initialisation (``train.seed``) and the data order (``data.seed``). Each run's ``metrics.json`` stays under
@@ -94,10 +94,14 @@ class ProofBenchOptions:
         f"rows of the specificity suite: any of {', '.join(MECHANISMS)}"))
     worlds: int = field(default=3, metadata=bounds(ge=1, help="generator worlds (world seeds 0..N-1)"))
     seeds: int = field(default=5, metadata=bounds(ge=1, help="training seeds per world"))
+    first_seed: int = field(default=0, metadata=bounds(ge=0, help="train seeds first_seed .. first_seed + seeds - 1 "
+                                                                  "(to add seeds on another machine); the tables "
+                                                                  "pool every archived seed below first_seed + seeds"))
     rows: int = field(default=100_000, metadata=bounds(ge=1000, help="rows per dataset (train/valid/test "
                                                                      "80/10/10)"))
-    users: int = field(default=5_000, metadata=bounds(ge=1, help="users"))
-    items: int = field(default=2_000, metadata=bounds(ge=1, help="items"))
+    users: int = field(default=500, metadata=bounds(ge=1, help="users (200 rows each at the default rows: "
+                                                               "with 5,000 the models overfit after one epoch)"))
+    items: int = field(default=500, metadata=bounds(ge=1, help="items (categories = items / 25)"))
     seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length"))
     max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
     patience: int = field(default=2, metadata=bounds(ge=1, help="epochs without a better validation AUC "
@@ -108,6 +112,8 @@ class ProofBenchOptions:
         "specificity cells: full = every mechanism on every planted dataset; diagonal = each mechanism on "
         "none, its own effect and all"))
     jobs: int = field(default=1, metadata=bounds(ge=1, help="runs trained at once (one thread each)"))
+    train: bool = field(default=True, metadata=doc("false: train nothing, render the tables from the finished "
+                                                   "and archived runs"))
 
     def validate(self) -> None:
         if self.matrix not in ("full", "diagonal"):
@@ -129,7 +135,7 @@ def dataset(options: ProofBenchOptions, world: int, effect: str) -> Path:
     if not (path / SPEC_FILE).exists():
         knobs = {f"{m}_effect": float(effect == "all" or effect == m) for m in MECHANISMS}
         convert(Options(out=path, rows=options.rows, users=options.users, items=options.items,
-                        categories=max(3, options.items // 50), brands=max(1, options.items // 10),
+                        categories=max(3, options.items // 25), brands=max(1, options.items // 10),
                         seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),
                         seed=world, version=2, overwrite=True, **knobs))
     return path
@@ -142,7 +148,7 @@ def overrides(options: ProofBenchOptions, variant: Variant, data: Path, seed: in
     epoch_steps = math.ceil(train_rows / options.batch_size)
     return [f"data.path={data}", f"data.batch_size={options.batch_size}", f"data.seed={seed}",
             f"model.name={variant.model}", f"model.embedding_dim={options.embedding_dim}",
-            f"train.seed={seed}", "train.threads=1", f"train.log_every={epoch_steps}",
+            f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.log_every={epoch_steps}",
             f"train.max_steps={options.max_epochs * epoch_steps}", f"train.eval_every={epoch_steps}",
             "train.early_stopping.enabled=true", "train.early_stopping.metric=auc",
             f"train.early_stopping.patience={options.patience}", *variant.overrides]
@@ -182,6 +188,8 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
             results[(variant.label, data.name, seed)] = json.loads(archive.read_text())
         else:
             pending.append((variant, data, seed, folder))
+    if not options.train:
+        pending = []
     total = len(pending)
     if total:
         print(f"bench proof: {len(results)} runs done, {total} to train ({options.jobs} at once)", flush=True)
@@ -209,7 +217,7 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
     """Every run the chosen suites need (datasets generated on the way), seed by seed: the first seed of
     every world is trained before the second seed of any, so that a partial benchmark covers the worlds."""
     jobs: list[tuple[Variant, Path, int]] = []
-    for seed in range(options.seeds):
+    for seed in range(options.first_seed, options.first_seed + options.seeds):
         for world in range(options.worlds):
             if "specificity" in options.suites:
                 for effect in options.effects:

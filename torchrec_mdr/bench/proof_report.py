@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 Results = dict[tuple[str, str, int], dict]
 
 
+def _seeds(options: "ProofBenchOptions") -> int:
+    """Seeds the tables pool: 0 .. first_seed + seeds - 1 (earlier seeds from the archive)."""
+    return options.first_seed + options.seeds
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
@@ -37,7 +42,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def paired(results: Results, with_label: str, without_label: str, datasets: list[str], seeds: int) -> dict:
-    """Δ test AUC (with - without) over every (dataset, seed) where both ran."""
+    """Δ test AUC (with - without) over every (dataset, seed < ``seeds``) where both ran."""
     pairs = [(results[(with_label, d, s)]["auc"], results[(without_label, d, s)]["auc"])
              for d in datasets for s in range(seeds)
              if (with_label, d, s) in results and (without_label, d, s) in results]
@@ -93,7 +98,7 @@ def _ceiling_gap(options: "ProofBenchOptions", effect: str, mechanism: str) -> f
 
 
 def _command(options: "ProofBenchOptions", suite: str) -> str:
-    return (f"mdr bench proof --suites {suite} --worlds {options.worlds} --seeds {options.seeds} "
+    return (f"mdr bench proof --suites {suite} --worlds {options.worlds} --seeds {_seeds(options)} "
             f"--rows {options.rows} --users {options.users} --items {options.items} --seq-length "
             f"{options.seq_length} --max-epochs {options.max_epochs} --patience {options.patience} "
             f"--batch-size {options.batch_size} --matrix {options.matrix}")
@@ -138,14 +143,14 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
     lines = _header(options, "Specificity: each mechanism, with minus without, on each planted effect",
                     "specificity")
     lines += [f"Each cell: mean Δ test AUC ± sd (wins/pairs, p) over {options.worlds} world(s) × "
-              f"{options.seeds} seed(s). Rows: the mechanism and the pair of models that differ only by it.", "",
+              f"{_seeds(options)} seed(s). Rows: the mechanism and the pair of models that differ only by it.", "",
               "| mechanism (with vs without) | " + " | ".join(effects) + " |", "|" + "---|" * (len(effects) + 1)]
     raw: dict[str, dict[str, dict]] = {}
     verdict_lines = []
     for mechanism in options.mechanisms:
         with_v, without_v = PAIRS[mechanism]
         raw[mechanism] = {e: paired(results, with_v.label, without_v.label, _world_datasets(options, e),
-                                    options.seeds) for e in effects}
+                                    _seeds(options)) for e in effects}
         lines.append(f"| {mechanism} ({with_v.label} vs {without_v.label}) | "
                      + " | ".join(_cell(raw[mechanism][e]) for e in effects) + " |")
         own = raw[mechanism].get(mechanism)
@@ -179,7 +184,7 @@ def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Res
             oracle.append(spec.splits["test"].oracle_auc["all"])
             main.append(spec.splits["test"].ceilings["main"]["all"])
     for v in variants:
-        runs = [results[(v.label, d, s)] for d in datasets for s in range(options.seeds) if (v.label, d, s) in results]
+        runs = [results[(v.label, d, s)] for d in datasets for s in range(_seeds(options)) if (v.label, d, s) in results]
         if not runs:
             continue
         mean, sd = _mean_sd([r["auc"] for r in runs])
@@ -188,7 +193,7 @@ def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Res
         cells = [v.label, f"{mean:.4f} ± {sd:.4f}", v.base or "", "", "", "",
                  f"{statistics.fmean(epochs):.1f}" if epochs else "n/a"]
         if v.base:
-            c = paired(results, v.label, v.base, datasets, options.seeds)
+            c = paired(results, v.label, v.base, datasets, _seeds(options))
             cells[3:6] = [f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}) **{verdict(c)}**",
                           f"{c['p']:.3g}", f"{c['p_mw']:.3g}"]
         if with_ceiling:
@@ -209,7 +214,7 @@ def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
     lines = _header(options, "Ablations on generator v2 with every effect planted", "ablation")
     lines += _table(options, list(ABLATIONS), results, datasets, with_ceiling=True)
     order = sorted(((v.label, _mean_sd([results[(v.label, d, s)]["auc"] for d in datasets
-                                         for s in range(options.seeds) if (v.label, d, s) in results])[0])
+                                         for s in range(_seeds(options)) if (v.label, d, s) in results])[0])
                     for v in ABLATIONS), key=lambda item: -item[1] if math.isfinite(item[1]) else 0)
     lines += ["", "## The papers' orders (computed from the table)", ""]
     means = dict(order)
@@ -251,7 +256,7 @@ def write_curves(options: "ProofBenchOptions") -> Path:
     spec = _spec(options, data.name)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for v in MODELS:
-        for seed in range(options.seeds):
+        for seed in range(_seeds(options)):
             metrics_file = run_dir(options, v, data, seed) / "metrics.json"
             if not metrics_file.exists():
                 continue
