@@ -21,7 +21,7 @@ from torchrec_mdr.models.registry import ModelConfig, build_dense_arch
 from torchrec_mdr.sparse.arch import SparseArch
 
 if TYPE_CHECKING:
-    from torchrec_mdr.experiment import EvictionConfig
+    from torchrec_mdr.sparse.mch.config import EvictionConfig
 
 
 @dataclass
@@ -70,7 +70,7 @@ class RankingModel(nn.Module):
         sparse_device: device of the embedding tables at construction (``meta`` under DMP).
         dense_device: device of the dense parameters.
         eviction, mc_buckets: managed-collision tables and their bucket count (the world size);
-            see :mod:`torchrec_mdr.sparse.eviction`.
+            see :mod:`torchrec_mdr.sparse.mch.eviction`.
         mixed_precision: bf16 autocast of the dense arch on CUDA.
     """
 

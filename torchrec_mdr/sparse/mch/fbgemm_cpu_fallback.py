@@ -65,7 +65,7 @@ def _host_storage(weights_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     tbe = ref() if ref is not None else None
     if tbe is None or tbe.weights_offsets is not weights_offsets:
         raise RuntimeError(f"{OP_NAME} (CPU fallback): a HOST-placed table batch that install() was not shown; "
-                           "call torchrec_mdr.sparse.fbgemm_cpu_fallback.install(model) after sharding")
+                           "call torchrec_mdr.sparse.mch.fbgemm_cpu_fallback.install(model) after sharding")
     return tbe.weights_host, tbe.momentum1_host
 
 

@@ -37,9 +37,9 @@ them instead, as one collective inside :meth:`CheckpointManager.load
    shard's unknown row takes an old unknown row's content;
 3. the embedding rows and every row-indexed fused-optimizer state (RowWiseAdagrad's ``momentum1``)
    of the table, which DCP loaded by row index, move to their new rows (``all_to_all_single``);
-4. eviction counters (see :mod:`torchrec_mdr.sparse.eviction`) are summed into the first shard
+4. eviction counters (see :mod:`torchrec_mdr.sparse.mch.eviction`) are summed into the first shard
    (``eviction_rounds``: the maximum, on every shard), so the table totals carry over; the ids each
-   old rank collected since the last eviction round (``rank{R}.pt``, :mod:`torchrec_mdr.training.mch_state`)
+   old rank collected since the last eviction round (``rank{R}.pt``, :mod:`torchrec_mdr.sparse.mch.state`)
    are sent to their new owners, with the step counters, when every old rank saved them.
 
 What it cannot do: ids that do not fit their new shard are dropped (lowest counts first); ids without
@@ -65,8 +65,8 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
 
 from torchrec_mdr.errors import TrainingError
-from torchrec_mdr.sparse.eviction import EMPTY_SLOT
-from torchrec_mdr.training.mch_state import load_module_state
+from torchrec_mdr.sparse.mch.eviction import EMPTY_SLOT
+from torchrec_mdr.sparse.mch.state import load_module_state
 
 CHECKED_TORCHREC = ("1.9.2",)  # the torchrec versions this layout was read from and tested with
 _MODULE_KEY = re.compile(r"^(?P<collection>.+)\._managed_collision_collection\._managed_collision_modules\."
@@ -412,7 +412,7 @@ class MCHReshard:
 
     # ------------------------------------------------------------------ per-rank state (rank{R}.pt)
     def _module_state(self, table: _Table, checkpoint: Path, dropped: int, report: ReshardReport) -> dict[str, Any]:
-        """This rank's module state (:func:`torchrec_mdr.training.mch_state.module_state` format) from every
+        """This rank's module state (:func:`torchrec_mdr.sparse.mch.state.module_state` format) from every
         old rank's: counters summed into shard 0, the history since the last round sent to the ids' owners."""
         if self._saved_modules is None:
             self._saved_modules = []
