@@ -96,6 +96,7 @@ class EmbeddedFeatures:
     domain: torch.Tensor
 
 
+@torch.fx.wrap  # one node in an fx trace (its tensor sizes come from the batch)
 def _sum_pool(jagged: JaggedTensor, batch_size: int) -> torch.Tensor:
     """[B, D] sum of each row's embeddings (rows of length 0 give zeros)."""
     values = jagged.values()

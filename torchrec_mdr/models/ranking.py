@@ -53,9 +53,12 @@ class DenseArch(nn.Module):
 
     def forward(self, pooled: KeyedTensor | None, unpooled: dict[str, JaggedTensor], dense: torch.Tensor,
                 domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=dense.device.type, dtype=torch.bfloat16,
-                            enabled=self.mixed_precision and dense.device.type == "cuda"):
-            output = self.model(embed_features(self.layout, pooled, unpooled, dense, domain))
+        features = embed_features(self.layout, pooled, unpooled, dense, domain)
+        if self.mixed_precision and dense.device.type == "cuda":  # without it, fx-traceable (no autocast)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                output = self.model(features)
+        else:
+            output = self.model(features)
         if isinstance(output, ArchOutput):
             return output.logits.float(), output.auxiliary_loss.float()
         return output.float(), dense.new_zeros(())
