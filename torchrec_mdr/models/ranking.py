@@ -7,7 +7,6 @@ of the call graph on attributes of the batch, and everything after them lives in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,26 +15,12 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
 
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.spec import DatasetSpec
-from torchrec_mdr.models.features import FeatureLayout, embed_features
+from torchrec_mdr.models.features import ArchOutput, FeatureLayout, embed_features
 from torchrec_mdr.models.registry import ModelConfig, build_dense_arch
 from torchrec_mdr.sparse.arch import SparseArch
 
 if TYPE_CHECKING:
     from torchrec_mdr.sparse.mch.config import EvictionConfig
-
-
-@dataclass
-class ArchOutput:
-    """What a model arch may return instead of bare logits.
-
-    Attributes:
-        logits: [B, num_tasks].
-        auxiliary_loss: scalar added to the label loss in training (e.g. ADIN's self-training term);
-            archs return it only while ``self.training``.
-    """
-
-    logits: torch.Tensor
-    auxiliary_loss: torch.Tensor
 
 
 class DenseArch(nn.Module):
