@@ -648,7 +648,7 @@ def _convert_csv(options: Options) -> DatasetSpec:
     src = Path(options.src)
     paths = {split: src / name for split, name in CSV_FILES.items()}
     has_valid = paths["valid"].is_file()
-    for split, path in paths.items():
+    for path in paths.values():
         if path.is_file():
             _check_csv_header(path)
     source = f"Ali-CCP preprocessed CSV in {src}" + ("" if has_valid else f" (valid_fraction={options.valid_fraction})")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+NO_SEED = np.uint64(0)  # string_hash's default seed
+
 # --------------------------------------------------------------------------- hashing
 
 
@@ -27,7 +29,7 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def string_hash(array: pa.Array | pa.ChunkedArray, seed: np.uint64 = np.uint64(0)) -> np.ndarray:
+def string_hash(array: pa.Array | pa.ChunkedArray, seed: np.uint64 = NO_SEED) -> np.ndarray:
     """A deterministic 64-bit hash (uint64) of every string, vectorised over the arrow buffers.
 
     Polynomial over the bytes, then a splitmix64 finaliser; nulls hash like the empty string.

@@ -110,7 +110,7 @@ def _register() -> bool:
     if has_cpu_kernel():
         return False
     version = getattr(fbgemm_gpu, "__version__", "unknown")
-    schema = str(getattr(torch.ops.fbgemm, "reset_weight_momentum").default._schema)
+    schema = str(torch.ops.fbgemm.reset_weight_momentum.default._schema)
     if not version.startswith(FBGEMM_VERSION) or schema != OP_SCHEMA:
         raise TrainingError(f"fbgemm-gpu {version} has no CPU kernel for {OP_NAME}, which evicting ids from a "
                             f"sharded table on CPU needs; torchrec-mdr's fallback was written for fbgemm-gpu-cpu "

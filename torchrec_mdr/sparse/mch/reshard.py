@@ -32,9 +32,10 @@ them instead, as one collective inside :meth:`CheckpointManager.load
 1. every rank reads the checkpoint's full slot arrays of every managed table (small: ints per row);
 2. :func:`plan_table` gives every held id to the rank that owns it at ``W'``; a rank with more ids
    than slots (``zch_size_k - 1``) keeps the highest counts (then the most recent access, then the
-   smaller id; LRU, which keeps no counts: the most recent access) and drops the rest, which become unknown ids (counted as evicted). A kept id keeps
-   its row when that row lies in its new shard, else takes the shard's lowest free row; every new
-   shard's unknown row takes an old unknown row's content;
+   smaller id; LRU, which keeps no counts: the most recent access) and drops the rest, which become
+   unknown ids (counted as evicted). A kept id keeps its row when that row lies in its new shard,
+   else takes the shard's lowest free row; every new shard's unknown row takes an old unknown row's
+   content;
 3. the embedding rows and every row-indexed fused-optimizer state (RowWiseAdagrad's ``momentum1``)
    of the table, which DCP loaded by row index, move to their new rows (``all_to_all_single``);
 4. eviction counters (see :mod:`torchrec_mdr.sparse.mch.eviction`) are summed into the first shard
@@ -340,7 +341,7 @@ class MCHReshard:
             if _RAW not in table.buffers or _ROWS not in table.buffers:
                 raise TrainingError(f"managed table '{table.name}': the model's state dict lacks sharded {_RAW} / "
                                     f"{_ROWS}; resharding needs a DistributedModelParallel model")
-            for name, value in table.buffers.items():  # read the checkpoint's full arrays instead
+            for name in table.buffers:  # read the checkpoint's full arrays instead
                 key = f"model.{table.prefix}{name}"
                 saved = metadata.get(key)
                 if not isinstance(saved, TensorStorageMetadata) or tuple(saved.size) != (table.segments[-1],):
