@@ -60,7 +60,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.common import IdCounter, OutputOptions, progress, stream_csv, take_bags, writer_for
+from data_prep.common import OutputOptions, progress, stream_csv, take_bags, writer_for
+from data_prep.ids import IdCounter, splitmix64, string_hash, unit_interval
 from data_prep.partition import DiskPartitioner
 from data_prep.writer import list_array
 from torchrec_mdr.config import ConfigError, bounds, doc
@@ -100,7 +101,6 @@ COMMON_COLUMNS = ["common_feature_index", "feature_num", "feature_list"]
 ABSENT, UNKNOWN, FIRST_ID = 0, 1, 2  # reserved ids of the raw path
 JOIN_CHUNK_ROWS = 1 << 16  # joined samples per written chunk
 _VALID_SEED = np.uint64(0x5EED0A11CC9)
-_KEY_SEED = np.uint64(0)
 
 
 @dataclass(kw_only=True)
@@ -169,47 +169,6 @@ def detect_format(src: Path, requested: str = "auto") -> str:
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on uint64 (wrapping arithmetic)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def string_hash(array: pa.Array | pa.ChunkedArray, seed: np.uint64 = _KEY_SEED) -> np.ndarray:
-    """A deterministic 64-bit hash (uint64) of every string, vectorised over the arrow buffers.
-
-    Polynomial over the bytes, then a splitmix64 finaliser; nulls hash like the empty string.
-    """
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-        array = array.cast(pa.string())
-    n = len(array)
-    if n == 0:
-        return np.zeros(0, dtype=np.uint64)
-    buffers = array.buffers()
-    offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
-    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset:array.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-    lo, hi = int(offsets[0]), int(offsets[-1])
-    data = data[lo:hi].astype(np.uint64) + np.uint64(1)
-    lengths = np.diff(offsets)
-    longest = int(lengths.max())
-    powers = np.cumprod(np.full(max(longest, 1), 0x100000001B3, dtype=np.uint64), dtype=np.uint64)
-    position = np.arange(hi - lo, dtype=np.int64) - np.repeat(offsets[:-1] - lo, lengths)
-    cumulative = np.zeros(hi - lo + 1, dtype=np.uint64)
-    np.cumsum(data * powers[position], out=cumulative[1:])
-    h = cumulative[offsets[1:] - lo] - cumulative[offsets[:-1] - lo]
-    return _mix64(h ^ seed ^ (lengths.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)))
-
-
-def _unit_interval(h: np.ndarray) -> np.ndarray:
-    """Map uint64 hashes to floats in [0, 1)."""
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def _check_binary(values: np.ndarray, path: Path, column: str, first_line: int) -> None:
@@ -451,7 +410,7 @@ def _skeleton_pass(path: Path, options: Options, state: _RawState, partitioner: 
         columns.update(_part=string_hash(key).view(np.int64), key=key, is_common=np.zeros(n, dtype=bool),
                        click=click, purchase=buy)
         if count and options.valid_fraction > 0:
-            columns["is_valid"] = _unit_interval(string_hash(batch["sample_id"], _VALID_SEED)) < options.valid_fraction
+            columns["is_valid"] = unit_interval(string_hash(batch["sample_id"], _VALID_SEED)) < options.valid_fraction
         state.skeleton_rows += n
         partitioner.add(_partition_table(columns, n))
 
@@ -689,7 +648,7 @@ def _convert_csv(options: Options) -> DatasetSpec:
     src = Path(options.src)
     paths = {split: src / name for split, name in CSV_FILES.items()}
     has_valid = paths["valid"].is_file()
-    for split, path in paths.items():
+    for path in paths.values():
         if path.is_file():
             _check_csv_header(path)
     source = f"Ali-CCP preprocessed CSV in {src}" + ("" if has_valid else f" (valid_fraction={options.valid_fraction})")
@@ -713,7 +672,7 @@ def _convert_csv(options: Options) -> DatasetSpec:
                 chunk = pa.table(_csv_chunk(batch, path, line))
                 if split == "train" and not has_valid and options.valid_fraction > 0:
                     numbers = np.arange(line, line + batch.num_rows, dtype=np.uint64)
-                    valid = pa.array(_unit_interval(_mix64(numbers ^ _VALID_SEED)) < options.valid_fraction)
+                    valid = pa.array(unit_interval(splitmix64(numbers ^ _VALID_SEED)) < options.valid_fraction)
                     writer.write("train", chunk.filter(pc.invert(valid)))
                     writer.write("valid", chunk.filter(valid))
                 else:

@@ -1,5 +1,5 @@
-"""Pieces every converter shares: common options, streaming CSV with a progress bar, temporal splits,
-CSR bag gathering and a bounded id counter."""
+"""Pieces every converter shares: common options, streaming CSV with a progress bar, temporal splits
+and CSR bag gathering (id hashing and counting: :mod:`data_prep.ids`)."""
 
 from __future__ import annotations
 
@@ -119,41 +119,3 @@ def take_bags(offsets: np.ndarray, values: np.ndarray, index: np.ndarray) -> tup
     np.cumsum(lengths, out=out[1:])
     gather = np.repeat(offsets[index] - out[:-1], lengths) + np.arange(out[-1], dtype=np.int64)
     return out, values[gather]
-
-
-class IdCounter:
-    """Occurrence counts of int64 ids, merged lazily (bounded by the number of distinct ids)."""
-
-    def __init__(self) -> None:
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._counts = np.zeros(0, dtype=np.int64)
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending_size = 0
-
-    def add(self, ids: np.ndarray) -> None:
-        ids = ids[ids >= 0]
-        if ids.size:
-            uniq, counts = np.unique(ids, return_counts=True)
-            self._pending.append((uniq, counts))
-            self._pending_size += uniq.size
-            if self._pending_size > max(1 << 22, self._ids.size):
-                self._merge()
-
-    def _merge(self) -> None:
-        if not self._pending:
-            return
-        ids = np.concatenate([self._ids] + [p[0] for p in self._pending])
-        counts = np.concatenate([self._counts] + [p[1] for p in self._pending])
-        self._ids, inverse = np.unique(ids, return_inverse=True)
-        self._counts = np.bincount(inverse, weights=counts, minlength=self._ids.size).astype(np.int64)
-        self._pending, self._pending_size = [], 0
-
-    def vocabulary(self, min_count: int = 1) -> np.ndarray:
-        """Sorted ids seen at least ``min_count`` times."""
-        self._merge()
-        return self._ids[self._counts >= min_count]
-
-    def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted distinct ids, their counts)."""
-        self._merge()
-        return self._ids, self._counts

@@ -58,7 +58,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.common import IdCounter, OutputOptions, progress, stream_csv, take_bags, writer_for
+from data_prep.common import OutputOptions, progress, stream_csv, take_bags, writer_for
+from data_prep.ids import IdCounter
 from data_prep.history import build_history
 from data_prep.partition import DiskPartitioner
 from data_prep.writer import list_array

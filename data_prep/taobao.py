@@ -74,6 +74,7 @@ import pyarrow.compute as pc
 
 from data_prep.common import SPLITS, OutputOptions, progress, stream_csv, writer_for
 from data_prep.history import build_history
+from data_prep.ids import DenseIdCounter, zero_pad
 from data_prep.partition import DiskPartitioner
 from data_prep.writer import DatasetWriter, list_array
 from torchrec_mdr.config import ConfigError, bounds, doc
@@ -154,31 +155,7 @@ def _parse_date(text: str, name: str) -> dt.date:
         raise ConfigError(f"{name}: {text!r} is not a date YYYY-MM-DD") from None
 
 
-# --------------------------------------------------------------------------- counting helpers
-
-
-class _Counter:
-    """Counts per raw id in an int64 array indexed by the id, grown to the largest id seen."""
-
-    def __init__(self) -> None:
-        self.counts = np.zeros(0, dtype=np.int64)
-
-    def add(self, ids: np.ndarray) -> None:
-        if ids.size == 0:
-            return
-        counts = np.bincount(ids)
-        if len(counts) > len(self.counts):
-            self.counts = _pad(self.counts, len(counts))
-        self.counts[: len(counts)] += counts
-
-
-def _pad(values: np.ndarray, size: int) -> np.ndarray:
-    """``values`` extended with zeros (False) to length ``size``."""
-    if len(values) >= size:
-        return values
-    out = np.zeros(size, dtype=values.dtype)
-    out[: len(values)] = values
-    return out
+# --------------------------------------------------------------------------- vocabularies
 
 
 def _vocabulary(present: np.ndarray) -> np.ndarray:
@@ -192,10 +169,10 @@ def _vocabulary(present: np.ndarray) -> np.ndarray:
 class _RawCounts:
     """What pass 1 learns from the CSV (every count is over the rows inside the date window)."""
 
-    user_rows: _Counter = field(default_factory=_Counter)
-    user_positives: _Counter = field(default_factory=_Counter)
-    item_rows: _Counter = field(default_factory=_Counter)
-    category_rows: _Counter = field(default_factory=_Counter)
+    user_rows: DenseIdCounter = field(default_factory=DenseIdCounter)
+    user_positives: DenseIdCounter = field(default_factory=DenseIdCounter)
+    item_rows: DenseIdCounter = field(default_factory=DenseIdCounter)
+    category_rows: DenseIdCounter = field(default_factory=DenseIdCounter)
     rows_read: int = 0
     rows_in_window: int = 0
 
@@ -327,7 +304,7 @@ def _filters_and_vocabularies(options: Options, counts: _RawCounts,
                               partitioner: DiskPartitioner) -> _Vocabularies:
     """Passes 2 and 3: the user filter (from pass 1), the item filter, then the final vocabularies."""
     user_rows = counts.user_rows.counts
-    user_positives = _pad(counts.user_positives.counts, len(user_rows))  # it stops at the last positive user
+    user_positives = zero_pad(counts.user_positives.counts, len(user_rows))  # it stops at the last positive user
     user_kept = (user_rows >= options.min_user_interactions) & (user_positives >= options.min_user_positives)
     num_items, num_categories = len(counts.item_rows.counts), len(counts.category_rows.counts)
     item_rows = np.zeros(num_items, dtype=np.int64)

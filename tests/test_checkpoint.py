@@ -117,7 +117,7 @@ def held_rows(trainer: Any) -> dict[str, dict[str, torch.Tensor]]:
     their embedding rows, RowWiseAdagrad momentum and LFU counts."""
     import re
 
-    from torchrec_mdr.sparse.eviction import EMPTY_SLOT, tracked_modules
+    from torchrec_mdr.sparse.mch.eviction import EMPTY_SLOT, tracked_modules
 
     model_state = trainer.model.state_dict()
     optim_state = trainer.optimizer.state_dict()["state"]
@@ -147,7 +147,7 @@ def merge_held(parts: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dic
 
 def split_ids(data: Path, split: str) -> dict[str, set[int]]:
     """Every raw id of the managed tables in a split (as the trainer's reader passes them)."""
-    from torchrec_mdr.sparse.eviction import managed_reader_spec
+    from torchrec_mdr.sparse.mch.eviction import managed_reader_spec
 
     spec = DatasetSpec.load(data)
     reader_spec = managed_reader_spec(spec, EvictionConfig(tables=MANAGED_TABLES))
@@ -163,7 +163,7 @@ def split_ids(data: Path, split: str) -> dict[str, set[int]]:
 
 def eviction_totals(trainer: Any) -> dict[str, dict[str, float]]:
     """The trainer's eviction statistics per managed table (a collective when sharded)."""
-    from torchrec_mdr.sparse.eviction import eviction_stats
+    from torchrec_mdr.sparse.mch.eviction import eviction_stats
 
     return {t: s.to_dict() for t, s in eviction_stats(trainer.model, MANAGED_TABLES, trainer.ctx.device).items()}
 
@@ -231,7 +231,7 @@ def test_resume_is_exact(data: Path, straight: dict[str, Any], tmp_path: Path, s
 def test_resume_is_exact_with_managed_collision_mid_interval(data: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Eviction rounds at steps 2, 4, 6, 8; the run stops at step 5, between two rounds. The ids counted
-    since round 4 live outside the state dict (torchrec_mdr.training.mch_state saves them per rank)."""
+    since round 4 live outside the state dict (torchrec_mdr.sparse.mch.state saves them per rank)."""
     import shutil
 
     def config(max_steps: int) -> ExperimentConfig:
@@ -549,7 +549,7 @@ E = torch.iinfo(torch.int64).max  # a free slot
 def test_reshard_plan_moves_ids_to_their_new_shard_and_drops_the_lowest_counts() -> None:
     """:func:`plan_table` on hand-made slot maps of 8 rows, ids placed by fbgemm's rule for an input
     size of 10 (ids 0-4 -> shard 0 and 5-9 -> shard 1 of 2; ids >= 10 by parity)."""
-    from torchrec_mdr.training.mch_reshard import SlotMaps, bucket_owner, plan_table
+    from torchrec_mdr.sparse.mch.reshard import SlotMaps, bucket_owner, plan_table
 
     def owner(world_size: int):
         return lambda ids: bucket_owner(ids, 10, world_size, world_size)
@@ -612,7 +612,7 @@ def test_managed_collision_checkpoint_from_one_rank_loads_on_two(data: Path, tmp
     and counted as evicted; the kept ones keep their rows; training goes on."""
     import shutil
 
-    from torchrec_mdr.training.mch_reshard import bucket_owner
+    from torchrec_mdr.sparse.mch.reshard import bucket_owner
     from torchrec_mdr.training.trainer import Trainer
 
     single: dict[str, Any] = {}

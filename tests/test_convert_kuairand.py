@@ -180,7 +180,7 @@ def test_histories_are_strictly_earlier_clicks(converted):
     twins = [(h, e) for t, rows in train for h, e in zip(t["hist_video_id"].to_pylist(), rows)
              if e["user_id"] == 10 and e["time_ms"] == twin_time]
     assert len(twins) == 2
-    for hist, event in twins:
+    for hist, _event in twins:
         others = {e["video_id"] for e in all_events if e["user_id"] == 10 and e["time_ms"] == twin_time}
         assert not others & {videos[v - 1] for v in hist}
     hist_spec = spec.column("hist_video_id")

@@ -237,7 +237,8 @@ def test_side_feature_joins(tmp_path):
 def test_ml1m_age_codes_map_to_the_same_groups_and_buckets(tmp_path):
     a = pa.concat_tables(run(write_ml100k(tmp_path / "a"), tmp_path / "oa")[1].values())
     b = pa.concat_tables(run(write_ml1m(tmp_path / "b"), tmp_path / "ob")[1].values())
-    for column in ("domain", "age_bucket", "gender", "zip_prefix", "user_id", "item_id", "genre", "genres", "release_decade", "hist_item_id"):
+    for column in ("domain", "age_bucket", "gender", "zip_prefix", "user_id", "item_id", "genre", "genres",
+                   "release_decade", "hist_item_id"):
         assert a[column].to_pylist() == b[column].to_pylist(), column
 
 
@@ -304,7 +305,8 @@ def test_command_line_flags():
     parser = ArgumentParser()
     add_dataclass_arguments(parser, Options)
     args = parser.parse_args(["--src", "x", "--out", "y", "--domains", "genre", "--history", "positives",
-                              "--positive-rating", "3.5", "--max-length", "20", "--split-fractions", "0.7", "0.2", "0.1"])
+                              "--positive-rating", "3.5", "--max-length", "20",
+                              "--split-fractions", "0.7", "0.2", "0.1"])
     o = dataclass_from_args(Options, args)
     assert (o.domains, o.history, o.positive_rating, o.max_length) == ("genre", "positives", 3.5, 20)
     assert o.split_fractions == [0.7, 0.2, 0.1]

@@ -79,7 +79,7 @@ def reference(log: list[tuple], min_user: int, min_pos: int, min_item: int, num_
     ranked = sorted(cat_rows, key=lambda c: (-cat_rows[c], c))
     domain = {c: min(rank, num_domains - 1) for rank, c in enumerate(ranked)}
     expected = []
-    for n, u, i, c, b, t in kept:
+    for _n, u, i, c, b, t in kept:
         local = dt.datetime.fromtimestamp(t, BEIJING)
         day = (local.date() - dt.date(2017, 11, 25)).days
         split = "train" if day < 6 else "valid" if day < 7 else "test"
@@ -235,7 +235,7 @@ def test_domains_per_category(tmp_path: Path) -> None:
         assert r["domain"] == r["category_id"]
     categories = {raw: new for raw, new in vocab(r[2] for r in log).items()}
     items = vocab(r[1] for r in log)
-    for u, i, c, *_ in log:
+    for _u, i, c, *_ in log:
         assert {r["category_id"] for r in all_rows(out) if r["item_id"] == items[i]} == {categories[c]}
 
 

@@ -5,7 +5,7 @@ come 3 times in every batch, cold ids once (steps 0-1), warm ids once per batch 
 first round (step 1) gives the hot and cold ids a slot each and fills the table; the second round
 (step 3) must evict exactly the cold ids (seen once) for the warm ones (seen twice), while the hot
 ids keep their slots and their trained rows. Every id is at or above the spec's cardinality, so on
-2 ranks its shard is ``id mod 2`` (the placement rule of :mod:`torchrec_mdr.sparse.eviction`).
+2 ranks its shard is ``id mod 2`` (the placement rule of :mod:`torchrec_mdr.sparse.mch.eviction`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from torchrec_mdr.experiment import (EvictionConfig, ExperimentConfig, Optimizer
                                      TrainConfig)
 from torchrec_mdr.models.dnn import DNNConfig
 from torchrec_mdr.models.registry import ModelConfig
-from torchrec_mdr.sparse import fbgemm_cpu_fallback
+from torchrec_mdr.sparse.mch import fbgemm_cpu_fallback
 from torchrec_mdr.sparse.arch import SparseArch
-from torchrec_mdr.sparse.eviction import (TrackedMCHModule, check_eviction, eviction_stats, managed_reader_spec,
+from torchrec_mdr.sparse.mch.eviction import (TrackedMCHModule, check_eviction, eviction_stats, managed_reader_spec,
                                           tracked_modules)
 
 CARD = 100  # the spec's cardinality of the managed tables; every stream id is above it

@@ -18,7 +18,7 @@ def reference(query_user, query_time, event_user, event_time, items, max_length)
 
 def test_matches_brute_force_with_ties():
     rng = np.random.default_rng(0)
-    for trial in range(5):
+    for _trial in range(5):
         n = 300
         users = rng.integers(0, 12, n)
         times = rng.integers(0, 40, n)  # many ties

@@ -287,7 +287,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             if field.default is not dataclasses.MISSING
             else (field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         )
-        required = default is None and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        required = (default is None and field.default is dataclasses.MISSING
+                    and field.default_factory is dataclasses.MISSING)
         shown = f" (default: {to_dict(default)})" if not required else ""
         kwargs: dict[str, Any] = {"dest": field.name, "help": help_text + shown, "default": argparse.SUPPRESS}
         if tp is bool:

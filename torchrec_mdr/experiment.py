@@ -24,29 +24,16 @@ from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.data.reader import ReaderConfig
 from torchrec_mdr.models.registry import ModelConfig
 from torchrec_mdr.retrieval.config import RetrievalConfig
+from torchrec_mdr.sparse.config import ShardingType, SparseConfig
+from torchrec_mdr.sparse.mch.config import EvictionConfig
 
-ShardingType = Literal["auto", "table_wise", "row_wise", "column_wise", "data_parallel"]
-EvictionPolicy = Literal["lfu", "lru", "distance_lfu"]
+# The sections' types, importable from here with the tree that composes them.
+__all__ = ["DenseOptimizer", "EvictionConfig", "ExperimentConfig", "OptimizerConfig", "PipelineType", "ShardingType",
+           "SparseConfig", "SparseOptimizer", "TrainConfig"]
+
 SparseOptimizer = Literal["rowwise_adagrad", "adagrad", "sgd", "adam"]
 DenseOptimizer = Literal["adam", "adagrad", "sgd"]
 PipelineType = Literal["sparse_dist", "base", "plain"]
-
-
-@dataclass
-class EvictionConfig:
-    """Managed collision with low-frequency eviction (torchrec MCHManagedCollisionModule)."""
-
-    tables: list[str] = field(default_factory=list, metadata=doc("tables to manage (empty: none)"))
-    policy: EvictionPolicy = field(default="lfu", metadata=doc("which ids lose their slot at eviction"))
-    zch_size: int = field(default=100_000, metadata=bounds(ge=1, help="rows kept per managed table"))
-    eviction_interval: int = field(default=1000, metadata=bounds(ge=1, help="training steps between evictions"))
-    input_hash_size: int = field(default=2**40, metadata=bounds(ge=1, help="raw ids are hashed into this range"))
-
-
-@dataclass
-class SparseConfig:
-    sharding: ShardingType = field(default="auto", metadata=doc("auto = the torchrec planner"))
-    eviction: EvictionConfig = field(default_factory=EvictionConfig)
 
 
 @dataclass

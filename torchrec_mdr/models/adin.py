@@ -42,7 +42,7 @@ from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.models.blocks import DINAttention, select_domain
 from torchrec_mdr.models.din import QueryProjection
 from torchrec_mdr.models.domain_norm import DomainBatchNorm
-from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
+from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, FeatureLayout
 from torchrec_mdr.models.stacked import StackedLinear, StackedMLP
 
 
@@ -169,7 +169,7 @@ class ADINArch(nn.Module):
     """ADIN ranking arch (see the module docstring).
 
     Shapes: EmbeddedFeatures -> logits [B, num_tasks]; in training with ``self_training``,
-    ``ranking.ArchOutput(logits, pseudo_label_weight * self-training loss)``.
+    ``ArchOutput(logits, pseudo_label_weight * self-training loss)``.
     """
 
     def __init__(self, layout: FeatureLayout, config: ADINConfig) -> None:
@@ -210,7 +210,5 @@ class ADINArch(nn.Module):
         logits = select_domain(per_domain, features.domain)
         if not (self.training and self.config.self_training):
             return logits
-        from torchrec_mdr.models import ranking  # ranking imports the registry, which imports this module
-
         auxiliary = self_training_loss(per_domain, features.domain, self.config.pseudo_label_threshold)
-        return ranking.ArchOutput(logits, self.config.pseudo_label_weight * auxiliary)
+        return ArchOutput(logits, self.config.pseudo_label_weight * auxiliary)

@@ -14,16 +14,17 @@ import math
 import torch
 from torch import nn
 
-from torchrec_mdr.models.blocks import DINAttention
+from torchrec_mdr.models.blocks import DINAttention, per_position_query
+
+torch.fx.wrap("per_position_query")  # fx patches wrapped functions per importing module
 
 BACKBONES = ("can", "din", "mha")
 
 
-def _per_position(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """[B, D] or [B, L, D] query -> [B, L, D] (a view when the query is per row)."""
-    if query.dim() == 2:
-        return query.unsqueeze(1).expand(-1, keys.shape[1], -1)
-    return query
+@torch.fx.wrap  # reads the dtype: one node in an fx trace
+def _lowest_at_padding(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """``scores`` with the dtype's lowest value where ``real`` is False (softmax weight exactly 0)."""
+    return scores.masked_fill(~real, torch.finfo(scores.dtype).min)
 
 
 class MultiHeadTargetAttention(nn.Module):
@@ -54,11 +55,11 @@ class MultiHeadTargetAttention(nn.Module):
     def attention_weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """z of eq 12: [B, heads, L], zero at padded positions, each row summing to 1 (or 0 if empty)."""
         batch, length = keys.shape[:2]
-        q = self.query(_per_position(query, keys)).view(batch, length, self.heads, self.head_dim)
+        q = self.query(per_position_query(query, keys)).view(batch, length, self.heads, self.head_dim)
         k = self.key(keys).view(batch, length, self.heads, self.head_dim)
         scores = torch.einsum("blhd,blhd->bhl", q, k) / math.sqrt(self.head_dim)  # eq 11
         real = mask.unsqueeze(1)  # [B, 1, L]
-        scores = scores.masked_fill(~real, torch.finfo(scores.dtype).min)
+        scores = _lowest_at_padding(scores, real)
         return torch.softmax(scores, dim=-1) * real.to(scores.dtype)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -109,7 +110,7 @@ class CoActionUnit(nn.Module):
         return parts
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        layers = self.micro_parameters(_per_position(query, keys))  # weights [B, L, in, out]
+        layers = self.micro_parameters(per_position_query(query, keys))  # weights [B, L, in, out]
         outputs = []
         for order in range(1, self.orders + 1):
             x = keys if order == 1 else keys ** order

@@ -30,6 +30,14 @@ class MLP(nn.Sequential):
         self.out_features = width
 
 
+@torch.fx.wrap  # rank-dependent: one node in an fx trace
+def per_position_query(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """[B, D] or [B, L, D] query -> [B, L, D] (a view when the query is per row)."""
+    if query.dim() == 2:
+        return query.unsqueeze(1).expand(-1, keys.shape[1], -1)
+    return query
+
+
 class DINAttention(nn.Module):
     """DIN target attention (Zhou et al. 2018): an MLP scores each behaviour against the query.
 
@@ -45,8 +53,7 @@ class DINAttention(nn.Module):
         self.scorer = MLP(4 * dim, hidden, out_features=1, activation=nn.Sigmoid)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if query.dim() == 2:
-            query = query.unsqueeze(1).expand_as(keys)
+        query = per_position_query(query, keys)
         scores = self.scorer(torch.cat([query, keys, query - keys, query * keys], dim=-1)).squeeze(-1)
         weights = scores * mask.to(scores.dtype)
         return torch.einsum("bl,bld->bd", weights, keys)
@@ -63,8 +70,9 @@ def select_domain(per_domain: torch.Tensor, domain: torch.Tensor) -> torch.Tenso
 
     A gather, so a domain-specific head only receives gradient from its own domain's rows.
     """
-    index = domain.long().view(-1, *([1] * (per_domain.dim() - 1))).expand(-1, 1, *per_domain.shape[2:])
-    return per_domain.gather(1, index).squeeze(1)
+    flat = per_domain.unsqueeze(-1).flatten(2)  # [B, K, R]; written without the rank, so fx can trace it
+    index = domain.long().view(-1, 1, 1).expand(-1, 1, flat.shape[2])
+    return flat.gather(1, index).view_as(per_domain[:, 0])
 
 
 class FlatInput(nn.Module):

@@ -32,11 +32,12 @@ class QueryProjection(nn.Module):
     def __init__(self, query_width: int, key_width: int) -> None:
         super().__init__()
         self.linear = nn.Linear(max(query_width, 1), key_width) if query_width != key_width else None
+        self.no_query = query_width == 0  # no candidate column: a learned constant (fx-traceable: no shape test)
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         if self.linear is None:
             return query
-        if query.shape[-1] == 0:
+        if self.no_query:
             query = query.new_ones(query.shape[0], 1)
         return self.linear(query)
 

@@ -14,6 +14,18 @@ import torch
 from torch import nn
 
 
+@torch.fx.wrap  # a shape test: one node in an fx trace
+def _check_input(x: torch.Tensor, num_features: int) -> None:
+    if x.dim() != 2 or x.shape[1] != num_features:
+        raise ValueError(f"DomainBatchNorm expects [B, {num_features}], got {tuple(x.shape)}")
+
+
+@torch.fx.wrap  # one node in an fx trace, so that it reads the buffer when run, not when traced
+def _moving_average_(running: torch.Tensor, update: torch.Tensor, batch: torch.Tensor, momentum: float) -> None:
+    """In place: ``running = (1 - momentum) * running + momentum * batch`` where ``update`` is True."""
+    running.copy_(torch.where(update, (1 - momentum) * running + momentum * batch, running))
+
+
 class DomainBatchNorm(nn.Module):
     """Per-domain batch normalisation over features: x [B, F], domain [B] -> [B, F].
 
@@ -80,8 +92,7 @@ class DomainBatchNorm(nn.Module):
         return self.weight, self.bias
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"DomainBatchNorm expects [B, {self.num_features}], got {tuple(x.shape)}")
+        _check_input(x, self.num_features)
         domain = domain.long()
         values = x.float()
         if self.training:
@@ -109,10 +120,7 @@ class DomainBatchNorm(nn.Module):
         with torch.no_grad():
             unbiased = squares / (counts - 1.0).clamp_min(1.0)[:, None]
             update = has_statistics[:, None]
-            momentum = self.momentum
-            self.running_mean.copy_(torch.where(
-                update, (1 - momentum) * self.running_mean + momentum * mean.detach(), self.running_mean))
-            self.running_var.copy_(torch.where(
-                update, (1 - momentum) * self.running_var + momentum * unbiased, self.running_var))
+            _moving_average_(self.running_mean, update, mean.detach(), self.momentum)
+            _moving_average_(self.running_var, update, unbiased, self.momentum)
             self.num_batches_tracked.add_(has_statistics.long())
         return row_mean, row_var

@@ -1,4 +1,5 @@
-"""Embedded features as dense archs want them: field vectors, padded sequences, candidate queries.
+"""Embedded features as dense archs want them (field vectors, padded sequences, candidate queries),
+and what archs may return besides logits (:class:`ArchOutput`).
 
 The sparse arch returns what torchrec's collections return — a KeyedTensor of pooled embeddings
 (EmbeddingBagCollection) and a dict of JaggedTensors (EmbeddingCollection). :class:`FeatureLayout`
@@ -96,6 +97,7 @@ class EmbeddedFeatures:
     domain: torch.Tensor
 
 
+@torch.fx.wrap  # one node in an fx trace (its tensor sizes come from the batch)
 def _sum_pool(jagged: JaggedTensor, batch_size: int) -> torch.Tensor:
     """[B, D] sum of each row's embeddings (rows of length 0 give zeros)."""
     values = jagged.values()
@@ -124,3 +126,17 @@ def embed_features(layout: FeatureLayout, pooled: KeyedTensor, unpooled: dict[st
         query = torch.cat(query_parts, dim=-1) if query_parts else fields.new_zeros(batch_size, 0)
         sequences.append(EmbeddedSequence(torch.cat(padded, dim=-1), mask, query))
     return EmbeddedFeatures(fields, sequences, dense, domain)
+
+
+@dataclass
+class ArchOutput:
+    """What a model arch may return instead of bare logits (unpacked by ``ranking.DenseArch``).
+
+    Attributes:
+        logits: [B, num_tasks].
+        auxiliary_loss: scalar added to the label loss in training (e.g. ADIN's self-training term);
+            archs return it only while ``self.training``.
+    """
+
+    logits: torch.Tensor
+    auxiliary_loss: torch.Tensor

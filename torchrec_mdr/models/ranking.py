@@ -7,7 +7,6 @@ of the call graph on attributes of the batch, and everything after them lives in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,26 +15,12 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
 
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.spec import DatasetSpec
-from torchrec_mdr.models.features import FeatureLayout, embed_features
+from torchrec_mdr.models.features import ArchOutput, FeatureLayout, embed_features
 from torchrec_mdr.models.registry import ModelConfig, build_dense_arch
 from torchrec_mdr.sparse.arch import SparseArch
 
 if TYPE_CHECKING:
-    from torchrec_mdr.experiment import EvictionConfig
-
-
-@dataclass
-class ArchOutput:
-    """What a model arch may return instead of bare logits.
-
-    Attributes:
-        logits: [B, num_tasks].
-        auxiliary_loss: scalar added to the label loss in training (e.g. ADIN's self-training term);
-            archs return it only while ``self.training``.
-    """
-
-    logits: torch.Tensor
-    auxiliary_loss: torch.Tensor
+    from torchrec_mdr.sparse.mch.config import EvictionConfig
 
 
 class DenseArch(nn.Module):
@@ -53,9 +38,12 @@ class DenseArch(nn.Module):
 
     def forward(self, pooled: KeyedTensor | None, unpooled: dict[str, JaggedTensor], dense: torch.Tensor,
                 domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=dense.device.type, dtype=torch.bfloat16,
-                            enabled=self.mixed_precision and dense.device.type == "cuda"):
-            output = self.model(embed_features(self.layout, pooled, unpooled, dense, domain))
+        features = embed_features(self.layout, pooled, unpooled, dense, domain)
+        if self.mixed_precision and dense.device.type == "cuda":  # without it, fx-traceable (no autocast)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                output = self.model(features)
+        else:
+            output = self.model(features)
         if isinstance(output, ArchOutput):
             return output.logits.float(), output.auxiliary_loss.float()
         return output.float(), dense.new_zeros(())
@@ -70,7 +58,7 @@ class RankingModel(nn.Module):
         sparse_device: device of the embedding tables at construction (``meta`` under DMP).
         dense_device: device of the dense parameters.
         eviction, mc_buckets: managed-collision tables and their bucket count (the world size);
-            see :mod:`torchrec_mdr.sparse.eviction`.
+            see :mod:`torchrec_mdr.sparse.mch.eviction`.
         mixed_precision: bf16 autocast of the dense arch on CUDA.
     """
 

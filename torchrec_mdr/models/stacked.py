@@ -18,6 +18,20 @@ from torch import nn
 from torchrec_mdr.models.blocks import select_domain
 
 
+@torch.fx.wrap  # rank-dependent: one node in an fx trace
+def _stacked_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [B, in] (shared by the groups) or [B, G, in], weight [G, in, out] -> [B, G, out]."""
+    if x.dim() == 2:
+        return torch.einsum("bi,gio->bgo", x, weight)
+    return torch.einsum("bgi,gio->bgo", x, weight)
+
+
+@torch.fx.wrap
+def _per_group(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """x [B, in] -> [B, G, in] (a view); [B, G, in] unchanged."""
+    return x.unsqueeze(1).expand(-1, groups, -1) if x.dim() == 2 else x
+
+
 class StackedLinear(nn.Module):
     """G independent linear maps in one tensor: ``out[b, g] = x[b] W_g + b_g`` (or ``x[b, g] W_g + b_g``).
 
@@ -38,10 +52,7 @@ class StackedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            out = torch.einsum("bi,gio->bgo", x, self.weight)
-        else:
-            out = torch.einsum("bgi,gio->bgo", x, self.weight)
+        out = _stacked_matmul(x, self.weight)
         return out if self.bias is None else out + self.bias
 
 
@@ -70,7 +81,7 @@ class StackedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.layers:  # no layer at all: the input, once per group
-            return x.unsqueeze(1).expand(-1, self.groups, -1) if x.dim() == 2 else x
+            return _per_group(x, self.groups)
         return self.layers(x)
 
 

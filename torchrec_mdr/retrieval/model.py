@@ -49,7 +49,7 @@ from torchrec_mdr.retrieval.sampling import StreamingFrequencyEstimator
 from torchrec_mdr.sparse.arch import SparseArch
 
 if TYPE_CHECKING:
-    from torchrec_mdr.experiment import EvictionConfig
+    from torchrec_mdr.sparse.mch.config import EvictionConfig
 
 
 # --------------------------------------------------------------------------- features of each tower

@@ -9,7 +9,7 @@
 Both are built on the meta device and materialised by DistributedModelParallel, which shards them
 and fuses the sparse optimizer into the backward pass.
 
-Tables named in ``sparse.eviction.tables`` are managed (:mod:`torchrec_mdr.sparse.eviction`): they
+Tables named in ``sparse.eviction.tables`` are managed (:mod:`torchrec_mdr.sparse.mch.eviction`): they
 have ``zch_size`` rows and live in a ManagedCollisionEmbeddingBagCollection /
 ManagedCollisionEmbeddingCollection beside the plain collections, which remaps raw ids to rows and
 evicts low-frequency ids. The two pooled (and the two unpooled) outputs are merged, so the dense
@@ -28,10 +28,10 @@ from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagC
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
-from torchrec_mdr.sparse.eviction import check_eviction, managed_tables, mc_collection
+from torchrec_mdr.sparse.mch.eviction import check_eviction, managed_tables, mc_collection
 
 if TYPE_CHECKING:
-    from torchrec_mdr.experiment import EvictionConfig
+    from torchrec_mdr.sparse.mch.config import EvictionConfig
 
 
 def _tables(columns: list[ColumnSpec]) -> dict[str, tuple[int, list[str]]]:

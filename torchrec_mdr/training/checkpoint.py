@@ -74,8 +74,8 @@ from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.models.registry import MODELS
 from torchrec_mdr.training.distributed import DistContext
-from torchrec_mdr.training.mch_reshard import MCHReshard
-from torchrec_mdr.training.mch_state import load_module_states, module_states
+from torchrec_mdr.sparse.mch.reshard import MCHReshard
+from torchrec_mdr.sparse.mch.state import load_module_states, module_states
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"

@@ -8,11 +8,11 @@ works: table_wise places whole tables round-robin, largest first; row_wise split
 ranks; column_wise splits the embedding dimension evenly over all ranks; data_parallel replicates
 (EmbeddingBagCollection only on CPU).
 
-Managed-collision collections (tables with low-frequency eviction, :mod:`torchrec_mdr.sparse.eviction`)
+Managed-collision collections (tables with low-frequency eviction, :mod:`torchrec_mdr.sparse.mch.eviction`)
 are always row_wise with the fused kernel, whatever ``sparse.sharding`` says: torchrec shards them
 no other way, so they get a hand-written plan in ``auto`` mode too (the planner, which on CPU
 offers a managed EmbeddingBagCollection no sharding type at all, plans the other tables). On CPU
-their evictions need the :mod:`torchrec_mdr.sparse.fbgemm_cpu_fallback` kernel, installed after
+their evictions need the :mod:`torchrec_mdr.sparse.mch.fbgemm_cpu_fallback` kernel, installed after
 sharding.
 """
 
@@ -36,8 +36,8 @@ from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagC
                                                    ManagedCollisionEmbeddingCollection)
 
 from torchrec_mdr.config import ConfigError
-from torchrec_mdr.experiment import ShardingType
-from torchrec_mdr.sparse import fbgemm_cpu_fallback
+from torchrec_mdr.sparse.config import ShardingType
+from torchrec_mdr.sparse.mch import fbgemm_cpu_fallback
 from torchrec_mdr.training.distributed import DistContext
 
 

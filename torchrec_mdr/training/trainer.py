@@ -45,7 +45,7 @@ from torchrec_mdr.models.ranking import RankingModel, TrainModel
 from torchrec_mdr.retrieval.metrics import (RetrievalBuffer, RetrievalResult, format_retrieval_table,
                                             retrieval_metrics)
 from torchrec_mdr.retrieval.model import RetrievalModel
-from torchrec_mdr.sparse.eviction import eviction_stats, managed_reader_spec, prepare_eviction
+from torchrec_mdr.sparse.mch.eviction import eviction_stats, managed_reader_spec, prepare_eviction
 from torchrec_mdr.training.checkpoint import (CheckpointInfo, CheckpointManager, all_finite, check_identity,
                                               data_order, differences, run_identity)
 from torchrec_mdr.training.distributed import DistContext, init_distributed

@@ -65,7 +65,7 @@ def _host_storage(weights_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     tbe = ref() if ref is not None else None
     if tbe is None or tbe.weights_offsets is not weights_offsets:
         raise RuntimeError(f"{OP_NAME} (CPU fallback): a HOST-placed table batch that install() was not shown; "
-                           "call torchrec_mdr.sparse.fbgemm_cpu_fallback.install(model) after sharding")
+                           "call torchrec_mdr.sparse.mch.fbgemm_cpu_fallback.install(model) after sharding")
     return tbe.weights_host, tbe.momentum1_host
 
 
@@ -110,7 +110,7 @@ def _register() -> bool:
     if has_cpu_kernel():
         return False
     version = getattr(fbgemm_gpu, "__version__", "unknown")
-    schema = str(getattr(torch.ops.fbgemm, "reset_weight_momentum").default._schema)
+    schema = str(torch.ops.fbgemm.reset_weight_momentum.default._schema)
     if not version.startswith(FBGEMM_VERSION) or schema != OP_SCHEMA:
         raise TrainingError(f"fbgemm-gpu {version} has no CPU kernel for {OP_NAME}, which evicting ids from a "
                             f"sharded table on CPU needs; torchrec-mdr's fallback was written for fbgemm-gpu-cpu "

@@ -32,14 +32,15 @@ them instead, as one collective inside :meth:`CheckpointManager.load
 1. every rank reads the checkpoint's full slot arrays of every managed table (small: ints per row);
 2. :func:`plan_table` gives every held id to the rank that owns it at ``W'``; a rank with more ids
    than slots (``zch_size_k - 1``) keeps the highest counts (then the most recent access, then the
-   smaller id; LRU, which keeps no counts: the most recent access) and drops the rest, which become unknown ids (counted as evicted). A kept id keeps
-   its row when that row lies in its new shard, else takes the shard's lowest free row; every new
-   shard's unknown row takes an old unknown row's content;
+   smaller id; LRU, which keeps no counts: the most recent access) and drops the rest, which become
+   unknown ids (counted as evicted). A kept id keeps its row when that row lies in its new shard,
+   else takes the shard's lowest free row; every new shard's unknown row takes an old unknown row's
+   content;
 3. the embedding rows and every row-indexed fused-optimizer state (RowWiseAdagrad's ``momentum1``)
    of the table, which DCP loaded by row index, move to their new rows (``all_to_all_single``);
-4. eviction counters (see :mod:`torchrec_mdr.sparse.eviction`) are summed into the first shard
+4. eviction counters (see :mod:`torchrec_mdr.sparse.mch.eviction`) are summed into the first shard
    (``eviction_rounds``: the maximum, on every shard), so the table totals carry over; the ids each
-   old rank collected since the last eviction round (``rank{R}.pt``, :mod:`torchrec_mdr.training.mch_state`)
+   old rank collected since the last eviction round (``rank{R}.pt``, :mod:`torchrec_mdr.sparse.mch.state`)
    are sent to their new owners, with the step counters, when every old rank saved them.
 
 What it cannot do: ids that do not fit their new shard are dropped (lowest counts first); ids without
@@ -65,8 +66,8 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
 
 from torchrec_mdr.errors import TrainingError
-from torchrec_mdr.sparse.eviction import EMPTY_SLOT
-from torchrec_mdr.training.mch_state import load_module_state
+from torchrec_mdr.sparse.mch.eviction import EMPTY_SLOT
+from torchrec_mdr.sparse.mch.state import load_module_state
 
 CHECKED_TORCHREC = ("1.9.2",)  # the torchrec versions this layout was read from and tested with
 _MODULE_KEY = re.compile(r"^(?P<collection>.+)\._managed_collision_collection\._managed_collision_modules\."
@@ -340,7 +341,7 @@ class MCHReshard:
             if _RAW not in table.buffers or _ROWS not in table.buffers:
                 raise TrainingError(f"managed table '{table.name}': the model's state dict lacks sharded {_RAW} / "
                                     f"{_ROWS}; resharding needs a DistributedModelParallel model")
-            for name, value in table.buffers.items():  # read the checkpoint's full arrays instead
+            for name in table.buffers:  # read the checkpoint's full arrays instead
                 key = f"model.{table.prefix}{name}"
                 saved = metadata.get(key)
                 if not isinstance(saved, TensorStorageMetadata) or tuple(saved.size) != (table.segments[-1],):
@@ -412,7 +413,7 @@ class MCHReshard:
 
     # ------------------------------------------------------------------ per-rank state (rank{R}.pt)
     def _module_state(self, table: _Table, checkpoint: Path, dropped: int, report: ReshardReport) -> dict[str, Any]:
-        """This rank's module state (:func:`torchrec_mdr.training.mch_state.module_state` format) from every
+        """This rank's module state (:func:`torchrec_mdr.sparse.mch.state.module_state` format) from every
         old rank's: counters summed into shard 0, the history since the last round sent to the ids' owners."""
         if self._saved_modules is None:
             self._saved_modules = []

@@ -12,7 +12,7 @@ An id without a slot (new since the last round, or evicted) is looked up in the 
 one shared "unknown id" row (one per shard when the table is sharded). Until the first round every
 id is unknown: occupancy starts at 0. Under DistributedModelParallel (always, in the trainer)
 torchrec re-initialises the row of an evicted id with the table's ``init_fn`` and resets its
-row-wise Adagrad state (see :mod:`torchrec_mdr.sparse.fbgemm_cpu_fallback` for CPU), so that the
+row-wise Adagrad state (see :mod:`torchrec_mdr.sparse.mch.fbgemm_cpu_fallback` for CPU), so that the
 row's next owner starts fresh; a model outside DMP keeps the old row (torchrec 1.9.2's unsharded
 eviction hook is a no-op). Pooled (EmbeddingBagCollection) and unpooled
 (EmbeddingCollection: sequences and the candidate columns that share their table) tables are both
@@ -68,7 +68,7 @@ from torchrec_mdr.data.spec import DatasetSpec
 if TYPE_CHECKING:
     from torchrec.modules.embedding_configs import BaseEmbeddingConfig
 
-    from torchrec_mdr.experiment import EvictionConfig
+    from torchrec_mdr.sparse.mch.config import EvictionConfig
 
 POLICIES: dict[str, type[MCHEvictionPolicy]] = {
     "lfu": LFU_EvictionPolicy,
@@ -86,7 +86,7 @@ class TrackedMCHModule(MCHManagedCollisionModule):
     gained one; ``eviction_rounds``: rounds run. All counts are of this module (one shard when
     sharded) since training started: checkpoints save them per shard and a resumed run goes on
     from them (loaded at another world size, a table's totals move to its first shard, and ids
-    dropped there for lack of slots count as evicted: :mod:`torchrec_mdr.training.mch_reshard`).
+    dropped there for lack of slots count as evicted: :mod:`torchrec_mdr.sparse.mch.reshard`).
     Sharding rebuilds the module per shard through ``rebuild_with_output_id_range``
     (``type(self)(...)``), so every shard counts too.
     """
@@ -109,7 +109,7 @@ class TrackedMCHModule(MCHManagedCollisionModule):
         self.eviction_rounds += 1
 
     def counter_state(self) -> dict[str, int]:
-        """The three counts, for a checkpoint (:mod:`torchrec_mdr.training.mch_state` saves them per rank)."""
+        """The three counts, for a checkpoint (:mod:`torchrec_mdr.sparse.mch.state` saves them per rank)."""
         return {"evicted_ids": self.evicted_ids, "admitted_ids": self.admitted_ids,
                 "eviction_rounds": self.eviction_rounds}
 

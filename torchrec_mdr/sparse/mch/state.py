@@ -13,12 +13,12 @@ counted since the last round and moves its next round to ``eviction_interval`` s
 :func:`module_states` / :func:`load_module_states` save and restore exactly those attributes for
 every MCH module of a model (each rank's own shards), so that a run resumed mid-interval evicts
 the same ids at the same steps as an uninterrupted one, together with the eviction counters of
-torchrec-mdr's :class:`~torchrec_mdr.sparse.eviction.TrackedMCHModule` (``evicted_ids``,
+torchrec-mdr's :class:`~torchrec_mdr.sparse.mch.eviction.TrackedMCHModule` (``evicted_ids``,
 ``admitted_ids``, ``eviction_rounds``: python ints, outside the state dict too), so that a resumed
 run reports the counts of an uninterrupted one. Modules whose attributes differ from these
 (another torchrec version) keep their counters but lose the history, with a warning: resumption
 then stays correct but is no longer exact. At another world size
-:mod:`torchrec_mdr.training.mch_reshard` redistributes these states.
+:mod:`torchrec_mdr.sparse.mch.reshard` redistributes these states.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
 
-from torchrec_mdr.sparse.eviction import TrackedMCHModule
+from torchrec_mdr.sparse.mch.eviction import TrackedMCHModule
 
 _ATTRIBUTES = ("_history_accumulator", "_history_metadata", "_current_history_buffer_offset",
                "_input_history_buffer_size", "_current_iter", "_last_eviction_iter")
