@@ -58,8 +58,8 @@ import math
 
 import numpy as np
 
-from data_prep.synthetic import (NUM_ACTIVITY, NUM_DEVICES, NUM_HOURS, NUM_SEGMENTS, Options, SessionCounter,
-                                 World, _hash, _hash_gaussian, _hash_uniform)
+from data_prep.synthetic_world import (NUM_ACTIVITY, NUM_DEVICES, NUM_HOURS, NUM_SEGMENTS, Options, SessionCounter,
+                                       World, _hash, _hash_gaussian, _hash_uniform)
 from data_prep.writer import list_array
 
 MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
@@ -135,7 +135,8 @@ class WorldV2(World):
         self._dense_moments = [(float(x.mean()), float(x.var())) for x in draw["dense_true"].T]
         for dom in range(self.o.domains):
             # every calibration row evaluated as a row of this domain: no sampling noise between domains
-            z = logits(self, {**draw, "domains": np.full_like(domains, dom)}, ceilings=False)["oracle"]  # intercept still 0
+            as_domain = {**draw, "domains": np.full_like(domains, dom)}
+            z = logits(self, as_domain, ceilings=False)["oracle"]  # the intercept is still 0 here
             low, high = -20.0, 20.0
             for _ in range(60):
                 mid = 0.5 * (low + high)

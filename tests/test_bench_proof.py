@@ -6,11 +6,13 @@ import itertools
 import json
 import math
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
 
-from torchrec_mdr.bench.proof import ABLATIONS, MODELS, PAIRS, ProofBenchOptions, planned_jobs, run, run_dir
+from torchrec_mdr.bench.proof import (ABLATIONS, MODELS, PAIRS, ProofBenchOptions, dataset_name, planned_jobs, run,
+                                      run_dir)
 from torchrec_mdr.bench.proof_report import paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError
@@ -79,7 +81,7 @@ def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
     assert set(written) == {"ceilings", "specificity"}
     raw = json.loads((options.out / "specificity.json").read_text())
     cell = raw["pcrg"]["pcrg"]
-    data = options.work / "v2-world0-pcrg-rows2000"
+    data = options.work / dataset_name(options, 0, "pcrg")
     runs = {(v.label, seed): json.loads((run_dir(options, v, data, seed) / "metrics.json").read_text())
             for v in PAIRS["pcrg"] for seed in range(2)}
     deltas = [runs[("ADS", s)]["auc"] - runs[("ADS w/o PCRG", s)]["auc"] for s in range(2)]
@@ -89,7 +91,7 @@ def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
     table = written["specificity"].read_text()
     assert f"{cell['delta']:+.4f}" in table and "too few pairs" in table
     ceilings = written["ceilings"].read_text()
-    assert "v2-world0-none-rows2000" in ceilings and "v2-world0-pcrg-rows2000" in ceilings
+    assert dataset_name(options, 0, "none") in ceilings and dataset_name(options, 0, "pcrg") in ceilings
     capsys.readouterr()
     run(options)  # a finished benchmark re-renders without training
     assert "to train" not in capsys.readouterr().out
@@ -103,8 +105,9 @@ def test_diagonal_matrix_plans_own_none_and_all(tmp_path):
                                 users=50, items=200, seq_length=4, suites=["specificity"], matrix="diagonal")
     jobs = planned_jobs(options)
     cells = {(v.label, d.name) for v, d, _ in jobs}
-    assert ("ADS", "v2-world0-pcrg-rows1000") in cells and ("ADS", "v2-world0-sfpnet-rows1000") not in cells
-    assert ("SFPNet", "v2-world1-none-rows1000") in cells and ("SFPNet", "v2-world1-all-rows1000") in cells
+    name = partial(dataset_name, options)
+    assert ("ADS", name(0, "pcrg")) in cells and ("ADS", name(0, "sfpnet")) not in cells
+    assert ("SFPNet", name(1, "none")) in cells and ("SFPNet", name(1, "all")) in cells
     assert [s for _, _, s in jobs] == sorted(s for _, _, s in jobs)  # seed by seed over the worlds
     full = planned_jobs(ProofBenchOptions(**{**vars(options), "matrix": "full"}))
     assert len(full) == 2 * 2 * 7 * 10 and len(jobs) == 2 * 2 * 3 * 10

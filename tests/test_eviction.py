@@ -224,7 +224,8 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from data_prep.synthetic import Options, convert
 
     path = tmp_path_factory.mktemp("eviction") / "synthetic"
-    convert(Options(version=1, out=path, rows=900, users=40, items=60, categories=6, brands=10, seq_length=5, min_seq_length=0))
+    convert(Options(version=1, out=path, rows=900, users=40, items=60, categories=6, brands=10, seq_length=5,
+                    min_seq_length=0))
     return path
 
 

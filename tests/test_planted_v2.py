@@ -33,7 +33,7 @@ def test_spec_records_oracle_and_every_ceiling(tmp_path):
     spec = DatasetSpec.load(tmp_path / "v2")  # the ceilings survive a round trip through spec.json
     for stats in spec.splits.values():
         assert set(stats.ceilings) == set(planted_v2.CEILINGS)
-        for name, aucs in stats.ceilings.items():
+        for aucs in stats.ceilings.values():
             assert set(aucs) == {"all", "domain0", "domain1", "domain2"}
         # the domain constant alone separates nothing inside a domain
         assert all(stats.ceilings["domain_only"][f"domain{d}"] == pytest.approx(0.5) for d in range(3))

@@ -1,4 +1,4 @@
-"""The planted-effect generator, version 1 (kept reproducible): schema, oracle AUC, the domain-shift knob, sequences, determinism."""
+"""The planted-effect generator, version 1 (kept reproducible): schema, oracle AUC, domain shift, sequences."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
   ceilings, and the learning curves (validation AUC per epoch) of ``curves.png``.
 
 Every run is ``mdr train`` (DMP, fused sparse optimizer, TrainPipelineSparseDist, world size 1, one
-CPU thread: many small runs side by side, ``--jobs`` at once) with early stopping on the validation AUC (one evaluation per epoch, ``patience``), the best
+CPU thread: many small runs side by side, ``--jobs`` at once) with early stopping on the validation
+AUC (one evaluation per epoch, ``patience``), the best
 checkpoint restored for the test split; ``max_epochs`` bounds it. ADS and SFPNet both get the implicit
 domain feature ``user_activity`` (the planted PSRG transform depends on it). The seed sets the
 initialisation (``train.seed``) and the data order (``data.seed``). Each run's ``metrics.json`` stays under
@@ -31,99 +32,12 @@ import os
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 from torchrec_mdr.bench.accuracy import Variant
-from torchrec_mdr.config import ConfigError, bounds, doc
-
-SUITES: tuple[str, ...] = ("specificity", "ablation", "models")
-EFFECTS: tuple[str, ...] = ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")
-MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
-
-_ADS = ("model.ads.backbone=din", 'model.ads.domain_features=["user_activity"]')
-_SFP = ('model.sfpnet.scenario_features=["user_activity"]',)
-ADS = Variant("ADS", "ads", _ADS)
-ADS_NO_PCRG = Variant("ADS w/o PCRG", "ads", (*_ADS, "model.ads.use_pcrg=false"), "ADS")
-ADS_NEITHER = Variant("ADS w/o PCRG & PSRG", "ads", (*_ADS, "model.ads.use_pcrg=false", "model.ads.use_psrg=false"),
-                      "ADS")
-SFPNET = Variant("SFPNet", "sfpnet", _SFP)
-SFPNET_NO_STB = Variant("SFPNet w/o STB", "sfpnet", (*_SFP, "model.sfpnet.num_blocks=0"), "SFPNet")
-ADIN = Variant("ADIN", "adin")
-ADIN_NO_DSBN = Variant("ADIN w/o DSBN", "adin", ("model.adin.use_dsbn=false",), "ADIN")
-ADIN_NO_SE = Variant("ADIN w/o SE", "adin", ("model.adin.use_domain_interest=false",), "ADIN")
-
-# mechanism -> (the model with it, the same model without it)
-PAIRS: dict[str, tuple[Variant, Variant]] = {
-    "psrg": (ADS_NO_PCRG, ADS_NEITHER),
-    "pcrg": (ADS, ADS_NO_PCRG),
-    "sfpnet": (SFPNET, SFPNET_NO_STB),
-    "dsbn": (ADIN, ADIN_NO_DSBN),
-    "se": (ADIN, ADIN_NO_SE),
-}
-
-ABLATIONS: tuple[Variant, ...] = (
-    ADS, ADS_NO_PCRG, ADS_NEITHER,
-    SFPNET,
-    Variant("SFPNet w/o DAP", "sfpnet", (*_SFP, "model.sfpnet.distribution_aware_pooling=false"), "SFPNet"),
-    Variant("SFPNet w/o SAM", "sfpnet", (*_SFP, "model.sfpnet.use_sam=false"), "SFPNet"),
-    Variant("SFPNet w/o RTM", "sfpnet", (*_SFP, "model.sfpnet.use_rtm=false"), "SFPNet"),
-    Variant("SFPNet w/o S-DNN", "sfpnet", (*_SFP, "model.sfpnet.scenario_aware_dnn=false"), "SFPNet"),
-    SFPNET_NO_STB,
-    ADIN, ADIN_NO_DSBN, ADIN_NO_SE,
-    Variant("ADIN w/o self-training", "adin", ("model.adin.self_training=false",), "ADIN"),
-)
-
-MODELS: tuple[Variant, ...] = (
-    Variant("DNN", "dnn"), Variant("DIN", "din"), Variant("ADS", "ads", _ADS, "DIN"),
-    Variant("SFPNet", "sfpnet", _SFP, "DNN"), Variant("SharedBottom", "shared_bottom"),
-    Variant("ADIN", "adin", (), "SharedBottom"),
-)
-
-
-@dataclass
-class ProofBenchOptions:
-    out: Path = field(default=Path("docs/results/v2"), metadata=doc("folder for the tables and plots"))
-    work: Path = field(default=Path("data/bench-proof"), metadata=doc("datasets and per-run metrics (kept: a "
-                                                                      "re-run resumes)"))
-    suites: list[str] = field(default_factory=lambda: list(SUITES), metadata=doc(f"any of {', '.join(SUITES)}"))
-    effects: list[str] = field(default_factory=lambda: list(EFFECTS), metadata=doc(
-        f"planted datasets of the specificity suite: any of {', '.join(EFFECTS)}"))
-    mechanisms: list[str] = field(default_factory=lambda: list(MECHANISMS), metadata=doc(
-        f"rows of the specificity suite: any of {', '.join(MECHANISMS)}"))
-    worlds: int = field(default=3, metadata=bounds(ge=1, help="generator worlds (world seeds 0..N-1)"))
-    seeds: int = field(default=5, metadata=bounds(ge=1, help="training seeds per world"))
-    first_seed: int = field(default=0, metadata=bounds(ge=0, help="train seeds first_seed .. first_seed + seeds - 1 "
-                                                                  "(to add seeds on another machine); the tables "
-                                                                  "pool every archived seed below first_seed + seeds"))
-    rows: int = field(default=100_000, metadata=bounds(ge=1000, help="rows per dataset (train/valid/test "
-                                                                     "80/10/10)"))
-    users: int = field(default=500, metadata=bounds(ge=1, help="users (200 rows each at the default rows: "
-                                                               "with 5,000 the models overfit after one epoch)"))
-    items: int = field(default=500, metadata=bounds(ge=1, help="items (categories = items / 25)"))
-    seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length"))
-    max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
-    patience: int = field(default=2, metadata=bounds(ge=1, help="epochs without a better validation AUC "
-                                                                "before stopping"))
-    batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch"))
-    embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
-    matrix: str = field(default="full", metadata=doc(
-        "specificity cells: full = every mechanism on every planted dataset; diagonal = each mechanism on "
-        "none, its own effect and all"))
-    jobs: int = field(default=1, metadata=bounds(ge=1, help="runs trained at once (one thread each)"))
-    train: bool = field(default=True, metadata=doc("false: train nothing, render the tables from the finished "
-                                                   "and archived runs"))
-
-    def validate(self) -> None:
-        if self.matrix not in ("full", "diagonal"):
-            raise ConfigError(f"--matrix must be full or diagonal, not {self.matrix!r}")
-        for name, chosen, known in (("suites", self.suites, SUITES), ("effects", self.effects, EFFECTS),
-                                    ("mechanisms", self.mechanisms, MECHANISMS)):
-            unknown = sorted(set(chosen) - set(known))
-            if unknown:
-                raise ConfigError(f"--{name}: unknown {unknown}; choose from {list(known)}")
-
+from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for callers of the bench)
+    ABLATIONS, EFFECTS, MECHANISMS, MODELS, PAIRS, SUITES, ProofBenchOptions, archived, dataset_name, run_dir)
 
 def dataset(options: ProofBenchOptions, world: int, effect: str) -> Path:
     """The generator-v2 dataset of ``world`` with only ``effect`` planted (``all``: every one; ``none``: no
@@ -131,7 +45,7 @@ def dataset(options: ProofBenchOptions, world: int, effect: str) -> Path:
     from data_prep.synthetic import Options, convert
     from torchrec_mdr.data.spec import SPEC_FILE
 
-    path = options.work / f"v2-world{world}-{effect}-rows{options.rows}"
+    path = options.work / dataset_name(options, world, effect)
     if not (path / SPEC_FILE).exists():
         knobs = {f"{m}_effect": float(effect == "all" or effect == m) for m in MECHANISMS}
         convert(Options(out=path, rows=options.rows, users=options.users, items=options.items,
@@ -162,16 +76,6 @@ def _train(arguments: list[str], run_dir: str) -> dict:
 
     config = load_config(ExperimentConfig, None, arguments)
     return Trainer(config, Path(run_dir)).fit()
-
-
-def run_dir(options: ProofBenchOptions, variant: Variant, data: Path, seed: int) -> Path:
-    return options.work / "runs" / data.name / f"{variant.slug}-seed{seed}"
-
-
-def archived(options: ProofBenchOptions, variant: Variant, data: Path, seed: int) -> Path:
-    """The copy of a finished run's metrics.json kept beside the tables (committed, so that the benchmark
-    resumes on a fresh machine)."""
-    return options.out / "runs" / data.name / f"{variant.slug}-seed{seed}.json"
 
 
 def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]]) -> dict[tuple[str, str, int], dict]:

@@ -24,7 +24,7 @@ from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 
 if TYPE_CHECKING:
     from torchrec_mdr.bench.accuracy import Variant
-    from torchrec_mdr.bench.proof import ProofBenchOptions
+    from torchrec_mdr.bench.proof_setup import ProofBenchOptions
 
 Results = dict[tuple[str, str, int], dict]
 
@@ -76,7 +76,9 @@ def _cell(c: dict) -> str:
 
 
 def _world_datasets(options: "ProofBenchOptions", effect: str) -> list[str]:
-    return [f"v2-world{w}-{effect}-rows{options.rows}" for w in range(options.worlds)]
+    from torchrec_mdr.bench.proof_setup import dataset_name
+
+    return [dataset_name(options, w, effect) for w in range(options.worlds)]
 
 
 def _spec(options: "ProofBenchOptions", name: str):
@@ -114,6 +116,7 @@ def _header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
 
 def write_ceilings(options: "ProofBenchOptions") -> Path:
     from data_prep.planted_v2 import CEILINGS
+    from torchrec_mdr.bench.proof_setup import dataset_name
 
     lines = ["# Generator v2: oracle and ceilings (test split, all domains)", "",
              "Each ceiling is the AUC of the labels against the true logit with one mechanism's effect "
@@ -122,7 +125,7 @@ def write_ceilings(options: "ProofBenchOptions") -> Path:
              "|" + "---|" * (len(CEILINGS) + 4)]
     for world in range(options.worlds):
         for effect in ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all"):
-            name = f"v2-world{world}-{effect}-rows{options.rows}"
+            name = dataset_name(options, world, effect)
             spec = _spec(options, name)
             if spec is None:
                 continue
@@ -137,7 +140,7 @@ def write_ceilings(options: "ProofBenchOptions") -> Path:
 
 
 def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
-    from torchrec_mdr.bench.proof import PAIRS
+    from torchrec_mdr.bench.proof_setup import PAIRS
 
     effects = list(options.effects)
     lines = _header(options, "Specificity: each mechanism, with minus without, on each planted effect",
@@ -160,7 +163,8 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
             expected_ties = [e for e in effects if e not in (mechanism, "all") and raw[mechanism][e]["n"]]
             ties = [e for e in expected_ties if verdict(raw[mechanism][e]) == "ties"]
             verdict_lines.append(
-                f"- **{mechanism}**: on its own effect Δ {own['delta']:+.4f} (p={own['p']:.3g}, p_MW={own['p_mw']:.3g}) — "
+                f"- **{mechanism}**: on its own effect Δ {own['delta']:+.4f} (p={own['p']:.3g}, "
+                f"p_MW={own['p_mw']:.3g}) — "
                 f"**{verdict(own)}** (expected: wins); the oracle gap of the effect is {gap:.4f}, the mechanism "
                 f"closes {closed:.0%} of it. Ties where the effect is absent: {len(ties)}/{len(expected_ties)} "
                 f"({', '.join(e + ': ' + verdict(raw[mechanism][e]) for e in expected_ties) or 'none run'}).")
@@ -184,7 +188,8 @@ def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Res
             oracle.append(spec.splits["test"].oracle_auc["all"])
             main.append(spec.splits["test"].ceilings["main"]["all"])
     for v in variants:
-        runs = [results[(v.label, d, s)] for d in datasets for s in range(_seeds(options)) if (v.label, d, s) in results]
+        runs = [results[(v.label, d, s)] for d in datasets for s in range(_seeds(options))
+                if (v.label, d, s) in results]
         if not runs:
             continue
         mean, sd = _mean_sd([r["auc"] for r in runs])
@@ -208,7 +213,7 @@ def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Res
 
 
 def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
-    from torchrec_mdr.bench.proof import ABLATIONS
+    from torchrec_mdr.bench.proof_setup import ABLATIONS
 
     datasets = _world_datasets(options, "all")
     lines = _header(options, "Ablations on generator v2 with every effect planted", "ablation")
@@ -233,7 +238,7 @@ def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
 
 
 def write_models(options: "ProofBenchOptions", results: Results) -> Path:
-    from torchrec_mdr.bench.proof import MODELS
+    from torchrec_mdr.bench.proof_setup import MODELS
 
     lines = _header(options, "Models on generator v2 with every effect planted", "models")
     lines += _table(options, list(MODELS), results, _world_datasets(options, "all"), with_ceiling=True)
@@ -250,9 +255,9 @@ def write_curves(options: "ProofBenchOptions") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from torchrec_mdr.bench.proof import MODELS, run_dir
+    from torchrec_mdr.bench.proof_setup import MODELS, dataset_name, run_dir
 
-    data = options.work / f"v2-world0-all-rows{options.rows}"
+    data = options.work / dataset_name(options, 0, "all")
     spec = _spec(options, data.name)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for v in MODELS:
