@@ -31,7 +31,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_mdr.config import bounds, doc
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.errors import DataError
-from torchrec_mdr.data.spec import KEY_KINDS, ColumnSpec, DatasetSpec
+from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
 from torchrec_mdr.data.validate import check_block, check_files, open_parquet
 
 
@@ -387,9 +387,7 @@ class ParquetBatches(IterableDataset):
             table = parquet.read_row_group(segment.row_group, columns=self.columns)
             offset = segment.start - segment.group_start
             table = table.slice(offset, segment.stop - segment.start)
-            check_block(self.spec, self.files[segment.file],
-                        {n: table[n] for n in self.columns if self.spec.column(n).kind not in KEY_KINDS},
-                        segment.start)
+            check_block(self.spec, self.files[segment.file], {n: table[n] for n in self.columns}, segment.start)
             yield table_to_block(self.spec, table, self.files[segment.file], segment.start)
 
     def __iter__(self) -> Iterator[Batch | PackedBatch]:
