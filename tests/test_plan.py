@@ -135,3 +135,19 @@ def test_shipped_clusters_plan_the_paper_scale(spec_dir, capsys, name, world_siz
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("item ", "user "))}
     assert rows["item"][1:4] == ["EC", "1,000,000,000", "64"] and rows["user"][1:4] == ["EBC", "1,000,000,000", "64"]
     assert all(row[5].startswith("fused") for row in rows.values()) and "verdict: FITS" in out
+
+
+def test_no_placement_at_all_is_one_config_error(spec_dir):
+    """On a CPU cluster torchrec's planner has no sharding for a managed-collision EBC (torchrec #2958)."""
+    config = experiment("sparse.eviction.tables=[user]", "sparse.eviction.zch_size=1000")
+    cluster = ClusterConfig(world_size=2, local_world_size=2, device="cpu", ddr_gb=4)
+    with pytest.raises(ConfigError, match=r"offers table 'user' \(ManagedCollisionEmbeddingBagCollection\) no "
+                                          r"sharding type and kernel on cpu .*plan with --device cuda"):
+        plan_cluster(config, DatasetSpec.load(spec_dir), cluster)
+
+
+def test_retrieval_config_plans_its_towers_tables(spec_dir):
+    config = load_config(ExperimentConfig, ROOT / "configs" / "retrieval.toml")
+    spec = DatasetSpec.load(spec_dir)
+    plan = plan_cluster(config, spec, small_cluster(2))
+    assert plan.fits and sorted(t.name for t in plan.tables) == sorted(spec.tables)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from torchrec.distributed.planner.storage_reservations import HeuristicalStorage
 from torchrec.distributed.planner.types import PlannerError, PlannerErrorType, ShardingOption
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from torchrec_mdr.config import ConfigError
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.training.cluster import GB, ClusterConfig
@@ -177,7 +179,8 @@ def _fits(planner: EmbeddingShardingPlanner, model: nn.Module) -> bool:
 
 
 def plan_cluster(config: ExperimentConfig, spec: DatasetSpec, cluster: ClusterConfig) -> ClusterPlan:
-    """Plan ``config``'s model on ``spec``'s tables for ``cluster``; never raises for a plan that does not fit."""
+    """Plan ``config``'s model on ``spec``'s tables for ``cluster``; a plan that does not fit is a verdict,
+    not an error (ConfigError only where torchrec offers a table no placement at all)."""
     batch_size = cluster.batch_size or config.data.batch_size
     meta = torch.device("meta")
     model = build_model(config, spec, dense_device=meta, world_size=cluster.world_size,
@@ -190,11 +193,28 @@ def plan_cluster(config: ExperimentConfig, spec: DatasetSpec, cluster: ClusterCo
     try:
         with _quiet_root_logger():
             planner.plan(model, default_sharders())
+    except RuntimeError as error:
+        raise _no_placement(error, constraints, cluster) from None
     except PlannerError as error:
         _explain_failure(result, error, model, constraints, planner)
         return result
     _describe_plan(result, planner)
     return result
+
+
+def _no_placement(error: RuntimeError, constraints: dict[str, ParameterConstraints],
+                  cluster: ClusterConfig) -> Exception:
+    """A ConfigError for torchrec's "no sharding type and kernel" (other RuntimeErrors pass through)."""
+    found = re.search(r"No available sharding type .* constraints for (\S+?)\. Module: [\w.]*?(\w+), ", str(error))
+    if found is None:
+        return error
+    table, module = found.groups()
+    hint = (" (torchrec's planner has no CPU sharding for a managed-collision EmbeddingBagCollection, torchrec "
+            "issue #2958; mdr train places it row_wise by hand: plan with --device cuda)"
+            if module == "ManagedCollisionEmbeddingBagCollection" and cluster.device == "cpu" else "")
+    types = constraints[table].sharding_types if table in constraints else None
+    return ConfigError(f"torchrec's planner offers table '{table}' ({module}) no sharding type and kernel on "
+                       f"{cluster.device} under the sharding types {types}{hint}")
 
 
 def _describe_plan(result: ClusterPlan, planner: EmbeddingShardingPlanner) -> None:
