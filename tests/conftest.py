@@ -21,7 +21,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """tests/gpu is the GPU check: collected only with --gpu (never by `make test` or CI)."""
+    """tests/gpu is the GPU check: `pytest tests` (`make test`, CI) leaves it out unless given --gpu
+    (a path named on the command line, as `make test-gpu` does, is always collected)."""
     if collection_path == GPU_TESTS and not config.getoption("--gpu"):
         return True
     return None
