@@ -48,7 +48,9 @@ def format_plan(plan: ClusterPlan, header: str) -> str:
             lines.append(f"{t.name:<16}{collection:<8}{t.rows:>15,}{t.dim:>5}  {t.sharding_type:<18}"
                          f"{t.compute_kernel:<19}{rank_ranges(t.ranks):<12}{t.hbm / GB:>10,.2f}{t.ddr / GB:>10,.2f}"
                          f"{t.perf_ms:>9.2f}")
-        lines += ["", "per rank (consecutive ranks with the same use share a row): tables' memory and the planner's "
+        lines += ["(HBM / DDR: the table's shards together; perf: the planner's estimate for its slowest shard, "
+                  "forward and backward lookups and their communication per batch)",
+                  "", "per rank (consecutive ranks with the same use share a row): tables' memory and the planner's "
                       "estimate per batch", f"{'ranks':<12}{'HBM GiB':>10}{'DDR GiB':>10}{'perf ms':>10}"]
         for ranks, use in _grouped(plan.ranks):
             lines.append(f"{rank_ranges(ranks):<12}{use.hbm / GB:>10,.1f}{use.ddr / GB:>10,.1f}{use.perf_ms:>10.2f}")
