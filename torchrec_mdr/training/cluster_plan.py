@@ -15,6 +15,11 @@ choices as the trainer:
   ``multi_id`` column (an upper bound: the spec records no mean length);
 * torchrec's default storage reservation (15% of HBM, the dense parameters, the input buffers).
 
+The batch size, the pooling factors and the hosts (``local_world_size``) are this module's own:
+:func:`~torchrec_mdr.training.sharding.planner_plan` gives torchrec none of them today (it plans
+for a batch of 512, one id per feature and one host), so ``mdr train`` on the real cluster may
+choose another plan.
+
 When no plan fits, the tables are planned again, largest first, one more at a time: the table whose
 addition makes planning fail is the one named in the verdict.
 """
