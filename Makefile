@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA := data/synthetic-planted
 RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup run test bench-loader clean
+.PHONY: setup run test test-gpu bench-loader clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The GPU check (never run by CI): tests/gpu on a CUDA machine, in a .venv installed with the CUDA
+# builds (README, Install: GPU) -- not `make setup`, which installs the CPU kernels.
+test-gpu:
+	$(BIN)/python -m pytest -q --gpu tests/gpu
 
 bench-loader: setup
 	$(BIN)/mdr bench loader --data data/bench-loader

@@ -13,6 +13,33 @@ from data_prep.writer import DatasetWriter, list_array
 from torchrec_mdr.data.spec import ColumnSpec
 
 
+GPU_TESTS = Path(__file__).parent / "gpu"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--gpu", action="store_true", help="collect tests/gpu, the GPU check (make test-gpu)")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/gpu is the GPU check: `pytest tests` (`make test`, CI) leaves it out unless given --gpu
+    (a path named on the command line, as `make test-gpu` does, is always collected)."""
+    if collection_path == GPU_TESTS and not config.getoption("--gpu"):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test of tests/gpu is skipped on a machine without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (the GPU check: make test-gpu)")
+    for item in items:
+        if GPU_TESTS in Path(item.fspath).parents:
+            item.add_marker(skip)
+
+
 # A session key far above 2**32 (and above float32's exact range): the reader must keep it exact.
 TOY_SESSION_BASE = 1 << 40
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_toy
+from torchrec_mdr.cli import main
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.data.errors import DataError
 from torchrec_mdr.data.reader import ParquetBatches, ReaderConfig
@@ -71,6 +72,56 @@ def test_null_id(data):
     rewrite(data, "item_id", pa.array(values, pa.int64()))
     with pytest.raises(DataError, match=r"column 'item_id', row 3: missing \(null\) value"):
         open_reader(data)
+
+
+def null_inside_list(path: Path, column: str, position: int) -> int:
+    """Set value ``position`` of the list of the first row after 200 long enough; returns that row
+    (in the second row group, so the row number must count the rows before the block)."""
+    lists = pq.read_table(path / FIRST)[column].to_pylist()
+    row = next(i for i, v in enumerate(lists) if i > 200 and len(v) > position)
+    lists[row][position] = None
+    rewrite(path, column, pa.array(lists, pa.list_(pa.int64())))
+    return row
+
+
+@pytest.mark.parametrize("column, position", [("hist_item_id", 1), ("hist_domain", 0), ("tags", 0)])
+@pytest.mark.parametrize("statistics", [True, False])
+def test_null_inside_a_list(data, capsys, column, position, statistics):
+    """A null id inside a sequence or multi_id list: one DataError (not pyarrow's zero-copy error),
+    from the reader and from `mdr data validate`."""
+    row = null_inside_list(data, column, position)
+    pattern = rf"{FIRST}, column '{column}', row {row}: missing \(null\) id at position {position} of the list"
+    with pytest.raises(DataError, match=pattern):
+        open_reader(data)
+    with pytest.raises(DataError, match=pattern):
+        validate_dataset(data)
+    assert main(["data", "validate", "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_null_list(data):
+    lists = pq.read_table(data / FIRST)["hist_item_id"].to_pylist()
+    lists[210] = None
+    rewrite(data, "hist_item_id", pa.array(lists, pa.list_(pa.int64())))
+    with pytest.raises(DataError, match=r"column 'hist_item_id', row 210: missing \(null\) value"):
+        open_reader(data)
+    with pytest.raises(DataError, match=r"column 'hist_item_id', row 210: missing \(null\) value"):
+        validate_dataset(data)
+
+
+@pytest.mark.parametrize("column, arrow_type", [
+    ("price", pa.float32()), ("click", pa.int8()), ("domain", pa.int64()), ("group_id", pa.int64()),
+])
+def test_null_scalar(data, column, arrow_type):
+    """Nulls in dense, label, domain and key columns (a null group key used to become garbage)."""
+    values = first_column(data, column).tolist()
+    values[133] = None
+    rewrite(data, column, pa.array(values, arrow_type))
+    with pytest.raises(DataError, match=rf"column '{column}', row 133: missing \(null\) value"):
+        open_reader(data)
+    with pytest.raises(DataError, match=rf"column '{column}', row 133: missing \(null\) value"):
+        validate_dataset(data)
 
 
 def test_float_id_column_is_a_type_error(data):

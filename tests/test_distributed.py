@@ -507,3 +507,8 @@ def test_bench_train_bad_options_are_one_line_errors(capsys):
     assert "'models': unknown ['nonexistent']" in capsys.readouterr().err
     assert main(["bench", "train", "--sharding", "column_wise", "--embedding-dim", "5"]) == 2
     assert "divisible by every world size" in capsys.readouterr().err
+    if torch.cuda.device_count() < 2:
+        assert main(["bench", "train", "--device", "cuda"]) == 2
+        assert "'device': cuda needs one GPU per process, 2 for world sizes [1, 2]" in capsys.readouterr().err
+    assert main(["bench", "train", "--mixed-precision"]) == 2
+    assert "'mixed_precision': bf16 autocast is for the GPU" in capsys.readouterr().err

@@ -11,14 +11,18 @@
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr eval --run RUN_DIR [--data DIR] [--split S] [--checkpoint best|latest|step-N]   evaluate a checkpoint
     mdr compare --runs RUN_A RUN_B             per-domain AUC side by side, AUC Imp. of A vs B, oracle AUC
+    mdr plan --config FILE --cluster FILE [--table-rows item=1e9] [--world-size N ...]
+                                               torchrec's sharding plan for a GPU cluster, planned here
 
 Every option is a field of a typed dataclass; errors in options or data are printed as one line
-naming the option, file, column or row, and the command exits with status 2.
+naming the option, file, column or row, and the command exits with status 2 (``mdr plan`` exits
+with status 1 when its verdict is that the model does not fit).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -145,6 +149,44 @@ def _cmd_train(args: argparse.Namespace) -> None:
     Trainer(config, args.out, resume=args.resume).fit()
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from torchrec_mdr.config import from_dict, load_config, parse_override, read_file
+    from torchrec_mdr.data.spec import DatasetSpec
+    from torchrec_mdr.experiment import ExperimentConfig
+    from torchrec_mdr.training.cluster import ClusterConfig, parse_table_rows, scale_tables
+    from torchrec_mdr.training.cluster_plan import plan_cluster
+    from torchrec_mdr.training.plan_report import format_plan
+
+    config = load_config(ExperimentConfig, args.config, args.overrides)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ClusterConfig) if hasattr(args, f.name)}
+    cluster_keys = {**(read_file(args.cluster) if args.cluster else {}),
+                    **{name: parse_override(f"{name}={value}")[1] for name, value in flags.items()}}
+    source = " with ".join(filter(None, [str(args.cluster) if args.cluster else None,
+                                         "command-line flags" if flags else None])) or "cluster defaults"
+    cluster = from_dict(ClusterConfig, cluster_keys, source=source)
+    spec_path = args.spec or config.data.path
+    rows = parse_table_rows(args.table_rows)
+    spec = scale_tables(DatasetSpec.load(spec_path), rows)
+    plan = plan_cluster(config, spec, cluster)
+    model = config.retrieval.model_name if config.task == "retrieval" else config.model.name
+    eviction = config.sparse.eviction
+    managed = (f", eviction of {', '.join(eviction.tables)} at zch_size {eviction.zch_size:,}"
+               if eviction.tables else "")
+    scaled = f" (scaled: {', '.join(f'{t} {n:,} rows' for t, n in rows.items())})" if rows else ""
+    header = (f"mdr plan: model {model} (embedding_dim {config.model.embedding_dim}, sparse.sharding "
+              f"{config.sparse.sharding}, optimizer.sparse {config.optimizer.sparse}{managed})\n"
+              f"cluster {cluster.describe()}\n"
+              f"batch {plan.batch_size:,} per rank ({plan.batch_size * cluster.world_size:,} in all); "
+              f"spec {spec_path}{scaled}")
+    print(format_plan(plan, header))
+    if not plan.fits:
+        raise PlanDoesNotFit()
+
+
+class PlanDoesNotFit(Exception):
+    """``mdr plan`` printed a verdict that the model does not fit: exit status 1, nothing more to say."""
+
+
 @dataclass
 class CompareOptions:
     runs: list[Path] = field(metadata=doc("finished run directories; the last is the base of AUC Imp."))
@@ -225,6 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the latest complete checkpoint in --out (fresh start if there is none)")
     train.set_defaults(handler=_cmd_train)
 
+    from torchrec_mdr.training.cluster import ClusterConfig
+
+    plan = commands.add_parser("plan", help="plan the sharding of a run for a GPU cluster (no GPU needed)",
+                               description="torchrec's planner for a hypothetical cluster: per table the sharding "
+                                           "type, kernel and ranks; per rank the memory; and a verdict")
+    plan.add_argument("--config", type=Path, default=None, help="TOML or YAML experiment config (as mdr train)")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override an experiment config key (repeatable)")
+    plan.add_argument("--spec", type=Path, default=None,
+                      help="dataset folder or spec.json (default: the config's data.path); no data rows are read")
+    plan.add_argument("--table-rows", nargs="+", default=[], metavar="TABLE=ROWS",
+                      help="resize tables of the spec, e.g. item=1e9 user=2e8")
+    plan.add_argument("--cluster", type=Path, default=None,
+                      help="cluster TOML (configs/clusters/); the flags below override its keys")
+    add_dataclass_arguments(plan, ClusterConfig)
+    plan.set_defaults(handler=_cmd_plan)
+
     _subcommand(commands, "eval", "evaluate a run's checkpoint (latest, best or step-N) on a split; writes "
                 "RUN_DIR/eval-<split>.json",
                 EvalOptions, _cmd_eval)
@@ -256,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileExistsError, TrainingError) as error:
         print(f"mdr: error: {error}", file=sys.stderr)
         return 2
+    except PlanDoesNotFit:
+        return 1
     except KeyboardInterrupt:
         print("mdr: interrupted", file=sys.stderr)
         return 130

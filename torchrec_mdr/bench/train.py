@@ -1,7 +1,7 @@
 """``mdr bench train``: training samples/s per model, world size and training loop.
 
-For every world size the benchmark spawns that many processes joined over gloo (the torchrun
-variables set per process, as torchrun would), and each process builds, for every model and loop,
+For every world size the benchmark spawns that many processes joined over gloo — over nccl, one
+GPU each, with ``device = "cuda"`` — (the torchrun variables set per process, as torchrun would), and each process builds, for every model and loop,
 the real :class:`~torchrec_mdr.training.trainer.Trainer` (meta-device sparse arch, fused sparse
 optimizer, DMP with the configured sharding, dense optimizer) and runs:
 
@@ -20,7 +20,9 @@ per-round ratios: the two windows of one round run back to back, so a burst of o
 shared machine moves both. Batches are read
 once (the first ``batches_in_memory`` of the train split) and re-wrapped in fresh
 KeyedJaggedTensors for every step, so the figures measure training, not parquet reading (``mdr
-bench loader`` measures that). Each process uses ``cores // world_size`` threads unless ``threads``
+bench loader`` measures that). On the GPU the batches stay in pinned host memory and every step
+copies its batch to the device (the pipelines on their own stream), as in training; a window is
+timed between two ``torch.cuda.synchronize()``. Each process uses ``cores // world_size`` threads unless ``threads``
 says otherwise, so every world size uses the same cores.
 
 The dataset is the synthetic one (every behaviour sequence full length), generated on first use.
@@ -39,7 +41,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 
@@ -68,6 +70,8 @@ class TrainBenchOptions:
     repeats: int = field(default=5, metadata=bounds(ge=1, help="rounds of timed windows; cells report medians"))
     batches_in_memory: int = field(default=32, metadata=bounds(ge=1, help="distinct batches cycled through"))
     threads: int = field(default=0, metadata=bounds(ge=0, help="torch threads per process (0: cores // world size)"))
+    device: Literal["cpu", "cuda"] = field(default="cpu", metadata=doc("cuda: one GPU per process, nccl"))
+    mixed_precision: bool = field(default=False, metadata=doc("bf16 autocast of the dense arch (cuda only)"))
 
     def validate(self) -> None:
         from torchrec_mdr.models.registry import MODELS
@@ -78,7 +82,12 @@ class TrainBenchOptions:
         if not self.pipelines or not self.models or not self.world_sizes:
             raise ConfigError("'models', 'world_sizes' and 'pipelines' need at least one entry each")
         # the checks the trainer would make inside the spawned processes, made here for a clean error
-        if self.sharding == "data_parallel":
+        if self.device == "cuda" and torch.cuda.device_count() < max(self.world_sizes):
+            raise ConfigError(f"'device': cuda needs one GPU per process, {max(self.world_sizes)} for world sizes "
+                              f"{self.world_sizes}; this machine has {torch.cuda.device_count()}")
+        if self.mixed_precision and self.device != "cuda":
+            raise ConfigError("'mixed_precision': bf16 autocast is for the GPU; add --device cuda")
+        if self.sharding == "data_parallel" and self.device == "cpu":
             raise ConfigError("'sharding': data_parallel cannot hold the EmbeddingCollection of the sequences "
                               "on CPU; use table_wise, row_wise, column_wise or auto")
         if self.sharding == "column_wise" and any(self.embedding_dim % w for w in self.world_sizes):
@@ -158,11 +167,13 @@ class _Loop:
             data=ReaderConfig(path=options.data, batch_size=options.batch_size, shuffle=False),
             model=ModelConfig(name=model, embedding_dim=options.embedding_dim),
             sparse=SparseConfig(sharding=options.sharding),
-            train=TrainConfig(pipeline=pipeline, device="cpu"),  # type: ignore[arg-type]
+            train=TrainConfig(pipeline=pipeline, device=options.device,  # type: ignore[arg-type]
+                              mixed_precision=options.mixed_precision),
         )
         self.trainer = Trainer(config, run_dir)
         torch.set_num_threads(_threads(options, self.trainer.ctx.world_size))  # init_distributed sets its own
         self.source = _fresh(batches)
+        self.cuda = self.trainer.ctx.device.type == "cuda"
 
     def step(self) -> None:
         self.trainer.train_step(self.source)
@@ -171,10 +182,14 @@ class _Loop:
         """Seconds of ``steps`` steps, the slowest rank's."""
         import torch.distributed as dist
 
+        if self.cuda:
+            torch.cuda.synchronize()
         dist.barrier()
         start = time.perf_counter()
         for _ in range(steps):
             self.step()
+        if self.cuda:
+            torch.cuda.synchronize()  # the steps' kernels are queued, not done, when step() returns
         seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
         return float(seconds.item())
@@ -229,7 +244,9 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(_threads(options, world_size))
     _quiet()
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    if options.device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if options.device == "cuda" else "gloo", rank=rank, world_size=world_size)
     try:
         batches = _read_batches(options, rank, world_size)
         cells = []
@@ -253,6 +270,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _device_name(options: TrainBenchOptions) -> str:
+    if options.device == "cpu":
+        return "cpu"
+    precision = ", bf16 autocast" if options.mixed_precision else ""
+    return f"cuda ({torch.cuda.get_device_name(0)}{precision})"
+
+
 def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
     """One row per (model, world size): median samples/s of every loop, and sparse_dist / plain as the
     median, min and max of the per-round ratios."""
@@ -262,7 +286,7 @@ def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
     header += f"{'sparse_dist/plain':>19}{'min':>7}{'max':>7}" if ratio else ""
     lines = [f"training samples/s (median of {options.repeats} rounds x {options.steps} timed steps after "
              f"{options.warmup} warm-up, batch {options.batch_size} per process, sharding {options.sharding}, "
-             f"embedding dim {options.embedding_dim})", header]
+             f"embedding dim {options.embedding_dim}) on {_device_name(options)}", header]
     for model in options.models:
         for world_size in options.world_sizes:
             row = [by_key[(model, world_size, p)].samples_per_sec for p in options.pipelines]

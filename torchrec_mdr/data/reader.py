@@ -31,7 +31,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_mdr.config import bounds, doc
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.errors import DataError
-from torchrec_mdr.data.spec import KEY_KINDS, ColumnSpec, DatasetSpec
+from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
 from torchrec_mdr.data.validate import check_block, check_files, open_parquet
 
 
@@ -328,7 +328,7 @@ class ParquetBatches(IterableDataset):
     def __init__(self, config: ReaderConfig, split: str = "train", rank: int = 0, world_size: int = 1,
                  shuffle: bool | None = None, spec: DatasetSpec | None = None) -> None:
         """``spec``: the spec to read with (default: the folder's ``spec.json``); managed-collision
-        tables pass one whose id ranges follow ``input_hash_size`` (:mod:`torchrec_mdr.sparse.eviction`)."""
+        tables pass one whose id ranges follow ``input_hash_size`` (:mod:`torchrec_mdr.sparse.mch.eviction`)."""
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -389,9 +389,7 @@ class ParquetBatches(IterableDataset):
             table = parquet.read_row_group(segment.row_group, columns=self.columns)
             offset = segment.start - segment.group_start
             table = table.slice(offset, segment.stop - segment.start)
-            check_block(self.spec, self.files[segment.file],
-                        {n: table[n] for n in self.columns if self.spec.column(n).kind not in KEY_KINDS},
-                        segment.start)
+            check_block(self.spec, self.files[segment.file], {n: table[n] for n in self.columns}, segment.start)
             yield table_to_block(self.spec, table, self.files[segment.file], segment.start)
 
     def __iter__(self) -> Iterator[Batch | PackedBatch]:

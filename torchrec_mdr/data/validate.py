@@ -13,7 +13,9 @@ Two levels:
   over whole files): the same checks on the values themselves, plus NaN (which parquet statistics
   do not record).
 
-The key columns (``group``, ``session``) are checked for an integer type only: any int64 is a key.
+Nulls are refused everywhere: a null value, a null list, and a null id inside a list (which
+pyarrow would otherwise only report deep in a conversion). The key columns (``group``,
+``session``) are otherwise checked for an integer type only: any non-null int64 is a key.
 Rows are numbered from 0 within their file.
 """
 
@@ -141,16 +143,21 @@ def check_block(spec: DatasetSpec, path: Path, columns: dict[str, pa.ChunkedArra
         if array.null_count:
             mask = np.asarray(array.is_null())
             _fail(where, name, np.flatnonzero(mask)[0], "missing (null) value")
+        if column.kind in KEY_KINDS:  # any non-null int64 is a valid key
+            continue
         if column.kind in LIST_KINDS:
             chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
             offset = 0
             for chunk in chunks:
-                flat = chunk.flatten().to_numpy()
+                flat_array = chunk.flatten()
+                if flat_array.null_count:
+                    bad = int(np.flatnonzero(np.asarray(flat_array.is_null()))[0])
+                    row, position = _list_position(chunk, bad)
+                    _fail(where, name, offset + row, f"missing (null) id at position {position} of the list")
+                flat = flat_array.to_numpy()
                 bad = _bad_ids(column, flat)
                 if bad is not None:
-                    lengths = np.asarray(chunk.value_lengths().fill_null(0))
-                    row_of = np.searchsorted(np.cumsum(lengths), bad, side="right")
-                    _fail(where, name, offset + row_of, _id_message(column, flat[bad]))
+                    _fail(where, name, offset + _list_position(chunk, bad)[0], _id_message(column, flat[bad]))
                 offset += len(chunk)
             continue
         values = array.to_numpy()
@@ -170,6 +177,14 @@ def check_block(spec: DatasetSpec, path: Path, columns: dict[str, pa.ChunkedArra
             bad = np.flatnonzero((values < 0) | (values >= spec.num_domains))
             if bad.size:
                 _fail(where, name, bad[0], f"domain id {values[bad[0]]} is outside [0, {spec.num_domains})")
+
+
+def _list_position(chunk: pa.Array, flat_index: int) -> tuple[int, int]:
+    """(row, position within the row's list) of value ``flat_index`` of ``chunk.flatten()``."""
+    ends = np.cumsum(np.asarray(chunk.value_lengths().fill_null(0)))
+    row = int(np.searchsorted(ends, flat_index, side="right"))
+    start = int(ends[row - 1]) if row else 0
+    return row, flat_index - start
 
 
 def _bad_ids(column: ColumnSpec, values: np.ndarray) -> int | None:
@@ -199,7 +214,6 @@ def validate_dataset(folder: str | Path, splits: list[str] | None = None, full: 
             parquet = open_parquet(path)
             row_start = 0
             for batch in parquet.iter_batches(batch_size=65_536):
-                check_block(spec, path, {name: batch.column(name) for name in batch.schema.names
-                                         if spec.column(name).kind not in KEY_KINDS}, row_start)
+                check_block(spec, path, {name: batch.column(name) for name in batch.schema.names}, row_start)
                 row_start += batch.num_rows
     return spec

@@ -60,14 +60,15 @@ class RankingModel(nn.Module):
         eviction, mc_buckets: managed-collision tables and their bucket count (the world size);
             see :mod:`torchrec_mdr.sparse.mch.eviction`.
         mixed_precision: bf16 autocast of the dense arch on CUDA.
+        planning_only: see :class:`~torchrec_mdr.sparse.arch.SparseArch` (``mdr plan``).
     """
 
     def __init__(self, spec: DatasetSpec, config: ModelConfig, sparse_device: torch.device | None = None,
                  dense_device: torch.device | None = None, eviction: "EvictionConfig | None" = None,
-                 mc_buckets: int = 1, mixed_precision: bool = False) -> None:
+                 mc_buckets: int = 1, mixed_precision: bool = False, planning_only: bool = False) -> None:
         super().__init__()
         self.sparse_arch = SparseArch(spec, config.embedding_dim, device=sparse_device, eviction=eviction,
-                                      mc_buckets=mc_buckets)
+                                      mc_buckets=mc_buckets, planning_only=planning_only)
         self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim), config,
                                     mixed_precision).to(dense_device)
 

@@ -331,15 +331,16 @@ class RetrievalModel(nn.Module):
         sparse_device, dense_device, eviction, mc_buckets, mixed_precision: as for
             :class:`~torchrec_mdr.models.ranking.RankingModel`.
         stream_rows: the largest batch of one rank (the frequency estimate's all-gather width).
+        planning_only: see :class:`~torchrec_mdr.sparse.arch.SparseArch` (``mdr plan``).
     """
 
     def __init__(self, spec: DatasetSpec, embedding_dim: int, config: RetrievalConfig,
                  sparse_device: torch.device | None = None, dense_device: torch.device | None = None,
                  eviction: "EvictionConfig | None" = None, mc_buckets: int = 1, mixed_precision: bool = False,
-                 stream_rows: int | None = None) -> None:
+                 stream_rows: int | None = None, planning_only: bool = False) -> None:
         super().__init__()
         self.sparse_arch = SparseArch(spec, embedding_dim, device=sparse_device, eviction=eviction,
-                                      mc_buckets=mc_buckets)
+                                      mc_buckets=mc_buckets, planning_only=planning_only)
         self.dense_arch = RetrievalDenseArch(spec, FeatureLayout.from_spec(spec, embedding_dim), config,
                                              mixed_precision, stream_rows).to(dense_device)
 

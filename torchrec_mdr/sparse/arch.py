@@ -85,6 +85,9 @@ class SparseArch(nn.Module):
         eviction: managed-collision settings; its ``tables`` get managed collections (None: none).
         mc_buckets: buckets of each managed-collision module: the world size the model will be
             sharded over (torchrec's planner needs a multiple of it).
+        planning_only: a model that is planned (``mdr plan``) and never sharded: with ``device``
+            ``meta`` its managed-collision modules stay on meta too (otherwise they are built on
+            CPU, zch-sized, because sharding rebuilds them from there).
 
     Call: ``(sparse_features KJT, sequence_features KJT) ->
     (KeyedTensor [B, num_pooled * D], dict feature -> JaggedTensor of [length, D] rows)``.
@@ -93,7 +96,8 @@ class SparseArch(nn.Module):
     """
 
     def __init__(self, spec: DatasetSpec, embedding_dim: int, device: torch.device | None = None,
-                 eviction: "EvictionConfig | None" = None, mc_buckets: int = 1) -> None:
+                 eviction: "EvictionConfig | None" = None, mc_buckets: int = 1,
+                 planning_only: bool = False) -> None:
         super().__init__()
         managed = managed_tables(eviction)
         if managed:
@@ -112,11 +116,11 @@ class SparseArch(nn.Module):
                                      if plain_unpooled else None)
         self.managed_embedding_bag_collection = (ManagedCollisionEmbeddingBagCollection(
             EmbeddingBagCollection(tables=managed_pooled, device=device),
-            mc_collection(managed_pooled, spec, eviction, mc_buckets, device),
+            mc_collection(managed_pooled, spec, eviction, mc_buckets, device, planning_only),
             return_remapped_features=False) if managed_pooled else None)
         self.managed_embedding_collection = (ManagedCollisionEmbeddingCollection(
             EmbeddingCollection(tables=managed_unpooled, device=device),
-            mc_collection(managed_unpooled, spec, eviction, mc_buckets, device),
+            mc_collection(managed_unpooled, spec, eviction, mc_buckets, device, planning_only),
             return_remapped_features=False) if managed_unpooled else None)
 
     def forward(self, sparse_features: KeyedJaggedTensor,

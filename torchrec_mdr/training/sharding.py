@@ -44,7 +44,7 @@ from torchrec_mdr.training.distributed import DistContext
 MANAGED = (ManagedCollisionEmbeddingBagCollection, ManagedCollisionEmbeddingCollection)
 
 
-def _collections(model: nn.Module) -> dict[str, nn.Module]:
+def embedding_collections(model: nn.Module) -> dict[str, nn.Module]:
     """The shardable collections by path: EBC, EC and managed-collision wrappers (not the EBC/EC inside one)."""
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():  # parents come before their children
@@ -55,7 +55,8 @@ def _collections(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _table_sizes(module: nn.Module) -> dict[str, tuple[int, int]]:
+def table_sizes(module: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{table: (rows, dim)}`` of one collection (of the collection inside a managed one)."""
     if isinstance(module, MANAGED):
         module = module._embedding_module
     configs = (module.embedding_bag_configs() if isinstance(module, EmbeddingBagCollection)
@@ -68,10 +69,10 @@ def check_sharding(model: nn.Module, sharding: ShardingType, ctx: DistContext) -
     if sharding not in get_args(ShardingType):
         raise ConfigError(f"sparse.sharding = {sharding!r} is not a sharding type; "
                           f"choose one of {', '.join(get_args(ShardingType))}")
-    for module in _collections(model).values():
+    for module in embedding_collections(model).values():
         if isinstance(module, MANAGED):
             continue  # always row_wise
-        for table, (_rows, dim) in _table_sizes(module).items():
+        for table, (_rows, dim) in table_sizes(module).items():
             if sharding == "column_wise" and dim % ctx.world_size:
                 raise ConfigError(f"sparse.sharding = column_wise: table '{table}' has embedding dimension {dim}, "
                                   f"which cannot be split evenly over {ctx.world_size} ranks")
@@ -84,9 +85,9 @@ def check_sharding(model: nn.Module, sharding: ShardingType, ctx: DistContext) -
 def hand_plan(model: nn.Module | dict[str, nn.Module], sharding: ShardingType, ctx: DistContext) -> ShardingPlan:
     """A plan of every collection of ``model`` (or of the given ``{path: collection}``); managed ones row_wise."""
     plans = {}
-    collections = model if isinstance(model, dict) else _collections(model)
+    collections = model if isinstance(model, dict) else embedding_collections(model)
     for path, module in collections.items():
-        sizes = _table_sizes(module)
+        sizes = table_sizes(module)
         by_size = sorted(sizes, key=lambda t: -sizes[t][0] * sizes[t][1])
         generators = {
             table: (row_wise() if isinstance(module, MANAGED)
@@ -101,24 +102,37 @@ def hand_plan(model: nn.Module | dict[str, nn.Module], sharding: ShardingType, c
     return ShardingPlan(plans)
 
 
+def planner_sharding_types(module: nn.Module, device_type: str) -> list[str]:
+    """The sharding types the planner may choose for a plain collection's tables: never
+    data_parallel (see :func:`planner_plan`); on CPU an EmbeddingCollection gets no table_row_wise /
+    table_column_wise (fbgemm's CPU kernels cannot run them unpooled)."""
+    if isinstance(module, EmbeddingCollection) and device_type == "cpu":
+        return ["table_wise", "column_wise", "row_wise"]
+    return ["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise"]
+
+
+def default_sharders() -> list:
+    """The sharders of every collection the sparse arch builds (plain and managed, pooled and unpooled)."""
+    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder(),
+            ManagedCollisionEmbeddingBagCollectionSharder(), ManagedCollisionEmbeddingCollectionSharder()]
+
+
 def planner_plan(model: nn.Module, ctx: DistContext, sharders: list) -> ShardingPlan:
     """The planner's plan, never data_parallel: a data-parallel table gets no fused optimizer, so it
     would train with the dense optimizer and rate instead of ``optimizer.sparse`` / ``sparse_lr``
     (and which small tables the planner replicates changes with the world size)."""
     constraints = {}
-    for module in _collections(model).values():
+    for module in embedding_collections(model).values():
         if isinstance(module, MANAGED):
             continue
-        types = (["table_wise", "column_wise", "row_wise"]
-                 if isinstance(module, EmbeddingCollection) and ctx.device.type == "cpu"
-                 else ["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise"])
-        for table in _table_sizes(module):
+        types = planner_sharding_types(module, ctx.device.type)
+        for table in table_sizes(module):
             constraints[table] = ParameterConstraints(sharding_types=types)
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=ctx.world_size, compute_device=ctx.device.type, local_world_size=ctx.world_size),
         constraints=constraints or None,
     )
-    collections = _collections(model)
+    collections = embedding_collections(model)
     managed = {path: module for path, module in collections.items() if isinstance(module, MANAGED)}
     if not managed:
         return planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
@@ -146,11 +160,10 @@ def _tree(modules: dict[str, nn.Module]) -> nn.Module:
 def wrap_model(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> DistributedModelParallel:
     """Shard ``model``'s embedding collections (built on the meta device) and wrap the rest in DDP."""
     check_sharding(model, sharding, ctx)
-    sharders = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder(),
-                ManagedCollisionEmbeddingBagCollectionSharder(), ManagedCollisionEmbeddingCollectionSharder()]
-    plan = planner_plan(model, ctx, sharders) if sharding == "auto" else hand_plan(model, sharding, ctx)
-    managed = any(isinstance(m, MANAGED) for m in _collections(model).values())
-    sharded = DistributedModelParallel(model, device=ctx.device, plan=plan, sharders=sharders)
+    all_sharders = default_sharders()
+    plan = planner_plan(model, ctx, all_sharders) if sharding == "auto" else hand_plan(model, sharding, ctx)
+    managed = any(isinstance(m, MANAGED) for m in embedding_collections(model).values())
+    sharded = DistributedModelParallel(model, device=ctx.device, plan=plan, sharders=all_sharders)
     if managed:
         fbgemm_cpu_fallback.install(sharded)  # a no-op off CPU or where fbgemm has the CPU kernel
     return sharded

@@ -41,16 +41,15 @@ from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.metrics.ranking import EvalResult, PredictionBuffer, evaluate_predictions
-from torchrec_mdr.models.ranking import RankingModel, TrainModel
 from torchrec_mdr.retrieval.metrics import (RetrievalBuffer, RetrievalResult, format_retrieval_table,
                                             retrieval_metrics)
-from torchrec_mdr.retrieval.model import RetrievalModel
 from torchrec_mdr.sparse.mch.eviction import eviction_stats, managed_reader_spec, prepare_eviction
 from torchrec_mdr.training.checkpoint import (CheckpointInfo, CheckpointManager, all_finite, check_identity,
                                               data_order, differences, run_identity)
 from torchrec_mdr.training.distributed import DistContext, init_distributed
 from torchrec_mdr.training.early_stopping import EarlyStopping, history_entry
-from torchrec_mdr.training.optimizers import LRSchedule, apply_sparse_optimizer, build_optimizer
+from torchrec_mdr.training.model_factory import build_model
+from torchrec_mdr.training.optimizers import LRSchedule, build_optimizer
 from torchrec_mdr.training.sharding import wrap_model
 
 
@@ -109,17 +108,7 @@ class Trainer:
         if self.ctx.is_main and not evaluate_only:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
-        if self.retrieval:
-            model = RetrievalModel(self.spec, config.model.embedding_dim, config.retrieval,
-                                   sparse_device=torch.device("meta"), dense_device=self.ctx.device,
-                                   eviction=config.sparse.eviction, mc_buckets=self.ctx.world_size,
-                                   mixed_precision=config.train.mixed_precision, stream_rows=config.data.batch_size)
-        else:
-            model = TrainModel(RankingModel(self.spec, config.model, sparse_device=torch.device("meta"),
-                                            dense_device=self.ctx.device, eviction=config.sparse.eviction,
-                                            mc_buckets=self.ctx.world_size,
-                                            mixed_precision=config.train.mixed_precision))
-        apply_sparse_optimizer(model, config.optimizer, self.ctx.device)
+        model = build_model(config, self.spec, self.ctx.device, self.ctx.world_size)
         self.model = wrap_model(model, config.sparse.sharding, self.ctx)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.reader_spec = managed_reader_spec(self.spec, config.sparse.eviction)

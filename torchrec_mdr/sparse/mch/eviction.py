@@ -196,7 +196,8 @@ def mc_module(table: str, eviction: "EvictionConfig", placement_range: int, buck
 
 
 def mc_collection(configs: list["BaseEmbeddingConfig"], spec: DatasetSpec, eviction: "EvictionConfig",
-                  buckets: int = 1, device: torch.device | None = None) -> ManagedCollisionCollection:
+                  buckets: int = 1, device: torch.device | None = None,
+                  keep_meta: bool = False) -> ManagedCollisionCollection:
     """A ManagedCollisionCollection with one module per table of ``configs`` (all managed).
 
     ``buckets``: the world size when the tables will be sharded (torchrec's planner wants the
@@ -204,9 +205,10 @@ def mc_collection(configs: list["BaseEmbeddingConfig"], spec: DatasetSpec, evict
     """
     tables = spec.tables
     # Modules are built on CPU even for a meta model: sharding rebuilds them on the training device.
-    modules = {c.name: mc_module(c.name, eviction, tables[c.name], buckets,
-                                 device if device is not None and device.type != "meta" else None)
-               for c in configs}
+    # ``keep_meta``: a model that is only planned, never sharded, keeps them on meta (no memory).
+    on_meta = device is not None and device.type == "meta"
+    mc_device = device if not on_meta or keep_meta else None
+    modules = {c.name: mc_module(c.name, eviction, tables[c.name], buckets, mc_device) for c in configs}
     return ManagedCollisionCollection(modules, configs)
 
 
