@@ -14,7 +14,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from conftest import tiny_synthetic
 from gpu_helpers import cuda_config, fixed_batches, fresh_process_group, local  # noqa: F401 - autouse fixture
-from torchrec_mdr.sparse.eviction import eviction_stats, tracked_modules
+from torchrec_mdr.sparse.mch.eviction import eviction_stats, tracked_modules
 from torchrec_mdr.training.trainer import Trainer
 
 STEPS = 6
@@ -27,7 +27,8 @@ def data(tmp_path_factory) -> Path:
 
 def table_plans(trainer: Trainer) -> dict:
     """table -> torchrec ParameterSharding of the DMP model's plan."""
-    return {table: sharding for module_plan in trainer.model.plan.plan.values() for table, sharding in module_plan.items()}
+    return {table: sharding for module_plan in trainer.model.plan.plan.values()
+            for table, sharding in module_plan.items()}
 
 
 def table_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -77,7 +78,8 @@ def test_bf16_autocast_of_the_dense_arch(data, tmp_path):
 
 def test_managed_collision_on_cuda(data, tmp_path):
     config = cuda_config(data, "sparse.eviction.tables=[item, user]", "sparse.eviction.zch_size=64",
-                         "sparse.eviction.eviction_interval=2", f"train.max_steps={STEPS}", "train.pipeline=sparse_dist")
+                         "sparse.eviction.eviction_interval=2", f"train.max_steps={STEPS}",
+                         "train.pipeline=sparse_dist")
     trainer = Trainer(config, tmp_path / "run")
     plans = table_plans(trainer)
     assert (plans["item"].sharding_type, plans["user"].sharding_type) == ("row_wise", "row_wise")

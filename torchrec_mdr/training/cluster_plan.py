@@ -134,7 +134,8 @@ def topology(cluster: ClusterConfig) -> Topology:
         "intra_host_bw": cluster.intra_host_bw_gbps, "inter_host_bw": cluster.inter_host_bw_gbps,
     }.items() if value is not None}
     return Topology(world_size=cluster.world_size, local_world_size=cluster.local_world_size,
-                    compute_device=cluster.device, hbm_cap=int(cluster.hbm_gb * GB) if cluster.device == "cuda" else None,
+                    compute_device=cluster.device,
+                    hbm_cap=int(cluster.hbm_gb * GB) if cluster.device == "cuda" else None,
                     ddr_cap=int(cluster.ddr_gb * GB), **bandwidths)
 
 
