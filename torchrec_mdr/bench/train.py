@@ -190,7 +190,9 @@ class _Loop:
             self.step()
         if self.cuda:
             torch.cuda.synchronize()  # the steps' kernels are queued, not done, when step() returns
-        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        # nccl reduces only CUDA tensors
+        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64,
+                               device="cuda" if self.cuda else "cpu")
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
         return float(seconds.item())
 
