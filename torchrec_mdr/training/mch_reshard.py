@@ -67,6 +67,7 @@ from torchrec.modules.mc_modules import MCHManagedCollisionModule
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.sparse.eviction import EMPTY_SLOT
 from torchrec_mdr.training.mch_state import load_module_state
+from torchrec_mdr.training.safe_files import load_side_file
 
 CHECKED_TORCHREC = ("1.9.2",)  # the torchrec versions this layout was read from and tested with
 _MODULE_KEY = re.compile(r"^(?P<collection>.+)\._managed_collision_collection\._managed_collision_modules\."
@@ -418,7 +419,7 @@ class MCHReshard:
             self._saved_modules = []
             for rank in range(self.saved_world_size):
                 path = checkpoint / f"rank{rank}.pt"
-                self._saved_modules.append(torch.load(path, weights_only=False).get("modules", {})
+                self._saved_modules.append(load_side_file(path).get("modules", {})
                                            if path.is_file() else {})
         saved = [modules.get(table.module_name) for modules in self._saved_modules]
         counters = [s.get("counters") for s in saved if s is not None]
