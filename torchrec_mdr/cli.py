@@ -9,6 +9,7 @@
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr eval --run RUN_DIR [--data DIR] [--split S] [--checkpoint best|latest|step-N]   evaluate a checkpoint
+    mdr predict --run RUN_DIR --out DIR [--data DIR] [--split S] [--keep a,b]   score every row of a split
     mdr compare --runs RUN_A RUN_B             per-domain AUC side by side, AUC Imp. of A vs B, oracle AUC
 
 Every option is a field of a typed dataclass; errors in options or data are printed as one line
@@ -168,6 +169,28 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     evaluate_run(options.run, data=options.data, split=options.split, checkpoint=options.checkpoint)
 
 
+@dataclass
+class PredictOptions:
+    run: Path = field(metadata=doc("run directory (holds config.json and checkpoints/)"))
+    out: Path = field(metadata=doc("output folder of parquet part files (written atomically)"))
+    data: Path | None = field(default=None, metadata=doc("prepared dataset to score, with the run's spec "
+                                                         "fingerprint (default: the run's data.path)"))
+    split: str = field(default="test", metadata=doc("split to score"))
+    keep: str | None = field(default=None, metadata=doc("comma-separated columns copied to the output "
+                                                        "(default: the spec's group key; '' for none)"))
+    checkpoint: str = field(default="latest", metadata=doc("latest, best or step-N"))
+    overwrite: bool = field(default=False, metadata=doc("replace --out if it exists"))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from torchrec_mdr.training.predict import predict_run
+
+    options = dataclass_from_args(PredictOptions, args)
+    keep = None if options.keep is None else [c.strip() for c in options.keep.split(",") if c.strip()]
+    predict_run(options.run, options.out, data=options.data, split=options.split, keep=keep,
+                checkpoint=options.checkpoint, overwrite=options.overwrite)
+
+
 def _subcommand(parent, name: str, help_text: str, options: type, handler) -> argparse.ArgumentParser:
     """A subcommand whose flags are the fields of the ``options`` dataclass."""
     parser = parent.add_parser(name, help=help_text, description=help_text)
@@ -217,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(commands, "eval", "evaluate a run's checkpoint (latest, best or step-N) on a split; writes "
                 "RUN_DIR/eval-<split>.json",
                 EvalOptions, _cmd_eval)
+    _subcommand(commands, "predict", "score every row of a split with a run's checkpoint: parquet parts of row, "
+                "domain, prob_<label> and --keep columns", PredictOptions, _cmd_predict)
     _subcommand(commands, "compare", "per-domain AUC of finished runs side by side, with AUC Imp. vs the last",
                 CompareOptions, _cmd_compare)
     _subcommand(commands, "demo", "generate the default data if missing, show it, read one epoch", DemoOptions,
