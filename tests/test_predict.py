@@ -147,7 +147,8 @@ def test_predict_command_line_defaults_and_errors(run: Path, tmp_path: Path, cap
     assert table.num_rows == json.loads((out / "predict.json").read_text())["rows"] == 300
     assert main(["predict", "--run", str(run), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["predict", "--run", str(run), "--out", str(out), "--overwrite", "--keep", ""]) == 0
+    # --run-dir: the spelling torchrun leaves alone (it takes an abbreviated --run for its --run-path)
+    assert main(["predict", "--run-dir", str(run), "--out", str(out), "--overwrite", "--keep", ""]) == 0
     assert read_output(out).column_names == ["row", "domain", "prob_click"]
     with pytest.raises(ConfigError, match="--keep nope: the dataset's files have no column 'nope'"):
         predict_run(run, tmp_path / "bad", keep=["nope"])

@@ -152,9 +152,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(comparison_table(runs, [run["model"] for run in runs]))
 
 
+# torchrun reads an abbreviated --run as its own --run-path: under torchrun, spell it --run-dir
+_RUN_HELP = "run directory (holds config.json and checkpoints/); --run-dir under torchrun"
+
+
 @dataclass
 class EvalOptions:
-    run: Path = field(metadata=doc("run directory (holds config.json and checkpoints/)"))
+    run: Path = field(metadata=doc(_RUN_HELP, aliases=("--run-dir",)))
     data: Path | None = field(default=None, metadata=doc("another prepared dataset with the same spec "
                                                          "fingerprint (default: the run's data.path)"))
     split: str = field(default="test", metadata=doc("split to evaluate"))
@@ -171,7 +175,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 @dataclass
 class PredictOptions:
-    run: Path = field(metadata=doc("run directory (holds config.json and checkpoints/)"))
+    run: Path = field(metadata=doc(_RUN_HELP, aliases=("--run-dir",)))
     out: Path = field(metadata=doc("output folder of parquet part files (written atomically)"))
     data: Path | None = field(default=None, metadata=doc("prepared dataset to score, with the run's spec "
                                                          "fingerprint (default: the run's data.path)"))
