@@ -72,7 +72,7 @@ class KeptColumns:
                                     f"split '{self.dataset.split}' holds")
             self._pending.append(chunk)
             self._pending_rows += chunk.num_rows
-        table = pa.concat_tables(self._pending).combine_chunks() if self._pending else None
+        table = pa.concat_tables(self._pending)  # zero-copy: chunks and slices of the row groups read
         head, rest = table.slice(0, rows), table.slice(rows)
         self._pending, self._pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
         return head
