@@ -170,6 +170,21 @@ def test_resumed_early_stopping_stops_where_an_uninterrupted_run_does(stopped: d
     assert trainer.progress.step == stopped["steps"] and again["early_stopping"]["stopped_early"]
 
 
+def test_resume_repairs_a_best_marker_left_behind_by_a_crash(stopped: dict, data: Path, tmp_path: Path) -> None:
+    """A crash between saving a new best checkpoint and marking it leaves ``best`` on another one; the
+    checkpoint's own record knows the best step, and a resumed run points the marker back at it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped["run"], run)
+    best_step = stopped["metrics"]["early_stopping"]["best_step"]
+    (run / "checkpoints" / "best").write_text(f"step-{stopped['steps']:06d}\n")
+    metrics, _ = fit(experiment(data), run, resume=True)
+    assert (run / "checkpoints" / "best").read_text().strip() == f"step-{best_step:06d}"
+    assert metrics["checkpoint"]["step"] == best_step
+    assert metrics["auc"] == pytest.approx(stopped["metrics"]["auc"], abs=1e-12)
+
+
 def _two_ranks(rank: int, world_size: int, data: Path, out: Path) -> None:
     from torchrec_mdr.training.trainer import Trainer
 

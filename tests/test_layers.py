@@ -30,8 +30,8 @@ PACKAGES = ("torchrec_mdr", "data_prep", "dlrm_style")
 
 # Layers, lowest first; a module takes the layer of its longest matching prefix.
 LAYERS: dict[str, int] = {
-    # 0 config: the typed-config machinery and the errors every layer raises
-    "torchrec_mdr": 0, "torchrec_mdr.config": 0, "torchrec_mdr.errors": 0,
+    # 0 config: the typed-config machinery, the errors every layer raises, loading files without running code
+    "torchrec_mdr": 0, "torchrec_mdr.config": 0, "torchrec_mdr.errors": 0, "torchrec_mdr.safe_files": 0,
     # 1 data: dataset spec, reader, Batch; the converters that write datasets
     "torchrec_mdr.data": 1, "data_prep": 1,
     # 2 sparse: sparse arch, sharding-independent embedding config, managed collision

@@ -10,6 +10,7 @@
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr eval --run RUN_DIR [--data DIR] [--split S] [--checkpoint best|latest|step-N]   evaluate a checkpoint
+    mdr predict --run RUN_DIR --out DIR [--data DIR] [--split S] [--keep a,b]   score every row of a split
     mdr compare --runs RUN_A RUN_B             per-domain AUC side by side, AUC Imp. of A vs B, oracle AUC
     mdr plan --config FILE --cluster FILE [--table-rows item=1e9] [--world-size N ...]
                                                torchrec's sharding plan for a GPU cluster, planned here
@@ -200,9 +201,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(comparison_table(runs, [run["model"] for run in runs]))
 
 
+# torchrun reads an abbreviated --run as its own --run-path: under torchrun, spell it --run-dir
+_RUN_HELP = "run directory (holds config.json and checkpoints/); --run-dir under torchrun"
+
+
 @dataclass
 class EvalOptions:
-    run: Path = field(metadata=doc("run directory (holds config.json and checkpoints/)"))
+    run: Path = field(metadata=doc(_RUN_HELP, aliases=("--run-dir",)))
     data: Path | None = field(default=None, metadata=doc("another prepared dataset with the same spec "
                                                          "fingerprint (default: the run's data.path)"))
     split: str = field(default="test", metadata=doc("split to evaluate"))
@@ -215,6 +220,28 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     options = dataclass_from_args(EvalOptions, args)
     evaluate_run(options.run, data=options.data, split=options.split, checkpoint=options.checkpoint)
+
+
+@dataclass
+class PredictOptions:
+    run: Path = field(metadata=doc(_RUN_HELP, aliases=("--run-dir",)))
+    out: Path = field(metadata=doc("output folder of parquet part files (written atomically)"))
+    data: Path | None = field(default=None, metadata=doc("prepared dataset to score, with the run's spec "
+                                                         "fingerprint (default: the run's data.path)"))
+    split: str = field(default="test", metadata=doc("split to score"))
+    keep: str | None = field(default=None, metadata=doc("comma-separated columns copied to the output "
+                                                        "(default: the spec's group key; '' for none)"))
+    checkpoint: str = field(default="latest", metadata=doc("latest, best or step-N"))
+    overwrite: bool = field(default=False, metadata=doc("replace --out if it exists"))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from torchrec_mdr.training.predict import predict_run
+
+    options = dataclass_from_args(PredictOptions, args)
+    keep = None if options.keep is None else [c.strip() for c in options.keep.split(",") if c.strip()]
+    predict_run(options.run, options.out, data=options.data, split=options.split, keep=keep,
+                checkpoint=options.checkpoint, overwrite=options.overwrite)
 
 
 def _subcommand(parent, name: str, help_text: str, options: type, handler) -> argparse.ArgumentParser:
@@ -287,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(commands, "eval", "evaluate a run's checkpoint (latest, best or step-N) on a split; writes "
                 "RUN_DIR/eval-<split>.json",
                 EvalOptions, _cmd_eval)
+    _subcommand(commands, "predict", "score every row of a split with a run's checkpoint: parquet parts of row, "
+                "domain, prob_<label> and --keep columns", PredictOptions, _cmd_predict)
     _subcommand(commands, "compare", "per-domain AUC of finished runs side by side, with AUC Imp. vs the last",
                 CompareOptions, _cmd_compare)
     _subcommand(commands, "demo", "generate the default data if missing, show it, read one epoch", DemoOptions,

@@ -48,9 +48,9 @@ def bounds(
     return {"ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
 
 
-def doc(help: str) -> dict[str, Any]:
-    """Field metadata carrying only a help text."""
-    return {"help": help}
+def doc(help: str, aliases: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field metadata carrying a help text (and, for the command line, other flags of the same option)."""
+    return {"help": help, "aliases": aliases} if aliases else {"help": help}
 
 
 def _where(key: str, source: str | None) -> str:
@@ -277,7 +277,8 @@ def _without_none(tp: Any) -> Any:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--flag`` per field of ``cls`` (defaults from the dataclass, help from metadata)."""
+    """Add one ``--flag`` per field of ``cls`` (defaults from the dataclass, help from metadata; the
+    metadata's ``aliases`` are other spellings of the flag)."""
     hints = get_type_hints(cls)
     for field in dataclasses.fields(cls):
         tp = _without_none(hints[field.name])
@@ -300,7 +301,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs.pop("metavar")
             if get_origin(tp) in (list, tuple):
                 kwargs["nargs"] = "+"
-        parser.add_argument(_flag(field.name), required=required, **kwargs)
+        parser.add_argument(_flag(field.name), *field.metadata.get("aliases", ()), required=required, **kwargs)
 
 
 def _is_text(tp: Any) -> bool:

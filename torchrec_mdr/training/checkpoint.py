@@ -14,7 +14,9 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step-000123/`` holding
   the data-order settings, world size and torchrec-mdr version;
 * ``rank{R}.pt``: what is each rank's own and outside the state dicts: its torch / CUDA / numpy /
   python random states, and its managed-collision modules' id history since their last eviction
-  round and their eviction counters (:mod:`torchrec_mdr.training.mch_state`).
+  round and their eviction counters (:mod:`torchrec_mdr.sparse.mch.state`). It holds tensors
+  and plain python values only and is read with ``torch.load(..., weights_only=True)``
+  (:mod:`torchrec_mdr.safe_files`): a tampered file is refused, never run.
 
 Atomic publication: every rank writes into ``step-000123.tmp-<token>``; after a barrier rank 0
 renames it to ``step-000123`` and only then points ``checkpoints/latest`` at it (written to a
@@ -27,7 +29,7 @@ the one ``checkpoints/best`` names: the best evaluation of early stopping, see
 Loading reshards: DCP reads whatever slices of each table the current sharding plan puts on a
 rank, so a checkpoint written by N ranks loads on M ranks (e.g. a 2-rank run evaluated on one
 process). Managed-collision tables keep per-shard slot maps (which raw id holds which row of the
-shard that owns the id); at another world size :mod:`torchrec_mdr.training.mch_reshard` moves every
+shard that owns the id); at another world size :mod:`torchrec_mdr.sparse.mch.reshard` moves every
 held id, with its embedding row, optimizer rows and eviction metadata, to the shard that owns it
 now, dropping the lowest-count ids of a shard that has too few slots (rank 0 prints how many).
 
@@ -74,6 +76,7 @@ from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.models.registry import MODELS
 from torchrec_mdr.training.distributed import DistContext
+from torchrec_mdr.safe_files import check_dcp_metadata, load_side_file, save_side_file
 from torchrec_mdr.sparse.mch.reshard import MCHReshard
 from torchrec_mdr.sparse.mch.state import load_module_states, module_states
 
@@ -175,8 +178,13 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: Path,
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's torch (CPU and CUDA), numpy and python random states."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """This process's torch (CPU and CUDA), numpy and python random states, as tensors and plain python
+    values (what a weights-only load accepts): numpy's MT19937 keys as an int64 tensor."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                                       "pos": int(position), "has_gauss": int(has_gauss),
+                                       "cached_gaussian": float(cached_gaussian)},
                              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -184,9 +192,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state` (also takes the numpy tuple of checkpoints written before it)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        saved = (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                 saved["cached_gaussian"])
+    np.random.set_state(saved)
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -446,7 +460,7 @@ class CheckpointManager:
             self.remove_stale(keep=tmp)
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()["state"]}
         dcp.save(state, storage_writer=FileSystemWriter(str(tmp)))
-        torch.save({"rng": rng_state(), "modules": module_states(model)}, tmp / f"rank{self.ctx.rank}.pt")
+        save_side_file({"rng": rng_state(), "modules": module_states(model)}, tmp / f"rank{self.ctx.rank}.pt")
         if self.ctx.is_main:
             full = {"format": FORMAT_VERSION, "torchrec_mdr_version": torchrec_mdr.__version__,
                     "world_size": self.ctx.world_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
@@ -467,11 +481,12 @@ class CheckpointManager:
         """Load a checkpoint into ``model`` (and ``optimizer``) in place, resharding as needed (a
         collective). At the checkpoint's world size also restore this rank's managed-collision history
         and eviction counters and (``restore_rng``) its RNG states; at another world size the
-        managed-collision tables are resharded by :class:`~torchrec_mdr.training.mch_reshard.MCHReshard`
+        managed-collision tables are resharded by :class:`~torchrec_mdr.sparse.mch.reshard.MCHReshard`
         (rank 0 prints what moved and how many ids were dropped)."""
         info = self.info(path)
         saved_world = int(info.record.get("world_size", self.ctx.world_size))
         managed = any(isinstance(module, MCHManagedCollisionModule) for module in model.modules())
+        check_dcp_metadata(info.path)  # DCP unpickles it: refuse anything but its own classes first
         reader = FileSystemReader(str(info.path))
         try:
             saved = reader.read_metadata().state_dict_metadata
@@ -504,7 +519,7 @@ class CheckpointManager:
             reshard.restore_modules()
         rank_file = info.path / f"rank{self.ctx.rank}.pt"
         if saved_world == self.ctx.world_size and rank_file.is_file():
-            own = torch.load(rank_file, weights_only=False)
+            own = load_side_file(rank_file)
             load_module_states(model, own["modules"])
             if restore_rng:
                 set_rng_state(own["rng"])
@@ -533,7 +548,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     The run's ``config.json`` is loaded through the typed config system; ``data`` replaces its
     ``data.path`` by another prepared dataset, which must have the checkpoint's spec fingerprint.
     Works at any world size (DCP reshards the tables; managed-collision tables through
-    :mod:`torchrec_mdr.training.mch_reshard`). Prints the per-domain table, writes
+    :mod:`torchrec_mdr.sparse.mch.reshard`). Prints the per-domain table, writes
     ``RUN_DIR/eval-<split>.json`` (``eval-<split>-<checkpoint>.json`` for another checkpoint than
     ``latest``) and returns those metrics.
     """

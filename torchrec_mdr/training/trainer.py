@@ -175,6 +175,7 @@ class Trainer:
         self.history = list(record.get("history", []))
         if self.stopper is not None:
             self.stopper.load_state_dict(record.get("early_stopping", {}))
+            self._remark_best()
         self.last_checkpoint, self._saved_step = info.path, self.progress.step
         saved_order = record.get("data_order", {})
         changed = differences(saved_order, data_order(self.config, self.ctx.world_size), "data")
@@ -344,6 +345,17 @@ class Trainer:
             self.checkpoints.mark_best(self.last_checkpoint)
         return self.stopper.should_stop
 
+    def _remark_best(self) -> None:
+        """On resume: point ``checkpoints/best`` at the checkpoint's best step if a crash between saving
+        it and marking it left the marker on an older one."""
+        step = self.stopper.best_step if self.stopper is not None else None
+        if step is None:
+            return
+        marked = self.checkpoints.best()
+        path = self.checkpoints.root / f"step-{step:06d}"
+        if (marked is None or marked.step != step) and path.is_dir():
+            self.checkpoints.mark_best(path)
+
     def _stop_early(self) -> bool:
         """At the start of :meth:`fit`: whether a resumed run had already run out of patience."""
         if self.stopper is None or not self.stopper.should_stop:
@@ -488,9 +500,8 @@ class Trainer:
             best = self.checkpoints.best()
             metrics["early_stopping"] = {**self.stopper.summary(self.config.train.eval_split),
                                          "best_checkpoint": str(best.path) if best is not None else None}
-            step = self.stopper.best_step if self.stopper.best_step is not None else self.progress.step
-            metrics["checkpoint"] = {"name": "best" if self.stopper.best_step is not None else "latest",
-                                     "step": step}
+            if best is not None:  # the weights evaluated above (restored by fit)
+                metrics["checkpoint"] = {"name": "best", "step": best.step, "path": str(best.path)}
         oracle = (self.spec.splits.get(split).oracle_auc if split in self.spec.splits and not self.retrieval
                   else {})
         if oracle:

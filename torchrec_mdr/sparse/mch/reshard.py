@@ -66,6 +66,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
 
 from torchrec_mdr.errors import TrainingError
+from torchrec_mdr.safe_files import load_side_file
 from torchrec_mdr.sparse.mch.eviction import EMPTY_SLOT
 from torchrec_mdr.sparse.mch.state import load_module_state
 
@@ -419,7 +420,7 @@ class MCHReshard:
             self._saved_modules = []
             for rank in range(self.saved_world_size):
                 path = checkpoint / f"rank{rank}.pt"
-                self._saved_modules.append(torch.load(path, weights_only=False).get("modules", {})
+                self._saved_modules.append(load_side_file(path).get("modules", {})
                                            if path.is_file() else {})
         saved = [modules.get(table.module_name) for modules in self._saved_modules]
         counters = [s.get("counters") for s in saved if s is not None]
