@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DATA := data/synthetic-planted
+DATA := data/synthetic-v2
 RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: setup run test test-gpu bench-loader clean
@@ -42,4 +42,4 @@ bench-loader: setup
 	$(BIN)/mdr bench loader --data data/bench-loader
 
 clean:
-	rm -rf $(VENV) data/synthetic-planted data/bench-loader
+	rm -rf $(VENV) data/synthetic-v2 data/bench-loader

@@ -111,3 +111,16 @@ def test_diagonal_matrix_plans_own_none_and_all(tmp_path):
     assert [s for _, _, s in jobs] == sorted(s for _, _, s in jobs)  # seed by seed over the worlds
     full = planned_jobs(ProofBenchOptions(**{**vars(options), "matrix": "full"}))
     assert len(full) == 2 * 2 * 7 * 10 and len(jobs) == 2 * 2 * 3 * 10
+
+
+def test_tiny_scaling_suite_trains_each_row_count(tmp_path):
+    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=1500,
+                                users=60, items=200, seq_length=5, max_epochs=1, patience=1, batch_size=256,
+                                suites=["scaling"], scale_rows=[1500, 3000])
+    table = run(options)["scaling"].read_text()
+    for rows in (1500, 3000):
+        data = options.work / dataset_name(ProofBenchOptions(**{**vars(options), "rows": rows}), 0, "all")
+        aucs = {v.label: json.loads((run_dir(options, v, data, 0) / "metrics.json").read_text())["auc"]
+                for v in MODELS if v.label in ("DNN", "DIN", "ADS", "SFPNet")}
+        assert f"| {rows:,} | " + " | ".join(f"{aucs[label]:.4f}" for label in ("DNN", "DIN", "ADS", "SFPNet")) in table
+        assert f"{aucs['ADS'] - aucs['DIN']:+.4f}" in table

@@ -50,11 +50,13 @@ class ValidateOptions:
 
 @dataclass
 class DemoOptions:
-    data: Path = field(default=Path("data/synthetic-planted"), metadata=doc("dataset folder (generated if missing)"))
+    data: Path = field(default=Path("data/synthetic-v2"), metadata=doc("dataset folder (generated if missing, "
+                                                                       "with generator v2)"))
     rows: int = field(default=200_000, metadata=bounds(ge=100, help="rows to generate if the data is missing"))
-    users: int = field(default=5_000, metadata=bounds(ge=1, help="users of generated data"))
-    items: int = field(default=2_000, metadata=bounds(ge=1, help="items of generated data (few enough that "
-                                                                 "their embeddings are learned in one run)"))
+    users: int = field(default=500, metadata=bounds(ge=1, help="users of generated data (400 rows each: with "
+                                                               "thousands of users the models overfit in one epoch)"))
+    items: int = field(default=500, metadata=bounds(ge=1, help="items of generated data (few enough that "
+                                                               "their embeddings are learned in one run)"))
     seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length of generated data"))
     batch_size: int = field(default=4096, metadata=bounds(ge=1, help="rows per batch"))
     num_workers: int = field(default=0, metadata=bounds(ge=0, help="dataloader workers"))
@@ -123,7 +125,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
         print(f"generating the default synthetic dataset into {options.data} ...")
         convert(Options(out=options.data, rows=options.rows, users=options.users, items=options.items,
-                        categories=max(2, options.items // 50), brands=max(1, options.items // 10),
+                        categories=max(3, options.items // 25), brands=max(1, options.items // 10),
                         seq_length=options.seq_length))
     spec = DatasetSpec.load(options.data)
     print(spec.describe())

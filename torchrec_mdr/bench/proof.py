@@ -11,7 +11,10 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
 * ``ablation`` — the papers' ablation orders on ``all`` (ADS > w/o PCRG > w/o PCRG & PSRG; SFPNet
   against each single ablation; ADIN against w/o DSBN, w/o SE, w/o self-training);
 * ``models`` — DNN, DIN, ADS, SFPNet, SharedBottom, ADIN on ``all``: test AUC against the oracle and the
-  ceilings, and the learning curves (validation AUC per epoch) of ``curves.png``.
+  ceilings, and the learning curves (validation AUC per epoch) of ``curves.png``;
+* ``scaling`` — DNN, DIN, ADS, SFPNet on world 0 with every effect planted at ``scale_rows`` rows (first
+  seed): does the gap to the ceilings shrink, and do the seed models pull ahead of their bases, with
+  more data?
 
 Every run is ``mdr train`` (DMP, fused sparse optimizer, TrainPipelineSparseDist, world size 1, one
 CPU thread: many small runs side by side, ``--jobs`` at once) with early stopping on the validation
@@ -32,12 +35,14 @@ import os
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
 from torchrec_mdr.bench.accuracy import Variant
 from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for callers of the bench)
-    ABLATIONS, EFFECTS, MECHANISMS, MODELS, PAIRS, SUITES, ProofBenchOptions, archived, dataset_name, run_dir)
+    ABLATIONS, EFFECTS, MECHANISMS, MODELS, PAIRS, SCALING_LABELS, SUITES, ProofBenchOptions, archived, dataset_name,
+    run_dir)
 
 def dataset(options: ProofBenchOptions, world: int, effect: str) -> Path:
     """The generator-v2 dataset of ``world`` with only ``effect`` planted (``all``: every one; ``none``: no
@@ -121,6 +126,11 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
     """Every run the chosen suites need (datasets generated on the way), seed by seed: the first seed of
     every world is trained before the second seed of any, so that a partial benchmark covers the worlds."""
     jobs: list[tuple[Variant, Path, int]] = []
+    if "scaling" in options.suites:
+        scaling = [v for v in MODELS if v.label in SCALING_LABELS]
+        for rows in options.scale_rows:
+            data = dataset(replace(options, rows=rows), 0, "all")
+            jobs += [(v, data, options.first_seed) for v in scaling]
     for seed in range(options.first_seed, options.first_seed + options.seeds):
         for world in range(options.worlds):
             if "specificity" in options.suites:
@@ -152,6 +162,8 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
     if "models" in options.suites:
         written["models"] = report.write_models(options, results)
         written["curves"] = report.write_curves(options)
+    if "scaling" in options.suites:
+        written["scaling"] = report.write_scaling(options, results)
     for name, path in written.items():
         print(f"{name}: {path}")
     return written

@@ -10,7 +10,7 @@ from pathlib import Path
 from torchrec_mdr.bench.accuracy import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
 
-SUITES: tuple[str, ...] = ("specificity", "ablation", "models")
+SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling")
 EFFECTS: tuple[str, ...] = ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")
 MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
 
@@ -47,6 +47,9 @@ ABLATIONS: tuple[Variant, ...] = (
     Variant("ADIN w/o self-training", "adin", ("model.adin.self_training=false",), "ADIN"),
 )
 
+# the models of the ``scaling`` suite: do the seed models pull ahead of their bases with more rows?
+SCALING_LABELS: tuple[str, ...] = ("DNN", "DIN", "ADS", "SFPNet")
+
 MODELS: tuple[Variant, ...] = (
     Variant("DNN", "dnn"), Variant("DIN", "din"), Variant("ADS", "ads", _ADS, "DIN"),
     Variant("SFPNet", "sfpnet", _SFP, "DNN"), Variant("SharedBottom", "shared_bottom"),
@@ -75,6 +78,8 @@ class ProofBenchOptions:
                                                                "with 5,000 the models overfit after one epoch)"))
     items: int = field(default=500, metadata=bounds(ge=1, help="items (categories = items / 25)"))
     seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length"))
+    scale_rows: list[int] = field(default_factory=lambda: [100_000, 300_000, 1_000_000], metadata=bounds(
+        ge=1000, help="rows of the scaling suite's datasets (world 0, every effect planted, first seed only)"))
     max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
     patience: int = field(default=2, metadata=bounds(ge=1, help="epochs without a better validation AUC "
                                                                 "before stopping"))

@@ -39,7 +39,7 @@ from torchrec_mdr.data.validate import check_block, check_files, open_parquet
 class ReaderConfig:
     """How batches are read from a prepared dataset."""
 
-    path: Path = field(default=Path("data/synthetic-planted"), metadata=doc("prepared dataset folder"))
+    path: Path = field(default=Path("data/synthetic-v2"), metadata=doc("prepared dataset folder"))
     batch_size: int = field(default=4096, metadata=bounds(ge=1, help="rows per batch (per rank)"))
     num_workers: int = field(default=0, metadata=bounds(ge=0, help="dataloader worker processes per rank"))
     shuffle: bool = field(default=True, metadata=doc("shuffle row groups and rows within a buffer (train split)"))
