@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA := data/synthetic-v2
 RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup run test test-gpu bench-loader clean
+.PHONY: setup run test lint test-gpu bench-loader clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ test: setup
 
 # The GPU check (never run by CI): tests/gpu on a CUDA machine, in a .venv installed with the CUDA
 # builds (README, Install: GPU) -- not `make setup`, which installs the CPU kernels.
+# Lint (CI runs it after the tests): pycodestyle, pyflakes and bugbear at line length 120.
+lint: setup
+	$(BIN)/ruff check .
+
 test-gpu:
 	$(BIN)/python -m pytest -q --gpu tests/gpu
 

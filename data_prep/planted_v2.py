@@ -16,10 +16,10 @@ knob times ``domain_shift`` (``s_x = effect_x * domain_shift``; 0 removes the ef
     activity bucket) pair of the behaviours the user has seen (ADS's PSRG generates a per-sample
     transform of the behaviours from the domain features; ``user_activity`` is the implicit one).
 (b) **pcrg** — ``Q_{d,g} = I + s_pcrg B_{d,g} / sqrt(k)``: the candidate-to-behaviour relation differs by
-    domain AND by the behaviour's position chunk ``g(t) = floor(t * position_chunks / seq_length)``
-    (``t`` = the behaviour's index, oldest first, as the model's padded tensor holds it). A
-    per-sample key transform (PSRG) applies one map to every position and cannot fit this; per-position
-    queries (PCRG) can.
+    domain AND by the behaviour's recency chunk ``g(t) = floor(r_t * position_chunks / seq_length)``
+    (``r_t`` = the behaviour's recency rank, 0 = the newest, as ADS's PCRG numbers its query slots:
+    :mod:`torchrec_mdr.models.ads`). A per-sample key transform (PSRG) applies one map to every
+    position and cannot fit this; per-position queries (PCRG) can.
 (c) **sfpnet** — behaviours are re-weighted by ``G[d, d_t]`` (row domain, behaviour domain), and a
     behaviour's item depends on its domain: with probability ``domain_item_share`` its category is one
     of the behaviour domain's own categories (``category % domains == d_t``), so which domains a model
@@ -190,23 +190,30 @@ def draw_rows(world: WorldV2, rng: np.random.Generator, users: np.ndarray, domai
             "dense_true": dense_true, "fields": fields}
 
 
-def _sequence_term(world: WorldV2, draw: dict, psrg: float, pcrg: float, sfpnet: float) -> np.ndarray:
+def relevance(world: WorldV2, draw: dict, psrg: float, pcrg: float) -> np.ndarray:
+    """``<M_{d,a} v_t, Q_{d,g(t)} v_c>`` of every behaviour slot [R, T] (padding slots included)."""
     o = world.o
     domains, lengths = draw["domains"], draw["lengths"]
-    mask = np.arange(o.seq_length)[None, :] < lengths[:, None]                              # [R, T]
     v_c = world.item_vectors(draw["candidates"])                                            # [R, k]
     v_t = world.item_vectors(draw["behaviours"])                                            # [R, T, k]
     keys = np.einsum("rij,rtj->rti", world.item_transform_v2(psrg)[domains, draw["activity"]], v_t)
     queries = np.einsum("rgij,rj->rgi", world.query_transform_v2(pcrg)[domains], v_c)       # [R, chunks, k]
-    chunk = np.arange(o.seq_length) * o.position_chunks // o.seq_length                     # [T]
-    relevance = np.einsum("rtk,rtk->rt", keys, queries[:, chunk])                           # [R, T]
+    recency = np.maximum(lengths[:, None] - 1 - np.arange(o.seq_length)[None, :], 0)         # [R, T], 0 = newest
+    chunk = recency * o.position_chunks // o.seq_length                                     # [R, T]
+    return np.einsum("rtk,rtk->rt", keys, queries[np.arange(len(lengths))[:, None], chunk])
+
+
+def _sequence_term(world: WorldV2, draw: dict, psrg: float, pcrg: float, sfpnet: float) -> np.ndarray:
+    o = world.o
+    domains, lengths = draw["domains"], draw["lengths"]
+    mask = np.arange(o.seq_length)[None, :] < lengths[:, None]                              # [R, T]
     position = np.arange(o.seq_length)[None, :] / np.maximum(lengths[:, None], 1)
     scores = sfpnet * world.affinity[domains[:, None], draw["behaviour_domains"]] + world.recency * position
     scores = np.where(mask, scores, -np.inf)
     row_max = np.where(lengths[:, None] > 0, scores.max(axis=1, keepdims=True), 0.0)
     weights = np.where(mask, np.exp(scores - row_max), 0.0)
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-    return (weights * relevance).sum(axis=1) * (lengths > 0)
+    return (weights * relevance(world, draw, psrg, pcrg)).sum(axis=1) * (lengths > 0)
 
 
 def logits(world: WorldV2, draw: dict, ceilings: bool = True) -> dict[str, np.ndarray]:

@@ -147,3 +147,17 @@ def test_se_relevance_switches_fields_per_domain(tmp_path):
     assert set(np.unique(relevance)) <= {0.0, 2.0}
     assert np.all(relevance.max(axis=0) == 2.0)  # every field matters in some domain
     assert np.all(world.field_relevance(0.0) == 1.0)
+
+
+def test_pcrg_chunks_count_from_the_newest_behaviour(tmp_path):
+    """ADS's PCRG numbers its query slots by recency (0 = newest): the planted relation does too, so the
+    same newest behaviours meet the same query transform whatever the sequence's length."""
+    world = planted_v2.WorldV2(options(tmp_path, seq_length=4, min_seq_length=1, position_chunks=4))
+    x, y, p, q = 11, 12, 13, 14
+    draw = {"domains": np.array([1, 1, 1]), "activity": np.array([0, 0, 0]), "candidates": np.array([7, 7, 7]),
+            "lengths": np.array([2, 4, 1]), "behaviours": np.array([[x, y, 0, 0], [p, q, x, y], [x, 0, 0, 0]])}
+    r = planted_v2.relevance(world, draw, psrg=0.0, pcrg=1.0)
+    assert r[0, 1] == pytest.approx(r[1, 3]) and r[0, 0] == pytest.approx(r[1, 2])  # y newest, x second
+    assert r[2, 0] != pytest.approx(r[0, 0])  # x newest vs x second newest: another chunk's relation
+    unplanted = planted_v2.relevance(world, draw, psrg=0.0, pcrg=0.0)
+    assert unplanted[2, 0] == pytest.approx(unplanted[0, 0])
