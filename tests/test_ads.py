@@ -94,6 +94,26 @@ def test_psrg_starts_as_the_identity_when_the_generators_output_zero():
     torch.testing.assert_close(psrg(torch.randn(3, 4), keys), keys)
 
 
+@pytest.mark.parametrize("init", ["identity", "identity_noise", "xavier"])
+def test_psrg_shared_init_decides_whether_off_diagonal_generators_learn(init):
+    """d W / d W_private = eta W_shared: with W_shared = I the generator's off-diagonal outputs get exactly
+    zero gradient at the first step; identity + noise and Xavier give them one."""
+    torch.manual_seed(0)
+    psrg = PSRG(4, 6, 5, eta=2.0, shared_init=init)
+    psrg(torch.randn(8, 4), torch.randn(8, L, 6)).square().sum().backward()
+    grad = psrg.weight_generator[2].weight.grad.view(6, 6, -1)  # output unit (i, j) of W_private
+    off_diagonal = ~torch.eye(6, dtype=torch.bool)
+    if init == "identity":
+        assert torch.count_nonzero(grad[off_diagonal]) == 0 and torch.count_nonzero(grad[~off_diagonal]) > 0
+    else:
+        assert torch.count_nonzero(grad[off_diagonal]) > 0
+
+
+def test_unknown_psrg_shared_init_is_a_config_error():
+    with pytest.raises(ConfigError, match="psrg_shared_init"):
+        from_dict(ADSConfig, {"psrg_shared_init": "orthogonal"})
+
+
 # --------------------------------------------------------------------------- PCRG (eqs 6-7)
 
 

@@ -57,6 +57,9 @@ class ADSConfig:
     use_psrg: bool = field(default=True, metadata=doc("personalise the behaviours (PSRG, eqs 2-5)"))
     use_pcrg: bool = field(default=True, metadata=doc("personalise the queries (PCRG, eqs 6-7)"))
     eta: float = field(default=2.0, metadata=bounds(gt=0, help="eta of eq 3: scale of sigmoid(MLP_w(E_D))"))
+    psrg_shared_init: str = field(default="identity", metadata=doc(
+        "W_shared of eq 3 at initialisation: identity (the default; the generated off-diagonal weights get no "
+        "gradient until W_shared's off-diagonals move), identity_noise (identity + N(0, 0.01^2)) or xavier"))
     generator_hidden: int = field(default=32, metadata=bounds(ge=1, help="d_h: hidden width of every gen-net"))
     items_per_chunk: int = field(default=1, metadata=bounds(
         ge=1, help="behaviours sharing one generated query (1: one query per behaviour)"))
@@ -73,6 +76,23 @@ class ADSConfig:
     def validate(self) -> None:  # at load time; the message gets the section ("model.ads: ") in front
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {list(BACKBONES)}")
+        if self.psrg_shared_init not in SHARED_INITS:
+            raise ConfigError(f"psrg_shared_init: {self.psrg_shared_init!r} is not one of {list(SHARED_INITS)}")
+
+
+SHARED_INITS: tuple[str, ...] = ("identity", "identity_noise", "xavier")
+
+
+def shared_weight_init(dim: int, kind: str) -> torch.Tensor:
+    """W_shared [dim, dim] at initialisation (the paper does not say): ``identity`` keeps every behaviour
+    as it is at first, so the private generator's off-diagonal outputs receive zero gradient
+    (d W / d W_private = eta W_shared) until W_shared's off-diagonals move; ``identity_noise`` adds
+    N(0, 0.01^2) so that they get a small gradient from the first step; ``xavier`` is Glorot-uniform."""
+    if kind == "identity":
+        return torch.eye(dim)
+    if kind == "identity_noise":
+        return torch.eye(dim) + 0.01 * torch.randn(dim, dim)
+    return nn.init.xavier_uniform_(torch.empty(dim, dim))
 
 
 class PSRG(nn.Module):
@@ -85,11 +105,11 @@ class PSRG(nn.Module):
     Shapes: domain_features [B, d_D], keys [B, L, d_S] -> [B, L, d_S].
     """
 
-    def __init__(self, domain_dim: int, seq_dim: int, hidden: int, eta: float) -> None:
+    def __init__(self, domain_dim: int, seq_dim: int, hidden: int, eta: float, shared_init: str = "identity") -> None:
         super().__init__()
         self.seq_dim, self.eta = seq_dim, eta
         self.weight_generator = MLP(domain_dim, [hidden], out_features=seq_dim * seq_dim)  # eq 2 (pre-sigmoid)
-        self.shared_weight = nn.Parameter(torch.eye(seq_dim).flatten())  # W_shared, eq 3
+        self.shared_weight = nn.Parameter(shared_weight_init(seq_dim, shared_init).flatten())  # W_shared, eq 3
         self.bias_generator = MLP(domain_dim, [hidden], out_features=seq_dim)  # eq 4
 
     def generate(self, domain_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +164,8 @@ class ADSSequenceBlock(nn.Module):
     def __init__(self, query_width: int, key_width: int, length: int, domain_dim: int, config: ADSConfig) -> None:
         super().__init__()
         self.query_projection = QueryProjection(query_width, key_width)
-        self.psrg = PSRG(domain_dim, key_width, config.generator_hidden, config.eta) if config.use_psrg else None
+        self.psrg = (PSRG(domain_dim, key_width, config.generator_hidden, config.eta, config.psrg_shared_init)
+                     if config.use_psrg else None)
         self.pcrg = (PCRG(domain_dim, key_width, length, config.items_per_chunk, config.generator_hidden)
                      if config.use_pcrg else None)
         self.attention = build_attention(
