@@ -44,6 +44,7 @@ from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for cal
     ABLATIONS, EFFECTS, MECHANISMS, MODELS, PAIRS, SCALING_LABELS, SUITES, ProofBenchOptions, archived, dataset_name,
     run_dir)
 
+
 def dataset(options: ProofBenchOptions, world: int, effect: str) -> Path:
     """The generator-v2 dataset of ``world`` with only ``effect`` planted (``all``: every one; ``none``: no
     mechanism, the domains differ only in size and base rate). Generated once."""
