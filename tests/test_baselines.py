@@ -7,14 +7,13 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, from_dict
-from torchrec_mdr.models.domain_norm import DomainBatchNorm
+from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import EPNet, GateNU, PEPNetArch, PEPNetConfig, PPNetTowers
 from torchrec_mdr.models.ple import CGCLevel, PLEArch, PLEConfig
 from torchrec_mdr.models.registry import ModelConfig
 from torchrec_mdr.models.shared_bottom import SharedBottomArch, SharedBottomConfig
-from torchrec_mdr.models.stacked import StackedLinear, StackedMLP
 from torchrec_mdr.models.star import StarFCN, STARArch, STARConfig, StarLinear
 
 B, L, D, K, T = 6, 5, 4, 3, 2
