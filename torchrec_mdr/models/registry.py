@@ -1,20 +1,18 @@
 """The model registry: ``model.name`` -> dense arch class and its typed options.
 
-Add a model in five steps (docs/models.md, "Add a model in five steps", says the same):
+Add a model in five steps (the same list as docs/models.md, "Add a model in five steps"):
 
-1. Write ``torchrec_mdr/models/<name>.py``: an options dataclass (``<Name>Config``, every field with
+1. Write ``torchrec_mdr/models/<name>.py``: an options dataclass ``<Name>Config`` (every field with
    ``bounds(...)`` or ``doc(...)``) and an arch ``<Name>Arch(layout: FeatureLayout, config)`` whose
-   forward maps :class:`~torchrec_mdr.models.features.EmbeddedFeatures` to logits [B, num_tasks],
-   composed of the toolkit's blocks (:mod:`torchrec_mdr.models.blocks`: inputs, sequence pooling,
-   attention, MLP, stacked per-domain layers, normalisation; named fields resolved by
-   ``layout.field_indices``).
-2. Register it: import the two classes below and add one line to :data:`MODELS`,
-   ``ModelEntry("<name>", <Name>Arch, <Name>Config, "<one-line description>")``. Its options become
-   ``model.<name>.*`` of the experiment config (:class:`ModelConfig` is built from :data:`MODELS`).
-3. Test what is yours against hand computations in ``tests/test_<name>.py`` (equations, padding,
-   domains); the registry-wide tests pick the model up by name (a real batch through
-   ``RankingModel``, the pipeline's FX trace and the dense arch's full FX trace, distributed training).
-4. Add its row (and its choices where the paper is silent) to docs/models.md.
+   forward maps :class:`~torchrec_mdr.models.features.EmbeddedFeatures` to logits [B, num_tasks]
+   (or ``ArchOutput``), composed of the toolkit's blocks (:mod:`torchrec_mdr.models.blocks`).
+2. Register it here: import the two classes and add one line to :data:`MODELS`,
+   ``ModelEntry("<name>", <Name>Arch, <Name>Config, "<one-line description>")``. :class:`ModelConfig`
+   is built from :data:`MODELS`, so its options become ``model.<name>.*``.
+3. Test what is yours in ``tests/test_<name>.py`` against hand computations and add it to ``ARCHS`` in
+   ``tests/test_baselines.py`` (padding, determinism, domain gradients); the registry-wide tests pick
+   it up by name (``test_models.py``, ``test_fx_trace.py``, ``test_distributed.py``).
+4. Document it: its row and its choices in docs/models.md.
 5. Train it: ``mdr train --config configs/quickstart.toml --set model.name=<name> --out runs/<name>``.
 """
 
