@@ -12,9 +12,8 @@ from torchrec_mdr.config import ConfigError
 from torchrec_mdr.models import ranking
 from torchrec_mdr.models.adin import (ADINArch, ADINConfig, DomainInterestLayer, SharedAndDomainNetwork,
                                       self_training_loss)
-from torchrec_mdr.models.domain_norm import DomainBatchNorm
+from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
-from torchrec_mdr.models.stacked import StackedLinear, StackedMLP
 
 B, L, D, K, T = 12, 5, 4, 3, 2
 

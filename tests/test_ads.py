@@ -9,7 +9,7 @@ import torch
 
 from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.models.ads import ADSArch, ADSConfig, PCRG, PSRG
-from torchrec_mdr.models.attention import CoActionUnit, MultiHeadTargetAttention, build_attention
+from torchrec_mdr.models.blocks import AttentionOptions, CoActionUnit, MultiHeadTargetAttention, build_attention
 from torchrec_mdr.models.din import DINArch, DINConfig
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.registry import ModelConfig
@@ -273,7 +273,7 @@ def test_ads_uses_the_domain_features_in_the_generators():
     model = ADSArch(layout, small_ads(domain_features=["user_activity"]))
     features = tiny_features(layout)
     block = model.blocks[0]
-    domain_features = model.domain_features(features, model.domain_embedding(features.domain))
+    domain_features = model.domain_features(features, model.input.domain_embedding(features.domain))
     assert domain_features.shape == (B, 2 * D)
     torch.testing.assert_close(domain_features[:, D:], features.fields[:, 2])  # user_activity's embedding
     assert block.psrg.weight_generator[0].in_features == 2 * D
@@ -294,7 +294,7 @@ def test_ablation_switches_remove_the_modules():
 
     model = ADSArch(layout, small_ads(use_pcrg=False))
     block = model.blocks[0]
-    domain_features = model.domain_features(features, model.domain_embedding(features.domain))
+    domain_features = model.domain_features(features, model.input.domain_embedding(features.domain))
     queries, keys = block.queries_and_keys(domain_features, sequence)
     candidate = block.query_projection(sequence.query)  # w/o PCRG: the candidate, tiled
     assert torch.equal(queries, candidate[:, None, :].expand(B, L, 2 * D))
@@ -305,7 +305,7 @@ def test_ablation_switches_remove_the_modules():
     queries, keys = block.queries_and_keys(domain_features, sequence)
     assert torch.equal(keys, sequence.keys)  # w/o both: the raw behaviours
     pooled = block.attention(block.query_projection(sequence.query), sequence.keys, sequence.mask)
-    domain = model.domain_embedding(features.domain)
+    domain = model.input.domain_embedding(features.domain)
     expected = model.mlp(torch.cat([features.fields.flatten(1), domain, features.dense, pooled], dim=1))
     torch.testing.assert_close(model(features), expected)  # the plain backbone arch
 
@@ -349,6 +349,5 @@ def test_target_attention_arch_with_din_reproduces_din_arch():
     torch.manual_seed(0)
     din = DINArch(layout, DINConfig(attention_hidden=[4], hidden=[8]))
     torch.manual_seed(0)
-    generic = TargetAttentionArch(layout, "din", [8], 0.0, din_hidden=[4], heads=1, head_dim=1,
-                                  micro_hidden=[1], orders=1)
+    generic = TargetAttentionArch(layout, AttentionOptions("din", din_hidden=[4]), [8], 0.0)
     assert torch.equal(generic(features), din(features))

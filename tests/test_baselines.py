@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, from_dict
-from torchrec_mdr.models.domain_norm import DomainBatchNorm
+from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
+from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import EPNet, GateNU, PEPNetArch, PEPNetConfig, PPNetTowers
 from torchrec_mdr.models.ple import CGCLevel, PLEArch, PLEConfig
 from torchrec_mdr.models.registry import ModelConfig
 from torchrec_mdr.models.shared_bottom import SharedBottomArch, SharedBottomConfig
-from torchrec_mdr.models.stacked import StackedLinear, StackedMLP
 from torchrec_mdr.models.star import StarFCN, STARArch, STARConfig, StarLinear
 
 B, L, D, K, T = 6, 5, 4, 3, 2
@@ -38,6 +38,7 @@ def features(domain: list[int] | None = None, seed: int = 1) -> EmbeddedFeatures
 
 
 ARCHS = {
+    "deepfm": lambda: DeepFMArch(layout(), DeepFMConfig(hidden=[8, 6])),
     "shared_bottom": lambda: SharedBottomArch(layout(), SharedBottomConfig(bottom_hidden=[8, 6], tower_hidden=[5])),
     "mmoe": lambda: MMoEArch(layout(), MMoEConfig(num_experts=3, expert_hidden=[8, 6], tower_hidden=[5])),
     "ple": lambda: PLEArch(layout(), PLEConfig(num_levels=2, num_shared_experts=2, num_specific_experts=2,

@@ -13,7 +13,8 @@ from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.blocks import MLP, DINAttention
-from torchrec_mdr.models.din import DINArch, DINConfig, QueryProjection
+from torchrec_mdr.models.blocks import QueryProjection
+from torchrec_mdr.models.din import DINArch, DINConfig
 from torchrec_mdr.models.blocks import masked_mean
 from torchrec_mdr.models.dnn import DNNArch, DNNConfig
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
@@ -128,7 +129,7 @@ def hand_features(layout: FeatureLayout, mask: torch.Tensor) -> EmbeddedFeatures
 def test_din_arch_shapes_and_query_path(candidates):
     layout = hand_layout(candidates)
     arch = DINArch(layout, DINConfig(attention_hidden=[8], hidden=[16]))
-    projection = arch.queries[0].linear
+    projection = arch.pooling[0].query_projection.linear
     # one candidate field (D wide) against two sequence fields (2D wide): projected; none: from a constant
     assert projection is not None and projection.in_features == (D if candidates else 1)
     assert projection.out_features == 2 * D

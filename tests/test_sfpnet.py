@@ -241,13 +241,14 @@ def test_padded_positions_change_no_output_and_empty_sequences_are_finite():
 def test_query_is_the_tailored_candidate_projected_to_the_key_width():
     torch.manual_seed(0)
     arch = SFPNetArch(layout(), small())
-    assert arch.queries[0].linear.in_features == D and arch.queries[0].linear.out_features == 2 * D
+    project, attend = arch.pooling[0].query_projection, arch.pooling[0].attention
+    assert project.linear.in_features == D and project.linear.out_features == 2 * D
     seen = {}
-    arch.attentions[0].register_forward_hook(lambda module, args, out: seen.update(query=args[0]))
+    attend.register_forward_hook(lambda module, args, out: seen.update(query=args[0]))
     batch = features()
     arch(batch)
     tailored_fields, _ = arch.tailor(batch, arch.scenario(batch))
-    torch.testing.assert_close(seen["query"], arch.queries[0](tailored_fields[:, 1]))  # item is field 1
+    torch.testing.assert_close(seen["query"], project(tailored_fields[:, 1]))  # item is field 1
 
 
 def test_scenario_vector_is_domain_embedding_plus_listed_features():

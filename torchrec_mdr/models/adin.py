@@ -39,11 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import DINAttention, select_domain
-from torchrec_mdr.models.din import QueryProjection
-from torchrec_mdr.models.domain_norm import DomainBatchNorm
+from torchrec_mdr.models.blocks import (AttentionOptions, ContextInput, DomainBatchNorm, SequencePooling,
+                                        StackedLinear, StackedMLP, select_domain)
 from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, FeatureLayout
-from torchrec_mdr.models.stacked import StackedLinear, StackedMLP
 
 
 @dataclass
@@ -178,19 +176,16 @@ class ADINArch(nn.Module):
             raise ConfigError("model.adin.hidden: needs at least one layer width (the shared and domain networks)")
         if config.fusion not in ("concat", "sum"):
             raise ConfigError(f"model.adin.fusion: {config.fusion!r} is not one of 'concat', 'sum'")
-        dim, num_fields, num_domains = layout.embedding_dim, len(layout.fields), layout.num_domains
+        num_fields, num_domains = len(layout.fields), layout.num_domains
         if config.use_domain_interest and num_fields == 0:
             raise ConfigError("model.adin.use_domain_interest: the dataset has no id fields to re-weight")
         self.config = config
         self.domain_interest = (DomainInterestLayer(num_fields, num_domains,
                                                     max(1, num_fields // config.interest_reduction))
                                 if config.use_domain_interest else None)
-        self.domain_embedding = nn.Embedding(num_domains, dim)
-        self.queries = nn.ModuleList(QueryProjection(layout.query_width(s), layout.sequence_width(s))
-                                     for s in layout.sequences)
-        self.attentions = nn.ModuleList(DINAttention(layout.sequence_width(s), config.attention_hidden)
-                                        for s in layout.sequences)
-        width = (num_fields + 1) * dim + layout.num_dense + sum(layout.sequence_width(s) for s in layout.sequences)
+        self.input = ContextInput(layout)
+        self.pooling = SequencePooling.of(layout, AttentionOptions("din", din_hidden=config.attention_hidden))
+        width = self.input.width + self.pooling.out_features
         self.network = SharedAndDomainNetwork(width, config.hidden, num_domains, config.use_dsbn, config.fusion)
         self.towers = StackedMLP(num_domains, self.network.out_features, config.tower_hidden, layout.num_tasks)
 
@@ -200,9 +195,7 @@ class ADINArch(nn.Module):
         fields = features.fields
         if self.domain_interest is not None:
             fields = self.domain_interest(fields, domain)
-        parts = [fields.flatten(1), self.domain_embedding(domain), features.dense]
-        for sequence, project, attend in zip(features.sequences, self.queries, self.attentions):
-            parts.append(attend(project(sequence.query), sequence.keys, sequence.mask))
+        parts = [self.input(features, fields=fields), *self.pooling(features.sequences)]
         return self.towers(self.network(torch.cat(parts, dim=1), domain))
 
     def forward(self, features: EmbeddedFeatures):

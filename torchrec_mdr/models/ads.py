@@ -6,7 +6,7 @@ Per behaviour-sequence group, ADS personalises both sides of a target attention 
   ``W = eta * (W_shared ⊙ sigmoid(MLP_w(E_D)))`` and ``b = MLP_b(E_D)``;
 * PCRG (eqs 6–7, :class:`PCRG`) generates one query per behaviour (or per chunk of behaviours) from
   ``E_D ⊕ E_Q`` plus the candidate ``E_Q`` itself;
-* the backbone target attention (DIN, MHA or CAN, :mod:`.attention`) pairs query ``t`` with key ``t``
+* the backbone target attention (DIN, MHA or CAN, :mod:`.blocks.attention`) pairs query ``t`` with key ``t``
   (eqs 8–12) and the pooled vector joins the other features in the prediction MLP (eq 13).
 
 ``E_D`` (the domain features) is the explicit domain-id embedding concatenated with the embeddings of
@@ -43,15 +43,17 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.attention import BACKBONES, build_attention
-from torchrec_mdr.models.blocks import MLP
-from torchrec_mdr.models.din import QueryProjection
+from torchrec_mdr.models.blocks import (ATTENTION_KINDS, MLP, AttentionOptions, ContextInput, QueryProjection,
+                                        SequenceAttention, SequencePooling, check_attention_kind)
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout
+
+SHARED_INITS: tuple[str, ...] = ("identity", "identity_noise", "xavier")
 
 
 @dataclass
 class ADSConfig:
-    backbone: str = field(default="din", metadata=doc(f"target attention personalised by ADS: {', '.join(BACKBONES)}"))
+    backbone: str = field(default="din", metadata=doc(
+        f"target attention personalised by ADS (an AttentionKind): {', '.join(ATTENTION_KINDS)}"))
     domain_features: list[str] = field(default_factory=list, metadata=doc(
         "id fields joined to the domain-id embedding as E_D (implicit domain indicators)"))
     use_psrg: bool = field(default=True, metadata=doc("personalise the behaviours (PSRG, eqs 2-5)"))
@@ -73,14 +75,14 @@ class ADSConfig:
     hidden: list[int] = field(default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="MLP widths"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
+    def attention(self) -> AttentionOptions:
+        return AttentionOptions(self.backbone, din_hidden=self.attention_hidden, heads=self.heads,
+                                head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
+
     def validate(self) -> None:  # at load time; the message gets the section ("model.ads: ") in front
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"backbone: {self.backbone!r} is not one of {list(BACKBONES)}")
+        check_attention_kind(self.backbone, "backbone")
         if self.psrg_shared_init not in SHARED_INITS:
             raise ConfigError(f"psrg_shared_init: {self.psrg_shared_init!r} is not one of {list(SHARED_INITS)}")
-
-
-SHARED_INITS: tuple[str, ...] = ("identity", "identity_noise", "xavier")
 
 
 def shared_weight_init(dim: int, kind: str) -> torch.Tensor:
@@ -154,26 +156,24 @@ class PCRG(nn.Module):
         return private.gather(1, index) + query.unsqueeze(1)  # eq 7
 
 
-class ADSSequenceBlock(nn.Module):
+class ADSSequenceBlock(SequenceAttention):
     """One sequence group through ADS: query projection, PSRG, PCRG, then the backbone attention.
 
-    Shapes: domain_features [B, d_D], EmbeddedSequence (keys [B, L, d_S], query [B, Q], mask [B, L])
+    Shapes: EmbeddedSequence (keys [B, L, d_S], query [B, Q], mask [B, L]), domain_features [B, d_D]
     -> [B, out_features].
     """
 
     def __init__(self, query_width: int, key_width: int, length: int, domain_dim: int, config: ADSConfig) -> None:
-        super().__init__()
-        self.query_projection = QueryProjection(query_width, key_width)
-        self.psrg = (PSRG(domain_dim, key_width, config.generator_hidden, config.eta, config.psrg_shared_init)
-                     if config.use_psrg else None)
-        self.pcrg = (PCRG(domain_dim, key_width, length, config.items_per_chunk, config.generator_hidden)
-                     if config.use_pcrg else None)
-        self.attention = build_attention(
-            config.backbone, key_width, din_hidden=config.attention_hidden, heads=config.heads,
-            head_dim=config.head_dim, micro_hidden=config.micro_hidden, orders=config.orders)
-        self.out_features = self.attention.out_features
+        # created in this order (projection, PSRG, PCRG, attention), as ADS has always drawn its initial weights
+        projection = QueryProjection(query_width, key_width)
+        psrg = (PSRG(domain_dim, key_width, config.generator_hidden, config.eta, config.psrg_shared_init)
+                if config.use_psrg else None)
+        pcrg = (PCRG(domain_dim, key_width, length, config.items_per_chunk, config.generator_hidden)
+                if config.use_pcrg else None)
+        super().__init__(projection, config.attention().build(key_width))
+        self.psrg, self.pcrg = psrg, pcrg
 
-    def queries_and_keys(self, domain_features: torch.Tensor,
+    def queries_and_keys(self, domain_features: torch.Tensor | None,
                          sequence: EmbeddedSequence) -> tuple[torch.Tensor, torch.Tensor]:
         """Personalised queries [B, L, d_S] (query t for behaviour t) and behaviours [B, L, d_S]."""
         candidate = self.query_projection(sequence.query)  # E_Q [B, d_S]
@@ -183,10 +183,6 @@ class ADSSequenceBlock(nn.Module):
         else:
             queries = self.pcrg(domain_features, candidate, sequence.mask)
         return queries, keys
-
-    def forward(self, domain_features: torch.Tensor, sequence: EmbeddedSequence) -> torch.Tensor:
-        queries, keys = self.queries_and_keys(domain_features, sequence)
-        return self.attention(queries, keys, sequence.mask)
 
 
 class ADSArch(nn.Module):
@@ -199,29 +195,21 @@ class ADSArch(nn.Module):
 
     def __init__(self, layout: FeatureLayout, config: ADSConfig) -> None:
         super().__init__()
-        if config.backbone not in BACKBONES:
-            raise ConfigError(f"model.ads.backbone: {config.backbone!r} is not one of {list(BACKBONES)}")
-        unknown = [name for name in config.domain_features if name not in layout.fields]
-        if unknown:
-            raise ConfigError(f"model.ads.domain_features: {unknown[0]!r} is not an id feature of the dataset; "
-                              f"id features: {list(layout.fields)}")
-        dim = layout.embedding_dim
-        self.domain_field_index = [layout.fields.index(name) for name in config.domain_features]
-        self.domain_embedding = nn.Embedding(layout.num_domains, dim)
-        domain_dim = (1 + len(self.domain_field_index)) * dim
-        self.blocks = nn.ModuleList(
+        check_attention_kind(config.backbone, "model.ads.backbone")
+        self.domain_field_index = layout.field_indices(config.domain_features, "model.ads.domain_features")
+        self.input = ContextInput(layout)
+        domain_dim = (1 + len(self.domain_field_index)) * layout.embedding_dim
+        self.blocks = SequencePooling(
             ADSSequenceBlock(layout.query_width(s), layout.sequence_width(s), s.max_length, domain_dim, config)
             for s in layout.sequences)
-        width = (len(layout.fields) + 1) * dim + layout.num_dense + sum(b.out_features for b in self.blocks)
-        self.mlp = MLP(width, config.hidden, out_features=layout.num_tasks, dropout=config.dropout)
+        self.mlp = MLP(self.input.width + self.blocks.out_features, config.hidden, out_features=layout.num_tasks,
+                       dropout=config.dropout)
 
     def domain_features(self, features: EmbeddedFeatures, domain: torch.Tensor) -> torch.Tensor:
         """E_D [B, d_D]: the domain-id embedding ``domain`` [B, D] then the named fields' embeddings."""
         return torch.cat([domain, features.fields[:, self.domain_field_index].flatten(1)], dim=1)
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
-        domain = self.domain_embedding(features.domain)
-        domain_features = self.domain_features(features, domain)
-        parts = [features.fields.flatten(1), domain, features.dense]
-        parts += [block(domain_features, sequence) for block, sequence in zip(self.blocks, features.sequences)]
-        return self.mlp(torch.cat(parts, dim=1))
+        domain = self.input.domain_embedding(features.domain)
+        pooled = self.blocks(features.sequences, self.domain_features(features, domain))
+        return self.mlp(torch.cat([self.input(features, domain=domain), *pooled], dim=1))

@@ -9,11 +9,13 @@ The sparse arch returns what torchrec's collections return — a KeyedTensor of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
 
+from torchrec_mdr.config import ConfigError
 from torchrec_mdr.data.spec import DatasetSpec
 
 
@@ -56,6 +58,20 @@ class FeatureLayout:
             num_domains=spec.num_domains,
             num_tasks=len(spec.label_names),
         )
+
+    def field_indices(self, names: Sequence[str], key: str, unique: bool = False) -> list[int]:
+        """Positions of the named id fields in :attr:`fields` (a model option such as ``domain_features``).
+
+        ConfigError naming ``key`` (e.g. ``model.ads.domain_features``) for the first name that is not
+        an id field, listing those that are; with ``unique``, also for a name given twice.
+        """
+        for name in names:
+            if name not in self.fields:
+                raise ConfigError(f"{key}: {name!r} is not an id feature of the dataset; "
+                                  f"id features: {list(self.fields)}")
+        if unique and len(set(names)) != len(names):
+            raise ConfigError(f"{key}: duplicate names in {list(names)}")
+        return [self.fields.index(name) for name in names]
 
     def sequence_width(self, sequence: SequenceLayout) -> int:
         return len(sequence.fields) * self.embedding_dim

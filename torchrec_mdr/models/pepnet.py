@@ -38,9 +38,8 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import masked_mean
+from torchrec_mdr.models.blocks import StackedLinear, masked_mean
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
-from torchrec_mdr.models.stacked import StackedLinear
 
 
 @dataclass
@@ -135,15 +134,6 @@ class PPNetTowers(nn.Module):
         return h.squeeze(-1)  # [B, T]
 
 
-def _field_indices(names: list[str], layout: FeatureLayout, key: str) -> list[int]:
-    """Positions of ``names`` in the layout's id fields; ConfigError naming ``key`` for an unknown one."""
-    for name in names:
-        if name not in layout.fields:
-            raise ConfigError(f"{key}: {name!r} is not an id feature of the dataset; "
-                              f"id features: {list(layout.fields)}")
-    return [layout.fields.index(name) for name in names]
-
-
 class PEPNetArch(nn.Module):
     """EPNet-gated embeddings (domain-personalised) -> PPNet-gated task towers (user-personalised).
 
@@ -155,10 +145,10 @@ class PEPNetArch(nn.Module):
         if config.epnet_gate not in ("field", "element"):
             raise ConfigError(f"model.pepnet.epnet_gate: {config.epnet_gate!r} is not one of 'field', 'element'")
         dim = layout.embedding_dim
-        self.domain_fields = _field_indices(config.domain_features, layout, "model.pepnet.domain_features")
+        self.domain_fields = layout.field_indices(config.domain_features, "model.pepnet.domain_features")
         prior_names = (config.prior_features if config.prior_features is not None
                        else [name for name in layout.fields if name.startswith("user")])
-        self.prior_fields = _field_indices(prior_names, layout, "model.pepnet.prior_features")
+        self.prior_fields = layout.field_indices(prior_names, "model.pepnet.prior_features")
         slot_widths = [dim] * len(layout.fields) + [layout.sequence_width(s) for s in layout.sequences]
         if not slot_widths:
             raise ConfigError("model.pepnet: the dataset has no id fields or sequences for EPNet to gate")

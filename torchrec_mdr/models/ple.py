@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds
-from torchrec_mdr.models.blocks import FlatInput, select_domain
+from torchrec_mdr.models.blocks import DomainTowers, FlatInput, StackedLinear, StackedMLP, select_domain
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
-from torchrec_mdr.models.stacked import DomainTowers, StackedLinear, StackedMLP
 
 
 @dataclass

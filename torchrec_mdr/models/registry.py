@@ -1,20 +1,32 @@
-"""The model registry: ``model.name`` -> dense arch class and its typed config.
+"""The model registry: ``model.name`` -> dense arch class and its typed options.
 
-To add a model: write ``models/<name>.py`` with a config dataclass and an arch module whose
-forward maps :class:`~torchrec_mdr.models.features.EmbeddedFeatures` to logits [B, num_tasks],
-then add one entry to :data:`MODELS` and one field to :class:`ModelConfig`.
+Add a model in five steps (the same list as docs/models.md, "Add a model in five steps"):
+
+1. Write ``torchrec_mdr/models/<name>.py``: an options dataclass ``<Name>Config`` (every field with
+   ``bounds(...)`` or ``doc(...)``) and an arch ``<Name>Arch(layout: FeatureLayout, config)`` whose
+   forward maps :class:`~torchrec_mdr.models.features.EmbeddedFeatures` to logits [B, num_tasks]
+   (or ``ArchOutput``), composed of the toolkit's blocks (:mod:`torchrec_mdr.models.blocks`).
+2. Register it here: import the two classes and add one line to :data:`MODELS`,
+   ``ModelEntry("<name>", <Name>Arch, <Name>Config, "<one-line description>")``. :class:`ModelConfig`
+   is built from :data:`MODELS`, so its options become ``model.<name>.*``.
+3. Test what is yours in ``tests/test_<name>.py`` against hand computations and add it to ``ARCHS`` in
+   ``tests/test_baselines.py`` (padding, determinism, domain gradients); the registry-wide tests pick
+   it up by name (``test_models.py``, ``test_fx_trace.py``, ``test_distributed.py``).
+4. Document it: its row and its choices in docs/models.md.
+5. Train it: ``mdr train --config configs/quickstart.toml --set model.name=<name> --out runs/<name>``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Callable
 
 from torch import nn
 
 from dlrm_style.models import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.models.adin import ADINArch, ADINConfig
+from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.ads import ADSArch, ADSConfig
 from torchrec_mdr.models.din import DINArch, DINConfig
 from torchrec_mdr.models.dnn import DNNArch, DNNConfig
@@ -22,61 +34,65 @@ from torchrec_mdr.models.features import FeatureLayout
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import PEPNetArch, PEPNetConfig
 from torchrec_mdr.models.ple import PLEArch, PLEConfig
+from torchrec_mdr.models.sfpnet import SFPNetArch, SFPNetConfig
 from torchrec_mdr.models.shared_bottom import SharedBottomArch, SharedBottomConfig
 from torchrec_mdr.models.star import STARArch, STARConfig
-from torchrec_mdr.models.sfpnet import SFPNetArch, SFPNetConfig
 from torchrec_mdr.models.target_attention import CANArch, CANConfig, MHAArch, MHAConfig
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    arch: Callable[..., nn.Module]  # (layout, its config) -> module
-    config_field: str  # the ModelConfig field holding its options
+    name: str  # model.name, and the section model.<name> holding its options
+    arch: Callable[..., nn.Module]  # (layout, its options) -> module
+    config: type  # its options dataclass
     description: str
 
-
-MODELS: dict[str, ModelEntry] = {
-    "dnn": ModelEntry(DNNArch, "dnn", "shared MLP over all embeddings (BaseDNN)"),
-    "din": ModelEntry(DINArch, "din", "DIN target attention over the behaviour sequences"),
-    "mha": ModelEntry(MHAArch, "mha", "multi-head target attention over the behaviour sequences"),
-    "can": ModelEntry(CANArch, "can", "CAN: candidate-parameterised micro-MLP over each behaviour"),
-    "ads": ModelEntry(ADSArch, "ads", "ADS: PSRG + PCRG domain-personalised target attention (din/mha/can)"),
-    "adin": ModelEntry(ADINArch, "adin", "ADIN: SE domain interest, shared + domain nets with DSBN, self-training"),
-    "sfpnet": ModelEntry(SFPNetArch, "sfpnet", "SFPNet: scenario-tailoring blocks (SAM + RTM), DIN, S-DNN"),
-    "shared_bottom": ModelEntry(SharedBottomArch, "shared_bottom", "Shared-Bottom: shared MLP, one tower per domain"),
-    "mmoe": ModelEntry(MMoEArch, "mmoe", "MMoE: shared experts, one softmax gate and tower per domain"),
-    "ple": ModelEntry(PLEArch, "ple", "PLE: stacked CGC levels (shared + domain experts), towers per domain"),
-    "star": ModelEntry(STARArch, "star", "STAR: partitioned norm, star-topology FCN (shared ⊙ domain), aux net"),
-    "pepnet": ModelEntry(PEPNetArch, "pepnet", "PEPNet: EPNet domain gates on embeddings, PPNet user gates on towers"),
-    "dlrm": ModelEntry(DLRMArch, "dlrm", "DLRM: dense arch, pairwise-dot interaction, over arch"),
-    "dlrm_dcn": ModelEntry(DLRMDCNArch, "dlrm_dcn", "DLRM-DCNv2: low-rank cross layers as the interaction"),
-}
+    @property
+    def config_field(self) -> str:
+        """The :class:`ModelConfig` field holding its options (its name)."""
+        return self.name
 
 
-@dataclass
-class ModelConfig:
-    name: str = field(default="din", metadata=doc(f"registered model: {', '.join(MODELS)}"))
-    embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))
-    dnn: DNNConfig = field(default_factory=DNNConfig)
-    din: DINConfig = field(default_factory=DINConfig)
-    mha: MHAConfig = field(default_factory=MHAConfig)
-    can: CANConfig = field(default_factory=CANConfig)
-    ads: ADSConfig = field(default_factory=ADSConfig)
-    adin: ADINConfig = field(default_factory=ADINConfig)
-    sfpnet: SFPNetConfig = field(default_factory=SFPNetConfig)
-    shared_bottom: SharedBottomConfig = field(default_factory=SharedBottomConfig)
-    mmoe: MMoEConfig = field(default_factory=MMoEConfig)
-    ple: PLEConfig = field(default_factory=PLEConfig)
-    star: STARConfig = field(default_factory=STARConfig)
-    pepnet: PEPNetConfig = field(default_factory=PEPNetConfig)
-    dlrm: DLRMConfig = field(default_factory=DLRMConfig)
-    dlrm_dcn: DLRMDCNConfig = field(default_factory=DLRMDCNConfig)
-
-    def validate(self) -> None:
-        if self.name not in MODELS:
-            raise ConfigError(f"unknown model {self.name!r}; registered models: {sorted(MODELS)}")
+MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
+    ModelEntry("dnn", DNNArch, DNNConfig, "shared MLP over all embeddings (BaseDNN)"),
+    ModelEntry("din", DINArch, DINConfig, "DIN target attention over the behaviour sequences"),
+    ModelEntry("mha", MHAArch, MHAConfig, "multi-head target attention over the behaviour sequences"),
+    ModelEntry("can", CANArch, CANConfig, "CAN: candidate-parameterised micro-MLP over each behaviour"),
+    ModelEntry("ads", ADSArch, ADSConfig, "ADS: PSRG + PCRG domain-personalised target attention (din/mha/can)"),
+    ModelEntry("adin", ADINArch, ADINConfig, "ADIN: SE domain interest, shared + domain nets with DSBN, "
+                                             "self-training"),
+    ModelEntry("sfpnet", SFPNetArch, SFPNetConfig, "SFPNet: scenario-tailoring blocks (SAM + RTM), DIN, S-DNN"),
+    ModelEntry("shared_bottom", SharedBottomArch, SharedBottomConfig,
+               "Shared-Bottom: shared MLP, one tower per domain"),
+    ModelEntry("mmoe", MMoEArch, MMoEConfig, "MMoE: shared experts, one softmax gate and tower per domain"),
+    ModelEntry("ple", PLEArch, PLEConfig, "PLE: stacked CGC levels (shared + domain experts), towers per domain"),
+    ModelEntry("star", STARArch, STARConfig, "STAR: partitioned norm, star-topology FCN (shared ⊙ domain), aux net"),
+    ModelEntry("pepnet", PEPNetArch, PEPNetConfig, "PEPNet: EPNet domain gates on embeddings, PPNet user gates "
+                                                   "on towers"),
+    ModelEntry("deepfm", DeepFMArch, DeepFMConfig, "DeepFM: FM (first + second order) and a DNN over the same fields"),
+    ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch"),
+    ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction"),
+)}
 
 
-def build_dense_arch(layout: FeatureLayout, config: ModelConfig) -> nn.Module:
+def _validate(self: Any) -> None:
+    if self.name not in MODELS:
+        raise ConfigError(f"unknown model {self.name!r}; registered models: {sorted(MODELS)}")
+
+
+ModelConfig = make_dataclass(
+    "ModelConfig",
+    [("name", str, field(default="din", metadata=doc(f"registered model: {', '.join(MODELS)}"))),
+     ("embedding_dim", int, field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))),
+     *((entry.name, entry.config, field(default_factory=entry.config)) for entry in MODELS.values())],
+    namespace={"validate": _validate,
+               "__doc__": "``model.*``: the chosen model, the embedding dimension and every registered model's "
+                          "options (``model.<name>.*``, one field per :data:`MODELS` entry)."},
+)
+ModelConfig.__module__ = __name__  # pickled and printed as torchrec_mdr.models.registry.ModelConfig
+
+
+def build_dense_arch(layout: FeatureLayout, config: Any) -> nn.Module:
+    """The chosen model's arch (``config``: a :class:`ModelConfig`)."""
     entry = MODELS[config.name]
     return entry.arch(layout, getattr(config, entry.config_field))

@@ -41,9 +41,8 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import MLP, DINAttention
-from torchrec_mdr.models.din import QueryProjection
-from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
+from torchrec_mdr.models.blocks import MLP, AttentionOptions, SequencePooling
+from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout
 from torchrec_mdr.models.sfpnet_blocks import ScenarioAwareDNN, ScenarioTailoringBlock
 
 
@@ -107,17 +106,11 @@ class SFPNetArch(nn.Module):
             config.validate()
         except ConfigError as error:
             raise ConfigError(f"model.sfpnet.{error}") from None
-        unknown = [name for name in config.scenario_features if name not in layout.fields]
-        if unknown:
-            raise ConfigError(f"model.sfpnet.scenario_features: {unknown[0]!r} is not an id feature of the "
-                              f"dataset; id features: {list(layout.fields)}")
-        if len(set(config.scenario_features)) != len(config.scenario_features):
-            raise ConfigError(f"model.sfpnet.scenario_features: duplicate names in {config.scenario_features}")
+        self.scenario_index = layout.field_indices(config.scenario_features, "model.sfpnet.scenario_features",
+                                                   unique=True)
+        self.candidate_index = [layout.field_indices(s.candidate_fields, "candidate_fields") for s in layout.sequences]
         dim, num_fields = layout.embedding_dim, len(layout.fields)
         widths = [layout.sequence_width(s) for s in layout.sequences]
-        self.layout = layout
-        self.scenario_index = [layout.fields.index(name) for name in config.scenario_features]
-        self.candidate_index = [[layout.fields.index(name) for name in s.candidate_fields] for s in layout.sequences]
         scenario_width = dim * (1 + len(self.scenario_index))
         self.domain_embedding = nn.Embedding(layout.num_domains, dim)
         self.blocks = nn.ModuleList(
@@ -125,10 +118,8 @@ class SFPNetArch(nn.Module):
                                    use_rtm=config.use_rtm, with_std=config.distribution_aware_pooling,
                                    sam_hidden=config.sam_hidden, context_hidden=config.context_hidden)
             for _ in range(config.num_blocks))
-        self.queries = nn.ModuleList(QueryProjection(layout.query_width(s), layout.sequence_width(s))
-                                     for s in layout.sequences)
-        self.attentions = nn.ModuleList(DINAttention(w, config.attention_hidden) for w in widths)
-        width = num_fields * dim + sum(widths) + layout.num_dense  # H¹
+        self.pooling = SequencePooling.of(layout, AttentionOptions("din", din_hidden=config.attention_hidden))
+        width = num_fields * dim + self.pooling.out_features + layout.num_dense  # H¹
         if config.scenario_aware_dnn:
             self.dnn: nn.Module = ScenarioAwareDNN(width, config.hidden, layout.num_tasks, scenario_width,
                                                    config.dnn_gate_hidden, config.dropout,
@@ -155,16 +146,17 @@ class SFPNetArch(nn.Module):
             fields, behaviours = block(fields, behaviours, masks, scenario)
         return fields, behaviours
 
+    @staticmethod
+    def candidate(fields: torch.Tensor, index: list[int]) -> torch.Tensor:
+        """A group's DIN query: its candidate columns' tailored fields [B, Q·d] (Q may be 0)."""
+        return fields[:, index].flatten(1) if index else fields.new_zeros(fields.shape[0], 0)
+
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         scenario = self.scenario(features)
         fields, behaviours = self.tailor(features, scenario)
-        parts = [fields.flatten(1)]
-        for sequence, keys, index, project, attend in zip(features.sequences, behaviours, self.candidate_index,
-                                                          self.queries, self.attentions):
-            query = (fields[:, index].flatten(1) if index
-                     else fields.new_zeros(fields.shape[0], 0))
-            parts.append(attend(project(query), keys, sequence.mask))  # eq 8
-        parts.append(features.dense.to(parts[0].dtype))
+        tailored = [EmbeddedSequence(keys, sequence.mask, self.candidate(fields, index))
+                    for sequence, keys, index in zip(features.sequences, behaviours, self.candidate_index)]
+        parts = [fields.flatten(1), *self.pooling(tailored), features.dense.to(fields.dtype)]  # eq 8
         h = torch.cat(parts, dim=-1)  # H¹ (eq 9)
         if self.scenario_aware_dnn:
             return self.dnn(h, scenario)

@@ -5,7 +5,7 @@ domain, and every row is scored by its own domain's tower::
 
     FlatInput [B, W] --bottom MLP--> h [B, H] --DomainTowers (K towers, row's own)--> [B, T]
 
-The towers are :class:`~torchrec_mdr.models.stacked.DomainTowers` (all K evaluated for every row,
+The towers are :class:`~torchrec_mdr.models.blocks.stacked.DomainTowers` (all K evaluated for every row,
 each row keeps its own; a domain's tower gets gradient only from its rows).
 """
 
@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import bounds
-from torchrec_mdr.models.blocks import MLP, FlatInput
+from torchrec_mdr.models.blocks import MLP, DomainTowers, FlatInput
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
-from torchrec_mdr.models.stacked import DomainTowers
 
 
 @dataclass

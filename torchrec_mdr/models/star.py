@@ -33,8 +33,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import bounds, doc
-from torchrec_mdr.models.blocks import MLP, FlatInput, select_domain
-from torchrec_mdr.models.domain_norm import DomainBatchNorm
+from torchrec_mdr.models.blocks import MLP, DomainBatchNorm, FlatInput, select_domain
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 

@@ -1,24 +1,88 @@
-"""Target-attention blocks beyond DIN: multi-head target attention (MHA) and CAN's co-action unit.
+"""Target attention: one candidate (or one query per behaviour) attends to a behaviour sequence.
 
-Every block here (and :class:`~torchrec_mdr.models.blocks.DINAttention`, reused as it is) takes
-either one query per row ([B, Dq]: classic target attention, the candidate attends to every
-behaviour) or one query per position ([B, L, Dq]: ADS's personalised queries, query ``t`` is paired
-with behaviour ``t`` only). Padded positions (mask False) get weight exactly zero, and an all-padding
-row pools to a zero vector (never NaN). :func:`build_attention` makes one of the three by name.
+The three kinds share one signature and one option set (:class:`AttentionOptions`, whose ``kind`` is
+:data:`AttentionKind`): DIN's MLP scorer (:class:`DINAttention`), multi-head scaled dot-product
+attention (:class:`MultiHeadTargetAttention`, ADS eqs 8–12) and CAN's co-action unit
+(:class:`CoActionUnit`). Each takes either one query per row ([B, Dq]: classic target attention, the
+candidate attends to every behaviour) or one query per position ([B, L, Dq]: ADS's personalised
+queries, query ``t`` is paired with behaviour ``t`` only). Padded positions (mask False) get weight
+exactly zero, and an all-padding row pools to a zero vector (never NaN). Every block has
+``out_features``, the width of what it returns.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-from torchrec_mdr.models.blocks import DINAttention, per_position_query
+from torchrec_mdr.config import ConfigError
+from torchrec_mdr.models.blocks.mlp import MLP
 
-torch.fx.wrap("per_position_query")  # fx patches wrapped functions per importing module
+AttentionKind = Literal["din", "mha", "can"]
+ATTENTION_KINDS: tuple[str, ...] = tuple(sorted(get_args(AttentionKind)))
+BACKBONES = ATTENTION_KINDS  # the name ADS's config uses ("backbone")
 
-BACKBONES = ("can", "din", "mha")
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Which target attention, and its options (each kind reads its own; the others are ignored).
+
+    A model's config turns its own keys into one of these (``DINConfig.attention()``, ...), so
+    DIN, MHA, CAN and ADS build their attention the same way.
+    """
+
+    kind: AttentionKind = "din"
+    din_hidden: list[int] = field(default_factory=lambda: [64, 32])  # DIN: scorer MLP widths
+    heads: int = 2  # MHA
+    head_dim: int = 16  # MHA: d_A
+    micro_hidden: list[int] = field(default_factory=lambda: [8, 4])  # CAN: micro-MLP widths
+    orders: int = 1  # CAN: multi-order enhancement
+
+    def build(self, dim: int) -> nn.Module:
+        """The attention for queries and keys of width ``dim``; ``.out_features`` is its output width."""
+        return build_attention(self.kind, dim, din_hidden=self.din_hidden, heads=self.heads,
+                               head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
+
+
+def check_attention_kind(kind: str, key: str) -> None:
+    """ConfigError naming ``key`` unless ``kind`` is an :data:`AttentionKind` (for archs built without a
+    config file; a config file is checked by its ``Literal`` type at load)."""
+    if kind not in ATTENTION_KINDS:
+        raise ConfigError(f"{key}: {kind!r} is not one of {list(ATTENTION_KINDS)}")
+
+
+@torch.fx.wrap  # rank-dependent: one node in an fx trace
+def per_position_query(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """[B, D] or [B, L, D] query -> [B, L, D] (a view when the query is per row)."""
+    if query.dim() == 2:
+        return query.unsqueeze(1).expand(-1, keys.shape[1], -1)
+    return query
+
+
+class DINAttention(nn.Module):
+    """DIN target attention (Zhou et al. 2018): an MLP scores each behaviour against the query.
+
+    ``score_t = MLP([q, k_t, q - k_t, q * k_t])``, no softmax (DIN keeps the scores unnormalised so
+    that the intensity of interest survives); padded positions get weight exactly 0.
+    The query may be one vector per row ([B, D]) or one per position ([B, L, D], as ADS feeds it).
+
+    Shapes: query [B, D] or [B, L, D], keys [B, L, D], mask [B, L] -> pooled [B, D].
+    """
+
+    def __init__(self, dim: int, hidden: list[int]) -> None:
+        super().__init__()
+        self.scorer = MLP(4 * dim, hidden, out_features=1, activation=nn.Sigmoid)
+        self.out_features = dim
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        query = per_position_query(query, keys)
+        scores = self.scorer(torch.cat([query, keys, query - keys, query * keys], dim=-1)).squeeze(-1)
+        weights = scores * mask.to(scores.dtype)
+        return torch.einsum("bl,bld->bd", weights, keys)
 
 
 @torch.fx.wrap  # reads the dtype: one node in an fx trace
@@ -124,21 +188,13 @@ class CoActionUnit(nn.Module):
         return per_position.sum(dim=1)
 
 
-class DINTargetAttention(DINAttention):
-    """:class:`DINAttention` with ``out_features`` (= the key width), so every backbone reads alike."""
-
-    def __init__(self, dim: int, hidden: list[int]) -> None:
-        super().__init__(dim, hidden)
-        self.out_features = dim
-
-
-def build_attention(backbone: str, dim: int, *, din_hidden: list[int], heads: int, head_dim: int,
+def build_attention(kind: str, dim: int, *, din_hidden: list[int], heads: int, head_dim: int,
                     micro_hidden: list[int], orders: int) -> nn.Module:
     """The named target attention for queries and keys of width ``dim``; ``.out_features`` its width."""
-    if backbone == "din":
-        return DINTargetAttention(dim, din_hidden)
-    if backbone == "mha":
+    if kind == "din":
+        return DINAttention(dim, din_hidden)
+    if kind == "mha":
         return MultiHeadTargetAttention(dim, dim, heads, head_dim)
-    if backbone == "can":
+    if kind == "can":
         return CoActionUnit(dim, dim, micro_hidden, orders)
-    raise ValueError(f"unknown target attention {backbone!r}; choose one of {list(BACKBONES)}")
+    raise ValueError(f"unknown target attention {kind!r}; choose one of {list(ATTENTION_KINDS)}")

@@ -1,10 +1,11 @@
-"""Stacked layers: G independent linear maps / MLPs held in single tensors (one batched contraction).
+"""Per-domain and stacked layers: G independent linear maps / MLPs held in single tensors (one batched
+contraction), and :func:`select_domain`, which keeps each row's own domain slice.
 
 Used for everything per domain or per expert (ADIN's domain networks and towers, the towers, experts
 and gates of SharedBottom, MMoE, PLE, PEPNet). A domain's parameters live in slot ``k`` of those
-tensors and, read through :func:`~torchrec_mdr.models.blocks.select_domain`, receive gradient only
-from rows of domain ``k``; domains absent from a batch get an exact zero gradient, never ``None``,
-so optimizers and DDP see every parameter every step. The price: every group is evaluated for every
+tensors and, read through :func:`select_domain`, receive gradient only from rows of domain ``k``;
+domains absent from a batch get an exact zero gradient, never ``None``, so optimizers and DDP see
+every parameter every step. The price: every group is evaluated for every
 row (K times the FLOPs of one tower, small for the few domains these models target).
 """
 
@@ -15,7 +16,15 @@ import math
 import torch
 from torch import nn
 
-from torchrec_mdr.models.blocks import select_domain
+
+def select_domain(per_domain: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    """Each row's own domain slice: [B, K, ...], [B] -> [B, ...].
+
+    A gather, so a domain-specific head only receives gradient from its own domain's rows.
+    """
+    flat = per_domain.unsqueeze(-1).flatten(2)  # [B, K, R]; written without the rank, so fx can trace it
+    index = domain.long().view(-1, 1, 1).expand(-1, 1, flat.shape[2])
+    return flat.gather(1, index).view_as(per_domain[:, 0])
 
 
 @torch.fx.wrap  # rank-dependent: one node in an fx trace

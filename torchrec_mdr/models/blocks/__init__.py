@@ -1,0 +1,37 @@
+"""The model toolkit: the blocks every model is composed of, grouped by kind.
+
+=================  =====================================================================================
+module             blocks
+=================  =====================================================================================
+``mlp``            :class:`MLP`
+``attention``      target attention of a typed kind (:data:`AttentionKind`: ``din``, ``mha``, ``can``)
+                   and its options (:class:`AttentionOptions`): :class:`DINAttention`,
+                   :class:`MultiHeadTargetAttention`, :class:`CoActionUnit`
+``sequence``       :func:`masked_mean`, :class:`QueryProjection`, :class:`SequenceAttention` (one group:
+                   query projection + attention), :class:`SequencePooling` (every group of a layout)
+``inputs``         :class:`ContextInput` (fields, domain-id embedding, dense; its ``width``),
+                   :class:`FlatInput` (the context and the mean-pooled sequences)
+``stacked``        per-domain / per-expert layers: :func:`select_domain`, :class:`StackedLinear`,
+                   :class:`StackedMLP`, :class:`DomainTowers`
+``norm``           :class:`DomainBatchNorm` (DSBN, STAR's partitioned normalisation)
+=================  =====================================================================================
+
+Named id fields (a model option such as ``domain_features``) are resolved by
+:meth:`~torchrec_mdr.models.features.FeatureLayout.field_indices`.
+"""
+
+from torchrec_mdr.models.blocks.attention import (ATTENTION_KINDS, AttentionKind, AttentionOptions, CoActionUnit,
+                                                  DINAttention, MultiHeadTargetAttention, build_attention,
+                                                  check_attention_kind)
+from torchrec_mdr.models.blocks.inputs import ContextInput, FlatInput
+from torchrec_mdr.models.blocks.mlp import MLP
+from torchrec_mdr.models.blocks.norm import DomainBatchNorm
+from torchrec_mdr.models.blocks.sequence import QueryProjection, SequenceAttention, SequencePooling, masked_mean
+from torchrec_mdr.models.blocks.stacked import DomainTowers, StackedLinear, StackedMLP, select_domain
+
+__all__ = [
+    "ATTENTION_KINDS", "AttentionKind", "AttentionOptions", "CoActionUnit", "ContextInput", "DINAttention",
+    "DomainBatchNorm", "DomainTowers", "FlatInput", "MLP", "MultiHeadTargetAttention", "QueryProjection",
+    "SequenceAttention", "SequencePooling", "StackedLinear", "StackedMLP", "build_attention",
+    "check_attention_kind", "masked_mean", "select_domain",
+]
