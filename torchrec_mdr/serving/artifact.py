@@ -137,6 +137,57 @@ def _padded(offsets: np.ndarray, values: np.ndarray, max_length: int | None, wid
     return out
 
 
+def _checked_ids(column: dict[str, Any], ids: np.ndarray) -> np.ndarray:
+    name, cardinality = column["name"], column["cardinality"]
+    if ids.size and ids.min() < 0:
+        raise ArtifactError(f"column '{name}': negative id {int(ids.min())}")
+    if ids.size and ids.max() >= cardinality:
+        if column["oov"] != "hash":
+            raise ArtifactError(f"column '{name}': id {int(ids.max())} is not below its cardinality "
+                                f"{cardinality} (oov = reject)")
+        ids = ids % cardinality
+    return ids
+
+def encode(manifest: dict[str, Any], columns: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+    """The program's input tensors of raw feature columns (see the module docstring), by an artifact's
+    manifest (its ``columns``, ``dense`` and ``domain``)."""
+    domain_column, num_domains = manifest["domain"]["column"], len(manifest["domain"]["names"])
+    missing = [c["name"] for c in manifest["columns"] if c["name"] not in columns]
+    missing += [n for n in [domain_column, *manifest["dense"]] if n not in columns]
+    if missing:
+        raise ArtifactError(f"missing input column(s): {', '.join(missing)}")
+    single = np.ndim(columns[domain_column]) == 0
+    domain = np.array(columns[domain_column], dtype=np.int64, ndmin=1)  # a writable copy
+    rows = domain.shape[0]
+    if domain.size and (domain.min() < 0 or domain.max() >= num_domains):
+        raise ArtifactError(f"column '{domain_column}': domain outside [0, {num_domains})")
+    dense = np.zeros((rows, len(manifest["dense"])), dtype=np.float32)
+    for index, name in enumerate(manifest["dense"]):
+        dense[:, index] = np.atleast_1d(np.asarray(columns[name], dtype=np.float32))
+    tensors = [torch.from_numpy(dense), torch.from_numpy(domain)]
+    group_lengths: dict[str, tuple[str, np.ndarray]] = {}
+    for column in manifest["columns"]:
+        value = columns[column["name"]]
+        if column["kind"] == "id":
+            ids = np.array(value, dtype=np.int64, ndmin=1)
+            tensors.append(torch.from_numpy(_checked_ids(column, ids)))
+            continue
+        offsets, values = _list_column([value] if single else value, rows)
+        group = column["sequence_group"]
+        if group is not None:
+            seen = group_lengths.setdefault(group, (column["name"], np.diff(offsets)))
+            if not np.array_equal(seen[1], np.diff(offsets)):
+                raise ArtifactError(f"sequence group '{group}': columns '{seen[0]}' and '{column['name']}' "
+                                    f"differ in length in some row")
+        width = column["max_length"] if column["kind"] == "sequence" else None
+        padded = _padded(offsets, _checked_ids(column, values), column["max_length"], width)
+        tensors.append(torch.from_numpy(padded))
+    for tensor, name in zip(tensors[2:], [c["name"] for c in manifest["columns"]]):
+        if tensor.shape[0] != rows:
+            raise ArtifactError(f"column '{name}' has {tensor.shape[0]} rows, '{domain_column}' {rows}")
+    return tuple(tensors)
+
+
 class ServingModel:
     """An exported ranking model: :meth:`predict` raw columns -> probabilities per task."""
 
@@ -149,63 +200,12 @@ class ServingModel:
         except Exception as error:  # noqa: BLE001
             raise ArtifactError(f"cannot load {program}: {error}") from None
         self.module = self.program.module()
-        self.columns = self.manifest["columns"]
         self.labels: list[str] = self.manifest["labels"]
-        self.domain_column: str = self.manifest["domain"]["column"]
-        self.num_domains = len(self.manifest["domain"]["names"])
-
-    def _ids(self, column: dict[str, Any], ids: np.ndarray) -> np.ndarray:
-        name, cardinality = column["name"], column["cardinality"]
-        if ids.size and ids.min() < 0:
-            raise ArtifactError(f"column '{name}': negative id {int(ids.min())}")
-        if ids.size and ids.max() >= cardinality:
-            if column["oov"] != "hash":
-                raise ArtifactError(f"column '{name}': id {int(ids.max())} is not below its cardinality "
-                                    f"{cardinality} (oov = reject)")
-            ids = ids % cardinality
-        return ids
-
-    def inputs(self, columns: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
-        """The program's input tensors of raw feature columns (see the module docstring)."""
-        missing = [c["name"] for c in self.columns if c["name"] not in columns]
-        missing += [n for n in [self.domain_column, *self.manifest["dense"]] if n not in columns]
-        if missing:
-            raise ArtifactError(f"missing input column(s): {', '.join(missing)}")
-        single = np.ndim(columns[self.domain_column]) == 0
-        domain = np.array(columns[self.domain_column], dtype=np.int64, ndmin=1)  # a writable copy
-        rows = domain.shape[0]
-        if domain.size and (domain.min() < 0 or domain.max() >= self.num_domains):
-            raise ArtifactError(f"column '{self.domain_column}': domain outside [0, {self.num_domains})")
-        dense = np.zeros((rows, len(self.manifest["dense"])), dtype=np.float32)
-        for index, name in enumerate(self.manifest["dense"]):
-            dense[:, index] = np.atleast_1d(np.asarray(columns[name], dtype=np.float32))
-        tensors = [torch.from_numpy(dense), torch.from_numpy(domain)]
-        group_lengths: dict[str, tuple[str, np.ndarray]] = {}
-        for column in self.columns:
-            value = columns[column["name"]]
-            if column["kind"] == "id":
-                ids = np.array(value, dtype=np.int64, ndmin=1)
-                tensors.append(torch.from_numpy(self._ids(column, ids)))
-                continue
-            offsets, values = _list_column([value] if single else value, rows)
-            group = column["sequence_group"]
-            if group is not None:
-                seen = group_lengths.setdefault(group, (column["name"], np.diff(offsets)))
-                if not np.array_equal(seen[1], np.diff(offsets)):
-                    raise ArtifactError(f"sequence group '{group}': columns '{seen[0]}' and '{column['name']}' "
-                                        f"differ in length in some row")
-            width = column["max_length"] if column["kind"] == "sequence" else None
-            padded = _padded(offsets, self._ids(column, values), column["max_length"], width)
-            tensors.append(torch.from_numpy(padded))
-        for tensor, name in zip(tensors[2:], [c["name"] for c in self.columns]):
-            if tensor.shape[0] != rows:
-                raise ArtifactError(f"column '{name}' has {tensor.shape[0]} rows, '{self.domain_column}' {rows}")
-        return tuple(tensors)
 
     def predict(self, columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """``{label: float32 [B]}`` probabilities of one request or a batch of raw columns."""
         with torch.inference_mode():
-            probs = self.module(*self.inputs(columns))
+            probs = self.module(*encode(self.manifest, columns))
         probs = probs.numpy()
         return {label: probs[:, task] for task, label in enumerate(self.labels)}
 

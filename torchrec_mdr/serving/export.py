@@ -136,6 +136,22 @@ def export_program(program: InferenceProgram, columns: list[InputColumn], num_de
                                    strict=False)
 
 
+def input_description(spec: Any, reader_spec: Any) -> dict[str, Any]:
+    """The manifest's description of the inputs and outputs (what :func:`~torchrec_mdr.serving.artifact.
+    encode` reads): id columns with the cardinality and policy the reader applies (``reader_spec``:
+    managed tables accept raw ids below ``input_hash_size``), dense names, domain, labels."""
+    return {
+        "columns": [{"name": c.name, "kind": c.kind, "table": c.table_name,
+                     "cardinality": reader_spec.column(c.name).cardinality, "oov": reader_spec.column(c.name).oov,
+                     "max_length": c.max_length, "sequence_group": c.sequence_group}
+                    for c in spec.columns_of("id", "multi_id", "sequence")],
+        "dense": spec.dense_features,
+        "domain": {"column": spec.domain_column, "names": list(spec.domain_names)},
+        "labels": spec.label_names,
+        "outputs": [f"prob_{label}" for label in spec.label_names],
+    }
+
+
 def _manifest(config: Any, trainer: Any, info: Any, checkpoint: str, run_dir: Path, columns: list[InputColumn],
               tables: dict[str, torch.Tensor], managed: dict[str, Any], int8: bool) -> dict[str, Any]:
     import torchrec
@@ -161,14 +177,7 @@ def _manifest(config: Any, trainer: Any, info: Any, checkpoint: str, run_dir: Pa
                           "codes": "uint8 [rows, D]", "scale": "float32 [rows]", "bias": "float32 [rows]"}
                          if int8 else None),
         "inputs": input_names(columns),
-        "columns": [{"name": c.name, "kind": c.kind, "table": c.table,
-                     "cardinality": reader_spec.column(c.name).cardinality, "oov": reader_spec.column(c.name).oov,
-                     "max_length": reader_spec.column(c.name).max_length,
-                     "sequence_group": reader_spec.column(c.name).sequence_group} for c in columns],
-        "dense": spec.dense_features,
-        "domain": {"column": spec.domain_column, "names": list(spec.domain_names)},
-        "labels": spec.label_names,
-        "outputs": [f"prob_{label}" for label in spec.label_names],
+        **input_description(spec, reader_spec),
         "tables": {name: {"rows": int(t.shape[0]), "dim": int(t.shape[1]), "managed": name in managed}
                    for name, t in sorted(tables.items())},
     }
