@@ -110,6 +110,12 @@ def check_program(folder: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def _int64(value: Any) -> np.ndarray:
+    """A writable int64 array [n] of a scalar, a list or a (pyarrow) array."""
+    array = np.array(value, dtype=np.int64, ndmin=1)
+    return array if array.flags.writeable else array.copy()
+
+
 def _list_column(value: Any, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(offsets int64 [n + 1], values int64) of a list column: pyarrow list array or a list of lists."""
     if hasattr(value, "combine_chunks") or hasattr(value, "offsets"):  # pyarrow (Chunked)Array
@@ -157,7 +163,7 @@ def encode(manifest: dict[str, Any], columns: Mapping[str, Any]) -> tuple[torch.
     if missing:
         raise ArtifactError(f"missing input column(s): {', '.join(missing)}")
     single = np.ndim(columns[domain_column]) == 0
-    domain = np.array(columns[domain_column], dtype=np.int64, ndmin=1)  # a writable copy
+    domain = _int64(columns[domain_column])
     rows = domain.shape[0]
     if domain.size and (domain.min() < 0 or domain.max() >= num_domains):
         raise ArtifactError(f"column '{domain_column}': domain outside [0, {num_domains})")
@@ -169,7 +175,7 @@ def encode(manifest: dict[str, Any], columns: Mapping[str, Any]) -> tuple[torch.
     for column in manifest["columns"]:
         value = columns[column["name"]]
         if column["kind"] == "id":
-            ids = np.array(value, dtype=np.int64, ndmin=1)
+            ids = _int64(value)
             tensors.append(torch.from_numpy(_checked_ids(column, ids)))
             continue
         offsets, values = _list_column([value] if single else value, rows)
