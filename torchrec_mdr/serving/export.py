@@ -82,7 +82,10 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
     return full
 
 
-def gather_tables(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+Managed = dict[str, tuple[torch.Tensor, torch.Tensor]]  # table -> (sorted raw ids [zch], row of each [zch])
+
+
+def gather_tables(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Managed]:
     """(table -> weight [rows, D], managed table -> (sorted raw ids, rows)) from a RankingModel's state dict
     (DMP or plain), whatever collection each table lives in."""
     tables: dict[str, torch.Tensor] = {}
@@ -121,7 +124,8 @@ def example_inputs(columns: list[InputColumn], num_dense: int, batch: int = _EXA
     return (torch.zeros(batch, num_dense), torch.zeros(batch, dtype=torch.int64), *ids)
 
 
-def export_program(program: InferenceProgram, columns: list[InputColumn], num_dense: int) -> torch.export.ExportedProgram:
+def export_program(program: InferenceProgram, columns: list[InputColumn],
+                   num_dense: int) -> torch.export.ExportedProgram:
     """torch.export of ``program`` with a dynamic batch (and multi_id width) dimension."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     ids: list[Any] = []
