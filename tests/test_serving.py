@@ -176,6 +176,46 @@ def test_every_registered_model_exports_and_matches_eager(name: str, tiny: Path)
     torch.testing.assert_close(one, expected[5:6], rtol=0, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy schema without its 2**40-row id: a pooled multi_id column with empty lists, histories of 0-6
+    ids cut to the last 4, and item ids up to 79 in a 50-row table with ``oov = "hash"``."""
+    from conftest import toy_columns, toy_rows
+    from data_prep.writer import DatasetWriter
+
+    path = tmp_path_factory.mktemp("toy") / "toy"
+    columns = [c for c in toy_columns(max_length=4, oov="hash") if c.name != "row_id"]
+    writer = DatasetWriter(path, "toy", columns, ["a", "b"], row_group_size=64, rows_per_file=1000)
+    rows = {k: v for k, v in toy_rows(300, max_item=80).items() if k != "row_id"}
+    writer.write("test", rows)
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("name", ["dnn", "din"])
+def test_raw_columns_are_encoded_as_the_reader_reads_them(name: str, toy: Path) -> None:
+    """Multi-valued ids (some rows empty), histories longer than max_length and hashed out-of-range ids,
+    given raw to the program, score as the reader's batches score in the eager model."""
+    spec = DatasetSpec.load(toy)
+    reader = make_dataloader(ReaderConfig(path=toy, batch_size=300, shuffle=False), "test")
+    batch = next(iter(reader))
+    torch.manual_seed(0)
+    model = RankingModel(spec, ModelConfig(name=name, embedding_dim=8)).eval()
+    with torch.no_grad():
+        expected = torch.sigmoid(model(batch)[0])
+    tables, managed = gather_tables(model.state_dict())
+    columns = [InputColumn(c.name, c.kind, c.table_name, c.max_length if c.kind == "sequence" else None)
+               for c in spec.columns_of("id", "multi_id", "sequence")]
+    program = InferenceProgram(model.dense_arch.layout, model.dense_arch.model, columns, tables, managed).eval()
+    exported = export_program(program, columns, len(spec.dense_features)).module()
+    table = split_table(toy)
+    assert max(len(v) for v in table["hist_item_id"].to_pylist()) > 4 and max(table["item_id"].to_pylist()) >= 50
+    assert min(len(v) for v in table["tags"].to_pylist()) == 0
+    with torch.no_grad():
+        got = exported(*encode(input_description(spec, spec), columns_of(table)))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 def test_loads_in_a_fresh_process_without_the_training_stack(run: Path, artifacts: dict,
                                                              reference: np.ndarray) -> None:
     table = split_table(data_of(run)).slice(0, 3)
