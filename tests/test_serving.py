@@ -266,6 +266,17 @@ def _rewrite(program: Path, replace: dict[str, bytes]) -> None:
             archive.writestr(info, replace.get(info.filename, content))
 
 
+def _values(tree: object):  # noqa: ANN202 - every dict and list of a JSON tree
+    stack = [tree]
+    while stack:
+        value = stack.pop()
+        yield value
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 def _rehash(folder: Path) -> None:
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     manifest["files"][PROGRAM_FILE] = {"sha256": sha256(folder / PROGRAM_FILE),
@@ -307,6 +318,28 @@ def test_a_tampered_artifact_is_refused(artifacts: dict, tmp_path: Path, monkeyp
     _rehash(flagged)
     with pytest.raises(ArtifactError, match="pickled object"):
         load_artifact(flagged)
+    # code in the graph: a guard (exec'd by module()), a node calling a torch function that is not an aten op
+    # (resolved by name at load), a symbolic expression (sympify'd at load); hashes updated to match
+    model_json = next(n for n in names if n.endswith("models/model.json"))
+    with zipfile.ZipFile(artifacts["fp32"] / PROGRAM_FILE) as archive:
+        graph = json.loads(archive.read(model_json))
+    code = "__import__('os').system('touch ' + __import__('os').environ['MDR_PWNED'])"
+    nodes = graph["graph_module"]["graph"]["nodes"]
+    symbolic = next(v for v in _values(graph) if isinstance(v, dict) and isinstance(v.get("expr_str"), str))
+    for label, edit, message in [
+        ("guard", lambda g: g["guards_code"].append(f"{code} == 0"), "not a shape expression"),
+        ("target", lambda g: g["graph_module"]["graph"]["nodes"][len(nodes) // 2].update(target="torch.save"),
+         "not an aten operator"),
+        ("sympify", lambda g: next(v for v in _values(g) if isinstance(v, dict) and v.get("expr_str")
+                                   == symbolic["expr_str"]).update(expr_str=code), "not a shape expression")]:
+        edited = json.loads(json.dumps(graph))
+        edit(edited)
+        folder = tmp_path / label
+        shutil.copytree(artifacts["fp32"], folder)
+        _rewrite(folder / PROGRAM_FILE, {model_json: json.dumps(edited).encode()})
+        _rehash(folder)
+        with pytest.raises(ArtifactError, match=message):
+            load_artifact(folder)
     assert not marker.exists()
     # not an artifact / another format
     with pytest.raises(ArtifactError, match="not an exported artifact"):

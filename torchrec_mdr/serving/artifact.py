@@ -10,11 +10,16 @@ Needs only ``torch`` and ``numpy`` (no torchrec, no process group, no run direct
 
 **Safe loading.** ``torch.export.load`` unpickles some archive entries with ``weights_only=False``
 (tensors flagged ``use_pickle``, custom and opaque objects, legacy weight files, and the example
-inputs when a weights-only load of them fails). Before it runs, :func:`check_program` therefore
-(1) compares the program file's SHA-256 and size with the manifest's (a changed byte is refused),
-and (2) reads the archive's weight and constant configs (JSON) and refuses any pickled entry, and
-loads every other ``.pt`` entry with ``weights_only=True`` (refused if that fails). A tampered
-artifact raises :class:`ArtifactError` naming the file; nothing of it runs.
+inputs when a weights-only load of them fails), resolves each graph node's target by name anywhere
+under ``torch``, and parses symbolic shape expressions with ``sympy.sympify`` (an ``eval``);
+``ExportedProgram.module()`` then ``exec``s the program's input guards. Before any of it runs,
+:func:`check_program` therefore (1) compares the program file's SHA-256 and size with the
+manifest's (a changed byte is refused), (2) reads the archive's weight and constant configs (JSON)
+and refuses any pickled entry, and loads every other ``.pt`` entry with ``weights_only=True``
+(refused if that fails), and (3) reads the graph (JSON) and refuses any node that calls anything
+but an aten operator (or ``operator`` / ``math`` / ``torch.sym_*``) and any expression or guard
+that is not a plain shape expression (:func:`check_graph`). A tampered artifact raises
+:class:`ArtifactError` naming the file; nothing of it runs.
 
 **Inputs** (:meth:`ServingModel.predict`): a mapping from the dataset's column names to values —
 one request (scalars for ``id`` / ``dense`` / domain columns, a list of ids for ``multi_id`` and
@@ -29,9 +34,11 @@ maps them to rows; an id without a slot reads the table's unknown-id row). Retur
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -78,6 +85,72 @@ def _config_entries(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
         raise ArtifactError(f"archive entry {name} is not a payload config: {error}") from None
 
 
+# What the program's graph may call, and what its symbolic expressions may hold (see check_graph).
+_TARGET = re.compile(r"^(torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.[a-z_]+|math\.[a-z_]+|"
+                     r"torch\.sym_[a-z_]+)$")
+_SYMBOL = re.compile(r"^[a-z]\d+$")
+_NAMES = {"L", "math", "inf", "oo", "Max", "Min", "Eq", "Ne", "Abs", "And", "Or", "Not", "FloorDiv", "Mod",
+          "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "TruncToInt", "IntTrueDiv", "FloatTrueDiv",
+          "ModularIndexing", "Where", "ToFloat", "PowByNatural", "FloatPow", "Identity", "Integer", "Symbol"}
+_ASSUMPTIONS = {"positive", "negative", "nonnegative", "integer", "real", "finite", "zero", "nonzero"}
+_ATTRIBUTES = {"size", "stride", "storage_offset", "isnan", "inf"}
+_NODES = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load,
+          ast.Subscript, ast.Attribute, ast.Call, ast.keyword, ast.Tuple, ast.operator, ast.cmpop, ast.boolop,
+          ast.unaryop)
+
+
+def _plain_expression(text: str) -> bool:
+    """Whether ``text`` is an expression of shapes and symbols only: comparisons and arithmetic of
+    constants, size symbols (``s0``, ``Symbol('s0', positive=True)``), ``L['x'][0].size()[1]`` and the
+    sympy functions of torch's shape expressions; no other name, attribute, call or keyword (torch
+    evaluates these strings with ``exec`` / ``sympy.sympify``)."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        if not isinstance(node, _NODES):
+            return False
+        if isinstance(node, ast.Name) and node.id not in _NAMES and not _SYMBOL.match(node.id):
+            return False
+        if isinstance(node, ast.Attribute) and node.attr not in _ATTRIBUTES:
+            return False
+        if isinstance(node, ast.Call) and not (
+                (isinstance(node.func, ast.Name) and node.func.id in _NAMES - {"L", "math"})
+                or isinstance(node.func, ast.Attribute)):
+            return False
+        if isinstance(node, ast.keyword) and (node.arg not in _ASSUMPTIONS or not isinstance(node.value, ast.Constant)):
+            return False
+    return True
+
+
+def check_graph(graph: Any, where: str) -> None:
+    """ArtifactError unless every node of the serialized program calls an aten op (or an operator /
+    math / sym function) and every symbolic expression and guard is a plain shape expression
+    (:func:`_plain_expression`): ``torch.export.load`` resolves node targets by name anywhere under
+    ``torch`` and parses expressions with ``sympy.sympify``, and ``module()`` ``exec``s the guards."""
+    stack = [graph]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+            continue
+        if not isinstance(value, dict):
+            continue
+        target = value.get("target")
+        if isinstance(target, str) and "inputs" in value and not _TARGET.match(target):
+            raise ArtifactError(f"{where}: the program calls {target!r}, which is not an aten operator; "
+                                f"refusing to load it")
+        texts = [value["expr_str"]] if isinstance(value.get("expr_str"), str) else []
+        texts += [g for g in value.get("guards_code", []) if isinstance(g, str)]
+        texts += [k for k in value.get("range_constraints", {}) if isinstance(k, str)]
+        for text in texts:
+            if not _plain_expression(text):
+                raise ArtifactError(f"{where}: the program holds the expression {text[:80]!r}, which is not "
+                                    f"a shape expression; refusing to load it")
+        stack.extend(value.values())
+
+
 def check_program(folder: str | Path, manifest: dict[str, Any]) -> Path:
     """The program file, after the checks of the module docstring (ArtifactError otherwise)."""
     path = Path(folder) / PROGRAM_FILE
@@ -99,6 +172,12 @@ def check_program(folder: str | Path, manifest: dict[str, Any]) -> Path:
                     if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight", "tensor")):
                         raise ArtifactError(f"{path}: entry {fqn!r} of {name} is a pickled object, which loading "
                                             f"would run; refusing to load it")
+            elif name.endswith(".json") and "models" in parts:
+                try:
+                    graph = json.loads(archive.read(name))
+                except json.JSONDecodeError as error:
+                    raise ArtifactError(f"{path}: {name} is not valid JSON: {error}") from None
+                check_graph(graph, f"{path}: {name}")
             elif name.endswith((".pt", ".pkl", ".pickle")):
                 if "weights" in parts or "constants" in parts:
                     raise ArtifactError(f"{path}: {name} is a pickled weights file; refusing to load it")

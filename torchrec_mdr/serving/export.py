@@ -12,14 +12,16 @@ InferenceProgram` re-composes them in plain PyTorch.
 **Why torch.export (and not TorchScript, and not torchrec's modules).** The sharded torchrec
 modules (fbgemm TBE kernels, KeyedJaggedTensor inputs, the MCH module's python-side profiling)
 are training machinery; re-composed from unsharded tensors with padded inputs, the whole model is
-a graph of ordinary aten ops, which ``torch.export`` (strict=False) captures for every dense arch
-here with a dynamic batch dimension. TorchScript would need every arch to be scriptable (the
-archs take a dataclass of tensors and some build per-domain lists), and is deprecated upstream.
-torchrec's quantised embedding modules (``torchrec.quant``) were not used for ``--int8``: their
-lookups are fbgemm custom ops, so the program would need fbgemm-gpu to load; the tables are
-instead quantised 8-bit row-wise here (:func:`~torchrec_mdr.serving.program.quantize_rows`:
-uint8 codes, an fp32 scale and bias per row, dequantised as ``codes * scale + bias`` for the rows
-looked up only), the same scheme as fbgemm's 8-bit row-wise tables.
+a graph of ordinary aten ops, which ``torch.export`` (``strict=False``) captures, with a dynamic
+batch dimension, for every registered arch (tests/test_serving.py exports each one and compares it
+with the eager model at batch 32 and 1). TorchScript was therefore not needed and not tried: it
+would also need every arch to be scriptable (they take a dataclass of tensors), and torch marks it
+deprecated in favour of torch.export. torchrec's quantised embedding modules (``torchrec.quant``)
+were not tried for ``--int8`` either, by choice: their lookups are fbgemm custom ops, so a program
+holding them would need fbgemm-gpu wherever it is loaded. The tables are instead quantised 8-bit
+row-wise here (:func:`~torchrec_mdr.serving.program.quantize_rows`: uint8 codes, an fp32 scale and
+bias per row, dequantised as ``codes * scale + bias`` for the rows looked up only), the scheme of
+fbgemm's 8-bit row-wise tables but with an fp32 (not fp16) scale and bias.
 
 **The artifact** is a folder:
 
@@ -187,6 +189,18 @@ def _manifest(config: Any, trainer: Any, info: Any, checkpoint: str, run_dir: Pa
     }
 
 
+def _self_check(folder: Path, program: InferenceProgram, columns: list[InputColumn], num_dense: int) -> None:
+    """Load the written artifact as a server would (all checks) and compare it with the eager program."""
+    from torchrec_mdr.serving.artifact import load_artifact
+
+    served = load_artifact(folder)
+    inputs = example_inputs(columns, num_dense, batch=3)
+    with torch.no_grad():
+        expected, got = program(*inputs), served.module(*inputs)
+    if not torch.allclose(got, expected, rtol=0, atol=1e-6):
+        raise TrainingError(f"the exported program differs from the model by {float((got - expected).abs().max())}")
+
+
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", int8: bool = False,
                overwrite: bool = False) -> dict[str, Any]:
     """Write the artifact of a ranking run's ``checkpoint`` into ``out`` (atomically); returns the manifest."""
@@ -232,6 +246,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         manifest["files"] = {PROGRAM_FILE: {"sha256": sha256(tmp / PROGRAM_FILE),
                                             "bytes": (tmp / PROGRAM_FILE).stat().st_size}}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        _self_check(tmp, program, columns, len(trainer.spec.dense_features))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
