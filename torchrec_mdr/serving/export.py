@@ -17,11 +17,14 @@ batch dimension, for every registered arch (tests/test_serving.py exports each o
 with the eager model at batch 32 and 1). TorchScript was therefore not needed and not tried: it
 would also need every arch to be scriptable (they take a dataclass of tensors), and torch marks it
 deprecated in favour of torch.export. torchrec's quantised embedding modules (``torchrec.quant``)
-were not tried for ``--int8`` either, by choice: their lookups are fbgemm custom ops, so a program
-holding them would need fbgemm-gpu wherever it is loaded. The tables are instead quantised 8-bit
-row-wise here (:func:`~torchrec_mdr.serving.program.quantize_rows`: uint8 codes, an fp32 scale and
-bias per row, dequantised as ``codes * scale + bias`` for the rows looked up only), the scheme of
-fbgemm's 8-bit row-wise tables but with an fp32 (not fp16) scale and bias.
+were tried for ``--int8`` and not used: an int8 ``EmbeddingBagCollection.from_float`` runs on this
+CPU stack and torch.export captures it, but its lookups become fbgemm custom ops
+(``fbgemm.int_nbit_split_embedding_codegen_lookup_function``, ``fbgemm.bounds_check_indices``,
+``fbgemm.asynchronous_complete_cumsum``), so the program would need fbgemm-gpu imported wherever
+it is loaded, and the loader could no longer insist on aten operators only. The tables are
+instead quantised 8-bit row-wise here (:func:`~torchrec_mdr.serving.program.quantize_rows`: uint8
+codes, an fp32 scale and bias per row, dequantised as ``codes * scale + bias`` for the rows looked
+up only), the scheme of fbgemm's 8-bit row-wise tables but with an fp32 (not fp16) scale and bias.
 
 **The artifact** is a folder:
 
@@ -33,7 +36,8 @@ fbgemm's 8-bit row-wise tables but with an fp32 (not fp16) scale and bias.
   SHA-256 and size of ``program.pt2``.
 
 Loading (:mod:`torchrec_mdr.serving.artifact`) checks the hash, refuses an archive that holds
-pickled entries, and never needs the training stack.
+pickled entries or a graph that calls anything but aten operators, and never needs the training
+stack; :func:`export_run` loads each artifact it writes that way and compares it with the model.
 """
 
 from __future__ import annotations
