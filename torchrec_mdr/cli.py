@@ -12,7 +12,7 @@
     mdr eval --run RUN_DIR [--data DIR] [--split S] [--checkpoint best|latest|step-N]   evaluate a checkpoint
     mdr predict --run RUN_DIR --out DIR [--data DIR] [--split S] [--keep a,b]   score every row of a split
     mdr export --run RUN_DIR --out DIR [--checkpoint C] [--int8]   a self-contained inference artifact
-    mdr bench serve --artifact DIR [--artifact DIR ...]   serving latency at batch 1 and 256, artifact size
+    mdr bench serve --artifact DIR [DIR ...]   serving latency at batch 1 and 256, artifact size, AUC
     mdr compare --runs RUN_A RUN_B             per-domain AUC side by side, AUC Imp. of A vs B, oracle AUC
     mdr plan --config FILE --cluster FILE [--table-rows item=1e9] [--world-size N ...]
                                                torchrec's sharding plan for a GPU cluster, planned here
