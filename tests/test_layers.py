@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     # 4 tasks / training: the run config that composes every section, metrics, the training system
     "torchrec_mdr.experiment": 4, "torchrec_mdr.metrics": 4, "torchrec_mdr.retrieval.metrics": 4,
     "torchrec_mdr.training": 4,
+    # serving: the inference program of a trained run, its export (through the training stack) and its loader
+    "torchrec_mdr.serving": 4,
     # 5 cli / bench: entry points and experiments
     "torchrec_mdr.cli": 5, "torchrec_mdr.__main__": 5, "torchrec_mdr.bench": 5, "dlrm_style.train": 5,
 }

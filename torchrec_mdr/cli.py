@@ -11,6 +11,8 @@
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr eval --run RUN_DIR [--data DIR] [--split S] [--checkpoint best|latest|step-N]   evaluate a checkpoint
     mdr predict --run RUN_DIR --out DIR [--data DIR] [--split S] [--keep a,b]   score every row of a split
+    mdr export --run RUN_DIR --out DIR [--checkpoint C] [--int8]   a self-contained inference artifact
+    mdr bench serve --artifact DIR [DIR ...]   serving latency at batch 1 and 256, artifact size, AUC
     mdr compare --runs RUN_A RUN_B             per-domain AUC side by side, AUC Imp. of A vs B, oracle AUC
     mdr plan --config FILE --cluster FILE [--table-rows item=1e9] [--world-size N ...]
                                                torchrec's sharding plan for a GPU cluster, planned here
@@ -34,6 +36,7 @@ from pathlib import Path
 from torchrec_mdr.config import ConfigError, add_dataclass_arguments, bounds, dataclass_from_args, doc
 from torchrec_mdr.data.errors import DataError
 from torchrec_mdr.errors import TrainingError
+from torchrec_mdr.serving.artifact import ArtifactError
 
 
 @dataclass
@@ -246,6 +249,29 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                 checkpoint=options.checkpoint, overwrite=options.overwrite)
 
 
+@dataclass
+class ExportOptions:
+    run: Path = field(metadata=doc(_RUN_HELP, aliases=("--run-dir",)))
+    out: Path = field(metadata=doc("artifact folder: program.pt2 + manifest.json (written atomically)"))
+    checkpoint: str = field(default="latest", metadata=doc("latest, best or step-N"))
+    int8: bool = field(default=False, metadata=doc("8-bit row-wise quantised embedding tables"))
+    overwrite: bool = field(default=False, metadata=doc("replace --out if it exists"))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from torchrec_mdr.serving.export import export_run
+
+    options = dataclass_from_args(ExportOptions, args)
+    export_run(options.run, options.out, checkpoint=options.checkpoint, int8=options.int8,
+               overwrite=options.overwrite)
+
+
+def _cmd_bench_serve(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.serve import ServeBenchOptions, run
+
+    run(dataclass_from_args(ServeBenchOptions, args))
+
+
 def _subcommand(parent, name: str, help_text: str, options: type, handler) -> argparse.ArgumentParser:
     """A subcommand whose flags are the fields of the ``options`` dataclass."""
     parser = parent.add_parser(name, help=help_text, description=help_text)
@@ -273,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
     from torchrec_mdr.bench.loader import LoaderBenchOptions
     from torchrec_mdr.bench.proof import ProofBenchOptions
+    from torchrec_mdr.bench.serve import ServeBenchOptions
     from torchrec_mdr.bench.train import TrainBenchOptions
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -286,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(bench_commands, "proof", "each seed mechanism with vs without it on each planted effect of "
                 "generator v2 (worlds x seeds, paired tests), ablations, learning curves", ProofBenchOptions,
                 _cmd_bench_proof)
+    _subcommand(bench_commands, "serve", "latency of exported artifacts (batch 1 and 256, median and p99) and "
+                "their size", ServeBenchOptions, _cmd_bench_serve)
 
     train = commands.add_parser("train", help="train a registered model on a prepared dataset")
     train.add_argument("--config", type=Path, default=None, help="TOML or YAML experiment config")
@@ -318,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                 EvalOptions, _cmd_eval)
     _subcommand(commands, "predict", "score every row of a split with a run's checkpoint: parquet parts of row, "
                 "domain, prob_<label> and --keep columns", PredictOptions, _cmd_predict)
+    _subcommand(commands, "export", "a self-contained inference artifact of a ranking run (torch.export program "
+                "+ manifest), loadable with torchrec_mdr.serving", ExportOptions, _cmd_export)
     _subcommand(commands, "compare", "per-domain AUC of finished runs side by side, with AUC Imp. vs the last",
                 CompareOptions, _cmd_compare)
     _subcommand(commands, "demo", "generate the default data if missing, show it, read one epoch", DemoOptions,
@@ -343,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         args.handler(args)
-    except (ConfigError, DataError, FileExistsError, TrainingError) as error:
+    except (ConfigError, DataError, FileExistsError, TrainingError, ArtifactError) as error:
         print(f"mdr: error: {error}", file=sys.stderr)
         return 2
     except PlanDoesNotFit:
