@@ -402,6 +402,21 @@ def test_differences_are_named() -> None:
                                        'domains: ["x"] in the checkpoint, ["x", "y"] now']
 
 
+def test_an_option_added_after_a_checkpoint_is_no_difference_at_its_default() -> None:
+    """A checkpoint written before an option existed still loads while the option keeps its default."""
+    from torchrec_mdr.config import to_dict
+    from torchrec_mdr.training.checkpoint import check_identity
+
+    current = {"model": {k: v for k, v in to_dict(ModelConfig(name="ads")).items() if k in ("name", "ads")}}
+    older = json.loads(json.dumps(current))
+    del older["model"]["ads"]["psrg_shared_init"]  # written before the option existed
+    check_identity(older, current, Path("ckpt"), parts=("model",))
+    changed = json.loads(json.dumps(current))
+    changed["model"]["ads"]["psrg_shared_init"] = "xavier"  # a non-default value the checkpoint never had
+    with pytest.raises(TrainingError, match="model.ads.psrg_shared_init: not in the checkpoint"):
+        check_identity(older, changed, Path("ckpt"), parts=("model",))
+
+
 def test_all_finite() -> None:
     from torchrec_mdr.training.distributed import init_distributed
 

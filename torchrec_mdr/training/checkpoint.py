@@ -74,7 +74,8 @@ from torchrec_mdr.config import to_dict
 from torchrec_mdr.data.spec import EMBEDDED_KINDS, DatasetSpec
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
-from torchrec_mdr.models.registry import MODELS
+from torchrec_mdr.models.registry import MODELS, ModelConfig
+from torchrec_mdr.sparse.mch.config import EvictionConfig
 from torchrec_mdr.training.distributed import DistContext
 from torchrec_mdr.safe_files import check_dcp_metadata, load_side_file, save_side_file
 from torchrec_mdr.sparse.mch.reshard import MCHReshard
@@ -131,20 +132,24 @@ def _describe(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
 
 
-def differences(saved: Any, current: Any, key: str = "") -> list[str]:
+def differences(saved: Any, current: Any, key: str = "", defaults: Any = None) -> list[str]:
     """Human-readable differences ``key: <saved> in the checkpoint, <current> now`` of two JSON trees.
 
-    Lists of dicts with a ``name`` (the dataset's columns) are compared by name."""
+    Lists of dicts with a ``name`` (the dataset's columns) are compared by name. ``defaults`` (a tree of
+    the same shape) holds the options' default values: a key missing from the checkpoint whose current
+    value is its default is an option added after the checkpoint was written, and is no difference."""
     if isinstance(saved, dict) and isinstance(current, dict):
         found = []
+        defaults = defaults if isinstance(defaults, dict) else {}
         for name in list(saved) + [k for k in current if k not in saved]:
             sub = f"{key}.{name}" if key else str(name)
             if name not in current:
                 found.append(f"{sub}: only in the checkpoint")
             elif name not in saved:
-                found.append(f"{sub}: not in the checkpoint")
+                if name not in defaults or defaults[name] != current[name]:
+                    found.append(f"{sub}: not in the checkpoint")
             else:
-                found.extend(differences(saved[name], current[name], sub))
+                found.extend(differences(saved[name], current[name], sub, defaults.get(name)))
         return found
     if (isinstance(saved, list) and isinstance(current, list) and saved and current
             and all(isinstance(v, dict) and "name" in v for v in saved + current)):
@@ -167,8 +172,11 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: Path,
                 continue
             saved_part.pop("fingerprint", None)
             current_part.pop("fingerprint", None)
+        defaults = to_dict(ModelConfig()) if part == "model" else to_dict(EvictionConfig()) if part == "eviction" \
+            else None
         found = differences(saved_part, current_part, "model" if part == "model" else
-                            "sparse.eviction" if part == "eviction" else "optimizer" if part == "optimizer" else "")
+                            "sparse.eviction" if part == "eviction" else "optimizer" if part == "optimizer" else "",
+                            defaults)
         if found:
             shown = "; ".join(found[:8]) + (f"; ... ({len(found) - 8} more)" if len(found) > 8 else "")
             raise TrainingError(f"checkpoint {path} was written for a different {what[part]}: {shown}")
