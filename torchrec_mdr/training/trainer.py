@@ -132,8 +132,13 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.init_record: dict | None = None  # where a warm-started run came from (metrics.json's init_from)
         if resume_from is not None:
             self._resume(resume_from)
+        elif config.train.init_from and not evaluate_only:
+            from torchrec_mdr.training.warm_start import warm_start
+
+            self.init_record = warm_start(self, config.train.init_from, config.train.init_optimizer)
 
     def _make_stopper(self) -> EarlyStopping | None:
         """The early-stopping tracker of ``train.early_stopping`` (None when disabled)."""
@@ -173,6 +178,7 @@ class Trainer:
         self.progress = Progress(**record["progress"])
         self.schedule.load_state_dict(record["schedule"])
         self.history = list(record.get("history", []))
+        self.init_record = record.get("init_from")
         if self.stopper is not None:
             self.stopper.load_state_dict(record.get("early_stopping", {}))
             self._remark_best()
@@ -207,6 +213,8 @@ class Trainer:
                   "data_order": data_order(self.config, self.ctx.world_size), "history": self.history}
         if self.stopper is not None:
             record["early_stopping"] = self.stopper.state_dict()
+        if self.init_record is not None:
+            record["init_from"] = self.init_record
         self.last_checkpoint = self.checkpoints.save(self.model, self.optimizer, record)
         self._saved_step, self._losses_saved = self.progress.step, len(self.step_losses)
         return self.last_checkpoint
@@ -496,6 +504,8 @@ class Trainer:
         result = self.evaluate(split)
         metrics = {"model": self.model_name, "dataset": self.spec.name, "split": split,
                    **result.to_dict(), "train": train, "history": self.history}
+        if self.init_record is not None:
+            metrics["init_from"] = self.init_record
         if self.stopper is not None:
             best = self.checkpoints.best()
             metrics["early_stopping"] = {**self.stopper.summary(self.config.train.eval_split),
