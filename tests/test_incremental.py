@@ -255,3 +255,31 @@ def test_warm_start_beats_a_fresh_start_on_the_next_day(tmp_path: Path) -> None:
     warmed = Trainer(warm(config(1, 6), tmp_path / "day0"), tmp_path / "warm").fit()
     assert warmed["auc"] > fresh["auc"] + 0.05, (warmed["auc"], fresh["auc"])
     assert warmed["init_from"]["grown_tables"]["item"]["rows_now"] > 400
+
+
+def _two_rank_days(rank: int, world_size: int, day0: Path, day1: Path, out: Path) -> None:
+    """Day 0 and a warm-started day 1, both on 2 ranks with managed collision: the item table's cardinality
+    grows (60 -> 72), which moves ids between the shards (torchrec buckets ids by ``id // ceil(size / 2)``)."""
+    from torchrec_mdr.training.trainer import Trainer
+
+    common = dict(eviction=True, zch_size=128, checkpoint_every=None, sharding="row_wise")
+    trainer = Trainer(experiment(day0, max_steps=6, **common), out / "day0")
+    trainer.fit()
+    torch.save(held_rows(trainer), out / f"before-{rank}.pt")
+    trainer = Trainer(warm(experiment(day1, max_steps=2, **common), out / "day0", init_optimizer=True), out / "day1")
+    torch.save(held_rows(trainer), out / f"after-{rank}.pt")
+    trainer.fit()
+
+
+def test_a_grown_managed_table_is_redistributed_at_the_same_world_size(days: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    spawn(_two_rank_days, 2, days["d0"], days["d1"], tmp_path)
+    before = merge_held([torch.load(tmp_path / f"before-{rank}.pt") for rank in range(2)])
+    after = merge_held([torch.load(tmp_path / f"after-{rank}.pt") for rank in range(2)])
+    for table in MANAGED_TABLES:
+        for name in ("ids", "weights", "momentum", "counts"):
+            assert torch.equal(after[table][name], before[table][name]), (table, name)
+    rank0 = torch.load(tmp_path / "after-0.pt")["item"]["ids"]
+    moved = rank0[(rank0 >= 30) & (rank0 < 36)]  # rank 1's ids at cardinality 60, rank 0's at 72
+    assert moved.numel() > 0
+    assert json.loads((tmp_path / "day1" / "metrics.json").read_text())["init_from"]["world_size"] == 2
