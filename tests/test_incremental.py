@@ -13,16 +13,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from data_prep.synthetic import Options, convert
 from data_prep.synthetic_world import World
+from multiprocess import spawn
+from tests.test_checkpoint import MANAGED_TABLES, experiment, full_state, held_rows, merge_held
 from torchrec_mdr.data.spec import DatasetSpec
+from torchrec_mdr.errors import TrainingError
 
 
 def digest(path: Path) -> str:
@@ -75,16 +82,6 @@ def test_days_keep_the_world_add_items_and_rotate_popularity(tmp_path: Path) -> 
 
 
 # --------------------------------------------------------------------------- warm start
-
-import json  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-
-from multiprocess import spawn  # noqa: E402
-from tests.test_checkpoint import MANAGED_TABLES, experiment, full_state, held_rows, merge_held  # noqa: E402
-from torchrec_mdr.errors import TrainingError  # noqa: E402
 
 
 def small_day(path: Path, day: int, items: int = 60, **kwargs: Any) -> Path:
@@ -164,8 +161,6 @@ def drop_column(source: Path, out: Path, name: str) -> Path:
     """A copy of a prepared dataset without column ``name`` (files and spec)."""
     import shutil
 
-    import pyarrow.parquet as pq
-
     shutil.copytree(source, out)
     spec = json.loads((out / "spec.json").read_text())
     spec["columns"] = [c for c in spec["columns"] if c["name"] != name]
@@ -188,7 +183,7 @@ def test_a_vanished_feature_a_shrunk_table_or_another_model_is_one_clear_error(d
                    "table 'item' shrank: feature 'hist_item_id' has 48 ids, 60 in the checkpoint"),
         "model": (experiment(days["d1"], max_steps=2, embedding_dim=8),
                   "different model config: model.embedding_dim: 4 in the checkpoint, 8 now"),
-        "optimizer": (replace(experiment(days["d1"], max_steps=2, sparse="adagrad")),
+        "optimizer": (experiment(days["d1"], max_steps=2, sparse="adagrad"),
                       "different optimizer kinds: optimizer.sparse"),
     }
     for name, (config, message) in cases.items():

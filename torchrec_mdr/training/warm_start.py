@@ -7,8 +7,10 @@ eviction counters, every dense weight and buffer, and, with ``train.init_optimiz
 sparse and the dense optimizers' states. What restarts: the step, the epoch, the learning-rate
 schedule, the evaluation history, early stopping and every random stream (``train.seed``).
 
-The load is :meth:`CheckpointManager.load <torchrec_mdr.training.checkpoint.CheckpointManager.load>`,
-the one resumption uses, so a checkpoint written at any world size loads at any other (DCP reshards
+This module holds the rules (which checkpoint, what may differ); the trainer applies them
+(:meth:`Trainer._warm_start <torchrec_mdr.training.trainer.Trainer._warm_start>`) and loads with
+:meth:`CheckpointManager.load <torchrec_mdr.training.checkpoint.CheckpointManager.load>`, the loader
+resumption uses, so a checkpoint written at any world size loads at any other (DCP reshards
 the tables; :mod:`torchrec_mdr.sparse.mch.reshard` the managed-collision tables), with two additions:
 
 * **Grown tables.** Today's spec may hold more ids than yesterday's (a larger cardinality): the
@@ -26,13 +28,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torchrec_mdr.errors import TrainingError
-from torchrec_mdr.training.checkpoint import CheckpointManager, check_identity
-
-if TYPE_CHECKING:  # pragma: no cover
-    from torchrec_mdr.training.trainer import Trainer
 
 _CHECKPOINT = re.compile(r"^(latest|best|step-\d+)$")
 _MODEL_INPUTS = ("id", "multi_id", "sequence", "dense")  # the columns a model reads (labels, domains: below)
@@ -63,7 +61,8 @@ def dataset_changes(saved: dict[str, Any], current: dict[str, Any], where: Path)
         before, after = old[name], new[name]
         for key in ("kind", "table", "sequence_group", "max_length"):
             if before.get(key) != after.get(key):
-                problems.append(f"feature '{name}': {key} {before.get(key)!r} in the checkpoint, {after.get(key)!r} now")
+                problems.append(f"feature '{name}': {key} {before.get(key)!r} in the checkpoint, "
+                                f"{after.get(key)!r} now")
         rows_before, rows_after = before.get("cardinality"), after.get("cardinality")
         if rows_before is None or rows_after is None or rows_before == rows_after:
             continue
@@ -83,30 +82,11 @@ def dataset_changes(saved: dict[str, Any], current: dict[str, Any], where: Path)
     return grown
 
 
-def warm_start(trainer: "Trainer", source: str, init_optimizer: bool) -> dict[str, Any]:
-    """Load checkpoint ``source`` (``RUN[:latest|best|step-N]``) into the trainer's model (and, with
-    ``init_optimizer``, its optimizer) after checking it (see the module doc); a collective. Returns the
-    record that metrics.json keeps under ``init_from``."""
-    run, name = parse_source(source)
-    if not (run / "checkpoints").is_dir():
-        raise TrainingError(f"train.init_from: {run} holds no checkpoints (expected a run directory of mdr train)")
-    info = CheckpointManager(run, trainer.ctx).resolve(name)
-    saved = info.record.get("identity", {})
-    parts = ("model", "eviction", "optimizer") if init_optimizer else ("model", "eviction")
-    check_identity(saved, trainer.identity, info.path, parts=parts)
-    grown = dataset_changes(saved.get("dataset", {}), trainer.identity["dataset"], info.path)
-    managed = set(trainer.config.sparse.eviction.tables)
-    moved = sorted(managed & grown.keys())  # their ids' owning shards may have changed
-    trainer.checkpoints.load(info.path, trainer.model, trainer.optimizer if init_optimizer else None,
-                             restore_rng=False, grow=True, reshard_managed=bool(moved) and trainer.ctx.world_size > 1)
-    record = {"run": str(run), "checkpoint": name, "path": str(info.path), "step": info.step,
-              "world_size": info.record.get("world_size"), "optimizer": init_optimizer,
-              "grown_tables": {table: {"rows_before": a, "rows_now": b} for table, (a, b) in sorted(grown.items())},
-              "dataset": info.record.get("identity", {}).get("dataset", {}).get("fingerprint")}
-    if trainer.ctx.is_main:
-        grew = ", ".join(f"'{t}' {a:,} -> {b:,} ids" + (" (managed: slots unchanged)" if t in managed else "")
-                         for t, (a, b) in sorted(grown.items()))
-        print(f"warm start from {info.path} (step {info.step}, written by {record['world_size']} rank(s)); "
-              f"optimizer state {'carried' if init_optimizer else 'fresh'}; "
-              + (f"grown tables: {grew}" if grew else "no table grew") + "; the schedule starts at step 0")
-    return record
+def describe(record: dict[str, Any], managed: set[str]) -> str:
+    """The line rank 0 prints after a warm start (``record``: metrics.json's ``init_from``)."""
+    grew = ", ".join(f"'{t}' {v['rows_before']:,} -> {v['rows_now']:,} ids" + (" (managed: slots unchanged)"
+                                                                               if t in managed else "")
+                     for t, v in record["grown_tables"].items())
+    return (f"warm start from {record['path']} (step {record['step']}, written by {record['world_size']} rank(s)); "
+            f"optimizer state {'carried' if record['optimizer'] else 'fresh'}; "
+            + (f"grown tables: {grew}" if grew else "no table grew") + "; the schedule starts at step 0")
