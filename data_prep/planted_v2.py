@@ -153,7 +153,7 @@ def _home_items(world: WorldV2, rng: np.random.Generator, domains: np.ndarray) -
         where = domains == dom
         category[where] = home[rng.integers(0, len(home), int(where.sum()))]
     rank = np.minimum(np.searchsorted(world.rank_cdf, rng.random(domains.shape)), world.items_per_category - 1)
-    return np.minimum(rank * o.categories + category, o.items - 1)
+    return np.minimum(world.rank_index(rank) * o.categories + category, world.items - 1)
 
 
 def draw_rows(world: WorldV2, rng: np.random.Generator, users: np.ndarray, domains: np.ndarray) -> dict:
@@ -171,7 +171,7 @@ def draw_rows(world: WorldV2, rng: np.random.Generator, users: np.ndarray, domai
     behaviours = world.sample_items(rng, users, (rows, length), p_preferred=0.7)
     home = rng.random((rows, length)) < world.behaviour_share
     behaviours = np.where(home, _home_items(world, rng, behaviour_domains), behaviours)
-    popularity_rank = candidates // o.categories
+    popularity_rank = world.popularity_rank(candidates)
     activity = world.user_activity(users)
     dense_true = np.stack([
         1.0 - np.log1p(popularity_rank) / math.log1p(world.items_per_category),

@@ -17,7 +17,7 @@ from data_prep import planted_v2
 from data_prep.common import SPLITS, progress, writer_for
 from data_prep.synthetic_world import (  # noqa: F401  (re-exported: the generator's public names)
     NUM_ACTIVITY, NUM_DEVICES, NUM_HOURS, NUM_SEGMENTS, Options, SessionCounter, World, _hash, _hash_gaussian,
-    _hash_uniform, _splitmix64)
+    _hash_uniform, _splitmix64, items_on_day)
 from data_prep.writer import list_array
 from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
 
@@ -46,7 +46,7 @@ def columns(o: Options) -> list[ColumnSpec]:
         ColumnSpec("session_id", "session", description=f"runs of {o.session_length} consecutive impressions "
                                                            "of one user, for S-GAUC"),
         ColumnSpec("user_id", "id", table="user", cardinality=o.users, oov="reject"),
-        ColumnSpec("item_id", "id", table="item", cardinality=o.items, oov="reject"),
+        ColumnSpec("item_id", "id", table="item", cardinality=items_on_day(o), oov="reject"),
         ColumnSpec("category_id", "id", table="category", cardinality=o.categories, oov="reject"),
         ColumnSpec("brand_id", "id", table="brand", cardinality=o.brands, oov="reject"),
         ColumnSpec("user_segment", "id", cardinality=NUM_SEGMENTS, oov="reject"),
@@ -54,7 +54,7 @@ def columns(o: Options) -> list[ColumnSpec]:
                    description="activity bucket: an implicit domain feature (ADS)"),
         ColumnSpec("hour", "id", cardinality=NUM_HOURS, oov="reject"),
         ColumnSpec("device", "id", cardinality=NUM_DEVICES, oov="reject"),
-        ColumnSpec("hist_item_id", "sequence", table="item", cardinality=o.items, oov="reject",
+        ColumnSpec("hist_item_id", "sequence", table="item", cardinality=items_on_day(o), oov="reject",
                    sequence_group="hist", max_length=length),
         ColumnSpec("hist_domain", "sequence", table="hist_domain", cardinality=o.domains, oov="reject",
                    sequence_group="hist", max_length=length, description="domain the behaviour happened in"),
@@ -100,7 +100,7 @@ def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[d
     weights = np.where(mask, weights, 0.0)
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
     sequence_term = (weights * relevance).sum(axis=1) * (lengths > 0)
-    popularity_rank = candidates // o.categories
+    popularity_rank = world.popularity_rank(candidates)
     item_popularity = 1.0 - np.log1p(popularity_rank) / math.log1p(world.items_per_category)
     logit = (world.intercept[domains] + world.w_pop * item_popularity
              + world.alpha * (u * v_c).sum(-1) + world.beta * sequence_term)
@@ -158,7 +158,7 @@ def convert(options: Options) -> DatasetSpec:
     o = options
     v2 = o.version == 2
     world = planted_v2.WorldV2(o) if v2 else World(o)
-    rng = np.random.default_rng([o.seed, 2])
+    rng = np.random.default_rng([o.seed, 2] if o.day == 0 else [o.seed, 2, o.day])  # day 0: the base data
     cuts = np.cumsum(np.round(np.asarray(o.split_fractions) * o.rows).astype(np.int64))
     cuts[-1] = o.rows
     split_ranges = dict(zip(SPLITS, zip(np.concatenate([[0], cuts[:-1]]), cuts)))
@@ -166,8 +166,12 @@ def convert(options: Options) -> DatasetSpec:
     sessions = SessionCounter(o.users, o.session_length)
     source = (f"synthetic planted-effect generator v{o.version}: rows={o.rows} users={o.users} items={o.items} "
               f"domains={o.domains} domain_shift={o.domain_shift} seq_length={o.seq_length} seed={o.seed}")
+    # day 0's spec is the one written before days existed
+    skipped = ("out", "overwrite") + (("day", "new_items_per_day") if o.day == 0 else ())
+    if o.day:
+        source += f" day={o.day} (items {world.items}: {world.items - o.items} new since day 0)"
     notes = {"generator": "data_prep.planted_v2" if v2 else "data_prep.synthetic",
-             "options": repr({k: v for k, v in vars(o).items() if k not in ("out", "overwrite")}),
+             "options": repr({k: v for k, v in vars(o).items() if k not in skipped}),
              "domain_proportions": repr(world.domain_p.round(4).tolist()),
              "sessions": (f"each user's rows in time (row) order cut into runs of {o.session_length}; "
                           "no session spans two splits; session_id = ordinal * users + user"

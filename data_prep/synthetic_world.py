@@ -103,6 +103,11 @@ class Options(OutputOptions):
     domain_item_share: float = field(default=0.5, metadata=bounds(ge=0, le=1, help="v2: share of behaviours whose "
                                                                                     "item is from the behaviour "
                                                                                     "domain's own categories"))
+    day: int = field(default=0, metadata=bounds(ge=0, help=(
+        "day of the same world (same seed): day K > 0 adds K x new_items_per_day new item ids, which take the "
+        "top popularity ranks (every older item moves down), and draws its rows afresh; 0 = the base data")))
+    new_items_per_day: float = field(default=0.05, metadata=bounds(gt=0, le=1, help=(
+        "new items per day, as a share of the base items (at least one per category)")))
 
     def validate(self) -> None:
         if self.min_seq_length > self.seq_length:
@@ -118,6 +123,19 @@ class Options(OutputOptions):
             raise ConfigError(f"categories ({self.categories}) must be >= domains ({self.domains}) for version 2")
         if self.version == 2 and self.position_chunks > self.seq_length:
             raise ConfigError(f"position_chunks ({self.position_chunks}) exceeds seq_length ({self.seq_length})")
+
+
+# --------------------------------------------------------------------------- days
+
+
+def new_items_per_category(o: Options) -> int:
+    """Items added per category and day (0 on day 0)."""
+    return max(1, round(max(o.items // o.categories, 1) * o.new_items_per_day)) if o.day else 0
+
+
+def items_on_day(o: Options) -> int:
+    """The item id range of day ``o.day``: ``o.items`` plus the items added on days 1..day."""
+    return o.items + o.day * new_items_per_category(o) * o.categories
 
 
 # --------------------------------------------------------------------------- hashing
@@ -184,7 +202,10 @@ class World:
                           + s * o.base_rate_spread * rng.permutation(spread))
         proportions = np.asarray(o.domain_proportions or [0.6 ** i for i in range(d)], dtype=np.float64)
         self.domain_p = proportions / proportions.sum()
-        self.items_per_category = max(o.items // o.categories, 1)
+        self.items = items_on_day(o)  # o.items on day 0
+        self.new_per_category = new_items_per_category(o)
+        self.base_items_per_category = max(o.items // o.categories, 1)
+        self.items_per_category = max(self.items // o.categories, 1)
         ranks = np.arange(1, self.items_per_category + 1, dtype=np.float64)
         zipf = ranks ** -o.zipf_exponent
         self.rank_cdf = np.cumsum(zipf / zipf.sum())
@@ -224,7 +245,33 @@ class World:
         category = np.where(pick < p_preferred / 2, first,
                             np.where(pick < p_preferred, second, rng.integers(0, self.o.categories, shape)))
         rank = np.minimum(np.searchsorted(self.rank_cdf, rng.random(shape)), self.items_per_category - 1)
-        return np.minimum(rank * self.o.categories + category, self.o.items - 1)
+        return np.minimum(self.rank_index(rank) * self.o.categories + category, self.items - 1)
+
+    # days -------------------------------------------------------------------------------
+    def rank_index(self, rank: np.ndarray) -> np.ndarray:
+        """The in-category index (``item // categories``) of the item at popularity rank ``rank`` on this day.
+
+        Day 0: the rank itself. Day K: ranks ``[0, K g)`` are the items added on days K, K-1, ..., 1 (``g``
+        per category and day, newest first), and the base items follow in their day-0 order, K g ranks
+        lower."""
+        shift = self.o.day * self.new_per_category
+        if shift == 0:
+            return rank
+        base = self.base_items_per_category
+        block, within = rank // self.new_per_category, rank % self.new_per_category
+        new = base + (self.o.day - 1 - block) * self.new_per_category + within
+        return np.where(rank < shift, new, rank - shift)
+
+    def popularity_rank(self, items: np.ndarray) -> np.ndarray:
+        """This day's popularity rank of each item (the inverse of :meth:`rank_index`); day 0: ``item // C``."""
+        index = items // self.o.categories
+        shift = self.o.day * self.new_per_category
+        if shift == 0:
+            return index
+        base = self.base_items_per_category
+        age = (index - base) // self.new_per_category + 1  # the day it was added (for index >= base)
+        new = (self.o.day - age) * self.new_per_category + (index - base) % self.new_per_category
+        return np.minimum(np.where(index < base, index + shift, new), self.items_per_category - 1)
 
 
 class SessionCounter:

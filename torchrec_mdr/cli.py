@@ -9,6 +9,7 @@
     mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
+    mdr train ... --init-from RUN[:best|:step-N]               warm start from another run (e.g. yesterday's)
     mdr eval --run RUN_DIR [--data DIR] [--split S] [--checkpoint best|latest|step-N]   evaluate a checkpoint
     mdr predict --run RUN_DIR --out DIR [--data DIR] [--split S] [--keep a,b]   score every row of a split
     mdr export --run RUN_DIR --out DIR [--checkpoint C] [--int8]   a self-contained inference artifact
@@ -151,7 +152,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from torchrec_mdr.experiment import ExperimentConfig
     from torchrec_mdr.training.trainer import Trainer
 
-    config = load_config(ExperimentConfig, args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
+    config = load_config(ExperimentConfig, args.config, overrides)
     Trainer(config, args.out, resume=args.resume).fit()
 
 
@@ -323,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run directory (config, metrics, checkpoints)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the latest complete checkpoint in --out (fresh start if there is none)")
+    train.add_argument("--init-from", default=None, metavar="RUN[:CHECKPOINT]",
+                       help="warm start from another run's checkpoint (latest, or :best / :step-N), e.g. yesterday's "
+                            "run on today's data: = --set train.init_from=RUN; add --set train.init_optimizer=true "
+                            "to carry the optimizer states too")
     train.set_defaults(handler=_cmd_train)
 
     from torchrec_mdr.training.cluster import ClusterConfig

@@ -89,6 +89,12 @@ class TrainConfig:
     checkpoint_every: int | None = field(default=None, metadata=bounds(ge=1, help="steps between checkpoints"))
     keep_checkpoints: int = field(default=2, metadata=bounds(ge=1, help=(
         "checkpoints kept (the best one of early stopping is kept besides)")))
+    init_from: str | None = field(default=None, metadata=doc(
+        "warm start: RUN or RUN:latest|best|step-N, another run's checkpoint whose embeddings, managed-collision "
+        "slots, dense weights (and, with train.init_optimizer, optimizer states) this run starts from; the "
+        "dataset may grow tables; the step and the schedule restart at 0 (mdr train --init-from)"))
+    init_optimizer: bool = field(default=False, metadata=doc(
+        "with train.init_from: also carry the sparse and dense optimizers' states (else they start fresh)"))
     mixed_precision: bool = field(default=False, metadata=doc("bf16 autocast of the dense arch (GPU only)"))
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("auto: cuda when available"))
     threads: int | None = field(default=None, metadata=bounds(ge=1, help="CPU threads per process (default: the "
@@ -96,6 +102,8 @@ class TrainConfig:
                                                                          "1 on a machine busy with other work)"))
 
     def validate(self) -> None:
+        if self.init_optimizer and not self.init_from:
+            raise ConfigError("train.init_optimizer needs train.init_from (the run whose optimizer state to carry)")
         if self.early_stopping.enabled and self.eval_every is None:
             raise ConfigError("train.early_stopping needs train.eval_every (how often the validation split "
                               "is evaluated)")

@@ -485,12 +485,18 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------- loading
     def load(self, path: str | Path, model: nn.Module, optimizer: KeyedOptimizer | None = None,
-             restore_rng: bool = True) -> CheckpointInfo:
+             restore_rng: bool = True, grow: bool = False, reshard_managed: bool = False) -> CheckpointInfo:
         """Load a checkpoint into ``model`` (and ``optimizer``) in place, resharding as needed (a
         collective). At the checkpoint's world size also restore this rank's managed-collision history
         and eviction counters and (``restore_rng``) its RNG states; at another world size the
         managed-collision tables are resharded by :class:`~torchrec_mdr.sparse.mch.reshard.MCHReshard`
-        (rank 0 prints what moved and how many ids were dropped)."""
+        (rank 0 prints what moved and how many ids were dropped).
+
+        ``grow`` (warm start, :mod:`torchrec_mdr.training.warm_start`): a tensor with more rows than the
+        checkpoint's (and otherwise its shape) takes the checkpoint's rows first and keeps its own values
+        in the rest (:func:`_grown_targets`); fewer rows is an error naming it. ``reshard_managed``:
+        redistribute the managed-collision slots even at the checkpoint's world size (the tables'
+        cardinalities, which decide the shard that owns an id, changed)."""
         info = self.info(path)
         saved_world = int(info.record.get("world_size", self.ctx.world_size))
         managed = any(isinstance(module, MCHManagedCollisionModule) for module in model.modules())
@@ -507,12 +513,16 @@ class CheckpointManager:
         if missing:
             raise TrainingError(f"checkpoint {info.path} does not hold {len(missing)} entries this model needs, "
                                 f"e.g. {missing[:3]} (was it written by another model or optimizer?)")
+        grown = _grown_targets(state, saved, info.path) if grow else []
         reshard = (MCHReshard(model, state["model"], saved, saved_world)
-                   if managed and saved_world != self.ctx.world_size else None)
+                   if managed and (saved_world != self.ctx.world_size or reshard_managed) else None)
         try:
             dcp.load(state, storage_reader=reader)
         except CheckpointException as error:
             raise TrainingError(f"cannot load checkpoint {info.path}: {error}") from None
+        for parent, key, target in grown:
+            _copy_leading_rows(parent[key], target)
+            parent[key] = target
         if reshard is not None:
             report = reshard.apply(state, info.path)
             if self.ctx.is_main:
@@ -526,12 +536,63 @@ class CheckpointManager:
         if reshard is not None:
             reshard.restore_modules()
         rank_file = info.path / f"rank{self.ctx.rank}.pt"
-        if saved_world == self.ctx.world_size and rank_file.is_file():
+        if reshard is None and saved_world == self.ctx.world_size and rank_file.is_file():
             own = load_side_file(rank_file)
             load_module_states(model, own["modules"])
             if restore_rng:
                 set_rng_state(own["rng"])
         return info
+
+
+def _leaves(state: dict[str, Any], prefix: str = "") -> Iterator[tuple[dict[str, Any], str, str]]:
+    """(parent dict, key, DCP's flattened key) of every leaf of a nested state dict."""
+    for key, value in state.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            yield from _leaves(value, name)
+        else:
+            yield state, key, name
+
+
+def _grown_targets(state: dict[str, Any], saved: dict[str, Any], path: Path) -> list[tuple[dict, str, Any]]:
+    """Swap every tensor of ``state`` that has more rows than the checkpoint's (same other dimensions)
+    for a full tensor of the checkpoint's size, which ``dcp.load`` fills (every rank reads the whole
+    saved table: the cost of a grown table); returns ``(parent, key, original target)`` for
+    :func:`_copy_leading_rows`. A tensor with fewer rows, or another shape, is a TrainingError."""
+    swapped = []
+    for parent, key, name in _leaves(state):
+        value, entry = parent[key], saved.get(name)
+        if not isinstance(value, (torch.Tensor, ShardedTensor)) or not isinstance(entry, TensorStorageMetadata):
+            continue
+        now, before = tuple(value.size()), tuple(entry.size)
+        if now == before:
+            continue
+        if len(now) != len(before) or len(now) == 0 or now[1:] != before[1:]:
+            raise TrainingError(f"checkpoint {path}: {name} has shape {list(before)}, this model's is {list(now)} "
+                                f"(another model config?)")
+        if now[0] < before[0]:
+            raise TrainingError(f"checkpoint {path}: {name} has {before[0]} rows, this model's has {now[0]}: the "
+                                f"table shrank (a table may only grow)")
+        parent[key] = torch.empty(before, dtype=entry.properties.dtype)
+        swapped.append((parent, key, value))
+    return swapped
+
+
+def _copy_leading_rows(source: torch.Tensor, target: torch.Tensor | ShardedTensor) -> None:
+    """Copy the full tensor ``source`` into the first ``len(source)`` rows of ``target`` (this rank's
+    shards of it, at their offsets); the rows beyond keep their values."""
+    rows = int(source.shape[0])
+    if not isinstance(target, ShardedTensor):
+        target[:rows].copy_(source.to(target.device))
+        return
+    for shard in target.local_shards():
+        offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+        count = min(rows - offsets[0], sizes[0])
+        if count <= 0:
+            continue
+        index = (slice(offsets[0], offsets[0] + count),
+                 *(slice(o, o + n) for o, n in zip(offsets[1:], sizes[1:])))
+        shard.tensor[:count].copy_(source[index].to(shard.tensor.device))
 
 
 def _flat_keys(state: dict[str, Any], prefix: str = "") -> Iterator[str]:

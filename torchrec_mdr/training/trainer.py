@@ -51,6 +51,7 @@ from torchrec_mdr.training.early_stopping import EarlyStopping, history_entry
 from torchrec_mdr.training.model_factory import build_model
 from torchrec_mdr.training.optimizers import LRSchedule, build_optimizer
 from torchrec_mdr.training.sharding import wrap_model
+from torchrec_mdr.training.warm_start import dataset_changes, describe, parse_source
 
 
 @dataclass
@@ -132,8 +133,11 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.init_record: dict | None = None  # where a warm-started run came from (metrics.json's init_from)
         if resume_from is not None:
             self._resume(resume_from)
+        elif config.train.init_from and not evaluate_only:
+            self.init_record = self._warm_start(config.train.init_from, config.train.init_optimizer)
 
     def _make_stopper(self) -> EarlyStopping | None:
         """The early-stopping tracker of ``train.early_stopping`` (None when disabled)."""
@@ -173,6 +177,7 @@ class Trainer:
         self.progress = Progress(**record["progress"])
         self.schedule.load_state_dict(record["schedule"])
         self.history = list(record.get("history", []))
+        self.init_record = record.get("init_from")
         if self.stopper is not None:
             self.stopper.load_state_dict(record.get("early_stopping", {}))
             self._remark_best()
@@ -191,6 +196,32 @@ class Trainer:
                 print("note: the data order differs from the checkpoint's run, so this is not an exact "
                       "continuation: " + "; ".join(changed).replace("data.world_size", "world size"))
 
+    def _warm_start(self, source: str, init_optimizer: bool) -> dict:
+        """Load another run's checkpoint ``source`` (``RUN[:latest|best|step-N]``) into the model (and, with
+        ``init_optimizer``, the optimizer) after checking it (:mod:`torchrec_mdr.training.warm_start`); a
+        collective. Returns the record metrics.json keeps under ``init_from``."""
+        run, name = parse_source(source)
+        if not (run / "checkpoints").is_dir():
+            raise TrainingError(f"train.init_from: {run} holds no checkpoints (expected a run directory of mdr "
+                                f"train)")
+        source_checkpoints = CheckpointManager(run, self.ctx)
+        info = source_checkpoints.resolve(name)
+        saved = info.record.get("identity", {})
+        check_identity(saved, self.identity, info.path,
+                       parts=("model", "eviction", "optimizer") if init_optimizer else ("model", "eviction"))
+        grown = dataset_changes(saved.get("dataset", {}), self.identity["dataset"], info.path)
+        managed = set(self.config.sparse.eviction.tables)
+        moved = managed & grown.keys()  # a managed table's ids may now belong to other shards
+        source_checkpoints.load(info.path, self.model, self.optimizer if init_optimizer else None, restore_rng=False,
+                                grow=True, reshard_managed=bool(moved) and self.ctx.world_size > 1)
+        record = {"run": str(run), "checkpoint": name, "path": str(info.path), "step": info.step,
+                  "world_size": info.record.get("world_size"), "optimizer": init_optimizer,
+                  "grown_tables": {t: {"rows_before": a, "rows_now": b} for t, (a, b) in sorted(grown.items())},
+                  "dataset": saved.get("dataset", {}).get("fingerprint")}
+        if self.ctx.is_main:
+            print(describe(record, managed))
+        return record
+
     def save_checkpoint(self) -> Path | None:
         """Checkpoint the current state (a collective) unless this step is saved already. A non-finite
         loss since the last checkpoint or non-finite weights raise TrainingError instead, so that the
@@ -207,6 +238,8 @@ class Trainer:
                   "data_order": data_order(self.config, self.ctx.world_size), "history": self.history}
         if self.stopper is not None:
             record["early_stopping"] = self.stopper.state_dict()
+        if self.init_record is not None:
+            record["init_from"] = self.init_record
         self.last_checkpoint = self.checkpoints.save(self.model, self.optimizer, record)
         self._saved_step, self._losses_saved = self.progress.step, len(self.step_losses)
         return self.last_checkpoint
@@ -496,6 +529,8 @@ class Trainer:
         result = self.evaluate(split)
         metrics = {"model": self.model_name, "dataset": self.spec.name, "split": split,
                    **result.to_dict(), "train": train, "history": self.history}
+        if self.init_record is not None:
+            metrics["init_from"] = self.init_record
         if self.stopper is not None:
             best = self.checkpoints.best()
             metrics["early_stopping"] = {**self.stopper.summary(self.config.train.eval_split),
