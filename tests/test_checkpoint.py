@@ -39,8 +39,8 @@ from torchrec_mdr.experiment import EvictionConfig, ExperimentConfig, OptimizerC
 from torchrec_mdr.models.din import DINConfig
 from torchrec_mdr.models.registry import ModelConfig
 from torchrec_mdr.training import checkpoint
-from torchrec_mdr.training.checkpoint import (CheckpointManager, all_finite, dataset_signature, differences,
-                                              evaluate_run)
+from torchrec_mdr.training.checkpoint import CheckpointManager, all_finite, dataset_signature, differences
+from torchrec_mdr.training.evaluate import evaluate_run
 
 BATCH = 64  # 480 train rows: 8 steps per epoch at world size 1, 4 at world size 2
 EPOCH_STEPS = 8

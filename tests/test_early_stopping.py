@@ -29,7 +29,7 @@ from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import (EarlyStoppingConfig, ExperimentConfig, OptimizerConfig, SparseConfig,
                                      TrainConfig)
 from torchrec_mdr.models.registry import ModelConfig
-from torchrec_mdr.training.checkpoint import evaluate_run
+from torchrec_mdr.training.evaluate import evaluate_run
 from torchrec_mdr.training.early_stopping import EarlyStopping
 
 BATCH = 64

@@ -52,11 +52,9 @@ LAYER_NAMES = ("config", "data", "sparse", "models", "tasks/training", "cli/benc
 # Remove an entry when its cycle is fixed; never add one without the owner's agreement. (Fixed:
 # models/ranking -> experiment -> models/registry -> models/adin -> models/ranking, with
 # sparse/arch and sparse/eviction joined through EvictionConfig: EvictionConfig now lives in
-# sparse/mch/config.py and ArchOutput in models/features.py.)
+# sparse/mch/config.py and ArchOutput in models/features.py; training/checkpoint <-> training/trainer:
+# evaluate_run moved to training/evaluate.py.)
 KNOWN_CYCLES: list[frozenset[str]] = [
-    # checkpoint.evaluate_run builds a Trainer, and the Trainer saves through CheckpointManager
-    # (issue 10 step 4: mdr eval's logic in its own module).
-    frozenset({"torchrec_mdr.training.checkpoint", "torchrec_mdr.training.trainer"}),
     # the accuracy bench and its report and cost modules import one another's helpers.
     frozenset({"torchrec_mdr.bench.accuracy", "torchrec_mdr.bench.accuracy_report",
                "torchrec_mdr.bench.ads_cost"}),

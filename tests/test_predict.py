@@ -22,7 +22,7 @@ from torchrec_mdr.data.reader import ReaderConfig
 from torchrec_mdr.experiment import ExperimentConfig, OptimizerConfig, TrainConfig
 from torchrec_mdr.metrics.ranking import auc
 from torchrec_mdr.models.registry import ModelConfig
-from torchrec_mdr.training.checkpoint import evaluate_run
+from torchrec_mdr.training.evaluate import evaluate_run
 from torchrec_mdr.training.predict import predict_run
 
 KEEP = ["user_id", "item_id", "group_id", "click", "hist_item_id", "price"]

@@ -389,7 +389,7 @@ def fit_single_threaded(trainer) -> dict:
 
 
 def test_trainer_writes_retrieval_metrics_and_eval_reproduces_them(synthetic, tmp_path):
-    from torchrec_mdr.training.checkpoint import evaluate_run
+    from torchrec_mdr.training.evaluate import evaluate_run
     from torchrec_mdr.training.trainer import Trainer
 
     run = tmp_path / "run"

@@ -21,7 +21,8 @@ from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig, OptimizerConfig, TrainConfig
 from torchrec_mdr.data.reader import ReaderConfig
 from torchrec_mdr.models.registry import ModelConfig
-from torchrec_mdr.training.checkpoint import evaluate_run, rng_state, set_rng_state
+from torchrec_mdr.training.checkpoint import rng_state, set_rng_state
+from torchrec_mdr.training.evaluate import evaluate_run
 from torchrec_mdr.safe_files import check_dcp_metadata, load_side_file
 
 

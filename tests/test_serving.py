@@ -37,7 +37,7 @@ from torchrec_mdr.serving.export import export_program, export_run, gather_table
 from torchrec_mdr.serving.program import InferenceProgram, InputColumn, quantize_rows
 from torchrec_mdr.sparse.config import SparseConfig
 from torchrec_mdr.sparse.mch.config import EvictionConfig
-from torchrec_mdr.training.checkpoint import evaluate_run
+from torchrec_mdr.training.evaluate import evaluate_run
 from torchrec_mdr.training.predict import predict_run
 
 INT8_PROB_TOLERANCE = 0.02  # max |p_int8 - p_fp32| per row on this run (8-bit codes: scale/2 per value)

@@ -223,7 +223,7 @@ class EvalOptions:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from torchrec_mdr.training.checkpoint import evaluate_run
+    from torchrec_mdr.training.evaluate import evaluate_run
 
     options = dataclass_from_args(EvalOptions, args)
     evaluate_run(options.run, data=options.data, split=options.split, checkpoint=options.checkpoint)

@@ -208,19 +208,14 @@ def _self_check(folder: Path, program: InferenceProgram, columns: list[InputColu
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", int8: bool = False,
                overwrite: bool = False) -> dict[str, Any]:
     """Write the artifact of a ranking run's ``checkpoint`` into ``out`` (atomically); returns the manifest."""
-    from torchrec_mdr.config import load_config
-    from torchrec_mdr.experiment import ExperimentConfig
     from torchrec_mdr.models.ranking import DenseArch
-    from torchrec_mdr.training.checkpoint import check_identity
+    from torchrec_mdr.training.evaluate import load_for_evaluation, run_config
     from torchrec_mdr.training.trainer import Trainer
 
     run_dir, out = Path(run_dir), Path(out)
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise TrainingError(f"{run_dir} is not a run directory: {config_file} does not exist")
+    config = run_config(run_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    config = load_config(ExperimentConfig, config_file)
     if config.task != "ranking":
         raise TrainingError(f"mdr export exports ranking runs; {run_dir} is a task = '{config.task}' run")
     config = replace(config, data=replace(config.data, num_workers=0),
@@ -228,9 +223,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     trainer = Trainer(config, run_dir, evaluate_only=True)
     if trainer.ctx.world_size != 1:
         raise TrainingError("mdr export runs in one process (it gathers the tables of any number of ranks itself)")
-    info = trainer.checkpoints.resolve(checkpoint)
-    check_identity(info.record.get("identity", {}), trainer.identity, info.path, parts=("model", "eviction", "dataset"))
-    trainer.checkpoints.load(info.path, trainer.model, optimizer=None, restore_rng=False)
+    info = load_for_evaluation(trainer, checkpoint)
 
     tables, managed = gather_tables(trainer.model.state_dict())
     dense_arch = next(m for m in trainer.model.modules() if isinstance(m, DenseArch))

@@ -166,18 +166,13 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
     ``checkpoint`` (``latest``, ``best`` or ``step-N``) and write the parquet parts described in the
     module docstring into ``out``; returns the manifest (also written as ``out/predict.json``). A
     collective: every rank calls it (one process or torchrun)."""
-    from torchrec_mdr.config import load_config
-    from torchrec_mdr.experiment import ExperimentConfig
-    from torchrec_mdr.training.checkpoint import check_identity
+    from torchrec_mdr.training.evaluate import load_for_evaluation, run_config
     from torchrec_mdr.training.trainer import Trainer
 
     run_dir, out = Path(run_dir), Path(out)
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise TrainingError(f"{run_dir} is not a run directory: {config_file} does not exist")
+    config = run_config(run_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    config = load_config(ExperimentConfig, config_file)
     if config.task != "ranking":
         raise TrainingError(f"mdr predict scores ranking runs; {run_dir} is a task = '{config.task}' run")
     # no dataloader workers: a rank's batches then follow its slice's file order, which KeptColumns mirrors
@@ -186,9 +181,7 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
     spec, ctx = trainer.spec, trainer.ctx
     if split not in spec.splits:
         raise ConfigError(f"--split {split}: {config.data.path} has splits {', '.join(spec.splits)}")
-    info = trainer.checkpoints.resolve(checkpoint)
-    check_identity(info.record.get("identity", {}), trainer.identity, info.path, parts=("model", "eviction", "dataset"))
-    trainer.checkpoints.load(info.path, trainer.model, optimizer=None, restore_rng=False)
+    info = load_for_evaluation(trainer, checkpoint)
 
     dataset = ParquetBatches(replace(config.data, shuffle=False), split, ctx.rank, ctx.world_size, shuffle=False,
                              spec=trainer.reader_spec)
