@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import math
@@ -16,6 +17,7 @@ from torchrec_mdr.bench.proof import (ABLATIONS, MODELS, PAIRS, ProofBenchOption
 from torchrec_mdr.bench.proof_report import paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError
+from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.registry import MODELS as REGISTRY
 
 
@@ -124,3 +126,29 @@ def test_tiny_scaling_suite_trains_each_row_count(tmp_path):
                 for v in MODELS if v.label in ("DNN", "DIN", "ADS", "SFPNet")}
         assert f"| {rows:,} | " + " | ".join(f"{aucs[label]:.4f}" for label in ("DNN", "DIN", "ADS", "SFPNet")) in table
         assert f"{aucs['ADS'] - aucs['DIN']:+.4f}" in table
+
+
+def test_tiny_dose_suite_plants_the_knob_stronger_and_tables_the_pairs(tmp_path):
+    """The dose suite trains each mechanism's pair on its own effect at each dose (the knob times the dose)
+    and tables it beside dose 0 (``none``) and dose 1 (the specificity dataset) when those ran."""
+    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=1500,
+                                users=60, items=200, seq_length=5, max_epochs=1, patience=1, batch_size=256,
+                                suites=["dose"], mechanisms=["se"], doses=[2.5])
+    jobs = planned_jobs(options)
+    assert {(v.label, d.name) for v, d, _ in jobs} == {(v.label, dataset_name(options, 0, "se", 2.5))
+                                                       for v in PAIRS["se"]}
+    assert dataset_name(options, 0, "se", 2.5) != dataset_name(options, 0, "se")
+    spec = DatasetSpec.load(jobs[0][1])
+    assert ast.literal_eval(spec.notes["effects"]) == {"psrg": 0.0, "pcrg": 0.0, "sfpnet": 0.0, "dsbn": 0.0,
+                                                        "se": 2.5}
+    written = run(options)
+    raw = json.loads((options.out / "dose.json").read_text())
+    data = jobs[0][1]
+    aucs = {v.label: json.loads((run_dir(options, v, data, 0) / "metrics.json").read_text())["auc"]
+            for v in PAIRS["se"]}
+    cell = raw["se"]["2.5"]
+    assert cell["n"] == 1 and cell["delta"] == pytest.approx(aucs["ADIN"] - aucs["ADIN w/o SE"])
+    test = spec.splits["test"]
+    assert cell["gap"] == pytest.approx(test.oracle_auc["all"] - test.ceilings["without_se"]["all"])
+    assert raw["se"]["0"]["n"] == 0 and raw["se"]["1"]["n"] == 0  # not run here: shown as such
+    assert f"{cell['delta']:+.4f}" in written["dose"].read_text()

@@ -12,6 +12,9 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
   against each single ablation; ADIN against w/o DSBN, w/o SE, w/o self-training);
 * ``models`` — DNN, DIN, ADS, SFPNet, SharedBottom, ADIN on ``all``: test AUC against the oracle and the
   ceilings, and the learning curves (validation AUC per epoch) of ``curves.png``;
+* ``dose`` — each mechanism's pair on its own effect planted ``doses`` times stronger (beside dose 0 =
+  ``none`` and dose 1 = the specificity datasets): does a mechanism win once its effect is large enough,
+  and how large must it be?
 * ``scaling`` — DNN, DIN, ADS, SFPNet on world 0 with every effect planted at ``scale_rows`` rows (first
   seed): does the gap to the ceilings shrink, and do the seed models pull ahead of their bases, with
   more data?
@@ -45,15 +48,16 @@ from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for cal
     run_dir)
 
 
-def dataset(options: ProofBenchOptions, world: int, effect: str) -> Path:
+def dataset(options: ProofBenchOptions, world: int, effect: str, dose: float = 1.0) -> Path:
     """The generator-v2 dataset of ``world`` with only ``effect`` planted (``all``: every one; ``none``: no
-    mechanism, the domains differ only in size and base rate). Generated once."""
+    mechanism, the domains differ only in size and base rate), each planted knob at ``dose``. Generated
+    once."""
     from data_prep.synthetic import Options, convert
     from torchrec_mdr.data.spec import SPEC_FILE
 
-    path = options.work / dataset_name(options, world, effect)
+    path = options.work / dataset_name(options, world, effect, dose)
     if not (path / SPEC_FILE).exists():
-        knobs = {f"{m}_effect": float(effect == "all" or effect == m) for m in MECHANISMS}
+        knobs = {f"{m}_effect": dose * float(effect == "all" or effect == m) for m in MECHANISMS}
         convert(Options(out=path, rows=options.rows, users=options.users, items=options.items,
                         categories=max(3, options.items // 25), brands=max(1, options.items // 10),
                         seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),
@@ -140,6 +144,11 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
                     for mechanism in options.mechanisms:
                         if options.matrix == "full" or effect in ("none", "all", mechanism):
                             jobs += [(v, data, seed) for v in PAIRS[mechanism]]
+            if "dose" in options.suites:
+                for mechanism in options.mechanisms:
+                    for dose in options.doses:
+                        data = dataset(options, world, mechanism, dose)
+                        jobs += [(v, data, seed) for v in PAIRS[mechanism]]
             if {"ablation", "models"} & set(options.suites):
                 data = dataset(options, world, "all")
                 chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
@@ -165,6 +174,8 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
         written["curves"] = report.write_curves(options)
     if "scaling" in options.suites:
         written["scaling"] = report.write_scaling(options, results)
+    if "dose" in options.suites:
+        written["dose"] = report.write_dose(options, results)
     for name, path in written.items():
         print(f"{name}: {path}")
     return written

@@ -10,7 +10,7 @@ from pathlib import Path
 from torchrec_mdr.bench.accuracy import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
 
-SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling")
+SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose")
 EFFECTS: tuple[str, ...] = ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")
 MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
 
@@ -54,6 +54,8 @@ MODELS: tuple[Variant, ...] = (
     Variant("DNN", "dnn"), Variant("DIN", "din"), Variant("ADS", "ads", _ADS, "DIN"),
     Variant("SFPNet", "sfpnet", _SFP, "DNN"), Variant("SharedBottom", "shared_bottom"),
     Variant("ADIN", "adin", (), "SharedBottom"),
+    # no domain mechanism, but explicit inner products (FM): can the backbone learn the bilinear main effects?
+    Variant("DeepFM", "deepfm", (), "DNN"),
 )
 
 
@@ -80,6 +82,9 @@ class ProofBenchOptions:
     seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length"))
     scale_rows: list[int] = field(default_factory=lambda: [100_000, 300_000, 1_000_000], metadata=bounds(
         ge=1000, help="rows of the scaling suite's datasets (world 0, every effect planted, first seed only)"))
+    doses: list[float] = field(default_factory=lambda: [3.0], metadata=bounds(
+        gt=0, help="dose suite: each mechanism's own knob at these strengths (1 = the specificity suite's "
+                   "dataset, 0 = none; both are pooled into the dose table when run)"))
     max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
     patience: int = field(default=2, metadata=bounds(ge=1, help="epochs without a better validation AUC "
                                                                 "before stopping"))
@@ -102,9 +107,11 @@ class ProofBenchOptions:
                 raise ConfigError(f"--{name}: unknown {unknown}; choose from {list(known)}")
 
 
-def dataset_name(options: ProofBenchOptions, world: int, effect: str) -> str:
-    """The folder name of a world's dataset: every generator setting the bench varies is in it."""
-    return (f"v2-world{world}-{effect}-rows{options.rows}-users{options.users}-items{options.items}"
+def dataset_name(options: ProofBenchOptions, world: int, effect: str, dose: float = 1.0) -> str:
+    """The folder name of a world's dataset: every generator setting the bench varies is in it (``dose``:
+    the planted knob's strength, named only when it is not 1)."""
+    strength = "" if dose == 1.0 else f"-dose{dose:g}"
+    return (f"v2-world{world}-{effect}{strength}-rows{options.rows}-users{options.users}-items{options.items}"
             f"-seq{options.seq_length}")
 
 
