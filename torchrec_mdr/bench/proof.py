@@ -15,6 +15,8 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
 * ``dose`` — each mechanism's pair on its own effect planted ``doses`` times stronger (beside dose 0 =
   ``none`` and dose 1 = the specificity datasets): does a mechanism win once its effect is large enough,
   and how large must it be?
+* ``probes`` — no training: what the specificity runs' mechanisms learned, measured against the planted
+  parameters (:mod:`torchrec_mdr.bench.proof_probes`);
 * ``scaling`` — DNN, DIN, ADS, SFPNet on world 0 with every effect planted at ``scale_rows`` rows (first
   seed): does the gap to the ceilings shrink, and do the seed models pull ahead of their bases, with
   more data?
@@ -176,6 +178,10 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
         written["scaling"] = report.write_scaling(options, results)
     if "dose" in options.suites:
         written["dose"] = report.write_dose(options, results)
+    if "probes" in options.suites:
+        from torchrec_mdr.bench.proof_probes import write_probes
+
+        written["probes"] = write_probes(options)
     for name, path in written.items():
         print(f"{name}: {path}")
     return written

@@ -10,7 +10,7 @@ from pathlib import Path
 from torchrec_mdr.bench.accuracy import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
 
-SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose")
+SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose", "probes")
 EFFECTS: tuple[str, ...] = ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")
 MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
 

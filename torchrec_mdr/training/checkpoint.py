@@ -76,6 +76,7 @@ from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.models.registry import MODELS, ModelConfig
 from torchrec_mdr.sparse.mch.config import EvictionConfig
+from torchrec_mdr.training.legacy_names import legacy_aliases
 from torchrec_mdr.training.distributed import DistContext
 from torchrec_mdr.safe_files import check_dcp_metadata, load_side_file, save_side_file
 from torchrec_mdr.sparse.mch.reshard import MCHReshard
@@ -507,6 +508,8 @@ class CheckpointManager:
         except (OSError, ValueError) as error:
             raise TrainingError(f"cannot read the DCP metadata of checkpoint {info.path}: {error}") from None
         state: dict[str, Any] = {"model": model.state_dict()}
+        aliases = legacy_aliases(list(state["model"]), saved, prefix="model.")  # pre-toolkit names
+        state["model"] = {aliases.get(k, k): v for k, v in state["model"].items()}
         if optimizer is not None:
             state["optim"] = _optimizer_target(optimizer, saved)
         missing = sorted(k for k in _flat_keys(state) if k not in saved)
@@ -527,7 +530,8 @@ class CheckpointManager:
             report = reshard.apply(state, info.path)
             if self.ctx.is_main:
                 print("\n".join(report.lines()))
-        model.load_state_dict(state["model"])
+        renamed_back = {old: new for new, old in aliases.items()}
+        model.load_state_dict({renamed_back.get(k, k): v for k, v in state["model"].items()})
         if optimizer is not None:
             try:
                 _attach_optimizer_state(optimizer, state["optim"])
