@@ -682,3 +682,50 @@ def test_managed_collision_checkpoint_from_one_rank_loads_on_two(data: Path, tmp
         assert trained["eviction_rounds"] == old["eviction_rounds"] + 1
         assert trained["admitted_ids"] - trained["evicted_ids"] == trained["ids_held"]
     assert all(len(r["narrow"]["losses"]) == 2 and all(v == v for v in r["narrow"]["losses"]) for r in results)
+
+
+def test_old_parameter_names_map_to_the_toolkit_names() -> None:
+    from torchrec_mdr.training.legacy_names import legacy_aliases, old_name
+
+    prefix = "model.dense_arch.model."
+    assert old_name(prefix + "input.domain_embedding.weight") == prefix + "domain_embedding.weight"
+    assert old_name(prefix + "pooling.1.query_projection.linear.bias") == prefix + "queries.1.linear.bias"
+    assert old_name(prefix + "pooling.0.attention.scorer.0.weight") == prefix + "attentions.0.scorer.0.weight"
+    assert old_name(prefix + "mlp.0.weight") is None and old_name(prefix + "blocks.0.psrg.shared_weight") is None
+    names = [prefix + "input.domain_embedding.weight", prefix + "mlp.0.weight"]
+    old = {"model." + prefix + "domain_embedding.weight", "model." + prefix + "mlp.0.weight"}
+    assert legacy_aliases(names, old, prefix="model.") == {names[0]: prefix + "domain_embedding.weight"}
+    assert legacy_aliases(names, {"model." + n for n in names}, prefix="model.") == {}  # new names: as they are
+
+
+def test_a_checkpoint_written_under_the_old_names_loads_and_evaluates_the_same(straight: dict[str, Any],
+                                                                             tmp_path: Path) -> None:
+    """A DIN checkpoint rewritten with the pre-toolkit parameter names (``domain_embedding``, ``queries.<i>``,
+    ``attentions.<i>``) evaluates exactly as the original does."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from torchrec_mdr.training.evaluate import load_for_evaluation, run_config
+    from torchrec_mdr.training.legacy_names import old_name
+    from torchrec_mdr.training.trainer import Trainer
+
+    source = straight["run"]
+    expected = evaluate_run(source, checkpoint="latest")
+    old_run = tmp_path / "old"
+    (old_run / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(source / "config.json", old_run / "config.json")
+    name = latest_name(source)
+    shutil.copytree(source / "checkpoints" / name, old_run / "checkpoints" / name,
+                    ignore=shutil.ignore_patterns("*.distcp", ".metadata"))
+    (old_run / "checkpoints" / "latest").write_text(name + "\n")
+    trainer = Trainer(run_config(source), source, evaluate_only=True)
+    load_for_evaluation(trainer, "latest")
+    state = trainer.model.state_dict()
+    renamed = {(old_name(k) or k): v for k, v in state.items()}
+    assert len(set(renamed) - set(state)) >= 3  # domain embedding, query projection, attention
+    dcp.save({"model": renamed}, storage_writer=FileSystemWriter(str(old_run / "checkpoints" / name)))
+    got = evaluate_run(old_run, checkpoint="latest")
+    for key in ("auc", "logloss", "gauc"):
+        assert got[key] == expected[key], key

@@ -174,6 +174,9 @@ def true_weights(world, domain: np.ndarray, behaviour_domains: list[np.ndarray],
     s = world.strength["sfpnet"] if affinity else 0.0
     out = []
     for d, row in zip(domain, behaviour_domains):
+        if len(row) == 0:
+            out.append(np.zeros(0))
+            continue
         scores = world.recency * np.arange(len(row)) / max(len(row), 1) + s * world.affinity[d, row]
         weights = np.exp(scores - scores.max())
         out.append(weights / weights.sum())
