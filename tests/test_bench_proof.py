@@ -12,8 +12,8 @@ from functools import partial
 import numpy as np
 import pytest
 
-from torchrec_mdr.bench.proof import (ABLATIONS, MODELS, PAIRS, ProofBenchOptions, dataset_name, planned_jobs, run,
-                                      run_dir)
+from torchrec_mdr.bench.proof import (ABLATIONS, MODELS, OPTIONS, PAIRS, ProofBenchOptions, dataset_name,
+                                      planned_jobs, run, run_dir)
 from torchrec_mdr.bench.proof_report import paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError
@@ -152,3 +152,15 @@ def test_tiny_dose_suite_plants_the_knob_stronger_and_tables_the_pairs(tmp_path)
     assert cell["gap"] == pytest.approx(test.oracle_auc["all"] - test.ceilings["without_se"]["all"])
     assert raw["se"]["0"]["n"] == 0 and raw["se"]["1"]["n"] == 0  # not run here: shown as such
     assert f"{cell['delta']:+.4f}" in written["dose"].read_text()
+
+
+def test_options_suite_pairs_each_option_with_its_default_on_its_data(tmp_path):
+    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=1000,
+                                users=50, items=200, seq_length=4, suites=["options"], doses=[3.0])
+    cells = {(v.label, d.name) for v, d, _ in planned_jobs(options)}
+    for with_v, default, effect in OPTIONS.values():
+        dose = 1.0 if effect == "all" else 3.0
+        assert {(with_v.label, dataset_name(options, 0, effect, dose)),
+                (default.label, dataset_name(options, 0, effect, dose))} <= cells
+        assert with_v.model == default.model and len(set(with_v.overrides) - set(default.overrides)) == 1
+    assert len(cells) == 2 * len(OPTIONS) - 1  # the two PSRG options share their default's runs

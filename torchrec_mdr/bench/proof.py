@@ -15,6 +15,9 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
 * ``dose`` — each mechanism's pair on its own effect planted ``doses`` times stronger (beside dose 0 =
   ``none`` and dose 1 = the specificity datasets): does a mechanism win once its effect is large enough,
   and how large must it be?
+* ``options`` — the options whose defaults item 5 questions (:data:`OPTIONS`: PSRG's ``W_shared``
+  initialisation on the psrg effect at ``doses``, SFPNet's S-DNN gate scale on ``all``), each paired with
+  the default model;
 * ``probes`` — no training: what the specificity runs' mechanisms learned, measured against the planted
   parameters (:mod:`torchrec_mdr.bench.proof_probes`);
 * ``scaling`` — DNN, DIN, ADS, SFPNet on world 0 with every effect planted at ``scale_rows`` rows (first
@@ -46,8 +49,8 @@ from pathlib import Path
 
 from torchrec_mdr.bench.accuracy import Variant
 from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for callers of the bench)
-    ABLATIONS, EFFECTS, MECHANISMS, MODELS, PAIRS, SCALING_LABELS, SUITES, ProofBenchOptions, archived, dataset_name,
-    run_dir)
+    ABLATIONS, EFFECTS, MECHANISMS, MODELS, OPTIONS, PAIRS, SCALING_LABELS, SUITES, ProofBenchOptions, archived,
+    dataset_name, run_dir)
 
 
 def dataset(options: ProofBenchOptions, world: int, effect: str, dose: float = 1.0) -> Path:
@@ -151,6 +154,11 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
                     for dose in options.doses:
                         data = dataset(options, world, mechanism, dose)
                         jobs += [(v, data, seed) for v in PAIRS[mechanism]]
+            if "options" in options.suites:
+                for with_v, default, effect in OPTIONS.values():
+                    for dose in options.doses if effect != "all" else [1.0]:
+                        data = dataset(options, world, effect, dose)
+                        jobs += [(with_v, data, seed), (default, data, seed)]
             if {"ablation", "models"} & set(options.suites):
                 data = dataset(options, world, "all")
                 chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
@@ -178,6 +186,8 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
         written["scaling"] = report.write_scaling(options, results)
     if "dose" in options.suites:
         written["dose"] = report.write_dose(options, results)
+    if "options" in options.suites:
+        written["options"] = report.write_options(options, results)
     if "probes" in options.suites:
         from torchrec_mdr.bench.proof_probes import write_probes
 

@@ -358,3 +358,32 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
     path.write_text("\n".join(lines) + "\n")
     (options.out / "dose.json").write_text(json.dumps(raw, indent=1) + "\n")
     return path
+
+
+def write_options(options: "ProofBenchOptions", results: Results) -> Path:
+    """options.md: each questioned option against the default model, paired, on the data it targets."""
+    from torchrec_mdr.bench.proof_setup import OPTIONS, PAIRS, dataset_name
+
+    lines = _header(options, "Options: the questioned defaults against the alternatives", "options")
+    lines[2] = lines[2].replace("--suites options", "--suites options --doses " + " ".join(
+        f"{d:g}" for d in options.doses))
+    lines += ["| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
+              "|---|---|---|---|---|---|---|"]
+    verdict_lines = []
+    for option, (with_v, default, effect) in OPTIONS.items():
+        without = PAIRS[effect][1] if effect in PAIRS else None
+        for dose in options.doses if effect != "all" else [1.0]:
+            names = [dataset_name(options, w, effect, dose) for w in range(options.worlds)]
+            c = paired(results, with_v.label, default.label, names, _seeds(options))
+            if not c["n"]:
+                continue
+            bare = paired(results, with_v.label, without.label, names, _seeds(options)) if without else None
+            where = f"{effect}" + (f" × {dose:g}" if dose != 1.0 else "")
+            lines.append(f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {_cell(c)} | "
+                         f"{c['p_mw']:.3g} | {_cell(bare) + ' vs ' + without.label if bare else '—'} |")
+            verdict_lines.append(f"- **{option}** on {where}: {verdict(c)} against the default "
+                                 f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}, p={c['p']:.3g}).")
+    lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
+    path = options.out / "options.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 from torchrec_mdr.bench.accuracy import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
 
-SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose", "probes")
+SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose", "probes", "options")
 EFFECTS: tuple[str, ...] = ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")
 MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
 
@@ -46,6 +46,18 @@ ABLATIONS: tuple[Variant, ...] = (
     ADIN, ADIN_NO_DSBN, ADIN_NO_SE,
     Variant("ADIN w/o self-training", "adin", ("model.adin.self_training=false",), "ADIN"),
 )
+
+# the ``options`` suite (issue item 5): option -> (the model with it, the default model, the planted effect it
+# is tested on, at the ``doses`` strengths; "all" at dose 1)
+OPTIONS: dict[str, tuple[Variant, Variant, str]] = {
+    "psrg_shared_init=xavier": (Variant("ADS w/o PCRG, W_shared xavier", "ads", (
+        *_ADS, "model.ads.use_pcrg=false", "model.ads.psrg_shared_init=xavier"), "ADS w/o PCRG"), ADS_NO_PCRG, "psrg"),
+    "psrg_shared_init=identity_noise": (Variant("ADS w/o PCRG, W_shared identity+noise", "ads", (
+        *_ADS, "model.ads.use_pcrg=false", "model.ads.psrg_shared_init=identity_noise"), "ADS w/o PCRG"),
+        ADS_NO_PCRG, "psrg"),
+    "dnn_gate_scale=2": (Variant("SFPNet, S-DNN gate scale 2", "sfpnet", (*_SFP, "model.sfpnet.dnn_gate_scale=2.0"),
+                                 "SFPNet"), SFPNET, "all"),
+}
 
 # the models of the ``scaling`` suite: do the seed models pull ahead of their bases with more rows?
 SCALING_LABELS: tuple[str, ...] = ("DNN", "DIN", "ADS", "SFPNet")
