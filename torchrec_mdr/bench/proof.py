@@ -132,6 +132,14 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
     return results
 
 
+def option_datasets(options: ProofBenchOptions, world: int, defaults: bool = False) -> list[tuple[Variant, Path]]:
+    """The ``options`` suite's (model with the option, dataset) of a world; ``defaults``: the default model
+    instead, whose runs other suites train (dose, specificity) and the options table only reads."""
+    return [(default if defaults else with_v, dataset(options, world, effect, dose))
+            for with_v, default, effect in OPTIONS.values()
+            for dose in (options.doses if effect != "all" else [1.0])]
+
+
 def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
     """Every run the chosen suites need (datasets generated on the way), seed by seed: the first seed of
     every world is trained before the second seed of any, so that a partial benchmark covers the worlds."""
@@ -155,10 +163,7 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
                         data = dataset(options, world, mechanism, dose)
                         jobs += [(v, data, seed) for v in PAIRS[mechanism]]
             if "options" in options.suites:
-                for with_v, default, effect in OPTIONS.values():
-                    for dose in options.doses if effect != "all" else [1.0]:
-                        data = dataset(options, world, effect, dose)
-                        jobs += [(with_v, data, seed), (default, data, seed)]
+                jobs += [(with_v, data, seed) for with_v, data in option_datasets(options, world)]
             if {"ablation", "models"} & set(options.suites):
                 data = dataset(options, world, "all")
                 chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
@@ -174,6 +179,10 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
     options.validate()
     options.out.mkdir(parents=True, exist_ok=True)
     results = train_all(options, planned_jobs(options))
+    if "options" in options.suites:  # the default models' runs, as far as other suites have finished them
+        results.update(train_all(replace(options, train=False), [
+            (v, data, seed) for seed in range(options.first_seed + options.seeds) for world in range(options.worlds)
+            for v, data in option_datasets(options, world, defaults=True)]))
     written = {"ceilings": report.write_ceilings(options)}
     if "specificity" in options.suites:
         written["specificity"] = report.write_specificity(options, results)
