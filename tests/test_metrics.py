@@ -21,7 +21,7 @@ from torchrec_mdr.data.reader import make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.metrics.compare import comparison_table
 from torchrec_mdr.metrics.ranking import (PredictionBuffer, auc, auc_improvement, evaluate_predictions, gauc,
-                                          logloss)
+                                          logloss, prediction_columns)
 from torchrec_mdr.models.ranking import RankingModel, TrainModel
 from torchrec_mdr.training.trainer import format_table
 
@@ -241,13 +241,26 @@ def test_without_sessions_there_is_no_sgauc():
 
 def test_prediction_buffer_carries_the_session_column():
     buffer = PredictionBuffer()
-    logits = torch.tensor([[0.5, 9.0], [-1.0, 9.0]])  # the second task is not kept
-    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    logits = torch.tensor([[0.5], [-1.0]])
+    labels = torch.tensor([[1.0], [0.0]])
     buffer.add(logits, labels, torch.tensor([1, 0]), torch.tensor([7, 8]), torch.tensor([70, 80]))
     buffer.add(logits[:1], labels[:1], torch.tensor([2]), torch.tensor([9]))  # no session: zeros
     # keys become dense codes: groups 7, 8, 9 -> 0, 1, 2; sessions 70, 80, 0 -> 1, 2, 0
     np.testing.assert_array_equal(buffer.gather(), [[0.5, 1, 1, 0, 1], [-1, 0, 0, 1, 2], [0.5, 1, 2, 2, 0]])
     assert PredictionBuffer().gather().shape == (0, 5)
+
+
+def test_prediction_buffer_keeps_every_task():
+    """Columns: each task's logit, each task's label, domain, group, session (prediction_columns(T))."""
+    buffer = PredictionBuffer()
+    logits = torch.tensor([[0.5, 9.0], [-1.0, -2.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    buffer.add(logits, labels, torch.tensor([1, 0]), torch.tensor([7, 8]), torch.tensor([70, 80]))
+    np.testing.assert_array_equal(buffer.gather(), [[0.5, 9, 1, 0, 1, 0, 0], [-1, -2, 0, 1, 0, 1, 1]])
+    assert prediction_columns(2) == ("logit_0", "logit_1", "label_0", "label_1", "domain", "group", "session")
+    assert PredictionBuffer().gather(num_tasks=3).shape == (0, 9)  # a rank without rows still has T's width
+    with pytest.raises(ValueError, match="1 tasks after batches with 2"):
+        buffer.add(logits[:, :1], labels[:, :1], torch.tensor([0]), torch.tensor([1]))
 
 
 def test_hashed_int64_keys_stay_distinct():

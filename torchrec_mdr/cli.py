@@ -14,7 +14,7 @@
     mdr predict --run RUN_DIR --out DIR [--data DIR] [--split S] [--keep a,b]   score every row of a split
     mdr export --run RUN_DIR --out DIR [--checkpoint C] [--int8]   a self-contained inference artifact
     mdr bench serve --artifact DIR [DIR ...]   serving latency at batch 1 and 256, artifact size, AUC
-    mdr compare --runs RUN_A RUN_B             per-domain AUC side by side, AUC Imp. of A vs B, oracle AUC
+    mdr compare --runs RUN_A RUN_B             per-domain AUC side by side (per task), AUC Imp. of A vs B, oracle AUC
     mdr plan --config FILE --cluster FILE [--table-rows item=1e9] [--world-size N ...]
                                                torchrec's sharding plan for a GPU cluster, planned here
 
@@ -355,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "domain, prob_<label> and --keep columns", PredictOptions, _cmd_predict)
     _subcommand(commands, "export", "a self-contained inference artifact of a ranking run (torch.export program "
                 "+ manifest), loadable with torchrec_mdr.serving", ExportOptions, _cmd_export)
-    _subcommand(commands, "compare", "per-domain AUC of finished runs side by side, with AUC Imp. vs the last",
-                CompareOptions, _cmd_compare)
+    _subcommand(commands, "compare", "per-domain AUC of finished runs side by side (a table per task), with AUC "
+                "Imp. vs the last", CompareOptions, _cmd_compare)
     _subcommand(commands, "demo", "generate the default data if missing, show it, read one epoch", DemoOptions,
                 _cmd_demo)
     return parser

@@ -58,6 +58,7 @@ class EarlyStoppingConfig:
     checkpoint and names it ``checkpoints/best`` (never deleted by ``train.keep_checkpoints``);
     ``patience`` evaluations in a row without one stop the run. The best checkpoint's weights are
     then restored for the final ``train.test_split`` evaluation, and ``metrics.json`` names its step.
+    With several labels, ``task`` names the label whose metric decides (default: the first label).
     """
 
     enabled: bool = field(default=False, metadata=doc("stop when the validation metric stops improving"))
@@ -66,6 +67,8 @@ class EarlyStoppingConfig:
     patience: int = field(default=3, metadata=bounds(ge=1, help="evaluations without improvement before stopping"))
     min_delta: float = field(default=0.0, metadata=bounds(ge=0, help="smallest change that counts as an "
                                                                      "improvement"))
+    task: str | None = field(default=None, metadata=doc(
+        "label name of the task whose metric decides (one of the dataset's labels; default: the first label)"))
 
 
 @dataclass
@@ -80,6 +83,9 @@ class TrainConfig:
     eval_split: str = field(default="valid", metadata=doc("split evaluated during training"))
     test_split: str = field(default="test", metadata=doc("split evaluated at the end (reported in metrics.json)"))
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    task_weights: list[float] | None = field(default=None, metadata=bounds(ge=0, help=(
+        "weight of each task's binary cross-entropy in the loss, one per label of the dataset in the spec's "
+        "order (loss = sum over tasks of weight x mean BCE); default: 1.0 for every task")))
     pipeline: PipelineType = field(default="sparse_dist", metadata=doc(
         "TrainPipelineSparseDist (evaluation: EvalPipelineSparseDist), TrainPipelineBase or a plain loop"))
     seed: int = field(default=0, metadata=bounds(ge=0, help=(
@@ -107,6 +113,8 @@ class TrainConfig:
         if self.early_stopping.enabled and self.eval_every is None:
             raise ConfigError("train.early_stopping needs train.eval_every (how often the validation split "
                               "is evaluated)")
+        if self.task_weights is not None and not any(w > 0 for w in self.task_weights):
+            raise ConfigError(f"train.task_weights {self.task_weights}: at least one task needs a weight > 0")
 
 
 @dataclass
@@ -124,6 +132,9 @@ class ExperimentConfig:
     def validate(self) -> None:
         if self.optimizer.decay != "none" and self.train.max_steps is None:
             raise ConfigError("optimizer.decay needs train.max_steps (the decay horizon)")
+        if self.task == "retrieval" and self.train.task_weights is not None:
+            raise ConfigError("train.task_weights weighs the ranking tasks' losses; task = 'retrieval' trains on "
+                              "the first label's positives only: leave it unset")
         if self.task == "retrieval" and self.train.early_stopping.enabled:
             raise ConfigError("train.early_stopping decides on AUC or logloss, which task = 'retrieval' does "
                               "not compute; disable it for retrieval")

@@ -13,11 +13,19 @@ domain separately). It exists only when the dataset has a session column: :class
 then holds ``sgauc`` (overall and per domain) and :meth:`EvalResult.to_dict` writes the ``sgauc``
 keys; without one ``sgauc`` is None and the keys are absent from ``metrics.json`` (so that runs on
 data without sessions, and the tables made from them, show no meaningless column).
+
+Several tasks (a spec with several labels, e.g. Ali-CCP's click and purchase): every metric above is
+computed for each task on its own logit column and label column, over the same rows, domains, users
+and sessions. The first task's metrics stay at the top level of :class:`EvalResult` (and of
+``metrics.json``: early stopping, ``mdr compare`` and the benchmarks read them there); with more than
+one label, :attr:`EvalResult.tasks` holds every task's metrics by label name (the first included), and
+``to_dict`` writes them under ``tasks``. A single-label run has no ``tasks`` key, so its
+``metrics.json`` keeps its shape.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -40,19 +48,40 @@ class EvalResult:
     rows: int
     per_domain: dict[str, dict[str, float]] = field(default_factory=dict)
     sgauc: float | None = None
+    tasks: dict[str, EvalResult] = field(default_factory=dict)  # by label name; empty for one label
 
     def to_dict(self) -> dict:
         out = {"auc": self.auc, "logloss": self.logloss, "gauc": self.gauc}
         if self.sgauc is not None:
             out["sgauc"] = self.sgauc
-        return {**out, "rows": self.rows, "per_domain": self.per_domain}
+        out = {**out, "rows": self.rows, "per_domain": self.per_domain}
+        if self.tasks:
+            out["tasks"] = {name: result.to_dict() for name, result in self.tasks.items()}
+        return out
+
+    def task(self, name: str | None) -> EvalResult:
+        """The metrics of task ``name`` (a label name); None, or the only label: these top-level ones."""
+        if name is None or not self.tasks:
+            return self
+        if name not in self.tasks:
+            raise KeyError(f"no task {name!r}; the tasks are {list(self.tasks)}")
+        return self.tasks[name]
 
 
 PREDICTION_COLUMNS = ("logit", "label", "domain", "group", "session")
 
 
+def prediction_columns(num_tasks: int = 1) -> tuple[str, ...]:
+    """The columns of gathered rows with ``num_tasks`` tasks: each task's logit, each task's label,
+    then domain, group, session; for one task exactly :data:`PREDICTION_COLUMNS`."""
+    if num_tasks == 1:
+        return PREDICTION_COLUMNS
+    return (*(f"logit_{t}" for t in range(num_tasks)), *(f"label_{t}" for t in range(num_tasks)),
+            "domain", "group", "session")
+
+
 class PredictionBuffer:
-    """Collects (logit, label, domain, group, session) of the first task over an evaluation pass.
+    """Collects every task's (logit, label) and the row's (domain, group, session) over an evaluation pass.
 
     Scores travel as float64 and the keys as int64, so any int64 user or session key (hashed ids
     included) stays exact; :meth:`gather` then codes each key column as dense ranks (``0..n-1``,
@@ -60,23 +89,35 @@ class PredictionBuffer:
     """
 
     def __init__(self) -> None:
-        self.values: list[torch.Tensor] = []  # [B, 3] float64: logit, label, domain
+        self.values: list[torch.Tensor] = []  # [B, 2T + 1] float64: T logits, T labels, domain
         self.keys: list[torch.Tensor] = []  # [B, 2] int64: group, session
+        self.num_tasks: int | None = None  # T, set by the first batch
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor, group: torch.Tensor,
             session: torch.Tensor | None = None) -> None:
-        """One batch: logits / labels [B, T] (task 0 is kept), domain / group / session [B]
+        """One batch: logits / labels [B, T] (every task is kept), domain / group / session [B]
         (``session`` None: zeros, for data without a session column)."""
+        if logits.shape != labels.shape or logits.dim() != 2:
+            raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} must both be [B, T]")
+        if self.num_tasks is None:
+            self.num_tasks = int(logits.shape[1])
+        elif logits.shape[1] != self.num_tasks:
+            raise ValueError(f"a batch with {logits.shape[1]} tasks after batches with {self.num_tasks}")
         if session is None:
             session = torch.zeros_like(group)
-        self.values.append(torch.stack([logits[:, 0].double(), labels[:, 0].double(), domain.double()], dim=1).cpu())
+        self.values.append(torch.cat([logits.double(), labels.double(), domain.double()[:, None]], dim=1).cpu())
         self.keys.append(torch.stack([group.long(), session.long()], dim=1).cpu())
 
-    def gather(self, device: torch.device | None = None) -> np.ndarray:
-        """[N, 5] float64 rows of every rank (rank order), columns :data:`PREDICTION_COLUMNS`, the group
-        and session columns as dense codes of the keys; ``device`` carries the collectives (GPU for nccl)."""
-        values = _all_gather_rows(torch.cat(self.values) if self.values else torch.zeros(0, 3, dtype=torch.float64),
-                                  device)
+    def gather(self, device: torch.device | None = None, num_tasks: int | None = None) -> np.ndarray:
+        """[N, 2T + 3] float64 rows of every rank (rank order), columns :func:`prediction_columns` (for one
+        task [N, 5], :data:`PREDICTION_COLUMNS`), the group and session columns as dense codes of the keys;
+        ``device`` carries the collectives (GPU for nccl). ``num_tasks`` (T) shapes an empty buffer's
+        rows: a rank may have no rows of its own (default: this buffer's, else 1)."""
+        tasks = num_tasks or self.num_tasks or 1
+        if self.num_tasks is not None and tasks != self.num_tasks:
+            raise ValueError(f"num_tasks={tasks}, but the buffer holds {self.num_tasks} tasks")
+        empty = torch.zeros(0, 2 * tasks + 1, dtype=torch.float64)
+        values = _all_gather_rows(torch.cat(self.values) if self.values else empty, device)
         keys = _all_gather_rows(torch.cat(self.keys) if self.keys else torch.zeros(0, 2, dtype=torch.int64), device)
         codes = [np.unique(keys[:, column], return_inverse=True)[1].reshape(-1) for column in range(2)]
         return np.column_stack([values, *codes]).astype(np.float64)
@@ -143,21 +184,40 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     return float((size[valid] * group_auc).sum() / size[valid].sum())
 
 
-def evaluate_predictions(rows: np.ndarray, domain_names: list[str], sessions: bool = False) -> EvalResult:
-    """Metrics of gathered rows (columns :data:`PREDICTION_COLUMNS`; the session column may be absent
-    when ``sessions`` is False).
+def evaluate_predictions(rows: np.ndarray, domain_names: list[str], sessions: bool = False,
+                         label_names: list[str] | None = None) -> EvalResult:
+    """Metrics of gathered rows (columns :func:`prediction_columns` of ``len(label_names)`` tasks; the
+    session column may be absent when ``sessions`` is False).
 
     ``sessions``: whether the dataset has a session column (``spec.session_column is not None``);
     only then is S-GAUC computed. It is a flag, not a guess from the values: an all-zero session
-    column is one big session, not a missing one.
+    column is one big session, not a missing one. ``label_names``: the spec's labels (default: one
+    task); with more than one, the result's top level is the first task's and
+    :attr:`EvalResult.tasks` holds each task's metrics by label name.
     """
-    if sessions and rows.shape[1] < len(PREDICTION_COLUMNS):
+    names = list(label_names) if label_names else ["task0"]
+    tasks = len(names)
+    columns = prediction_columns(tasks)
+    if rows.shape[1] not in (len(columns), len(columns) - 1):
+        raise ValueError(f"rows have {rows.shape[1]} columns; {tasks} task(s) need {list(columns)} "
+                         f"(the session column may be left out)")
+    if sessions and rows.shape[1] < len(columns):
         raise ValueError(f"S-GAUC needs the session column: rows have {rows.shape[1]} columns, "
-                         f"expected {list(PREDICTION_COLUMNS)}")
-    logits, labels, domains, groups = rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64), rows[:, 3]
-    session_ids = rows[:, 4] if sessions else None
-    result = EvalResult(auc(logits, labels), logloss(logits, labels), gauc(logits, labels, groups), len(rows),
-                        sgauc=gauc(logits, labels, session_ids) if sessions else None)
+                         f"expected {list(columns)}")
+    domains, groups = rows[:, 2 * tasks].astype(np.int64), rows[:, 2 * tasks + 1]
+    session_ids = rows[:, 2 * tasks + 2] if sessions else None
+    results = [_task_metrics(rows[:, t], rows[:, tasks + t], domains, groups, session_ids, domain_names)
+               for t in range(tasks)]
+    if tasks == 1:
+        return results[0]
+    return replace(results[0], tasks=dict(zip(names, results)))  # tasks[name]s hold no tasks of their own
+
+
+def _task_metrics(logits: np.ndarray, labels: np.ndarray, domains: np.ndarray, groups: np.ndarray,
+                  session_ids: np.ndarray | None, domain_names: list[str]) -> EvalResult:
+    """One task's AUC, logloss, GAUC (and S-GAUC with ``session_ids``), overall and per domain."""
+    result = EvalResult(auc(logits, labels), logloss(logits, labels), gauc(logits, labels, groups), len(logits),
+                        sgauc=gauc(logits, labels, session_ids) if session_ids is not None else None)
     for d, name in enumerate(domain_names):
         mask = domains == d
         values = {"auc": auc(logits[mask], labels[mask]),

@@ -23,16 +23,22 @@ from torchrec_mdr.retrieval.metrics import RetrievalResult
 
 def history_entry(result: EvalResult | RetrievalResult, step: int, epoch: int, split: str) -> dict[str, Any]:
     """One row of ``metrics.json``'s ``history``: ``step``, ``epoch``, ``split`` and the headline metrics
-    (ranking: ``auc``, ``logloss``, ``gauc`` and ``per_domain`` {name: auc}; retrieval: ``recall`` and
-    ``hitrate`` {k: value})."""
+    (ranking: ``auc``, ``logloss``, ``gauc`` and ``per_domain`` {name: auc} of the first task, and with
+    several labels ``tasks`` {label: the same four}; retrieval: ``recall`` and ``hitrate`` {k: value})."""
     entry: dict[str, Any] = {"step": step, "epoch": epoch, "split": split}
     if isinstance(result, RetrievalResult):
         entry.update(recall={str(k): v for k, v in result.recall.items()},
                      hitrate={str(k): v for k, v in result.hitrate.items()})
         return entry
-    entry.update(auc=result.auc, logloss=result.logloss, gauc=result.gauc,
-                 per_domain={name: values["auc"] for name, values in result.per_domain.items()})
+    entry.update(_headline(result))
+    if result.tasks:
+        entry["tasks"] = {label: _headline(task) for label, task in result.tasks.items()}
     return entry
+
+
+def _headline(result: EvalResult) -> dict[str, Any]:
+    return {"auc": result.auc, "logloss": result.logloss, "gauc": result.gauc,
+            "per_domain": {name: values["auc"] for name, values in result.per_domain.items()}}
 
 
 class EarlyStopping:
@@ -82,7 +88,8 @@ class EarlyStopping:
 
     def reason(self, split: str) -> str:
         """One line saying why training stopped."""
-        return (f"early stopping at step {self.stopped_at}: {split} {self.config.metric} has not improved by more "
+        metric = self.config.metric + (f" of task {self.config.task}" if self.config.task is not None else "")
+        return (f"early stopping at step {self.stopped_at}: {split} {metric} has not improved by more "
                 f"than {self.config.min_delta} for {self.bad_evaluations} evaluation(s); the best, "
                 f"{self.best_value:.6f}, was at step {self.best_step}")
 
@@ -99,7 +106,10 @@ class EarlyStopping:
         self.stopped_at = state.get("stopped_at")
 
     def summary(self, split: str) -> dict[str, Any]:
-        """The ``early_stopping`` section of ``metrics.json``."""
-        return {"split": split, "metric": self.config.metric, "patience": self.config.patience,
-                "min_delta": self.config.min_delta, "best_step": self.best_step, "best_value": self.best_value,
-                "stopped_early": self.stopped_at is not None, "stopped_at_step": self.stopped_at}
+        """The ``early_stopping`` section of ``metrics.json`` (``task`` only when one is named)."""
+        summary = {"split": split, "metric": self.config.metric, "patience": self.config.patience,
+                   "min_delta": self.config.min_delta, "best_step": self.best_step, "best_value": self.best_value,
+                   "stopped_early": self.stopped_at is not None, "stopped_at_step": self.stopped_at}
+        if self.config.task is not None:
+            summary["task"] = self.config.task
+        return summary

@@ -3,7 +3,9 @@
 ``build_model`` returns the module that DistributedModelParallel wraps — :class:`TrainModel`
 around the registered ranking model, or :class:`RetrievalModel` for ``task = "retrieval"`` — with
 its embedding tables on the meta device (DMP materialises and shards them) and the fused sparse
-optimizer registered on them, so that the planner sees the optimizer state it must place.
+optimizer registered on them, so that the planner sees the optimizer state it must place. A ranking
+model's loss is :class:`~torchrec_mdr.training.losses.TaskWeightedBCE` with ``train.task_weights``
+(checked against the spec's labels).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.models.ranking import RankingModel, TrainModel
 from torchrec_mdr.retrieval.model import RetrievalModel
+from torchrec_mdr.training.losses import TaskWeightedBCE, task_weights
 from torchrec_mdr.training.optimizers import apply_sparse_optimizer
 
 
@@ -43,5 +46,7 @@ def build_model(config: ExperimentConfig, spec: DatasetSpec, dense_device: torch
         model = TrainModel(RankingModel(spec, config.model, sparse_device=meta, dense_device=dense_device,
                                         eviction=eviction, mc_buckets=world_size,
                                         mixed_precision=config.train.mixed_precision, planning_only=planning_only))
+        # each task's BCE weighted and summed (for one label: TrainModel's mean BCE, the same number)
+        model.loss_fn = TaskWeightedBCE(task_weights(config.train.task_weights, spec)).to(dense_device)
     apply_sparse_optimizer(model, config.optimizer, sparse_device or dense_device)
     return model

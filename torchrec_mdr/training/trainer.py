@@ -41,6 +41,7 @@ from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.metrics.ranking import EvalResult, PredictionBuffer, evaluate_predictions
+from torchrec_mdr.metrics.table import format_ranking_table
 from torchrec_mdr.retrieval.metrics import (RetrievalBuffer, RetrievalResult, format_retrieval_table,
                                             retrieval_metrics)
 from torchrec_mdr.sparse.mch.eviction import eviction_stats, managed_reader_spec, prepare_eviction
@@ -150,6 +151,9 @@ class Trainer:
         if self.retrieval:
             raise ConfigError("train.early_stopping decides on AUC or logloss, which task = 'retrieval' does not "
                               "compute; disable it for retrieval")
+        if config.task is not None and config.task not in self.spec.label_names:
+            raise ConfigError(f"train.early_stopping.task = {config.task!r} is not a label of {self.config.data.path}; "
+                              f"its labels are {self.spec.label_names}")
         return EarlyStopping(config)
 
     # ------------------------------------------------------------------ checkpoints
@@ -369,7 +373,8 @@ class Trainer:
                                           self.config.train.eval_split))
         if self.stopper is None or not isinstance(result, EvalResult):
             return False
-        value = torch.tensor([getattr(result, self.stopper.config.metric)], dtype=torch.float64,
+        decider = result.task(self.stopper.config.task)  # the first task unless early_stopping.task names one
+        value = torch.tensor([getattr(decider, self.stopper.config.metric)], dtype=torch.float64,
                              device=self.ctx.device)
         if self.ctx.world_size > 1:
             dist.broadcast(value, src=0)
@@ -492,22 +497,29 @@ class Trainer:
             self.model.train()
 
     def evaluate(self, split: str) -> EvalResult | RetrievalResult:
-        """Metrics over every row of ``split`` (identical on all ranks)."""
+        """Metrics over every row of ``split`` (identical on all ranks), for every task."""
         if self.retrieval:
             return self._evaluate_retrieval(split)
         buffer = PredictionBuffer()
         for _, logits, labels, domain, group, session in self._eval_outputs(split):
             buffer.add(logits, labels, domain, group, session)
-        result = evaluate_predictions(buffer.gather(self.ctx.device), self.spec.domain_names,
-                                      sessions=self.spec.session_column is not None)
-        self._scalar(f"{split}/auc", result.auc)
-        self._scalar(f"{split}/logloss", result.logloss)
-        self._scalar(f"{split}/gauc", result.gauc)
-        if result.sgauc is not None:  # the dataset has a session column
-            self._scalar(f"{split}/sgauc", result.sgauc)
-        for name, values in result.per_domain.items():
-            self._scalar(f"{split}/auc/{name}", values["auc"])
+        labels = self.spec.label_names
+        result = evaluate_predictions(buffer.gather(self.ctx.device, num_tasks=len(labels)), self.spec.domain_names,
+                                      sessions=self.spec.session_column is not None, label_names=labels)
+        self._task_scalars(split, result)  # the first task under <split>/..., as with one label
+        for label, task_result in result.tasks.items():
+            self._task_scalars(f"{split}/{label}", task_result)
         return result
+
+    def _task_scalars(self, prefix: str, result: EvalResult) -> None:
+        """TensorBoard: ``<prefix>/auc``, ``logloss``, ``gauc``, ``sgauc`` (with sessions), ``auc/<domain>``."""
+        self._scalar(f"{prefix}/auc", result.auc)
+        self._scalar(f"{prefix}/logloss", result.logloss)
+        self._scalar(f"{prefix}/gauc", result.gauc)
+        if result.sgauc is not None:  # the dataset has a session column
+            self._scalar(f"{prefix}/sgauc", result.sgauc)
+        for name, values in result.per_domain.items():
+            self._scalar(f"{prefix}/auc/{name}", values["auc"])
 
     def _evaluate_retrieval(self, split: str) -> RetrievalResult:
         """Recall@K and HitRate@K over the positive rows of ``split`` (identical on all ranks)."""
@@ -553,28 +565,8 @@ class Trainer:
 
 
 def format_table(metrics: dict, domain_names: list[str]) -> str:
-    """A run's ``metrics.json`` as a table: per domain and overall rows, AUC, GAUC, S-GAUC (a column
-    only when the metrics have ``sgauc``, i.e. the data has a session column), logloss, oracle AUC."""
+    """A run's ``metrics.json`` as a table: per domain and overall rows, for every task
+    (:func:`~torchrec_mdr.metrics.table.format_ranking_table`), or retrieval's Recall@K / HitRate@K."""
     if metrics.get("task") == "retrieval":
         return format_retrieval_table(metrics, domain_names)
-    oracle = metrics.get("oracle_auc", {})
-    sessions = "sgauc" in metrics  # only runs on data with a session column have S-GAUC
-
-    def values(m: dict) -> str:
-        return (f"{m['auc']:>9.4f}{m['gauc']:>9.4f}" + (f"{m['sgauc']:>9.4f}" if sessions else "")
-                + f"{m['logloss']:>9.4f}")
-
-    header = (f"{'domain':<20}{'rows':>10}{'AUC':>9}{'GAUC':>9}" + (f"{'S-GAUC':>9}" if sessions else "")
-              + f"{'logloss':>9}" + ("  oracle AUC" if oracle else ""))
-    lines = [f"\n{metrics['model']} on {metrics['dataset']} ({metrics['split']} split)", header]
-    for name in domain_names:
-        d = metrics["per_domain"][name]
-        line = f"{name:<20}{d['rows']:>10,}{values(d)}"
-        lines.append(line + (f"  {oracle[name]:.4f}" if name in oracle else ""))
-    line = f"{'all':<20}{metrics['rows']:>10,}{values(metrics)}"
-    lines.append(line + (f"  {oracle['all']:.4f}" if "all" in oracle else ""))
-    train = metrics.get("train")
-    if train:
-        lines.append(f"trained {train['steps']} steps in {train['wall_sec']:.1f} s, "
-                     f"{train['samples_per_sec']:,.0f} samples/s")
-    return "\n".join(lines)
+    return format_ranking_table(metrics, domain_names)
