@@ -38,7 +38,7 @@ def features(domain: tuple[int, ...] = (0, 1, 2, 0, 1, 2)) -> EmbeddedFeatures:
 
 def explicit(layer: GeneratedLinear, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
     """y_b = W_b x_b + bias, row by row, with W_b formed as a whole matrix (what forward never does)."""
-    weight = layer.weight(condition)
+    weight = layer.row_weights(condition)
     bias = layer.generate(condition)[-1] if layer.bias is None else layer.bias.expand(len(x), -1)
     return torch.stack([weight[b] @ x[b] + bias[b] for b in range(len(x))])
 
@@ -63,7 +63,7 @@ def test_decomposed_forward_by_hand():
     assert layer.generator[-1].bias.tolist() == [1.0, 0.0, 0.0, 1.0]  # S starts at the identity
     assert layer(x, z).tolist() == [[12.5, 7.5], [0.5, -0.5], [-1.5, -4.5]]
     # the whole W of row 0: U S V = [[1, 4, 1], [1, 2, 1]]
-    assert layer.weight(z)[0].tolist() == [[1.0, 4.0, 1.0], [1.0, 2.0, 1.0]]
+    assert layer.row_weights(z)[0].tolist() == [[1.0, 4.0, 1.0], [1.0, 2.0, 1.0]]
 
 
 @pytest.mark.parametrize("generation,over_rank,generate_bias", [
@@ -87,11 +87,11 @@ def test_low_rank_forms_multiply_their_factors():
     specific = GeneratedLinear(5, 4, 3, rank=2, generation="specific")
     u, s, v = specific.generate(z)
     assert (u.shape, s.shape, v.shape) == ((B, 4, 2), (B, 2, 2), (B, 2, 5))
-    torch.testing.assert_close(specific.weight(z), torch.stack([u[b] @ s[b] @ v[b] for b in range(B)]))
+    torch.testing.assert_close(specific.row_weights(z), torch.stack([u[b] @ s[b] @ v[b] for b in range(B)]))
     shared = GeneratedLinear(5, 4, 3, rank=2)
     (s,) = shared.generate(z)
-    torch.testing.assert_close(shared.weight(z), torch.stack([shared.u @ s[b] @ shared.v for b in range(B)]))
-    assert torch.linalg.matrix_rank(shared.weight(z)[0]).item() <= 2
+    torch.testing.assert_close(shared.row_weights(z), torch.stack([shared.u @ s[b] @ shared.v for b in range(B)]))
+    assert torch.linalg.matrix_rank(shared.row_weights(z)[0]).item() <= 2
 
 
 def test_over_parameterisation_is_the_product_of_its_factors():
@@ -122,7 +122,7 @@ def test_a_generator_without_condition_signal_is_a_plain_layer(generation):
     layer = GeneratedLinear(5, 4, 3, rank=2, generation=generation, generator_hidden=[6])
     with torch.no_grad():
         layer.generator[-1].weight.zero_()
-    weight = layer.weight(torch.randn(B, 3))
+    weight = layer.row_weights(torch.randn(B, 3))
     for b in range(1, B):
         torch.testing.assert_close(weight[b], weight[0])
     if generation == "shared":
@@ -190,12 +190,12 @@ def test_rows_with_the_same_condition_share_their_weights():
     arch = APGArch(layout(), APGConfig(hidden=[6], rank=2, domain_features=["user_activity"]))
     batch = features()
     batch.fields[3, 2] = batch.fields[0, 2]
-    weight = arch.mlp.layers[0].weight(arch.condition(batch))
+    weight = arch.mlp.layers[0].row_weights(arch.condition(batch))
     torch.testing.assert_close(weight[3], weight[0])
     assert not torch.allclose(weight[1], weight[0])
     # without domain features the condition is the domain alone: all rows of a domain share W
     arch = APGArch(layout(), APGConfig(hidden=[6], rank=2))
-    weight = arch.mlp.layers[0].weight(arch.condition(features()))
+    weight = arch.mlp.layers[0].row_weights(arch.condition(features()))
     torch.testing.assert_close(weight[4], weight[1])
 
 
@@ -235,3 +235,16 @@ def test_arch_refuses_bad_options_and_unknown_fields():
         APGArch(layout(), APGConfig(generation="full"))
     with pytest.raises(ConfigError, match=r"model.apg.domain_features: 'tab' is not an id feature"):
         APGArch(layout(), APGConfig(domain_features=["tab"]))
+
+
+@pytest.mark.parametrize("condition,generation,over_rank", [
+    ("group", "shared", 5), ("self", "specific", 0), ("mix", "full", 0)])
+def test_generated_mlp_traces_with_fx(condition, generation, over_rank):
+    """Every form is one fx graph (the pipeline traces the dense arch) that gives the eager outputs."""
+    torch.manual_seed(0)
+    mlp = GeneratedMLP(5, [4, 3], 2, condition, rank=2, generation=generation, over_rank=over_rank,
+                       generate_bias=generation == "full")
+    traced = torch.fx.symbolic_trace(mlp)
+    for batch in (B, 1):
+        x, z = torch.randn(batch, 5), torch.randn(batch, 2)
+        torch.testing.assert_close(traced(x, z), mlp(x, z))

@@ -23,8 +23,8 @@ choice is tested in tests/test_apg.py and tests/test_baselines.py):
   own input (the paper's self-wise, no domain beyond the input's domain field), ``"mix"`` on both.
 * **Which layers are generated.** Every hidden layer; the output layer (N = num_tasks, so K <= 1)
   is a plain shared Linear, one logit per task (APG has no towers).
-* **Defaults** (the paper gives no single setting): K = 8, P = 64 (over-parameterised), a generator
-  with one hidden layer of 64, shared U, V.
+* **Defaults** (ours, not tuned): K = 8, P = 64 (over-parameterised), a generator with one hidden
+  layer of 64, shared U, V, the hidden widths of the other baselines ([256, 128, 64]).
 """
 
 from __future__ import annotations

@@ -53,8 +53,12 @@ CONDITION_KINDS: tuple[str, ...] = ("group", "self", "mix")
 
 def _linear_draw(rows: int, columns: int) -> torch.Tensor:
     """[rows, columns] drawn as ``nn.Linear(columns, rows).weight`` is (uniform in ±1/sqrt(columns))."""
-    bound = 1.0 / math.sqrt(columns)
-    return torch.empty(rows, columns).uniform_(-bound, bound)
+    return _uniform([rows, columns], columns)
+
+
+def _uniform(shape: list[int], fan_in: int) -> torch.Tensor:
+    bound = 1.0 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound)
 
 
 class GeneratedLinear(nn.Module):
@@ -96,7 +100,7 @@ class GeneratedLinear(nn.Module):
             self.v_left, self.v_right = nn.Parameter(_linear_draw(k, p)), nn.Parameter(_linear_draw(p, m))
         elif generation == "shared":
             self.u, self.v = nn.Parameter(_linear_draw(n, k)), nn.Parameter(_linear_draw(k, m))
-        self.bias = None if generate_bias else nn.Parameter(_linear_draw(n, m)[:, 0].clone())  # nn.Linear's range
+        self.bias = None if generate_bias else nn.Parameter(_uniform([n], m))  # nn.Linear's bias range
 
     def shared_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared U [N, K] and V [K, M] (``"shared"`` only); multiplied out when over-parameterised."""
@@ -111,7 +115,7 @@ class GeneratedLinear(nn.Module):
         return [flat[:, end - size:end].reshape([-1, *shape])
                 for end, size, shape in zip(ends, self.sizes, self.shapes)]
 
-    def weight(self, condition: torch.Tensor) -> torch.Tensor:
+    def row_weights(self, condition: torch.Tensor) -> torch.Tensor:
         """Each row's whole W_i [B, N, M] (for inspection and tests; forward never forms it)."""
         generated = self.generate(condition)
         if self.generation == "full":
