@@ -3,9 +3,9 @@ Prediction"): a DNN whose every hidden layer's weight is generated per sample fr
 
     x   = [fields, domain embedding, dense, mean-pooled sequences]     the baselines' flat input [B, M_0]
     z_i = [e_domain(i), e_f(i) for f in domain_features]              the condition (group-wise) [B, C]
-    h^l = ReLU(U_l S_l(z_i) V_l h^{l-1} + b_l),   S_l(z) = reshape(G_l(z)) [K, K]    (§3.2-3.3)
+    h^l = ReLU(U_l S_l(z_i) V_l h^{l-1} + b_l),   S_l(z) = reshape(G_l(z)) [K, K]
           computed as U_l (S_l (V_l h)): O(M K + K^2 + K N) per row, never the N x M matrix
-    U_l = U^l_l U^r_l,  V_l = V^l_l V^r_l   when over_rank P > 0                      (§3.4)
+    U_l = U^l_l U^r_l,  V_l = V^l_l V^r_l   when over_rank P > 0 (over-parameterisation)
     logits = W_o h^L + b_o                                                             [B, num_tasks]
 
 The generated layers are :class:`~torchrec_mdr.models.blocks.GeneratedMLP` (``blocks/generated.py``,

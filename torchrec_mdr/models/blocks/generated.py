@@ -1,26 +1,29 @@
 """Layers whose weights are generated per sample from a condition (APG, Yan et al., NeurIPS 2022,
-"APG: Adaptive Parameter Generation Network for Click-Through Rate Prediction", §3).
+"APG: Adaptive Parameter Generation Network for Click-Through Rate Prediction"; the parts below
+carry the paper's names for them).
 
 A plain layer applies the same ``W`` to every row; a generated layer applies ``W_i = G(z_i)``, made
 by a small generator network G from the row's condition ``z_i``:
 
-    basic APG                 W_i = reshape(G(z_i)),            y_i = W_i x_i + b       (§3.1, eqs 1-2)
-    low-rank                  W_i = U_i S_i V_i,  U_i [N, K], S_i [K, K], V_i [K, M]     (§3.2)
+    basic APG                 W_i = reshape(G(z_i)),            y_i = W_i x_i + b
+    low-rank parameterisation W_i = U_i S_i V_i,  U_i [N, K], S_i [K, K], V_i [K, M]
     decomposed feed-forward   y_i = U_i (S_i (V_i x_i)) + b      (never forms the N x M matrix)
     parameter sharing         W_i = U S_i V: U, V learned and shared by all rows, only S_i is
-                              generated (common patterns in U, V; the row's own in S_i)  (§3.3)
+                              generated (common patterns in U, V; the row's own in S_i)
     over-parameterisation     U = U^l U^r, V = V^l V^r with U^l [N, P], U^r [P, K],
                               V^l [K, P], V^r [P, M], P >= K: more parameters in training, the
-                              same U, V (and cost) once multiplied out              (§3.4)
+                              same U, V (and cost) once multiplied out
 
 with x_i [M] the layer input, y_i [N] the output. Per row, the shared form costs O(MK + K^2 + KN)
 multiply-adds and the generator emits K^2 numbers (basic APG: O(MN) and M N numbers).
 ``generation`` picks the form: ``"shared"`` (the paper's full APG, the default), ``"specific"``
 (U_i, S_i, V_i all generated) or ``"full"`` (basic APG).
 
-The condition (§3.1, "condition design"): ``"group"`` — a vector given by the caller, the same
-for every layer (the domain embedding, a user-group embedding); ``"self"`` — the layer's own input
-``x_i``; ``"mix"`` — both concatenated, ``[z_i, x_i]``. Every layer has its own generator.
+The condition (the paper's group-wise, mix-wise and self-wise strategies): ``"group"`` — a vector
+given by the caller, the same for every layer (the domain embedding, a user-group embedding);
+``"self"`` — the layer's own input ``x_i``; ``"mix"`` — our reading of mix-wise (several factors
+combined): the given vector and the layer input concatenated, ``[z_i, x_i]``. Every layer has its
+own generator.
 
 Choices where the paper is silent (pinned in tests/test_apg.py):
 
