@@ -1,4 +1,4 @@
-"""The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet (tiny hand-made features)."""
+"""The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM (tiny hand-made features)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, from_dict
+from torchrec_mdr.models.apg import APGArch, APGConfig
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
@@ -38,6 +39,10 @@ def features(domain: list[int] | None = None, seed: int = 1) -> EmbeddedFeatures
 
 
 ARCHS = {
+    "apg": lambda: APGArch(layout(), APGConfig(hidden=[8, 6], rank=3, over_rank=5, generator_hidden=[5],
+                                               domain_features=["user_activity"])),
+    "apg_mix_specific": lambda: APGArch(layout(), APGConfig(hidden=[8, 6], rank=2, generation="specific",
+                                                            over_rank=0, condition="mix")),
     "deepfm": lambda: DeepFMArch(layout(), DeepFMConfig(hidden=[8, 6])),
     "shared_bottom": lambda: SharedBottomArch(layout(), SharedBottomConfig(bottom_hidden=[8, 6], tower_hidden=[5])),
     "mmoe": lambda: MMoEArch(layout(), MMoEConfig(num_experts=3, expert_hidden=[8, 6], tower_hidden=[5])),

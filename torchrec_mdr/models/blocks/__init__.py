@@ -14,6 +14,8 @@ module             blocks
 ``stacked``        per-domain / per-expert layers: :func:`select_domain`, :class:`StackedLinear`,
                    :class:`StackedMLP`, :class:`DomainTowers`
 ``norm``           :class:`DomainBatchNorm` (DSBN, STAR's partitioned normalisation)
+``generated``      weights generated per row from a condition (APG): :class:`GeneratedLinear` (W_i = U S_i V,
+                   decomposed feed-forward), :class:`GeneratedMLP`
 =================  =====================================================================================
 
 Named id fields (a model option such as ``domain_features``) are resolved by
@@ -23,6 +25,7 @@ Named id fields (a model option such as ``domain_features``) are resolved by
 from torchrec_mdr.models.blocks.attention import (ATTENTION_KINDS, AttentionKind, AttentionOptions, CoActionUnit,
                                                   DINAttention, MultiHeadTargetAttention, build_attention,
                                                   check_attention_kind)
+from torchrec_mdr.models.blocks.generated import GeneratedLinear, GeneratedMLP
 from torchrec_mdr.models.blocks.inputs import ContextInput, FlatInput
 from torchrec_mdr.models.blocks.mlp import MLP
 from torchrec_mdr.models.blocks.norm import DomainBatchNorm
@@ -31,7 +34,7 @@ from torchrec_mdr.models.blocks.stacked import DomainTowers, StackedLinear, Stac
 
 __all__ = [
     "ATTENTION_KINDS", "AttentionKind", "AttentionOptions", "CoActionUnit", "ContextInput", "DINAttention",
-    "DomainBatchNorm", "DomainTowers", "FlatInput", "MLP", "MultiHeadTargetAttention", "QueryProjection",
-    "SequenceAttention", "SequencePooling", "StackedLinear", "StackedMLP", "build_attention",
-    "check_attention_kind", "masked_mean", "select_domain",
+    "DomainBatchNorm", "DomainTowers", "FlatInput", "GeneratedLinear", "GeneratedMLP", "MLP",
+    "MultiHeadTargetAttention", "QueryProjection", "SequenceAttention", "SequencePooling", "StackedLinear",
+    "StackedMLP", "build_attention", "check_attention_kind", "masked_mean", "select_domain",
 ]
