@@ -182,3 +182,14 @@ def test_options_table_pairs_the_option_with_the_default_and_the_bare_model(tmp_
     assert "| psrg × 3 | 0.7205 | 0.7100 | +0.0105 ± 0.0005 (6/6, p=0.0312) **wins** |" in row
     assert "-0.0095 ± 0.0005 (0/6, p=0.0312) **loses** vs ADS w/o PCRG & PSRG" in row
     assert "identity_noise" not in table  # not run: no row
+
+
+def test_evals_per_epoch_sets_the_evaluation_clock(tmp_path):
+    from torchrec_mdr.bench.proof import dataset, overrides
+
+    options = ProofBenchOptions(out=tmp_path, work=tmp_path, rows=2000, users=50, items=200, seq_length=4,
+                                batch_size=100, max_epochs=1, evals_per_epoch=4)
+    data = dataset(options, 0, "none")
+    epoch_steps = -(-DatasetSpec.load(data).splits["train"].rows // 100)
+    args = overrides(options, PAIRS["psrg"][0], data, 0)
+    assert f"train.eval_every={-(-epoch_steps // 4)}" in args and f"train.max_steps={epoch_steps}" in args

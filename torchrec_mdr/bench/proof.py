@@ -75,10 +75,11 @@ def overrides(options: ProofBenchOptions, variant: Variant, data: Path, seed: in
 
     train_rows = DatasetSpec.load(data).splits["train"].rows
     epoch_steps = math.ceil(train_rows / options.batch_size)
+    every = math.ceil(epoch_steps / options.evals_per_epoch)
     return [f"data.path={data}", f"data.batch_size={options.batch_size}", f"data.seed={seed}",
             f"model.name={variant.model}", f"model.embedding_dim={options.embedding_dim}",
-            f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.log_every={epoch_steps}",
-            f"train.max_steps={options.max_epochs * epoch_steps}", f"train.eval_every={epoch_steps}",
+            f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.log_every={every}",
+            f"train.max_steps={options.max_epochs * epoch_steps}", f"train.eval_every={every}",
             "train.early_stopping.enabled=true", "train.early_stopping.metric=auc",
             f"train.early_stopping.patience={options.patience}", *variant.overrides]
 

@@ -104,6 +104,7 @@ def _command(options: "ProofBenchOptions", suite: str) -> str:
             f"--rows {options.rows} --users {options.users} --items {options.items} --seq-length "
             f"{options.seq_length} --max-epochs {options.max_epochs} --patience {options.patience} "
             f"--batch-size {options.batch_size} --matrix {options.matrix}"
+            + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else "")
             + (f" --scale-rows {' '.join(str(r) for r in options.scale_rows)}" if suite == "scaling" else ""))
 
 

@@ -98,8 +98,11 @@ class ProofBenchOptions:
         gt=0, help="dose suite: each mechanism's own knob at these strengths (1 = the specificity suite's "
                    "dataset, 0 = none; both are pooled into the dose table when run)"))
     max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
-    patience: int = field(default=2, metadata=bounds(ge=1, help="epochs without a better validation AUC "
+    patience: int = field(default=2, metadata=bounds(ge=1, help="evaluations without a better validation AUC "
                                                                 "before stopping"))
+    evals_per_epoch: int = field(default=1, metadata=bounds(ge=1, help=(
+        "validation evaluations per epoch (early stopping's clock); with --max-epochs 1 and many rows every row "
+        "is seen once: the fresh-data regime, free of the one-epoch overfitting of ID embeddings")))
     batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch"))
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
     matrix: str = field(default="full", metadata=doc(
