@@ -211,3 +211,14 @@ def test_a_rank_of_at_least_the_cross_width_is_rejected(cross_type):
         DCNv2Arch(layout(), DCNv2Config(cross_type=cross_type, low_rank=WIDTH))
     DCNv2Arch(layout(), DCNv2Config(cross_type=cross_type, low_rank=WIDTH - 1))
     DCNv2Arch(layout(), DCNv2Config(cross_type="full", low_rank=WIDTH))  # the rank is unused by full layers
+
+
+@pytest.mark.parametrize("cross_type", ["full", "low_rank", "mixture"])
+def test_cross_layers_start_with_zero_biases_and_bias_free_gates(cross_type):
+    torch.manual_seed(0)
+    cross = cross_network(WIDTH, DCNv2Config(cross_type=cross_type, low_rank=4, num_experts=3))
+    assert all(torch.equal(b, torch.zeros_like(b)) for b in cross.bias)
+    kernels = [p for n, p in cross.named_parameters() if "kernels" in n]
+    assert kernels and all(p.abs().sum() > 0 for p in kernels)
+    if cross_type == "mixture":
+        assert all(gate.bias is None for gate in cross.gates)
