@@ -8,6 +8,7 @@ from torch import nn
 
 from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.models.apg import APGArch, APGConfig
+from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
@@ -44,6 +45,9 @@ ARCHS = {
     "apg_mix_specific": lambda: APGArch(layout(), APGConfig(hidden=[8, 6], rank=2, generation="specific",
                                                             over_rank=0, condition="mix")),
     "deepfm": lambda: DeepFMArch(layout(), DeepFMConfig(hidden=[8, 6])),
+    "dcnv2": lambda: DCNv2Arch(layout(), DCNv2Config(cross_layers=2, hidden=[8, 6])),
+    "dcnv2_stacked_mixture": lambda: DCNv2Arch(layout(), DCNv2Config(structure="stacked", cross_type="mixture",
+                                                                     low_rank=4, num_experts=2, hidden=[8])),
     "shared_bottom": lambda: SharedBottomArch(layout(), SharedBottomConfig(bottom_hidden=[8, 6], tower_hidden=[5])),
     "mmoe": lambda: MMoEArch(layout(), MMoEConfig(num_experts=3, expert_hidden=[8, 6], tower_hidden=[5])),
     "ple": lambda: PLEArch(layout(), PLEConfig(num_levels=2, num_shared_experts=2, num_specific_experts=2,
