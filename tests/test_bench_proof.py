@@ -193,3 +193,23 @@ def test_evals_per_epoch_sets_the_evaluation_clock(tmp_path):
     epoch_steps = -(-DatasetSpec.load(data).splits["train"].rows // 100)
     args = overrides(options, PAIRS["psrg"][0], data, 0)
     assert f"train.eval_every={-(-epoch_steps // 4)}" in args and f"train.max_steps={epoch_steps}" in args
+
+
+def test_movielens_suite_trains_every_model_per_seed_and_tables_them_against_their_bases(tmp_path):
+    from test_convert_movielens import write_ml100k
+
+    from torchrec_mdr.bench.proof_report import write_movielens
+
+    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=3, seeds=2,
+                                suites=["movielens"], movielens_src=write_ml100k(tmp_path / "ml-100k"))
+    jobs = planned_jobs(options)
+    assert sorted((v.label, d.name, s) for v, d, s in jobs) == sorted(
+        (v.label, "ml-100k", s) for v in MODELS for s in range(2))  # one dataset: worlds do not multiply
+    assert DatasetSpec.load(jobs[0][1]).domain_names == ["age<25", "age25-34", "age>=35"]
+    results = {(v.label, "ml-100k", s): {"auc": 0.70 + 0.01 * i + 0.001 * s} for i, v in enumerate(MODELS)
+               for s in range(2)}
+    options.out.mkdir()
+    table = write_movielens(options, results).read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    din, ads = rows["DIN"], rows["ADS"]
+    assert din.startswith("| DIN | 0.7105 ± 0.0007 |") and "| DIN | +0.0100 ± 0.0000 (2/2)" in ads

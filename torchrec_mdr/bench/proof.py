@@ -18,6 +18,8 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
 * ``options`` — the options whose defaults item 5 questions (:data:`OPTIONS`: PSRG's ``W_shared``
   initialisation on the psrg effect at ``doses``, SFPNet's S-DNN gate scale on ``all``), each paired with
   the default model;
+* ``movielens`` — the ``models`` suite's models on real MovieLens-100K (age-group domains), ``seeds``
+  seeds, same protocol: mean ± sd and the paired test against each model's base;
 * ``probes`` — no training: what the specificity runs' mechanisms learned, measured against the planted
   parameters (:mod:`torchrec_mdr.bench.proof_probes`);
 * ``scaling`` — DNN, DIN, ADS, SFPNet on world 0 with every effect planted at ``scale_rows`` rows (first
@@ -67,6 +69,21 @@ def dataset(options: ProofBenchOptions, world: int, effect: str, dose: float = 1
                         categories=max(3, options.items // 25), brands=max(1, options.items // 10),
                         seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),
                         seed=world, version=2, overwrite=True, **knobs))
+    return path
+
+
+def movielens(options: ProofBenchOptions) -> Path:
+    """MovieLens-100K (domains = user age groups, click = rating >= 4, split by time), converted once."""
+    from data_prep.movielens import Options, convert
+    from torchrec_mdr.config import ConfigError
+    from torchrec_mdr.data.spec import SPEC_FILE
+
+    path = options.work / "ml-100k"
+    if not (path / SPEC_FILE).exists():
+        if not options.movielens_src.exists():
+            raise ConfigError(f"--movielens-src {options.movielens_src} does not exist; get it with "
+                              "`pip download --no-deps recbole==1.2.1 -d data/cache` (see the README)")
+        convert(Options(src=options.movielens_src, out=path, overwrite=True))
     return path
 
 
@@ -165,6 +182,8 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
                         jobs += [(v, data, seed) for v in PAIRS[mechanism]]
             if "options" in options.suites:
                 jobs += [(with_v, data, seed) for with_v, data in option_datasets(options, world)]
+            if "movielens" in options.suites and world == 0:  # one real dataset: seeds only
+                jobs += [(v, movielens(options), seed) for v in MODELS]
             if {"ablation", "models"} & set(options.suites):
                 data = dataset(options, world, "all")
                 chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
@@ -194,6 +213,8 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
         written["curves"] = report.write_curves(options)
     if "scaling" in options.suites:
         written["scaling"] = report.write_scaling(options, results)
+    if "movielens" in options.suites:
+        written["movielens"] = report.write_movielens(options, results)
     if "dose" in options.suites:
         written["dose"] = report.write_dose(options, results)
     if "options" in options.suites:

@@ -10,7 +10,7 @@ from pathlib import Path
 from torchrec_mdr.bench.accuracy import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
 
-SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose", "probes", "options")
+SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose", "probes", "options", "movielens")
 EFFECTS: tuple[str, ...] = ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")
 MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
 
@@ -94,6 +94,8 @@ class ProofBenchOptions:
     seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length"))
     scale_rows: list[int] = field(default_factory=lambda: [100_000, 300_000, 1_000_000], metadata=bounds(
         ge=1000, help="rows of the scaling suite's datasets (world 0, every effect planted, first seed only)"))
+    movielens_src: Path = field(default=Path("data/cache/recbole-1.2.1-py3-none-any.whl"), metadata=doc(
+        "movielens suite: the MovieLens-100K source (the RecBole wheel ships it; see the README)"))
     doses: list[float] = field(default_factory=lambda: [3.0], metadata=bounds(
         gt=0, help="dose suite: each mechanism's own knob at these strengths (1 = the specificity suite's "
                    "dataset, 0 = none; both are pooled into the dose table when run)"))
