@@ -31,6 +31,7 @@ from torchrec_mdr.models.ads import ADSArch, ADSConfig
 from torchrec_mdr.models.din import DINArch, DINConfig
 from torchrec_mdr.models.dnn import DNNArch, DNNConfig
 from torchrec_mdr.models.features import FeatureLayout
+from torchrec_mdr.models.m2m import M2MArch, M2MConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import PEPNetArch, PEPNetConfig
 from torchrec_mdr.models.ple import PLEArch, PLEConfig
@@ -70,6 +71,8 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
     ModelEntry("pepnet", PEPNetArch, PEPNetConfig, "PEPNet: EPNet domain gates on embeddings, PPNet user gates "
                                                    "on towers"),
     ModelEntry("deepfm", DeepFMArch, DeepFMConfig, "DeepFM: FM (first + second order) and a DNN over the same fields"),
+    ModelEntry("m2m", M2MArch, M2MConfig, "M2M: experts, scenario-generated meta attention and residual meta "
+                                          "towers per task"),
     ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch"),
     ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction"),
 )}
