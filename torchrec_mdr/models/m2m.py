@@ -151,7 +151,7 @@ class M2MArch(nn.Module):
         dim, view = layout.embedding_dim, config.view_dim
         self.num_tasks, self.num_experts = layout.num_tasks, config.num_experts
         if config.sequence_pooling == "mean":
-            self.input: nn.Module = FlatInput(layout)
+            self.input: ContextInput = FlatInput(layout)
             self.pooling = None
             width = self.input.width
         else:
