@@ -153,8 +153,8 @@ def test_logit_is_prediction_of_meta_tower_of_attended_experts():
     for t in range(T):
         mixed = (alpha[:, t, :, None] * experts).sum(1)  # R_t = Σ_i α_{t,i} E_i
         tower = arch.towers[t](mixed, scenario)
-        expected = tower @ arch.prediction.weight[t] + arch.prediction.bias[t]
-        torch.testing.assert_close(logits[:, t], expected[:, 0])
+        expected = tower @ arch.prediction_weight[t] + arch.prediction_bias[t]
+        torch.testing.assert_close(logits[:, t], expected)
 
 
 def test_a_task_owns_its_tower():

@@ -51,8 +51,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import (AttentionOptions, ContextInput, FlatInput, SequencePooling, StackedLinear,
-                                        StackedMLP)
+from torchrec_mdr.models.blocks import AttentionOptions, ContextInput, FlatInput, SequencePooling, StackedMLP
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 SEQUENCE_POOLING = ("mean", "mha")
@@ -168,7 +167,9 @@ class M2MArch(nn.Module):
         self.attention_vector = nn.Linear(2 * view, 1, bias=False)  # v_a
         self.towers = nn.ModuleList(MetaTower(view, view, config.tower_layers, config.meta_layers,
                                               config.negative_slope) for _ in range(layout.num_tasks))
-        self.prediction = StackedLinear(layout.num_tasks, view, 1)
+        bound = 1.0 / math.sqrt(view)  # nn.Linear(v, 1)'s initialisation, one per task
+        self.prediction_weight = nn.Parameter(torch.empty(layout.num_tasks, view).uniform_(-bound, bound))
+        self.prediction_bias = nn.Parameter(torch.empty(layout.num_tasks).uniform_(-bound, bound))
 
     def backbone(self, features: EmbeddedFeatures) -> torch.Tensor:
         """x [B, W]: the experts' shared input."""
@@ -201,4 +202,4 @@ class M2MArch(nn.Module):
         alpha = self.meta_attention(experts, self.task_views(), scenario)
         mixed = torch.einsum("bte,bev->btv", alpha, experts)  # R [B, T, v]
         towers = torch.stack([tower(mixed[:, t], scenario) for t, tower in enumerate(self.towers)], dim=1)
-        return self.prediction(towers).squeeze(2)  # [B, T]
+        return (towers * self.prediction_weight).sum(2) + self.prediction_bias  # logit_t = w_t · L_t + b_t [B, T]
