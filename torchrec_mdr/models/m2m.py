@@ -189,7 +189,7 @@ class M2MArch(nn.Module):
     def meta_attention(self, experts: torch.Tensor, tasks: torch.Tensor,
                        scenario: torch.Tensor) -> torch.Tensor:
         """α [B, T, E]: each task's softmax over the experts, scored by the meta unit of [E_i ⊕ T_t]."""
-        num_tasks, num_experts = self.num_tasks, self.num_experts  # ints: no size read from the batch
+        num_tasks, num_experts = self.num_tasks, self.num_experts  # ints fixed at build: only B comes from a tensor
         pairs = torch.cat([experts.unsqueeze(1).expand(-1, num_tasks, -1, -1),
                            tasks.view(1, num_tasks, 1, -1).expand(experts.shape[0], -1, num_experts, -1)], dim=3)
         hidden = self.attention_unit(pairs.flatten(1, 2), scenario)  # [B, T * E, 2v]
