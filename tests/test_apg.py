@@ -13,7 +13,7 @@ import torch
 
 from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.models.apg import APGArch, APGConfig
-from torchrec_mdr.models.blocks import GeneratedLinear, GeneratedMLP
+from torchrec_mdr.models.blocks import GeneratedLinear, GeneratedMLP, TargetAttentionConfig, masked_mean
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.registry import ModelConfig
 
@@ -175,13 +175,29 @@ def test_arch_is_generated_layers_over_the_flat_input_conditioned_on_the_domain(
     z = arch.condition(batch)
     torch.testing.assert_close(z, torch.cat([arch.input.domain_embedding.weight[batch.domain],
                                              batch.fields[:, 2]], dim=1))
-    h = arch.input(batch)
+    sequence = batch.sequences[0]
+    h = torch.cat([arch.input(batch), masked_mean(sequence.keys, sequence.mask)], dim=1)  # the flat input
     for layer in arch.mlp.layers:
         h = torch.relu(explicit(layer, h, z))
     expected = h @ arch.output.weight.T + arch.output.bias
     logits = arch(batch)
     assert logits.shape == (B, T)
     torch.testing.assert_close(logits, expected)
+
+
+def test_a_target_attention_backbone_replaces_the_mean_pooling():
+    """backbone = din: the input is [context, DIN-pooled sequence] ('DIN +APG'); mha widens it to its heads."""
+    torch.manual_seed(0)
+    arch = APGArch(layout(), APGConfig(hidden=[6], rank=2, backbone="din")).eval()
+    batch = features()
+    h = torch.cat([arch.input(batch), arch.pooling[0](batch.sequences[0])], dim=1)
+    z = arch.condition(batch)
+    expected = torch.relu(explicit(arch.mlp.layers[0], h, z)) @ arch.output.weight.T + arch.output.bias
+    torch.testing.assert_close(arch(batch), expected)
+    mha = APGArch(layout(), APGConfig(hidden=[6], backbone="mha", attention=TargetAttentionConfig(heads=3, head_dim=4)))
+    assert mha.mlp.layers[0].in_features == mha.input.width + 3 * 4
+    with pytest.raises(ConfigError, match="model.apg.backbone: 'gru'"):
+        APGArch(layout(), APGConfig(backbone="gru"))
 
 
 def test_rows_with_the_same_condition_share_their_weights():
@@ -202,9 +218,10 @@ def test_rows_with_the_same_condition_share_their_weights():
 def test_self_condition_ignores_the_domain_vector():
     torch.manual_seed(0)
     arch = APGArch(layout(), APGConfig(hidden=[6, 4], rank=2, condition="self", over_rank=0)).eval()
-    assert arch.mlp.layers[0].generator[0].in_features == arch.input.width
+    assert arch.mlp.layers[0].generator[0].in_features == arch.input.width + 2 * D  # context + pooled sequence
     batch = features()
-    h = arch.input(batch)
+    sequence = batch.sequences[0]
+    h = torch.cat([arch.input(batch), masked_mean(sequence.keys, sequence.mask)], dim=1)
     for layer in arch.mlp.layers:
         h = torch.relu(explicit(layer, h, h))
     torch.testing.assert_close(arch(batch), arch.output(h))

@@ -63,6 +63,9 @@ ARCHS = {
     "star": lambda: STARArch(layout(), STARConfig(hidden=[8, 6], auxiliary_hidden=[5])),
     "pepnet": lambda: PEPNetArch(layout(), PEPNetConfig(hidden=[8, 6], gate_hidden=5,
                                                         domain_features=["user_activity"])),
+    # method models on a target-attention backbone (the ADS paper's "DIN +PEPNet" rows)
+    "pepnet_din": lambda: PEPNetArch(layout(), PEPNetConfig(hidden=[8, 6], gate_hidden=5, backbone="din")),
+    "apg_can": lambda: APGArch(layout(), APGConfig(hidden=[8], rank=2, over_rank=0, backbone="can")),
 }
 
 

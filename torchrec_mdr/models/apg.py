@@ -1,7 +1,8 @@
 """APG (Yan et al., NeurIPS 2022, "APG: Adaptive Parameter Generation Network for Click-Through Rate
 Prediction"): a DNN whose every hidden layer's weight is generated per sample from a condition.
 
-    x   = [fields, domain embedding, dense, mean-pooled sequences]     the baselines' flat input [B, M_0]
+    x   = [fields, domain embedding, dense, pooled sequences]         the baselines' flat input [B, M_0]
+          (sequences mean-pooled; ``backbone = din / mha / can``: pooled by that target attention)
     z_i = [e_domain(i), e_f(i) for f in domain_features]              the condition (group-wise) [B, C]
     h^l = ReLU(U_l S_l(z_i) V_l h^{l-1} + b_l),   S_l(z) = reshape(G_l(z)) [K, K]
           computed as U_l (S_l (V_l h)): O(M K + K^2 + K N) per row, never the N x M matrix
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import FlatInput, GeneratedMLP
+from torchrec_mdr.models.blocks import ContextInput, GeneratedMLP, TargetAttentionConfig, sequence_summary
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -60,6 +61,10 @@ class APGConfig:
         ge=1, help="hidden widths of each layer's generator MLP ([]: a linear generator)"))
     generate_bias: bool = field(default=False, metadata=doc("generate each layer's bias too (default: shared)"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
+    backbone: str = field(default="mean", metadata=doc(
+        "how each behaviour sequence enters the input: mean (mean-pooled, as the other DNN baselines) or a target "
+        "attention, din / mha / can (APG on a sequence backbone, e.g. 'DIN +APG')"))
+    attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.apg: ") in front
         if self.over_rank and self.generation != "shared":
@@ -84,11 +89,13 @@ class APGArch(nn.Module):
         except ConfigError as error:
             raise ConfigError(f"model.apg: {error}") from None
         self.domain_fields = layout.field_indices(config.domain_features, "model.apg.domain_features")
-        self.input = FlatInput(layout)
+        self.input = ContextInput(layout)
+        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("din"),
+                                        "model.apg.backbone")
         condition_width = layout.embedding_dim * (1 + len(self.domain_fields))
-        self.mlp = GeneratedMLP(self.input.width, config.hidden, condition_width, config.condition, config.rank,
-                                config.generation, config.over_rank, config.generator_hidden,
-                                config.generate_bias, config.dropout)
+        self.mlp = GeneratedMLP(self.input.width + self.pooling.out_features, config.hidden, condition_width,
+                                config.condition, config.rank, config.generation, config.over_rank,
+                                config.generator_hidden, config.generate_bias, config.dropout)
         self.output = nn.Linear(self.mlp.out_features, layout.num_tasks)
 
     def condition(self, features: EmbeddedFeatures) -> torch.Tensor:
@@ -97,4 +104,5 @@ class APGArch(nn.Module):
                           features.fields[:, self.domain_fields].flatten(1)], dim=1)
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
-        return self.output(self.mlp(self.input(features), self.condition(features)))
+        x = torch.cat([self.input(features), *self.pooling(features.sequences)], dim=1)  # the flat input with "mean"
+        return self.output(self.mlp(x, self.condition(features)))

@@ -13,8 +13,10 @@ How the paper maps onto this library (multi-domain, usually single-task data):
 * **Domains enter through EPNet.** ``E(F_d)`` is the domain-id embedding (this arch's own table)
   ⊕ the embeddings of ``domain_features`` (e.g. an implicit domain feature such as an activity
   bucket; default none). ``E``, the general embeddings, are the id-field embeddings and each
-  sequence group's mean-pooled behaviours (the same inputs :class:`~torchrec_mdr.models.blocks.FlatInput`
-  gives the other baselines); the dense features join the tower input ungated. The gate input
+  sequence group's behaviours mean-pooled (the same inputs :class:`~torchrec_mdr.models.blocks.FlatInput`
+  gives the other baselines) or, with ``backbone = din / mha / can``, pooled by that target attention
+  (the candidate attends to the behaviours before EPNet gates the result: the ADS paper's
+  "DIN +PEPNet"); the dense features join the tower input ungated. The gate input
   holds ``E`` detached (stop-gradient), so the embeddings learn only through the gated path.
   ``epnet_gate = "field"`` (default) gives one gate per field (each field embedding re-weighted
   as a whole, the reading of the paper's "feature importance"), ``"element"`` one per embedding
@@ -38,7 +40,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import StackedLinear, masked_mean
+from torchrec_mdr.models.blocks import StackedLinear, TargetAttentionConfig, sequence_summary
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -56,6 +58,10 @@ class PEPNetConfig:
     epnet_gate: Literal["field", "element"] = field(
         default="field", metadata=doc("EPNet gate granularity: one per field or one per embedding element"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
+    backbone: str = field(default="mean", metadata=doc(
+        "how each behaviour sequence becomes one EPNet slot: mean (mean-pooled, the paper's DNN form) or a target "
+        "attention, din / mha / can (the ADS paper's 'DIN +PEPNet', 'MHA +PEPNet', 'CAN +PEPNet')"))
+    attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
 
 
 class GateNU(nn.Module):
@@ -149,7 +155,9 @@ class PEPNetArch(nn.Module):
         prior_names = (config.prior_features if config.prior_features is not None
                        else [name for name in layout.fields if name.startswith("user")])
         self.prior_fields = layout.field_indices(prior_names, "model.pepnet.prior_features")
-        slot_widths = [dim] * len(layout.fields) + [layout.sequence_width(s) for s in layout.sequences]
+        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("din"),
+                                        "model.pepnet.backbone")
+        slot_widths = [dim] * len(layout.fields) + list(self.pooling.group_widths)
         if not slot_widths:
             raise ConfigError("model.pepnet: the dataset has no id fields or sequences for EPNet to gate")
         general_width = sum(slot_widths)
@@ -162,7 +170,7 @@ class PEPNetArch(nn.Module):
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         fields = features.fields
-        general = torch.cat([fields.flatten(1), *(masked_mean(s.keys, s.mask) for s in features.sequences)], dim=1)
+        general = torch.cat([fields.flatten(1), *self.pooling(features.sequences)], dim=1)
         domain_side = torch.cat([self.domain_embedding(features.domain),
                                  fields[:, self.domain_fields].flatten(1)], dim=1)
         personalised, _ = self.epnet(general, domain_side)

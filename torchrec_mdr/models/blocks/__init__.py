@@ -8,7 +8,8 @@ module             blocks
                    and its options (:class:`AttentionOptions`): :class:`DINAttention`,
                    :class:`MultiHeadTargetAttention`, :class:`CoActionUnit`
 ``sequence``       :func:`masked_mean`, :class:`QueryProjection`, :class:`SequenceAttention` (one group:
-                   query projection + attention), :class:`SequencePooling` (every group of a layout)
+                   query projection + attention), :class:`SequencePooling` (every group of a layout),
+                   :class:`MeanPooling`, :func:`sequence_summary` (``"mean"`` or an attention kind, by name)
 ``inputs``         :class:`ContextInput` (fields, domain-id embedding, dense; its ``width``),
                    :class:`FlatInput` (the context and the mean-pooled sequences)
 ``stacked``        per-domain / per-expert layers: :func:`select_domain`, :class:`StackedLinear`,
@@ -23,18 +24,20 @@ Named id fields (a model option such as ``domain_features``) are resolved by
 """
 
 from torchrec_mdr.models.blocks.attention import (ATTENTION_KINDS, AttentionKind, AttentionOptions, CoActionUnit,
-                                                  DINAttention, MultiHeadTargetAttention, build_attention,
-                                                  check_attention_kind)
+                                                  DINAttention, MultiHeadTargetAttention, TargetAttentionConfig,
+                                                  build_attention, check_attention_kind)
 from torchrec_mdr.models.blocks.generated import GeneratedLinear, GeneratedMLP
 from torchrec_mdr.models.blocks.inputs import ContextInput, FlatInput
 from torchrec_mdr.models.blocks.mlp import MLP
 from torchrec_mdr.models.blocks.norm import DomainBatchNorm
-from torchrec_mdr.models.blocks.sequence import QueryProjection, SequenceAttention, SequencePooling, masked_mean
+from torchrec_mdr.models.blocks.sequence import (SEQUENCE_BACKBONES, MeanPooling, QueryProjection, SequenceAttention,
+                                                 SequencePooling, masked_mean, sequence_summary)
 from torchrec_mdr.models.blocks.stacked import DomainTowers, StackedLinear, StackedMLP, select_domain
 
 __all__ = [
     "ATTENTION_KINDS", "AttentionKind", "AttentionOptions", "CoActionUnit", "ContextInput", "DINAttention",
-    "DomainBatchNorm", "DomainTowers", "FlatInput", "GeneratedLinear", "GeneratedMLP", "MLP",
-    "MultiHeadTargetAttention", "QueryProjection", "SequenceAttention", "SequencePooling", "StackedLinear",
-    "StackedMLP", "build_attention", "check_attention_kind", "masked_mean", "select_domain",
+    "DomainBatchNorm", "DomainTowers", "FlatInput", "GeneratedLinear", "GeneratedMLP", "MLP", "MeanPooling",
+    "MultiHeadTargetAttention", "QueryProjection", "SEQUENCE_BACKBONES", "SequenceAttention", "SequencePooling",
+    "StackedLinear", "StackedMLP", "TargetAttentionConfig", "build_attention", "check_attention_kind",
+    "masked_mean", "select_domain", "sequence_summary",
 ]

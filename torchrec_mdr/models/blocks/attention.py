@@ -19,7 +19,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from torchrec_mdr.config import ConfigError
+from torchrec_mdr.config import ConfigError, bounds
 from torchrec_mdr.models.blocks.mlp import MLP
 
 AttentionKind = Literal["din", "mha", "can"]
@@ -46,6 +46,24 @@ class AttentionOptions:
         """The attention for queries and keys of width ``dim``; ``.out_features`` is its output width."""
         return build_attention(self.kind, dim, din_hidden=self.din_hidden, heads=self.heads,
                                head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
+
+
+@dataclass
+class TargetAttentionConfig:
+    """A model's ``<model>.attention`` section: the options of whichever target attention it runs (each kind
+    reads its own keys); :meth:`options` turns it into :class:`AttentionOptions` of a chosen kind."""
+
+    din_hidden: list[int] = field(default_factory=lambda: [64, 32], metadata=bounds(
+        ge=1, help="DIN: the scorer MLP's widths"))
+    heads: int = field(default=2, metadata=bounds(ge=1, help="MHA: attention heads"))
+    head_dim: int = field(default=16, metadata=bounds(ge=1, help="MHA: d_A, the query/key/value width per head"))
+    micro_hidden: list[int] = field(default_factory=lambda: [8, 4], metadata=bounds(
+        ge=1, help="CAN: the co-action micro-MLP's widths"))
+    orders: int = field(default=1, metadata=bounds(ge=1, help="CAN: multi-order enhancement, powers 1..orders"))
+
+    def options(self, kind: str) -> AttentionOptions:
+        return AttentionOptions(kind, din_hidden=self.din_hidden, heads=self.heads,  # type: ignore[arg-type]
+                                head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
 
 
 def check_attention_kind(kind: str, key: str) -> None:

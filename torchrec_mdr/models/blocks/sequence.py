@@ -5,17 +5,23 @@
 * :class:`SequenceAttention` — one group: query projection, then a target attention of any
   :data:`~torchrec_mdr.models.blocks.attention.AttentionKind` (ADS subclasses it to personalise the
   queries and keys in between);
-* :class:`SequencePooling` — one :class:`SequenceAttention` per group of a layout.
+* :class:`SequencePooling` — one :class:`SequenceAttention` per group of a layout;
+* :class:`MeanPooling` — every group of a layout mean-pooled (the same interface);
+* :func:`sequence_summary` — either, by name: ``"mean"`` or an attention kind (``din``, ``mha``, ``can``),
+  the ``backbone`` option with which a method model (PEPNet, APG, FRNet) sits on a target-attention
+  backbone ("DIN +PEPNet" in the ADS paper's Table 2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from torchrec_mdr.models.blocks.attention import AttentionOptions
+from torchrec_mdr.config import ConfigError
+from torchrec_mdr.models.blocks.attention import ATTENTION_KINDS, AttentionOptions
 from torchrec_mdr.models.features import EmbeddedSequence, FeatureLayout
 
 
@@ -87,7 +93,8 @@ class SequencePooling(nn.ModuleList):
 
     def __init__(self, groups: Iterable[SequenceAttention]) -> None:
         super().__init__(groups)
-        self.out_features = sum(group.out_features for group in self)
+        self.group_widths = [group.out_features for group in self]  # width of each group's pooled vector
+        self.out_features = sum(self.group_widths)
 
     @staticmethod
     def of(layout: FeatureLayout, attention: AttentionOptions) -> "SequencePooling":
@@ -99,3 +106,33 @@ class SequencePooling(nn.ModuleList):
 
     def forward(self, sequences: list[EmbeddedSequence], context: torch.Tensor | None = None) -> list[torch.Tensor]:
         return [group(sequence, context) for group, sequence in zip(self, sequences)]
+
+
+class MeanPooling(nn.Module):
+    """Every sequence group mean-pooled over its real positions, with :class:`SequencePooling`'s interface.
+
+    Shapes: list of EmbeddedSequence (one per group) -> list of [B, width_g]; ``group_widths`` the widths,
+    ``out_features`` their total.
+    """
+
+    def __init__(self, layout: FeatureLayout) -> None:
+        super().__init__()
+        self.group_widths = [layout.sequence_width(s) for s in layout.sequences]
+        self.out_features = sum(self.group_widths)
+
+    def forward(self, sequences: list[EmbeddedSequence], context: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return [masked_mean(s.keys, s.mask) for s in sequences]
+
+
+SEQUENCE_BACKBONES: tuple[str, ...] = ("mean", *ATTENTION_KINDS)
+
+
+def sequence_summary(layout: FeatureLayout, backbone: str, attention: AttentionOptions, key: str) -> nn.Module:
+    """The sequence summary named by ``backbone``: :class:`MeanPooling` for ``"mean"``, else the target attention
+    of that kind over every group (``attention``'s options; its ``kind`` is replaced). ``key`` names the option
+    in the ConfigError for an unknown name."""
+    if backbone == "mean":
+        return MeanPooling(layout)
+    if backbone not in ATTENTION_KINDS:
+        raise ConfigError(f"{key}: {backbone!r} is not one of {list(SEQUENCE_BACKBONES)}")
+    return SequencePooling.of(layout, replace(attention, kind=backbone))
