@@ -41,6 +41,8 @@ tests/test_aesm2.py and tests/test_baselines.py):
 * **Masking.** Unselected experts get a gate logit of −∞ (weight exactly 0); an expert selected
   both as specific and as shared counts once. (The implementation multiplies the logits by a mask
   of 1, 2 or −10⁹, which for a negative logit would favour an unselected expert.)
+* **KL.** Computed exactly from the log-softmax (0 · log 0 = 0); the implementation adds 1e-9 to
+  both distributions.
 * **Noise.** Only the selection and the KL terms see the noisy gates; the mixing weights use the
   clean ones (as in the implementation). Its scale grows with the expert count (noise_scale · E).
 * **One gate.** A layer with one gate (one domain, or one task) has nothing to tell apart (every
