@@ -196,7 +196,7 @@ def test_a_target_attention_backbone_replaces_the_mean_pooling():
     torch.testing.assert_close(arch(batch), expected)
     mha = APGArch(layout(), APGConfig(hidden=[6], backbone="mha", attention=TargetAttentionConfig(heads=3, head_dim=4)))
     assert mha.mlp.layers[0].in_features == mha.input.width + 3 * 4
-    with pytest.raises(ConfigError, match="model.apg.backbone: 'gru'"):
+    with pytest.raises(ConfigError, match="model.apg: backbone: 'gru'"):
         APGArch(layout(), APGConfig(backbone="gru"))
 
 

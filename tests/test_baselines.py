@@ -12,7 +12,7 @@ from torchrec_mdr.models.aesm2 import AESM2Arch, AESM2Config
 from torchrec_mdr.models.apg import APGArch, APGConfig
 from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
-from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
+from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP, TargetAttentionConfig
 from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
@@ -59,8 +59,8 @@ ARCHS = {
                                                                      low_rank=4, num_experts=2, hidden=[8])),
     "m2m": lambda: M2MArch(layout(), M2MConfig(num_experts=3, expert_hidden=[8], view_dim=5, meta_layers=2,
                                                scenario_features=["user_activity"])),
-    "m2m_mha": lambda: M2MArch(layout(), M2MConfig(num_experts=2, expert_hidden=[8], view_dim=4,
-                                                   sequence_pooling="mha", heads=2, head_dim=3)),
+    "m2m_mha": lambda: M2MArch(layout(), M2MConfig(num_experts=2, expert_hidden=[8], view_dim=4, backbone="mha",
+                                                   attention=TargetAttentionConfig(heads=2, head_dim=3))),
     "shared_bottom": lambda: SharedBottomArch(layout(), SharedBottomConfig(bottom_hidden=[8, 6], tower_hidden=[5])),
     "mmoe": lambda: MMoEArch(layout(), MMoEConfig(num_experts=3, expert_hidden=[8, 6], tower_hidden=[5])),
     "ple": lambda: PLEArch(layout(), PLEConfig(num_levels=2, num_shared_experts=2, num_specific_experts=2,

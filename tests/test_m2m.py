@@ -15,6 +15,7 @@ from torch import nn
 
 from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
+from torchrec_mdr.models.blocks import TargetAttentionConfig
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig, MetaTower, MetaUnit
 from torchrec_mdr.models.registry import ModelConfig
 
@@ -178,8 +179,8 @@ def test_the_scenario_changes_the_generated_networks():
 
 
 def test_multi_head_sequence_pooling():
-    arch = small_arch(sequence_pooling="mha", heads=2, head_dim=5)
-    assert arch.pooling is not None and arch.pooling.out_features > 0
+    arch = small_arch(backbone="mha", attention=TargetAttentionConfig(heads=2, head_dim=5))
+    assert arch.pooling.out_features == 2 * 5
     x = arch.backbone(features())
     assert x.shape == (B, arch.input.width + arch.pooling.out_features)
     assert arch(features()).shape == (B, T)
@@ -195,20 +196,20 @@ def test_one_task():
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "m2m", "m2m": {"num_experts": 2, "sequence_pooling": "mha"}},
+    config = from_dict(ModelConfig, {"name": "m2m", "m2m": {"num_experts": 2, "backbone": "mha"}},
                        prefix="model")
-    assert config.m2m.num_experts == 2 and config.m2m.sequence_pooling == "mha"
+    assert config.m2m.num_experts == 2 and config.m2m.backbone == "mha"
     for options, key in [({"num_experts": 0}, "num_experts"), ({"view_dim": 0}, "view_dim"),
                          ({"tower_layers": 0}, "tower_layers"), ({"negative_slope": 1.0}, "negative_slope"),
-                         ({"sequence_pooling": "gru"}, "sequence_pooling"), ({"expert_hidden": [0]}, "expert_hidden")]:
-        with pytest.raises(ConfigError, match=f"model.m2m.{key}"):
+                         ({"backbone": "gru"}, "backbone"), ({"expert_hidden": [0]}, "expert_hidden")]:
+        with pytest.raises(ConfigError, match=f"model.m2m(\\.|: ){key}"):
             from_dict(ModelConfig, {"m2m": options}, prefix="model")
 
 
 @pytest.mark.parametrize("options, message", [
     ({"scenario_features": ["foo"]}, r"model.m2m.scenario_features: 'foo' is not an id feature"),
     ({"scenario_features": ["user_level", "user_level"]}, "model.m2m.scenario_features: duplicate"),
-    ({"sequence_pooling": "gru"}, "model.m2m.sequence_pooling: 'gru' is not one of"),
+    ({"backbone": "gru"}, "model.m2m.backbone: 'gru' is not one of"),
 ])
 def test_bad_options_building_the_arch(options, message):
     with pytest.raises(ConfigError, match=message):

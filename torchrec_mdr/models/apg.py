@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import ContextInput, GeneratedMLP, TargetAttentionConfig, sequence_summary
+from torchrec_mdr.models.blocks import (SEQUENCE_BACKBONES, ContextInput, GeneratedMLP, TargetAttentionConfig,
+                                        sequence_summary)
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -67,6 +68,8 @@ class APGConfig:
     attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.apg: ") in front
+        if self.backbone not in SEQUENCE_BACKBONES:
+            raise ConfigError(f"backbone: {self.backbone!r} is not one of {list(SEQUENCE_BACKBONES)}")
         if self.over_rank and self.generation != "shared":
             raise ConfigError(f"over_rank: over-parameterisation needs shared U, V (generation = 'shared'), "
                               f"not {self.generation!r}; set over_rank = 0")

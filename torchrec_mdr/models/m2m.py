@@ -21,10 +21,10 @@ Choices where the paper is silent, or where this library's inputs differ (each t
 tests/test_m2m.py and tests/test_baselines.py):
 
 * **Backbone.** The paper encodes behaviour and performance sequences with a transformer. Here
-  ``sequence_pooling = "mean"`` (default) feeds the experts the baselines' flat input (id fields,
+  ``backbone = "mean"`` (default) feeds the experts the baselines' flat input (id fields,
   domain-id embedding, dense features, each sequence group mean-pooled over its real positions);
-  ``"mha"`` replaces the mean by the toolkit's multi-head target attention (the candidate as the
-  query, ``heads`` x ``head_dim``). No self-attention layer over the behaviours.
+  ``"mha"`` (or ``din``, ``can``) replaces the mean by the toolkit's target attention (the candidate as
+  the query; options under ``model.m2m.attention``). No self-attention layer over the behaviours.
 * **Scenario knowledge.** S is computed from the domain-id embedding (the same table the experts
   see) and the embeddings of the id fields named in ``scenario_features`` (the paper's scenario
   attributes; none by default); one leaky-ReLU layer of width ``view_dim``.
@@ -45,16 +45,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import AttentionOptions, ContextInput, FlatInput, SequencePooling, StackedMLP
+from torchrec_mdr.models.blocks import (SEQUENCE_BACKBONES, ContextInput, StackedMLP, TargetAttentionConfig,
+                                        sequence_summary)
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
-SEQUENCE_POOLING = ("mean", "mha")
 
 
 @dataclass
@@ -70,10 +69,13 @@ class M2MConfig:
         ge=0, lt=1, help="slope of the leaky ReLU σ (0 = ReLU)"))
     scenario_features: list[str] = field(default_factory=list, metadata=doc(
         "id fields whose embeddings join the domain-id embedding in the scenario knowledge S"))
-    sequence_pooling: Literal["mean", "mha"] = field(default="mean", metadata=doc(
-        "how behaviour sequences enter the experts: mean-pooled, or multi-head target attention"))
-    heads: int = field(default=2, metadata=bounds(ge=1, help="attention heads (sequence_pooling = 'mha')"))
-    head_dim: int = field(default=16, metadata=bounds(ge=1, help="width per head (sequence_pooling = 'mha')"))
+    backbone: str = field(default="mean", metadata=doc(
+        "how behaviour sequences enter the experts: mean (mean-pooled) or a target attention, din / mha / can"))
+    attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
+
+    def validate(self) -> None:  # at load time; the message gets the section ("model.m2m: ") in front
+        if self.backbone not in SEQUENCE_BACKBONES:
+            raise ConfigError(f"backbone: {self.backbone!r} is not one of {list(SEQUENCE_BACKBONES)}")
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each expert hidden layer"))
 
 
@@ -142,22 +144,14 @@ class M2MArch(nn.Module):
 
     def __init__(self, layout: FeatureLayout, config: M2MConfig) -> None:
         super().__init__()
-        if config.sequence_pooling not in SEQUENCE_POOLING:
-            raise ConfigError(f"model.m2m.sequence_pooling: {config.sequence_pooling!r} is not one of "
-                              f"{list(SEQUENCE_POOLING)}")
         self.scenario_index = layout.field_indices(config.scenario_features, "model.m2m.scenario_features",
                                                    unique=True)
         dim, view = layout.embedding_dim, config.view_dim
         self.num_tasks, self.num_experts = layout.num_tasks, config.num_experts
-        if config.sequence_pooling == "mean":
-            self.input: ContextInput = FlatInput(layout)
-            self.pooling = None
-            width = self.input.width
-        else:
-            self.input = ContextInput(layout)
-            self.pooling = SequencePooling.of(layout, AttentionOptions("mha", heads=config.heads,
-                                                                       head_dim=config.head_dim))
-            width = self.input.width + self.pooling.out_features
+        self.input = ContextInput(layout)
+        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("mha"),
+                                        "model.m2m.backbone")
+        width = self.input.width + self.pooling.out_features
         self.experts = StackedMLP(config.num_experts, width, [*config.expert_hidden, view], dropout=config.dropout)
         self.activation = nn.LeakyReLU(config.negative_slope)
         self.task_embedding = nn.Embedding(layout.num_tasks, dim)
@@ -173,8 +167,6 @@ class M2MArch(nn.Module):
 
     def backbone(self, features: EmbeddedFeatures) -> torch.Tensor:
         """x [B, W]: the experts' shared input."""
-        if self.pooling is None:
-            return self.input(features)
         return torch.cat([self.input(features), *self.pooling(features.sequences)], dim=1)
 
     def scenario(self, features: EmbeddedFeatures) -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import StackedLinear, TargetAttentionConfig, sequence_summary
+from torchrec_mdr.models.blocks import SEQUENCE_BACKBONES, StackedLinear, TargetAttentionConfig, sequence_summary
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -62,6 +62,10 @@ class PEPNetConfig:
         "how each behaviour sequence becomes one EPNet slot: mean (mean-pooled, the paper's DNN form) or a target "
         "attention, din / mha / can (the ADS paper's 'DIN +PEPNet', 'MHA +PEPNet', 'CAN +PEPNet')"))
     attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
+
+    def validate(self) -> None:  # at load time; the message gets the section ("model.pepnet: ") in front
+        if self.backbone not in SEQUENCE_BACKBONES:
+            raise ConfigError(f"backbone: {self.backbone!r} is not one of {list(SEQUENCE_BACKBONES)}")
 
 
 class GateNU(nn.Module):
