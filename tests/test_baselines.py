@@ -1,4 +1,5 @@
-"""The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM (tiny hand-made features)."""
+"""The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM, DCN-V2, AdaSparse (tiny
+hand-made features)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, from_dict
+from torchrec_mdr.models.adasparse import AdaSparseArch, AdaSparseConfig
 from torchrec_mdr.models.apg import APGArch, APGConfig
 from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
-from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
+from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import EPNet, GateNU, PEPNetArch, PEPNetConfig, PPNetTowers
 from torchrec_mdr.models.ple import CGCLevel, PLEArch, PLEConfig
@@ -40,6 +42,9 @@ def features(domain: list[int] | None = None, seed: int = 1) -> EmbeddedFeatures
 
 
 ARCHS = {
+    "adasparse": lambda: AdaSparseArch(layout(), AdaSparseConfig(hidden=[8, 6], domain_features=["user_activity"])),
+    "adasparse_binarization": lambda: AdaSparseArch(layout(), AdaSparseConfig(hidden=[8], variant="binarization",
+                                                                              epsilon=0.1)),
     "apg": lambda: APGArch(layout(), APGConfig(hidden=[8, 6], rank=3, over_rank=5, generator_hidden=[5],
                                                domain_features=["user_activity"])),
     "apg_mix_specific": lambda: APGArch(layout(), APGConfig(hidden=[8, 6], rank=2, generation="specific",
@@ -59,6 +64,13 @@ ARCHS = {
     "pepnet": lambda: PEPNetArch(layout(), PEPNetConfig(hidden=[8, 6], gate_hidden=5,
                                                         domain_features=["user_activity"])),
 }
+
+
+def objective(output: torch.Tensor | ArchOutput) -> torch.Tensor:
+    """The logits' sum, plus the auxiliary loss of archs that return one in training."""
+    if isinstance(output, ArchOutput):
+        return output.logits.sum() + output.auxiliary_loss
+    return output.sum()
 
 
 def domain_parameters(name: str, arch: nn.Module) -> list[tuple[str, torch.Tensor, int]]:
@@ -103,7 +115,7 @@ def test_domain_parameters_learn_only_from_their_domain(name):
     """All rows in domain 0: every domain-specific parameter of domains 1, 2 gets exactly zero gradient."""
     torch.manual_seed(0)
     arch = ARCHS[name]().train()
-    arch(features(domain=[0] * B)).sum().backward()
+    objective(arch(features(domain=[0] * B))).backward()
     checked = domain_parameters(name, arch)
     assert checked
     for param_name, param, slots in checked:
@@ -112,7 +124,7 @@ def test_domain_parameters_learn_only_from_their_domain(name):
         assert torch.equal(param.grad[slots:], torch.zeros_like(param.grad[slots:])), param_name
     # and with rows of every domain, every domain's parameters learn
     arch.zero_grad()
-    arch(features()).sum().backward()
+    objective(arch(features())).backward()
     for param_name, param, slots in domain_parameters(name, arch):
         for k in range(K):
             assert param.grad[k * slots:(k + 1) * slots].abs().sum() > 0, f"{param_name}[{k}]"

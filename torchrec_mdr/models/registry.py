@@ -25,6 +25,7 @@ from torch import nn
 
 from dlrm_style.models import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.config import ConfigError, bounds, doc
+from torchrec_mdr.models.adasparse import AdaSparseArch, AdaSparseConfig
 from torchrec_mdr.models.adin import ADINArch, ADINConfig
 from torchrec_mdr.models.apg import APGArch, APGConfig
 from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
@@ -75,6 +76,8 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
     ModelEntry("apg", APGArch, APGConfig, "APG: hidden layers with weights U S_i V, S_i generated from the domain"),
     ModelEntry("dcnv2", DCNv2Arch, DCNv2Config, "DCN-V2: full / low-rank / mixture cross layers and a DNN, stacked "
                                                 "or parallel"),
+    ModelEntry("adasparse", AdaSparseArch, AdaSparseConfig, "AdaSparse: DNN whose neurons are weighted by "
+                                                             "domain-aware pruners, sparsity regularisation"),
     ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch"),
     ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction"),
 )}
