@@ -26,6 +26,10 @@ share of pruned neurons r (``sparsity_target``, ``sparsity_tolerance``),
            0 otherwise
     auxiliary loss = Σ_l λ^l · mean(g^l)                              (an L1 norm: g ≥ 0)
 
+Not checked against the paper's full text: the three variants' formulas follow the public implementations
+(Scenario-Wise-Rec's ``Pruner``), and the sign-switched band below is our reading of the paper's "flexible
+sparsity regularisation".
+
 Choices where the paper (or our reading of it) is silent, each tested in tests/test_adasparse.py:
 
 * **What the pruner sees**: the domain-aware embedding e_d (the domain-id embedding, the same table as the
