@@ -25,6 +25,7 @@ from torch import nn
 
 from dlrm_style.models import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.config import ConfigError, bounds, doc
+from torchrec_mdr.models.adasparse import AdaSparseArch, AdaSparseConfig
 from torchrec_mdr.models.adin import ADINArch, ADINConfig
 from torchrec_mdr.models.aesm2 import AESM2Arch, AESM2Config
 from torchrec_mdr.models.apg import APGArch, APGConfig
@@ -81,6 +82,8 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                                           "towers per task"),
     ModelEntry("aesm2", AESM2Arch, AESM2Config, "AESM2: multi-task over multi-scenario expert layers, KL-based "
                                                 "selection of specific and shared experts per row"),
+    ModelEntry("adasparse", AdaSparseArch, AdaSparseConfig, "AdaSparse: DNN whose neurons are weighted by "
+                                                             "domain-aware pruners, sparsity regularisation"),
     ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch"),
     ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction"),
 )}
