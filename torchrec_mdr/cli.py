@@ -7,6 +7,7 @@
     mdr bench train [--data DIR]               training samples/s per model, world size and loop
     mdr bench accuracy [--suites ...]          mechanisms vs their bases (generator v1): tables in docs/results
     mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
+    mdr bench table --paper ads|sfpnet --data DIR   a seed paper's comparison table on your data, in its layout
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr train ... --init-from RUN[:best|:step-N]               warm start from another run (e.g. yesterday's)
@@ -117,6 +118,12 @@ def _cmd_bench_proof(args: argparse.Namespace) -> None:
     from torchrec_mdr.bench.proof import ProofBenchOptions, run
 
     run(dataclass_from_args(ProofBenchOptions, args))
+
+
+def _cmd_bench_table(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.paper_table import PaperTableOptions, run
+
+    run(dataclass_from_args(PaperTableOptions, args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -300,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
     from torchrec_mdr.bench.loader import LoaderBenchOptions
+    from torchrec_mdr.bench.paper_table import PaperTableOptions
     from torchrec_mdr.bench.proof import ProofBenchOptions
     from torchrec_mdr.bench.serve import ServeBenchOptions
     from torchrec_mdr.bench.train import TrainBenchOptions
@@ -315,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(bench_commands, "proof", "each seed mechanism with vs without it on each planted effect of "
                 "generator v2 (worlds x seeds, paired tests), ablations, learning curves", ProofBenchOptions,
                 _cmd_bench_proof)
+    _subcommand(bench_commands, "table", "a seed paper's comparison table (ADS Table 2, SFPNet Table 4) trained on "
+                "a prepared dataset over seeds, in the paper's layout", PaperTableOptions, _cmd_bench_table)
     _subcommand(bench_commands, "serve", "latency of exported artifacts (batch 1 and 256, median and p99) and "
                 "their size", ServeBenchOptions, _cmd_bench_serve)
 

@@ -1,0 +1,88 @@
+"""``mdr bench table``: every row is a loadable config, and the tables are laid out and marked as the papers'."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from torchrec_mdr.bench.paper_table import MISSING, PaperTableOptions, _variants, render, rows
+from torchrec_mdr.bench.proof import overrides
+from torchrec_mdr.config import ConfigError, load_config
+from torchrec_mdr.experiment import ExperimentConfig
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from data_prep.synthetic import Options, convert
+
+    path = tmp_path_factory.mktemp("table") / "syn"
+    convert(Options(out=path, rows=1000, users=40, items=80, categories=4, brands=8, seq_length=5, min_seq_length=1))
+    return path
+
+
+@pytest.mark.parametrize("paper", ["ads", "sfpnet"])
+def test_every_row_is_a_config_that_loads(paper, data, tmp_path):
+    options = PaperTableOptions(paper=paper, data=data, work=tmp_path, out=tmp_path, domain_features=["user_activity"])
+    variants = _variants(options)
+    assert len({v.slug for v in variants}) == len(variants)  # one run folder each
+    for variant in variants:
+        config = load_config(ExperimentConfig, None, overrides(options, variant, data, 0))
+        assert config.model.name == variant.model
+    labels = [r if isinstance(r, str) else r.label for _, group in rows(options) for r in group]
+    if paper == "ads":
+        assert labels[:7] == ["DNN", "DeepFM", "DCNv2", "APG", "AdaSparse", "DFFM", "MaskNet"]
+        assert {"DIN +PEPNet", "MHA +ADS", "CAN +PEPNet"} <= set(labels)
+        pepnet = next(v for v in variants if v.label == "MHA +PEPNet")
+        assert "model.pepnet.backbone=mha" in pepnet.overrides
+    else:
+        assert labels == ["BaseDNN", "DeepFM", "SharedBottom", "MMoE", "PLE", "STAR", "AESM2", "AdaSparse", "PEPNet",
+                          "MARIA", "SFPNet"]
+
+
+def _metrics(auc: float, domains: list[str]) -> dict:
+    return {"auc": auc, "per_domain": {d: {"auc": auc + 0.01 * i} for i, d in enumerate(domains)}}
+
+
+def test_ads_layout_improvement_bold_and_significance(data, tmp_path):
+    from torchrec_mdr.data.spec import DatasetSpec
+
+    domains = DatasetSpec.load(data).domain_names
+    options = PaperTableOptions(paper="ads", data=data, seeds=6, work=tmp_path, out=tmp_path)
+    results = {}
+    for seed in range(6):
+        for i, variant in enumerate(_variants(options)):
+            auc = 0.70 + 0.001 * i + (0.02 if variant.label == "DIN +ADS" else 0.0) + 0.0001 * seed
+            results[(variant.label, data.name, seed)] = _metrics(auc, domains)
+    table = render(options, results)
+    line = {row.split(" | ")[0][2:]: row for row in table.splitlines() if row.startswith("| ")}
+    dnn, ads = (statistics.fmean(results[(label, data.name, s)]["auc"] for s in range(6)) for label in ("DNN",
+                                                                                                        "DIN +ADS"))
+    assert line["DNN"].startswith(f"| DNN | {dnn:.4f} | - | {dnn:.4f} |")
+    assert f"| **{ads:.4f}*** | {((ads - 0.5) / (dnn - 0.5) - 1) * 100:+.2f}% |" in line["DIN +ADS"]  # best, p < .05
+    assert f"| {MISSING} |" in line["DFFM"]
+    assert "*" not in line["DIN"] and "*" not in line["DIN +PEPNet"]  # neither best nor ADS
+
+
+def test_sfpnet_marks_a_scenario_only_when_mann_whitney_says_so(data, tmp_path):
+    from torchrec_mdr.data.spec import DatasetSpec
+
+    domains = DatasetSpec.load(data).domain_names
+    options = PaperTableOptions(paper="sfpnet", data=data, seeds=4, work=tmp_path, out=tmp_path)
+    results = {(v.label, data.name, s): _metrics(0.6 + (0.05 if v.label == "SFPNet" else 0.001 * s), domains)
+               for v in _variants(options) for s in range(4)}
+    table = render(options, results)
+    sfpnet = next(row for row in table.splitlines() if row.startswith("| SFPNet |"))
+    assert sfpnet.count("*") == len(domains)  # 4 vs 4, all above: p_MW = 0.029
+    assert f"| MARIA | {MISSING} |" in table
+    options.seeds = 3
+    assert "*" not in next(row for row in render(options, results).splitlines() if row.startswith("| SFPNet |"))
+
+
+def test_bad_paper_or_data_is_one_clear_error(tmp_path):
+    from torchrec_mdr.bench.paper_table import run
+
+    with pytest.raises(ConfigError, match="--paper must be one of"):
+        run(PaperTableOptions(paper="star", data=tmp_path))
+    with pytest.raises(ConfigError, match="is not a prepared dataset"):
+        run(PaperTableOptions(paper="ads", data=tmp_path / "none"))
