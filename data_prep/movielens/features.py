@@ -10,16 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_prep.common import take_bags, temporal_split_points
-from data_prep.movielens.options import (
-    ACTIVITY_EDGES,
-    AGE_BUCKET_EDGES,
-    AGE_BUCKETS,
-    AGE_DOMAIN_CUTS,
-    DECADE_EDGES,
-    FALLBACK_GROUP,
-    GENRE_GROUPS,
-    Options,
-)
+from data_prep.movielens.options import (ACTIVITY_EDGES, AGE_BUCKET_EDGES, AGE_BUCKETS, AGE_DOMAIN_CUTS, DECADE_EDGES,
+                                         FALLBACK_GROUP, GENRE_GROUPS, Options)
 from data_prep.movielens.readers import MovieLens
 from torchrec_mdr.data.errors import DataError
 from torchrec_mdr.data.spec import ColumnSpec
