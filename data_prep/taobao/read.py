@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.common import stream_csv
+from data_prep.common import first_null, stream_csv
 from data_prep.ids import DenseIdCounter
 from data_prep.partition import DiskPartitioner
 from data_prep.taobao.options import BEHAVIORS, RAW_COLUMNS, SECONDS_PER_DAY, Options
@@ -43,9 +43,8 @@ def _check_batch(batch: pa.RecordBatch, first_row: int, path: Path) -> np.ndarra
     text in a number) are reported by :func:`stream_csv` with the offending line's text.
     """
     for name in RAW_COLUMNS:
-        column = batch.column(name)
-        if column.null_count:
-            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        row = first_null(batch.column(name))
+        if row is not None:
             raise DataError("empty value", file=path, column=name, row=first_row + row)
     for name in RAW_COLUMNS[:3]:
         ids = batch.column(name).to_numpy()
@@ -55,8 +54,8 @@ def _check_batch(batch: pa.RecordBatch, first_row: int, path: Path) -> np.ndarra
             raise DataError(f"id {ids[row]} is outside [0, {MAX_RAW_ID}]", file=path, column=name,
                             row=first_row + row)
     codes = pc.index_in(batch.column("behavior_type"), value_set=pa.array(BEHAVIORS))
-    if codes.null_count:
-        row = int(np.flatnonzero(codes.is_null().to_numpy(zero_copy_only=False))[0])
+    row = first_null(codes)
+    if row is not None:
         value = batch.column("behavior_type")[row].as_py()
         raise DataError(f"behavior_type {value!r} is not one of {list(BEHAVIORS)}", file=path,
                         column="behavior_type", row=first_row + row)
