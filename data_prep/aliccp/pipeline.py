@@ -12,7 +12,7 @@ from torchrec_mdr.data.spec import DatasetSpec
 
 
 def convert(options: Options) -> DatasetSpec:
-    """Convert Ali-CCP (raw or preprocessed CSV, see the module docstring) and return the spec."""
+    """Convert Ali-CCP (raw or preprocessed CSV, see the package docstring) and return the spec."""
     options.validate()
     src = Path(options.src)
     if not src.is_dir():

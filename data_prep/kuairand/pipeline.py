@@ -23,7 +23,7 @@ from torchrec_mdr.data.spec import DatasetSpec
 
 
 def convert(options: Options) -> DatasetSpec:
-    """Convert KuaiRand (see the module docstring) and return the spec."""
+    """Convert KuaiRand (see the package docstring) and return the spec."""
     options.validate()
     files = find_files(Path(options.src), options.variant)
     if options.include_random and not files.random:

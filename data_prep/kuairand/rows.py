@@ -73,7 +73,7 @@ def partition_rows(table: pa.Table, ctx: Context) -> Iterator[tuple[str, pa.Tabl
 
 
 def session_ids(user: np.ndarray, time_ms: np.ndarray, users: np.ndarray, gap_minutes: float) -> np.ndarray:
-    """Session ids of log lines sorted by (user, time_ms): the gap rule of the module docstring.
+    """Session ids of log lines sorted by (user, time_ms): the gap rule of the package docstring.
 
     ``users``: the sorted raw user vocabulary (user code = position + 1). Every line of a user must
     be present (a partition holds all of its users' lines).

@@ -1,5 +1,5 @@
 """The readers of the three formats: ratings, users and items as raw in-memory tables, with the
-value checks of the module docstring (rating range, gender, age codes, genre flags)."""
+value checks of the package docstring (rating range, gender, age codes, genre flags)."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def filters_and_vocabularies(options: Options, counts: RawCounts,
 
 
 def category_domains(options: Options, vocab: Vocabularies) -> tuple[np.ndarray, list[str]]:
-    """Domain of each new category id, and the domain names (see the module docstring)."""
+    """Domain of each new category id, and the domain names (see the package docstring)."""
     num_categories = len(vocab.category_raw)
     names = [str(raw) for raw in vocab.category_raw]
     if options.domains == "category":
