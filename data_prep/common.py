@@ -1,5 +1,6 @@
-"""Pieces every converter shares: common options, streaming CSV with a progress bar, temporal splits
-and CSR bag gathering (id hashing and counting: :mod:`data_prep.ids`)."""
+"""Pieces every converter shares: common options, streaming CSV with a progress bar, header and value
+checks whose errors name the line, temporal splits and CSR bag gathering (id hashing and counting:
+:mod:`data_prep.ids`)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,31 @@ def stream_csv(
                 yield batch
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
             raise DataError(f"cannot parse: {error}", file=path) from None
+
+
+def header_fields(path: Path) -> list[str]:
+    """The field names of a CSV file's header line (byte-order mark, blanks and double quotes removed)."""
+    with open(path, "rb") as f:
+        line = f.readline().decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+    return [name.strip().strip('"') for name in line.split(",")]
+
+
+def first_null(column: pa.Array | pa.ChunkedArray) -> int | None:
+    """Index of the first null of ``column``, or None when it has none."""
+    if not column.null_count:
+        return None
+    return int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+
+
+def check_zero_one(values: np.ndarray, file: str | Path, column: str, first_line: int, what: str = "") -> None:
+    """Raise a DataError naming the line of the first value that is neither 0 nor 1.
+
+    ``first_line`` is the file line of ``values[0]``; ``what`` starts the message (``"label "``).
+    """
+    bad = np.flatnonzero((values != 0) & (values != 1))
+    if bad.size:
+        raise DataError(f"{what}must be 0 or 1, got {values[bad[0]]}", file=file, column=column,
+                        row=first_line + int(bad[0]))
 
 
 def temporal_split_points(times: np.ndarray, fractions: tuple[float, float, float]) -> tuple[float, float]:

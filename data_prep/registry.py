@@ -1,8 +1,10 @@
 """The converters of ``mdr data``: name -> module exposing ``Options`` (a dataclass) and ``convert``.
 
-Each converter module defines ``Options`` (extending :class:`data_prep.common.OutputOptions`; its
-fields become the command's flags) and ``convert(options) -> DatasetSpec``, which writes the
-parquet splits and ``spec.json`` through :class:`data_prep.writer.DatasetWriter`.
+Each converter module (a package for the file-format converters: ``data_prep/<name>/``, its
+``__init__`` re-exporting the two names) defines ``Options`` (extending
+:class:`data_prep.common.OutputOptions`; its fields become the command's flags) and
+``convert(options) -> DatasetSpec``, which writes the parquet splits and ``spec.json`` through
+:class:`data_prep.writer.DatasetWriter`.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def as_tuples(out: dict, history: str) -> list[tuple]:
 
 @pytest.mark.parametrize("history", ["positives", "all"])
 def test_matches_brute_force_reference(tmp_path: Path, history: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(taobao, "CHUNK_ROWS", 50)  # many history blocks of whole users
+    monkeypatch.setattr(taobao.write, "CHUNK_ROWS", 50)  # many history blocks of whole users
     log = random_log(seed=1)
     options = dict(min_user_interactions=40, min_user_positives=12, min_item_interactions=5, num_domains=3,
                    max_length=3, history=history)
@@ -125,8 +125,8 @@ def test_partition_count_does_not_change_the_rows(tmp_path: Path, monkeypatch: p
     options = dict(min_user_interactions=30, min_user_positives=5, min_item_interactions=3, max_length=5)
     spec1, one = run(tmp_path, log, name="one", num_partitions=1, **options)
     # Many small CSV blocks and partition flushes: the rows do not change either.
-    monkeypatch.setattr(taobao, "CSV_BLOCK_BYTES", 4096)
-    monkeypatch.setattr(taobao, "FLUSH_ROWS", 300)
+    monkeypatch.setattr(taobao.read, "CSV_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(taobao.read, "FLUSH_ROWS", 300)
     spec3, three = run(tmp_path, log, name="three", num_partitions=3, **options)
     assert spec3.notes["num_partitions"] == "3"
     assert as_tuples(one, "positives") == as_tuples(three, "positives")
@@ -137,9 +137,9 @@ def test_partition_count_does_not_change_the_rows(tmp_path: Path, monkeypatch: p
 
 def test_user_blocks_never_cut_a_user() -> None:
     user = np.repeat(np.arange(6), [3, 1, 5, 2, 2, 4])
-    blocks = taobao._user_blocks(user, 4)
+    blocks = taobao.user_blocks(user, 4)
     assert blocks == [(0, 4), (4, 9), (9, 13), (13, 17)]
-    assert taobao._user_blocks(user, 100) == [(0, 17)]
+    assert taobao.user_blocks(user, 100) == [(0, 17)]
 
 
 # --------------------------------------------------------------------------- targeted behaviour
@@ -356,7 +356,7 @@ def test_bad_lines_are_data_errors(tmp_path: Path, line: str, column: str | None
 
 
 def test_bad_line_deep_in_a_multi_block_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(taobao, "CSV_BLOCK_BYTES", 4096)  # ~170 lines per block
+    monkeypatch.setattr(taobao.read, "CSV_BLOCK_BYTES", 4096)  # ~170 lines per block
     rows = [(1, n, 7, "pv", ts(0)) for n in range(2_000)]
     rows[1_234] = (1, 1_234, 7, "PV", ts(0))
     src = write_csv(tmp_path / "UserBehavior.csv", rows)
