@@ -295,7 +295,7 @@ def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
     by_key = {(c.model, c.world_size, c.batch_size, c.pipeline): c for c in cells}
     sizes = sorted({c.batch_size for c in cells})
     ratio = "plain" in options.pipelines and "sparse_dist" in options.pipelines
-    header = f"{'model':<10}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
+    header = f"{'model':<14}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
     header += f"{'sparse_dist/plain':>19}{'min':>7}{'max':>7}" if ratio else ""
     lines = [f"training samples/s (median of {options.repeats} rounds x {options.steps} timed steps after "
              f"{options.warmup} warm-up, batch {', '.join(map(str, sizes))} per process, sharding {options.sharding}, "
@@ -303,7 +303,7 @@ def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
     for model, world_size, size in itertools.product(options.models, options.world_sizes, sizes):
         row = [by_key[(model, world_size, size, p)].samples_per_sec for p in options.pipelines]
         threads = by_key[(model, world_size, size, options.pipelines[0])].threads
-        line = f"{model:<10}{world_size:>6}{threads:>8}{size * world_size:>11,}"
+        line = f"{model:<14}{world_size:>6}{threads:>8}{size * world_size:>11,}"
         line += "".join(f"{value:>14,.0f}" for value in row)
         if ratio:
             ratios = paired_ratios(by_key[(model, world_size, size, "sparse_dist")],

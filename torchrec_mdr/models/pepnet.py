@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import StackedLinear, masked_mean
+from torchrec_mdr.models.blocks import StackedLinear
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -162,7 +162,7 @@ class PEPNetArch(nn.Module):
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         fields = features.fields
-        general = torch.cat([fields.flatten(1), *(masked_mean(s.keys, s.mask) for s in features.sequences)], dim=1)
+        general = torch.cat([fields.flatten(1), *(s.mean() for s in features.sequences)], dim=1)
         domain_side = torch.cat([self.domain_embedding(features.domain),
                                  fields[:, self.domain_fields].flatten(1)], dim=1)
         personalised, _ = self.epnet(general, domain_side)

@@ -46,6 +46,9 @@ class ModelEntry:
     arch: Callable[..., nn.Module]  # (layout, its options) -> module
     config: type  # its options dataclass
     description: str
+    # whether the arch reads each behaviour's embedding (attention); False: only each sequence's mean
+    # (EmbeddedSequence.mean()), which the sparse arch then looks up pooled
+    sequence_positions: bool = True
 
     @property
     def config_field(self) -> str:
@@ -54,7 +57,8 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
-    ModelEntry("dnn", DNNArch, DNNConfig, "shared MLP over all embeddings (BaseDNN)"),
+    ModelEntry("dnn", DNNArch, DNNConfig, "shared MLP over all embeddings (BaseDNN)",
+               sequence_positions=False),
     ModelEntry("din", DINArch, DINConfig, "DIN target attention over the behaviour sequences"),
     ModelEntry("mha", MHAArch, MHAConfig, "multi-head target attention over the behaviour sequences"),
     ModelEntry("can", CANArch, CANConfig, "CAN: candidate-parameterised micro-MLP over each behaviour"),
@@ -63,15 +67,23 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                                              "self-training"),
     ModelEntry("sfpnet", SFPNetArch, SFPNetConfig, "SFPNet: scenario-tailoring blocks (SAM + RTM), DIN, S-DNN"),
     ModelEntry("shared_bottom", SharedBottomArch, SharedBottomConfig,
-               "Shared-Bottom: shared MLP, one tower per domain"),
-    ModelEntry("mmoe", MMoEArch, MMoEConfig, "MMoE: shared experts, one softmax gate and tower per domain"),
-    ModelEntry("ple", PLEArch, PLEConfig, "PLE: stacked CGC levels (shared + domain experts), towers per domain"),
-    ModelEntry("star", STARArch, STARConfig, "STAR: partitioned norm, star-topology FCN (shared ⊙ domain), aux net"),
+               "Shared-Bottom: shared MLP, one tower per domain",
+               sequence_positions=False),
+    ModelEntry("mmoe", MMoEArch, MMoEConfig, "MMoE: shared experts, one softmax gate and tower per domain",
+               sequence_positions=False),
+    ModelEntry("ple", PLEArch, PLEConfig, "PLE: stacked CGC levels (shared + domain experts), towers per domain",
+               sequence_positions=False),
+    ModelEntry("star", STARArch, STARConfig, "STAR: partitioned norm, star-topology FCN (shared ⊙ domain), aux net",
+               sequence_positions=False),
     ModelEntry("pepnet", PEPNetArch, PEPNetConfig, "PEPNet: EPNet domain gates on embeddings, PPNet user gates "
-                                                   "on towers"),
-    ModelEntry("deepfm", DeepFMArch, DeepFMConfig, "DeepFM: FM (first + second order) and a DNN over the same fields"),
-    ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch"),
-    ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction"),
+                                                   "on towers",
+               sequence_positions=False),
+    ModelEntry("deepfm", DeepFMArch, DeepFMConfig, "DeepFM: FM (first + second order) and a DNN over the same fields",
+               sequence_positions=False),
+    ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch",
+               sequence_positions=False),
+    ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction",
+               sequence_positions=False),
 )}
 
 
