@@ -510,6 +510,8 @@ def test_bench_train_bad_options_are_one_line_errors(capsys):
     if torch.cuda.device_count() < 2:
         assert main(["bench", "train", "--device", "cuda"]) == 2
         assert "'device': cuda needs one GPU per process, 2 for world sizes [1, 2]" in capsys.readouterr().err
+    assert main(["bench", "train", "--device", "cuda", "--clock", "cpu", "--world-sizes", "1"]) == 2
+    assert "'clock': cpu time does not measure GPU work" in capsys.readouterr().err
     assert main(["bench", "train", "--mixed-precision"]) == 2
     assert "'mixed_precision': bf16 autocast is for the GPU" in capsys.readouterr().err
 

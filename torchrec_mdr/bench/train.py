@@ -15,7 +15,8 @@ and batch size: ``batch_sizes`` measures several in the same rounds), built side
 turns in ``repeats`` rounds: in each round every loop trains ``steps`` steps (a window),
 the first loop of a round moving one place each round (plain, base, sparse_dist; base,
 sparse_dist, plain; ...), so that no loop always runs first or last. A window's wall time is the
-slowest rank's, and ``samples/s = steps * batch_size * world_size / seconds``. Each cell reports
+slowest rank's (``clock = "cpu"``: the process's CPU seconds instead of wall seconds), and
+``samples/s = steps * batch_size * world_size / seconds``. Each cell reports
 the median of its windows, and ``sparse_dist / plain`` is the median (with min and max) of the
 per-round ratios: the two windows of one round run back to back, so a burst of outside load on a
 shared machine moves both. Batches are read
@@ -76,6 +77,9 @@ class TrainBenchOptions:
     threads: int = field(default=0, metadata=bounds(ge=0, help="torch threads per process (0: cores // world size)"))
     device: Literal["cpu", "cuda"] = field(default="cpu", metadata=doc("cuda: one GPU per process, nccl"))
     mixed_precision: bool = field(default=False, metadata=doc("bf16 autocast of the dense arch (cuda only)"))
+    clock: Literal["wall", "cpu"] = field(default="wall", metadata=doc(
+        "what a window's seconds are: wall (elapsed) or cpu (the process's user + system CPU time: steadier "
+        "where other jobs share the cores; with one thread per process)"))
 
     @property
     def sizes(self) -> list[int]:
@@ -90,6 +94,8 @@ class TrainBenchOptions:
             raise ConfigError(f"'models': unknown {unknown}; registered models: {sorted(MODELS)}")
         if not self.pipelines or not self.models or not self.world_sizes:
             raise ConfigError("'models', 'world_sizes' and 'pipelines' need at least one entry each")
+        if self.clock == "cpu" and self.device == "cuda":
+            raise ConfigError("'clock': cpu time does not measure GPU work; use --clock wall with --device cuda")
         # the checks the trainer would make inside the spawned processes, made here for a clean error
         if self.device == "cuda" and torch.cuda.device_count() < max(self.world_sizes):
             raise ConfigError(f"'device': cuda needs one GPU per process, {max(self.world_sizes)} for world sizes "
@@ -183,6 +189,7 @@ class _Loop:
         torch.set_num_threads(_threads(options, self.trainer.ctx.world_size))  # init_distributed sets its own
         self.source = _fresh(batches)
         self.cuda = self.trainer.ctx.device.type == "cuda"
+        self.clock = time.process_time if options.clock == "cpu" else time.perf_counter
 
     def step(self) -> None:
         self.trainer.train_step(self.source)
@@ -194,13 +201,13 @@ class _Loop:
         if self.cuda:
             torch.cuda.synchronize()
         dist.barrier()
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(steps):
             self.step()
         if self.cuda:
             torch.cuda.synchronize()  # the steps' kernels are queued, not done, when step() returns
         # nccl reduces only CUDA tensors
-        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64,
+        seconds = torch.tensor([self.clock() - start], dtype=torch.float64,
                                device="cuda" if self.cuda else "cpu")
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
         return float(seconds.item())
@@ -297,7 +304,8 @@ def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
     ratio = "plain" in options.pipelines and "sparse_dist" in options.pipelines
     header = f"{'model':<14}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
     header += f"{'sparse_dist/plain':>19}{'min':>7}{'max':>7}" if ratio else ""
-    lines = [f"training samples/s (median of {options.repeats} rounds x {options.steps} timed steps after "
+    clock = " of CPU time" if options.clock == "cpu" else ""
+    lines = [f"training samples/s{clock} (median of {options.repeats} rounds x {options.steps} timed steps after "
              f"{options.warmup} warm-up, batch {', '.join(map(str, sizes))} per process, sharding {options.sharding}, "
              f"embedding dim {options.embedding_dim}) on {_device_name(options)}", header]
     for model, world_size, size in itertools.product(options.models, options.world_sizes, sizes):
