@@ -8,7 +8,8 @@ Add a model in five steps (the same list as docs/models.md, "Add a model in five
    (or ``ArchOutput``), composed of the toolkit's blocks (:mod:`torchrec_mdr.models.blocks`).
 2. Register it here: import the two classes and add one line to :data:`MODELS`,
    ``ModelEntry("<name>", <Name>Arch, <Name>Config, "<one-line description>")``. :class:`ModelConfig`
-   is built from :data:`MODELS`, so its options become ``model.<name>.*``.
+   is built from :data:`MODELS`, so its options become ``model.<name>.*``. An arch that reads each
+   sequence only through ``EmbeddedSequence.mean()`` adds ``sequence_positions=False`` (pooled lookups).
 3. Test what is yours in ``tests/test_<name>.py`` against hand computations and add it to ``ARCHS`` in
    ``tests/test_baselines.py`` (padding, determinism, domain gradients); the registry-wide tests pick
    it up by name (``test_models.py``, ``test_fx_trace.py``, ``test_distributed.py``).
