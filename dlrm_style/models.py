@@ -45,7 +45,6 @@ from torchrec.models.dlrm import DenseArch, InteractionArch, InteractionDCNArch,
 from torchrec.modules.crossnet import LowRankCrossNet
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import masked_mean
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 SequenceMode = Literal["mean", "none"]
@@ -138,7 +137,7 @@ class DLRMArch(nn.Module):
         parts = [features.fields, self.domain_embedding(features.domain).unsqueeze(1)]
         if self.sequences == "mean":
             for sequence in features.sequences:
-                pooled = masked_mean(sequence.keys, sequence.mask)  # [B, G * D]
+                pooled = sequence.mean()  # [B, G * D]
                 parts.append(pooled.view(pooled.shape[0], -1, features.fields.shape[-1]))
         return torch.cat(parts, dim=1)
 

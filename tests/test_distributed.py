@@ -510,5 +510,22 @@ def test_bench_train_bad_options_are_one_line_errors(capsys):
     if torch.cuda.device_count() < 2:
         assert main(["bench", "train", "--device", "cuda"]) == 2
         assert "'device': cuda needs one GPU per process, 2 for world sizes [1, 2]" in capsys.readouterr().err
+    assert main(["bench", "train", "--device", "cuda", "--clock", "cpu", "--world-sizes", "1"]) == 2
+    assert "'clock': cpu time does not measure GPU work" in capsys.readouterr().err
     assert main(["bench", "train", "--mixed-precision"]) == 2
     assert "'mixed_precision': bf16 autocast is for the GPU" in capsys.readouterr().err
+
+
+def test_bench_train_batch_sizes_share_rounds():
+    """Several batch sizes: one row each, and per-round ratios of the largest over the smallest."""
+    from torchrec_mdr.bench.train import Cell, TrainBenchOptions, format_table, round_order
+
+    keys = [("plain", 8), ("plain", 32)]
+    assert round_order(keys, 1) == [("plain", 32), ("plain", 8)]
+    windows = {8: [100.0, 50.0, 200.0], 32: [90.0, 100.0, 180.0]}  # per-round ratios 0.9, 2.0, 0.9
+    cells = [Cell("dnn", 1, "plain", w, steps=10, batch_size=size, threads=1) for size, w in windows.items()]
+    options = TrainBenchOptions(models=["dnn"], world_sizes=[1], pipelines=["plain"], repeats=3, batch_sizes=[8, 32])
+    lines = format_table(cells, options).splitlines()
+    assert "batch 8, 32 per process" in lines[0]
+    assert [line.split()[3:5] for line in lines[2:4]] == [["8", "100"], ["32", "100"]]
+    assert lines[4] == "dnn world 1 plain: samples/s at batch 32 / at 8: median 0.900 (min 0.900, max 2.000)"

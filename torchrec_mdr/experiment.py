@@ -106,6 +106,9 @@ class TrainConfig:
     threads: int | None = field(default=None, metadata=bounds(ge=1, help="CPU threads per process (default: the "
                                                                          "cores / the processes on this machine; "
                                                                          "1 on a machine busy with other work)"))
+    cpu_keep_freed_memory: bool = field(default=True, metadata=doc(
+        "on CPU (glibc): serve large tensors from the heap and keep freed memory, instead of mmap/munmap and "
+        "fresh page faults every step (torchrec_mdr.training.cpu_memory); the process keeps its peak memory"))
 
     def validate(self) -> None:
         if self.init_optimizer and not self.init_from:

@@ -10,11 +10,13 @@ optimizer, DMP with the configured sharding, dense optimizer) and runs:
 * ``sparse_dist`` — torchrec's ``TrainPipelineSparseDist`` (the input all-to-all of batch i+1
   overlaps the forward/backward of batch i), what ``mdr train`` uses by default.
 
-Measured: ``warmup`` steps are run and discarded, then the loops of one model, built side by
-side, take turns in ``repeats`` rounds: in each round every loop trains ``steps`` steps (a window),
+Measured: ``warmup`` steps are run and discarded, then the loops of one model (one per training loop
+and batch size: ``batch_sizes`` measures several in the same rounds), built side by side, take
+turns in ``repeats`` rounds: in each round every loop trains ``steps`` steps (a window),
 the first loop of a round moving one place each round (plain, base, sparse_dist; base,
 sparse_dist, plain; ...), so that no loop always runs first or last. A window's wall time is the
-slowest rank's, and ``samples/s = steps * batch_size * world_size / seconds``. Each cell reports
+slowest rank's (``clock = "cpu"``: the process's CPU seconds instead of wall seconds), and
+``samples/s = steps * batch_size * world_size / seconds``. Each cell reports
 the median of its windows, and ``sparse_dist / plain`` is the median (with min and max) of the
 per-round ratios: the two windows of one round run back to back, so a burst of outside load on a
 shared machine moves both. Batches are read
@@ -63,6 +65,9 @@ class TrainBenchOptions:
     pipelines: list[PipelineType] = field(default_factory=lambda: list(PIPELINES),  # type: ignore[arg-type]
                                           metadata=doc("training loops: plain, base, sparse_dist"))
     batch_size: int = field(default=512, metadata=bounds(ge=1, help="rows per batch per process"))
+    batch_sizes: list[int] = field(default_factory=list, metadata=bounds(
+        ge=1, help="several batch sizes per process, their loops taking turns in the same rounds (replaces "
+                   "--batch-size)"))
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))
     sharding: ShardingType = field(default="table_wise", metadata=doc("sharding of every table (auto: planner)"))
     warmup: int = field(default=20, metadata=bounds(ge=1, help="steps run before timing (discarded)"))
@@ -72,6 +77,14 @@ class TrainBenchOptions:
     threads: int = field(default=0, metadata=bounds(ge=0, help="torch threads per process (0: cores // world size)"))
     device: Literal["cpu", "cuda"] = field(default="cpu", metadata=doc("cuda: one GPU per process, nccl"))
     mixed_precision: bool = field(default=False, metadata=doc("bf16 autocast of the dense arch (cuda only)"))
+    clock: Literal["wall", "cpu"] = field(default="wall", metadata=doc(
+        "what a window's seconds are: wall (elapsed) or cpu (the process's user + system CPU time: steadier "
+        "where other jobs share the cores; with one thread per process)"))
+
+    @property
+    def sizes(self) -> list[int]:
+        """The batch sizes measured: ``batch_sizes``, or ``[batch_size]``."""
+        return list(self.batch_sizes) or [self.batch_size]
 
     def validate(self) -> None:
         from torchrec_mdr.models.registry import MODELS
@@ -81,6 +94,8 @@ class TrainBenchOptions:
             raise ConfigError(f"'models': unknown {unknown}; registered models: {sorted(MODELS)}")
         if not self.pipelines or not self.models or not self.world_sizes:
             raise ConfigError("'models', 'world_sizes' and 'pipelines' need at least one entry each")
+        if self.clock == "cpu" and self.device == "cuda":
+            raise ConfigError("'clock': cpu time does not measure GPU work; use --clock wall with --device cuda")
         # the checks the trainer would make inside the spawned processes, made here for a clean error
         if self.device == "cuda" and torch.cuda.device_count() < max(self.world_sizes):
             raise ConfigError(f"'device': cuda needs one GPU per process, {max(self.world_sizes)} for world sizes "
@@ -141,14 +156,14 @@ def _fresh(batches: list[Batch]) -> Iterator[Batch]:
                     batch.domain, batch.labels, batch.group_ids, batch.session_ids)
 
 
-def _read_batches(options: TrainBenchOptions, rank: int, world_size: int) -> list[Batch]:
+def _read_batches(options: TrainBenchOptions, batch_size: int, rank: int, world_size: int) -> list[Batch]:
     from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 
-    config = ReaderConfig(path=options.data, batch_size=options.batch_size, shuffle=False, drop_last=True)
+    config = ReaderConfig(path=options.data, batch_size=batch_size, shuffle=False, drop_last=True)
     batches = list(itertools.islice(iter(make_dataloader(config, "train", rank, world_size)),
                                     options.batches_in_memory))
     if not batches:
-        raise ConfigError(f"'batch_size' {options.batch_size}: the train split of {options.data} has no full "
+        raise ConfigError(f"'batch_size' {batch_size}: the train split of {options.data} has no full "
                           f"batch per process at world size {world_size}")
     return batches
 
@@ -156,15 +171,15 @@ def _read_batches(options: TrainBenchOptions, rank: int, world_size: int) -> lis
 class _Loop:
     """One model trained by one loop: the trainer, its torchrec pipeline (None: plain) and batches."""
 
-    def __init__(self, options: TrainBenchOptions, model: str, pipeline: str, batches: list[Batch],
-                 run_dir: Path) -> None:
+    def __init__(self, options: TrainBenchOptions, model: str, pipeline: str, batch_size: int,
+                 batches: list[Batch], run_dir: Path) -> None:
         from torchrec_mdr.data.reader import ReaderConfig
         from torchrec_mdr.experiment import ExperimentConfig, SparseConfig, TrainConfig
         from torchrec_mdr.models.registry import ModelConfig
         from torchrec_mdr.training.trainer import Trainer
 
         config = ExperimentConfig(
-            data=ReaderConfig(path=options.data, batch_size=options.batch_size, shuffle=False),
+            data=ReaderConfig(path=options.data, batch_size=batch_size, shuffle=False),
             model=ModelConfig(name=model, embedding_dim=options.embedding_dim),
             sparse=SparseConfig(sharding=options.sharding),
             train=TrainConfig(pipeline=pipeline, device=options.device,  # type: ignore[arg-type]
@@ -174,6 +189,7 @@ class _Loop:
         torch.set_num_threads(_threads(options, self.trainer.ctx.world_size))  # init_distributed sets its own
         self.source = _fresh(batches)
         self.cuda = self.trainer.ctx.device.type == "cuda"
+        self.clock = time.process_time if options.clock == "cpu" else time.perf_counter
 
     def step(self) -> None:
         self.trainer.train_step(self.source)
@@ -185,13 +201,13 @@ class _Loop:
         if self.cuda:
             torch.cuda.synchronize()
         dist.barrier()
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(steps):
             self.step()
         if self.cuda:
             torch.cuda.synchronize()  # the steps' kernels are queued, not done, when step() returns
         # nccl reduces only CUDA tensors
-        seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64,
+        seconds = torch.tensor([self.clock() - start], dtype=torch.float64,
                                device="cuda" if self.cuda else "cpu")
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
         return float(seconds.item())
@@ -201,23 +217,24 @@ class _Loop:
             self.trainer.writer.close()
 
 
-def round_order(pipelines: list[str], round_index: int) -> list[str]:
+def round_order(pipelines: list, round_index: int) -> list:
     """The loops' turn in round ``round_index``: rotated by one place per round."""
     shift = round_index % len(pipelines)
     return pipelines[shift:] + pipelines[:shift]
 
 
-def _measure_model(options: TrainBenchOptions, model: str, batches: list[Batch], out: Path,
-                   world_size: int) -> dict[str, list[float]]:
-    """pipeline -> seconds of ``options.steps`` steps in each of ``options.repeats`` rounds."""
-    loops = {p: _Loop(options, model, p, batches, out / f"run-{world_size}-{model}-{p}") for p in options.pipelines}
+def _measure_model(options: TrainBenchOptions, model: str, batches: dict[int, list[Batch]], out: Path,
+                   world_size: int) -> dict[tuple[str, int], list[float]]:
+    """(pipeline, batch size) -> seconds of ``options.steps`` steps in each of ``options.repeats`` rounds."""
+    loops = {(p, size): _Loop(options, model, p, size, batches[size], out / f"run-{world_size}-{model}-{p}-{size}")
+             for size in options.sizes for p in options.pipelines}
     for loop in loops.values():
         for _ in range(options.warmup):
             loop.step()
-    seconds: dict[str, list[float]] = {p: [] for p in loops}
+    seconds: dict[tuple[str, int], list[float]] = {key: [] for key in loops}
     for round_index in range(options.repeats):
-        for pipeline in round_order(list(loops), round_index):
-            seconds[pipeline].append(loops[pipeline].timed(options.steps))
+        for key in round_order(list(loops), round_index):
+            seconds[key].append(loops[key].timed(options.steps))
     for loop in loops.values():
         loop.close()
     return seconds
@@ -250,13 +267,13 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
         torch.cuda.set_device(rank)
     dist.init_process_group("nccl" if options.device == "cuda" else "gloo", rank=rank, world_size=world_size)
     try:
-        batches = _read_batches(options, rank, world_size)
+        batches = {size: _read_batches(options, size, rank, world_size) for size in options.sizes}
         cells = []
-        samples = options.steps * options.batch_size * world_size
         for model in options.models:
-            for pipeline, seconds in _measure_model(options, model, batches, out, world_size).items():
+            for (pipeline, size), seconds in _measure_model(options, model, batches, out, world_size).items():
+                samples = options.steps * size * world_size
                 cells.append(Cell(model, world_size, pipeline, [samples / x for x in seconds], options.steps,
-                                  options.batch_size, torch.get_num_threads()).__dict__)
+                                  size, torch.get_num_threads()).__dict__)
         if rank == 0:
             (out / f"cells-{world_size}.json").write_text(json.dumps(cells))
     finally:
@@ -282,23 +299,32 @@ def _device_name(options: TrainBenchOptions) -> str:
 def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
     """One row per (model, world size): median samples/s of every loop, and sparse_dist / plain as the
     median, min and max of the per-round ratios."""
-    by_key = {(c.model, c.world_size, c.pipeline): c for c in cells}
+    by_key = {(c.model, c.world_size, c.batch_size, c.pipeline): c for c in cells}
+    sizes = sorted({c.batch_size for c in cells})
     ratio = "plain" in options.pipelines and "sparse_dist" in options.pipelines
-    header = f"{'model':<10}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
+    header = f"{'model':<14}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
     header += f"{'sparse_dist/plain':>19}{'min':>7}{'max':>7}" if ratio else ""
-    lines = [f"training samples/s (median of {options.repeats} rounds x {options.steps} timed steps after "
-             f"{options.warmup} warm-up, batch {options.batch_size} per process, sharding {options.sharding}, "
+    clock = " of CPU time" if options.clock == "cpu" else ""
+    lines = [f"training samples/s{clock} (median of {options.repeats} rounds x {options.steps} timed steps after "
+             f"{options.warmup} warm-up, batch {', '.join(map(str, sizes))} per process, sharding {options.sharding}, "
              f"embedding dim {options.embedding_dim}) on {_device_name(options)}", header]
-    for model in options.models:
-        for world_size in options.world_sizes:
-            row = [by_key[(model, world_size, p)].samples_per_sec for p in options.pipelines]
-            threads = by_key[(model, world_size, options.pipelines[0])].threads
-            line = f"{model:<10}{world_size:>6}{threads:>8}{options.batch_size * world_size:>11,}"
-            line += "".join(f"{value:>14,.0f}" for value in row)
-            if ratio:
-                ratios = paired_ratios(by_key[(model, world_size, "sparse_dist")], by_key[(model, world_size, "plain")])
-                line += f"{statistics.median(ratios):>19.3f}{min(ratios):>7.3f}{max(ratios):>7.3f}"
-            lines.append(line)
+    for model, world_size, size in itertools.product(options.models, options.world_sizes, sizes):
+        row = [by_key[(model, world_size, size, p)].samples_per_sec for p in options.pipelines]
+        threads = by_key[(model, world_size, size, options.pipelines[0])].threads
+        line = f"{model:<14}{world_size:>6}{threads:>8}{size * world_size:>11,}"
+        line += "".join(f"{value:>14,.0f}" for value in row)
+        if ratio:
+            ratios = paired_ratios(by_key[(model, world_size, size, "sparse_dist")],
+                                   by_key[(model, world_size, size, "plain")])
+            line += f"{statistics.median(ratios):>19.3f}{min(ratios):>7.3f}{max(ratios):>7.3f}"
+        lines.append(line)
+    if len(sizes) > 1:  # how throughput moves with the batch, paired by round like the loops
+        small, large = sizes[0], sizes[-1]
+        for model, world_size, pipeline in itertools.product(options.models, options.world_sizes, options.pipelines):
+            ratios = paired_ratios(by_key[(model, world_size, large, pipeline)],
+                                   by_key[(model, world_size, small, pipeline)])
+            lines.append(f"{model} world {world_size} {pipeline}: samples/s at batch {large} / at {small}: median "
+                         f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
     return "\n".join(lines)
 
 

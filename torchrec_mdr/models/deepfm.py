@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import bounds
-from torchrec_mdr.models.blocks import MLP, masked_mean
+from torchrec_mdr.models.blocks import MLP
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -72,7 +72,7 @@ class DeepFMArch(nn.Module):
     def field_vectors(self, features: EmbeddedFeatures) -> torch.Tensor:
         """V [B, K, D]: id fields, domain, each sequence column mean-pooled, dense (see the module doc)."""
         parts = [features.fields, self.domain_embedding(features.domain).unsqueeze(1)]
-        parts += [masked_mean(s.keys, s.mask).unflatten(1, (n, self.dim))
+        parts += [s.mean().unflatten(1, (n, self.dim))
                   for s, n in zip(features.sequences, self.sequence_fields)]
         if self.dense_field is not None:
             parts.append(self.dense_field(features.dense).unsqueeze(1))

@@ -16,8 +16,8 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.features import ArchOutput, FeatureLayout, embed_features
-from torchrec_mdr.models.registry import ModelConfig, build_dense_arch
-from torchrec_mdr.sparse.arch import SparseArch
+from torchrec_mdr.models.registry import MODELS, ModelConfig, build_dense_arch
+from torchrec_mdr.sparse.arch import SparseArch, pooled_sequence_tables
 
 if TYPE_CHECKING:
     from torchrec_mdr.sparse.mch.config import EvictionConfig
@@ -61,15 +61,22 @@ class RankingModel(nn.Module):
             see :mod:`torchrec_mdr.sparse.mch.eviction`.
         mixed_precision: bf16 autocast of the dense arch on CUDA.
         planning_only: see :class:`~torchrec_mdr.sparse.arch.SparseArch` (``mdr plan``).
+        pooled_sequences: look the sequences up pooled (their means) rather than by position; None:
+            as the model's registry entry says (``sequence_positions``). Attention models need positions.
     """
 
     def __init__(self, spec: DatasetSpec, config: ModelConfig, sparse_device: torch.device | None = None,
                  dense_device: torch.device | None = None, eviction: "EvictionConfig | None" = None,
-                 mc_buckets: int = 1, mixed_precision: bool = False, planning_only: bool = False) -> None:
+                 mc_buckets: int = 1, mixed_precision: bool = False, planning_only: bool = False,
+                 pooled_sequences: bool | None = None) -> None:
         super().__init__()
+        entry = MODELS[config.name]
+        pool = (not entry.needs_positions(getattr(config, entry.config_field)) if pooled_sequences is None
+                else pooled_sequences)
+        tables = pooled_sequence_tables(spec, eviction, pool)
         self.sparse_arch = SparseArch(spec, config.embedding_dim, device=sparse_device, eviction=eviction,
-                                      mc_buckets=mc_buckets, planning_only=planning_only)
-        self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim), config,
+                                      mc_buckets=mc_buckets, planning_only=planning_only, pooled_sequences=tables)
+        self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim, tables), config,
                                     mixed_precision).to(dense_device)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

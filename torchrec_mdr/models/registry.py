@@ -8,7 +8,8 @@ Add a model in five steps (the same list as docs/models.md, "Add a model in five
    (or ``ArchOutput``), composed of the toolkit's blocks (:mod:`torchrec_mdr.models.blocks`).
 2. Register it here: import the two classes and add one line to :data:`MODELS`,
    ``ModelEntry("<name>", <Name>Arch, <Name>Config, "<one-line description>")``. :class:`ModelConfig`
-   is built from :data:`MODELS`, so its options become ``model.<name>.*``.
+   is built from :data:`MODELS`, so its options become ``model.<name>.*``. An arch that reads each
+   sequence only through ``EmbeddedSequence.mean()`` adds ``sequence_positions=False`` (pooled lookups).
 3. Test what is yours in ``tests/test_<name>.py`` against hand computations and add it to ``ARCHS`` in
    ``tests/test_baselines.py`` (padding, determinism, domain gradients); the registry-wide tests pick
    it up by name (``test_models.py``, ``test_fx_trace.py``, ``test_distributed.py``).
@@ -51,15 +52,30 @@ class ModelEntry:
     arch: Callable[..., nn.Module]  # (layout, its options) -> module
     config: type  # its options dataclass
     description: str
+    # whether the arch reads each behaviour's embedding (attention); False: only each sequence's mean
+    # (EmbeddedSequence.mean()), which the sparse arch then looks up pooled; a function of the model's
+    # options when they decide it (a method model on a target-attention ``backbone``)
+    sequence_positions: bool | Callable[[Any], bool] = True
 
     @property
     def config_field(self) -> str:
         """The :class:`ModelConfig` field holding its options (its name)."""
         return self.name
 
+    def needs_positions(self, options: Any) -> bool:
+        """Whether the arch built with ``options`` (its config section) reads the sequences by position."""
+        positions = self.sequence_positions
+        return bool(positions(options) if callable(positions) else positions)
+
+
+def _unless_mean_backbone(options: Any) -> bool:
+    """Positions for a target-attention ``backbone``; the pooled means for ``"mean"``."""
+    return options.backbone != "mean"
+
 
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
-    ModelEntry("dnn", DNNArch, DNNConfig, "shared MLP over all embeddings (BaseDNN)"),
+    ModelEntry("dnn", DNNArch, DNNConfig, "shared MLP over all embeddings (BaseDNN)",
+               sequence_positions=False),
     ModelEntry("din", DINArch, DINConfig, "DIN target attention over the behaviour sequences"),
     ModelEntry("mha", MHAArch, MHAConfig, "multi-head target attention over the behaviour sequences"),
     ModelEntry("can", CANArch, CANConfig, "CAN: candidate-parameterised micro-MLP over each behaviour"),
@@ -68,24 +84,35 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                                              "self-training"),
     ModelEntry("sfpnet", SFPNetArch, SFPNetConfig, "SFPNet: scenario-tailoring blocks (SAM + RTM), DIN, S-DNN"),
     ModelEntry("shared_bottom", SharedBottomArch, SharedBottomConfig,
-               "Shared-Bottom: shared MLP, one tower per domain"),
-    ModelEntry("mmoe", MMoEArch, MMoEConfig, "MMoE: shared experts, one softmax gate and tower per domain"),
-    ModelEntry("ple", PLEArch, PLEConfig, "PLE: stacked CGC levels (shared + domain experts), towers per domain"),
-    ModelEntry("star", STARArch, STARConfig, "STAR: partitioned norm, star-topology FCN (shared ⊙ domain), aux net"),
+               "Shared-Bottom: shared MLP, one tower per domain",
+               sequence_positions=False),
+    ModelEntry("mmoe", MMoEArch, MMoEConfig, "MMoE: shared experts, one softmax gate and tower per domain",
+               sequence_positions=False),
+    ModelEntry("ple", PLEArch, PLEConfig, "PLE: stacked CGC levels (shared + domain experts), towers per domain",
+               sequence_positions=False),
+    ModelEntry("star", STARArch, STARConfig, "STAR: partitioned norm, star-topology FCN (shared ⊙ domain), aux net",
+               sequence_positions=False),
     ModelEntry("pepnet", PEPNetArch, PEPNetConfig, "PEPNet: EPNet domain gates on embeddings, PPNet user gates "
-                                                   "on towers"),
-    ModelEntry("deepfm", DeepFMArch, DeepFMConfig, "DeepFM: FM (first + second order) and a DNN over the same fields"),
-    ModelEntry("apg", APGArch, APGConfig, "APG: hidden layers with weights U S_i V, S_i generated from the domain"),
+                                                   "on towers (model.pepnet.backbone: on DIN / MHA / CAN)",
+               sequence_positions=_unless_mean_backbone),
+    ModelEntry("deepfm", DeepFMArch, DeepFMConfig, "DeepFM: FM (first + second order) and a DNN over the same fields",
+               sequence_positions=False),
+    ModelEntry("apg", APGArch, APGConfig, "APG: hidden layers with weights U S_i V, S_i generated from the domain",
+               sequence_positions=_unless_mean_backbone),
     ModelEntry("dcnv2", DCNv2Arch, DCNv2Config, "DCN-V2: full / low-rank / mixture cross layers and a DNN, stacked "
-                                                "or parallel"),
+                                                "or parallel", sequence_positions=False),
     ModelEntry("m2m", M2MArch, M2MConfig, "M2M: experts, scenario-generated meta attention and residual meta "
-                                          "towers per task"),
+                                          "towers per task", sequence_positions=_unless_mean_backbone),
     ModelEntry("aesm2", AESM2Arch, AESM2Config, "AESM2: multi-task over multi-scenario expert layers, KL-based "
-                                                "selection of specific and shared experts per row"),
+                                                "selection of specific and shared experts per row",
+               sequence_positions=False),
     ModelEntry("adasparse", AdaSparseArch, AdaSparseConfig, "AdaSparse: DNN whose neurons are weighted by "
-                                                             "domain-aware pruners, sparsity regularisation"),
-    ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch"),
-    ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction"),
+                                                             "domain-aware pruners, sparsity regularisation",
+               sequence_positions=False),
+    ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch",
+               sequence_positions=False),
+    ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction",
+               sequence_positions=False),
 )}
 
 

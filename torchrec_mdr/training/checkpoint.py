@@ -514,8 +514,13 @@ class CheckpointManager:
             state["optim"] = _optimizer_target(optimizer, saved)
         missing = sorted(k for k in _flat_keys(state) if k not in saved)
         if missing:
+            moved = any(".sequence_bag_collection." in k for k in missing)  # see docs/benchmarks.md, pooled sequences
             raise TrainingError(f"checkpoint {info.path} does not hold {len(missing)} entries this model needs, "
-                                f"e.g. {missing[:3]} (was it written by another model or optimizer?)")
+                                f"e.g. {missing[:3]} (was it written by another model or optimizer?"
+                                + (" Models that only pool their sequences keep those tables in "
+                                   "sparse_arch.sequence_bag_collection since torchrec-mdr 2026-11-26; older "
+                                   "checkpoints of such models hold them in sparse_arch.embedding_collection "
+                                   "and do not load" if moved else "") + ")")
         grown = _grown_targets(state, saved, info.path) if grow else []
         reshard = (MCHReshard(model, state["model"], saved, saved_world)
                    if managed and (saved_world != self.ctx.world_size or reshard_managed) else None)

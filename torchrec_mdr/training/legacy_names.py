@@ -8,6 +8,12 @@ Old -> new (the whole list; a new rename adds a line here and a case in tests/te
 * ``dense_arch.model.domain_embedding.*`` -> ``dense_arch.model.input.domain_embedding.*``
 * ``dense_arch.model.queries.<i>.*`` -> ``dense_arch.model.pooling.<i>.query_projection.*``
 * ``dense_arch.model.attentions.<i>.*`` -> ``dense_arch.model.pooling.<i>.attention.*``
+* ``sparse_arch.embedding_collection.embeddings.<table>.*`` ->
+  ``sparse_arch.sequence_bag_collection.embedding_bags.<table>.*`` (the sequence tables of the models that
+  only mean-pool their sequences, looked up pooled since; same rows, same values)
+
+Only model weights are renamed: a run resumed from such a checkpoint would also need the fused optimizer's
+state under the new names, so ``--resume`` stops with the checkpoint's "does not hold" error instead.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ RENAMES: tuple[tuple[re.Pattern[str], str], ...] = (  # (new name, its old form)
     (re.compile(r"dense_arch\.model\.input\.domain_embedding\."), "dense_arch.model.domain_embedding."),
     (re.compile(r"dense_arch\.model\.pooling\.(\d+)\.query_projection\."), r"dense_arch.model.queries.\1."),
     (re.compile(r"dense_arch\.model\.pooling\.(\d+)\.attention\."), r"dense_arch.model.attentions.\1."),
+    (re.compile(r"sparse_arch\.sequence_bag_collection\.embedding_bags\."),
+     "sparse_arch.embedding_collection.embeddings."),
 )
 
 

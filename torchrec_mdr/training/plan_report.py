@@ -5,7 +5,7 @@ from __future__ import annotations
 from torchrec_mdr.training.cluster import GB
 from torchrec_mdr.training.cluster_plan import ClusterPlan, RankUse
 
-COLLECTIONS = {"embedding_bag_collection": "EBC", "embedding_collection": "EC",
+COLLECTIONS = {"embedding_bag_collection": "EBC", "embedding_collection": "EC", "sequence_bag_collection": "EBC-seq",
                "managed_embedding_bag_collection": "MC-EBC", "managed_embedding_collection": "MC-EC"}
 
 

@@ -13,7 +13,8 @@ are always row_wise with the fused kernel, whatever ``sparse.sharding`` says: to
 no other way, so they get a hand-written plan in ``auto`` mode too (the planner, which on CPU
 offers a managed EmbeddingBagCollection no sharding type at all, plans the other tables). On CPU
 their evictions need the :mod:`torchrec_mdr.sparse.mch.fbgemm_cpu_fallback` kernel, installed after
-sharding.
+sharding. On CPU the EmbeddingCollection's fused backward is routed through fbgemm's pooled kernel
+(:mod:`torchrec_mdr.sparse.fbgemm_nobag_cpu`: the unpooled CPU kernel's cost per row grows with the batch).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagC
                                                    ManagedCollisionEmbeddingCollection)
 
 from torchrec_mdr.config import ConfigError
+from torchrec_mdr.sparse import fbgemm_nobag_cpu
 from torchrec_mdr.sparse.config import ShardingType
 from torchrec_mdr.sparse.mch import fbgemm_cpu_fallback
 from torchrec_mdr.training.distributed import DistContext
@@ -164,6 +166,8 @@ def wrap_model(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> Di
     plan = planner_plan(model, ctx, all_sharders) if sharding == "auto" else hand_plan(model, sharding, ctx)
     managed = any(isinstance(m, MANAGED) for m in embedding_collections(model).values())
     sharded = DistributedModelParallel(model, device=ctx.device, plan=plan, sharders=all_sharders)
+    if ctx.device.type == "cpu":
+        fbgemm_nobag_cpu.install()  # kept to fbgemm-gpu-cpu 1.8.0; a no-op once installed
     if managed:
         fbgemm_cpu_fallback.install(sharded)  # a no-op off CPU or where fbgemm has the CPU kernel
     return sharded

@@ -51,6 +51,7 @@ from torchrec_mdr.training.distributed import DistContext, init_distributed
 from torchrec_mdr.training.early_stopping import EarlyStopping, history_entry
 from torchrec_mdr.training.model_factory import build_model
 from torchrec_mdr.training.optimizers import LRSchedule, build_optimizer
+from torchrec_mdr.training.cpu_memory import keep_freed_memory
 from torchrec_mdr.training.sharding import wrap_model
 from torchrec_mdr.training.warm_start import dataset_changes, describe, parse_source
 
@@ -89,6 +90,8 @@ class Trainer:
         self.ctx = init_distributed(config.train.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        if config.train.cpu_keep_freed_memory and self.ctx.device.type == "cpu":
+            keep_freed_memory()
         if config.train.mixed_precision and self.ctx.device.type != "cuda":
             raise ConfigError("train.mixed_precision is bf16 autocast on GPU; this run is on the CPU")
         self.spec = DatasetSpec.load(config.data.path)

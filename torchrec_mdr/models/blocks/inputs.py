@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torchrec_mdr.models.blocks.sequence import masked_mean
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -43,5 +42,5 @@ class FlatInput(ContextInput):
         self.width += sum(layout.sequence_width(s) for s in layout.sequences)
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:  # type: ignore[override]
-        parts = [super().forward(features)] + [masked_mean(s.keys, s.mask) for s in features.sequences]
+        parts = [super().forward(features)] + [s.mean() for s in features.sequences]
         return torch.cat(parts, dim=1)

@@ -121,7 +121,7 @@ class MeanPooling(nn.Module):
         self.out_features = sum(self.group_widths)
 
     def forward(self, sequences: list[EmbeddedSequence], context: torch.Tensor | None = None) -> list[torch.Tensor]:
-        return [masked_mean(s.keys, s.mask) for s in sequences]
+        return [s.mean() for s in sequences]  # the pooled lookup's mean, or computed from the positions
 
 
 SEQUENCE_BACKBONES: tuple[str, ...] = ("mean", *ATTENTION_KINDS)
