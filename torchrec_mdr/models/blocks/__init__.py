@@ -10,7 +10,9 @@ module             blocks
 ``sequence``       :func:`masked_mean`, :class:`QueryProjection`, :class:`SequenceAttention` (one group:
                    query projection + attention), :class:`SequencePooling` (every group of a layout)
 ``inputs``         :class:`ContextInput` (fields, domain-id embedding, dense; its ``width``),
-                   :class:`FlatInput` (the context and the mean-pooled sequences)
+                   :class:`FlatInput` (the context and the mean-pooled sequences),
+                   :class:`FieldVectors` (the same inputs as D-wide fields [B, K, D], each sequence column
+                   mean-pooled, dense through a Linear)
 ``stacked``        per-domain / per-expert layers: :func:`select_domain`, :class:`StackedLinear`,
                    :class:`StackedMLP`, :class:`DomainTowers`
 ``norm``           :class:`DomainBatchNorm` (DSBN, STAR's partitioned normalisation)
@@ -26,7 +28,7 @@ from torchrec_mdr.models.blocks.attention import (ATTENTION_KINDS, AttentionKind
                                                   DINAttention, MultiHeadTargetAttention, build_attention,
                                                   check_attention_kind)
 from torchrec_mdr.models.blocks.generated import GeneratedLinear, GeneratedMLP
-from torchrec_mdr.models.blocks.inputs import ContextInput, FlatInput
+from torchrec_mdr.models.blocks.inputs import ContextInput, FieldVectors, FlatInput
 from torchrec_mdr.models.blocks.mlp import MLP
 from torchrec_mdr.models.blocks.norm import DomainBatchNorm
 from torchrec_mdr.models.blocks.sequence import QueryProjection, SequenceAttention, SequencePooling, masked_mean
@@ -34,7 +36,7 @@ from torchrec_mdr.models.blocks.stacked import DomainTowers, StackedLinear, Stac
 
 __all__ = [
     "ATTENTION_KINDS", "AttentionKind", "AttentionOptions", "CoActionUnit", "ContextInput", "DINAttention",
-    "DomainBatchNorm", "DomainTowers", "FlatInput", "GeneratedLinear", "GeneratedMLP", "MLP",
+    "DomainBatchNorm", "DomainTowers", "FieldVectors", "FlatInput", "GeneratedLinear", "GeneratedMLP", "MLP",
     "MultiHeadTargetAttention", "QueryProjection", "SequenceAttention", "SequencePooling", "StackedLinear",
     "StackedMLP", "build_attention", "check_attention_kind", "masked_mean", "select_domain",
 ]
