@@ -1,4 +1,5 @@
-"""The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM (tiny hand-made features)."""
+"""The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM, DCN-V2, FRNet (tiny hand-made
+features)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
+from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import EPNet, GateNU, PEPNetArch, PEPNetConfig, PPNetTowers
 from torchrec_mdr.models.ple import CGCLevel, PLEArch, PLEConfig
@@ -48,6 +50,9 @@ ARCHS = {
     "dcnv2": lambda: DCNv2Arch(layout(), DCNv2Config(cross_layers=2, hidden=[8, 6])),
     "dcnv2_stacked_mixture": lambda: DCNv2Arch(layout(), DCNv2Config(structure="stacked", cross_type="mixture",
                                                                      low_rank=4, num_experts=2, hidden=[8])),
+    "frnet": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8, 6], attention_size=3, cie_hidden=[7])),
+    "frnet_vector": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8], attention_size=3, cie_hidden=[],
+                                                            weight_type="vector")),
     "shared_bottom": lambda: SharedBottomArch(layout(), SharedBottomConfig(bottom_hidden=[8, 6], tower_hidden=[5])),
     "mmoe": lambda: MMoEArch(layout(), MMoEConfig(num_experts=3, expert_hidden=[8, 6], tower_hidden=[5])),
     "ple": lambda: PLEArch(layout(), PLEConfig(num_levels=2, num_shared_experts=2, num_specific_experts=2,

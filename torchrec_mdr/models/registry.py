@@ -33,6 +33,7 @@ from torchrec_mdr.models.ads import ADSArch, ADSConfig
 from torchrec_mdr.models.din import DINArch, DINConfig
 from torchrec_mdr.models.dnn import DNNArch, DNNConfig
 from torchrec_mdr.models.features import FeatureLayout
+from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import PEPNetArch, PEPNetConfig
 from torchrec_mdr.models.ple import PLEArch, PLEConfig
@@ -75,6 +76,8 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
     ModelEntry("apg", APGArch, APGConfig, "APG: hidden layers with weights U S_i V, S_i generated from the domain"),
     ModelEntry("dcnv2", DCNv2Arch, DCNv2Config, "DCN-V2: full / low-rank / mixture cross layers and a DNN, stacked "
                                                 "or parallel"),
+    ModelEntry("frnet", FRNetArch, FRNetConfig, "FRNet: fields refined by two IEUs and a complementary selection "
+                                                "gate, then a DNN"),
     ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch"),
     ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction"),
 )}

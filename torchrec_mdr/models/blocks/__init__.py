@@ -16,6 +16,9 @@ module             blocks
 ``stacked``        per-domain / per-expert layers: :func:`select_domain`, :class:`StackedLinear`,
                    :class:`StackedMLP`, :class:`DomainTowers`
 ``norm``           :class:`DomainBatchNorm` (DSBN, STAR's partitioned normalisation)
+``refinement``     context-aware field refinement (FRNet): :class:`FeatureRefinement` (two
+                   :class:`InformationExtractionUnit` s and the complementary selection gate; field
+                   vectors [B, K, D] in and out), :class:`FieldSelfAttention`
 ``generated``      weights generated per row from a condition (APG): :class:`GeneratedLinear` (W_i = U S_i V,
                    decomposed feed-forward), :class:`GeneratedMLP`
 =================  =====================================================================================
@@ -31,12 +34,15 @@ from torchrec_mdr.models.blocks.generated import GeneratedLinear, GeneratedMLP
 from torchrec_mdr.models.blocks.inputs import ContextInput, FieldVectors, FlatInput
 from torchrec_mdr.models.blocks.mlp import MLP
 from torchrec_mdr.models.blocks.norm import DomainBatchNorm
+from torchrec_mdr.models.blocks.refinement import (WEIGHT_TYPES, FeatureRefinement, FieldSelfAttention,
+                                                   InformationExtractionUnit, WeightType)
 from torchrec_mdr.models.blocks.sequence import QueryProjection, SequenceAttention, SequencePooling, masked_mean
 from torchrec_mdr.models.blocks.stacked import DomainTowers, StackedLinear, StackedMLP, select_domain
 
 __all__ = [
     "ATTENTION_KINDS", "AttentionKind", "AttentionOptions", "CoActionUnit", "ContextInput", "DINAttention",
-    "DomainBatchNorm", "DomainTowers", "FieldVectors", "FlatInput", "GeneratedLinear", "GeneratedMLP", "MLP",
-    "MultiHeadTargetAttention", "QueryProjection", "SequenceAttention", "SequencePooling", "StackedLinear",
-    "StackedMLP", "build_attention", "check_attention_kind", "masked_mean", "select_domain",
+    "DomainBatchNorm", "DomainTowers", "FeatureRefinement", "FieldSelfAttention", "FieldVectors", "FlatInput",
+    "GeneratedLinear", "GeneratedMLP", "InformationExtractionUnit", "MLP", "MultiHeadTargetAttention",
+    "QueryProjection", "SequenceAttention", "SequencePooling", "StackedLinear", "StackedMLP", "WEIGHT_TYPES",
+    "WeightType", "build_attention", "check_attention_kind", "masked_mean", "select_domain",
 ]
