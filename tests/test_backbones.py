@@ -50,3 +50,16 @@ def test_backbone_is_one_config_line():
                        prefix="model")
     assert config.pepnet.backbone == "can" and config.pepnet.attention.options("can").orders == 2
     assert from_dict(ModelConfig, {"name": "apg", "apg": {"backbone": "mha"}}, prefix="model").apg.backbone == "mha"
+
+
+def test_frnet_on_din_refines_the_fields_and_attends_to_the_raw_behaviours():
+    from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
+
+    torch.manual_seed(0)
+    arch = FRNetArch(layout(), FRNetConfig(hidden=[6], attention_size=3, cie_hidden=[], backbone="din")).eval()
+    batch = features()
+    assert arch.num_fields == 4 + 1 + 1  # id fields, domain, dense: no sequence field
+    refined = arch.refinement(arch.input(batch)).flatten(1)
+    expected = arch.dnn(torch.cat([refined, arch.pooling[0](batch.sequences[0])], dim=1))
+    torch.testing.assert_close(arch(batch), expected)
+    assert FRNetArch(layout(), FRNetConfig(hidden=[6], cie_hidden=[])).num_fields == 4 + 1 + 2 + 1  # mean: columns

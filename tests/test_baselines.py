@@ -1,5 +1,5 @@
-"""The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM, DCN-V2, M2M, AESM², AdaSparse
-(tiny hand-made features)."""
+"""The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM, DCN-V2, FRNet, M2M, AESM²,
+AdaSparse (tiny hand-made features)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig
+from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import EPNet, GateNU, PEPNetArch, PEPNetConfig, PPNetTowers
 from torchrec_mdr.models.ple import CGCLevel, PLEArch, PLEConfig
@@ -65,6 +66,9 @@ ARCHS = {
                                                scenario_features=["user_activity"])),
     "m2m_mha": lambda: M2MArch(layout(), M2MConfig(num_experts=2, expert_hidden=[8], view_dim=4, backbone="mha",
                                                    attention=TargetAttentionConfig(heads=2, head_dim=3))),
+    "frnet": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8, 6], attention_size=3, cie_hidden=[7])),
+    "frnet_vector": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8], attention_size=3, cie_hidden=[],
+                                                            weight_type="vector")),
     "shared_bottom": lambda: SharedBottomArch(layout(), SharedBottomConfig(bottom_hidden=[8, 6], tower_hidden=[5])),
     "mmoe": lambda: MMoEArch(layout(), MMoEConfig(num_experts=3, expert_hidden=[8, 6], tower_hidden=[5])),
     "ple": lambda: PLEArch(layout(), PLEConfig(num_levels=2, num_shared_experts=2, num_specific_experts=2,
@@ -77,6 +81,8 @@ ARCHS = {
                                                         domain_features=["user_activity"])),
     # method models on a target-attention backbone (the ADS paper's "DIN +PEPNet" rows)
     "pepnet_din": lambda: PEPNetArch(layout(), PEPNetConfig(hidden=[8, 6], gate_hidden=5, backbone="din")),
+    "frnet_mha": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8], attention_size=3, cie_hidden=[], backbone="mha",
+                                                         attention=TargetAttentionConfig(heads=2, head_dim=3))),
     "apg_can": lambda: APGArch(layout(), APGConfig(hidden=[8], rank=2, over_rank=0, backbone="can")),
 }
 

@@ -690,6 +690,7 @@ def test_old_parameter_names_map_to_the_toolkit_names() -> None:
 
     prefix = "model.dense_arch.model."
     assert old_name(prefix + "input.domain_embedding.weight") == prefix + "domain_embedding.weight"
+    assert old_name(prefix + "input.dense_field.bias") == prefix + "dense_field.bias"  # DeepFM
     assert old_name(prefix + "pooling.1.query_projection.linear.bias") == prefix + "queries.1.linear.bias"
     assert old_name(prefix + "pooling.0.attention.scorer.0.weight") == prefix + "attentions.0.scorer.0.weight"
     assert old_name(prefix + "mlp.0.weight") is None and old_name(prefix + "blocks.0.psrg.shared_weight") is None

@@ -64,13 +64,13 @@ def test_field_vectors_are_fields_domain_pooled_sequence_columns_and_dense():
     vectors = arch.field_vectors(batch)
     assert vectors.shape == (B, 2 + 1 + 2 + 1, D) and arch.num_fields == 6
     torch.testing.assert_close(vectors[:, :2], batch.fields)
-    torch.testing.assert_close(vectors[:, 2], arch.domain_embedding.weight[batch.domain])
+    torch.testing.assert_close(vectors[:, 2], arch.input.domain_embedding.weight[batch.domain])
     keys = batch.sequences[0].keys
     for b, n in enumerate(LENGTHS):  # each sequence column, averaged over the real positions
         mean = keys[b, :n].mean(0) if n else torch.zeros(2 * D)
         torch.testing.assert_close(vectors[b, 3], mean[:D])  # hist_item_id
         torch.testing.assert_close(vectors[b, 4], mean[D:])  # hist_domain
-    dense = arch.dense_field
+    dense = arch.input.dense_field
     torch.testing.assert_close(vectors[:, 5], batch.dense @ dense.weight.T + dense.bias)
 
 
@@ -90,7 +90,7 @@ def test_logit_is_first_order_plus_pairwise_plus_dnn():
 def test_without_dense_features_there_is_no_dense_field():
     torch.manual_seed(0)
     arch = DeepFMArch(layout(num_dense=0), DeepFMConfig(hidden=[8]))
-    assert arch.dense_field is None and arch.num_fields == 5
+    assert arch.input.dense_field is None and arch.num_fields == 5
     assert arch(features(num_dense=0)).shape == (B, T)
 
 

@@ -38,12 +38,12 @@ def _tables(model: RankingModel) -> dict[str, torch.Tensor]:
 
 
 def test_the_registry_says_which_models_need_positions() -> None:
-    assert POOL_ONLY == ["adasparse", "aesm2", "apg", "dcnv2", "deepfm", "dlrm", "dlrm_dcn", "dnn", "m2m", "mmoe",
-                         "pepnet", "ple", "shared_bottom", "star"]
+    assert POOL_ONLY == ["adasparse", "aesm2", "apg", "dcnv2", "deepfm", "dlrm", "dlrm_dcn", "dnn", "frnet", "m2m",
+                         "mmoe", "pepnet", "ple", "shared_bottom", "star"]
     config = ModelConfig()
     assert all(MODELS[name].needs_positions(getattr(config, name))
                for name in ("din", "mha", "can", "ads", "sfpnet", "adin"))
-    for name in ("pepnet", "apg", "m2m"):  # on a target-attention backbone they read every position
+    for name in ("pepnet", "apg", "m2m", "frnet"):  # on a target-attention backbone they read every position
         options = getattr(config, name)
         options.backbone = "din"
         assert MODELS[name].needs_positions(options)

@@ -75,7 +75,7 @@ def rows(options: PaperTableOptions) -> list[tuple[str, list[Variant | str]]]:
     for backbone in ("din", "mha", "can"):
         name = backbone.upper()
         groups.append((name, [
-            Variant(name, backbone), "+FRNet",
+            Variant(name, backbone), Variant(f"{name} +FRNet", "frnet", (f"model.frnet.backbone={backbone}",)),
             Variant(f"{name} +PEPNet", "pepnet",
                     _on("pepnet", "domain_features", f, f"model.pepnet.backbone={backbone}")),
             Variant(f"{name} +ADS", "ads", _on("ads", "domain_features", f, f"model.ads.backbone={backbone}"))]))

@@ -10,6 +10,8 @@ Prediction"): a factorization machine and a DNN that share the same field embedd
 How this library's inputs enter (the paper has only categorical fields; each choice is tested in
 tests/test_deepfm.py and tests/test_baselines.py):
 
+The field vectors are the toolkit's :class:`~torchrec_mdr.models.blocks.FieldVectors` (shared with FRNet).
+
 * **Id fields**: one field each (multi-valued ones sum-pooled, as for every model).
 * **Domain**: the domain-id embedding is one more field, so the FM pairs the domain with every
   feature (domain x feature interactions) and the DNN sees it.
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import bounds
-from torchrec_mdr.models.blocks import MLP
+from torchrec_mdr.models.blocks import MLP, FieldVectors
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -61,22 +63,15 @@ class DeepFMArch(nn.Module):
 
     def __init__(self, layout: FeatureLayout, config: DeepFMConfig) -> None:
         super().__init__()
-        self.dim = dim = layout.embedding_dim
-        self.sequence_fields = [len(s.fields) for s in layout.sequences]
-        self.domain_embedding = nn.Embedding(layout.num_domains, dim)
-        self.dense_field = nn.Linear(layout.num_dense, dim) if layout.num_dense else None
-        self.num_fields = len(layout.fields) + 1 + sum(self.sequence_fields) + (1 if layout.num_dense else 0)
+        self.input = FieldVectors(layout)
+        self.num_fields = self.input.num_fields
+        dim = layout.embedding_dim
         self.first_order = nn.Linear(self.num_fields * dim, layout.num_tasks)
         self.dnn = MLP(self.num_fields * dim, config.hidden, out_features=layout.num_tasks, dropout=config.dropout)
 
     def field_vectors(self, features: EmbeddedFeatures) -> torch.Tensor:
-        """V [B, K, D]: id fields, domain, each sequence column mean-pooled, dense (see the module doc)."""
-        parts = [features.fields, self.domain_embedding(features.domain).unsqueeze(1)]
-        parts += [s.mean().unflatten(1, (n, self.dim))
-                  for s, n in zip(features.sequences, self.sequence_fields)]
-        if self.dense_field is not None:
-            parts.append(self.dense_field(features.dense).unsqueeze(1))
-        return torch.cat(parts, dim=1)
+        """V [B, K, D]: id fields, domain, each sequence column mean-pooled, dense (:class:`FieldVectors`)."""
+        return self.input(features)
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         vectors = self.field_vectors(features)

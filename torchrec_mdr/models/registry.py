@@ -36,6 +36,7 @@ from torchrec_mdr.models.ads import ADSArch, ADSConfig
 from torchrec_mdr.models.din import DINArch, DINConfig
 from torchrec_mdr.models.dnn import DNNArch, DNNConfig
 from torchrec_mdr.models.features import FeatureLayout
+from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import PEPNetArch, PEPNetConfig
@@ -101,6 +102,9 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                sequence_positions=_unless_mean_backbone),
     ModelEntry("dcnv2", DCNv2Arch, DCNv2Config, "DCN-V2: full / low-rank / mixture cross layers and a DNN, stacked "
                                                 "or parallel", sequence_positions=False),
+    ModelEntry("frnet", FRNetArch, FRNetConfig, "FRNet: fields refined by two IEUs and a complementary selection "
+                                                "gate, then a DNN (model.frnet.backbone: on DIN / MHA / CAN)",
+               sequence_positions=_unless_mean_backbone),
     ModelEntry("m2m", M2MArch, M2MConfig, "M2M: experts, scenario-generated meta attention and residual meta "
                                           "towers per task", sequence_positions=_unless_mean_backbone),
     ModelEntry("aesm2", AESM2Arch, AESM2Config, "AESM2: multi-task over multi-scenario expert layers, KL-based "

@@ -1,11 +1,12 @@
 """Checkpoints written before the model toolkit (``torchrec_mdr/models/blocks/``) renamed the dense
-parameters of DIN, MHA, CAN, ADS, SFPNet and ADIN still load: a parameter this model has under its new name
+parameters of DIN, MHA, CAN, ADS, SFPNet, ADIN and DeepFM still load: a parameter this model has under its new name
 and the checkpoint holds only under the old one is read from the old entry. Nothing else is renamed, and a
 checkpoint holding the new names is read as it is.
 
 Old -> new (the whole list; a new rename adds a line here and a case in tests/test_checkpoint.py):
 
 * ``dense_arch.model.domain_embedding.*`` -> ``dense_arch.model.input.domain_embedding.*``
+* ``dense_arch.model.dense_field.*`` -> ``dense_arch.model.input.dense_field.*`` (DeepFM's field vectors)
 * ``dense_arch.model.queries.<i>.*`` -> ``dense_arch.model.pooling.<i>.query_projection.*``
 * ``dense_arch.model.attentions.<i>.*`` -> ``dense_arch.model.pooling.<i>.attention.*``
 * ``sparse_arch.embedding_collection.embeddings.<table>.*`` ->
@@ -23,6 +24,7 @@ from collections.abc import Container
 
 RENAMES: tuple[tuple[re.Pattern[str], str], ...] = (  # (new name, its old form)
     (re.compile(r"dense_arch\.model\.input\.domain_embedding\."), "dense_arch.model.domain_embedding."),
+    (re.compile(r"dense_arch\.model\.input\.dense_field\."), "dense_arch.model.dense_field."),
     (re.compile(r"dense_arch\.model\.pooling\.(\d+)\.query_projection\."), r"dense_arch.model.queries.\1."),
     (re.compile(r"dense_arch\.model\.pooling\.(\d+)\.attention\."), r"dense_arch.model.attentions.\1."),
     (re.compile(r"sparse_arch\.sequence_bag_collection\.embedding_bags\."),
