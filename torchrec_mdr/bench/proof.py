@@ -199,6 +199,12 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
     options.validate()
     options.out.mkdir(parents=True, exist_ok=True)
     results = train_all(options, planned_jobs(options))
+    if "dose" in options.suites:  # doses 0 and 1: the specificity suite's runs, as far as they are finished
+        results.update(train_all(replace(options, train=False), [
+            (v, options.work / dataset_name(options, world, effect), seed)
+            for seed in range(options.first_seed + options.seeds)
+            for world in range(options.worlds) for mechanism in options.mechanisms for effect in ("none", mechanism)
+            for v in PAIRS[mechanism]]))
     if "options" in options.suites:  # the default models' runs, as far as other suites have finished them
         results.update(train_all(replace(options, train=False), [
             (v, data, seed) for seed in range(options.first_seed + options.seeds) for world in range(options.worlds)
