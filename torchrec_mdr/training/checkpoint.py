@@ -46,41 +46,35 @@ of the epoch's rows already trained on).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
+from torchrec.optim.keyed import KeyedOptimizer
 
 import torchrec_mdr
-from torchrec_mdr.config import to_dict
-from torchrec_mdr.data.spec import EMBEDDED_KINDS, DatasetSpec
 from torchrec_mdr.errors import TrainingError
-from torchrec_mdr.experiment import ExperimentConfig
-from torchrec_mdr.models.registry import MODELS, ModelConfig
-from torchrec_mdr.sparse.mch.config import EvictionConfig
 from torchrec_mdr.training.legacy_names import legacy_aliases
 from torchrec_mdr.training.distributed import DistContext
 from torchrec_mdr.safe_files import check_dcp_metadata, load_side_file, save_side_file
 from torchrec_mdr.sparse.mch.reshard import MCHReshard
 from torchrec_mdr.sparse.mch.state import load_module_states, module_states
+from torchrec_mdr.training.checkpoint_identity import (  # noqa: F401  (re-exported: checkpoint.check_identity ...)
+    check_identity, data_order, dataset_signature, differences, run_identity)
+from torchrec_mdr.training.checkpoint_state import (  # noqa: F401  (re-exported: checkpoint.all_finite ...)
+    all_finite, attach_optimizer_state, copy_leading_rows, flat_keys, grown_targets, optimizer_target, rng_state,
+    set_rng_state)
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -89,206 +83,6 @@ STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 _COMPLETE = re.compile(r"^step-(\d+)$")
 _STALE = re.compile(r"^step-\d+\.(tmp|old)-")
-
-
-# --------------------------------------------------------------------------- identity of a run
-
-
-def dataset_signature(spec: DatasetSpec) -> dict[str, Any]:
-    """What a model trained on ``spec`` depends on: columns (name, kind, table, cardinality, sequence
-    group, max length), domain names and labels — not row counts, files or the dataset's name.
-    ``fingerprint`` is a short hash of the rest."""
-    columns = [{"name": c.name, "kind": c.kind, "table": c.table_name if c.kind in EMBEDDED_KINDS else None,
-                "cardinality": c.cardinality, "sequence_group": c.sequence_group, "max_length": c.max_length}
-               for c in spec.columns]
-    signature: dict[str, Any] = {"columns": columns, "domains": list(spec.domain_names),
-                                 "labels": spec.label_names}
-    text = json.dumps(signature, sort_keys=True)
-    signature["fingerprint"] = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return signature
-
-
-def run_identity(config: ExperimentConfig, spec: DatasetSpec) -> dict[str, Any]:
-    """The parts of a run a checkpoint must agree with to be loaded into it: the model config (without
-    the options of the other registered models), the managed-collision config, the optimizer kinds
-    (their state must fit) and the dataset signature. Learning rates, steps, sharding may change."""
-    others = {entry.config_field for name, entry in MODELS.items() if name != config.model.name}
-    return {
-        "model": {k: v for k, v in to_dict(config.model).items() if k not in others},
-        "eviction": to_dict(config.sparse.eviction),
-        "optimizer": {"sparse": config.optimizer.sparse, "dense": config.optimizer.dense},
-        "dataset": dataset_signature(spec),
-    }
-
-
-def data_order(config: ExperimentConfig, world_size: int) -> dict[str, Any]:
-    """Settings that decide which rows each step trains on (exact resumption needs them unchanged)."""
-    data = config.data
-    return {"world_size": world_size, "batch_size": data.batch_size, "num_workers": data.num_workers,
-            "shuffle": data.shuffle, "shuffle_buffer_rows": data.shuffle_buffer_rows, "drop_last": data.drop_last,
-            "seed": data.seed}
-
-
-def _describe(value: Any) -> str:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
-
-
-def differences(saved: Any, current: Any, key: str = "", defaults: Any = None) -> list[str]:
-    """Human-readable differences ``key: <saved> in the checkpoint, <current> now`` of two JSON trees.
-
-    Lists of dicts with a ``name`` (the dataset's columns) are compared by name. ``defaults`` (a tree of
-    the same shape) holds the options' default values: a key missing from the checkpoint whose current
-    value is its default is an option added after the checkpoint was written, and is no difference."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        found = []
-        defaults = defaults if isinstance(defaults, dict) else {}
-        for name in list(saved) + [k for k in current if k not in saved]:
-            sub = f"{key}.{name}" if key else str(name)
-            if name not in current:
-                found.append(f"{sub}: only in the checkpoint")
-            elif name not in saved:
-                if name not in defaults or defaults[name] != current[name]:
-                    found.append(f"{sub}: not in the checkpoint")
-            else:
-                found.extend(differences(saved[name], current[name], sub, defaults.get(name)))
-        return found
-    if (isinstance(saved, list) and isinstance(current, list) and saved and current
-            and all(isinstance(v, dict) and "name" in v for v in saved + current)):
-        return differences({v["name"]: v for v in saved}, {v["name"]: v for v in current}, key)
-    if saved != current:
-        return [f"{key}: {_describe(saved)} in the checkpoint, {_describe(current)} now"]
-    return []
-
-
-def check_identity(saved: dict[str, Any], current: dict[str, Any], path: Path,
-                   parts: tuple[str, ...] = ("model", "eviction", "optimizer", "dataset")) -> None:
-    """TrainingError naming every difference in ``parts`` between a checkpoint and this run."""
-    what = {"model": "model config", "eviction": "sparse.eviction config", "optimizer": "optimizer kinds",
-            "dataset": "dataset spec"}
-    for part in parts:
-        saved_part = dict(saved.get(part, {}))
-        current_part = dict(current[part])
-        if part == "dataset":
-            if saved_part.get("fingerprint") == current_part.get("fingerprint"):
-                continue
-            saved_part.pop("fingerprint", None)
-            current_part.pop("fingerprint", None)
-        defaults = to_dict(ModelConfig()) if part == "model" else to_dict(EvictionConfig()) if part == "eviction" \
-            else None
-        found = differences(saved_part, current_part, "model" if part == "model" else
-                            "sparse.eviction" if part == "eviction" else "optimizer" if part == "optimizer" else "",
-                            defaults)
-        if found:
-            shown = "; ".join(found[:8]) + (f"; ... ({len(found) - 8} more)" if len(found) > 8 else "")
-            raise TrainingError(f"checkpoint {path} was written for a different {what[part]}: {shown}")
-
-
-# --------------------------------------------------------------------------- RNG states
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's torch (CPU and CUDA), numpy and python random states, as tensors and plain python
-    values (what a weights-only load accepts): numpy's MT19937 keys as an int64 tensor."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {"torch": torch.get_rng_state(),
-                             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
-                                       "pos": int(position), "has_gauss": int(has_gauss),
-                                       "cached_gaussian": float(cached_gaussian)},
-                             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state` (also takes the numpy tuple of checkpoints written before it)."""
-    torch.set_rng_state(state["torch"])
-    saved = state["numpy"]
-    if isinstance(saved, dict):
-        saved = (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
-                 saved["cached_gaussian"])
-    np.random.set_state(saved)
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------- state dicts
-
-
-def _local_tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, ShardedTensor):
-        for shard in value.local_shards():
-            yield shard.tensor
-    elif isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _local_tensors(v)
-
-
-def _finite(part: torch.Tensor) -> bool:
-    # A sum is finite whenever every value is (one pass, no temporary; 4-5x faster than isfinite on
-    # CPU); only a non-finite sum, which large finite values can also give, needs the exact check.
-    return bool(torch.isfinite(part.sum())) or bool(torch.isfinite(part).all())
-
-
-def all_finite(model: nn.Module, ctx: DistContext, chunk_rows: int = 1 << 16) -> bool:
-    """Whether every floating-point value of the model's state (each rank's local shards) is finite,
-    agreed over all ranks. Checked in chunks of rows so that a large table needs no large temporary."""
-    finite = True
-    for tensor in _local_tensors(model.state_dict()):
-        if not tensor.is_floating_point() or tensor.numel() == 0:
-            continue
-        rows = tensor.reshape(tensor.shape[0], -1) if tensor.dim() > 1 else tensor.reshape(-1, 1)
-        if not all(_finite(part) for part in rows.split(chunk_rows)):
-            finite = False
-            break
-    flag = torch.tensor([1 if finite else 0], dtype=torch.int64, device=ctx.device)
-    if ctx.world_size > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def _leaf_optimizers(optimizer: KeyedOptimizer) -> Iterator[KeyedOptimizer]:
-    if isinstance(optimizer, CombinedOptimizer):
-        for _, child in optimizer.optimizers:
-            yield from _leaf_optimizers(child)
-    else:
-        yield optimizer
-
-
-def _optimizer_target(optimizer: KeyedOptimizer, saved: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer state to load into: its current state, plus freshly allocated tensors for the
-    parameters whose state the optimizer creates lazily (torch's Adam before its first step) and the
-    checkpoint holds (shapes and dtypes from the checkpoint's metadata; 0-dim ``step`` on CPU, as
-    torch keeps it)."""
-    state = optimizer.state_dict()["state"]
-    for key, param in optimizer.params.items():
-        if key in state or isinstance(param, ShardedTensor):
-            continue
-        prefix = f"optim.{key}."
-        entries = {fqn[len(prefix):]: md for fqn, md in saved.items()
-                   if fqn.startswith(prefix) and isinstance(md, TensorStorageMetadata)}
-        if entries:
-            state[key] = {name: torch.empty(md.size, dtype=md.properties.dtype,
-                                            device="cpu" if len(md.size) == 0 else param.device)
-                          for name, md in entries.items()}
-    return state
-
-
-def _attach_optimizer_state(optimizer: KeyedOptimizer, loaded: dict[str, Any]) -> None:
-    """Give lazily created state (allocated by :func:`_optimizer_target`) to the optimizer that owns the
-    parameter, then let torchrec's KeyedOptimizer check counts and copy everything into place."""
-    params = optimizer.params
-    owners = {id(p): leaf for leaf in _leaf_optimizers(optimizer) for p in leaf.params.values()}
-    current = optimizer.state
-    for key, values in loaded.items():
-        param = params.get(key)
-        if param is not None and param not in current:
-            owners[id(param)].state[param] = values
-    optimizer.load_state_dict({"state": loaded})
 
 
 # --------------------------------------------------------------------------- the manager
@@ -495,7 +289,7 @@ class CheckpointManager:
 
         ``grow`` (warm start, :mod:`torchrec_mdr.training.warm_start`): a tensor with more rows than the
         checkpoint's (and otherwise its shape) takes the checkpoint's rows first and keeps its own values
-        in the rest (:func:`_grown_targets`); fewer rows is an error naming it. ``reshard_managed``:
+        in the rest (:func:`grown_targets`); fewer rows is an error naming it. ``reshard_managed``:
         redistribute the managed-collision slots even at the checkpoint's world size (the tables'
         cardinalities, which decide the shard that owns an id, changed)."""
         info = self.info(path)
@@ -511,8 +305,8 @@ class CheckpointManager:
         aliases = legacy_aliases(list(state["model"]), saved, prefix="model.")  # pre-toolkit names
         state["model"] = {aliases.get(k, k): v for k, v in state["model"].items()}
         if optimizer is not None:
-            state["optim"] = _optimizer_target(optimizer, saved)
-        missing = sorted(k for k in _flat_keys(state) if k not in saved)
+            state["optim"] = optimizer_target(optimizer, saved)
+        missing = sorted(k for k in flat_keys(state) if k not in saved)
         if missing:
             moved = any(".sequence_bag_collection." in k for k in missing)  # see docs/benchmarks.md, pooled sequences
             raise TrainingError(f"checkpoint {info.path} does not hold {len(missing)} entries this model needs, "
@@ -521,7 +315,7 @@ class CheckpointManager:
                                    "sparse_arch.sequence_bag_collection since torchrec-mdr 2026-11-26; older "
                                    "checkpoints of such models hold them in sparse_arch.embedding_collection "
                                    "and do not load" if moved else "") + ")")
-        grown = _grown_targets(state, saved, info.path) if grow else []
+        grown = grown_targets(state, saved, info.path) if grow else []
         reshard = (MCHReshard(model, state["model"], saved, saved_world)
                    if managed and (saved_world != self.ctx.world_size or reshard_managed) else None)
         try:
@@ -529,7 +323,7 @@ class CheckpointManager:
         except CheckpointException as error:
             raise TrainingError(f"cannot load checkpoint {info.path}: {error}") from None
         for parent, key, target in grown:
-            _copy_leading_rows(parent[key], target)
+            copy_leading_rows(parent[key], target)
             parent[key] = target
         if reshard is not None:
             report = reshard.apply(state, info.path)
@@ -539,7 +333,7 @@ class CheckpointManager:
         model.load_state_dict({renamed_back.get(k, k): v for k, v in state["model"].items()})
         if optimizer is not None:
             try:
-                _attach_optimizer_state(optimizer, state["optim"])
+                attach_optimizer_state(optimizer, state["optim"])
             except ValueError as error:
                 raise TrainingError(f"the optimizer state of checkpoint {info.path} does not fit: {error}") from None
         if reshard is not None:
@@ -553,62 +347,3 @@ class CheckpointManager:
         return info
 
 
-def _leaves(state: dict[str, Any], prefix: str = "") -> Iterator[tuple[dict[str, Any], str, str]]:
-    """(parent dict, key, DCP's flattened key) of every leaf of a nested state dict."""
-    for key, value in state.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            yield from _leaves(value, name)
-        else:
-            yield state, key, name
-
-
-def _grown_targets(state: dict[str, Any], saved: dict[str, Any], path: Path) -> list[tuple[dict, str, Any]]:
-    """Swap every tensor of ``state`` that has more rows than the checkpoint's (same other dimensions)
-    for a full tensor of the checkpoint's size, which ``dcp.load`` fills (every rank reads the whole
-    saved table: the cost of a grown table); returns ``(parent, key, original target)`` for
-    :func:`_copy_leading_rows`. A tensor with fewer rows, or another shape, is a TrainingError."""
-    swapped = []
-    for parent, key, name in _leaves(state):
-        value, entry = parent[key], saved.get(name)
-        if not isinstance(value, (torch.Tensor, ShardedTensor)) or not isinstance(entry, TensorStorageMetadata):
-            continue
-        now, before = tuple(value.size()), tuple(entry.size)
-        if now == before:
-            continue
-        if len(now) != len(before) or len(now) == 0 or now[1:] != before[1:]:
-            raise TrainingError(f"checkpoint {path}: {name} has shape {list(before)}, this model's is {list(now)} "
-                                f"(another model config?)")
-        if now[0] < before[0]:
-            raise TrainingError(f"checkpoint {path}: {name} has {before[0]} rows, this model's has {now[0]}: the "
-                                f"table shrank (a table may only grow)")
-        parent[key] = torch.empty(before, dtype=entry.properties.dtype)
-        swapped.append((parent, key, value))
-    return swapped
-
-
-def _copy_leading_rows(source: torch.Tensor, target: torch.Tensor | ShardedTensor) -> None:
-    """Copy the full tensor ``source`` into the first ``len(source)`` rows of ``target`` (this rank's
-    shards of it, at their offsets); the rows beyond keep their values."""
-    rows = int(source.shape[0])
-    if not isinstance(target, ShardedTensor):
-        target[:rows].copy_(source.to(target.device))
-        return
-    for shard in target.local_shards():
-        offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-        count = min(rows - offsets[0], sizes[0])
-        if count <= 0:
-            continue
-        index = (slice(offsets[0], offsets[0] + count),
-                 *(slice(o, o + n) for o, n in zip(offsets[1:], sizes[1:])))
-        shard.tensor[:count].copy_(source[index].to(shard.tensor.device))
-
-
-def _flat_keys(state: dict[str, Any], prefix: str = "") -> Iterator[str]:
-    """DCP's flattened keys of a nested state dict (``a.b.c``)."""
-    for key, value in state.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            yield from _flat_keys(value, name)
-        else:
-            yield name
