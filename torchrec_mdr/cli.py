@@ -7,6 +7,7 @@
     mdr bench train [--data DIR]               training samples/s per model, world size and loop
     mdr bench accuracy [--suites ...]          mechanisms vs their bases (generator v1): tables in docs/results
     mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
+    mdr bench eval [--rows N ...]              eval-pass time and peak memory, gathered vs sharded metrics
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr train ... --init-from RUN[:best|:step-N]               warm start from another run (e.g. yesterday's)
@@ -99,6 +100,12 @@ def _cmd_bench_loader(args: argparse.Namespace) -> None:
     from torchrec_mdr.bench.loader import LoaderBenchOptions, run
 
     run(dataclass_from_args(LoaderBenchOptions, args))
+
+
+def _cmd_bench_eval(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.eval_cost import EvalBenchOptions, run
+
+    run(dataclass_from_args(EvalBenchOptions, args))
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> None:
@@ -299,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _cmd_validate)
 
     from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
+    from torchrec_mdr.bench.eval_cost import EvalBenchOptions
     from torchrec_mdr.bench.loader import LoaderBenchOptions
     from torchrec_mdr.bench.proof import ProofBenchOptions
     from torchrec_mdr.bench.serve import ServeBenchOptions
@@ -315,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(bench_commands, "proof", "each seed mechanism with vs without it on each planted effect of "
                 "generator v2 (worlds x seeds, paired tests), ablations, learning curves", ProofBenchOptions,
                 _cmd_bench_proof)
+    _subcommand(bench_commands, "eval", "time and peak memory of an evaluation pass: metrics from gathered rows "
+                "vs sharded (reduced state, rows routed by key)", EvalBenchOptions, _cmd_bench_eval)
     _subcommand(bench_commands, "serve", "latency of exported artifacts (batch 1 and 256, median and p99) and "
                 "their size", ServeBenchOptions, _cmd_bench_serve)
 

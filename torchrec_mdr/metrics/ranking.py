@@ -155,16 +155,38 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     """sum_g n_g AUC_g / sum_g n_g over groups with both a positive and a negative (ties averaged).
 
     GAUC with users as ``groups``; S-GAUC (SFPNet eq. 13) with sessions as ``groups``.
-
-    Vectorised: one sort by (group, score); tie-averaged ranks within each group; per-group
-    Mann-Whitney U from the positives' rank sums.
     """
     if len(scores) == 0:
         return float("nan")
-    order = np.lexsort((scores, groups))
-    s, y, g = scores[order], labels[order], groups[order]
+    _, size, pos, u = group_mann_whitney(scores, labels, (groups,))
+    neg = size - pos
+    valid = (pos > 0) & (neg > 0)
+    if not valid.any():
+        return float("nan")
+    group_auc = u[valid] / (pos[valid] * neg[valid])
+    return float((size[valid] * group_auc).sum() / size[valid].sum())
+
+
+def group_mann_whitney(scores: np.ndarray, labels: np.ndarray,
+                       keys: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group of rows with equal ``keys`` (major key first): ``(first, size, pos, u)``.
+
+    ``first`` [G] is the index (into the inputs) of one row of each group, ``size`` and ``pos`` [G] its
+    rows and positives (float64), ``u`` [G] the Mann-Whitney U of its positives against its negatives:
+    the number of (positive, negative) pairs with the positive scored higher, ties counting one half
+    (0 when a group has one class only), so that AUC_g = u / (pos * neg).
+
+    Vectorised: one sort by (keys, score); tie-averaged ranks within each group; U from the positives'
+    rank sums (U = R_pos - pos (pos + 1) / 2).
+    """
+    if len(scores) == 0:
+        empty = np.zeros(0, dtype=np.float64)
+        return np.zeros(0, dtype=np.int64), empty, empty, empty
+    order = np.lexsort((scores, *reversed(keys)))  # lexsort: the last key is the primary one
+    s, y = scores[order], labels[order]
     n = len(s)
-    group_start_flags = np.r_[True, g[1:] != g[:-1]]
+    group_start_flags = np.ones(n, dtype=bool)
+    group_start_flags[1:] = np.logical_or.reduce([key[order][1:] != key[order][:-1] for key in keys])
     group_starts = np.flatnonzero(group_start_flags)
     group_index = np.cumsum(group_start_flags) - 1
     position = np.arange(n) - group_starts[group_index] + 1.0  # 1-based rank within the group
@@ -174,14 +196,9 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     tie_mean = np.add.reduceat(position, tie_starts) / np.diff(np.r_[tie_starts, n])
     ranks = tie_mean[tie_index]
     size = np.diff(np.r_[group_starts, n]).astype(np.float64)
-    pos = np.add.reduceat(y, group_starts)
-    neg = size - pos
-    rank_sum = np.add.reduceat(ranks * y, group_starts)
-    valid = (pos > 0) & (neg > 0)
-    if not valid.any():
-        return float("nan")
-    group_auc = (rank_sum[valid] - pos[valid] * (pos[valid] + 1) / 2) / (pos[valid] * neg[valid])
-    return float((size[valid] * group_auc).sum() / size[valid].sum())
+    pos = np.add.reduceat(y, group_starts).astype(np.float64)
+    u = np.add.reduceat(ranks * y, group_starts) - pos * (pos + 1) / 2
+    return order[group_starts], size, pos, u
 
 
 def evaluate_predictions(rows: np.ndarray, domain_names: list[str], sessions: bool = False,
