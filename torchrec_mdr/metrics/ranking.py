@@ -25,6 +25,7 @@ one label, :attr:`EvalResult.tasks` holds every task's metrics by label name (th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -176,21 +177,37 @@ def group_mann_whitney(scores: np.ndarray, labels: np.ndarray,
     the number of (positive, negative) pairs with the positive scored higher, ties counting one half
     (0 when a group has one class only), so that AUC_g = u / (pos * neg).
 
-    Vectorised: one sort by (keys, score); tie-averaged ranks within each group; U from the positives'
-    rank sums (U = R_pos - pos (pos + 1) / 2).
+    Vectorised: one sort by (keys, score) — of a single int64 code (key codes x score ranks) where the
+    product of the distinct counts fits, else ``np.lexsort`` (about twice as slow); tie-averaged ranks
+    within each group; U from the positives' rank sums (U = R_pos - pos (pos + 1) / 2).
     """
     if len(scores) == 0:
         empty = np.zeros(0, dtype=np.float64)
         return np.zeros(0, dtype=np.int64), empty, empty, empty
-    order = np.lexsort((scores, *reversed(keys)))  # lexsort: the last key is the primary one
-    s, y = scores[order], labels[order]
-    n = len(s)
-    group_start_flags = np.ones(n, dtype=bool)
-    group_start_flags[1:] = np.logical_or.reduce([key[order][1:] != key[order][:-1] for key in keys])
+    n = len(scores)
+    coded = [np.unique(column, return_inverse=True) for column in (*keys, scores)]
+    if math.prod(len(distinct) for distinct, _ in coded) < 2**62:
+        code = np.zeros(n, dtype=np.int64)
+        for distinct, inverse in coded:  # major key first, the score last
+            code = code * len(distinct) + inverse.reshape(-1)
+        order = np.argsort(code)  # equal codes are equal (keys, score): their order does not matter
+        code = code[order]
+        score_count = len(coded[-1][0])
+        group_start_flags = np.r_[True, code[1:] // score_count != code[:-1] // score_count]
+        tie_start_flags = np.r_[True, code[1:] != code[:-1]]
+    else:
+        order = np.lexsort((scores, *reversed(keys)))  # lexsort: the last key is the primary one
+        group_start_flags = np.ones(n, dtype=bool)
+        for key in keys:
+            ordered = key[order]
+            group_start_flags[1:] |= ordered[1:] != ordered[:-1]
+        ordered = scores[order]
+        tie_start_flags = group_start_flags | np.r_[True, ordered[1:] != ordered[:-1]]
+    del coded
+    y = labels[order]
     group_starts = np.flatnonzero(group_start_flags)
     group_index = np.cumsum(group_start_flags) - 1
     position = np.arange(n) - group_starts[group_index] + 1.0  # 1-based rank within the group
-    tie_start_flags = group_start_flags | np.r_[True, s[1:] != s[:-1]]
     tie_starts = np.flatnonzero(tie_start_flags)
     tie_index = np.cumsum(tie_start_flags) - 1
     tie_mean = np.add.reduceat(position, tie_starts) / np.diff(np.r_[tie_starts, n])

@@ -112,6 +112,7 @@ class ShardedMetrics:
         tasks, slots = self.num_tasks, self.num_domains + 1
         values = torch.cat(self.values) if self.values else torch.zeros(0, 2 * tasks + 1, dtype=torch.float64)
         keys = torch.cat(self.keys) if self.keys else torch.zeros(0, 2, dtype=torch.int64)
+        self.values, self.keys = [values], [keys]  # the batches' pieces are freed
         sums = torch.zeros(tasks, slots + 1, len(_SUMS), dtype=torch.float64)  # slot D + 1: overall
         for t in range(tasks):
             scores = values[:, [t, tasks + t, 2 * tasks]]
