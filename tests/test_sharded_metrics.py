@@ -133,11 +133,15 @@ def _worker(rank: int, world_size: int, n: int, out: Path) -> None:
     metrics = ShardedMetrics(3, 2, sessions=True)
     _feed(metrics, rows, index)
     result = metrics.compute(DOMAINS, ["t0", "t1"]).to_dict()
+    # a rank without any row (an eval split smaller than the world): still one collective call each
+    alone = ShardedMetrics(3, 2, sessions=True)
+    _feed(alone, rows, np.arange(n) if rank == 1 else np.arange(0))
+    result_alone = alone.compute(DOMAINS, ["t0", "t1"]).to_dict()
     keys = torch.from_numpy(rows["group"][index])
     routed, = _route([keys], keys, None, hashed=True)
     owned = key_owner(routed, world_size)
     (out / f"rank{rank}.json").write_text(json.dumps({
-        "result": result, "received": len(routed), "sent": len(index),
+        "result": result, "alone": result_alone, "received": len(routed), "sent": len(index),
         "own_keys_only": bool((owned == rank).all())}))
 
 
@@ -146,6 +150,8 @@ def test_two_ranks_equal_direct_computation(tmp_path):
     spawn(_worker, 2, n, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["result"] == ranks[1]["result"]  # identical on every rank
+    assert ranks[0]["alone"] == ranks[1]["alone"]
+    _assert_same(ranks[0]["alone"], ranks[0]["result"], auc_tol=1e-12)  # the same rows, all on rank 1
     _assert_same(ranks[0]["result"], _direct(_rows(n, tasks=2)), auc_tol=1e-6)
     for t in range(2):  # and the exact pairwise AUC, closer than torchmetrics' float32 one
         s, y = _rows(n)["logits"][:, t], _rows(n)["labels"][:, t]

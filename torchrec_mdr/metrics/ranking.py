@@ -204,18 +204,28 @@ def group_mann_whitney(scores: np.ndarray, labels: np.ndarray,
         ordered = scores[order]
         tie_start_flags = group_start_flags | np.r_[True, ordered[1:] != ordered[:-1]]
     del coded
-    y = labels[order]
+    starts, size, pos, u = mann_whitney_sorted(labels[order], group_start_flags, tie_start_flags)
+    return order[starts], size, pos, u
+
+
+def mann_whitney_sorted(labels: np.ndarray, group_start_flags: np.ndarray,
+                        tie_start_flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(starts, size, pos, u)`` of :func:`group_mann_whitney` from rows already sorted by (group, score):
+    ``labels`` [n] in that order, ``group_start_flags`` [n] True where a group begins, ``tie_start_flags``
+    [n] True where a group begins or the score changes. ``starts`` [G]: each group's first position."""
+    n = len(labels)
     group_starts = np.flatnonzero(group_start_flags)
     group_index = np.cumsum(group_start_flags) - 1
     position = np.arange(n) - group_starts[group_index] + 1.0  # 1-based rank within the group
+    del group_index
     tie_starts = np.flatnonzero(tie_start_flags)
-    tie_index = np.cumsum(tie_start_flags) - 1
     tie_mean = np.add.reduceat(position, tie_starts) / np.diff(np.r_[tie_starts, n])
-    ranks = tie_mean[tie_index]
+    del position
+    ranks = tie_mean[np.cumsum(tie_start_flags) - 1]
     size = np.diff(np.r_[group_starts, n]).astype(np.float64)
-    pos = np.add.reduceat(y, group_starts).astype(np.float64)
-    u = np.add.reduceat(ranks * y, group_starts) - pos * (pos + 1) / 2
-    return order[group_starts], size, pos, u
+    pos = np.add.reduceat(labels, group_starts).astype(np.float64)
+    u = np.add.reduceat(ranks * labels, group_starts) - pos * (pos + 1) / 2
+    return group_starts, size, pos, u
 
 
 def evaluate_predictions(rows: np.ndarray, domain_names: list[str], sessions: bool = False,

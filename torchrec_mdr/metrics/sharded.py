@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from torchrec_mdr.metrics.ranking import EvalResult, group_mann_whitney
+from torchrec_mdr.metrics.ranking import EvalResult, mann_whitney_sorted
 
 AUC_BINS = 1 << 14
 LOGIT_RANGE = 20.0
@@ -114,16 +114,18 @@ class ShardedMetrics:
         keys = torch.cat(self.keys) if self.keys else torch.zeros(0, 2, dtype=torch.int64)
         self.values, self.keys = [values], [keys]  # the batches' pieces are freed
         sums = torch.zeros(tasks, slots + 1, len(_SUMS), dtype=torch.float64)  # slot D + 1: overall
-        for t in range(tasks):
-            scores = values[:, [t, tasks + t, 2 * tasks]]
-            routed, = _route([scores], auc_bins(scores[:, 0]), device, hashed=False)
-            _add_group_sums(sums[t], routed, auc_bins(routed[:, 0]).numpy(), "auc_u", slots)
-        key_columns = [0, 1] if self.sessions else [0]
-        for column, name in zip(key_columns, ("gauc", "sgauc")):
-            routed_values, routed_keys = _route([values, keys[:, column]], keys[:, column], device, hashed=True)
+        for t in range(tasks):  # exact within-bin pairs, on the rank that owns the bin
+            scores, labels, slot = _route([values[:, t], values[:, tasks + t], values[:, 2 * tasks]],
+                                          auc_bins(values[:, t]), device, hashed=False)
+            sums[t, :, 0] += torch.from_numpy(_group_sums(scores.numpy(), labels.numpy(), slot.long().numpy(),
+                                                          auc_bins(scores).numpy(), slots, by_score=True)[:, 0])
+        for column in [0, 1] if self.sessions else [0]:  # GAUC (users), S-GAUC (sessions)
+            routed, key = _route([values, keys[:, column]], keys[:, column], device, hashed=True)
+            code = np.unique(key.numpy(), return_inverse=True)[1].reshape(-1)
+            slot = routed[:, 2 * tasks].long().numpy()
             for t in range(tasks):
-                _add_group_sums(sums[t], routed_values[:, [t, tasks + t, 2 * tasks]], routed_keys.numpy(), name,
-                                slots)
+                group = _group_sums(routed[:, t].numpy(), routed[:, tasks + t].numpy(), slot, code, slots)
+                sums[t, :, 1 + 2 * column:3 + 2 * column] += torch.from_numpy(group[:, 1:])
         state = torch.cat([self.histogram.reshape(-1), self.loss.reshape(-1), sums.reshape(-1)])
         state = _all_reduce(state, device)
         histogram = state[:self.histogram.numel()].view_as(self.histogram).numpy()
@@ -169,24 +171,42 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator > 0 else float("nan")
 
 
-def _add_group_sums(sums: torch.Tensor, rows: torch.Tensor, keys: np.ndarray, name: str, slots: int) -> None:
-    """Add this rank's group sums of ``rows`` [n, 3] (score, label, slot) grouped by ``keys`` [n]
-    into ``sums`` [slots + 1, len(_SUMS)]: overall (groups by key) in the last row, per slot (groups by
-    (slot, key)) in the others. ``name`` "auc_u": sum of U; "gauc"/"sgauc": sum n_g AUC_g and sum n_g
-    over groups with both classes."""
-    scores, labels, slot = rows[:, 0].numpy(), rows[:, 1].numpy(), rows[:, 2].numpy().astype(np.int64)
-    column = _SUMS.index(name)
-    for keyed, target in (((keys,), None), ((slot, keys), slot)):
-        first, size, pos, u = group_mann_whitney(scores, labels, keyed)
-        index = target[first] if target is not None else np.full(len(first), slots)
-        if name == "auc_u":
-            sums[:, column] += torch.from_numpy(np.bincount(index, weights=u, minlength=slots + 1))
-            continue
+def _group_sums(scores: np.ndarray, labels: np.ndarray, slot: np.ndarray, group: np.ndarray, slots: int,
+                by_score: bool = False) -> np.ndarray:
+    """[slots + 1, 3] sums over this rank's groups of rows [n] (score, label, slot, group code >= 0):
+    sum U_g, sum n_g AUC_g and sum n_g over groups with both classes; per slot (groups of equal
+    (slot, group)) in the first ``slots`` rows, overall (groups of equal group) in the last.
+    ``by_score``: ``group`` is non-decreasing in the score (the AUC bins), so the score order is the
+    (group, score) order. Two sorts (score; (group, score) as one int64) and a radix sort by slot."""
+    out = np.zeros((slots + 1, 3))
+    n = len(scores)
+    if n == 0:
+        return out
+    order = np.argsort(scores)
+    ordered = scores[order]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1  # dense rank of the score
+    del ordered
+    if not by_score:
+        order = np.argsort(group * (int(rank.max()) + 1) + rank)  # by (group, score); < n^2, no overflow
+    narrow = slot.astype(np.int16) if slots < 2**15 else slot
+    by_slot = order[np.argsort(narrow[order], kind="stable")]  # (slot, group, score): radix for int16
+    for rows, per_slot in ((order, False), (by_slot, True)):
+        g, r = group[rows], rank[rows]
+        group_start = np.r_[True, g[1:] != g[:-1]]
+        if per_slot:
+            s = slot[rows]
+            group_start[1:] |= s[1:] != s[:-1]
+        tie_start = group_start.copy()
+        tie_start[1:] |= r[1:] != r[:-1]
+        del g, r
+        starts, size, pos, u = mann_whitney_sorted(labels[rows], group_start, tie_start)
+        index = slot[rows[starts]] if per_slot else np.full(len(starts), slots)
         valid = (pos > 0) & (size > pos)
-        weighted = np.where(valid, size * u / np.maximum(pos * (size - pos), 1), 0.0)  # n_g AUC_g
-        sums[:, column] += torch.from_numpy(np.bincount(index, weights=weighted, minlength=slots + 1))
-        sums[:, column + 1] += torch.from_numpy(np.bincount(index, weights=np.where(valid, size, 0.0),
-                                                            minlength=slots + 1))
+        for column, weights in enumerate((u, np.where(valid, size * u / np.maximum(pos * (size - pos), 1), 0.0),
+                                          np.where(valid, size, 0.0))):  # U; n_g AUC_g; n_g
+            out[:, column] += np.bincount(index, weights=weights, minlength=slots + 1)
+    return out
 
 
 def _world_size() -> int:
