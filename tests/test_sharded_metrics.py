@@ -159,3 +159,21 @@ def test_two_ranks_equal_direct_computation(tmp_path):
     # every group went to one rank only, and no rank received all the rows
     assert all(rank["own_keys_only"] for rank in ranks)
     assert sum(rank["received"] for rank in ranks) == n and max(rank["received"] for rank in ranks) < 0.7 * n
+
+
+def test_bench_eval_cli_runs_both_paths(tmp_path, capsys):
+    """``mdr bench eval``: one cell per path, the same AUC from both, a printed table; bad paths fail."""
+    from torchrec_mdr.bench.eval_cost import EvalBenchOptions
+    from torchrec_mdr.cli import main
+    from torchrec_mdr.config import ConfigError
+
+    out = tmp_path / "cells.json"
+    main(["bench", "eval", "--rows", "3000", "--world-sizes", "1", "--batch-size", "512", "--out", str(out)])
+    cells = json.loads(out.read_text())
+    assert [c["path"] for c in cells] == ["gather", "sharded"] and all(c["rows"] == 3000 for c in cells)
+    assert cells[0]["auc"] == pytest.approx(cells[1]["auc"], abs=1e-6) and 0.5 < cells[0]["auc"] < 1
+    assert all(c["peak_mib_per_rank"] >= 0 and c["seconds"] >= c["compute_seconds"] > 0 for c in cells)
+    printed = capsys.readouterr().out
+    assert "peak MiB/rank" in printed and "largest |gather - sharded|" in printed
+    with pytest.raises(ConfigError, match="unknown"):
+        EvalBenchOptions(paths=["allgather"])

@@ -1,9 +1,12 @@
 """Ranking metrics over a whole evaluation pass, identical on every rank.
 
-Predictions are gathered from all ranks (``all_gather`` of padded tensors), then computed once:
-AUC and logloss (torchmetrics), per domain, GAUC (impression-weighted mean of per-group AUCs over
-groups with both classes, as in the DIN paper), S-GAUC and, for the ADS paper's reports,
-"AUC Imp." (eq. 14).
+The definitions and their direct computation on gathered rows: AUC and logloss (torchmetrics), per
+domain, GAUC (impression-weighted mean of per-group AUCs over groups with both classes, as in the DIN
+paper), S-GAUC and, for the ADS paper's reports, "AUC Imp." (eq. 14). :class:`PredictionBuffer`
+gathers every rank's rows to every rank (``all_gather`` of padded tensors); the trainer instead
+uses :class:`~torchrec_mdr.metrics.sharded.ShardedMetrics`, which gives the same numbers without
+any rank holding every row. The direct path stays as the reference the tests and ``mdr bench eval``
+compare it with.
 
 S-GAUC (SFPNet paper, eq. 13) is ``sum_i #impression_i * AUC_i / sum_i #impression_i`` over the
 sessions ``i`` of the spec's ``session`` column: the GAUC formula (:func:`gauc`) with sessions as the

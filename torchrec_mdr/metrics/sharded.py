@@ -27,6 +27,12 @@ N / world_size each), and what is reduced across ranks is a fixed-size state:
 At world size 1 nothing is routed or reduced. Rows whose domain is outside [0, num_domains) count
 in the overall metrics only (the direct computation's per-domain masks also leave them out).
 
+Why not a library metric: torchrec.metrics' AUC keeps every prediction in list states (concatenated
+and gathered at sync, so its memory grows with rows x world size); torchmetrics' BinaryAUROC with
+``thresholds=k`` is binned on a linear probability grid (confusion counts at k thresholds), an
+approximation whose error the within-bin pairs above would still have to bound. The histogram here
+is that binned state, made exact by the within-bin U.
+
 Choices: scores are the logits (AUC is invariant to the monotone sigmoid; logits keep resolution
 where probabilities saturate). ``AUC_BINS`` = 2^14 over [-20, 20) (bins of width ~0.0024): the
 reduced state per task and domain is 2 x 2^14 float64 (256 KiB), and a rank's share of the
