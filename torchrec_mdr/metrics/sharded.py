@@ -109,8 +109,9 @@ class ShardedMetrics:
 
     def compute(self, domain_names: list[str], label_names: list[str] | None = None,
                 device: torch.device | None = None) -> EvalResult:
-        """The pass's metrics, identical on every rank (a collective: every rank must call it);
-        ``device`` carries the collectives (GPU for nccl). ``label_names``: default one task."""
+        """The pass's metrics, identical on every rank (a collective: every rank must call it, once per
+        pass: it frees the rows); ``device`` carries the collectives (GPU for nccl). ``label_names``:
+        default one task."""
         names = list(label_names) if label_names else [f"task{t}" for t in range(self.num_tasks)]
         if len(names) != self.num_tasks or len(domain_names) != self.num_domains:
             raise ValueError(f"{len(names)} labels and {len(domain_names)} domains for metrics of "
@@ -125,13 +126,17 @@ class ShardedMetrics:
                                           auc_bins(values[:, t]), device, hashed=False)
             sums[t, :, 0] += torch.from_numpy(_group_sums(scores.numpy(), labels.numpy(), slot.long().numpy(),
                                                           auc_bins(scores).numpy(), slots, by_score=True)[:, 0])
-        for column in [0, 1] if self.sessions else [0]:  # GAUC (users), S-GAUC (sessions)
+        columns = [0, 1] if self.sessions else [0]
+        for column in columns:  # GAUC (users), S-GAUC (sessions)
             routed, key = _route([values, keys[:, column]], keys[:, column], device, hashed=True)
+            if column == columns[-1]:  # the local rows are not needed any more: free them before the sorts
+                self.values, self.keys, values, keys = [], [], None, None
             code = np.unique(key.numpy(), return_inverse=True)[1].reshape(-1)
             slot = routed[:, 2 * tasks].long().numpy()
             for t in range(tasks):
                 group = _group_sums(routed[:, t].numpy(), routed[:, tasks + t].numpy(), slot, code, slots)
                 sums[t, :, 1 + 2 * column:3 + 2 * column] += torch.from_numpy(group[:, 1:])
+            del routed, key, code, slot
         state = torch.cat([self.histogram.reshape(-1), self.loss.reshape(-1), sums.reshape(-1)])
         state = _all_reduce(state, device)
         histogram = state[:self.histogram.numel()].view_as(self.histogram).numpy()
