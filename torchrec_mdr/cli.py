@@ -8,6 +8,7 @@
     mdr bench accuracy [--suites ...]          mechanisms vs their bases (generator v1): tables in docs/results
     mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
     mdr bench table --paper ads|sfpnet --data DIR   a seed paper's comparison table on your data, in its layout
+    mdr bench eval [--rows N ...]              eval-pass time and peak memory, gathered vs sharded metrics
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr train ... --init-from RUN[:best|:step-N]               warm start from another run (e.g. yesterday's)
@@ -100,6 +101,12 @@ def _cmd_bench_loader(args: argparse.Namespace) -> None:
     from torchrec_mdr.bench.loader import LoaderBenchOptions, run
 
     run(dataclass_from_args(LoaderBenchOptions, args))
+
+
+def _cmd_bench_eval(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.eval_cost import EvalBenchOptions, run
+
+    run(dataclass_from_args(EvalBenchOptions, args))
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> None:
@@ -306,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _cmd_validate)
 
     from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
+    from torchrec_mdr.bench.eval_cost import EvalBenchOptions
     from torchrec_mdr.bench.loader import LoaderBenchOptions
     from torchrec_mdr.bench.paper_table import PaperTableOptions
     from torchrec_mdr.bench.proof import ProofBenchOptions
@@ -325,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                 _cmd_bench_proof)
     _subcommand(bench_commands, "table", "a seed paper's comparison table (ADS Table 2, SFPNet Table 4) trained on "
                 "a prepared dataset over seeds, in the paper's layout", PaperTableOptions, _cmd_bench_table)
+    _subcommand(bench_commands, "eval", "time and peak memory of an evaluation pass: metrics from gathered rows "
+                "vs sharded (reduced state, rows routed by key)", EvalBenchOptions, _cmd_bench_eval)
     _subcommand(bench_commands, "serve", "latency of exported artifacts (batch 1 and 256, median and p99) and "
                 "their size", ServeBenchOptions, _cmd_bench_serve)
 

@@ -1,9 +1,12 @@
 """Ranking metrics over a whole evaluation pass, identical on every rank.
 
-Predictions are gathered from all ranks (``all_gather`` of padded tensors), then computed once:
-AUC and logloss (torchmetrics), per domain, GAUC (impression-weighted mean of per-group AUCs over
-groups with both classes, as in the DIN paper), S-GAUC and, for the ADS paper's reports,
-"AUC Imp." (eq. 14).
+The definitions and their direct computation on gathered rows: AUC and logloss (torchmetrics), per
+domain, GAUC (impression-weighted mean of per-group AUCs over groups with both classes, as in the DIN
+paper), S-GAUC and, for the ADS paper's reports, "AUC Imp." (eq. 14). :class:`PredictionBuffer`
+gathers every rank's rows to every rank (``all_gather`` of padded tensors); the trainer instead
+uses :class:`~torchrec_mdr.metrics.sharded.ShardedMetrics`, which gives the same numbers without
+any rank holding every row. The direct path stays as the reference the tests and ``mdr bench eval``
+compare it with.
 
 S-GAUC (SFPNet paper, eq. 13) is ``sum_i #impression_i * AUC_i / sum_i #impression_i`` over the
 sessions ``i`` of the spec's ``session`` column: the GAUC formula (:func:`gauc`) with sessions as the
@@ -25,6 +28,7 @@ one label, :attr:`EvalResult.tasks` holds every task's metrics by label name (th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -155,33 +159,76 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     """sum_g n_g AUC_g / sum_g n_g over groups with both a positive and a negative (ties averaged).
 
     GAUC with users as ``groups``; S-GAUC (SFPNet eq. 13) with sessions as ``groups``.
-
-    Vectorised: one sort by (group, score); tie-averaged ranks within each group; per-group
-    Mann-Whitney U from the positives' rank sums.
     """
     if len(scores) == 0:
         return float("nan")
-    order = np.lexsort((scores, groups))
-    s, y, g = scores[order], labels[order], groups[order]
-    n = len(s)
-    group_start_flags = np.r_[True, g[1:] != g[:-1]]
-    group_starts = np.flatnonzero(group_start_flags)
-    group_index = np.cumsum(group_start_flags) - 1
-    position = np.arange(n) - group_starts[group_index] + 1.0  # 1-based rank within the group
-    tie_start_flags = group_start_flags | np.r_[True, s[1:] != s[:-1]]
-    tie_starts = np.flatnonzero(tie_start_flags)
-    tie_index = np.cumsum(tie_start_flags) - 1
-    tie_mean = np.add.reduceat(position, tie_starts) / np.diff(np.r_[tie_starts, n])
-    ranks = tie_mean[tie_index]
-    size = np.diff(np.r_[group_starts, n]).astype(np.float64)
-    pos = np.add.reduceat(y, group_starts)
+    _, size, pos, u = group_mann_whitney(scores, labels, (groups,))
     neg = size - pos
-    rank_sum = np.add.reduceat(ranks * y, group_starts)
     valid = (pos > 0) & (neg > 0)
     if not valid.any():
         return float("nan")
-    group_auc = (rank_sum[valid] - pos[valid] * (pos[valid] + 1) / 2) / (pos[valid] * neg[valid])
+    group_auc = u[valid] / (pos[valid] * neg[valid])
     return float((size[valid] * group_auc).sum() / size[valid].sum())
+
+
+def group_mann_whitney(scores: np.ndarray, labels: np.ndarray,
+                       keys: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group of rows with equal ``keys`` (major key first): ``(first, size, pos, u)``.
+
+    ``first`` [G] is the index (into the inputs) of one row of each group, ``size`` and ``pos`` [G] its
+    rows and positives (float64), ``u`` [G] the Mann-Whitney U of its positives against its negatives:
+    the number of (positive, negative) pairs with the positive scored higher, ties counting one half
+    (0 when a group has one class only), so that AUC_g = u / (pos * neg).
+
+    Vectorised: one sort by (keys, score) — of a single int64 code (key codes x score ranks) where the
+    product of the distinct counts fits, else ``np.lexsort`` (about twice as slow); tie-averaged ranks
+    within each group; U from the positives' rank sums (U = R_pos - pos (pos + 1) / 2).
+    """
+    if len(scores) == 0:
+        empty = np.zeros(0, dtype=np.float64)
+        return np.zeros(0, dtype=np.int64), empty, empty, empty
+    n = len(scores)
+    coded = [np.unique(column, return_inverse=True) for column in (*keys, scores)]
+    if math.prod(len(distinct) for distinct, _ in coded) < 2**62:
+        code = np.zeros(n, dtype=np.int64)
+        for distinct, inverse in coded:  # major key first, the score last
+            code = code * len(distinct) + inverse.reshape(-1)
+        order = np.argsort(code)  # equal codes are equal (keys, score): their order does not matter
+        code = code[order]
+        score_count = len(coded[-1][0])
+        group_start_flags = np.r_[True, code[1:] // score_count != code[:-1] // score_count]
+        tie_start_flags = np.r_[True, code[1:] != code[:-1]]
+    else:
+        order = np.lexsort((scores, *reversed(keys)))  # lexsort: the last key is the primary one
+        group_start_flags = np.ones(n, dtype=bool)
+        for key in keys:
+            ordered = key[order]
+            group_start_flags[1:] |= ordered[1:] != ordered[:-1]
+        ordered = scores[order]
+        tie_start_flags = group_start_flags | np.r_[True, ordered[1:] != ordered[:-1]]
+    del coded
+    starts, size, pos, u = mann_whitney_sorted(labels[order], group_start_flags, tie_start_flags)
+    return order[starts], size, pos, u
+
+
+def mann_whitney_sorted(labels: np.ndarray, group_start_flags: np.ndarray,
+                        tie_start_flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(starts, size, pos, u)`` of :func:`group_mann_whitney` from rows already sorted by (group, score):
+    ``labels`` [n] in that order, ``group_start_flags`` [n] True where a group begins, ``tie_start_flags``
+    [n] True where a group begins or the score changes. ``starts`` [G]: each group's first position."""
+    n = len(labels)
+    group_starts = np.flatnonzero(group_start_flags)
+    group_index = np.cumsum(group_start_flags) - 1
+    position = np.arange(n) - group_starts[group_index] + 1.0  # 1-based rank within the group
+    del group_index
+    tie_starts = np.flatnonzero(tie_start_flags)
+    tie_mean = np.add.reduceat(position, tie_starts) / np.diff(np.r_[tie_starts, n])
+    del position
+    ranks = tie_mean[np.cumsum(tie_start_flags) - 1]
+    size = np.diff(np.r_[group_starts, n]).astype(np.float64)
+    pos = np.add.reduceat(labels, group_starts).astype(np.float64)
+    u = np.add.reduceat(ranks * labels, group_starts) - pos * (pos + 1) / 2
+    return group_starts, size, pos, u
 
 
 def evaluate_predictions(rows: np.ndarray, domain_names: list[str], sessions: bool = False,

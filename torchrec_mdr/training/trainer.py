@@ -40,7 +40,8 @@ from torchrec_mdr.data.reader import BatchLoader, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
-from torchrec_mdr.metrics.ranking import EvalResult, PredictionBuffer, evaluate_predictions
+from torchrec_mdr.metrics.ranking import EvalResult
+from torchrec_mdr.metrics.sharded import ShardedMetrics
 from torchrec_mdr.metrics.table import format_ranking_table
 from torchrec_mdr.retrieval.metrics import (RetrievalBuffer, RetrievalResult, format_retrieval_table,
                                             retrieval_metrics)
@@ -503,12 +504,11 @@ class Trainer:
         """Metrics over every row of ``split`` (identical on all ranks), for every task."""
         if self.retrieval:
             return self._evaluate_retrieval(split)
-        buffer = PredictionBuffer()
-        for _, logits, labels, domain, group, session in self._eval_outputs(split):
-            buffer.add(logits, labels, domain, group, session)
         labels = self.spec.label_names
-        result = evaluate_predictions(buffer.gather(self.ctx.device, num_tasks=len(labels)), self.spec.domain_names,
-                                      sessions=self.spec.session_column is not None, label_names=labels)
+        metrics = ShardedMetrics(len(self.spec.domain_names), len(labels), self.spec.session_column is not None)
+        for _, logits, task_labels, domain, group, session in self._eval_outputs(split):
+            metrics.add(logits, task_labels, domain, group, session)
+        result = metrics.compute(self.spec.domain_names, labels, self.ctx.device)  # no rank gathers all rows
         self._task_scalars(split, result)  # the first task under <split>/..., as with one label
         for label, task_result in result.tasks.items():
             self._task_scalars(f"{split}/{label}", task_result)
