@@ -365,3 +365,15 @@ def test_cli_export_and_bench_serve(run: Path, artifacts: dict, tmp_path: Path, 
     lines = [line for line in printed.splitlines() if line.startswith(("fp32 ", "int8 "))]
     assert len(lines) == 4 and "click=" in lines[0]
     assert main(["bench", "serve", "--artifact", str(tmp_path)]) == 2
+
+
+def test_shape_expressions_in_sympy_form_are_plain_and_code_is_not():
+    """torch.export writes some sizes in sympy's srepr form (seen on MovieLens-100K: 16 * the batch symbol)."""
+    from torchrec_mdr.serving.artifact import _plain_expression
+
+    assert _plain_expression("Mul(Integer(16), Symbol('s78', positive=True, integer=True))")
+    assert _plain_expression("Add(Mul(Integer(2), Symbol('s0', integer=True)), Integer(-1))")
+    assert _plain_expression("Eq(Mod(s0, 2), 0)") and _plain_expression("L['x'][0].size()[1] == s0")
+    assert not _plain_expression("Mul(Integer(16), __import__('os').getpid())")
+    assert not _plain_expression("Symbol('s0', evaluate=exec('1'))")
+    assert not _plain_expression("Mul.__globals__")

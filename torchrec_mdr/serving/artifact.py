@@ -91,7 +91,10 @@ _TARGET = re.compile(r"^(torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operato
 _SYMBOL = re.compile(r"^[a-z]\d+$")
 _NAMES = {"L", "math", "inf", "oo", "Max", "Min", "Eq", "Ne", "Abs", "And", "Or", "Not", "FloorDiv", "Mod",
           "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "TruncToInt", "IntTrueDiv", "FloatTrueDiv",
-          "ModularIndexing", "Where", "ToFloat", "PowByNatural", "FloatPow", "Identity", "Integer", "Symbol"}
+          "ModularIndexing", "Where", "ToFloat", "PowByNatural", "FloatPow", "Identity", "Integer", "Symbol",
+          # sympy's arithmetic in srepr form, e.g. Mul(Integer(16), Symbol('s78', positive=True)) (a sequence
+          # table's flattened width times the batch symbol)
+          "Mul", "Add", "Pow", "Rational"}
 _ASSUMPTIONS = {"positive", "negative", "nonnegative", "integer", "real", "finite", "zero", "nonzero"}
 _ATTRIBUTES = {"size", "stride", "storage_offset", "isnan", "inf"}
 _NODES = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load,
