@@ -135,7 +135,11 @@ def test_the_restored_best_model_is_what_mdr_eval_best_gives(stopped: dict, caps
         assert best[key] == pytest.approx(metrics[key], abs=1e-12), key
     for name, values in metrics["per_domain"].items():
         assert best["per_domain"][name]["auc"] == pytest.approx(values["auc"], abs=1e-12)
+    capsys.readouterr()
     latest = evaluate_run(run, checkpoint="latest")
+    best_step = metrics["early_stopping"]["best_step"]
+    assert (f"best evaluation (early stopping, the weights its metrics.json reports) is step {best_step}: "
+            "pass --checkpoint best" in capsys.readouterr().out)  # latest is not what the run reported: said so
     assert latest["checkpoint"]["step"] == stopped["steps"]
     assert latest["auc"] != pytest.approx(metrics["auc"], abs=1e-9)  # the last weights are not the reported ones
     by_step = evaluate_run(run, checkpoint=f"step-{metrics['early_stopping']['best_step']}")

@@ -31,6 +31,10 @@ def load_for_evaluation(trainer: Trainer, checkpoint: str) -> CheckpointInfo:
     """Resolve ``checkpoint`` (latest, best, step-N) of the trainer's run, check that it was written for
     this model, managed-collision config and dataset, and load its weights (no optimizer, no RNG)."""
     info = trainer.checkpoints.resolve(checkpoint)
+    best = trainer.checkpoints.best() if checkpoint == "latest" else None
+    if best is not None and best.step != info.step and trainer.ctx.is_main:
+        print(f"note: {checkpoint} is step {info.step}; this run's best evaluation (early stopping, the weights its "
+              f"metrics.json reports) is step {best.step}: pass --checkpoint best to use it")
     check_identity(info.record.get("identity", {}), trainer.identity, info.path,
                    parts=("model", "eviction", "dataset"))
     trainer.checkpoints.load(info.path, trainer.model, optimizer=None, restore_rng=False)
