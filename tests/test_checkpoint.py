@@ -739,3 +739,14 @@ def test_a_checkpoint_written_under_the_old_names_loads_and_evaluates_the_same(m
     got = evaluate_run(old_run, checkpoint="latest")
     for key in ("auc", "logloss", "gauc"):
         assert got[key] == expected[key], key
+
+
+def test_config_json_holds_only_the_chosen_models_options_and_loads_back(straight: dict[str, Any]) -> None:
+    from torchrec_mdr.training.evaluate import run_config
+
+    run = straight["run"]
+    stored = json.loads((run / "config.json").read_text())["model"]
+    assert stored["name"] == "din" and stored["din"]["attention_hidden"] == [8]
+    assert "dnn" not in stored and "ads" not in stored  # 20 models' defaults are not repeated in every run
+    loaded = run_config(run)
+    assert loaded.model == experiment(loaded.data.path).model  # the other sections come back at their defaults

@@ -32,13 +32,19 @@ def dataset_signature(spec: DatasetSpec) -> dict[str, Any]:
     return signature
 
 
+def model_options(config: ModelConfig) -> dict[str, Any]:
+    """``model.*`` as a plain dict without the sections of the models not chosen (what config.json and a
+    checkpoint's identity store: loading fills those sections with their defaults)."""
+    others = {entry.config_field for name, entry in MODELS.items() if name != config.name}
+    return {k: v for k, v in to_dict(config).items() if k not in others}
+
+
 def run_identity(config: ExperimentConfig, spec: DatasetSpec) -> dict[str, Any]:
     """The parts of a run a checkpoint must agree with to be loaded into it: the model config (without
     the options of the other registered models), the managed-collision config, the optimizer kinds
     (their state must fit) and the dataset signature. Learning rates, steps, sharding may change."""
-    others = {entry.config_field for name, entry in MODELS.items() if name != config.model.name}
     return {
-        "model": {k: v for k, v in to_dict(config.model).items() if k not in others},
+        "model": model_options(config.model),
         "eviction": to_dict(config.sparse.eviction),
         "optimizer": {"sparse": config.optimizer.sparse, "dense": config.optimizer.dense},
         "dataset": dataset_signature(spec),

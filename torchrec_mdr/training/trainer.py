@@ -46,6 +46,7 @@ from torchrec_mdr.metrics.table import format_ranking_table
 from torchrec_mdr.retrieval.metrics import (RetrievalBuffer, RetrievalResult, format_retrieval_table,
                                             retrieval_metrics)
 from torchrec_mdr.sparse.mch.eviction import eviction_stats, managed_reader_spec, prepare_eviction
+from torchrec_mdr.training.checkpoint_identity import model_options
 from torchrec_mdr.training.checkpoint import (CheckpointInfo, CheckpointManager, all_finite, check_identity,
                                               data_order, differences, run_identity)
 from torchrec_mdr.training.distributed import DistContext, init_distributed
@@ -113,7 +114,8 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         if self.ctx.is_main and not evaluate_only:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+            stored = {**to_dict(config), "model": model_options(config.model)}  # the chosen model's section only
+            (self.run_dir / "config.json").write_text(json.dumps(stored, indent=2) + "\n")
         model = build_model(config, self.spec, self.ctx.device, self.ctx.world_size)
         self.model = wrap_model(model, config.sparse.sharding, self.ctx)
         self.optimizer = build_optimizer(self.model, config.optimizer)
