@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from torchrec_mdr.metrics.ranking import auc_improvement
 
 if TYPE_CHECKING:
-    from torchrec_mdr.bench.accuracy import AccuracyBenchOptions, Variant
+    from torchrec_mdr.bench.accuracy_setup import AccuracyBenchOptions, Variant
 
 TITLES = {
     "planted": "Planted-effect synthetic data (domain shift > 0)",

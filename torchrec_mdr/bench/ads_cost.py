@@ -13,13 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 if TYPE_CHECKING:
-    from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
+    from torchrec_mdr.bench.accuracy_setup import AccuracyBenchOptions, Variant
 
 WARMUP_STEPS = 3
 TIMED_STEPS = 40
@@ -66,16 +66,15 @@ def _dense_cost(arch: torch.nn.Module, features, batch_size: int) -> tuple[int, 
     return params, gflops_per_1k, statistics.median(times)
 
 
-def measure_chunk_costs(options: "AccuracyBenchOptions", data: Path, settings: tuple[int, ...]) -> list[dict]:
-    """One row for the backbone (DIN) and one per items-per-chunk setting of ADS (DIN)."""
-    from torchrec_mdr.bench.accuracy import Variant, _ads, run_variant
+def measure_chunk_costs(options: "AccuracyBenchOptions", data: Path, variants: list[tuple["Variant", int | None]],
+                        train: Callable[["Variant"], dict]) -> list[dict]:
+    """One row per (variant, items per chunk): the backbone (DIN, chunk None) and each ADS (DIN) setting, as
+    the caller (:mod:`torchrec_mdr.bench.accuracy`) lists them; ``train`` gives a variant's finished metrics."""
     from torchrec_mdr.config import load_config
     from torchrec_mdr.models.registry import ModelConfig, build_dense_arch
 
     layout, features, _spec = _embedded_batch(data, options)
     rows = []
-    variants = [(Variant("DIN", "din"), None)]
-    variants += [(_ads("din", f"model.ads.items_per_chunk={c}", label=f"ADS (DIN) chunk {c}"), c) for c in settings]
     for variant, chunk in variants:
         overrides = [f"name={variant.model}", f"embedding_dim={options.embedding_dim}"]
         overrides += [o.removeprefix("model.") for o in variant.overrides]
@@ -84,7 +83,7 @@ def measure_chunk_costs(options: "AccuracyBenchOptions", data: Path, settings: t
         torch.manual_seed(0)
         arch = build_dense_arch(layout, load_config(ModelConfig, None, overrides))
         params, gflops, step_ms = _dense_cost(arch, features, options.batch_size)
-        metrics = run_variant(options, "chunk_cost", variant, data, seed=0)
+        metrics = train(variant)
         rows.append({"label": variant.label, "items_per_chunk": chunk, "params": params, "gflops_per_1k": gflops,
                      "step_ms": step_ms, "auc": metrics.get("auc")})
         print(f"{variant.label}: {params:,} params, {gflops:.3f} GFLOPs/1k samples, {step_ms:.1f} ms/step, "

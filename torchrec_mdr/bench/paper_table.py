@@ -25,7 +25,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchrec_mdr.bench.accuracy import Variant
+from torchrec_mdr.bench.accuracy_setup import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
 
 PAPERS: tuple[str, ...] = ("ads", "sfpnet")

@@ -49,7 +49,7 @@ from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from torchrec_mdr.bench.accuracy import Variant
+from torchrec_mdr.bench.accuracy_setup import Variant
 from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for callers of the bench)
     ABLATIONS, EFFECTS, MECHANISMS, MODELS, OPTIONS, PAIRS, SCALING_LABELS, SUITES, ProofBenchOptions, archived,
     dataset_name, run_dir)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 
 if TYPE_CHECKING:
-    from torchrec_mdr.bench.accuracy import Variant
+    from torchrec_mdr.bench.accuracy_setup import Variant
     from torchrec_mdr.bench.proof_setup import ProofBenchOptions
 
 Results = dict[tuple[str, str, int], dict]

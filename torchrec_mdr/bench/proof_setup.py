@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchrec_mdr.bench.accuracy import Variant
+from torchrec_mdr.bench.accuracy_setup import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
 
 SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose", "probes", "options", "movielens")
