@@ -208,7 +208,8 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
     if "options" in options.suites:  # the default models' runs, as far as other suites have finished them
         results.update(train_all(replace(options, train=False), [
             (v, data, seed) for seed in range(options.first_seed + options.seeds) for world in range(options.worlds)
-            for v, data in option_datasets(options, world, defaults=True)]))
+            for default, data in option_datasets(options, world, defaults=True)
+            for v in {default, *(PAIRS[m][1] for m in PAIRS if default in PAIRS[m])}]))  # and the bare model
     written = {"ceilings": report.write_ceilings(options)}
     if "specificity" in options.suites:
         written["specificity"] = report.write_specificity(options, results)
