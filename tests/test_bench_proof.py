@@ -150,6 +150,8 @@ def test_tiny_dose_suite_plants_the_knob_stronger_and_tables_the_pairs(tmp_path)
     assert cell["n"] == 1 and cell["delta"] == pytest.approx(aucs["ADIN"] - aucs["ADIN w/o SE"])
     test = spec.splits["test"]
     assert cell["gap"] == pytest.approx(test.oracle_auc["all"] - test.ceilings["without_se"]["all"])
+    assert cell["closed_without"] == pytest.approx((aucs["ADIN w/o SE"] - test.ceilings["without_se"]["all"])
+                                                   / cell["gap"])
     assert raw["se"]["0"]["n"] == 0 and raw["se"]["1"]["n"] == 0  # not run here: shown as such
     assert f"{cell['delta']:+.4f}" in written["dose"].read_text()
 

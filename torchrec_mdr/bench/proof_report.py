@@ -324,7 +324,9 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
     lines[2] = lines[2].replace("--suites dose", "--suites dose --doses " + " ".join(f"{d:g}" for d in options.doses))
     lines += ["Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs, p) over the worlds and seeds run; "
               "gap = oracle − ceiling without the mechanism's effect (what the effect is worth to an oracle, mean "
-              "over worlds); closed = Δ / gap. Dose 0 is the `none` dataset, dose 1 the specificity suite's.", "",
+              "over worlds); closed = Δ / gap; the model without it = (its AUC − the ceiling without the effect) / "
+              "gap, how much of the effect the model lacking the mechanism already captures (negative: it is below "
+              "even that ceiling). Dose 0 is the `none` dataset, dose 1 the specificity suite's.", "",
               "| mechanism (with vs without) | " + " | ".join(f"dose {d:g}" for d in doses) + " |",
               "|" + "---|" * (len(doses) + 1)]
     verdict_lines, raw = [], {}
@@ -335,18 +337,25 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
             effect = "none" if dose == 0.0 else mechanism
             names = [dataset_name(options, w, effect, dose or 1.0) for w in range(options.worlds)]
             c = paired(results, with_v.label, without_v.label, names, _seeds(options))
-            gaps = []
+            gaps, base_shares = [], []
             for name in names:
                 spec = _spec(options, name)
                 if spec is not None:
                     test = spec.splits["test"]
-                    gaps.append(test.oracle_auc["all"] - test.ceilings[f"without_{mechanism}"]["all"])
+                    ceiling = test.ceilings[f"without_{mechanism}"]["all"]
+                    gaps.append(test.oracle_auc["all"] - ceiling)
+                    base_shares += [(results[(without_v.label, name, seed)]["auc"] - ceiling) / gaps[-1]
+                                    for seed in range(_seeds(options))
+                                    if (without_v.label, name, seed) in results and gaps[-1] > 0]
             c["gap"] = statistics.fmean(gaps) if gaps else float("nan")
             c["closed"] = c["delta"] / c["gap"] if c["n"] and c["gap"] > 0 else float("nan")
+            # how far the model WITHOUT the mechanism already got: (its AUC - ceiling without the effect) / gap
+            c["closed_without"] = statistics.fmean(base_shares) if base_shares else float("nan")
             raw[mechanism][f"{dose:g}"] = c
             cell = _cell(c)
             if c["n"] and math.isfinite(c["closed"]):
-                cell += f"; gap {c['gap']:.4f}, closed {c['closed']:.0%}"
+                cell += (f"; gap {c['gap']:.4f}, closed {c['closed']:.0%}; the model without it: "
+                         f"{c['closed_without']:.0%}")
             cells.append(cell)
         lines.append(f"| {mechanism} ({with_v.label} vs {without_v.label}) | " + " | ".join(cells) + " |")
         run = [(d, raw[mechanism][f"{d:g}"]) for d in doses if d > 1.0 and raw[mechanism][f"{d:g}"]["n"]]
