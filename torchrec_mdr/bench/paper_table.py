@@ -97,6 +97,11 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(finite) if finite else float("nan")
 
 
+def _missing(label: str, columns: int) -> str:
+    """A table row for a model the library does not have (never filled with numbers)."""
+    return f"| {label} | {MISSING} |" + " |" * (columns - 2)
+
+
 def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]) -> str:
     """The table in the paper's layout from the runs' metrics (``results[(label, dataset, seed)]``)."""
     from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
@@ -134,7 +139,7 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
             best = ranked[-1][1] if ranked else None
             for row in group:
                 if isinstance(row, str):
-                    lines.append(f"| {row} | {MISSING} |" + " |" * (len(header) - 2))
+                    lines.append(_missing(row, len(header)))
                     continue
                 cells = [row.label]
                 for task in tasks:
@@ -160,20 +165,19 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
         baselines = [r.label for r in group if isinstance(r, Variant) and r.label != "SFPNet"]
         for row in group:
             if isinstance(row, str):
-                lines.append(f"| {row} | {MISSING} |" + " |" * (len(header) - 2))
+                lines.append(_missing(row, len(header)))
                 continue
             cells = [row.label]
             for d in domains:
                 value = _mean(runs(row.label, None, d))
                 cell = f"{value:.4f}"
                 if row.label == "SFPNet":
-                    scored = [(b, _mean(runs(b, None, d))) for b in baselines]
-                    scored = [(b, v) for b, v in scored if math.isfinite(v)]
-                    if scored:
-                        best = max(scored, key=lambda item: item[1])[0]
-                        if value > _mean(runs(best, None, d)) and \
-                                mann_whitney_p(runs("SFPNet", None, d), runs(best, None, d)) < 0.05:
-                            cell += "*"
+                    scored = {b: _mean(runs(b, None, d)) for b in baselines}
+                    scored = {b: v for b, v in scored.items() if math.isfinite(v)}
+                    best = max(scored, key=scored.get) if scored else None
+                    if best is not None and value > scored[best] and \
+                            mann_whitney_p(runs("SFPNet", None, d), runs(best, None, d)) < 0.05:
+                        cell += "*"
                 cells.append(cell)
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "`*`: SFPNet above the best baseline of that scenario with Mann-Whitney p < 0.05 over the seeds "

@@ -100,12 +100,25 @@ def _ceiling_gap(options: "ProofBenchOptions", effect: str, mechanism: str) -> f
 
 
 def _command(options: "ProofBenchOptions", suite: str) -> str:
-    return (f"mdr bench proof --suites {suite} --worlds {options.worlds} --seeds {_seeds(options)} "
-            f"--rows {options.rows} --users {options.users} --items {options.items} --seq-length "
-            f"{options.seq_length} --max-epochs {options.max_epochs} --patience {options.patience} "
-            f"--batch-size {options.batch_size} --matrix {options.matrix}"
-            + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else "")
-            + (f" --scale-rows {' '.join(str(r) for r in options.scale_rows)}" if suite == "scaling" else ""))
+    """The ``mdr bench proof`` command line that reproduces ``suite``'s table (only the options it reads)."""
+    from torchrec_mdr.bench.proof_setup import MECHANISMS
+
+    protocol = (f" --seeds {_seeds(options)} --max-epochs {options.max_epochs} --patience {options.patience} "
+                f"--batch-size {options.batch_size}"
+                + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else ""))
+    if suite == "movielens":  # one real dataset: no generator options
+        return f"mdr bench proof --suites movielens{protocol}"
+    command = (f"mdr bench proof --suites {suite} --worlds {options.worlds}{protocol} --rows {options.rows} "
+               f"--users {options.users} --items {options.items} --seq-length {options.seq_length}")
+    if suite in ("specificity", "dose") and list(options.mechanisms) != list(MECHANISMS):
+        command += " --mechanisms " + " ".join(options.mechanisms)
+    if suite == "specificity":
+        command += f" --matrix {options.matrix}"
+    if suite in ("dose", "options"):
+        command += " --doses " + " ".join(f"{d:g}" for d in options.doses)
+    if suite == "scaling":
+        command += " --scale-rows " + " ".join(str(r) for r in options.scale_rows)
+    return command
 
 
 def _header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
@@ -321,7 +334,6 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
 
     doses = [0.0, 1.0, *sorted(d for d in options.doses if d != 1.0)]
     lines = _header(options, "Dose: each mechanism on its own effect, planted more strongly", "dose")
-    lines[2] = lines[2].replace("--suites dose", "--suites dose --doses " + " ".join(f"{d:g}" for d in options.doses))
     lines += ["Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs, p) over the worlds and seeds run; "
               "gap = oracle − ceiling without the mechanism's effect (what the effect is worth to an oracle, mean "
               "over worlds); closed = Δ / gap; the model without it = (its AUC − the ceiling without the effect) / "
@@ -375,8 +387,6 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import OPTIONS, PAIRS, dataset_name
 
     lines = _header(options, "Options: the questioned defaults against the alternatives", "options")
-    lines[2] = lines[2].replace("--suites options", "--suites options --doses " + " ".join(
-        f"{d:g}" for d in options.doses))
     lines += ["| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
               "|---|---|---|---|---|---|---|"]
     verdict_lines = []
@@ -404,7 +414,6 @@ def write_movielens(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import MODELS
 
     lines = _header(options, "MovieLens-100K (real data; domains = user age groups)", "movielens")
-    lines[2] = lines[2].replace(f" --worlds {options.worlds}", "")
     lines += ["Converted by `mdr data movielens` from the RecBole wheel (click = rating >= 4, history = all earlier "
               "ratings, at most 50; one time cut 80/10/10). ADS and SFPNet get `user_activity` (earlier ratings, "
               "bucketed) as their implicit domain feature, as on the planted data.", ""]
