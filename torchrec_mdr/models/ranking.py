@@ -92,10 +92,12 @@ class TrainModel(nn.Module):
     keys travel with the outputs so that evaluation groups rows for GAUC and S-GAUC.
     """
 
-    def __init__(self, model: RankingModel) -> None:
+    def __init__(self, model: RankingModel, loss_fn: nn.Module | None = None) -> None:
+        """``loss_fn(logits [B, T], labels [B, T]) -> scalar``; default the mean BCE over rows and tasks (the
+        trainer passes the task-weighted sum of :mod:`torchrec_mdr.training.losses`)."""
         super().__init__()
         self.model = model
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn = loss_fn if loss_fn is not None else nn.BCEWithLogitsLoss()
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         logits, auxiliary_loss = self.model(batch)

@@ -43,10 +43,11 @@ def build_model(config: ExperimentConfig, spec: DatasetSpec, dense_device: torch
                                           mixed_precision=config.train.mixed_precision,
                                           stream_rows=config.data.batch_size, planning_only=planning_only)
     else:
+        # each task's BCE weighted and summed (for one label: TrainModel's default mean BCE, the same number)
+        loss_fn = TaskWeightedBCE(task_weights(config.train.task_weights, spec)).to(dense_device)
         model = TrainModel(RankingModel(spec, config.model, sparse_device=meta, dense_device=dense_device,
                                         eviction=eviction, mc_buckets=world_size,
-                                        mixed_precision=config.train.mixed_precision, planning_only=planning_only))
-        # each task's BCE weighted and summed (for one label: TrainModel's mean BCE, the same number)
-        model.loss_fn = TaskWeightedBCE(task_weights(config.train.task_weights, spec)).to(dense_device)
+                                        mixed_precision=config.train.mixed_precision, planning_only=planning_only),
+                           loss_fn=loss_fn)
     apply_sparse_optimizer(model, config.optimizer, sparse_device or dense_device)
     return model
