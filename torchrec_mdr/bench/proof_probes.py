@@ -42,20 +42,11 @@ PROBED: dict[str, tuple[str, tuple[str, ...]]] = {  # probe -> (the runs' label,
 }
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1, ties given their average rank."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    for value in np.unique(x):
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (the Pearson correlation of the ranks; ties get their average rank)."""
-    return float(np.corrcoef(_ranks(np.asarray(x)), _ranks(np.asarray(y)))[0, 1])
+    from torchrec_mdr.bench.significance import mid_ranks
+
+    return float(np.corrcoef(mid_ranks(x), mid_ranks(y))[0, 1])
 
 
 def world_of(data: Path):
@@ -225,19 +216,19 @@ def write_probes(options) -> Path:
     skipped (the archive keeps metrics only)."""
     import json
 
-    from torchrec_mdr.bench.proof_setup import dataset_name, run_dir
+    from torchrec_mdr.bench.proof_setup import ABLATIONS, dataset_name, run_dir
 
     cache_file = options.out / "probes.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     seeds = options.first_seed + options.seeds
     for probe, (label, effects) in PROBED.items():
-        slug = next(v.slug for v in _variants() if v.label == label)
+        variant = next(v for v in ABLATIONS if v.label == label)
         for effect in effects:
             for world in range(options.worlds):
                 data = options.work / dataset_name(options, world, effect)
                 for seed in [*range(seeds), "init"]:
                     key = f"{probe}/{data.name}/{seed}"
-                    run = run_dir(options, next(v for v in _variants() if v.slug == slug), data,
+                    run = run_dir(options, variant, data,
                                   0 if seed == "init" else seed)
                     if key in cache or not (run / "checkpoints").is_dir():
                         continue
@@ -265,9 +256,3 @@ def write_probes(options) -> Path:
     path = options.out / "probes.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def _variants():
-    from torchrec_mdr.bench.proof_setup import ABLATIONS
-
-    return ABLATIONS

@@ -34,6 +34,18 @@ def sign_flip_p(deltas: list[float]) -> float:
     return float((np.abs(signs @ d / n) >= observed).mean())
 
 
+def mid_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``, tied values sharing their mean rank."""
+    values = np.asarray(values)
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
 def mann_whitney_p(a: list[float], b: list[float]) -> float:
     """Two-sided p of the Mann-Whitney U test of samples ``a`` and ``b`` (exact rank-sum distribution)."""
     a = [x for x in a if math.isfinite(x)]
@@ -41,13 +53,7 @@ def mann_whitney_p(a: list[float], b: list[float]) -> float:
     m, n = len(a), len(b)
     if m == 0 or n == 0:
         return float("nan")
-    values = np.asarray(a + b)
-    order = values.argsort(kind="stable")
-    ranks = np.empty(m + n)
-    ranks[order] = np.arange(1, m + n + 1)
-    for value in np.unique(values):  # mid-ranks for ties
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
+    ranks = mid_ranks(np.asarray(a + b))
     doubled = np.rint(2 * ranks).astype(np.int64)  # ranks are multiples of 0.5
     observed = int(doubled[:m].sum())
     # count[k][s]: ways to pick k of the ranks with doubled sum s
