@@ -215,3 +215,34 @@ def test_movielens_suite_trains_every_model_per_seed_and_tables_them_against_the
     rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
     din, ads = rows["DIN"], rows["ADS"]
     assert din.startswith("| DIN | 0.7105 ± 0.0007 |") and "| DIN | +0.0100 ± 0.0000 (2/2)" in ads
+
+
+def test_alternatives_choose_which_options_are_trained_and_tabled(tmp_path):
+    from torchrec_mdr.bench.proof_report import write_options
+
+    options = ProofBenchOptions(out=tmp_path, work=tmp_path / "work", worlds=1, seeds=1, rows=1000,
+                                users=50, items=200, seq_length=4, suites=["options"], doses=[3.0],
+                                alternatives=["psrg_shared_init=identity_noise"])
+    identity, default, _ = OPTIONS["psrg_shared_init=identity_noise"]
+    assert {v.label for v, _, _ in planned_jobs(options)} == {identity.label}
+    xavier = OPTIONS["psrg_shared_init=xavier"][0]
+    name = dataset_name(options, 0, "psrg", 3.0)
+    results = {(label, name, 0): {"auc": auc} for label, auc in
+               ((default.label, 0.70), (identity.label, 0.71), (xavier.label, 0.72))}
+    table = write_options(options, results).read_text()
+    assert "--alternatives psrg_shared_init=identity_noise" in table
+    assert "| psrg_shared_init=identity_noise | psrg × 3 | 0.7100 | 0.7000 |" in table
+    assert "xavier" not in table  # archived, but not chosen: no row
+    with pytest.raises(ConfigError, match="--alternatives: unknown"):
+        ProofBenchOptions(alternatives=["gate=3"]).validate()
+
+
+def test_ceilings_table_lists_the_dose_datasets_too(tmp_path):
+    from torchrec_mdr.bench.proof import dataset
+    from torchrec_mdr.bench.proof_report import write_ceilings
+
+    options = ProofBenchOptions(out=tmp_path, work=tmp_path / "work", worlds=1, rows=1000, users=50, items=200,
+                                seq_length=4, doses=[3.0])
+    dataset(options, 0, "pcrg", 3.0)
+    table = write_ceilings(options).read_text()
+    assert f"| {dataset_name(options, 0, 'pcrg', 3.0)} | " in table

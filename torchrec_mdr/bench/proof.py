@@ -154,7 +154,7 @@ def option_datasets(options: ProofBenchOptions, world: int, defaults: bool = Fal
     """The ``options`` suite's (model with the option, dataset) of a world; ``defaults``: the default model
     instead, whose runs other suites train (dose, specificity) and the options table only reads."""
     return [(default if defaults else with_v, dataset(options, world, effect, dose))
-            for with_v, default, effect in OPTIONS.values()
+            for name, (with_v, default, effect) in OPTIONS.items() if name in options.alternatives
             for dose in (options.doses if effect != "all" else [1.0])]
 
 

@@ -101,7 +101,7 @@ def _ceiling_gap(options: "ProofBenchOptions", effect: str, mechanism: str) -> f
 
 def _command(options: "ProofBenchOptions", suite: str) -> str:
     """The ``mdr bench proof`` command line that reproduces ``suite``'s table (only the options it reads)."""
-    from torchrec_mdr.bench.proof_setup import MECHANISMS
+    from torchrec_mdr.bench.proof_setup import MECHANISMS, OPTIONS
 
     protocol = (f" --seeds {_seeds(options)} --max-epochs {options.max_epochs} --patience {options.patience} "
                 f"--batch-size {options.batch_size}"
@@ -116,6 +116,8 @@ def _command(options: "ProofBenchOptions", suite: str) -> str:
         command += f" --matrix {options.matrix}"
     if suite in ("dose", "options"):
         command += " --doses " + " ".join(f"{d:g}" for d in options.doses)
+    if suite == "options" and list(options.alternatives) != list(OPTIONS):
+        command += " --alternatives " + " ".join(options.alternatives)
     if suite == "scaling":
         command += " --scale-rows " + " ".join(str(r) for r in options.scale_rows)
     return command
@@ -139,8 +141,9 @@ def write_ceilings(options: "ProofBenchOptions") -> Path:
              "", "| dataset | oracle | " + " | ".join(CEILINGS) + " | realised rates | configured rates |",
              "|" + "---|" * (len(CEILINGS) + 4)]
     for world in range(options.worlds):
-        for effect in ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all"):
-            name = dataset_name(options, world, effect)
+        for effect, dose in [(e, 1.0) for e in ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")] + [
+                (e, d) for e in ("psrg", "pcrg", "sfpnet", "dsbn", "se") for d in options.doses if d != 1.0]:
+            name = dataset_name(options, world, effect, dose)
             spec = _spec(options, name)
             if spec is None:
                 continue
@@ -391,6 +394,8 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
               "|---|---|---|---|---|---|---|"]
     verdict_lines = []
     for option, (with_v, default, effect) in OPTIONS.items():
+        if option not in options.alternatives:
+            continue
         without = PAIRS[effect][1] if effect in PAIRS else None
         for dose in options.doses if effect != "all" else [1.0]:
             names = [dataset_name(options, w, effect, dose) for w in range(options.worlds)]

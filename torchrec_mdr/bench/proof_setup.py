@@ -99,6 +99,9 @@ class ProofBenchOptions:
     doses: list[float] = field(default_factory=lambda: [3.0], metadata=bounds(
         gt=0, help="dose suite: each mechanism's own knob at these strengths (1 = the specificity suite's "
                    "dataset, 0 = none; both are pooled into the dose table when run)"))
+    alternatives: list[str] = field(default_factory=lambda: list(OPTIONS), metadata=doc(
+        "options suite: which questioned options to train and table (keys of OPTIONS: "
+        + ", ".join(OPTIONS) + ")"))
     max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
     patience: int = field(default=2, metadata=bounds(ge=1, help="evaluations without a better validation AUC "
                                                                 "before stopping"))
@@ -118,7 +121,8 @@ class ProofBenchOptions:
         if self.matrix not in ("full", "diagonal"):
             raise ConfigError(f"--matrix must be full or diagonal, not {self.matrix!r}")
         for name, chosen, known in (("suites", self.suites, SUITES), ("effects", self.effects, EFFECTS),
-                                    ("mechanisms", self.mechanisms, MECHANISMS)):
+                                    ("mechanisms", self.mechanisms, MECHANISMS),
+                                    ("alternatives", self.alternatives, OPTIONS)):
             unknown = sorted(set(chosen) - set(known))
             if unknown:
                 raise ConfigError(f"--{name}: unknown {unknown}; choose from {list(known)}")
