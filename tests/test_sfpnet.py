@@ -263,6 +263,44 @@ def test_scenario_vector_is_domain_embedding_plus_listed_features():
     assert arch.blocks[0].sam.gate.hidden.in_features == 2 * D + 2 * 2 * D + 2 * D
 
 
+def test_gate_stop_gradient_detaches_only_the_s_dnn_gates_view_of_the_scenario_features():
+    """Same logits; the gradient into the scenario feature's embedding is the default's minus the
+    part that flows through the S-DNN gates (computed here by a forward that detaches by hand)."""
+    torch.manual_seed(0)
+    default = SFPNetArch(layout(), small(scenario_features=["user"]))
+    randomise(default)
+    stopped = SFPNetArch(layout(), small(scenario_features=["user"], dnn_gate_stop_gradient=True))
+    stopped.load_state_dict(default.state_dict())
+
+    def grads(forward) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = features()
+        fields = batch.fields.clone().requires_grad_(True)
+        batch = EmbeddedFeatures(fields, batch.sequences, batch.dense, batch.domain)
+        logits = forward(batch)
+        logits.sum().backward()
+        return logits.detach(), fields.grad
+
+    def by_hand(batch: EmbeddedFeatures) -> torch.Tensor:  # SFPNetArch.forward, the gates' s_m detached
+        scenario = default.scenario(batch)
+        fields, behaviours = default.tailor(batch, scenario)
+        tailored = [EmbeddedSequence(keys, s.mask, default.candidate(fields, index))
+                    for s, keys, index in zip(batch.sequences, behaviours, default.candidate_index)]
+        h = torch.cat([fields.flatten(1), *default.pooling(tailored), batch.dense], dim=-1)
+        gate_input = torch.cat([default.domain_embedding(batch.domain), batch.fields[:, 0].detach()], dim=-1)
+        return default.dnn(h, gate_input)
+
+    logits, grad = grads(stopped)
+    reference_logits, reference_grad = grads(by_hand)
+    default_logits, default_grad = grads(default)
+    torch.testing.assert_close(logits, default_logits)
+    torch.testing.assert_close(grad, reference_grad)
+    assert not torch.allclose(grad[:, 0], default_grad[:, 0])  # the gates' share of the user field's gradient
+    torch.testing.assert_close(grad[:, 1], default_grad[:, 1])  # item is not in s_m: untouched
+    stopped.zero_grad()
+    stopped(features()).sum().backward()
+    assert stopped.domain_embedding.weight.grad.abs().sum() > 0  # the domain-id embedding still learns
+
+
 ABLATIONS = {
     "full": ({}, []),
     "wo_dap": (dict(distribution_aware_pooling=False), []),
@@ -345,6 +383,9 @@ def test_deterministic_given_the_seed():
     (dict(use_sam=False, use_rtm=False), "model.sfpnet.use_sam, use_rtm"),
     (dict(scenario_features=["foo"]), r"model.sfpnet.scenario_features: 'foo' is not an id feature"),
     (dict(scenario_features=["user", "user"]), "model.sfpnet.scenario_features: duplicate"),
+    (dict(dnn_gate_stop_gradient=True), "model.sfpnet.dnn_gate_stop_gradient: needs"),
+    (dict(dnn_gate_stop_gradient=True, scenario_features=["user"], scenario_aware_dnn=False),
+     "model.sfpnet.dnn_gate_stop_gradient: needs"),
 ])
 def test_bad_sizes_raise_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):

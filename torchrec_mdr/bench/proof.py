@@ -16,8 +16,8 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
   ``none`` and dose 1 = the specificity datasets): does a mechanism win once its effect is large enough,
   and how large must it be?
 * ``options`` — the options whose defaults item 5 questions (:data:`OPTIONS`: PSRG's ``W_shared``
-  initialisation on the psrg effect at ``doses``, SFPNet's S-DNN gate scale on ``all``), each paired with
-  the default model;
+  initialisation on the psrg effect at ``doses``, SFPNet's S-DNN gate scale and stop-gradient on
+  ``all``), each paired with the default model (``alternatives`` chooses which);
 * ``movielens`` — the ``models`` suite's models on real MovieLens-100K (age-group domains), ``seeds``
   seeds, same protocol: mean ± sd and the paired test against each model's base;
 * ``probes`` — no training: what the specificity runs' mechanisms learned, measured against the planted

@@ -57,6 +57,8 @@ OPTIONS: dict[str, tuple[Variant, Variant, str]] = {
         ADS_NO_PCRG, "psrg"),
     "dnn_gate_scale=2": (Variant("SFPNet, S-DNN gate scale 2", "sfpnet", (*_SFP, "model.sfpnet.dnn_gate_scale=2.0"),
                                  "SFPNet"), SFPNET, "all"),
+    "dnn_gate_stop_gradient=true": (Variant("SFPNet, S-DNN gates stop-gradient", "sfpnet", (
+        *_SFP, "model.sfpnet.dnn_gate_stop_gradient=true"), "SFPNet"), SFPNET, "all"),
 }
 
 # the models of the ``scaling`` suite: do the seed models pull ahead of their bases with more rows?

@@ -27,6 +27,9 @@ Choices where the paper is silent or ambiguous (each one tested in ``tests/test_
   γ = 2 (EPNet/PEPNet's gate, ≈ 1 at initialisation) is a deviation from the paper; on the planted
   data it raised SFPNet's test AUC in 2 of 3 seeds and its smallest domain's in 3 of 3
   (docs/results/README.md), not enough to make it the default.
+  ``dnn_gate_stop_gradient`` (default off, the paper says nothing of it) detaches the scenario features'
+  embeddings in the gates' input s_m, as PEPNet's Gate NU does with its general embeddings: the gates
+  then cannot pull the shared field embeddings toward what suits the gating.
 * **Ablations** (paper Table 5): ``distribution_aware_pooling=False`` = w/o DAP (mean pooling);
   ``use_sam=False`` = w/o SAM; ``use_rtm=False`` = w/o RTM; ``scenario_aware_dnn=False`` = w/o S-DNN
   (a plain MLP over ``H¹ ⊕ s_m``: the scenario stays an input, ungated); ``num_blocks=0`` = w/o STB
@@ -69,6 +72,9 @@ class SFPNetConfig:
         ge=1, help="hidden width of each S-DNN layer's gate (W5, eq 10)"))
     dnn_gate_scale: float = field(default=1.0, metadata=bounds(
         gt=0, help="γ of every S-DNN gate, A = γ·σ(·) (eq 10; paper: 1, gates ≈ ½ at init; 2 = PEPNet's)"))
+    dnn_gate_stop_gradient: bool = field(default=False, metadata=doc(
+        "the S-DNN gates read s_m with its scenario features' embeddings detached (PEPNet's stop-gradient on "
+        "the embedding part of a gate's input): the gates cannot move the shared field embeddings"))
     gate_output_layer: bool = field(default=True, metadata=doc(
         "gate the S-DNN output layer like the hidden ones (eqs 10-11); false = a plain linear output layer"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden DNN layer"))
@@ -88,6 +94,9 @@ class SFPNetConfig:
             raise ConfigError(f"dnn_gate_scale: {self.dnn_gate_scale!r} is out of range (must be > 0)")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: {self.dropout!r} is out of range (must be >= 0 and < 1)")
+        if self.dnn_gate_stop_gradient and not (self.scenario_aware_dnn and self.scenario_features):
+            raise ConfigError("dnn_gate_stop_gradient: needs the S-DNN (scenario_aware_dnn) and at least one of "
+                              "scenario_features (without them no gate reads a field embedding)")
         if self.num_blocks > 0 and not (self.use_sam or self.use_rtm):
             raise ConfigError("use_sam, use_rtm: both false, a block would do nothing; "
                               "set num_blocks = 0 for the w/o STB ablation")
@@ -129,11 +138,14 @@ class SFPNetArch(nn.Module):
             self.dnn = MLP(width + scenario_width, config.hidden, out_features=layout.num_tasks,
                            dropout=config.dropout)
         self.scenario_aware_dnn = config.scenario_aware_dnn
+        self.dnn_gate_stop_gradient = config.dnn_gate_stop_gradient
 
-    def scenario(self, features: EmbeddedFeatures) -> torch.Tensor:
-        """s_m: [B, d·(1 + len(scenario_features))]."""
+    def scenario(self, features: EmbeddedFeatures, detach_fields: bool = False) -> torch.Tensor:
+        """s_m: [B, d·(1 + len(scenario_features))]; ``detach_fields``: the listed features' embeddings
+        without their gradient (the domain-id embedding keeps it)."""
         parts = [self.domain_embedding(features.domain)]
-        parts += [features.fields[:, i] for i in self.scenario_index]
+        parts += [features.fields[:, i].detach() if detach_fields else features.fields[:, i]
+                  for i in self.scenario_index]
         return torch.cat(parts, dim=-1)
 
     def tailor(self, features: EmbeddedFeatures,
@@ -159,5 +171,7 @@ class SFPNetArch(nn.Module):
         parts = [fields.flatten(1), *self.pooling(tailored), features.dense.to(fields.dtype)]  # eq 8
         h = torch.cat(parts, dim=-1)  # H¹ (eq 9)
         if self.scenario_aware_dnn:
+            if self.dnn_gate_stop_gradient:
+                scenario = self.scenario(features, detach_fields=True)
             return self.dnn(h, scenario)
         return self.dnn(torch.cat([h, scenario], dim=-1))
