@@ -12,8 +12,8 @@ from functools import partial
 import numpy as np
 import pytest
 
-from torchrec_mdr.bench.proof import (ABLATIONS, MODELS, OPTIONS, PAIRS, ProofBenchOptions, dataset_name,
-                                      planned_jobs, run, run_dir)
+from torchrec_mdr.bench.proof import (ABLATIONS, MODELS, OPTIONS, PAIRS, ProofBenchOptions, archived,
+                                      dataset_name, planned_jobs, run, run_dir)
 from torchrec_mdr.bench.proof_report import paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError
@@ -100,6 +100,29 @@ def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
     shutil.rmtree(options.work / "runs")  # a fresh machine: the archived metrics beside the tables suffice
     assert run(options)["specificity"].read_text() == table
     assert "to train" not in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, capfd):
+    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=2000,
+                                users=100, items=300, seq_length=6, max_epochs=2, patience=2, batch_size=256,
+                                effects=["pcrg"], mechanisms=["pcrg"], suites=["specificity"])
+    run(options)
+    ads = PAIRS["pcrg"][0]
+    data = options.work / dataset_name(options, 0, "pcrg")
+    folder, archive = run_dir(options, ads, data, 0), archived(options, ads, data, 0)
+    finished = json.loads(archive.read_text())
+    # the state a kill leaves after the first epoch's checkpoint: no metrics, no later checkpoint
+    checkpoints = sorted((folder / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 2
+    shutil.rmtree(checkpoints[-1])
+    (folder / "checkpoints" / "latest").write_text(checkpoints[0].name)
+    (folder / "metrics.json").unlink()
+    archive.unlink()
+    capfd.readouterr()
+    run(options)
+    assert f"resuming from {checkpoints[0]}" in capfd.readouterr().out
+    resumed = json.loads(archive.read_text())
+    assert resumed["auc"] == finished["auc"] and resumed["history"] == finished["history"]
 
 
 def test_diagonal_matrix_plans_own_none_and_all(tmp_path):

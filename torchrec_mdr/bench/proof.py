@@ -101,14 +101,31 @@ def overrides(options: ProofBenchOptions, variant: Variant, data: Path, seed: in
             f"train.early_stopping.patience={options.patience}", *variant.overrides]
 
 
-def _train(arguments: list[str], run_dir: str) -> dict:
-    """One run in a fresh process (``--jobs``): config from overrides, the real trainer."""
+def _train(arguments: list[str], run_dir: str, resume: bool = False) -> dict:
+    """One run in a fresh process (``--jobs``): config from overrides, the real trainer; ``resume``:
+    continue an interrupted run from its latest checkpoint (exact: same data order, early stopping state)."""
     from torchrec_mdr.config import load_config
     from torchrec_mdr.experiment import ExperimentConfig
     from torchrec_mdr.training.trainer import Trainer
 
     config = load_config(ExperimentConfig, None, arguments)
-    return Trainer(config, Path(run_dir)).fit()
+    return Trainer(config, Path(run_dir), resume=resume).fit()
+
+
+def _interrupted(folder: Path) -> bool:
+    """Whether ``folder`` holds an interrupted run that can resume (a complete checkpoint); other leftovers
+    (a run killed before its first checkpoint) are removed so that the run starts again from scratch."""
+    import torch
+
+    from torchrec_mdr.training.checkpoint import CheckpointManager
+    from torchrec_mdr.training.distributed import DistContext
+
+    if not folder.exists():
+        return False
+    if CheckpointManager(folder, DistContext(0, 1, 0, torch.device("cpu"), "gloo")).latest() is not None:
+        return True
+    shutil.rmtree(folder)
+    return False
 
 
 def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]]) -> dict[tuple[str, str, int], dict]:
@@ -134,9 +151,8 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
     with ProcessPoolExecutor(max_workers=options.jobs, mp_context=get_context("spawn")) as pool:
         futures = {}
         for variant, data, seed, folder in pending:
-            if folder.exists():  # an interrupted run: start it again from scratch
-                shutil.rmtree(folder)
-            futures[pool.submit(_train, overrides(options, variant, data, seed), str(folder))] = (variant, data, seed)
+            futures[pool.submit(_train, overrides(options, variant, data, seed), str(folder),
+                                _interrupted(folder))] = (variant, data, seed)
         for done, future in enumerate(as_completed(futures), 1):
             variant, data, seed = futures[future]
             metrics = future.result()
