@@ -1,5 +1,5 @@
 """The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM, DCN-V2, FRNet, M2M, AESM²,
-AdaSparse (tiny hand-made features)."""
+AdaSparse, MaskNet (tiny hand-made features)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig
+from torchrec_mdr.models.masknet import MaskNetArch, MaskNetConfig
 from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import EPNet, GateNU, PEPNetArch, PEPNetConfig, PPNetTowers
@@ -66,6 +67,9 @@ ARCHS = {
                                                scenario_features=["user_activity"])),
     "m2m_mha": lambda: M2MArch(layout(), M2MConfig(num_experts=2, expert_hidden=[8], view_dim=4, backbone="mha",
                                                    attention=TargetAttentionConfig(heads=2, head_dim=3))),
+    "masknet": lambda: MaskNetArch(layout(), MaskNetConfig(block_widths=[8, 6], reduction_ratio=1.5)),
+    "masknet_parallel": lambda: MaskNetArch(layout(), MaskNetConfig(form="parallel", parallel_blocks=2,
+                                                                    parallel_block_width=5, parallel_hidden=[6])),
     "frnet": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8, 6], attention_size=3, cie_hidden=[7])),
     "frnet_vector": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8], attention_size=3, cie_hidden=[],
                                                             weight_type="vector")),

@@ -33,6 +33,10 @@ def test_every_row_is_a_config_that_loads(paper, data, tmp_path):
     if paper == "ads":
         assert labels[:7] == ["DNN", "DeepFM", "DCNv2", "APG", "AdaSparse", "DFFM", "MaskNet"]
         assert {"DIN +PEPNet", "MHA +ADS", "CAN +PEPNet"} <= set(labels)
+        missing = [r for _, group in rows(options) for r in group if isinstance(r, str)]
+        assert missing == ["DFFM"]  # MaskNet is trained (model.masknet's defaults: the serial form)
+        masknet = next(v for v in variants if v.label == "MaskNet")
+        assert (masknet.model, masknet.overrides) == ("masknet", ())
         pepnet = next(v for v in variants if v.label == "MHA +PEPNet")
         assert "model.pepnet.backbone=mha" in pepnet.overrides
     else:
@@ -61,6 +65,11 @@ def test_ads_layout_improvement_bold_and_significance(data, tmp_path):
     assert line["DNN"].startswith(f"| DNN | {dnn:.4f} | - | {dnn:.4f} |")
     assert f"| **{ads:.4f}*** | {((ads - 0.5) / (dnn - 0.5) - 1) * 100:+.2f}% |" in line["DIN +ADS"]  # best, p < .05
     assert f"| {MISSING} |" in line["DFFM"]
+    masknet = statistics.fmean(results[("MaskNet", data.name, s)]["auc"] for s in range(6))
+    imp = ((masknet - 0.5) / (dnn - 0.5) - 1) * 100
+    # a trained row of the DNN-based group, here its best (the made-up AUCs grow down the table)
+    assert line["MaskNet"].startswith(f"| MaskNet | **{masknet:.4f}** | {imp:+.2f}% |")
+    assert not line["AdaSparse"].startswith("| AdaSparse | **")
     assert "*" not in line["DIN"] and "*" not in line["DIN +PEPNet"]  # neither best nor ADS
 
 

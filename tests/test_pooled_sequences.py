@@ -39,7 +39,7 @@ def _tables(model: RankingModel) -> dict[str, torch.Tensor]:
 
 def test_the_registry_says_which_models_need_positions() -> None:
     assert POOL_ONLY == ["adasparse", "aesm2", "apg", "dcnv2", "deepfm", "dlrm", "dlrm_dcn", "dnn", "frnet", "m2m",
-                         "mmoe", "pepnet", "ple", "shared_bottom", "star"]
+                         "masknet", "mmoe", "pepnet", "ple", "shared_bottom", "star"]
     config = ModelConfig()
     assert all(MODELS[name].needs_positions(getattr(config, name))
                for name in ("din", "mha", "can", "ads", "sfpnet", "adin"))

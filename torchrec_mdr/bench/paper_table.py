@@ -71,7 +71,8 @@ def rows(options: PaperTableOptions) -> list[tuple[str, list[Variant | str]]]:
     groups: list[tuple[str, list[Variant | str]]] = [("DNN-based", [
         Variant("DNN", "dnn"), Variant("DeepFM", "deepfm"), Variant("DCNv2", "dcnv2"),
         Variant("APG", "apg", _on("apg", "domain_features", f)),
-        Variant("AdaSparse", "adasparse", _on("adasparse", "domain_features", f)), "DFFM", "MaskNet"])]
+        Variant("AdaSparse", "adasparse", _on("adasparse", "domain_features", f)), "DFFM",
+        Variant("MaskNet", "masknet")])]
     for backbone in ("din", "mha", "can"):
         name = backbone.upper()
         groups.append((name, [

@@ -38,6 +38,7 @@ from torchrec_mdr.models.dnn import DNNArch, DNNConfig
 from torchrec_mdr.models.features import FeatureLayout
 from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig
+from torchrec_mdr.models.masknet import MaskNetArch, MaskNetConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import PEPNetArch, PEPNetConfig
 from torchrec_mdr.models.ple import PLEArch, PLEConfig
@@ -113,6 +114,8 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
     ModelEntry("adasparse", AdaSparseArch, AdaSparseConfig, "AdaSparse: DNN whose neurons are weighted by "
                                                              "domain-aware pruners, sparsity regularisation",
                sequence_positions=False),
+    ModelEntry("masknet", MaskNetArch, MaskNetConfig, "MaskNet: MaskBlocks (instance-guided mask, LN, feed-forward), "
+                                                      "serial or parallel", sequence_positions=False),
     ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch",
                sequence_positions=False),
     ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction",
