@@ -33,6 +33,8 @@ def test_every_row_is_a_config_that_loads(paper, data, tmp_path):
     if paper == "ads":
         assert labels[:7] == ["DNN", "DeepFM", "DCNv2", "APG", "AdaSparse", "DFFM", "MaskNet"]
         assert {"DIN +PEPNet", "MHA +ADS", "CAN +PEPNet"} <= set(labels)
+        dffm = next(v for v in variants if v.label == "DFFM")
+        assert dffm.model == "dffm" and 'model.dffm.domain_features=["user_activity"]' in dffm.overrides
         pepnet = next(v for v in variants if v.label == "MHA +PEPNet")
         assert "model.pepnet.backbone=mha" in pepnet.overrides
     else:
@@ -60,7 +62,7 @@ def test_ads_layout_improvement_bold_and_significance(data, tmp_path):
                                                                                                         "DIN +ADS"))
     assert line["DNN"].startswith(f"| DNN | {dnn:.4f} | - | {dnn:.4f} |")
     assert f"| **{ads:.4f}*** | {((ads - 0.5) / (dnn - 0.5) - 1) * 100:+.2f}% |" in line["DIN +ADS"]  # best, p < .05
-    assert f"| {MISSING} |" in line["DFFM"]
+    assert f"| {MISSING} |" in line["MaskNet"] and MISSING not in line["DFFM"]
     assert "*" not in line["DIN"] and "*" not in line["DIN +PEPNet"]  # neither best nor ADS
 
 
