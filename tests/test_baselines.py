@@ -1,5 +1,5 @@
 """The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM, DCN-V2, FRNet, M2M, AESM²,
-AdaSparse, MaskNet (tiny hand-made features)."""
+AdaSparse, MaskNet, DFFM (tiny hand-made features)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torchrec_mdr.models.apg import APGArch, APGConfig
 from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP, TargetAttentionConfig
 from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
+from torchrec_mdr.models.dffm import DFFMArch, DFFMConfig
 from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig
 from torchrec_mdr.models.masknet import MaskNetArch, MaskNetConfig
@@ -60,6 +61,10 @@ ARCHS = {
     "apg_mix_specific": lambda: APGArch(layout(), APGConfig(hidden=[8, 6], rank=2, generation="specific",
                                                             over_rank=0, condition="mix")),
     "deepfm": lambda: DeepFMArch(layout(), DeepFMConfig(hidden=[8, 6])),
+    "dffm": lambda: DFFMArch(layout(), DFFMConfig(domain_network=[5, 3], hidden=[8], heads=2, head_dim=3, rank=2,
+                                                  dfub_dim=4, domain_features=["user_activity"])),
+    "dffm_no_dfub_tanh": lambda: DFFMArch(layout(), DFFMConfig(domain_network=[4], activation="tanh", hidden=[8],
+                                                               use_dfub=False)),
     "dcnv2": lambda: DCNv2Arch(layout(), DCNv2Config(cross_layers=2, hidden=[8, 6])),
     "dcnv2_stacked_mixture": lambda: DCNv2Arch(layout(), DCNv2Config(structure="stacked", cross_type="mixture",
                                                                      low_rank=4, num_experts=2, hidden=[8])),

@@ -34,9 +34,11 @@ def test_every_row_is_a_config_that_loads(paper, data, tmp_path):
         assert labels[:7] == ["DNN", "DeepFM", "DCNv2", "APG", "AdaSparse", "DFFM", "MaskNet"]
         assert {"DIN +PEPNet", "MHA +ADS", "CAN +PEPNet"} <= set(labels)
         missing = [r for _, group in rows(options) for r in group if isinstance(r, str)]
-        assert missing == ["DFFM"]  # MaskNet is trained (model.masknet's defaults: the serial form)
+        assert missing == []  # every row of the ADS table is a model of the library
         masknet = next(v for v in variants if v.label == "MaskNet")
         assert (masknet.model, masknet.overrides) == ("masknet", ())
+        dffm = next(v for v in variants if v.label == "DFFM")
+        assert dffm.model == "dffm" and 'model.dffm.domain_features=["user_activity"]' in dffm.overrides
         pepnet = next(v for v in variants if v.label == "MHA +PEPNet")
         assert "model.pepnet.backbone=mha" in pepnet.overrides
     else:
@@ -64,7 +66,7 @@ def test_ads_layout_improvement_bold_and_significance(data, tmp_path):
                                                                                                         "DIN +ADS"))
     assert line["DNN"].startswith(f"| DNN | {dnn:.4f} | - | {dnn:.4f} |")
     assert f"| **{ads:.4f}*** | {((ads - 0.5) / (dnn - 0.5) - 1) * 100:+.2f}% |" in line["DIN +ADS"]  # best, p < .05
-    assert f"| {MISSING} |" in line["DFFM"]
+    assert MISSING not in line["DFFM"]
     masknet = statistics.fmean(results[("MaskNet", data.name, s)]["auc"] for s in range(6))
     imp = ((masknet - 0.5) / (dnn - 0.5) - 1) * 100
     # a trained row of the DNN-based group, here its best (the made-up AUCs grow down the table)

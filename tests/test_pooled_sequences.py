@@ -42,11 +42,13 @@ def test_the_registry_says_which_models_need_positions() -> None:
                          "masknet", "mmoe", "pepnet", "ple", "shared_bottom", "star"]
     config = ModelConfig()
     assert all(MODELS[name].needs_positions(getattr(config, name))
-               for name in ("din", "mha", "can", "ads", "sfpnet", "adin"))
+               for name in ("din", "mha", "can", "ads", "sfpnet", "adin", "dffm"))
     for name in ("pepnet", "apg", "m2m", "frnet"):  # on a target-attention backbone they read every position
         options = getattr(config, name)
         options.backbone = "din"
         assert MODELS[name].needs_positions(options)
+    config.dffm.use_dfub = False  # DFFM without its behaviour attention reads only the means
+    assert not MODELS["dffm"].needs_positions(config.dffm)
 
 
 @pytest.mark.parametrize("name", POOL_ONLY)

@@ -32,6 +32,7 @@ from torchrec_mdr.models.aesm2 import AESM2Arch, AESM2Config
 from torchrec_mdr.models.apg import APGArch, APGConfig
 from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
+from torchrec_mdr.models.dffm import DFFMArch, DFFMConfig
 from torchrec_mdr.models.ads import ADSArch, ADSConfig
 from torchrec_mdr.models.din import DINArch, DINConfig
 from torchrec_mdr.models.dnn import DNNArch, DNNConfig
@@ -75,6 +76,11 @@ def _unless_mean_backbone(options: Any) -> bool:
     return options.backbone != "mean"
 
 
+def _with_dfub(options: Any) -> bool:
+    """DFFM reads every behaviour in DFUB; without it only each sequence column's mean."""
+    return bool(options.use_dfub)
+
+
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
     ModelEntry("dnn", DNNArch, DNNConfig, "shared MLP over all embeddings (BaseDNN)",
                sequence_positions=False),
@@ -116,6 +122,9 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                sequence_positions=False),
     ModelEntry("masknet", MaskNetArch, MaskNetConfig, "MaskNet: MaskBlocks (instance-guided mask, LN, feed-forward), "
                                                       "serial or parallel", sequence_positions=False),
+    ModelEntry("dffm", DFFMArch, DFFMConfig, "DFFM: domain-generated micro-MLP in the field inner products (DFFI), "
+                                             "target- and domain-parameterised behaviour self-attention (DFUB)",
+               sequence_positions=_with_dfub),
     ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch",
                sequence_positions=False),
     ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction",
