@@ -1,5 +1,5 @@
 """The multi-domain baselines: Shared-Bottom, MMoE, PLE, STAR, PEPNet, APG, DeepFM, DCN-V2, FRNet, M2M, AESM²,
-AdaSparse, MaskNet, DFFM (tiny hand-made features)."""
+AdaSparse, MaskNet, DFFM, MARIA (tiny hand-made features)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.dffm import DFFMArch, DFFMConfig
 from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig
+from torchrec_mdr.models.maria import MARIAArch, MARIAConfig
 from torchrec_mdr.models.masknet import MaskNetArch, MaskNetConfig
 from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
@@ -75,6 +76,11 @@ ARCHS = {
     "masknet": lambda: MaskNetArch(layout(), MaskNetConfig(block_widths=[8, 6], reduction_ratio=1.5)),
     "masknet_parallel": lambda: MaskNetArch(layout(), MaskNetConfig(form="parallel", parallel_blocks=2,
                                                                     parallel_block_width=5, parallel_hidden=[6])),
+    "maria": lambda: MARIAArch(layout(), MARIAConfig(scaling_hidden=5, num_refiners=2, refiner_dim=3, correlation_dim=4,
+                                                     num_experts=3, expert_hidden=[8], tower_hidden=[5],
+                                                     scenario_features=["user_activity"])),
+    "maria_mean": lambda: MARIAArch(layout(), MARIAConfig(backbone="mean", num_refiners=1, refiner_dim=4,
+                                                          num_experts=2, expert_hidden=[6], tower_hidden=[])),
     "frnet": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8, 6], attention_size=3, cie_hidden=[7])),
     "frnet_vector": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8], attention_size=3, cie_hidden=[],
                                                             weight_type="vector")),
@@ -100,7 +106,7 @@ def domain_parameters(name: str, arch: nn.Module) -> list[tuple[str, torch.Tenso
     """Every domain-specific parameter as (name, tensor, slots per domain along dim 0)."""
     params = dict(arch.named_parameters())
     out = [(n, p, 1) for n, p in params.items() if n.endswith("domain_embedding.weight")]
-    if name in ("shared_bottom", "mmoe", "ple", "ple_one_level"):
+    if name in ("shared_bottom", "mmoe", "ple", "ple_one_level") or name.startswith("maria"):
         out += [(n, p, 1) for n, p in params.items() if n.startswith("towers.")]
     if name == "mmoe":
         out += [(n, p, 1) for n, p in params.items() if n.startswith("gates.")]

@@ -13,7 +13,7 @@ written in the paper's own layout.
 Rows whose model the library does not have are listed as such (never filled in). Every run is the proof
 benchmark's protocol (:mod:`torchrec_mdr.bench.proof`: ``mdr train``, early stopping on the validation AUC,
 best checkpoint restored, one thread per run, ``--jobs`` at once, finished runs archived beside the table so a
-re-run resumes). ``--domain-features`` names the implicit domain fields that ADS (E_D), SFPNet (scenario
+re-run resumes). ``--domain-features`` names the implicit domain fields that ADS (E_D), SFPNet and MARIA (scenario
 vector), PEPNet, APG, AdaSparse and DFFM (their domain side) receive, the same for all of them.
 """
 
@@ -40,7 +40,7 @@ class PaperTableOptions:
     work: Path = field(default=Path("data/bench-table"), metadata=doc("per-run folders (kept: a re-run resumes)"))
     seeds: int = field(default=3, metadata=bounds(ge=1, help="training seeds per model"))
     domain_features: list[str] = field(default_factory=list, metadata=doc(
-        "implicit domain id fields given to ADS, SFPNet, PEPNet, APG, AdaSparse and DFFM (e.g. user_activity)"))
+        "implicit domain id fields given to ADS, SFPNet, MARIA, PEPNet, APG, AdaSparse and DFFM (e.g. user_activity)"))
     max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
     patience: int = field(default=2, metadata=bounds(ge=1, help="evaluations without a better validation AUC"))
     evals_per_epoch: int = field(default=1, metadata=bounds(ge=1, help="validation evaluations per epoch"))
@@ -66,7 +66,8 @@ def rows(options: PaperTableOptions) -> list[tuple[str, list[Variant | str]]]:
             Variant("BaseDNN", "dnn"), Variant("DeepFM", "deepfm"), Variant("SharedBottom", "shared_bottom"),
             Variant("MMoE", "mmoe"), Variant("PLE", "ple"), Variant("STAR", "star"), Variant("AESM2", "aesm2"),
             Variant("AdaSparse", "adasparse", _on("adasparse", "domain_features", f)),
-            Variant("PEPNet", "pepnet", _on("pepnet", "domain_features", f)), "MARIA",
+            Variant("PEPNet", "pepnet", _on("pepnet", "domain_features", f)),
+            Variant("MARIA", "maria", _on("maria", "scenario_features", f)),
             Variant("SFPNet", "sfpnet", _on("sfpnet", "scenario_features", f))])]
     groups: list[tuple[str, list[Variant | str]]] = [("DNN-based", [
         Variant("DNN", "dnn"), Variant("DeepFM", "deepfm"), Variant("DCNv2", "dcnv2"),

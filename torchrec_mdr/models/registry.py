@@ -39,6 +39,7 @@ from torchrec_mdr.models.dnn import DNNArch, DNNConfig
 from torchrec_mdr.models.features import FeatureLayout
 from torchrec_mdr.models.frnet import FRNetArch, FRNetConfig
 from torchrec_mdr.models.m2m import M2MArch, M2MConfig
+from torchrec_mdr.models.maria import MARIAArch, MARIAConfig
 from torchrec_mdr.models.masknet import MaskNetArch, MaskNetConfig
 from torchrec_mdr.models.mmoe import MMoEArch, MMoEConfig
 from torchrec_mdr.models.pepnet import PEPNetArch, PEPNetConfig
@@ -105,6 +106,10 @@ MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
                sequence_positions=_unless_mean_backbone),
     ModelEntry("deepfm", DeepFMArch, DeepFMConfig, "DeepFM: FM (first + second order) and a DNN over the same fields",
                sequence_positions=False),
+    ModelEntry("maria", MARIAArch, MARIAConfig, "MARIA: scenario feature scaling, refiner selection per field, field "
+                                                "correlations, MoE, scenario towers + coupling-gated extra tower "
+                                                "(model.maria.backbone: din / mha / can / mean)",
+               sequence_positions=_unless_mean_backbone),
     ModelEntry("apg", APGArch, APGConfig, "APG: hidden layers with weights U S_i V, S_i generated from the domain",
                sequence_positions=_unless_mean_backbone),
     ModelEntry("dcnv2", DCNv2Arch, DCNv2Config, "DCN-V2: full / low-rank / mixture cross layers and a DNN, stacked "
