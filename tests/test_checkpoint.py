@@ -712,9 +712,8 @@ def test_a_checkpoint_written_under_the_old_names_loads_and_evaluates_the_same(m
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemWriter
 
-    from torchrec_mdr.training.evaluate import load_for_evaluation, run_config
+    from torchrec_mdr.training.evaluate import Evaluator, run_config
     from torchrec_mdr.training.legacy_names import old_name
-    from torchrec_mdr.training.trainer import Trainer
 
     if model == "din":
         source = straight["run"]
@@ -730,9 +729,9 @@ def test_a_checkpoint_written_under_the_old_names_loads_and_evaluates_the_same(m
     shutil.copytree(source / "checkpoints" / name, old_run / "checkpoints" / name,
                     ignore=shutil.ignore_patterns("*.distcp", ".metadata"))
     (old_run / "checkpoints" / "latest").write_text(name + "\n")
-    trainer = Trainer(run_config(source), source, evaluate_only=True)
-    load_for_evaluation(trainer, "latest")
-    state = trainer.model.state_dict()
+    evaluator = Evaluator(run_config(source), source)
+    evaluator.load("latest")
+    state = evaluator.model.state_dict()
     renamed = {(old_name(k) or k): v for k, v in state.items()}
     assert len(set(renamed) - set(state)) >= (3 if model == "din" else 1)  # each renamed kind is there
     dcp.save({"model": renamed}, storage_writer=FileSystemWriter(str(old_run / "checkpoints" / name)))

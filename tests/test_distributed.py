@@ -174,7 +174,7 @@ def assemble(rank_states: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 def train_steps(trainer, batches: list[Batch]) -> list[float]:
     """This rank's loss at every step, through the trainer's configured loop (plain step or pipeline)."""
     iterator = iter(batches)
-    return [float(trainer.train_step(iterator)[0]) for _ in batches]
+    return [float(trainer.train_step(iterator).loss) for _ in batches]
 
 
 # --------------------------------------------------------------------------- the spawned work

@@ -234,7 +234,7 @@ def test_max_steps_beyond_one_epoch_trains_exactly_max_steps(data: Path, tmp_pat
 
 def test_data_order_depends_on_data_seed_not_train_seed(data: Path) -> None:
     """The seed story of the config help: data.seed orders the rows, train.seed does not touch them."""
-    from torchrec_mdr.training.trainer import _seeded_iter
+    from torchrec_mdr.training.run_model import seeded_iter as _seeded_iter
 
     def first_rows(data_seed: int, train_seed: int) -> list[float]:
         config = ReaderConfig(path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=64, seed=data_seed,

@@ -115,14 +115,15 @@ def yesterday(days: dict[str, Path]) -> Path:
 def test_a_grown_table_keeps_its_rows_and_gets_fresh_ones(days: dict[str, Path], yesterday: Path,
                                                           tmp_path: Path) -> None:
     from torchrec_mdr.training.checkpoint import CheckpointManager
+    from torchrec_mdr.training.evaluate import Evaluator
     from torchrec_mdr.training.trainer import Trainer
 
-    before = Trainer(experiment(days["d0"], max_steps=8), tmp_path / "probe-d0", evaluate_only=True)
+    before = Evaluator(experiment(days["d0"], max_steps=8), tmp_path / "probe-d0")
     CheckpointManager(yesterday, before.ctx).load(yesterday / "checkpoints" / "step-000008", before.model,
                                                   before.optimizer, restore_rng=False)
     old = full_state(before.model)
     old_optim = before.optimizer.state_dict()["state"]
-    fresh = full_state(Trainer(experiment(days["d1"], max_steps=4), tmp_path / "probe-d1", evaluate_only=True).model)
+    fresh = full_state(Evaluator(experiment(days["d1"], max_steps=4), tmp_path / "probe-d1").model)
     trainer = Trainer(warm(experiment(days["d1"], max_steps=4, checkpoint_every=None), yesterday, True),
                       tmp_path / "run")
     new = full_state(trainer.model)

@@ -38,9 +38,10 @@ LAYERS: dict[str, int] = {
     "torchrec_mdr.sparse": 2,
     # 3 models: dense archs, the registry, the retrieval model
     "torchrec_mdr.models": 3, "torchrec_mdr.retrieval": 3, "dlrm_style": 3, "dlrm_style.models": 3,
-    # 4 tasks / training: the run config that composes every section, metrics, the training system
+    # 4 tasks / training: the run config that composes every section, metrics, the tasks (model, outputs,
+    # metrics and their display per task), the training system
     "torchrec_mdr.experiment": 4, "torchrec_mdr.metrics": 4, "torchrec_mdr.retrieval.metrics": 4,
-    "torchrec_mdr.training": 4,
+    "torchrec_mdr.training": 4, "torchrec_mdr.tasks": 4,
     # serving: the inference program of a trained run, its export (through the training stack) and its loader
     "torchrec_mdr.serving": 4,
     # 5 cli / bench: entry points and experiments

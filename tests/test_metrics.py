@@ -23,7 +23,7 @@ from torchrec_mdr.metrics.compare import comparison_table
 from torchrec_mdr.metrics.ranking import (PredictionBuffer, auc, auc_improvement, evaluate_predictions, gauc,
                                           logloss, prediction_columns)
 from torchrec_mdr.models.ranking import RankingModel, TrainModel
-from torchrec_mdr.training.trainer import format_table
+from torchrec_mdr.tasks import format_table
 
 # torchmetrics' binary_auroc returns float32 (exact counts, float32 rates): ~1e-7 from the exact value.
 # GAUC and logloss are float64 throughout and are compared to 1e-9.

@@ -28,7 +28,7 @@ from torchrec_mdr.metrics.ranking import evaluate_predictions, gauc
 from torchrec_mdr.models.dnn import DNNConfig
 from torchrec_mdr.models.registry import ModelConfig
 from torchrec_mdr.training.losses import TaskWeightedBCE, task_weights
-from torchrec_mdr.training.trainer import format_table
+from torchrec_mdr.tasks import format_table
 
 # --------------------------------------------------------------------------- the loss
 

@@ -47,7 +47,7 @@ def test_fused_tbe_with_fused_adam(data, tmp_path):
     before = table_weights(trainer)
     assert all(w.device.type == "cuda" for w in before.values())
     batches = iter(fixed_batches(trainer.config, STEPS))
-    losses = [float(trainer.train_step(batches)[0]) for _ in range(STEPS)]
+    losses = [float(trainer.train_step(batches).loss) for _ in range(STEPS)]
     assert all(math.isfinite(x) for x in losses)
     after = table_weights(trainer)
     for key in before:
@@ -69,7 +69,7 @@ def test_bf16_autocast_of_the_dense_arch(data, tmp_path):
     output = trainer.train_step(iter(fixed_batches(trainer.config, 1)))
     for handle in handles:
         handle.remove()
-    loss, logits = output[0], output[1]
+    loss, logits = output.loss, output.logits
     assert dtypes and all(d == torch.bfloat16 for d in dtypes)  # the dense arch ran in bf16
     assert logits.dtype == torch.float32 and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(w.dtype == torch.float32 for w in table_weights(trainer).values())  # tables stay fp32
@@ -99,8 +99,8 @@ def test_sparse_dist_pipeline_on_cuda_matches_the_plain_loop(data, tmp_path):
     piped.model.load_state_dict(plain.model.state_dict())  # same plan, same starting weights
     batches = fixed_batches(plain.config, STEPS)
     plain_source, piped_source = iter(batches), iter(batches)
-    plain_losses = [float(plain.train_step(plain_source)[0]) for _ in range(STEPS)]
-    piped_losses = [float(piped.train_step(piped_source)[0]) for _ in range(STEPS)]
+    plain_losses = [float(plain.train_step(plain_source).loss) for _ in range(STEPS)]
+    piped_losses = [float(piped.train_step(piped_source).loss) for _ in range(STEPS)]
     assert isinstance(piped.pipeline, TrainPipelineSparseDist)
     assert isinstance(piped.pipeline._memcpy_stream, torch.cuda.Stream)  # copies ride their own CUDA stream
     assert isinstance(piped.pipeline._data_dist_stream, torch.cuda.Stream)  # and so does the input all-to-all

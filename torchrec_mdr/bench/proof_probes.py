@@ -87,17 +87,16 @@ class _Catcher:
 
 
 def _forward_test_split(run: Path, probe, checkpoint: str = "best") -> None:
-    from torchrec_mdr.training.evaluate import load_for_evaluation, run_config
-    from torchrec_mdr.training.trainer import Trainer
+    from torchrec_mdr.training.evaluate import Evaluator, run_config
 
     config = run_config(run)
     config = replace(config, train=replace(config.train, pipeline="plain"))
-    trainer = Trainer(config, run, evaluate_only=True)
+    evaluator = Evaluator(config, run)
     if checkpoint:
-        load_for_evaluation(trainer, checkpoint)
-    catcher = _Catcher(trainer.model, probe)
+        evaluator.load(checkpoint)
+    catcher = _Catcher(evaluator.model, probe)
     try:
-        for _ in trainer._eval_outputs("test"):
+        for _ in evaluator.outputs("test"):
             pass
     finally:
         catcher.close()

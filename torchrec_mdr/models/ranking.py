@@ -7,7 +7,7 @@ of the call graph on attributes of the batch, and everything after them lives in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -84,10 +84,24 @@ class RankingModel(nn.Module):
         return self.dense_arch(pooled, unpooled, batch.dense_features, batch.domain)
 
 
+class RankingOutput(NamedTuple):
+    """What :class:`TrainModel` returns beside its loss, detached: one row per impression of the batch.
+
+    A NamedTuple (so still the tuple TrainPipelineSparseDist passes through), read by name.
+    """
+
+    loss: torch.Tensor  # scalar: the batch's loss (auxiliary loss included)
+    logits: torch.Tensor  # [B, T] float32, one column per task (label)
+    labels: torch.Tensor  # [B, T] 0/1
+    domain: torch.Tensor  # [B] domain ids
+    group_ids: torch.Tensor  # [B] the GAUC group key (user)
+    session_ids: torch.Tensor  # [B] the S-GAUC key (session; unused without a session column)
+
+
 class TrainModel(nn.Module):
     """RankingModel + binary cross-entropy (mean over rows and tasks), in the pipeline's contract.
 
-    ``forward(batch) -> (loss, (loss, logits [B, T], labels [B, T], domain [B], group_ids [B],
+    ``forward(batch) -> (loss, RankingOutput(loss, logits [B, T], labels [B, T], domain [B], group_ids [B],
     session_ids [B]))``; the loss includes the arch's auxiliary loss (zero for most models). The
     keys travel with the outputs so that evaluation groups rows for GAUC and S-GAUC.
     """
@@ -99,8 +113,8 @@ class TrainModel(nn.Module):
         self.model = model
         self.loss_fn = loss_fn if loss_fn is not None else nn.BCEWithLogitsLoss()
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, RankingOutput]:
         logits, auxiliary_loss = self.model(batch)
         loss = self.loss_fn(logits, batch.labels) + auxiliary_loss
-        return loss, (loss.detach(), logits.detach(), batch.labels, batch.domain, batch.group_ids,
-                      batch.session_ids)
+        return loss, RankingOutput(loss.detach(), logits.detach(), batch.labels, batch.domain, batch.group_ids,
+                                   batch.session_ids)

@@ -30,7 +30,7 @@ everything after them (towers, loss, frequency estimate) lives in one leaf modul
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -318,8 +318,24 @@ class RetrievalDenseArch(nn.Module):
         return stream[0], stream[1] > 0
 
 
+class RetrievalOutput(NamedTuple):
+    """What :class:`RetrievalModel` returns beside its loss, detached: one row per impression of the batch.
+
+    A NamedTuple (so still the tuple TrainPipelineSparseDist passes through), read by name.
+    """
+
+    loss: torch.Tensor  # scalar: the batch's in-batch softmax loss
+    user: torch.Tensor  # [B, E] L2-normalised user vectors
+    item: torch.Tensor  # [B, E] L2-normalised item vectors
+    item_ids: torch.Tensor  # [B] the ids of retrieval.item_key
+    positive: torch.Tensor  # [B] bool: first label == 1 (the rows that are retrieval requests)
+    domain: torch.Tensor  # [B] domain ids
+    group_ids: torch.Tensor  # [B] the user key (Recall@K averages over users)
+
+
 class RetrievalModel(nn.Module):
-    """Batch -> ``(loss, (loss, user [B, E], item [B, E], item_ids [B], positive [B], domain [B], group_ids [B]))``.
+    """Batch -> ``(loss, RetrievalOutput(loss, user [B, E], item [B, E], item_ids [B], positive [B], domain [B],
+    group_ids [B]))``.
 
     The pipeline's contract (as :class:`~torchrec_mdr.models.ranking.TrainModel`): the sharded
     collections of :class:`~torchrec_mdr.sparse.arch.SparseArch` are called here on batch
@@ -344,9 +360,10 @@ class RetrievalModel(nn.Module):
         self.dense_arch = RetrievalDenseArch(spec, FeatureLayout.from_spec(spec, embedding_dim), config,
                                              mixed_precision, stream_rows).to(dense_device)
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, RetrievalOutput]:
         pooled, unpooled = self.sparse_arch(batch.sparse_features, batch.sequence_features)
         loss, user, item, item_ids, positive = self.dense_arch(
             pooled, unpooled, batch.dense_features, batch.domain, batch.labels, batch.sparse_features,
             batch.sequence_features)
-        return loss, (loss.detach(), user.detach(), item.detach(), item_ids, positive, batch.domain, batch.group_ids)
+        return loss, RetrievalOutput(loss.detach(), user.detach(), item.detach(), item_ids, positive, batch.domain,
+                                     batch.group_ids)

@@ -162,13 +162,13 @@ def input_description(spec: Any, reader_spec: Any) -> dict[str, Any]:
     }
 
 
-def _manifest(config: Any, trainer: Any, info: Any, checkpoint: str, run_dir: Path, columns: list[InputColumn],
+def _manifest(config: Any, evaluator: Any, info: Any, checkpoint: str, run_dir: Path, columns: list[InputColumn],
               tables: dict[str, torch.Tensor], managed: dict[str, Any], int8: bool) -> dict[str, Any]:
     import torchrec
 
     from torchrec_mdr.training.checkpoint import dataset_signature
 
-    spec, reader_spec = trainer.spec, trainer.reader_spec
+    spec, reader_spec = evaluator.spec, evaluator.reader_spec
     return {
         "format": FORMAT_VERSION,
         "kind": "torchrec-mdr ranking artifact",
@@ -209,8 +209,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
                overwrite: bool = False) -> dict[str, Any]:
     """Write the artifact of a ranking run's ``checkpoint`` into ``out`` (atomically); returns the manifest."""
     from torchrec_mdr.models.ranking import DenseArch
-    from torchrec_mdr.training.evaluate import load_for_evaluation, run_config
-    from torchrec_mdr.training.trainer import Trainer
+    from torchrec_mdr.training.evaluate import Evaluator, run_config
 
     run_dir, out = Path(run_dir), Path(out)
     config = run_config(run_dir)
@@ -220,21 +219,21 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         raise TrainingError(f"mdr export exports ranking runs; {run_dir} is a task = '{config.task}' run")
     config = replace(config, data=replace(config.data, num_workers=0),
                      train=replace(config.train, device="cpu"))
-    trainer = Trainer(config, run_dir, evaluate_only=True)
-    if trainer.ctx.world_size != 1:
+    evaluator = Evaluator(config, run_dir)
+    if evaluator.ctx.world_size != 1:
         raise TrainingError("mdr export runs in one process (it gathers the tables of any number of ranks itself)")
-    info = load_for_evaluation(trainer, checkpoint)
+    info = evaluator.load(checkpoint)
 
-    tables, managed = gather_tables(trainer.model.state_dict())
-    dense_arch = next(m for m in trainer.model.modules() if isinstance(m, DenseArch))
-    columns = _input_columns(trainer.spec)
+    tables, managed = gather_tables(evaluator.model.state_dict())
+    dense_arch = next(m for m in evaluator.model.modules() if isinstance(m, DenseArch))
+    columns = _input_columns(evaluator.spec)
     missing = sorted({c.table for c in columns} - set(tables))
     if missing:
         raise TrainingError(f"checkpoint {info.path}: no weights found for table(s) {', '.join(missing)}")
     program = InferenceProgram(dense_arch.layout, copy.deepcopy(dense_arch.model).cpu(), columns, tables, managed,
                                int8=int8).eval()
-    exported = export_program(program, columns, len(trainer.spec.dense_features))
-    manifest = _manifest(config, trainer, info, checkpoint, run_dir, columns, tables, managed, int8)
+    exported = export_program(program, columns, len(evaluator.spec.dense_features))
+    manifest = _manifest(config, evaluator, info, checkpoint, run_dir, columns, tables, managed, int8)
 
     tmp = out.parent / f".{out.name}.tmp-{time.strftime('%Y%m%d%H%M%S')}"
     tmp.mkdir(parents=True)
@@ -243,7 +242,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         manifest["files"] = {PROGRAM_FILE: {"sha256": sha256(tmp / PROGRAM_FILE),
                                             "bytes": (tmp / PROGRAM_FILE).stat().st_size}}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        _self_check(tmp, program, columns, len(trainer.spec.dense_features))
+        _self_check(tmp, program, columns, len(evaluator.spec.dense_features))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -1,7 +1,9 @@
-"""The evaluations of a training run: their history, and early stopping on the validation split.
+"""Early stopping on the validation split of a training run.
 
-:func:`history_entry` turns one evaluation into the row ``metrics.json`` keeps in its ``history``
-list. :class:`EarlyStopping` follows one metric of those evaluations (``train.early_stopping``):
+Each evaluation during training becomes a row of ``metrics.json``'s ``history`` (step, epoch, split
+and the task's headline metrics: :meth:`~torchrec_mdr.tasks.base.Task.history`).
+:class:`EarlyStopping` follows one metric of those evaluations (``train.early_stopping``; the task
+reads it from a result: :meth:`~torchrec_mdr.tasks.base.Task.stopping_value`):
 it says when an evaluation is the best so far (the trainer then saves a checkpoint and names it
 ``checkpoints/best``) and when ``patience`` evaluations in a row have not improved on the best by
 more than ``min_delta`` (the trainer then stops). Its state travels in each checkpoint's
@@ -17,28 +19,6 @@ import math
 from typing import Any
 
 from torchrec_mdr.experiment import EarlyStoppingConfig
-from torchrec_mdr.metrics.ranking import EvalResult
-from torchrec_mdr.retrieval.metrics import RetrievalResult
-
-
-def history_entry(result: EvalResult | RetrievalResult, step: int, epoch: int, split: str) -> dict[str, Any]:
-    """One row of ``metrics.json``'s ``history``: ``step``, ``epoch``, ``split`` and the headline metrics
-    (ranking: ``auc``, ``logloss``, ``gauc`` and ``per_domain`` {name: auc} of the first task, and with
-    several labels ``tasks`` {label: the same four}; retrieval: ``recall`` and ``hitrate`` {k: value})."""
-    entry: dict[str, Any] = {"step": step, "epoch": epoch, "split": split}
-    if isinstance(result, RetrievalResult):
-        entry.update(recall={str(k): v for k, v in result.recall.items()},
-                     hitrate={str(k): v for k, v in result.hitrate.items()})
-        return entry
-    entry.update(_headline(result))
-    if result.tasks:
-        entry["tasks"] = {label: _headline(task) for label, task in result.tasks.items()}
-    return entry
-
-
-def _headline(result: EvalResult) -> dict[str, Any]:
-    return {"auc": result.auc, "logloss": result.logloss, "gauc": result.gauc,
-            "per_domain": {name: values["auc"] for name, values in result.per_domain.items()}}
 
 
 class EarlyStopping:

@@ -1,8 +1,11 @@
-"""A finished run opened for evaluation: ``mdr eval`` (:func:`evaluate_run`), and the pieces that
-``mdr predict`` and ``mdr export`` share with it — the run's config (:func:`run_config`) and one of its
-checkpoints loaded into an evaluation-only Trainer after the identity check (:func:`load_for_evaluation`).
+"""A finished run opened for evaluation: the :class:`Evaluator` (``mdr eval``, ``mdr predict``,
+``mdr export`` and the proof probes) and :func:`evaluate_run` (``mdr eval``), with the run's typed config
+(:func:`run_config`).
 
-It sits above both the Trainer and the checkpoint files, so neither has to import the other's caller.
+The Evaluator builds the run's model exactly as the Trainer does (same process setup, task, model
+factory, sharding and seed: :mod:`torchrec_mdr.training.run_model`), loads one of its checkpoints after
+the identity check, and evaluates a split through the same evaluation pass and the same task metrics
+— without a Trainer: no train split, no config.json, no TensorBoard, no learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import torch
 
 from torchrec_mdr.config import load_config
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
+from torchrec_mdr.tasks.base import TaskResult
 from torchrec_mdr.training.checkpoint import CheckpointInfo, check_identity
-from torchrec_mdr.training.trainer import Trainer, format_table
+from torchrec_mdr.training.run_model import build_sharded, eval_outputs, open_run
 
 
 def run_config(run_dir: Path) -> ExperimentConfig:
@@ -27,18 +33,50 @@ def run_config(run_dir: Path) -> ExperimentConfig:
     return load_config(ExperimentConfig, config_file)
 
 
-def load_for_evaluation(trainer: Trainer, checkpoint: str) -> CheckpointInfo:
-    """Resolve ``checkpoint`` (latest, best, step-N) of the trainer's run, check that it was written for
-    this model, managed-collision config and dataset, and load its weights (no optimizer, no RNG)."""
-    info = trainer.checkpoints.resolve(checkpoint)
-    best = trainer.checkpoints.best() if checkpoint == "latest" else None
-    if best is not None and best.step != info.step and trainer.ctx.is_main:
-        print(f"note: {checkpoint} is step {info.step}; this run's best evaluation (early stopping, the weights its "
-              f"metrics.json reports) is step {best.step}: pass --checkpoint best to use it")
-    check_identity(info.record.get("identity", {}), trainer.identity, info.path,
-                   parts=("model", "eviction", "dataset"))
-    trainer.checkpoints.load(info.path, trainer.model, optimizer=None, restore_rng=False)
-    return info
+class Evaluator:
+    """The model of run ``run_dir`` with ``config``, ready to load a checkpoint into and evaluate.
+
+    Attributes: ``config``, ``run_dir``, ``ctx``, ``spec``, ``reader_spec``, ``task``, ``checkpoints``,
+    ``identity``, ``model`` (DMP-sharded) and ``optimizer`` (the fused + dense optimizer a checkpoint's
+    optimizer state can be loaded into; EvalPipelineSparseDist takes it, never steps it). Before
+    :meth:`load`, the weights are those a fresh run of ``config`` starts from (same seed).
+
+    Example::
+
+        evaluator = Evaluator(run_config(run), run)
+        evaluator.load("best")
+        print(evaluator.evaluate("test").to_dict())
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        parts = open_run(config, self.run_dir)
+        self.ctx, self.spec, self.reader_spec, self.task, self.checkpoints, self.identity = parts
+        torch.manual_seed(config.train.seed)  # as the Trainer: the initial weights of a fresh run
+        self.model, self.optimizer = build_sharded(config, parts)
+
+    def load(self, checkpoint: str) -> CheckpointInfo:
+        """Resolve ``checkpoint`` (latest, best, step-N) of the run, check that it was written for this
+        model, managed-collision config and dataset, and load its weights (no optimizer, no RNG)."""
+        info = self.checkpoints.resolve(checkpoint)
+        best = self.checkpoints.best() if checkpoint == "latest" else None
+        if best is not None and best.step != info.step and self.ctx.is_main:
+            print(f"note: {checkpoint} is step {info.step}; this run's best evaluation (early stopping, the weights "
+                  f"its metrics.json reports) is step {best.step}: pass --checkpoint best to use it")
+        check_identity(info.record.get("identity", {}), self.identity, info.path,
+                       parts=("model", "eviction", "dataset"))
+        self.checkpoints.load(info.path, self.model, optimizer=None, restore_rng=False)
+        return info
+
+    def outputs(self, split: str) -> Iterator[Any]:
+        """The model's outputs (the task's NamedTuple) on this rank's batches of ``split``, every row once
+        (:func:`~torchrec_mdr.training.run_model.eval_outputs`); a collective."""
+        return eval_outputs(self.model, self.optimizer, self.config, split, self.ctx, self.reader_spec)
+
+    def evaluate(self, split: str) -> TaskResult:
+        """The task's metrics over every row of ``split``, identical on all ranks; a collective."""
+        return self.task.evaluate(self.outputs(split), self.ctx.device)
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
@@ -58,20 +96,19 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     config = run_config(run_dir)
     if data is not None:
         config = replace(config, data=replace(config.data, path=Path(data)))
-    trainer = Trainer(config, run_dir, evaluate_only=True)
-    info = load_for_evaluation(trainer, checkpoint)
-    result = trainer.evaluate(split)
-    metrics: dict[str, Any] = {"model": trainer.model_name, "dataset": trainer.spec.name, "data": str(config.data.path),
+    evaluator = Evaluator(config, run_dir)
+    info = evaluator.load(checkpoint)
+    result = evaluator.evaluate(split)
+    task, spec = evaluator.task, evaluator.spec
+    metrics: dict[str, Any] = {"model": task.model_name, "dataset": spec.name, "data": str(config.data.path),
                                "split": split, **result.to_dict(),
                                "checkpoint": {"name": checkpoint, "path": str(info.path), "step": info.step,
-                                              "world_size": info.record.get("world_size")}}
-    stats = trainer.spec.splits.get(split)
-    if stats is not None and stats.oracle_auc and not trainer.retrieval:
-        metrics["oracle_auc"] = stats.oracle_auc
-    if trainer.ctx.is_main:
+                                              "world_size": info.record.get("world_size")},
+                               **task.split_metrics(split)}
+    if evaluator.ctx.is_main:
         out = run_dir / (f"eval-{split}.json" if checkpoint == "latest" else f"eval-{split}-{checkpoint}.json")
         out.write_text(json.dumps(metrics, indent=2) + "\n")
-        print(format_table(metrics, trainer.spec.domain_names))
+        print(task.format_table(metrics, spec.domain_names))
         print(f"checkpoint {info.path} (step {info.step}, written by {info.record.get('world_size')} rank(s)); "
               f"wrote {out}")
     return metrics

@@ -1,11 +1,10 @@
-"""The model a run trains: built once here, for the trainer and for ``mdr plan``.
+"""The model a run trains: built once here, for the trainer, the evaluator and ``mdr plan``.
 
-``build_model`` returns the module that DistributedModelParallel wraps — :class:`TrainModel`
-around the registered ranking model, or :class:`RetrievalModel` for ``task = "retrieval"`` — with
-its embedding tables on the meta device (DMP materialises and shards them) and the fused sparse
-optimizer registered on them, so that the planner sees the optimizer state it must place. A ranking
-model's loss is :class:`~torchrec_mdr.training.losses.TaskWeightedBCE` with ``train.task_weights``
-(checked against the spec's labels).
+``build_model`` returns the module that DistributedModelParallel wraps — the task's model
+(:meth:`~torchrec_mdr.tasks.base.Task.build_model`: :class:`TrainModel` around the registered ranking
+model, or :class:`RetrievalModel` for ``task = "retrieval"``) — with its embedding tables on the meta
+device (DMP materialises and shards them) and the fused sparse optimizer registered on them, so that
+the planner sees the optimizer state it must place.
 """
 
 from __future__ import annotations
@@ -15,15 +14,13 @@ from torch import nn
 
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.experiment import ExperimentConfig
-from torchrec_mdr.models.ranking import RankingModel, TrainModel
-from torchrec_mdr.retrieval.model import RetrievalModel
-from torchrec_mdr.training.losses import TaskWeightedBCE, task_weights
+from torchrec_mdr.tasks import Task, make_task
 from torchrec_mdr.training.optimizers import apply_sparse_optimizer
 
 
 def build_model(config: ExperimentConfig, spec: DatasetSpec, dense_device: torch.device,
                 world_size: int, sparse_device: torch.device | None = None,
-                planning_only: bool = False) -> nn.Module:
+                planning_only: bool = False, task: Task | None = None) -> nn.Module:
     """The run's model, tables on meta, sparse optimizer applied.
 
     Args:
@@ -34,20 +31,9 @@ def build_model(config: ExperimentConfig, spec: DatasetSpec, dense_device: torch
         sparse_device: the device the optimizer is registered for (default: ``dense_device``):
             ``optimizer.sparse = "adam"`` is refused on CPU.
         planning_only: the model is planned, never sharded (managed-collision buffers stay on meta).
+        task: the run's task (default: the one of ``config.task``).
     """
-    meta = torch.device("meta")
-    eviction = config.sparse.eviction
-    if config.task == "retrieval":
-        model: nn.Module = RetrievalModel(spec, config.model.embedding_dim, config.retrieval, sparse_device=meta,
-                                          dense_device=dense_device, eviction=eviction, mc_buckets=world_size,
-                                          mixed_precision=config.train.mixed_precision,
-                                          stream_rows=config.data.batch_size, planning_only=planning_only)
-    else:
-        # each task's BCE weighted and summed (for one label: TrainModel's default mean BCE, the same number)
-        loss_fn = TaskWeightedBCE(task_weights(config.train.task_weights, spec)).to(dense_device)
-        model = TrainModel(RankingModel(spec, config.model, sparse_device=meta, dense_device=dense_device,
-                                        eviction=eviction, mc_buckets=world_size,
-                                        mixed_precision=config.train.mixed_precision, planning_only=planning_only),
-                           loss_fn=loss_fn)
+    task = task or make_task(config, spec)
+    model = task.build_model(dense_device, world_size, planning_only=planning_only)
     apply_sparse_optimizer(model, config.optimizer, sparse_device or dense_device)
     return model

@@ -3,9 +3,9 @@
     mdr predict --run runs/din --data data/tomorrow --split test --out preds/din --keep user_id,item_id
 
 Every rank reads its contiguous slice of the split in file order (the reader's slices, unshuffled,
-without dataloader workers, so the order is known), runs the model through the trainer's
-evaluation path (EvalPipelineSparseDist or plain forwards; ranks with fewer batches run padding
-batches whose outputs are dropped) and writes its own part files
+without dataloader workers, so the order is known), runs the model through the evaluation path of
+:class:`~torchrec_mdr.training.evaluate.Evaluator` (EvalPipelineSparseDist or plain forwards; ranks
+with fewer batches run padding batches whose outputs are dropped) and writes its own part files
 ``part-r<rank>-<k>.parquet``. A row of the output holds
 
 * ``row``: the row's position in the split (its files in the spec's order), so that the parts
@@ -166,8 +166,7 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
     ``checkpoint`` (``latest``, ``best`` or ``step-N``) and write the parquet parts described in the
     module docstring into ``out``; returns the manifest (also written as ``out/predict.json``). A
     collective: every rank calls it (one process or torchrun)."""
-    from torchrec_mdr.training.evaluate import load_for_evaluation, run_config
-    from torchrec_mdr.training.trainer import Trainer
+    from torchrec_mdr.training.evaluate import Evaluator, run_config
 
     run_dir, out = Path(run_dir), Path(out)
     config = run_config(run_dir)
@@ -177,14 +176,14 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
         raise TrainingError(f"mdr predict scores ranking runs; {run_dir} is a task = '{config.task}' run")
     # no dataloader workers: a rank's batches then follow its slice's file order, which KeptColumns mirrors
     config = replace(config, data=replace(config.data, num_workers=0, path=Path(data or config.data.path)))
-    trainer = Trainer(config, run_dir, evaluate_only=True)
-    spec, ctx = trainer.spec, trainer.ctx
+    evaluator = Evaluator(config, run_dir)
+    spec, ctx = evaluator.spec, evaluator.ctx
     if split not in spec.splits:
         raise ConfigError(f"--split {split}: {config.data.path} has splits {', '.join(spec.splits)}")
-    info = load_for_evaluation(trainer, checkpoint)
+    info = evaluator.load(checkpoint)
 
     dataset = ParquetBatches(replace(config.data, shuffle=False), split, ctx.rank, ctx.world_size, shuffle=False,
-                             spec=trainer.reader_spec)
+                             spec=evaluator.reader_spec)
     keep = keep if keep is not None else ([spec.group_column] if spec.group_column else [])
     available = open_parquet(dataset.files[0]).schema_arrow.names if dataset.files else []
     kept = KeptColumns(dataset, _output_columns(spec, keep, available))
@@ -194,12 +193,12 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
     bar = tqdm(total=dataset.rows(), desc=f"predict {split}" + (" (rank 0's slice)" if ctx.world_size > 1 else ""),
                unit="row", unit_scale=True, disable=not ctx.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     try:
-        for _loss, logits, _labels, domain, _group, _session in trainer._eval_outputs(split):
-            rows = int(logits.shape[0])
+        for output in evaluator.outputs(split):  # RankingOutput
+            rows = int(output.logits.shape[0])
             columns: dict[str, Any] = {"row": np.arange(first_row + writer.rows, first_row + writer.rows + rows,
                                                         dtype=np.int64),
-                                       "domain": domain.detach().cpu().numpy().astype(np.int64)}
-            probs = torch.sigmoid(logits.detach().float()).cpu().numpy()
+                                       "domain": output.domain.detach().cpu().numpy().astype(np.int64)}
+            probs = torch.sigmoid(output.logits.detach().float()).cpu().numpy()
             for task, label in enumerate(spec.label_names):
                 columns[f"prob_{label}"] = probs[:, task]
             table = pa.table(columns)

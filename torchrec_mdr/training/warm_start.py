@@ -7,8 +7,8 @@ eviction counters, every dense weight and buffer, and, with ``train.init_optimiz
 sparse and the dense optimizers' states. What restarts: the step, the epoch, the learning-rate
 schedule, the evaluation history, early stopping and every random stream (``train.seed``).
 
-This module holds the rules (which checkpoint, what may differ); the trainer applies them
-(:meth:`Trainer._warm_start <torchrec_mdr.training.trainer.Trainer._warm_start>`) and loads with
+This module holds the rules (which checkpoint, what may differ) and applies them (:func:`warm_start`,
+called by the trainer), loading with
 :meth:`CheckpointManager.load <torchrec_mdr.training.checkpoint.CheckpointManager.load>`, the loader
 resumption uses, so a checkpoint written at any world size loads at any other (DCP reshards
 the tables; :mod:`torchrec_mdr.sparse.mch.reshard` the managed-collision tables), with two additions:
@@ -30,7 +30,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from torchrec_mdr.errors import TrainingError
+from torchrec_mdr.training.checkpoint import CheckpointManager, check_identity
+from torchrec_mdr.training.distributed import DistContext
 
 _CHECKPOINT = re.compile(r"^(latest|best|step-\d+)$")
 _MODEL_INPUTS = ("id", "multi_id", "sequence", "dense")  # the columns a model reads (labels, domains: below)
@@ -90,3 +94,31 @@ def describe(record: dict[str, Any], managed: set[str]) -> str:
     return (f"warm start from {record['path']} (step {record['step']}, written by {record['world_size']} rank(s)); "
             f"optimizer state {'carried' if record['optimizer'] else 'fresh'}; "
             + (f"grown tables: {grew}" if grew else "no table grew") + "; the schedule starts at step 0")
+
+
+def warm_start(source: str, init_optimizer: bool, model: nn.Module, optimizer: Any, ctx: DistContext,
+               identity: dict, managed_tables: list[str]) -> dict:
+    """Load another run's checkpoint ``source`` (``RUN[:latest|best|step-N]``) into ``model`` (and, with
+    ``init_optimizer``, ``optimizer``) after checking it against this run's ``identity``; a collective.
+    ``managed_tables``: ``sparse.eviction.tables``. Returns the record metrics.json keeps under ``init_from``."""
+    run, name = parse_source(source)
+    if not (run / "checkpoints").is_dir():
+        raise TrainingError(f"train.init_from: {run} holds no checkpoints (expected a run directory of mdr "
+                            f"train)")
+    source_checkpoints = CheckpointManager(run, ctx)
+    info = source_checkpoints.resolve(name)
+    saved = info.record.get("identity", {})
+    check_identity(saved, identity, info.path,
+                   parts=("model", "eviction", "optimizer") if init_optimizer else ("model", "eviction"))
+    grown = dataset_changes(saved.get("dataset", {}), identity["dataset"], info.path)
+    managed = set(managed_tables)
+    moved = managed & grown.keys()  # a managed table's ids may now belong to other shards
+    source_checkpoints.load(info.path, model, optimizer if init_optimizer else None, restore_rng=False,
+                            grow=True, reshard_managed=bool(moved) and ctx.world_size > 1)
+    record = {"run": str(run), "checkpoint": name, "path": str(info.path), "step": info.step,
+              "world_size": info.record.get("world_size"), "optimizer": init_optimizer,
+              "grown_tables": {t: {"rows_before": a, "rows_now": b} for t, (a, b) in sorted(grown.items())},
+              "dataset": saved.get("dataset", {}).get("fingerprint")}
+    if ctx.is_main:
+        print(describe(record, managed))
+    return record
