@@ -24,13 +24,13 @@ from typing import Any, Callable
 
 from torch import nn
 
-from dlrm_style.models import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.models.adasparse import AdaSparseArch, AdaSparseConfig
 from torchrec_mdr.models.adin import ADINArch, ADINConfig
 from torchrec_mdr.models.aesm2 import AESM2Arch, AESM2Config
 from torchrec_mdr.models.apg import APGArch, APGConfig
 from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
+from torchrec_mdr.models.dlrm import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.ads import ADSArch, ADSConfig
 from torchrec_mdr.models.din import DINArch, DINConfig
