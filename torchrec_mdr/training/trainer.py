@@ -73,7 +73,7 @@ def _seeded_iter(loader: BatchLoader, seed: int) -> Iterator[Batch]:
     return iter(loader)
 
 
-def _all_equal_batches(loader: BatchLoader, ctx: DistContext, reduce_op: dist.ReduceOp) -> int:
+def _all_equal_batches(loader: BatchLoader, ctx: DistContext, reduce_op: dist.ReduceOp.RedOpType) -> int:
     count = torch.tensor([loader.dataset.num_batches()], dtype=torch.int64, device=ctx.device)  # nccl: on GPU
     if ctx.world_size > 1:
         dist.all_reduce(count, op=reduce_op)
@@ -123,7 +123,7 @@ class Trainer:
         self.train_loader = (None if evaluate_only else
                              make_dataloader(config.data, "train", self.ctx.rank, self.ctx.world_size,
                                              spec=self.reader_spec))
-        self.steps_per_epoch = (0 if evaluate_only else
+        self.steps_per_epoch = (0 if self.train_loader is None else  # evaluate_only
                                 _all_equal_batches(self.train_loader, self.ctx, dist.ReduceOp.MIN))
         # max_steps, when set, is the length of training: the epochs repeat as needed (see TrainConfig)
         self.total_steps = config.train.max_steps or self.steps_per_epoch * config.train.epochs
@@ -311,6 +311,7 @@ class Trainer:
         postfix: dict[str, str] = {}  # loss, samples/s, occupancy and the last evaluation, shown together
         done = self.progress.step >= self.total_steps or self._stop_early()
         while not done and (cfg.max_steps is not None or self.progress.epoch < cfg.epochs):
+            assert self.train_loader is not None, "a Trainer built with evaluate_only does not train"
             self.train_loader.dataset.set_epoch(self.progress.epoch)
             epoch_batches = _seeded_iter(self.train_loader, cfg.seed * 100_003 + self.progress.epoch)
             batches: Iterator[Batch] = itertools.islice(epoch_batches, self.progress.batch_in_epoch,
@@ -386,6 +387,7 @@ class Trainer:
             dist.broadcast(value, src=0)
         if self.stopper.update(float(value.item()), self.progress.step):
             self.save_checkpoint()
+            assert self.last_checkpoint is not None  # saved now, or at this step already
             self.checkpoints.mark_best(self.last_checkpoint)
         return self.stopper.should_stop
 
@@ -476,6 +478,7 @@ class Trainer:
                 batch = next(iterator, None)
                 real.append(batch is not None)
                 last = batch if batch is not None else last
+                assert last is not None  # a rank with no batch of the split raised above
                 yield last
 
         if isinstance(self.pipeline, TrainPipelineSparseDist):
@@ -554,7 +557,7 @@ class Trainer:
                                          "best_checkpoint": str(best.path) if best is not None else None}
             if best is not None:  # the weights evaluated above (restored by fit)
                 metrics["checkpoint"] = {"name": "best", "step": best.step, "path": str(best.path)}
-        oracle = (self.spec.splits.get(split).oracle_auc if split in self.spec.splits and not self.retrieval
+        oracle = (self.spec.splits[split].oracle_auc if split in self.spec.splits and not self.retrieval
                   else {})
         if oracle:
             metrics["oracle_auc"] = oracle
