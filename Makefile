@@ -6,18 +6,19 @@ STAMP := $(VENV)/.installed
 DATA := data/synthetic-v2
 RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup run test lint test-gpu bench-loader clean
+.PHONY: setup run test lint typecheck test-gpu bench-loader clean
 
 setup: $(STAMP)
 
 # CPU install: a metadata-only `fbgemm-gpu` wheel pulls `fbgemm-gpu-cpu`, so torchrec never
-# downloads the CUDA build. Re-runs only when the install inputs change.
+# downloads the CUDA build. Re-runs only when the install inputs change (so an existing .venv picks up a
+# new pin or dev tool, e.g. mypy, at its next `make setup`).
 $(STAMP): pyproject.toml install/constraints-cpu.txt install/build_fbgemm_shim.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python install/build_fbgemm_shim.py $(VENV)/shim-wheels
 	$(BIN)/python -m pip install --quiet --find-links $(VENV)/shim-wheels \
 		-c install/constraints-cpu.txt -e '.[dev]'
-	$(BIN)/python -c "import fbgemm_gpu, torchrec, torchmetrics, torchx, pyarrow"
+	$(BIN)/python -c "import fbgemm_gpu, torchrec, torchmetrics, torchx, pyarrow, mypy"
 	touch $(STAMP)
 
 # The main job: the default planted-effect synthetic data (generated if missing), its spec and one
@@ -38,6 +39,10 @@ test: setup
 # Lint (CI runs it after the tests): pycodestyle, pyflakes and bugbear at line length 120.
 lint: setup
 	$(BIN)/ruff check .
+
+# Type check (CI runs it after lint): mypy at the level [tool.mypy] in pyproject.toml sets.
+typecheck: setup
+	$(BIN)/mypy torchrec_mdr data_prep dlrm_style
 
 test-gpu:
 	$(BIN)/python -m pytest -q --gpu tests/gpu

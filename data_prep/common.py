@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, Generator
 
 import numpy as np
 import pyarrow as pa
@@ -45,13 +45,13 @@ def progress(total: int | None, desc: str, unit: str = "B") -> tqdm:
 class _CountingReader(io.RawIOBase):
     """A file wrapper that advances a progress bar by the bytes read."""
 
-    def __init__(self, raw: BinaryIO, bar: tqdm) -> None:
+    def __init__(self, raw: io.BufferedReader, bar: tqdm) -> None:
         self._raw, self._bar = raw, bar
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:  # a writable buffer (pyarrow passes a memoryview)
         n = self._raw.readinto(buffer)
         self._bar.update(n or 0)
         return n or 0
@@ -64,7 +64,7 @@ def stream_csv(
     delimiter: str = ",",
     block_size: int = 8 << 20,
     desc: str | None = None,
-) -> Iterator[pa.RecordBatch]:
+) -> Generator[pa.RecordBatch, None, None]:
     """Stream a (possibly huge) delimited text file as record batches, with a byte progress bar.
 
     ``block_size`` bounds memory: pyarrow reads ahead several blocks when parsing outruns the
@@ -115,7 +115,7 @@ def check_zero_one(values: np.ndarray, file: str | Path, column: str, first_line
                         row=first_line + int(bad[0]))
 
 
-def temporal_split_points(times: np.ndarray, fractions: tuple[float, float, float]) -> tuple[float, float]:
+def temporal_split_points(times: np.ndarray, fractions: tuple[float, ...]) -> tuple[float, float]:
     """Timestamps (t1, t2) such that rows with time < t1 are train, < t2 valid, the rest test.
 
     ``fractions`` are the target shares of (train, valid, test) rows; cuts fall on timestamp
@@ -130,7 +130,7 @@ def temporal_split_points(times: np.ndarray, fractions: tuple[float, float, floa
     return t1.item(), max(t1, t2).item()
 
 
-def writer_for(options: OutputOptions, **kwargs) -> "DatasetWriter":
+def writer_for(options: OutputOptions, **kwargs: Any) -> "DatasetWriter":
     """A :class:`DatasetWriter` configured from the shared output options."""
     from data_prep.writer import DatasetWriter
 

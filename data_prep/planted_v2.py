@@ -55,6 +55,7 @@ pooled over domains, i.e. what a model without per-domain normalisation can do w
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -271,7 +272,7 @@ def session_domains(world: WorldV2, session_ids: np.ndarray) -> np.ndarray:
 
 
 def generate_chunk(world: WorldV2, rng: np.random.Generator, rows: int,
-                   sessions: SessionCounter) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+                   sessions: SessionCounter) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One chunk of rows as writer columns (``session_id`` included) and its logits per ceiling."""
     o = world.o
     users = rng.integers(0, o.users, rows)

@@ -10,6 +10,7 @@ the AUCs from fine histograms of ``sigmoid(logit)`` (exact up to ties inside a b
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def columns(o: Options) -> list[ColumnSpec]:
     ]
 
 
-def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[dict[str, object], np.ndarray]:
+def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[dict[str, Any], np.ndarray]:
     """One chunk of rows as writer columns (all but ``session_id``, which continues from earlier
     chunks: :class:`SessionCounter`), and its true logits [rows]."""
     o = world.o
@@ -176,7 +177,7 @@ def convert(options: Options) -> DatasetSpec:
              "sessions": (f"each user's rows in time (row) order cut into runs of {o.session_length}; "
                           "no session spans two splits; session_id = ordinal * users + user"
                           + ("; a session's rows share one domain" if v2 else ""))}
-    if v2:
+    if isinstance(world, planted_v2.WorldV2):  # v2
         notes["target_rates"] = repr(world.target_rate.round(4).tolist())
         notes["effects"] = repr({m: round(float(v), 4) for m, v in world.strength.items()})
     names = ["oracle", *planted_v2.CEILINGS] if v2 else ["oracle"]
@@ -187,7 +188,7 @@ def convert(options: Options) -> DatasetSpec:
             sessions.start_split()
             for chunk_start in range(int(start), int(stop), o.chunk_rows):
                 rows = min(o.chunk_rows, int(stop) - chunk_start)
-                if v2:
+                if isinstance(world, planted_v2.WorldV2):  # v2
                     chunk, scores = planted_v2.generate_chunk(world, rng, rows, sessions)
                 else:
                     chunk, logit = generate_chunk(world, rng, rows)

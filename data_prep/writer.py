@@ -19,7 +19,8 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
+from types import TracebackType
+from typing import Mapping, cast
 
 import numpy as np
 import pyarrow as pa
@@ -207,7 +208,8 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is not None:
             self.abort()
         elif not self._closed:
@@ -219,5 +221,5 @@ def _share_table_sizes(columns: list[ColumnSpec]) -> list[ColumnSpec]:
     sizes: dict[str, int] = {}
     for c in columns:
         if c.kind in EMBEDDED_KINDS:
-            sizes[c.table_name] = max(sizes.get(c.table_name, 0), c.cardinality)
+            sizes[c.table_name] = max(sizes.get(c.table_name, 0), cast(int, c.cardinality))  # embedded: has one
     return [replace(c, cardinality=sizes[c.table_name]) if c.kind in EMBEDDED_KINDS else c for c in columns]

@@ -1,4 +1,5 @@
-"""DLRM and DLRM-DCNv2 (dlrm_style): shapes, interaction numerics by hand, training, the program."""
+"""DLRM and DLRM-DCNv2 (torchrec_mdr/models/dlrm.py): shapes, interaction numerics by hand, training; and
+the dlrm_style program."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import torch
 import torch.distributed as dist
 
 from conftest import tiny_synthetic
-from dlrm_style.models import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from dlrm_style.train import build_config, build_parser, flags_to_overrides
 from dlrm_style.train import main as program_main
 from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.experiment import ExperimentConfig
+from torchrec_mdr.models.dlrm import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.registry import MODELS
 

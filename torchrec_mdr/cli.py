@@ -35,6 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from torchrec_mdr.config import ConfigError, add_dataclass_arguments, bounds, dataclass_from_args, doc
 from torchrec_mdr.data.errors import DataError
@@ -288,7 +289,8 @@ def _cmd_bench_serve(args: argparse.Namespace) -> None:
     run(dataclass_from_args(ServeBenchOptions, args))
 
 
-def _subcommand(parent, name: str, help_text: str, options: type, handler) -> argparse.ArgumentParser:
+def _subcommand(parent: Any, name: str, help_text: str, options: type,
+                handler: Callable[..., int | None]) -> argparse.ArgumentParser:
     """A subcommand whose flags are the fields of the ``options`` dataclass."""
     parser = parent.add_parser(name, help=help_text, description=help_text)
     add_dataclass_arguments(parser, options)

@@ -21,7 +21,7 @@ import json
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,7 +30,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a config dataclass
 
 
 class ConfigError(ValueError):
@@ -88,7 +91,7 @@ def _convert(value: Any, tp: Any, key: str, source: str | None) -> Any:
         if value not in choices:
             raise ConfigError(f"{_where(key, source)}: {value!r} is not one of {list(choices)}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

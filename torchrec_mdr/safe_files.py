@@ -21,6 +21,7 @@ and call nothing else) are allowed so that those checkpoints still load.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -35,10 +36,10 @@ from torchrec_mdr.errors import TrainingError
 def _legacy_numpy_globals() -> list[Any]:
     """What a pickled numpy array of an older checkpoint's RNG state refers to."""
     try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+        multiarray = importlib.import_module("numpy._core.multiarray")  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return [np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32))]
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    return [np.ndarray, np.dtype, multiarray._reconstruct, type(np.dtype(np.uint32))]
 
 
 def save_side_file(value: dict[str, Any], path: Path) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from data_prep.aliccp.options import DENSE_FIELDS, FIELD_MEANING, MULTI_FIELDS, SINGLE_FIELDS
-from torchrec_mdr.data.spec import ColumnSpec
+from torchrec_mdr.data.spec import ColumnKind, ColumnSpec, OovPolicy
 
 
-def output_columns(multi_kind: str, cardinalities: dict[str, int] | None) -> list[ColumnSpec]:
+def output_columns(multi_kind: ColumnKind, cardinalities: dict[str, int] | None) -> list[ColumnSpec]:
     """The output columns (the same names for both inputs)."""
-    oov = "reject"
+    oov: OovPolicy = "reject"
     card = cardinalities or {}
     columns = [
         ColumnSpec("click", "label", description="clicked"),

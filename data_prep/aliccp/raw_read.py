@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +88,7 @@ def _partition_table(columns: dict[str, object], n: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=list(_partition_schema()))
 
 
-def _count_vocab(state: RawState, columns: dict[str, object], fields: Sequence[str]) -> None:
+def _count_vocab(state: RawState, columns: dict[str, Any], fields: Sequence[str]) -> None:
     for f in fields:
         value = columns[f"f{f}"]
         ids = pc.list_flatten(value).to_numpy() if isinstance(value, pa.Array) else value

@@ -60,7 +60,7 @@ def log_pass(path: Path, options: Options, state: LogState, partitioner: DiskPar
 
 
 def split_points_from_counts(values: np.ndarray, counts: np.ndarray,
-                             fractions: tuple[float, float, float]) -> tuple[int, int]:
+                             fractions: tuple[float, ...]) -> tuple[int, int]:
     """:func:`temporal_split_points` of ``np.repeat(values, counts)`` without expanding it."""
     order = np.argsort(values, kind="stable")
     values, counts = np.asarray(values)[order], np.asarray(counts)[order]

@@ -102,7 +102,9 @@ def _features(log: dict[str, np.ndarray], video_code: np.ndarray, ctx: Context) 
         out[column] = ctx.user_side.ids[column][user_code]
     for column in VIDEO_CATEGORICAL:
         out[column] = ctx.video_side.ids[column][video_code]
-    offsets, values = take_bags(ctx.video_side.bag_offsets, ctx.video_side.bag_values, video_code)
+    bag_offsets, bag_values = ctx.video_side.bag_offsets, ctx.video_side.bag_values
+    assert bag_offsets is not None and bag_values is not None  # set when the side table is read
+    offsets, values = take_bags(bag_offsets, bag_values, video_code)
     out["tag"] = list_array(offsets, values)
     for column in USER_DENSE:
         out[column] = ctx.user_side.dense[column][user_code]

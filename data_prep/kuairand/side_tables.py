@@ -131,6 +131,6 @@ def video_table(path: Path, vocabulary: np.ndarray, block_size: int) -> tuple[Si
 
 
 def _scatter(rows: np.ndarray, values: np.ndarray, size: int, dtype: type, fill: float = 0) -> np.ndarray:
-    out = np.full(size, fill, dtype=dtype)
+    out: np.ndarray = np.full(size, fill, dtype=dtype)
     out[rows] = values
     return out

@@ -74,7 +74,7 @@ class Prepared:
     genres_offsets: np.ndarray  # CSR per row of "genres"
     genres_values: np.ndarray
     split: np.ndarray  # 0 train, 1 valid, 2 test
-    cuts: tuple[int, int]
+    cuts: tuple[float, float]
     vocab: dict[str, list[str]]
     unknown_years: int
 

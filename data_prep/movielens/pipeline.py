@@ -15,7 +15,7 @@ from data_prep.writer import list_array
 from torchrec_mdr.data.spec import DatasetSpec
 
 
-def _utc(seconds: int) -> str:
+def _utc(seconds: float) -> str:
     return np.datetime64(int(seconds), "s").astype(str) + "Z"
 
 

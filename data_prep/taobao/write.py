@@ -3,6 +3,8 @@ and write the shuffled blocks; the output column specs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -18,7 +20,7 @@ CHUNK_ROWS = 1 << 18  # rows (whole users) per history block in the last pass
 
 def output_columns(options: Options, vocab: Vocabularies) -> list[ColumnSpec]:
     users, items, categories = int(vocab.user.max()) + 1, int(vocab.item.max()) + 1, int(vocab.category.max()) + 1
-    hist = dict(kind="sequence", sequence_group="hist", max_length=options.max_length, oov="reject")
+    hist: dict[str, Any] = dict(kind="sequence", sequence_group="hist", max_length=options.max_length, oov="reject")
     which = "buy/cart/fav events" if options.history == "positives" else "events"
     columns = [
         ColumnSpec("positive", "label", description="1: buy, cart or fav; 0: pv (page view)"),

@@ -171,9 +171,9 @@ def run(options: AccuracyBenchOptions) -> dict[str, Path]:
         from torchrec_mdr.bench.ads_cost import measure_chunk_costs
 
         data = synthetic_data(options, options.domain_shift)
-        variants = [(Variant("DIN", "din"), None)] + [
+        chunk_variants: list[tuple[Variant, int | None]] = [(Variant("DIN", "din"), None)] + [
             (_ads("din", f"model.ads.items_per_chunk={c}", label=f"ADS (DIN) chunk {c}"), c) for c in CHUNK_SETTINGS]
-        costs = measure_chunk_costs(options, data, variants,
+        costs = measure_chunk_costs(options, data, chunk_variants,
                                     lambda variant: run_variant(options, "chunk_cost", variant, data, seed=0))
         written["chunk_cost"] = report.write_chunk_costs(options, costs, data)
     if "planted" in results or "no_shift" in results:

@@ -20,12 +20,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 if TYPE_CHECKING:
     from torchrec_mdr.bench.accuracy_setup import AccuracyBenchOptions, Variant
+    from torchrec_mdr.data.spec import DatasetSpec
+    from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 WARMUP_STEPS = 3
 TIMED_STEPS = 40
 
 
-def _embedded_batch(data: Path, options: "AccuracyBenchOptions"):
+def _embedded_batch(data: Path,
+                    options: AccuracyBenchOptions) -> tuple[FeatureLayout, EmbeddedFeatures, DatasetSpec]:
     """One train batch as EmbeddedFeatures (random-initialised tables; the cost does not depend on values)."""
     from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
     from torchrec_mdr.data.spec import DatasetSpec
@@ -43,7 +46,7 @@ def _embedded_batch(data: Path, options: "AccuracyBenchOptions"):
     return layout, features, spec
 
 
-def _dense_cost(arch: torch.nn.Module, features, batch_size: int) -> tuple[int, float, float]:
+def _dense_cost(arch: torch.nn.Module, features: EmbeddedFeatures, batch_size: int) -> tuple[int, float, float]:
     """(parameters, GFLOPs per 1,000 samples for forward + backward, median step milliseconds)."""
     def step() -> None:
         arch.zero_grad(set_to_none=True)

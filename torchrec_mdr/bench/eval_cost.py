@@ -93,7 +93,7 @@ def _pass(options: EvalBenchOptions, path: str, rows: int, rank: int, world_size
         metrics.add(*batch)
         seconds += time.perf_counter() - begin
     begin = time.perf_counter()
-    if path == "sharded":
+    if isinstance(metrics, ShardedMetrics):  # path == "sharded"
         result = metrics.compute(DOMAINS, labels)
     else:
         result = evaluate_predictions(metrics.gather(num_tasks=options.tasks), DOMAINS, sessions=True,

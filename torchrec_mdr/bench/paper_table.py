@@ -176,7 +176,7 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
                 if row.label == "SFPNet":
                     scored = {b: _mean(runs(b, None, d)) for b in baselines}
                     scored = {b: v for b, v in scored.items() if math.isfinite(v)}
-                    best = max(scored, key=scored.get) if scored else None
+                    best = max(scored, key=lambda b: scored[b]) if scored else None
                     if best is not None and value > scored[best] and \
                             mann_whitney_p(runs("SFPNet", None, d), runs(best, None, d)) < 0.05:
                         cell += "*"
@@ -196,7 +196,7 @@ def run(options: PaperTableOptions) -> Path:
         raise ConfigError(f"--data {options.data} is not a prepared dataset (no spec.json): prepare it with mdr data")
     options.out.mkdir(parents=True, exist_ok=True)
     jobs = [(v, options.data, seed) for seed in range(options.seeds) for v in _variants(options)]
-    results = train_all(options, jobs)  # type: ignore[arg-type]  (the same run protocol fields)
+    results = train_all(options, jobs)  # type: ignore[arg-type]  # the same run protocol fields
     path = options.out / f"{options.paper}-{options.data.name}.md"
     path.write_text(render(options, results))
     print(f"{options.paper} table: {path}")

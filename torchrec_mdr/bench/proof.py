@@ -48,6 +48,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 from torchrec_mdr.bench.accuracy_setup import Variant
 from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for callers of the bench)
@@ -64,7 +65,7 @@ def dataset(options: ProofBenchOptions, world: int, effect: str, dose: float = 1
 
     path = options.work / dataset_name(options, world, effect, dose)
     if not (path / SPEC_FILE).exists():
-        knobs = {f"{m}_effect": dose * float(effect == "all" or effect == m) for m in MECHANISMS}
+        knobs: dict[str, Any] = {f"{m}_effect": dose * float(effect == "all" or effect == m) for m in MECHANISMS}
         convert(Options(out=path, rows=options.rows, users=options.users, items=options.items,
                         categories=max(3, options.items // 25), brands=max(1, options.items // 10),
                         seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),

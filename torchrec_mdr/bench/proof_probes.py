@@ -175,7 +175,8 @@ def true_weights(world, domain: np.ndarray, behaviour_domains: list[np.ndarray],
 
 def probe_attention(run: Path, data: Path, checkpoint: str = "best") -> dict:
     world = world_of(data)
-    full, recency_only = [], []
+    full: list[float] = []
+    recency_only: list[float] = []
 
     def probe(arch, features, batch):
         block, sequence = arch.blocks[0], features.sequences[0]

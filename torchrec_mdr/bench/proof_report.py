@@ -18,13 +18,14 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 
 if TYPE_CHECKING:
     from torchrec_mdr.bench.accuracy_setup import Variant
     from torchrec_mdr.bench.proof_setup import ProofBenchOptions
+    from torchrec_mdr.data.spec import DatasetSpec
 
 Results = dict[tuple[str, str, int], dict]
 
@@ -81,7 +82,7 @@ def _world_datasets(options: "ProofBenchOptions", effect: str) -> list[str]:
     return [dataset_name(options, w, effect) for w in range(options.worlds)]
 
 
-def _spec(options: "ProofBenchOptions", name: str):
+def _spec(options: "ProofBenchOptions", name: str) -> DatasetSpec | None:
     from torchrec_mdr.data.spec import SPEC_FILE, DatasetSpec
 
     path = options.work / name
@@ -211,8 +212,7 @@ def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Res
         if not runs:
             continue
         mean, sd = _mean_sd([r["auc"] for r in runs])
-        epochs = [best_epoch(r) for r in runs]
-        epochs = [e for e in epochs if e is not None]
+        epochs = [e for e in (best_epoch(r) for r in runs) if e is not None]
         cells = [v.label, f"{mean:.4f} ± {sd:.4f}", v.base or "", "", "", "",
                  f"{statistics.fmean(epochs):.1f}" if epochs else "n/a"]
         if v.base:
@@ -344,7 +344,8 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
               "even that ceiling). Dose 0 is the `none` dataset, dose 1 the specificity suite's.", "",
               "| mechanism (with vs without) | " + " | ".join(f"dose {d:g}" for d in doses) + " |",
               "|" + "---|" * (len(doses) + 1)]
-    verdict_lines, raw = [], {}
+    verdict_lines: list[str] = []
+    raw: dict[str, dict[str, Any]] = {}  # mechanism -> dose -> paired comparison
     for mechanism in options.mechanisms:
         with_v, without_v = PAIRS[mechanism]
         cells, raw[mechanism] = [], {}
@@ -405,7 +406,7 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
             bare = paired(results, with_v.label, without.label, names, _seeds(options)) if without else None
             where = f"{effect}" + (f" × {dose:g}" if dose != 1.0 else "")
             lines.append(f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {_cell(c)} | "
-                         f"{c['p_mw']:.3g} | {_cell(bare) + ' vs ' + without.label if bare else '—'} |")
+                         f"{c['p_mw']:.3g} | {_cell(bare) + ' vs ' + without.label if bare and without else '—'} |")
             verdict_lines.append(f"- **{option}** on {where}: {verdict(c)} against the default "
                                  f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}, p={c['p']:.3g}).")
     lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 import pyarrow as pa
@@ -204,7 +204,7 @@ def table_to_block(spec: DatasetSpec, table: pa.Table, path: Path | None = None,
     for group, columns in spec.sequence_groups.items():
         first = columns[0]
         offsets, _ = _list_arrays(table[first.name])
-        kept = _most_recent(offsets, first.max_length)
+        kept = _most_recent(offsets, cast(int, first.max_length))  # ColumnSpec.validate: has one
         for column in columns:
             own_offsets, values = _list_arrays(table[column.name])
             if own_offsets is not offsets and not np.array_equal(own_offsets, offsets):
@@ -281,7 +281,7 @@ def unpack_batch(spec: DatasetSpec, packed: "PackedBatch | Batch") -> Batch:
     if isinstance(packed, Batch):
         return packed
     (pooled_values, pooled_lengths, seq_values, seq_lengths, domain, group,
-     session) = torch.split(packed.integers, packed.sizes)
+     session) = torch.split(packed.integers, list(packed.sizes))
     rows = packed.rows
     num_dense = len(spec.dense_features)
     dense, labels = torch.split(packed.floats, [rows * num_dense, rows * len(spec.label_names)])
@@ -381,7 +381,7 @@ class ParquetBatches(IterableDataset):
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
         if self.shuffle:
             segments = [segments[i] for i in rng.permutation(len(segments))]
-        parquet_files: dict[int, object] = {}
+        parquet_files: dict[int, Any] = {}  # pyarrow ParquetFile (untyped)
         for segment in segments:
             parquet = parquet_files.get(segment.file)
             if parquet is None:
@@ -430,6 +430,8 @@ class ParquetBatches(IterableDataset):
 
 class BatchLoader(DataLoader):
     """A DataLoader that unpacks the workers' :class:`PackedBatch` into :class:`Batch` in this process."""
+
+    dataset: ParquetBatches
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         spec = self.dataset.spec

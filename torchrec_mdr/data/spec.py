@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from torchrec_mdr.config import ConfigError, from_dict, to_dict
 from torchrec_mdr.data.errors import DataError
@@ -155,7 +155,7 @@ class DatasetSpec:
     def sequence_groups(self) -> dict[str, list[ColumnSpec]]:
         groups: dict[str, list[ColumnSpec]] = {}
         for c in self.columns_of("sequence"):
-            groups.setdefault(c.sequence_group, []).append(c)
+            groups.setdefault(cast(str, c.sequence_group), []).append(c)  # ColumnSpec.validate: has one
         return groups
 
     @property
@@ -165,7 +165,8 @@ class DatasetSpec:
     @property
     def tables(self) -> dict[str, int]:
         """Embedding table name -> number of rows."""
-        return {c.table_name: c.cardinality for c in self.columns_of(*EMBEDDED_KINDS)}
+        return {c.table_name: cast(int, c.cardinality)  # ColumnSpec.validate: has one
+                for c in self.columns_of(*EMBEDDED_KINDS)}
 
     def validate(self) -> None:
         names = [c.name for c in self.columns]
@@ -183,7 +184,7 @@ class DatasetSpec:
                                   f"{[c.name for c in keyed]}")
         if not self.domain_names:
             raise ConfigError("domain_names is empty")
-        sizes: dict[str, int] = {}
+        sizes: dict[str, int | None] = {}
         for c in self.columns_of(*EMBEDDED_KINDS):
             if sizes.setdefault(c.table_name, c.cardinality) != c.cardinality:
                 raise ConfigError(
@@ -191,7 +192,7 @@ class DatasetSpec:
                     f"({sizes[c.table_name]} vs {c.cardinality} for '{c.name}')"
                 )
         for group, cols in self.sequence_groups.items():
-            lengths = {c.max_length for c in cols}
+            lengths = {cast(int, c.max_length) for c in cols}  # ColumnSpec.validate: has one
             if len(lengths) != 1:
                 raise ConfigError(f"sequence group '{group}' has fields of different max_length {sorted(lengths)}")
         for split, stats in self.splits.items():

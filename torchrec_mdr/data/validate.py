@@ -151,8 +151,8 @@ def check_block(spec: DatasetSpec, path: Path, columns: dict[str, pa.ChunkedArra
             for chunk in chunks:
                 flat_array = chunk.flatten()
                 if flat_array.null_count:
-                    bad = int(np.flatnonzero(np.asarray(flat_array.is_null()))[0])
-                    row, position = _list_position(chunk, bad)
+                    null_at = int(np.flatnonzero(np.asarray(flat_array.is_null()))[0])
+                    row, position = _list_position(chunk, null_at)
                     _fail(where, name, offset + row, f"missing (null) id at position {position} of the list")
                 flat = flat_array.to_numpy()
                 bad = _bad_ids(column, flat)
@@ -166,17 +166,17 @@ def check_block(spec: DatasetSpec, path: Path, columns: dict[str, pa.ChunkedArra
             if bad is not None:
                 _fail(where, name, bad, _id_message(column, values[bad]))
         elif column.kind == "dense":
-            bad = np.flatnonzero(~np.isfinite(values))
-            if bad.size:
-                _fail(where, name, bad[0], f"dense value {values[bad[0]]} is not finite")
+            rows = np.flatnonzero(~np.isfinite(values))
+            if rows.size:
+                _fail(where, name, rows[0], f"dense value {values[rows[0]]} is not finite")
         elif column.kind == "label":
-            bad = np.flatnonzero((values != 0) & (values != 1))
-            if bad.size:
-                _fail(where, name, bad[0], f"label {values[bad[0]]} is not 0 or 1")
+            rows = np.flatnonzero((values != 0) & (values != 1))
+            if rows.size:
+                _fail(where, name, rows[0], f"label {values[rows[0]]} is not 0 or 1")
         elif column.kind == "domain":
-            bad = np.flatnonzero((values < 0) | (values >= spec.num_domains))
-            if bad.size:
-                _fail(where, name, bad[0], f"domain id {values[bad[0]]} is outside [0, {spec.num_domains})")
+            rows = np.flatnonzero((values < 0) | (values >= spec.num_domains))
+            if rows.size:
+                _fail(where, name, rows[0], f"domain id {values[rows[0]]} is outside [0, {spec.num_domains})")
 
 
 def _list_position(chunk: pa.Array, flat_index: int) -> tuple[int, int]:

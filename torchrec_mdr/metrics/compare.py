@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.metrics.ranking import auc_improvement
@@ -63,7 +64,7 @@ def task_tables(runs: list[dict], labels: list[str], domains: list[str], task: s
     of_task = f" of task {task}" if task is not None else ""
     lines = [f"test AUC{of_task}, AUC Imp. vs {base_label} (ADS eq. 14)", header]
 
-    def row(name: str, pick) -> str:
+    def row(name: str, pick: Callable[..., dict]) -> str:
         aucs = [pick(run)["auc"] for run in runs]
         line = f"{name:<16}{pick(runs[-1])['rows']:>9,}" + "".join(f"{auc:>{width}.4f}" for auc in aucs)
         line += "".join(f"{auc_improvement(auc, aucs[-1]):>{width + 5}.2f}%" for auc in aucs[:-1])
@@ -87,7 +88,7 @@ def sgauc_table(runs: list[dict], labels: list[str], domains: list[str], width: 
     of_task = f" of task {task}" if task is not None else ""
     lines = [f"test S-GAUC{of_task} (SFPNet eq. 13), difference to {base_label}", header]
 
-    def row(name: str, pick) -> str:
+    def row(name: str, pick: Callable[..., dict]) -> str:
         values = [pick(run)["sgauc"] for run in runs]
         line = f"{name:<16}{pick(runs[-1])['rows']:>9,}" + "".join(f"{v:>{width}.4f}" for v in values)
         return line + "".join(f"{v - values[-1]:>+{width + 6}.4f}" for v in values[:-1])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class EvalResult:
     tasks: dict[str, EvalResult] = field(default_factory=dict)  # by label name; empty for one label
 
     def to_dict(self) -> dict:
-        out = {"auc": self.auc, "logloss": self.logloss, "gauc": self.gauc}
+        out: dict[str, Any] = {"auc": self.auc, "logloss": self.logloss, "gauc": self.gauc}
         if self.sgauc is not None:
             out["sgauc"] = self.sgauc
         out = {**out, "rows": self.rows, "per_domain": self.per_domain}

@@ -130,19 +130,20 @@ class ShardedMetrics:
         for column in columns:  # GAUC (users), S-GAUC (sessions)
             routed, key = _route([values, keys[:, column]], keys[:, column], device, hashed=True)
             if column == columns[-1]:  # the local rows are not needed any more: free them before the sorts
-                self.values, self.keys, values, keys = [], [], None, None
+                self.values, self.keys = [], []
+                del values, keys
             code = np.unique(key.numpy(), return_inverse=True)[1].reshape(-1)
-            slot = routed[:, 2 * tasks].long().numpy()
+            row_slot = routed[:, 2 * tasks].long().numpy()
             for t in range(tasks):
-                group = _group_sums(routed[:, t].numpy(), routed[:, tasks + t].numpy(), slot, code, slots)
+                group = _group_sums(routed[:, t].numpy(), routed[:, tasks + t].numpy(), row_slot, code, slots)
                 sums[t, :, 1 + 2 * column:3 + 2 * column] += torch.from_numpy(group[:, 1:])
-            del routed, key, code, slot
+            del routed, key, code, row_slot
         state = torch.cat([self.histogram.reshape(-1), self.loss.reshape(-1), sums.reshape(-1)])
         state = _all_reduce(state, device)
         histogram = state[:self.histogram.numel()].view_as(self.histogram).numpy()
         loss = state[self.histogram.numel():self.state_numel()].view_as(self.loss).numpy()
-        sums = state[self.state_numel():].view_as(sums).numpy()
-        results = [self._task_result(histogram[t], loss[t], sums[t], domain_names) for t in range(tasks)]
+        reduced_sums = state[self.state_numel():].view_as(sums).numpy()
+        results = [self._task_result(histogram[t], loss[t], reduced_sums[t], domain_names) for t in range(tasks)]
         if tasks == 1:
             return results[0]
         return replace(results[0], tasks=dict(zip(names, results)))
@@ -161,7 +162,7 @@ class ShardedMetrics:
             return {**out, "rows": int(bce[1])}
 
         overall = metrics(histogram.sum(axis=0), loss.sum(axis=0), sums[-1])
-        result = EvalResult(overall["auc"], overall["logloss"], overall["gauc"], overall["rows"],
+        result = EvalResult(overall["auc"], overall["logloss"], overall["gauc"], int(overall["rows"]),
                             sgauc=overall.get("sgauc"))
         for d, name in enumerate(domain_names):
             result.per_domain[name] = metrics(histogram[d], loss[d], sums[d])

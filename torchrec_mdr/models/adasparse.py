@@ -151,6 +151,9 @@ class AdaSparseArch(nn.Module):
         arch.eval()(features).shape  # (B, layout.num_tasks)
     """
 
+    # buffers (registered in __init__)
+    step: torch.Tensor
+
     def __init__(self, layout: FeatureLayout, config: AdaSparseConfig) -> None:
         super().__init__()
         try:
@@ -196,7 +199,7 @@ class AdaSparseArch(nn.Module):
             soft.append(gate)
         return hidden, factors, soft
 
-    def forward(self, features: EmbeddedFeatures):
+    def forward(self, features: EmbeddedFeatures) -> torch.Tensor | ArchOutput:
         hidden, factors, soft = self.pruned_network(features)
         logits = self.output(hidden)
         if not self.training:

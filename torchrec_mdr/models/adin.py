@@ -198,7 +198,7 @@ class ADINArch(nn.Module):
         parts = [self.input(features, fields=fields), *self.pooling(features.sequences)]
         return self.towers(self.network(torch.cat(parts, dim=1), domain))
 
-    def forward(self, features: EmbeddedFeatures):
+    def forward(self, features: EmbeddedFeatures) -> torch.Tensor | ArchOutput:
         per_domain = self.per_domain_logits(features)
         logits = select_domain(per_domain, features.domain)
         if not (self.training and self.config.self_training):

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import (ATTENTION_KINDS, MLP, AttentionOptions, ContextInput, QueryProjection,
-                                        SequenceAttention, SequencePooling, check_attention_kind)
+from torchrec_mdr.models.blocks import (ATTENTION_KINDS, MLP, AttentionKind, AttentionOptions, ContextInput,
+                                        QueryProjection, SequenceAttention, SequencePooling, check_attention_kind)
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout
 
 SHARED_INITS: tuple[str, ...] = ("identity", "identity_noise", "xavier")
@@ -76,7 +77,8 @@ class ADSConfig:
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
     def attention(self) -> AttentionOptions:
-        return AttentionOptions(self.backbone, din_hidden=self.attention_hidden, heads=self.heads,
+        return AttentionOptions(cast(AttentionKind, self.backbone),  # checked by validate()
+                                din_hidden=self.attention_hidden, heads=self.heads,
                                 head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.ads: ") in front

@@ -168,6 +168,9 @@ class AESM2Arch(nn.Module):
     Shapes: EmbeddedFeatures -> logits [B, num_tasks]; in training ``ArchOutput(logits, auxiliary loss)``.
     """
 
+    # buffers (registered in __init__)
+    task_ids: torch.Tensor
+
     def __init__(self, layout: FeatureLayout, config: AESM2Config) -> None:
         super().__init__()
         if not config.expert_hidden:
@@ -210,7 +213,7 @@ class AESM2Arch(nn.Module):
             parts.append(features.fields[:, self.scenario_index].flatten(1))
         return torch.cat(parts, dim=1)
 
-    def forward(self, features: EmbeddedFeatures):
+    def forward(self, features: EmbeddedFeatures) -> torch.Tensor | ArchOutput:
         x, s = self.input(features), self.indicator(features)
         specific, shared = x.new_zeros(()), x.new_zeros(())
         for layer in self.scenario_layers:

@@ -19,7 +19,7 @@ Shapes (B rows, W the width of the flat input):
 
 The cross networks are torchrec's own modules (:class:`torchrec.modules.crossnet.CrossNet`,
 :class:`~torchrec.modules.crossnet.LowRankCrossNet`, :class:`~torchrec.modules.crossnet.LowRankMixtureCrossNet`),
-the ones ``dlrm_style``'s DLRM-DCN uses; the deep network is the toolkit's :class:`MLP`.
+the ones DLRM-DCN (:mod:`torchrec_mdr.models.dlrm`) uses; the deep network is the toolkit's :class:`MLP`.
 
 Choices where the paper is silent (each tested in tests/test_dcnv2.py and tests/test_baselines.py):
 

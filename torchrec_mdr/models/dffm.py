@@ -149,6 +149,9 @@ class DFFI(nn.Module):
     Shapes: vectors [B, K, D], domain_features [B, d_D] -> [B, out_features].
     """
 
+    pair_rows: torch.Tensor
+    pair_cols: torch.Tensor
+
     def __init__(self, num_fields: int, dim: int, domain_dim: int, config: DFFMConfig) -> None:
         super().__init__()
         self.domain_network = DomainNetwork(domain_dim, dim, config.domain_network, config.activation)
@@ -224,10 +227,10 @@ class DFFMArch(nn.Module):
         dim = layout.embedding_dim
         domain_dim = (1 + len(self.domain_field_index)) * dim
         self.dffi = DFFI(self.input.num_fields, dim, domain_dim, config)
-        self.dfub = nn.ModuleList(
-            DFUB(layout.sequence_width(s), layout.query_width(s) + domain_dim, config) for s in layout.sequences
-        ) if config.use_dfub else nn.ModuleList()
-        width = self.dffi.out_features + sum(block.out_features for block in self.dfub)
+        dfub = [DFUB(layout.sequence_width(s), layout.query_width(s) + domain_dim, config)
+                for s in layout.sequences] if config.use_dfub else []
+        self.dfub = nn.ModuleList(dfub)
+        width = self.dffi.out_features + sum(block.out_features for block in dfub)
         self.output = nn.Linear(width, layout.num_tasks)  # W_o, b_o of eq 14
 
     def domain_features(self, features: EmbeddedFeatures) -> torch.Tensor:

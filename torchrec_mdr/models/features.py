@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
@@ -57,7 +58,8 @@ class FeatureLayout:
         for group, columns in spec.sequence_groups.items():
             tables = [c.table_name for c in columns]
             candidates = tuple(c.name for table in tables for c in spec.columns_of("id") if c.table_name == table)
-            sequences.append(SequenceLayout(group, tuple(c.name for c in columns), columns[0].max_length, candidates,
+            length = cast(int, columns[0].max_length)  # ColumnSpec.validate: a sequence column has one
+            sequences.append(SequenceLayout(group, tuple(c.name for c in columns), length, candidates,
                                             pooled=all(t in pooled_tables for t in tables)))
         return FeatureLayout(
             fields=tuple(c.name for c in ids),

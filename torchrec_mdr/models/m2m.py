@@ -92,10 +92,11 @@ class MetaUnit(nn.Module):
                  last_activation: bool = True) -> None:
         super().__init__()
         self.width = width
-        self.weight_generators = nn.ModuleList(nn.Linear(scenario_width, width * width) for _ in range(layers))
+        weight_generators = [nn.Linear(scenario_width, width * width) for _ in range(layers)]
+        self.weight_generators = nn.ModuleList(weight_generators)
         self.bias_generators = nn.ModuleList(nn.Linear(scenario_width, width) for _ in range(layers))
         with torch.no_grad():  # a generated W starts at nn.Linear(width, width)'s spread (module doc)
-            for generator in self.weight_generators:
+            for generator in weight_generators:
                 generator.weight.mul_(1.0 / math.sqrt(width))
                 generator.bias.mul_(1.0 / math.sqrt(width))
         self.activation = nn.LeakyReLU(negative_slope)

@@ -122,6 +122,9 @@ class FieldCorrelation(nn.Module):
     Shapes: F fields [B, w_f] -> Q_C [B, F (F − 1) / 2].
     """
 
+    left: torch.Tensor
+    right: torch.Tensor
+
     def __init__(self, widths: list[int], dim: int) -> None:
         super().__init__()
         self.projections = nn.ModuleList(nn.Linear(width, dim, bias=False) for width in widths)
@@ -177,11 +180,11 @@ class MARIAArch(nn.Module):
         scenario_width = dim * (1 + len(self.scenario_index))
         self.scenario_embedding = nn.Embedding(layout.num_domains, dim)
         self.scaling = EPNet(self.widths, scenario_width, config.scaling_hidden, per_field=False)
-        self.refiners = nn.ModuleList(
-            FieldRefiner(width, scenario_width, config.num_refiners, config.refiner_dim, config.gumbel_temperature)
-            for width in self.widths)
+        refiners = [FieldRefiner(width, scenario_width, config.num_refiners, config.refiner_dim,
+                                 config.gumbel_temperature) for width in self.widths]
+        self.refiners = nn.ModuleList(refiners)
         self.correlation = FieldCorrelation(self.widths, config.correlation_dim)
-        width = sum(r.out_features for r in self.refiners) + self.correlation.out_features
+        width = sum(r.out_features for r in refiners) + self.correlation.out_features
         self.experts = StackedMLP(config.num_experts, width, config.expert_hidden, dropout=config.dropout)
         self.expert_selector = nn.Linear(width + scenario_width, config.num_experts)
         hidden = self.experts.out_features

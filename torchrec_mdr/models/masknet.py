@@ -173,14 +173,16 @@ class MaskNetArch(nn.Module):
         self.num_fields = self.input.num_fields
         width = self.num_fields * layout.embedding_dim
         self.embedding_norm = FieldLayerNorm(self.num_fields, layout.embedding_dim) if config.embedding_norm else None
-        options = {"reduction_ratio": config.reduction_ratio, "norm": config.hidden_norm, "dropout": config.dropout}
+        def block(in_features: int, out_features: int) -> MaskBlock:
+            return MaskBlock(width, in_features, out_features, config.reduction_ratio, config.hidden_norm,
+                             config.dropout)
+
         if self.serial:
             widths = [width, *config.block_widths]
-            self.blocks = nn.ModuleList(MaskBlock(width, widths[i], widths[i + 1], **options)
-                                        for i in range(len(config.block_widths)))
+            self.blocks = nn.ModuleList(block(widths[i], widths[i + 1]) for i in range(len(config.block_widths)))
             self.head: nn.Module = nn.Linear(widths[-1], layout.num_tasks)
         else:
-            self.blocks = nn.ModuleList(MaskBlock(width, width, config.parallel_block_width, **options)
+            self.blocks = nn.ModuleList(block(width, config.parallel_block_width)
                                         for _ in range(config.parallel_blocks))
             self.head = MLP(config.parallel_blocks * config.parallel_block_width, config.parallel_hidden,
                             out_features=layout.num_tasks, dropout=config.dropout)

@@ -95,6 +95,9 @@ class EPNet(nn.Module):
     gate [B, len(widths)] or [B, sum(widths)]).
     """
 
+    # buffers (registered in __init__)
+    slot_widths: torch.Tensor
+
     def __init__(self, slot_widths: list[int], domain_width: int, hidden: int, per_field: bool,
                  gamma: float = 2.0) -> None:
         super().__init__()

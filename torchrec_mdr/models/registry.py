@@ -20,17 +20,17 @@ Add a model in five steps (the same list as docs/models.md, "Add a model in five
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
 
-from dlrm_style.models import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.models.adasparse import AdaSparseArch, AdaSparseConfig
 from torchrec_mdr.models.adin import ADINArch, ADINConfig
 from torchrec_mdr.models.aesm2 import AESM2Arch, AESM2Config
 from torchrec_mdr.models.apg import APGArch, APGConfig
 from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config
+from torchrec_mdr.models.dlrm import DLRMArch, DLRMConfig, DLRMDCNArch, DLRMDCNConfig
 from torchrec_mdr.models.deepfm import DeepFMArch, DeepFMConfig
 from torchrec_mdr.models.dffm import DFFMArch, DFFMConfig
 from torchrec_mdr.models.ads import ADSArch, ADSConfig
@@ -142,16 +142,29 @@ def _validate(self: Any) -> None:
         raise ConfigError(f"unknown model {self.name!r}; registered models: {sorted(MODELS)}")
 
 
-ModelConfig = make_dataclass(
-    "ModelConfig",
-    [("name", str, field(default="din", metadata=doc(f"registered model: {', '.join(MODELS)}"))),
-     ("embedding_dim", int, field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))),
-     *((entry.name, entry.config, field(default_factory=entry.config)) for entry in MODELS.values())],
-    namespace={"validate": _validate,
-               "__doc__": "``model.*``: the chosen model, the embedding dimension and every registered model's "
-                          "options (``model.<name>.*``, one field per :data:`MODELS` entry)."},
-)
-ModelConfig.__module__ = __name__  # pickled and printed as torchrec_mdr.models.registry.ModelConfig
+if TYPE_CHECKING:
+    @dataclass
+    class ModelConfig:
+        """What a type checker sees of the dataclass :func:`~dataclasses.make_dataclass` builds below:
+        the chosen model and the embedding dimension, and one options section per registered model."""
+
+        name: str = "din"
+        embedding_dim: int = 16
+
+        def __getattr__(self, section: str) -> Any: ...
+
+        def validate(self) -> None: ...
+else:
+    ModelConfig = make_dataclass(
+        "ModelConfig",
+        [("name", str, field(default="din", metadata=doc(f"registered model: {', '.join(MODELS)}"))),
+         ("embedding_dim", int, field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))),
+         *((entry.name, entry.config, field(default_factory=entry.config)) for entry in MODELS.values())],
+        namespace={"validate": _validate,
+                   "__doc__": "``model.*``: the chosen model, the embedding dimension and every registered model's "
+                              "options (``model.<name>.*``, one field per :data:`MODELS` entry)."},
+    )
+    ModelConfig.__module__ = __name__  # pickled and printed as torchrec_mdr.models.registry.ModelConfig
 
 
 def build_dense_arch(layout: FeatureLayout, config: Any) -> nn.Module:

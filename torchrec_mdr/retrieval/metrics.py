@@ -71,7 +71,8 @@ class RetrievalBuffer:
         self.vectors.append(torch.cat([user, item], dim=1)[positive].float().cpu())
         self.keys.append(torch.stack([item_ids.long(), domain.long(), group.long()], dim=1)[positive].cpu())
 
-    def gather(self, device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+    def gather(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor, torch.Tensor]:
         """(user [N, E], item [N, E], item_ids [N], domain [N], group [N]) of every rank (rank order), on
         ``device`` (which also carries the collectives: GPU for nccl)."""
         device = device or torch.device("cpu")

@@ -43,7 +43,7 @@ from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.adin import DomainInterestLayer, SharedAndDomainNetwork
 from torchrec_mdr.models.blocks import MLP, masked_mean
-from torchrec_mdr.models.features import EmbeddedSequence, FeatureLayout, embed_features
+from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, embed_features
 from torchrec_mdr.retrieval.config import RetrievalConfig
 from torchrec_mdr.retrieval.sampling import StreamingFrequencyEstimator
 from torchrec_mdr.sparse.arch import SparseArch
@@ -255,6 +255,12 @@ class RetrievalDenseArch(nn.Module):
     Returns ``(loss, user [B, E], item [B, E], item_ids [B], positive [B] bool)``.
     """
 
+    # buffers (registered in __init__)
+    user_field_index: torch.Tensor
+    item_field_index: torch.Tensor
+    user_dense_index: torch.Tensor
+    item_dense_index: torch.Tensor
+
     def __init__(self, spec: DatasetSpec, layout: FeatureLayout, config: RetrievalConfig,
                  mixed_precision: bool = False, stream_rows: int | None = None) -> None:
         super().__init__()
@@ -292,7 +298,7 @@ class RetrievalDenseArch(nn.Module):
         loss = in_batch_softmax_loss(user, item, item_ids, positive, self.config.temperature, log_q)
         return loss, user, item, item_ids, positive
 
-    def vectors(self, features) -> tuple[torch.Tensor, torch.Tensor]:
+    def vectors(self, features: EmbeddedFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """EmbeddedFeatures -> (u [B, E], v [B, E]) float32, L2-normalised."""
         fields, dense = features.fields, features.dense
         user = self.user_tower(fields.index_select(1, self.user_field_index), features.sequences,

@@ -40,6 +40,11 @@ class StreamingFrequencyEstimator(nn.Module):
     scalar int64 (``t``, the number of updates so far).
     """
 
+    # buffers (registered in __init__)
+    last_seen: torch.Tensor
+    gap: torch.Tensor
+    step: torch.Tensor
+
     def __init__(self, buckets: int, alpha: float) -> None:
         super().__init__()
         if buckets < 1 or not 0.0 < alpha <= 1.0:

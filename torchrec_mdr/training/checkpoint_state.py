@@ -25,7 +25,9 @@ from torchrec_mdr.training.distributed import DistContext
 def rng_state() -> dict[str, Any]:
     """This process's torch (CPU and CUDA), numpy and python random states, as tensors and plain python
     values (what a weights-only load accepts): numpy's MT19937 keys as an int64 tensor."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    numpy_state = np.random.get_state(legacy=True)
+    assert isinstance(numpy_state, tuple)  # legacy=True: ('MT19937', keys, pos, has_gauss, cached_gaussian)
+    kind, keys, position, has_gauss, cached_gaussian = numpy_state
     state: dict[str, Any] = {"torch": torch.get_rng_state(),
                              "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
                                        "pos": int(position), "has_gauss": int(has_gauss),

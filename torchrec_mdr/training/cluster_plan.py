@@ -31,6 +31,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -103,7 +104,7 @@ def pooling_factors(spec: DatasetSpec) -> dict[str, float]:
 
 
 def _configs(module: nn.Module) -> list:
-    inner = module._embedding_module if isinstance(module, MANAGED) else module
+    inner: Any = module._embedding_module if isinstance(module, MANAGED) else module  # torchrec: untyped
     return (inner.embedding_bag_configs() if isinstance(inner, EmbeddingBagCollection)
             else inner.embedding_configs())
 
@@ -142,7 +143,7 @@ def topology(cluster: ClusterConfig) -> Topology:
 class _TableSubset(EmbeddingEnumerator):
     """An enumerator that offers the planner only some tables (the search for the breaking table)."""
 
-    def __init__(self, tables: set[str] | None, **kwargs) -> None:  # noqa: ANN003 - EmbeddingEnumerator's
+    def __init__(self, tables: set[str] | None, **kwargs: Any) -> None:  # EmbeddingEnumerator's
         super().__init__(**kwargs)
         self.tables = tables
 
@@ -163,7 +164,7 @@ def _planner(cluster: ClusterConfig, batch_size: int, constraints: dict[str, Par
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
+def _quiet_root_logger() -> Iterator[None]:
     """torchrec logs plan validation to the root logger (a subset plan lacks whole collections by design)."""
     root = logging.getLogger()
     level = root.level
@@ -272,7 +273,7 @@ def _smallest_placements(options: list[ShardingOption]) -> str:
     return " or ".join(words)
 
 
-def _storage_bytes(storage, device: str) -> int:  # noqa: ANN001 - torchrec Storage or None
+def _storage_bytes(storage: Any, device: str) -> int:  # torchrec Storage or None
     if storage is None:
         return 0
     return storage.hbm if device == "cuda" else storage.ddr

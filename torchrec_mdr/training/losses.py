@@ -45,6 +45,9 @@ class TaskWeightedBCE(nn.Module):
         loss = loss_fn(torch.zeros(4, 2), torch.ones(4, 2))  # (1.0 + 0.5) * log 2
     """
 
+    # buffers (registered in __init__)
+    weights: torch.Tensor
+
     def __init__(self, weights: Sequence[float]) -> None:
         super().__init__()
         # not persistent: checkpoints keep the state dict they had (the weights live in config.json)

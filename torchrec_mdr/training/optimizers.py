@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> KeyedOptimizer
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
     dense_class = DENSE_OPTIMIZERS[config.dense]
 
-    def make(params):
+    def make(params: Any) -> torch.optim.Optimizer:
         return dense_class(params, lr=config.dense_lr, weight_decay=config.weight_decay)
 
     dense = (ClippedOptimizer(dense_params, make, config.grad_clip_norm) if config.grad_clip_norm
@@ -52,11 +53,12 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> KeyedOptimizer
 class ClippedOptimizer(KeyedOptimizerWrapper):
     """A dense optimizer that clips its parameters' total gradient norm before each step."""
 
-    def __init__(self, params: dict[str, nn.Parameter], make, max_norm: float) -> None:
+    def __init__(self, params: dict[str, nn.Parameter], make: Callable[[Any], torch.optim.Optimizer],
+                 max_norm: float) -> None:
         super().__init__(params, make)
         self.max_norm = max_norm
 
-    def step(self, closure=None) -> None:  # noqa: ANN001 - torch.optim signature
+    def step(self, closure: Any = None) -> None:  # torch.optim signature
         torch.nn.utils.clip_grad_norm_([p for p in self.params.values() if p.grad is not None], self.max_norm)
         super().step(closure)
 

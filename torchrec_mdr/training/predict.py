@@ -221,15 +221,16 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
     if total != spec.splits[split].rows:
         raise TrainingError(f"predicted {total} rows but split '{split}' of {config.data.path} has "
                             f"{spec.splits[split].rows}; nothing written")
-    files = [None] * ctx.world_size
+    files: list[Any] = [None] * ctx.world_size  # each rank's file names
     if ctx.world_size > 1:
         dist.all_gather_object(files, writer.files)
     else:
         files = [writer.files]
-    manifest = {"run": str(run_dir), "checkpoint": {"name": checkpoint, "path": str(info.path), "step": info.step},
-                "data": str(config.data.path), "split": split, "rows": total, "world_size": ctx.world_size,
-                "columns": ["row", "domain", *(f"prob_{label}" for label in spec.label_names), *kept.columns],
-                "files": sorted(name for names in files for name in names)}
+    manifest: dict[str, Any] = {
+        "run": str(run_dir), "checkpoint": {"name": checkpoint, "path": str(info.path), "step": info.step},
+        "data": str(config.data.path), "split": split, "rows": total, "world_size": ctx.world_size,
+        "columns": ["row", "domain", *(f"prob_{label}" for label in spec.label_names), *kept.columns],
+        "files": sorted(name for names in files for name in names)}
     if ctx.is_main:
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():  # --overwrite

@@ -78,7 +78,7 @@ def seeded_iter(loader: BatchLoader, seed: int) -> Iterator[Batch]:
     return iter(loader)
 
 
-def all_equal_batches(loader: BatchLoader, ctx: DistContext, reduce_op: dist.ReduceOp) -> int:
+def all_equal_batches(loader: BatchLoader, ctx: DistContext, reduce_op: dist.ReduceOp.RedOpType) -> int:
     count = torch.tensor([loader.dataset.num_batches()], dtype=torch.int64, device=ctx.device)  # nccl: on GPU
     if ctx.world_size > 1:
         dist.all_reduce(count, op=reduce_op)
@@ -106,6 +106,7 @@ def eval_outputs(model: nn.Module, optimizer: Any, config: ExperimentConfig, spl
             batch = next(iterator, None)
             real.append(batch is not None)
             last = batch if batch is not None else last
+            assert last is not None  # a rank with no batch of the split raised above
             yield last
 
     model.eval()

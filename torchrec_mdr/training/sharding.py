@@ -19,7 +19,7 @@ sharding. On CPU the EmbeddingCollection's fused backward is routed through fbge
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Any, get_args
 
 import torch.distributed as dist
 from torch import nn
@@ -59,10 +59,9 @@ def embedding_collections(model: nn.Module) -> dict[str, nn.Module]:
 
 def table_sizes(module: nn.Module) -> dict[str, tuple[int, int]]:
     """``{table: (rows, dim)}`` of one collection (of the collection inside a managed one)."""
-    if isinstance(module, MANAGED):
-        module = module._embedding_module
-    configs = (module.embedding_bag_configs() if isinstance(module, EmbeddingBagCollection)
-               else module.embedding_configs())
+    inner: Any = module._embedding_module if isinstance(module, MANAGED) else module  # torchrec: untyped
+    configs = (inner.embedding_bag_configs() if isinstance(inner, EmbeddingBagCollection)
+               else inner.embedding_configs())
     return {c.name: (c.num_embeddings, c.embedding_dim) for c in configs}
 
 

@@ -241,6 +241,7 @@ class Trainer:
         postfix: dict[str, str] = {}  # loss, samples/s, occupancy and the last evaluation, shown together
         done = self.progress.step >= self.total_steps or self._stop_early()
         while not done and (cfg.max_steps is not None or self.progress.epoch < cfg.epochs):
+            assert self.train_loader is not None, "a Trainer built with evaluate_only does not train"
             self.train_loader.dataset.set_epoch(self.progress.epoch)
             epoch_batches = seeded_iter(self.train_loader, cfg.seed * 100_003 + self.progress.epoch)
             batches: Iterator[Batch] = itertools.islice(epoch_batches, self.progress.batch_in_epoch,
@@ -313,6 +314,7 @@ class Trainer:
             dist.broadcast(value, src=0)
         if self.stopper.update(float(value.item()), self.progress.step):
             self.save_checkpoint()
+            assert self.last_checkpoint is not None  # saved now, or at this step already
             self.checkpoints.mark_best(self.last_checkpoint)
         return self.stopper.should_stop
 

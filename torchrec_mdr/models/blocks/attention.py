@@ -42,7 +42,7 @@ class AttentionOptions:
     micro_hidden: list[int] = field(default_factory=lambda: [8, 4])  # CAN: micro-MLP widths
     orders: int = 1  # CAN: multi-order enhancement
 
-    def build(self, dim: int) -> nn.Module:
+    def build(self, dim: int) -> TargetAttention:
         """The attention for queries and keys of width ``dim``; ``.out_features`` is its output width."""
         return build_attention(self.kind, dim, din_hidden=self.din_hidden, heads=self.heads,
                                head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
@@ -206,8 +206,12 @@ class CoActionUnit(nn.Module):
         return per_position.sum(dim=1)
 
 
+# any of the three kinds (one signature, an ``out_features``)
+TargetAttention = DINAttention | MultiHeadTargetAttention | CoActionUnit
+
+
 def build_attention(kind: str, dim: int, *, din_hidden: list[int], heads: int, head_dim: int,
-                    micro_hidden: list[int], orders: int) -> nn.Module:
+                    micro_hidden: list[int], orders: int) -> TargetAttention:
     """The named target attention for queries and keys of width ``dim``; ``.out_features`` its width."""
     if kind == "din":
         return DINAttention(dim, din_hidden)

@@ -94,8 +94,10 @@ class GeneratedLinear(nn.Module):
         self.generator = MLP(condition_width, list(generator_hidden or []), out_features=sum(self.sizes))
         start = {"full": [_linear_draw(n, m)], "specific": [_linear_draw(n, k), torch.eye(k), _linear_draw(k, m)],
                  "shared": [torch.eye(k)]}[generation] + ([torch.zeros(n)] if generate_bias else [])
+        last = self.generator[-1]
+        assert isinstance(last, nn.Linear)
         with torch.no_grad():
-            self.generator[-1].bias.copy_(torch.cat([t.flatten() for t in start]))
+            last.bias.copy_(torch.cat([t.flatten() for t in start]))
         self.over_rank = over_rank
         if generation == "shared" and over_rank:
             p = over_rank

@@ -62,6 +62,11 @@ class DomainBatchNorm(nn.Module):
     ``running_var`` [K, F], ``num_batches_tracked`` [K].
     """
 
+    # buffers (registered in __init__)
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
     def __init__(self, num_features: int, num_domains: int, eps: float = 1e-5, momentum: float = 0.1,
                  shared_affine: bool = False) -> None:
         super().__init__()

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import cast
 
 import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError
-from torchrec_mdr.models.blocks.attention import ATTENTION_KINDS, AttentionOptions
+from torchrec_mdr.models.blocks.attention import ATTENTION_KINDS, AttentionKind, AttentionOptions, TargetAttention
 from torchrec_mdr.models.features import EmbeddedSequence, FeatureLayout
 
 
@@ -63,7 +64,7 @@ class SequenceAttention(nn.Module):
     Shapes: EmbeddedSequence (keys [B, L, K], mask [B, L], query [B, Q]) -> [B, out_features].
     """
 
-    def __init__(self, query_projection: QueryProjection, attention: nn.Module) -> None:
+    def __init__(self, query_projection: QueryProjection, attention: TargetAttention) -> None:
         super().__init__()
         self.query_projection = query_projection
         self.attention = attention
@@ -92,8 +93,9 @@ class SequencePooling(nn.ModuleList):
     """
 
     def __init__(self, groups: Iterable[SequenceAttention]) -> None:
+        groups = list(groups)
         super().__init__(groups)
-        self.group_widths = [group.out_features for group in self]  # width of each group's pooled vector
+        self.group_widths = [group.out_features for group in groups]  # width of each group's pooled vector
         self.out_features = sum(self.group_widths)
 
     @staticmethod
@@ -127,7 +129,8 @@ class MeanPooling(nn.Module):
 SEQUENCE_BACKBONES: tuple[str, ...] = ("mean", *ATTENTION_KINDS)
 
 
-def sequence_summary(layout: FeatureLayout, backbone: str, attention: AttentionOptions, key: str) -> nn.Module:
+def sequence_summary(layout: FeatureLayout, backbone: str, attention: AttentionOptions,
+                     key: str) -> MeanPooling | SequencePooling:
     """The sequence summary named by ``backbone``: :class:`MeanPooling` for ``"mean"``, else the target attention
     of that kind over every group (``attention``'s options; its ``kind`` is replaced). ``key`` names the option
     in the ConfigError for an unknown name."""
@@ -135,4 +138,4 @@ def sequence_summary(layout: FeatureLayout, backbone: str, attention: AttentionO
         return MeanPooling(layout)
     if backbone not in ATTENTION_KINDS:
         raise ConfigError(f"{key}: {backbone!r} is not one of {list(SEQUENCE_BACKBONES)}")
-    return SequencePooling.of(layout, replace(attention, kind=backbone))
+    return SequencePooling.of(layout, replace(attention, kind=cast(AttentionKind, backbone)))  # checked above

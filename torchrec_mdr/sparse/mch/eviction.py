@@ -54,7 +54,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -91,7 +91,7 @@ class TrackedMCHModule(MCHManagedCollisionModule):
     (``type(self)(...)``), so every shard counts too.
     """
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - MCHManagedCollisionModule's signature
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # MCHManagedCollisionModule's signature
         super().__init__(*args, **kwargs)
         self.evicted_ids = 0
         self.admitted_ids = 0
@@ -221,6 +221,7 @@ def managed_reader_spec(spec: DatasetSpec, eviction: "EvictionConfig | None") ->
     names = managed_tables(eviction)
     if not names:
         return spec
+    assert eviction is not None  # managed_tables(None) is empty
     columns = [dataclasses.replace(c, cardinality=eviction.input_hash_size) if c.kind in ("id", "multi_id", "sequence")
                and c.table_name in names else c for c in spec.columns]
     return dataclasses.replace(spec, columns=columns)
@@ -304,4 +305,10 @@ def eviction_stats(model: nn.Module, tables: list[str] | None = None,
         dist.all_reduce(counts)
         dist.all_reduce(rounds, op=dist.ReduceOp.MAX)
         counts, rounds = counts.cpu(), rounds.cpu()
-    return {t: TableOccupancy(t, *(int(v) for v in counts[i]), int(rounds[i])) for i, t in enumerate(names)}
+    return {t: _occupancy(t, counts[i], rounds[i]) for i, t in enumerate(names)}
+
+
+def _occupancy(table: str, counts: torch.Tensor, rounds: torch.Tensor) -> TableOccupancy:
+    """One table's :class:`TableOccupancy` from its counts [zch_size, held, evicted, admitted] and rounds."""
+    zch_size, ids_held, evicted_ids, admitted_ids = (int(v) for v in counts)
+    return TableOccupancy(table, zch_size, ids_held, evicted_ids, admitted_ids, int(rounds))

@@ -373,8 +373,11 @@ class MCHReshard:
                            {name[len("_mch_"):]: model_state[table.prefix + name] for name in table.buffers
                             if name not in (_RAW, _ROWS)})
             module = table.module
-            plan = plan_table(old, self.old_segments[table.prefix], table.segments,
-                              lambda ids, m=module: bucket_owner(ids, m.input_size(), m.buckets(), self.world_size))
+
+            def owner(ids: torch.Tensor, m: Any = module) -> torch.Tensor:
+                return bucket_owner(ids, m.input_size(), m.buckets(), self.world_size)
+
+            plan = plan_table(old, self.old_segments[table.prefix], table.segments, owner)
             start, end = table.segments[self.rank], table.segments[self.rank + 1]
             new_values = {_RAW: plan.slots.raw_ids, _ROWS: plan.slots.rows,
                           **{f"_mch_{name}": values for name, values in plan.slots.metadata.items()}}
