@@ -37,9 +37,9 @@ def test_profile_lists_the_operators_by_ads_extra_time():
                "ads k=1": {"aten::mm": 36.0, "aten::cat": 5.5, "aten::bmm": 9.0, "(all)": 50.5},
                "ads k=10": {"aten::mm": 33.0, "aten::cat": 5.0, "aten::bmm": 8.0, "(all)": 46.0}}
     lines = format_profile(profile, options).splitlines()
-    assert "T = 50 (median of 5 one-step recordings), sorted by ads k=1 - din" in lines[0]
+    assert "T = 50 (mean of 5 one-step recordings), sorted by ads k=1 - din" in lines[0]
     assert lines[1].split() == ["operator", "din", "ads", "k=1", "ads", "k=10", "extra"]
-    assert lines[2].split() == ["(all)", "34.00", "50.50", "46.00", "16.50"]  # the median step, not a sum of medians
+    assert lines[2].split() == ["(all)", "34.00", "50.50", "46.00", "16.50"]  # the mean step total
     assert [line.split() for line in lines[3:]] == [["aten::bmm", "0.00", "9.00", "8.00", "9.00"],
                                                     ["aten::mm", "30.00", "36.00", "33.00", "6.00"]]
 

@@ -21,7 +21,8 @@ milliseconds per step.
 the profiler's first start costs time of its own), and the table lists the operators by self time per
 step, the backbone's beside each ADS variant's, sorted by ADS's extra time: where ADS's extra cost goes.
 The profiler times operators by the wall clock; on a shared machine each recording is scaled by its step's
-CPU time over its wall time, and the table gives each operator's median over the recordings.
+CPU time over its wall time (the waits counted as evenly spread over the operators), and the table gives
+each operator's mean over the recordings.
 
 Before the warm-up, ``torch.utils.flop_counter`` counts one step of every variant: the FLOPs table (ADS over
 its backbone) is the ratio that the equations alone set, against which the measured time ratio is read.
@@ -65,8 +66,8 @@ class AdsBenchOptions:
         "what a window's seconds are: cpu (the process's CPU time) or wall"))
     profile_seq_length: int = field(default=50, metadata=bounds(
         ge=0, help="T at which torch.profiler breaks the step down by operator (0: no profile)"))
-    profile_steps: int = field(default=7, metadata=bounds(
-        ge=1, help="one-step recordings per variant (the table gives each operator's median)"))
+    profile_steps: int = field(default=10, metadata=bounds(
+        ge=1, help="one-step recordings per variant (the table gives each operator's mean)"))
     profile_top: int = field(default=15, metadata=bounds(ge=1, help="operators listed"))
 
     def validate(self) -> None:
@@ -125,9 +126,9 @@ def _flops(loop) -> int:
 
 
 def _profile(loops: dict, steps: int) -> dict[str, dict[str, float]]:
-    """Label -> operator -> the median over ``steps`` one-step recordings of its self CPU ms (the profiler
-    times operators by the wall clock; recordings of the variants alternate, rotated like the timed rounds,
-    and the median drops the steps that outside load hit). ``(all)``: the median of the steps' totals."""
+    """Label -> operator -> its mean self ms per step over ``steps`` one-step recordings, each scaled to the
+    CPU time of its step (recordings of the variants alternate, rotated like the timed rounds); ``(all)``:
+    the mean of the steps' totals."""
     from torchrec_mdr.bench.train import round_order
 
     _profile_step(next(iter(loops.values())))  # discarded: the profiler's own start-up
@@ -135,12 +136,12 @@ def _profile(loops: dict, steps: int) -> dict[str, dict[str, float]]:
     for index in range(steps):
         for label in round_order(list(loops), index):
             steps_of[label].append(_profile_step(loops[label]))
-    medians = {}
+    means = {}
     for label, recorded in steps_of.items():
         ops = set().union(*recorded)
-        medians[label] = {op: statistics.median(step.get(op, 0.0) for step in recorded) for op in ops}
-        medians[label]["(all)"] = statistics.median(sum(step.values()) for step in recorded)
-    return medians
+        means[label] = {op: statistics.fmean(step.get(op, 0.0) for step in recorded) for op in ops}
+        means[label]["(all)"] = statistics.fmean(sum(step.values()) for step in recorded)
+    return means
 
 
 def _worker(rank: int, port: int, options: AdsBenchOptions, seq_length: int, out: Path) -> None:
@@ -223,7 +224,7 @@ def format_profile(profile: dict[str, dict[str, float]], options: AdsBenchOption
     base, first = labels[0], labels[1]
     ops = sorted(set().union(*(profile[label] for label in labels)) - {"(all)"},
                  key=lambda op: profile[base].get(op, 0.0) - profile[first].get(op, 0.0))
-    lines = [f"self CPU ms per step at T = {options.profile_seq_length} (median of {options.profile_steps} one-step "
+    lines = [f"self CPU ms per step at T = {options.profile_seq_length} (mean of {options.profile_steps} one-step "
              f"recordings), sorted by {first} - {base}",
              f"{'operator':<60}" + "".join(f"{label:>10}" for label in labels) + f"{'extra':>10}"]
     for op in ["(all)"] + ops[:options.profile_top]:

@@ -18,6 +18,12 @@ reads the fields (the ``domain_features`` among them) and the domain-id embeddin
 the ablated models see the same domain information, only not inside the attention: the comparison
 isolates PSRG and PCRG.
 
+Cost: the equations fix ADS's extra work over its backbone — per row ``d_S^2`` generated weights (eq 2) and
+``G d_Q`` generated queries (eq 6), per behaviour a ``d_S x d_S`` product (eq 5) — 1.23x DIN's training FLOPs
+at ``T = 50``, one query per behaviour, here (``mdr bench ads``; docs/benchmarks.md, "ADS against its
+backbone"). The code adds as little as it can to that: eq 5 is one batched product with the bias as its
+addend, and the chunk queries reach the positions by one row gather (:func:`select_chunks`).
+
 Choices where the paper is silent (each tested in tests/test_ads.py):
 
 * ``E_Q`` is the candidate's embeddings in the group's tables, linearly projected to the key width
