@@ -163,6 +163,62 @@ def test_pcrg_with_one_chunk_gives_one_shared_query(items_per_chunk):
     torch.testing.assert_close(out, shared[:, None, :].expand(B, L, D))
 
 
+def psrg_as_first_written(psrg: PSRG, domain_features: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Eqs 2-5 in their first, direct form: eta (W_shared ⊙ W_private), an einsum, then the bias."""
+    weight = psrg.eta * (psrg.shared_weight * torch.sigmoid(psrg.weight_generator(domain_features)))
+    weight = weight.view(-1, psrg.seq_dim, psrg.seq_dim)
+    return torch.einsum("blj,bij->bli", keys, weight) + psrg.bias_generator(domain_features).unsqueeze(1)
+
+
+def pcrg_as_first_written(pcrg: PCRG, domain_features: torch.Tensor, query: torch.Tensor,
+                          mask: torch.Tensor) -> torch.Tensor:
+    """Eqs 6-7 in their first form: the chunk queries gathered per position, then E_Q added per position."""
+    private = pcrg.generator(torch.cat([domain_features, query], dim=-1)).view(-1, pcrg.num_chunks, pcrg.query_dim)
+    index = pcrg.chunk_index(mask).unsqueeze(-1).expand(-1, -1, pcrg.query_dim)
+    return private.gather(1, index) + query.unsqueeze(1)
+
+
+def outputs_and_gradients(module: torch.nn.Module, forward, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The output of ``forward(*inputs)`` and the gradients of a fixed random loss on it, of every parameter
+    of ``module`` and every input."""
+    module.zero_grad(set_to_none=True)
+    inputs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    out = forward(*inputs)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    (out * weights).sum().backward()
+    grads = [p.grad for p in module.parameters()] + [x.grad for x in inputs if x.is_floating_point()]
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("eta", [2.0, 1.3])
+def test_psrg_computes_what_its_first_form_computed(eta):
+    """PSRG's batched product with the bias as addend (and eta on W_shared) equals eqs 2-5 written directly:
+    output and every gradient, within float rounding."""
+    torch.manual_seed(0)
+    psrg = PSRG(6, 8, 5, eta=eta, shared_init="xavier")
+    inputs = [torch.randn(16, 6), torch.randn(16, 11, 8)]
+    fast = outputs_and_gradients(psrg, psrg, inputs)
+    direct = outputs_and_gradients(psrg, lambda d, k: psrg_as_first_written(psrg, d, k), inputs)
+    for a, b in zip(fast, direct):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("items_per_chunk", [1, 2, 3, 11, 20])
+def test_pcrg_computes_what_its_first_form_computed(items_per_chunk):
+    """PCRG's row gather of the chunk queries (E_Q added once per chunk) equals the per-position gather then
+    E_Q added per position: output exactly, gradients within float rounding; rows of every length."""
+    torch.manual_seed(0)
+    length = 11
+    pcrg = PCRG(domain_dim=3, query_dim=4, length=length, items_per_chunk=items_per_chunk, hidden=5)
+    mask = make_mask([11, 7, 1, 0, 4, 10], length)
+    inputs = [torch.randn(6, 3), torch.randn(6, 4), mask]
+    fast = outputs_and_gradients(pcrg, pcrg, inputs)
+    direct = outputs_and_gradients(pcrg, lambda d, q, m: pcrg_as_first_written(pcrg, d, q, m), inputs)
+    assert torch.equal(fast[0], direct[0])
+    for a, b in zip(fast[1:], direct[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- attention blocks
 
 

@@ -5,6 +5,7 @@
     mdr data validate --data DIR               check every file and value against the spec
     mdr bench loader [--data DIR]              reader throughput (rows/s)
     mdr bench train [--data DIR]               training samples/s per model, world size and loop
+    mdr bench ads [--seq-lengths ...]          ADS step time / its backbone's, per T and items per chunk
     mdr bench accuracy [--suites ...]          mechanisms vs their bases (generator v1): tables in docs/results
     mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
     mdr bench table --paper ads|sfpnet --data DIR   a seed paper's comparison table on your data, in its layout
@@ -114,6 +115,12 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     from torchrec_mdr.bench.train import TrainBenchOptions, run
 
     run(dataclass_from_args(TrainBenchOptions, args))
+
+
+def _cmd_bench_ads(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.ads_backbone import AdsBenchOptions, run
+
+    run(dataclass_from_args(AdsBenchOptions, args))
 
 
 def _cmd_bench_accuracy(args: argparse.Namespace) -> None:
@@ -315,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _cmd_validate)
 
     from torchrec_mdr.bench.accuracy import AccuracyBenchOptions
+    from torchrec_mdr.bench.ads_backbone import AdsBenchOptions
     from torchrec_mdr.bench.eval_cost import EvalBenchOptions
     from torchrec_mdr.bench.loader import LoaderBenchOptions
     from torchrec_mdr.bench.paper_table import PaperTableOptions
@@ -328,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                 _cmd_bench_loader)
     _subcommand(bench_commands, "train", "training samples/s: models x world sizes x loops", TrainBenchOptions,
                 _cmd_bench_train)
+    _subcommand(bench_commands, "ads", "ADS's training step time over its backbone's (DIN): sequence lengths x "
+                "items per chunk, paired per round, and a torch.profiler breakdown", AdsBenchOptions, _cmd_bench_ads)
     _subcommand(bench_commands, "accuracy", "the seed mechanisms vs their bases on planted-effect, null and "
                 "real data: tables and a plot", AccuracyBenchOptions, _cmd_bench_accuracy)
     _subcommand(bench_commands, "proof", "each seed mechanism with vs without it on each planted effect of "

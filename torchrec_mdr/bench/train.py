@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Iterator, Literal
 
 import torch
 
@@ -51,6 +51,9 @@ from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.spec import SPEC_FILE
 from torchrec_mdr.experiment import PipelineType, ShardingType
+
+if TYPE_CHECKING:
+    from torchrec_mdr.models.registry import ModelConfig
 
 PIPELINES: tuple[str, ...] = ("plain", "base", "sparse_dist")
 
@@ -171,16 +174,19 @@ def _read_batches(options: TrainBenchOptions, batch_size: int, rank: int, world_
 class _Loop:
     """One model trained by one loop: the trainer, its torchrec pipeline (None: plain) and batches."""
 
-    def __init__(self, options: TrainBenchOptions, model: str, pipeline: str, batch_size: int,
+    def __init__(self, options: TrainBenchOptions, model: "str | ModelConfig", pipeline: str, batch_size: int,
                  batches: list[Batch], run_dir: Path) -> None:
+        """``model``: a registered name (its default options) or a whole model config."""
         from torchrec_mdr.data.reader import ReaderConfig
         from torchrec_mdr.experiment import ExperimentConfig, SparseConfig, TrainConfig
         from torchrec_mdr.models.registry import ModelConfig
         from torchrec_mdr.training.trainer import Trainer
 
+        if isinstance(model, str):
+            model = ModelConfig(name=model, embedding_dim=options.embedding_dim)
         config = ExperimentConfig(
             data=ReaderConfig(path=options.data, batch_size=batch_size, shuffle=False),
-            model=ModelConfig(name=model, embedding_dim=options.embedding_dim),
+            model=model,
             sparse=SparseConfig(sharding=options.sharding),
             train=TrainConfig(pipeline=pipeline, device=options.device,  # type: ignore[arg-type]
                               mixed_precision=options.mixed_precision),
