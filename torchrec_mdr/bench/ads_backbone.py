@@ -36,11 +36,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from torchrec_mdr.config import ConfigError, bounds, doc
+
+if TYPE_CHECKING:
+    from torchrec_mdr.bench.train import _Loop
+    from torchrec_mdr.models.registry import ModelConfig
 
 
 @dataclass
@@ -85,7 +89,7 @@ def variants(options: AdsBenchOptions) -> list[str]:
     return [options.backbone] + [f"ads k={k}" for k in options.chunks]
 
 
-def _model_config(options: AdsBenchOptions, label: str):
+def _model_config(options: AdsBenchOptions, label: str) -> "ModelConfig":
     from torchrec_mdr.config import load_config
     from torchrec_mdr.models.registry import ModelConfig
 
@@ -101,7 +105,7 @@ def _model_config(options: AdsBenchOptions, label: str):
 # --------------------------------------------------------------------------- inside the process
 
 
-def _profile_step(loop) -> dict[str, float]:
+def _profile_step(loop: "_Loop") -> dict[str, float]:
     """Operator -> self milliseconds of one step of ``loop``, scaled by the step's process CPU time over its
     wall time (the profiler times operators by the wall clock; where other jobs share the cores this counts
     the waits as evenly spread over the operators)."""
@@ -114,7 +118,7 @@ def _profile_step(loop) -> dict[str, float]:
     return {event.key: event.self_cpu_time_total / 1000 * scale for event in recording.key_averages()}
 
 
-def _flops(loop) -> int:
+def _flops(loop: "_Loop") -> int:
     """Floating-point operations of one training step as ``torch.utils.flop_counter`` counts them: the
     matrix products (and their gradients) of the dense arch; the embedding kernels have no formula."""
     from torch.utils.flop_counter import FlopCounterMode
