@@ -153,7 +153,7 @@ def _worker(rank: int, port: int, options: AdsBenchOptions, seq_length: int, out
 
     import torch.distributed as dist
 
-    from torchrec_mdr.bench.train import TrainBenchOptions, _Loop, _quiet, _read_batches, round_order
+    from torchrec_mdr.bench.train import TrainBenchOptions, _Loop, _quiet, _read_batches, _timed, round_order
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -175,7 +175,7 @@ def _worker(rank: int, port: int, options: AdsBenchOptions, seq_length: int, out
         seconds: dict[str, list[float]] = {label: [] for label in labels}
         for round_index in range(options.repeats):
             for label in round_order(labels, round_index):
-                seconds[label].append(loops[label].timed(options.steps))
+                seconds[label].append(_timed(loops[label], options.steps, train))
         result: dict = {"seconds": seconds, "flops": flops}
         if seq_length == options.profile_seq_length:
             result["profile"] = _profile(loops, options.profile_steps)

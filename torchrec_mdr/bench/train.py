@@ -10,6 +10,13 @@ optimizer, DMP with the configured sharding, dense optimizer) and runs:
 * ``sparse_dist`` — torchrec's ``TrainPipelineSparseDist`` (the input all-to-all of batch i+1
   overlaps the forward/backward of batch i), what ``mdr train`` uses by default.
 
+With ``reference`` (world size 1), two more loops per model and batch size take their turns in the
+same rounds (:mod:`torchrec_mdr.bench.reference`): ``reference`` — the same registered dense arch fed
+by plain ``nn.EmbeddingBag`` / ``nn.Embedding`` tables with dense gradients and one Adam over every
+parameter, its batches converted once to plain tensors — and ``roof`` — the dense arch alone (forward,
+backward, Adam) on the reference's embedded batches. A second table then gives each loop of ours over
+the reference, paired by round, and each loop's overhead above the roof, ``1 - samples/s / roof``.
+
 Measured: ``warmup`` steps are run and discarded, then the loops of one model (one per training loop
 and batch size: ``batch_sizes`` measures several in the same rounds), built side by side, take
 turns in ``repeats`` rounds: in each round every loop trains ``steps`` steps (a window),
@@ -53,6 +60,7 @@ from torchrec_mdr.data.spec import SPEC_FILE
 from torchrec_mdr.experiment import PipelineType, ShardingType
 
 if TYPE_CHECKING:
+    from torchrec_mdr.bench import reference
     from torchrec_mdr.models.registry import ModelConfig
 
 PIPELINES: tuple[str, ...] = ("plain", "base", "sparse_dist")
@@ -83,6 +91,10 @@ class TrainBenchOptions:
     clock: Literal["wall", "cpu"] = field(default="wall", metadata=doc(
         "what a window's seconds are: wall (elapsed) or cpu (the process's user + system CPU time: steadier "
         "where other jobs share the cores; with one thread per process)"))
+    reference: bool = field(default=False, metadata=doc(
+        "also train each model as plain PyTorch (nn.EmbeddingBag / nn.Embedding, dense gradients, Adam on "
+        "everything) and its dense arch alone, in the same rounds: ours / reference and the overhead above "
+        "the dense arch (world size 1 only)"))
 
     @property
     def sizes(self) -> list[int]:
@@ -97,6 +109,9 @@ class TrainBenchOptions:
             raise ConfigError(f"'models': unknown {unknown}; registered models: {sorted(MODELS)}")
         if not self.pipelines or not self.models or not self.world_sizes:
             raise ConfigError("'models', 'world_sizes' and 'pipelines' need at least one entry each")
+        if self.reference and self.world_sizes != [1]:
+            raise ConfigError(f"'reference': the plain-PyTorch reference is one process; use --world-sizes 1 "
+                              f"(got {self.world_sizes})")
         if self.clock == "cpu" and self.device == "cuda":
             raise ConfigError("'clock': cpu time does not measure GPU work; use --clock wall with --device cuda")
         # the checks the trainer would make inside the spawned processes, made here for a clean error
@@ -194,33 +209,48 @@ class _Loop:
         self.trainer = Trainer(config, run_dir)
         torch.set_num_threads(_threads(options, self.trainer.ctx.world_size))  # init_distributed sets its own
         self.source = _fresh(batches)
-        self.cuda = self.trainer.ctx.device.type == "cuda"
-        self.clock = time.process_time if options.clock == "cpu" else time.perf_counter
 
     def step(self) -> None:
         self.trainer.train_step(self.source)
 
-    def timed(self, steps: int) -> float:
-        """Seconds of ``steps`` steps, the slowest rank's."""
-        import torch.distributed as dist
-
-        if self.cuda:
-            torch.cuda.synchronize()
-        dist.barrier()
-        start = self.clock()
-        for _ in range(steps):
-            self.step()
-        if self.cuda:
-            torch.cuda.synchronize()  # the steps' kernels are queued, not done, when step() returns
-        # nccl reduces only CUDA tensors
-        seconds = torch.tensor([self.clock() - start], dtype=torch.float64,
-                               device="cuda" if self.cuda else "cpu")
-        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-        return float(seconds.item())
-
     def close(self) -> None:
         if self.trainer.writer is not None:
             self.trainer.writer.close()
+
+
+def _timed(loop: "_Loop | reference.ReferenceLoop | reference.RoofLoop", steps: int, options: TrainBenchOptions) -> float:
+    """Seconds of ``steps`` steps of ``loop``, the slowest rank's (CPU seconds with ``clock = "cpu"``)."""
+    import torch.distributed as dist
+
+    cuda = options.device == "cuda"
+    clock = time.process_time if options.clock == "cpu" else time.perf_counter
+    if cuda:
+        torch.cuda.synchronize()
+    dist.barrier()
+    start = clock()
+    for _ in range(steps):
+        loop.step()
+    if cuda:
+        torch.cuda.synchronize()  # the steps' kernels are queued, not done, when step() returns
+    # nccl reduces only CUDA tensors
+    seconds = torch.tensor([clock() - start], dtype=torch.float64, device="cuda" if cuda else "cpu")
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    return float(seconds.item())
+
+
+def _reference_loops(options: TrainBenchOptions, model: str, size: int, batches: list[Batch]) -> dict:
+    """(reference, size) and (roof, size) loops of ``model`` (``options.reference``; after our trainers, so
+    that the process's CPU memory settings are the same for all)."""
+    from torchrec_mdr.bench.reference import REFERENCE, ROOF, ReferenceLoop, RoofLoop
+    from torchrec_mdr.data.spec import DatasetSpec
+    from torchrec_mdr.experiment import OptimizerConfig
+    from torchrec_mdr.models.registry import ModelConfig
+
+    spec = DatasetSpec.load(options.data)
+    lr = OptimizerConfig().dense_lr
+    reference = ReferenceLoop(spec, ModelConfig(name=model, embedding_dim=options.embedding_dim), batches,
+                              torch.device(options.device), lr)
+    return {(REFERENCE, size): reference, (ROOF, size): RoofLoop(reference, spec, lr)}
 
 
 def round_order(pipelines: list, round_index: int) -> list:
@@ -232,15 +262,18 @@ def round_order(pipelines: list, round_index: int) -> list:
 def _measure_model(options: TrainBenchOptions, model: str, batches: dict[int, list[Batch]], out: Path,
                    world_size: int) -> dict[tuple[str, int], list[float]]:
     """(pipeline, batch size) -> seconds of ``options.steps`` steps in each of ``options.repeats`` rounds."""
-    loops = {(p, size): _Loop(options, model, p, size, batches[size], out / f"run-{world_size}-{model}-{p}-{size}")
-             for size in options.sizes for p in options.pipelines}
+    loops: dict = {(p, size): _Loop(options, model, p, size, batches[size],
+                                    out / f"run-{world_size}-{model}-{p}-{size}")
+                   for size in options.sizes for p in options.pipelines}
+    for size in options.sizes if options.reference else []:
+        loops.update(_reference_loops(options, model, size, batches[size]))
     for loop in loops.values():
         for _ in range(options.warmup):
             loop.step()
     seconds: dict[tuple[str, int], list[float]] = {key: [] for key in loops}
     for round_index in range(options.repeats):
         for key in round_order(list(loops), round_index):
-            seconds[key].append(loops[key].timed(options.steps))
+            seconds[key].append(_timed(loops[key], options.steps, options))
     for loop in loops.values():
         loop.close()
     return seconds
@@ -343,8 +376,13 @@ def run(options: TrainBenchOptions) -> list[Cell]:
     with tempfile.TemporaryDirectory(prefix="mdr-bench-train-") as tmp:
         out = Path(tmp)
         for world_size in options.world_sizes:
-            print(f"world size {world_size}: {len(options.models) * len(options.pipelines)} cells ...", flush=True)
+            loops = len(options.pipelines) + (2 if options.reference else 0)
+            print(f"world size {world_size}: {len(options.models) * loops} cells ...", flush=True)
             mp.spawn(_worker, args=(world_size, _free_port(), options, out), nprocs=world_size, join=True)
             cells += [Cell(**c) for c in json.loads((out / f"cells-{world_size}.json").read_text())]
     print(format_table(cells, options))
+    if options.reference:
+        from torchrec_mdr.bench.reference import format_reference
+
+        print(format_reference(cells, options.models, options.sizes, options.pipelines, options.clock == "cpu"))
     return cells
