@@ -68,7 +68,7 @@ def _check_run(run: RunSpec, result: dict, log: list[dict], options: ScaleBenchO
     for line in log:
         assert len(line["rss_mib"]) == run.world_size and all(0 < r <= p for r, p in zip(line["rss_mib"],
                                                                                           line["peak_rss_mib"]))
-        assert line["samples_per_sec"] > 0 and math.isfinite(line["loss"])
+        assert line["samples_per_sec"] > 0 and math.isfinite(line["loss"]) and line["load_avg"] >= 0
     assert result["samples_per_sec"] == pytest.approx(result["rows_seen"] / result["wall_sec"])
     assert len(result["peak_rss_mib_train"]) == run.world_size
     assert all(a <= b for a, b in zip(result["peak_rss_mib_train"], result["peak_rss_mib"]))
@@ -129,4 +129,6 @@ def test_scale_bench_tiny(tmp_path, capsys):
     report = more.doc_path.read_text()
     assert "`mdr bench scale --tiny`" in report and "This is a reduced run" in report
     assert "| din | 2 | zch 150 |" in report and "| din | 1 | full |" in report
+    history = int(1.25 * INTERVAL * BATCH * (SEQ + 1)) * 8 / 2**20  # per rank, as measured in _check_run
+    assert f"item table takes {history:,.1f} MiB per rank here" in report and "Mean 1-minute load average" in report
     assert more.doc_path.with_suffix(".png").stat().st_size > 0

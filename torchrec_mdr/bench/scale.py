@@ -25,8 +25,9 @@ generation's seconds go to ``<out>/data-<rows>.json``.
 Every ``log_every`` steps rank 0 appends one line to ``<out>/<run>/log.jsonl``: the step, rows seen (all
 ranks), seconds since the first step, samples/s of the window since the last line, the loss, every rank's
 resident memory now and at its peak (``VmRSS`` / ``VmHWM``, MiB), the managed tables' occupancy and ids
-held, and the cumulative seconds spent in eviction rounds (the slowest rank's:
-:attr:`~torchrec_mdr.sparse.mch.eviction.TrackedMCHModule.eviction_seconds`). At the end of the epoch a
+held, the cumulative seconds spent in eviction rounds (the slowest rank's:
+:attr:`~torchrec_mdr.sparse.mch.eviction.TrackedMCHModule.eviction_seconds`) and the machine's 1-minute load
+average (other jobs on the same cores move samples/s). At the end of the epoch a
 checkpoint is saved (timed; its size on disk) and loaded back into the model (timed), the test split is
 evaluated (AUC overall and per domain) and ``<out>/<run>/result.json`` is written. A run whose
 ``result.json`` exists is skipped, so an interrupted benchmark resumes with the next unfinished run (an
@@ -253,7 +254,8 @@ class _Logger:
                   "eviction_seconds": float(ranks[:, 2].max()),
                   "occupancy": {t: s.occupancy for t, s in stats.items()},
                   "ids_held": {t: s.ids_held for t, s in stats.items()},
-                  "eviction_rounds": {t: s.eviction_rounds for t, s in stats.items()}}
+                  "eviction_rounds": {t: s.eviction_rounds for t, s in stats.items()},
+                  "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
         self.last_rows, self.last_seconds = rows, seconds
         if trainer.ctx.is_main:
             with self.path.open("a") as f:

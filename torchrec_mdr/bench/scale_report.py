@@ -187,7 +187,7 @@ def _generation(options: ScaleBenchOptions, full: ScaleBenchOptions) -> str:
             f"{rows / seconds:,.0f} rows/s measured here")
 
 
-def _notes(options: ScaleBenchOptions) -> list[str]:
+def _notes(options: ScaleBenchOptions, logs: dict[str, list[dict]]) -> list[str]:
     """What the tables do not say by themselves."""
     notes = ["## Notes", "",
              "- Eviction seconds are the managed-collision modules' eviction rounds (torchrec's `_coalesce_history`: "
@@ -203,6 +203,19 @@ def _notes(options: ScaleBenchOptions) -> list[str]:
     if options.managed_size >= options.users:
         notes[-1] += (f" It is at least the {options.users:,} users, so the user table holds every user and evicts "
                       f"nobody: only the item table ({options.items:,} ids) is under eviction pressure here.")
+    history = int(1.25 * options.eviction_interval * options.batch_size * (options.seq_length + 1)) * 8
+    full = ScaleBenchOptions()
+    default = int(1.25 * full.eviction_interval * full.batch_size * (full.seq_length + 1)) * 8
+    notes.append(f"- The managed-collision history of the item table takes {history / MIB:,.1f} MiB per rank here "
+                 f"(1.25 x interval x batch x {options.seq_length + 1} item ids per row x 8 bytes, sized by torchrec "
+                 f"from the first batch); at the default interval {full.eviction_interval} and batch "
+                 f"{full.batch_size} it is {default / MIB:,.0f} MiB per rank, as much as a full table of "
+                 f"{default / 68 / 1e6:.1f}M rows of dim 16 with its row-wise Adagrad state: bounded, but by the "
+                 f"interval and the batch, not by zch.")
+    loads = [line["load_avg"] for log in logs.values() for line in log if line.get("load_avg") is not None]
+    if loads:
+        notes.append(f"- Mean 1-minute load average over the log lines: {sum(loads) / len(loads):.1f} on "
+                     f"{os.cpu_count()} cores.")
     if options.eviction_interval != ScaleBenchOptions().eviction_interval:
         notes.append(f"- Eviction ran every {options.eviction_interval} steps, not every "
                      f"{ScaleBenchOptions().eviction_interval} (the default): a round costs a unique count over one "
@@ -273,7 +286,7 @@ def write_report(options: ScaleBenchOptions, runs: list[RunSpec], results: list[
               "DCP save of model and optimizer, then a load back into the model.", "",
               "![samples/s and resident memory over the epoch](" + plot.name + ")", "",
               "## Checks", "", "```", format_checks(figures), "```", "",
-              "## Eviction cost against the zch size", "", *_curve_table(figures), "", *_notes(options)]
+              "## Eviction cost against the zch size", "", *_curve_table(figures), "", *_notes(options, logs)]
     options.doc_path.write_text("\n".join(lines) + "\n")
 
 
