@@ -10,6 +10,7 @@
     mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
     mdr bench table --paper ads|sfpnet --data DIR   a seed paper's comparison table on your data, in its layout
     mdr bench eval [--rows N ...]              eval-pass time and peak memory, gathered vs sharded metrics
+    mdr bench scale [--rows N ...]             one epoch at scale: throughput, memory, eviction (docs/scale.md)
     mdr demo [--data DIR]                      the main job for now: data, its spec, one epoch read
     mdr train --config FILE --out RUN_DIR [--set k=v] [--resume]   train (--resume: from the latest checkpoint)
     mdr train ... --init-from RUN[:best|:step-N]               warm start from another run (e.g. yesterday's)
@@ -109,6 +110,13 @@ def _cmd_bench_eval(args: argparse.Namespace) -> None:
     from torchrec_mdr.bench.eval_cost import EvalBenchOptions, run
 
     run(dataclass_from_args(EvalBenchOptions, args))
+
+
+def _cmd_bench_scale(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.scale import ScaleBenchOptions
+    from torchrec_mdr.bench.scale_report import run
+
+    run(dataclass_from_args(ScaleBenchOptions, args), command=" ".join(["mdr", *sys.argv[1:]]))
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> None:
@@ -327,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     from torchrec_mdr.bench.loader import LoaderBenchOptions
     from torchrec_mdr.bench.paper_table import PaperTableOptions
     from torchrec_mdr.bench.proof import ProofBenchOptions
+    from torchrec_mdr.bench.scale import ScaleBenchOptions
     from torchrec_mdr.bench.serve import ServeBenchOptions
     from torchrec_mdr.bench.train import TrainBenchOptions
 
@@ -347,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "a prepared dataset over seeds, in the paper's layout", PaperTableOptions, _cmd_bench_table)
     _subcommand(bench_commands, "eval", "time and peak memory of an evaluation pass: metrics from gathered rows "
                 "vs sharded (reduced state, rows routed by key)", EvalBenchOptions, _cmd_bench_eval)
+    _subcommand(bench_commands, "scale", "one epoch of DIN and ADS on a large synthetic dataset at world sizes 1 "
+                "and 2, with LFU eviction and full tables: samples/s, memory, occupancy, eviction time, checkpoint "
+                "and AUC logged; the scale checks as figures; docs/scale.md", ScaleBenchOptions, _cmd_bench_scale)
     _subcommand(bench_commands, "serve", "latency of exported artifacts (batch 1 and 256, median and p99) and "
                 "their size", ServeBenchOptions, _cmd_bench_serve)
 

@@ -227,6 +227,13 @@ class Trainer:
         self.optimizer.step()
         return output
 
+    def epoch_batches(self) -> Iterator[Batch]:
+        """The train batches of the current epoch still to train on (from ``progress.batch_in_epoch`` to
+        ``steps_per_epoch``), in the epoch's seeded order: what :meth:`fit` feeds :meth:`train_step`."""
+        self.train_loader.dataset.set_epoch(self.progress.epoch)
+        epoch_batches = seeded_iter(self.train_loader, self.config.train.seed * 100_003 + self.progress.epoch)
+        return itertools.islice(epoch_batches, self.progress.batch_in_epoch, self.steps_per_epoch)
+
     def fit(self) -> dict:
         """Train for the configured epochs / steps; evaluate; write metrics.json. Returns the metrics."""
         cfg = self.config.train
@@ -241,11 +248,7 @@ class Trainer:
         postfix: dict[str, str] = {}  # loss, samples/s, occupancy and the last evaluation, shown together
         done = self.progress.step >= self.total_steps or self._stop_early()
         while not done and (cfg.max_steps is not None or self.progress.epoch < cfg.epochs):
-            assert self.train_loader is not None, "a Trainer built with evaluate_only does not train"
-            self.train_loader.dataset.set_epoch(self.progress.epoch)
-            epoch_batches = seeded_iter(self.train_loader, cfg.seed * 100_003 + self.progress.epoch)
-            batches: Iterator[Batch] = itertools.islice(epoch_batches, self.progress.batch_in_epoch,
-                                                        self.steps_per_epoch)
+            batches = self.epoch_batches()
             # The pipeline is fed in segments that end where an evaluation is due: at the end of one it
             # trains every batch it holds, so the evaluation pipeline can take the model over (torchrec's
             # DLRM example does the same); the next segment refills it.

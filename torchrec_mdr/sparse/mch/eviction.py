@@ -52,6 +52,7 @@ estimates it so that the trainer can warn about a long interval on a long sequen
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -88,7 +89,11 @@ class TrackedMCHModule(MCHManagedCollisionModule):
     from them (loaded at another world size, a table's totals move to its first shard, and ids
     dropped there for lack of slots count as evicted: :mod:`torchrec_mdr.sparse.mch.reshard`).
     Sharding rebuilds the module per shard through ``rebuild_with_output_id_range``
-    (``type(self)(...)``), so every shard counts too.
+    (``type(self)(...)``), so every shard counts too. ``eviction_seconds``: wall seconds this module
+    spent in its eviction rounds (torchrec's ``_coalesce_history``: the unique count of the interval's
+    history, the policy's scores and the slot update and re-sort; not the per-step history recording
+    and remapping, nor the re-initialisation of evicted rows that DMP's sharded collection runs at the
+    next lookup), in this process only (not checkpointed: a measurement, not state).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # MCHManagedCollisionModule's signature
@@ -96,6 +101,13 @@ class TrackedMCHModule(MCHManagedCollisionModule):
         self.evicted_ids = 0
         self.admitted_ids = 0
         self.eviction_rounds = 0
+        self.eviction_seconds = 0.0
+
+    @torch.no_grad()
+    def _coalesce_history(self) -> None:
+        start = time.perf_counter()
+        super()._coalesce_history()
+        self.eviction_seconds += time.perf_counter() - start
 
     @torch.no_grad()
     def _update_and_evict(self, uniq_ids: torch.Tensor, uniq_ids_counts: torch.Tensor,
@@ -271,6 +283,12 @@ class TableOccupancy:
 
 def tracked_modules(model: nn.Module) -> list[TrackedMCHModule]:
     return [m for m in model.modules() if isinstance(m, TrackedMCHModule)]
+
+
+def eviction_seconds(model: nn.Module) -> float:
+    """Wall seconds the managed-collision modules of ``model`` on this rank spent in eviction rounds
+    (:attr:`TrackedMCHModule.eviction_seconds`, summed over the rank's modules: its shards of every table)."""
+    return sum(m.eviction_seconds for m in tracked_modules(model))
 
 
 def _is_sharded(model: nn.Module) -> bool:
