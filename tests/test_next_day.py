@@ -72,7 +72,7 @@ def _train(days: dict[str, Path], name: str, eviction: bool) -> Path:
     from torchrec_mdr.training.trainer import Trainer
 
     run = days["root"] / name
-    Trainer(experiment(days["d0"], max_steps=8, checkpoint_every=None, eviction=eviction, zch_size=64), run).fit()
+    Trainer(experiment(days["d0"], max_steps=8, checkpoint_every=None, eviction=eviction, zch_size=80), run).fit()
     return run
 
 
@@ -84,7 +84,10 @@ def yesterday(days: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def yesterday_managed(days: dict[str, Path]) -> Path:
-    """The same with ``user`` and ``item`` under managed collision (64 LFU slots each)."""
+    """The same with ``user`` and ``item`` under managed collision, 80 LFU slots each: room for every id at
+    1 rank, and at 2 ranks (40 slots a shard) for the 36 ids of day 1's 72 that torchrec routes to a shard
+    (``id // 36``). With fewer slots than the ids routed to a shard, the load at another world size drops
+    the lowest-count ids as a warm start does (docs/incremental.md), and their rows score differently."""
     return _train(days, "run-d0-managed", eviction=True)
 
 
@@ -197,3 +200,26 @@ def test_anything_but_growth_is_one_clear_error(days: dict[str, Path], yesterday
     assert main(["eval", "--run", str(yesterday), "--data", str(shrunk)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mdr: error: cannot score") and "table 'item' shrank" in err and "Traceback" not in err
+
+
+def _predict(rank: int, world_size: int, run: Path, data: Path, out: Path) -> None:
+    predict_run(run, out, data=data, keep=[])
+
+
+@pytest.mark.parametrize("managed", [False, True], ids=["plain", "managed"])
+def test_two_ranks_score_todays_data_as_one_rank_scores_yesterdays(days: dict[str, Path], yesterday: Path,
+                                                                   yesterday_managed: Path, managed: bool,
+                                                                   tmp_path: Path) -> None:
+    """A 1-rank run read by 2 ranks on the grown data: the managed table's slots are redistributed (a grown
+    cardinality moves ids between shards), the plain table's rows resharded; the seen rows' scores are
+    still yesterday's."""
+    from multiprocess import spawn
+
+    run = yesterday_managed if managed else yesterday
+    before, _ = probabilities(run, days["seen-as-d0"], tmp_path / "one")
+    spawn(_predict, 2, run, days["seen"], tmp_path / "two")
+    manifest = json.loads((tmp_path / "two" / "predict.json").read_text())
+    table = pa.concat_tables([pq.read_table(tmp_path / "two" / f) for f in manifest["files"]]).sort_by("row")
+    assert manifest["world_size"] == 2 and manifest["grown_tables"] == {"item": {"rows_before": 60, "rows_now": 72}}
+    assert np.array_equal(table["row"].to_numpy(), np.arange(len(before)))
+    np.testing.assert_allclose(table["prob_click"].to_numpy(), before, rtol=0, atol=1e-6)
