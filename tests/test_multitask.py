@@ -1,7 +1,8 @@
 """Several tasks end to end: the per-task weighted loss, every metric per task (AUC, logloss, GAUC,
 S-GAUC; overall and per domain) in metrics.json, the printed table, TensorBoard, ``mdr compare``,
-early stopping on a named task and ``mdr predict`` — on the Ali-CCP converter's output (click,
-purchase) and the KuaiRand converter's (is_click, long_view, is_like; with sessions)."""
+early stopping on a named task, ``mdr predict`` and ``mdr export`` (one probability per task) — on the
+Ali-CCP converter's output (click, purchase) and the KuaiRand converter's (is_click, long_view, is_like;
+with sessions)."""
 
 from __future__ import annotations
 
@@ -292,3 +293,50 @@ def test_two_ranks_gather_every_task(tmp_path):
     assert list(metrics["tasks"]) == ["click", "purchase"] and metrics["rows"] == 30
     table = exported(tmp_path / "run", tmp_path / "preds", keep=["group_id", "click", "purchase"])
     check_against_predictions(metrics, table, spec, sessions=False)
+
+
+def _export_worker(rank: int, world_size: int, config: ExperimentConfig, out: Path) -> None:
+    from torchrec_mdr.training.trainer import Trainer
+
+    Trainer(config, out).fit()
+
+
+@pytest.mark.parametrize("name", ["dnn", "mmoe"])
+def test_export_returns_one_probability_per_task(tmp_path, name):
+    """``mdr export`` of a 2-label run (Ali-CCP: click, purchase) trained by 2 ranks: the fp32 artifact gives
+    every task's probability, equal to ``mdr predict``'s ``prob_<label>`` (the trained model) to 1e-5, for
+    the whole test split and for one request; int8 gives both tasks within its tolerance."""
+    from multiprocess import spawn
+    from test_serving import INT8_PROB_TOLERANCE, columns_of, split_table
+    from torchrec_mdr.serving import load_artifact
+    from torchrec_mdr.serving.export import export_run
+
+    data = tmp_path / "aliccp"
+    spec = aliccp_data.convert(aliccp_data.write_raw(tmp_path / "raw"), data)
+    config = tiny_config(data, max_steps=6, task_weights=[1.0, 0.5])
+    config = replace(config, model=replace(config.model, name=name),
+                     data=replace(config.data, batch_size=8), sparse=replace(config.sparse, sharding="row_wise"))
+    spawn(_export_worker, 2, config, tmp_path / "run")
+    table = exported(tmp_path / "run", tmp_path / "preds", keep=[])
+    export_run(tmp_path / "run", tmp_path / "fp32")
+    export_run(tmp_path / "run", tmp_path / "int8", int8=True)
+    model = load_artifact(tmp_path / "fp32")
+    assert model.manifest["labels"] == spec.label_names == ["click", "purchase"]
+    assert model.manifest["outputs"] == ["prob_click", "prob_purchase"]
+    assert [c for c in table.column_names if c.startswith("prob_")] == ["prob_click", "prob_purchase"]
+    test = split_table(data)
+    probs = model.predict(columns_of(test))
+    assert list(probs) == ["click", "purchase"]
+    for label in spec.label_names:
+        expected = table[f"prob_{label}"].to_numpy()
+        assert probs[label].shape == (test.num_rows,) == expected.shape
+        np.testing.assert_allclose(probs[label], expected, rtol=0, atol=1e-5)
+    assert np.abs(probs["click"] - probs["purchase"]).max() > 1e-3  # two heads, not one copied
+    request = {column: test[column][3].as_py() for column in test.column_names}
+    one = model.predict(request)
+    for label in spec.label_names:
+        assert one[label] == pytest.approx([table[f"prob_{label}"][3].as_py()], abs=1e-5)
+    quantized = load_artifact(tmp_path / "int8").predict(columns_of(test))
+    for label in spec.label_names:
+        difference = np.abs(quantized[label] - table[f"prob_{label}"].to_numpy()).max()
+        assert difference < INT8_PROB_TOLERANCE, (label, difference)

@@ -240,13 +240,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 # torchrun reads an abbreviated --run as its own --run-path: under torchrun, spell it --run-dir
 _RUN_HELP = "run directory (holds config.json and checkpoints/); --run-dir under torchrun"
+_DATA_HELP = ("prepared dataset to {what} (default: the run's data.path): the run's spec, or one whose tables "
+              "grew (e.g. the next day's ids): ids the run never saw get the rows a warm start from the run "
+              "would give them (a fresh run's initialisation with its train.seed); any other spec difference "
+              "is an error")
 
 
 @dataclass
 class EvalOptions:
     run: Path = field(metadata=doc(_RUN_HELP, aliases=("--run-dir",)))
-    data: Path | None = field(default=None, metadata=doc("another prepared dataset with the same spec "
-                                                         "fingerprint (default: the run's data.path)"))
+    data: Path | None = field(default=None, metadata=doc(_DATA_HELP.format(what="evaluate")))
     split: str = field(default="test", metadata=doc("split to evaluate"))
     checkpoint: str = field(default="latest", metadata=doc(
         "latest, best (the best validation evaluation of train.early_stopping) or step-N"))
@@ -263,8 +266,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 class PredictOptions:
     run: Path = field(metadata=doc(_RUN_HELP, aliases=("--run-dir",)))
     out: Path = field(metadata=doc("output folder of parquet part files (written atomically)"))
-    data: Path | None = field(default=None, metadata=doc("prepared dataset to score, with the run's spec "
-                                                         "fingerprint (default: the run's data.path)"))
+    data: Path | None = field(default=None, metadata=doc(_DATA_HELP.format(what="score")))
     split: str = field(default="test", metadata=doc("split to score"))
     keep: str | None = field(default=None, metadata=doc("comma-separated columns copied to the output "
                                                         "(default: the spec's group key; '' for none)"))

@@ -21,8 +21,9 @@ from torchrec_mdr.config import load_config
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.tasks.base import TaskResult
-from torchrec_mdr.training.checkpoint import CheckpointInfo, check_identity
+from torchrec_mdr.training.checkpoint import CheckpointInfo
 from torchrec_mdr.training.run_model import build_sharded, eval_outputs, open_run
+from torchrec_mdr.training.warm_start import grown_record, load_grown
 
 
 def run_config(run_dir: Path) -> ExperimentConfig:
@@ -55,18 +56,39 @@ class Evaluator:
         self.ctx, self.spec, self.reader_spec, self.task, self.checkpoints, self.identity = parts
         torch.manual_seed(config.train.seed)  # as the Trainer: the initial weights of a fresh run
         self.model, self.optimizer = build_sharded(config, parts)
+        self.grown: dict[str, tuple[int, int]] = {}
 
     def load(self, checkpoint: str) -> CheckpointInfo:
         """Resolve ``checkpoint`` (latest, best, step-N) of the run, check that it was written for this
-        model, managed-collision config and dataset, and load its weights (no optimizer, no RNG)."""
+        model and managed-collision config and for this dataset or one whose tables it grew into, and load
+        its weights (no optimizer, no RNG).
+
+        **Grown tables** (yesterday's run, today's data): the dataset opened (``data.path``) may hold more
+        ids than the run's (a larger cardinality, e.g. new items); anything else that differs (a table
+        that shrank, a feature that vanished, appeared or changed, other domains or labels) is one
+        TrainingError naming it. The checkpoint is loaded by the path warm start uses
+        (:func:`~torchrec_mdr.training.warm_start.load_grown`): a grown table's first rows are the
+        run's, and the rows of the ids the run never saw keep the initialisation the model was built
+        with, which is what ``mdr train --init-from RUN`` with the run's ``train.seed`` gives those rows
+        (this Evaluator seeds as the Trainer does). So today's scores are those the warm-started model
+        would give before its first step, deterministic for a run, and a row whose ids the run saw scores
+        exactly as on the run's own dataset. A managed table keeps its ``zch_size`` slots: nothing
+        grows; ids the run never held score with the slot torchrec maps them to. ``grown`` records
+        ``{table: (rows in the checkpoint, rows now)}``."""
         info = self.checkpoints.resolve(checkpoint)
         best = self.checkpoints.best() if checkpoint == "latest" else None
         if best is not None and best.step != info.step and self.ctx.is_main:
             print(f"note: {checkpoint} is step {info.step}; this run's best evaluation (early stopping, the weights "
                   f"its metrics.json reports) is step {best.step}: pass --checkpoint best to use it")
-        check_identity(info.record.get("identity", {}), self.identity, info.path,
-                       parts=("model", "eviction", "dataset"))
-        self.checkpoints.load(info.path, self.model, optimizer=None, restore_rng=False)
+        self.grown = load_grown(self.checkpoints, info, self.model, None, self.ctx, self.identity,
+                                self.config.sparse.eviction.tables, ("model", "eviction"),
+                                f"score {self.config.data.path} with")
+        if self.grown and self.ctx.is_main:
+            managed = set(self.config.sparse.eviction.tables)
+            print(f"note: {self.config.data.path} grew tables since the run's dataset: "
+                  + ", ".join(f"'{t}' {a:,} -> {b:,} ids" + (" (managed: slots unchanged)" if t in managed else "")
+                              for t, (a, b) in sorted(self.grown.items()))
+                  + "; the new ids' rows are initialised as a warm start from this run would initialise them")
         return info
 
     def outputs(self, split: str) -> Iterator[Any]:
@@ -86,7 +108,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     ``checkpoint``: ``latest`` (the default), ``best`` (the best evaluation of early stopping, whose
     weights a run with ``train.early_stopping`` reports in its metrics.json) or ``step-N``.
     The run's ``config.json`` is loaded through the typed config system; ``data`` replaces its
-    ``data.path`` by another prepared dataset, which must have the checkpoint's spec fingerprint.
+    ``data.path`` by another prepared dataset: the run's spec, or one that only grew tables (today's data
+    for yesterday's run; see :meth:`Evaluator.load`).
     Works at any world size (DCP reshards the tables; managed-collision tables through
     :mod:`torchrec_mdr.sparse.mch.reshard`). Prints the per-domain table, writes
     ``RUN_DIR/eval-<split>.json`` (``eval-<split>-<checkpoint>.json`` for another checkpoint than
@@ -105,6 +128,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
                                "checkpoint": {"name": checkpoint, "path": str(info.path), "step": info.step,
                                               "world_size": info.record.get("world_size")},
                                **task.split_metrics(split)}
+    if evaluator.grown:
+        metrics["grown_tables"] = grown_record(evaluator.grown)
     if evaluator.ctx.is_main:
         out = run_dir / (f"eval-{split}.json" if checkpoint == "latest" else f"eval-{split}-{checkpoint}.json")
         out.write_text(json.dumps(metrics, indent=2) + "\n")

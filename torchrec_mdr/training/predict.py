@@ -162,11 +162,14 @@ def _total(value: int, ctx: Any) -> int:
 def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = None, split: str = "test",
                 keep: list[str] | None = None, checkpoint: str = "latest", overwrite: bool = False,
                 row_group_rows: int = 65_536, rows_per_file: int = 5_000_000) -> dict[str, Any]:
-    """Score every row of ``split`` of ``data`` (default: the run's ``data.path``) with the run's
+    """Score every row of ``split`` of ``data`` (default: the run's ``data.path``; or a dataset whose spec
+    only grew the run's tables, e.g. tomorrow's candidates: see :meth:`Evaluator.load
+    <torchrec_mdr.training.evaluate.Evaluator.load>`, also for the new ids' rows) with the run's
     ``checkpoint`` (``latest``, ``best`` or ``step-N``) and write the parquet parts described in the
     module docstring into ``out``; returns the manifest (also written as ``out/predict.json``). A
     collective: every rank calls it (one process or torchrun)."""
     from torchrec_mdr.training.evaluate import Evaluator, run_config
+    from torchrec_mdr.training.warm_start import grown_record
 
     run_dir, out = Path(run_dir), Path(out)
     config = run_config(run_dir)
@@ -231,6 +234,8 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
         "data": str(config.data.path), "split": split, "rows": total, "world_size": ctx.world_size,
         "columns": ["row", "domain", *(f"prob_{label}" for label in spec.label_names), *kept.columns],
         "files": sorted(name for names in files for name in names)}
+    if evaluator.grown:  # today's data, yesterday's run (Evaluator.load)
+        manifest["grown_tables"] = grown_record(evaluator.grown)
     if ctx.is_main:
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():  # --overwrite

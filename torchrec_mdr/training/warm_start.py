@@ -33,7 +33,7 @@ from typing import Any
 from torch import nn
 
 from torchrec_mdr.errors import TrainingError
-from torchrec_mdr.training.checkpoint import CheckpointManager, check_identity
+from torchrec_mdr.training.checkpoint import CheckpointInfo, CheckpointManager, check_identity
 from torchrec_mdr.training.distributed import DistContext
 
 _CHECKPOINT = re.compile(r"^(latest|best|step-\d+)$")
@@ -48,9 +48,11 @@ def parse_source(text: str) -> tuple[Path, str]:
     return Path(text), "latest"
 
 
-def dataset_changes(saved: dict[str, Any], current: dict[str, Any], where: Path) -> dict[str, tuple[int, int]]:
+def dataset_changes(saved: dict[str, Any], current: dict[str, Any], where: Path,
+                    action: str = "warm-start from") -> dict[str, tuple[int, int]]:
     """The tables that grew between two :func:`~torchrec_mdr.training.checkpoint.dataset_signature`\\ s,
-    ``{table: (rows in the checkpoint, rows now)}``; TrainingError naming every other difference."""
+    ``{table: (rows in the checkpoint, rows now)}``; TrainingError naming every other difference
+    (``cannot <action> <where>: ...``)."""
     old = {c["name"]: c for c in saved.get("columns", []) if c["kind"] in _MODEL_INPUTS}
     new = {c["name"]: c for c in current["columns"] if c["kind"] in _MODEL_INPUTS}
     problems: list[str] = []
@@ -81,9 +83,14 @@ def dataset_changes(saved: dict[str, Any], current: dict[str, Any], where: Path)
         if saved.get(key) != current.get(key):
             problems.append(f"{key}: {saved.get(key)} in the checkpoint, {current.get(key)} now")
     if problems:
-        raise TrainingError(f"cannot warm-start from {where}: its dataset differs from this one beyond grown "
+        raise TrainingError(f"cannot {action} {where}: its dataset differs from this one beyond grown "
                             f"tables: " + "; ".join(sorted(problems)))
     return grown
+
+
+def grown_record(grown: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
+    """``{table: (a, b)}`` as metrics.json / predict.json keep it: ``{table: {"rows_before": a, "rows_now": b}}``."""
+    return {t: {"rows_before": a, "rows_now": b} for t, (a, b) in sorted(grown.items())}
 
 
 def describe(record: dict[str, Any], managed: set[str]) -> str:
@@ -94,6 +101,25 @@ def describe(record: dict[str, Any], managed: set[str]) -> str:
     return (f"warm start from {record['path']} (step {record['step']}, written by {record['world_size']} rank(s)); "
             f"optimizer state {'carried' if record['optimizer'] else 'fresh'}; "
             + (f"grown tables: {grew}" if grew else "no table grew") + "; the schedule starts at step 0")
+
+
+def load_grown(checkpoints: CheckpointManager, info: CheckpointInfo, model: nn.Module, optimizer: Any,
+               ctx: DistContext, identity: dict, managed_tables: list[str], parts: tuple[str, ...],
+               action: str) -> dict[str, tuple[int, int]]:
+    """Check checkpoint ``info`` against this run's ``identity`` (the config ``parts``; the dataset may only
+    grow tables) and load it into ``model`` (and ``optimizer`` unless None) through
+    :meth:`CheckpointManager.load` with ``grow``: a grown table takes the checkpoint's rows first and keeps
+    the rows ``model`` was built with beyond them. Returns the grown tables ``{table: (rows before, rows
+    now)}``; ``action`` words the error (``cannot <action> <checkpoint>: ...``). A collective. Used by
+    :func:`warm_start` and by :meth:`Evaluator.load <torchrec_mdr.training.evaluate.Evaluator.load>`
+    (``mdr eval`` / ``mdr predict`` of yesterday's run on today's data)."""
+    saved = info.record.get("identity", {})
+    check_identity(saved, identity, info.path, parts=parts)
+    grown = dataset_changes(saved.get("dataset", {}), identity["dataset"], info.path, action)
+    moved = set(managed_tables) & grown.keys()  # a managed table's ids may now belong to other shards
+    checkpoints.load(info.path, model, optimizer, restore_rng=False, grow=True,
+                     reshard_managed=bool(moved) and ctx.world_size > 1)
+    return grown
 
 
 def warm_start(source: str, init_optimizer: bool, model: nn.Module, optimizer: Any, ctx: DistContext,
@@ -107,18 +133,13 @@ def warm_start(source: str, init_optimizer: bool, model: nn.Module, optimizer: A
                             f"train)")
     source_checkpoints = CheckpointManager(run, ctx)
     info = source_checkpoints.resolve(name)
-    saved = info.record.get("identity", {})
-    check_identity(saved, identity, info.path,
-                   parts=("model", "eviction", "optimizer") if init_optimizer else ("model", "eviction"))
-    grown = dataset_changes(saved.get("dataset", {}), identity["dataset"], info.path)
-    managed = set(managed_tables)
-    moved = managed & grown.keys()  # a managed table's ids may now belong to other shards
-    source_checkpoints.load(info.path, model, optimizer if init_optimizer else None, restore_rng=False,
-                            grow=True, reshard_managed=bool(moved) and ctx.world_size > 1)
+    grown = load_grown(source_checkpoints, info, model, optimizer if init_optimizer else None, ctx, identity,
+                       managed_tables, ("model", "eviction", "optimizer") if init_optimizer else ("model", "eviction"),
+                       "warm-start from")
     record = {"run": str(run), "checkpoint": name, "path": str(info.path), "step": info.step,
               "world_size": info.record.get("world_size"), "optimizer": init_optimizer,
-              "grown_tables": {t: {"rows_before": a, "rows_now": b} for t, (a, b) in sorted(grown.items())},
-              "dataset": saved.get("dataset", {}).get("fingerprint")}
+              "grown_tables": grown_record(grown),
+              "dataset": info.record.get("identity", {}).get("dataset", {}).get("fingerprint")}
     if ctx.is_main:
-        print(describe(record, managed))
+        print(describe(record, set(managed_tables)))
     return record
