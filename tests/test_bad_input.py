@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_toy
+from helpers import write_toy
 from torchrec_mdr.cli import main
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.data.errors import DataError

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import tiny_synthetic
+from helpers import tiny_synthetic
 from dlrm_style.train import build_config, build_parser, flags_to_overrides
 from dlrm_style.train import main as program_main
 from torchrec_mdr.config import ConfigError, load_config

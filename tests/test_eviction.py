@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 import torch
-from conftest import write_toy
+from helpers import write_toy
 from multiprocess import spawn
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor

@@ -31,7 +31,7 @@ from torchrec.distributed.train_pipeline.pipeline_context import TrainPipelineCo
 from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagCollection,
                                                    ManagedCollisionEmbeddingCollection)
 
-from conftest import tiny_synthetic
+from helpers import tiny_synthetic
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.ranking import RankingModel, TrainModel

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_synthetic
+from helpers import tiny_synthetic
 from launchers.components import set_overrides, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import strip_sessions
+from helpers import strip_sessions
 from multiprocess import spawn
 from test_distributed import assemble, experiment, local_state
 from torchrec_mdr.data.reader import make_dataloader

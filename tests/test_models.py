@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_synthetic
+from helpers import tiny_synthetic
 from data_prep.synthetic import Options, convert
 from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import TOY_SESSION_BASE, write_toy
+from helpers import TOY_SESSION_BASE, write_toy
 from torchrec_mdr.data.errors import DataError
 from torchrec_mdr.data.reader import ParquetBatches, ReaderConfig, make_dataloader, plan_segments, slice_bounds
 from torchrec_mdr.data.spec import DatasetSpec

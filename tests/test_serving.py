@@ -146,7 +146,7 @@ def test_quantize_rows_dequantises_within_half_a_step() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import tiny_synthetic
+    from helpers import tiny_synthetic
 
     return tiny_synthetic(tmp_path_factory.mktemp("tiny") / "syn", rows=600)
 
@@ -180,7 +180,7 @@ def test_every_registered_model_exports_and_matches_eager(name: str, tiny: Path)
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The toy schema without its 2**40-row id: a pooled multi_id column with empty lists, histories of 0-6
     ids cut to the last 4, and item ids up to 79 in a 50-row table with ``oov = "hash"``."""
-    from conftest import toy_columns, toy_rows
+    from helpers import toy_columns, toy_rows
     from data_prep.writer import DatasetWriter
 
     path = tmp_path_factory.mktemp("toy") / "toy"

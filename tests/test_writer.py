@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import toy_columns, toy_rows, write_toy
+from helpers import toy_columns, toy_rows, write_toy
 from data_prep.writer import DatasetWriter
 from torchrec_mdr.data.spec import DatasetSpec
 

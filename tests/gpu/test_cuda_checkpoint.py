@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_synthetic
+from helpers import tiny_synthetic
 from gpu_helpers import cuda_config, fresh_process_group  # noqa: F401 - autouse fixture
 from torchrec_mdr.training.trainer import Trainer
 

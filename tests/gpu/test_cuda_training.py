@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from conftest import tiny_synthetic
+from helpers import tiny_synthetic
 from gpu_helpers import cuda_config, fixed_batches, fresh_process_group, local  # noqa: F401 - autouse fixture
 from torchrec_mdr.sparse.mch.eviction import eviction_stats, tracked_modules
 from torchrec_mdr.training.trainer import Trainer

@@ -1,0 +1,104 @@
+"""Test helpers shared by several test modules: small prepared datasets written through the real writer.
+
+Import them with ``from helpers import ...``; ``conftest.py`` keeps only pytest's hooks and fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from data_prep.writer import DatasetWriter, list_array
+from torchrec_mdr.data.spec import ColumnSpec
+
+
+# A session key far above 2**32 (and above float32's exact range): the reader must keep it exact.
+TOY_SESSION_BASE = 1 << 40
+
+
+def toy_columns(max_length: int = 4, oov: str = "hash", session: bool = False) -> list[ColumnSpec]:
+    """The toy schema; ``session`` adds a ``session_id`` column of kind ``session``."""
+    return [
+        ColumnSpec("click", "label"),
+        ColumnSpec("domain", "domain"),
+        ColumnSpec("group_id", "group"),
+        *([ColumnSpec("session_id", "session")] if session else []),
+        ColumnSpec("row_id", "id", cardinality=1 << 40, oov="reject"),
+        ColumnSpec("item_id", "id", table="item", cardinality=50, oov=oov),
+        ColumnSpec("tags", "multi_id", cardinality=10, oov="reject"),
+        ColumnSpec("hist_item_id", "sequence", table="item", cardinality=50, oov=oov,
+                   sequence_group="hist", max_length=max_length),
+        ColumnSpec("hist_domain", "sequence", cardinality=2, oov="reject", sequence_group="hist",
+                   max_length=max_length),
+        ColumnSpec("price", "dense"),
+        ColumnSpec("age", "dense"),
+    ]
+
+
+def toy_rows(n: int, seed: int = 0, max_item: int = 50, session: bool = False) -> dict[str, object]:
+    """Rows whose every value is derivable from row_id (so tests can check any batch exactly);
+    ``session_id`` (with ``session``) is ``TOY_SESSION_BASE + row_id // 3``: sessions of 3 rows."""
+    rng = np.random.default_rng(seed)
+    row_id = np.arange(n, dtype=np.int64)
+    lengths = rng.integers(0, 7, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    hist = rng.integers(0, max_item, offsets[-1])
+    tag_lengths = rng.integers(0, 3, n)
+    tag_offsets = np.concatenate([[0], np.cumsum(tag_lengths)])
+    return {
+        "click": (row_id % 3 == 0).astype(np.int8),
+        "domain": row_id % 2,
+        "group_id": row_id // 5,
+        **({"session_id": TOY_SESSION_BASE + row_id // 3} if session else {}),
+        "row_id": row_id,
+        "item_id": rng.integers(0, max_item, n),
+        "tags": list_array(tag_offsets, rng.integers(0, 10, tag_offsets[-1])),
+        "hist_item_id": list_array(offsets, hist),
+        "hist_domain": list_array(offsets, hist % 2),
+        "price": rng.random(n).astype(np.float32),
+        "age": row_id.astype(np.float32),
+    }
+
+
+def write_toy(path: Path, n: int = 1000, row_group_size: int = 128, rows_per_file: int = 400,
+              max_length: int = 4, oov: str = "hash", max_item: int = 50, session: bool = False) -> Path:
+    writer = DatasetWriter(path, "toy", toy_columns(max_length, oov, session), ["a", "b"],
+                           row_group_size=row_group_size, rows_per_file=rows_per_file)
+    rows = toy_rows(n, max_item=max_item, session=session)
+    cut = int(n * 0.8)
+    for split, (lo, hi) in {"train": (0, cut), "valid": (cut, n)}.items():
+        chunk = {k: (v.slice(lo, hi - lo) if hasattr(v, "slice") else v[lo:hi]) for k, v in rows.items()}
+        writer.write(split, chunk)
+    writer.close()
+    return path
+
+
+def strip_sessions(path: Path) -> Path:
+    """Drop the ``session`` column of a prepared dataset from its files and its spec: a dataset as
+    prepared before session columns existed (e.g. a cached ``data/synthetic-planted``)."""
+    spec_file = path / "spec.json"
+    spec = json.loads(spec_file.read_text())
+    names = [c["name"] for c in spec["columns"] if c["kind"] == "session"]
+    assert names, f"{path} has no session column"
+    spec["columns"] = [c for c in spec["columns"] if c["kind"] != "session"]
+    for split in spec["splits"].values():
+        for relative in split["files"]:
+            file = path / relative
+            rows_per_group = pq.ParquetFile(file).metadata.row_group(0).num_rows
+            pq.write_table(pq.read_table(file).drop_columns(names), file, row_group_size=rows_per_group)
+    spec_file.write_text(json.dumps(spec))
+    return path
+
+
+def tiny_synthetic(out: Path, **options) -> Path:
+    """A small planted-effect dataset (generator v1, 3,000 rows, 8-long sequences unless overridden) at ``out``."""
+    from data_prep.synthetic import Options, convert
+
+    settings = dict(rows=3000, users=200, items=1000, categories=10, brands=50, seq_length=8, min_seq_length=2,
+                    version=1)  # the generator these tests were written against
+    settings.update(options)
+    convert(Options(out=out, **settings))
+    return out
