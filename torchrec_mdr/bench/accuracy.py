@@ -33,8 +33,9 @@ from torchrec_mdr.config import ConfigError
 
 
 def _ads(backbone: str, *extra: str, label: str | None = None, base: str | None = None) -> Variant:
-    return Variant(label or f"ADS ({backbone.upper()})", "ads", (f"model.ads.backbone={backbone}", *extra),
-                   base or backbone.upper())
+    """An ADS row; ``psrg_shared_init=identity`` pinned: the default the archived v1 results were trained with."""
+    return Variant(label or f"ADS ({backbone.upper()})", "ads", (
+        f"model.ads.backbone={backbone}", "model.ads.psrg_shared_init=identity", *extra), base or backbone.upper())
 
 
 COMPARISONS: tuple[Variant, ...] = (
