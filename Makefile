@@ -39,6 +39,7 @@ test: setup
 # Lint (CI runs it after the tests): pycodestyle, pyflakes and bugbear at line length 120.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Type check (CI runs it after lint): mypy at the level [tool.mypy] in pyproject.toml sets.
 typecheck: setup

@@ -38,8 +38,15 @@ class OutputOptions:
 
 def progress(total: int | None, desc: str, unit: str = "B") -> tqdm:
     """A progress bar on stderr (bytes by default, scaled to kB/MB/GB)."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
-                dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        unit_divisor=1024 if unit == "B" else 1000,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
 
 
 class _CountingReader(io.RawIOBase):
@@ -78,12 +85,15 @@ def stream_csv(
         raise DataError("file not found", file=path)
     read_options = pacsv.ReadOptions(column_names=column_names, block_size=block_size)
     parse_options = pacsv.ParseOptions(delimiter=delimiter)
-    convert_options = pacsv.ConvertOptions(column_types=column_types,
-                                           include_columns=list(column_types) or None)
+    convert_options = pacsv.ConvertOptions(column_types=column_types, include_columns=list(column_types) or None)
     with open(path, "rb") as raw, progress(path.stat().st_size, desc or path.name) as bar:
         try:
-            reader = pacsv.open_csv(_CountingReader(raw, bar), read_options=read_options,
-                                    parse_options=parse_options, convert_options=convert_options)
+            reader = pacsv.open_csv(
+                _CountingReader(raw, bar),
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
             for batch in reader:
                 yield batch
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
@@ -111,8 +121,9 @@ def check_zero_one(values: np.ndarray, file: str | Path, column: str, first_line
     """
     bad = np.flatnonzero((values != 0) & (values != 1))
     if bad.size:
-        raise DataError(f"{what}must be 0 or 1, got {values[bad[0]]}", file=file, column=column,
-                        row=first_line + int(bad[0]))
+        raise DataError(
+            f"{what}must be 0 or 1, got {values[bad[0]]}", file=file, column=column, row=first_line + int(bad[0])
+        )
 
 
 def temporal_split_points(times: np.ndarray, fractions: tuple[float, ...]) -> tuple[float, float]:
@@ -134,8 +145,13 @@ def writer_for(options: OutputOptions, **kwargs: Any) -> "DatasetWriter":
     """A :class:`DatasetWriter` configured from the shared output options."""
     from data_prep.writer import DatasetWriter
 
-    return DatasetWriter(options.out, overwrite=options.overwrite, row_group_size=options.row_group_size,
-                         rows_per_file=options.rows_per_file, **kwargs)
+    return DatasetWriter(
+        options.out,
+        overwrite=options.overwrite,
+        row_group_size=options.row_group_size,
+        rows_per_file=options.rows_per_file,
+        **kwargs,
+    )
 
 
 def take_bags(offsets: np.ndarray, values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

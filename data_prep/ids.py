@@ -43,7 +43,7 @@ def string_hash(array: pa.Array | pa.ChunkedArray, seed: np.uint64 = NO_SEED) ->
         return np.zeros(0, dtype=np.uint64)
     buffers = array.buffers()
     offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
-    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset:array.offset + n + 1].astype(np.int64)
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset : array.offset + n + 1].astype(np.int64)
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
     lo, hi = int(offsets[0]), int(offsets[-1])
     data = data[lo:hi].astype(np.uint64) + np.uint64(1)

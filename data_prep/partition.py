@@ -55,8 +55,9 @@ class DiskPartitioner:
                 writer = self._writers.get(p)
                 if writer is None:
                     # Scratch files read once: no dictionary encoding, fast compression (3-4x faster writes).
-                    writer = pq.ParquetWriter(self._dir / f"{p:05d}.parquet", self._schema,
-                                              use_dictionary=False, compression="lz4")
+                    writer = pq.ParquetWriter(
+                        self._dir / f"{p:05d}.parquet", self._schema, use_dictionary=False, compression="lz4"
+                    )
                     self._writers[p] = writer
                 writer.write_table(table.slice(lo, hi - lo).cast(self._schema))
 

@@ -59,8 +59,18 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.synthetic_world import (NUM_ACTIVITY, NUM_DEVICES, NUM_HOURS, NUM_SEGMENTS, Options, SessionCounter,
-                                       World, _hash, _hash_gaussian, _hash_uniform)
+from data_prep.synthetic_world import (
+    NUM_ACTIVITY,
+    NUM_DEVICES,
+    NUM_HOURS,
+    NUM_SEGMENTS,
+    Options,
+    SessionCounter,
+    World,
+    _hash,
+    _hash_gaussian,
+    _hash_uniform,
+)
 from data_prep.writer import list_array
 
 MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
@@ -81,10 +91,10 @@ class WorldV2(World):
         self.strength = {m: getattr(o, f"{m}_effect") * o.domain_shift for m in MECHANISMS}
         eye = np.eye(k, dtype=np.float32)
         self.psrg_delta = rng.standard_normal((d, NUM_ACTIVITY, k, k)).astype(np.float32) * scale  # A_{d,a}
-        self.pcrg_delta = rng.standard_normal((d, c, k, k)).astype(np.float32) * scale             # B_{d,g}
-        self.affinity = rng.standard_normal((d, d)).astype(np.float32) * 2.5                       # G
-        self.dense_shift = rng.standard_normal((d, len(DENSE))) * 1.5                              # mu_{d,j}
-        self.dense_log_scale = rng.standard_normal((d, len(DENSE))) * 0.5                          # rho_{d,j}
+        self.pcrg_delta = rng.standard_normal((d, c, k, k)).astype(np.float32) * scale  # B_{d,g}
+        self.affinity = rng.standard_normal((d, d)).astype(np.float32) * 2.5  # G
+        self.dense_shift = rng.standard_normal((d, len(DENSE))) * 1.5  # mu_{d,j}
+        self.dense_log_scale = rng.standard_normal((d, len(DENSE))) * 0.5  # rho_{d,j}
         mask = rng.random((d, len(FIELDS))) < 0.5
         mask[rng.integers(0, d, len(FIELDS)), np.arange(len(FIELDS))] = True  # each field on somewhere
         self.field_mask = mask
@@ -94,21 +104,22 @@ class WorldV2(World):
         self.behaviour_share = o.domain_item_share
         self.home_categories = [np.flatnonzero(np.arange(o.categories) % d == dom) for dom in range(d)]
         spread = np.linspace(-0.5, 0.5, d) if d > 1 else np.zeros(1)
-        target = (math.log(o.base_rate / (1 - o.base_rate))
-                  + o.domain_shift * o.base_rate_spread * np.random.default_rng([o.seed, 12]).permutation(spread))
+        target = math.log(
+            o.base_rate / (1 - o.base_rate)
+        ) + o.domain_shift * o.base_rate_spread * np.random.default_rng([o.seed, 12]).permutation(spread)
         self.target_rate = 1.0 / (1.0 + np.exp(-target))
         self.intercept = np.zeros(d)
         self._calibrate()
 
     # parameters under a knob setting -------------------------------------------------------
     def item_transform_v2(self, s: float) -> np.ndarray:
-        return self.identity + s * self.psrg_delta            # [d, activity, k, k]
+        return self.identity + s * self.psrg_delta  # [d, activity, k, k]
 
     def query_transform_v2(self, s: float) -> np.ndarray:
-        return self.identity + s * self.pcrg_delta            # [d, chunks, k, k]
+        return self.identity + s * self.pcrg_delta  # [d, chunks, k, k]
 
     def field_relevance(self, s: float) -> np.ndarray:
-        return 1.0 + s * (2.0 * self.field_mask - 1.0)        # [d, fields]
+        return 1.0 + s * (2.0 * self.field_mask - 1.0)  # [d, fields]
 
     def observe_dense(self, true: np.ndarray, domains: np.ndarray) -> np.ndarray:
         """[R, 4] observed dense features from the true ones (the dsbn effect)."""
@@ -122,9 +133,9 @@ class WorldV2(World):
         mean, var = self._dense_moments[j]
         shift, gain = s * self.dense_shift[:, j], np.exp(s * self.dense_log_scale[:, j])
         obs_mean = float((p * (shift + gain * mean)).sum())
-        obs_second = float((p * ((shift + gain * mean) ** 2 + gain ** 2 * var)).sum())
+        obs_second = float((p * ((shift + gain * mean) ** 2 + gain**2 * var)).sum())
         cross = float((p * (shift + gain * mean) * mean + p * gain * var).sum())  # E[obs * true]
-        slope = (cross - obs_mean * mean) / max(obs_second - obs_mean ** 2, 1e-12)
+        slope = (cross - obs_mean * mean) / max(obs_second - obs_mean**2, 1e-12)
         return slope, mean - slope * obs_mean
 
     # calibration ---------------------------------------------------------------------------
@@ -141,8 +152,9 @@ class WorldV2(World):
             low, high = -20.0, 20.0
             for _ in range(60):
                 mid = 0.5 * (low + high)
-                low, high = (mid, high) if (1.0 / (1.0 + np.exp(-(z + mid)))).mean() < self.target_rate[dom] \
-                    else (low, mid)
+                low, high = (
+                    (mid, high) if (1.0 / (1.0 + np.exp(-(z + mid)))).mean() < self.target_rate[dom] else (low, mid)
+                )
             self.intercept[dom] = 0.5 * (low + high)
 
 
@@ -174,40 +186,51 @@ def draw_rows(world: WorldV2, rng: np.random.Generator, users: np.ndarray, domai
     behaviours = np.where(home, _home_items(world, rng, behaviour_domains), behaviours)
     popularity_rank = world.popularity_rank(candidates)
     activity = world.user_activity(users)
-    dense_true = np.stack([
-        1.0 - np.log1p(popularity_rank) / math.log1p(world.items_per_category),
-        activity / (NUM_ACTIVITY - 1) + 0.1 * rng.standard_normal(rows),
-        _hash_gaussian(candidates, world.salt + 13, 1)[:, 0],
-        rng.standard_normal(rows),
-    ], axis=1)
+    dense_true = np.stack(
+        [
+            1.0 - np.log1p(popularity_rank) / math.log1p(world.items_per_category),
+            activity / (NUM_ACTIVITY - 1) + 0.1 * rng.standard_normal(rows),
+            _hash_gaussian(candidates, world.salt + 13, 1)[:, 0],
+            rng.standard_normal(rows),
+        ],
+        axis=1,
+    )
     fields = {
         "hour": rng.integers(0, NUM_HOURS, rows),
         "device": rng.choice(NUM_DEVICES, size=rows, p=[0.6, 0.3, 0.1]),
         "user_segment": world.user_preferences(users)[0] % NUM_SEGMENTS,
         "brand_id": (_hash(candidates, world.salt + 11) % np.uint64(o.brands)).astype(np.int64),
     }
-    return {"users": users, "domains": domains, "activity": activity, "candidates": candidates,
-            "lengths": lengths, "behaviours": behaviours, "behaviour_domains": behaviour_domains,
-            "dense_true": dense_true, "fields": fields}
+    return {
+        "users": users,
+        "domains": domains,
+        "activity": activity,
+        "candidates": candidates,
+        "lengths": lengths,
+        "behaviours": behaviours,
+        "behaviour_domains": behaviour_domains,
+        "dense_true": dense_true,
+        "fields": fields,
+    }
 
 
 def relevance(world: WorldV2, draw: dict, psrg: float, pcrg: float) -> np.ndarray:
     """``<M_{d,a} v_t, Q_{d,g(t)} v_c>`` of every behaviour slot [R, T] (padding slots included)."""
     o = world.o
     domains, lengths = draw["domains"], draw["lengths"]
-    v_c = world.item_vectors(draw["candidates"])                                            # [R, k]
-    v_t = world.item_vectors(draw["behaviours"])                                            # [R, T, k]
+    v_c = world.item_vectors(draw["candidates"])  # [R, k]
+    v_t = world.item_vectors(draw["behaviours"])  # [R, T, k]
     keys = np.einsum("rij,rtj->rti", world.item_transform_v2(psrg)[domains, draw["activity"]], v_t)
-    queries = np.einsum("rgij,rj->rgi", world.query_transform_v2(pcrg)[domains], v_c)       # [R, chunks, k]
-    recency = np.maximum(lengths[:, None] - 1 - np.arange(o.seq_length)[None, :], 0)         # [R, T], 0 = newest
-    chunk = recency * o.position_chunks // o.seq_length                                     # [R, T]
+    queries = np.einsum("rgij,rj->rgi", world.query_transform_v2(pcrg)[domains], v_c)  # [R, chunks, k]
+    recency = np.maximum(lengths[:, None] - 1 - np.arange(o.seq_length)[None, :], 0)  # [R, T], 0 = newest
+    chunk = recency * o.position_chunks // o.seq_length  # [R, T]
     return np.einsum("rtk,rtk->rt", keys, queries[np.arange(len(lengths))[:, None], chunk])
 
 
 def _sequence_term(world: WorldV2, draw: dict, psrg: float, pcrg: float, sfpnet: float) -> np.ndarray:
     o = world.o
     domains, lengths = draw["domains"], draw["lengths"]
-    mask = np.arange(o.seq_length)[None, :] < lengths[:, None]                              # [R, T]
+    mask = np.arange(o.seq_length)[None, :] < lengths[:, None]  # [R, T]
     position = np.arange(o.seq_length)[None, :] / np.maximum(lengths[:, None], 1)
     scores = sfpnet * world.affinity[domains[:, None], draw["behaviour_domains"]] + world.recency * position
     scores = np.where(mask, scores, -np.inf)
@@ -230,8 +253,13 @@ def logits(world: WorldV2, draw: dict, ceilings: bool = True) -> dict[str, np.nd
     def dense_term(x: np.ndarray) -> np.ndarray:
         return world.w_pop * x[:, 0] + world.price_weight * x[:, 2]
 
-    effects = np.stack([world.field_weight * _hash_gaussian(draw["fields"][f], world.salt + 501 + 17 * i, 1)[:, 0]
-                        for i, f in enumerate(FIELDS)], axis=1)                              # [R, fields]
+    effects = np.stack(
+        [
+            world.field_weight * _hash_gaussian(draw["fields"][f], world.salt + 501 + 17 * i, 1)[:, 0]
+            for i, f in enumerate(FIELDS)
+        ],
+        axis=1,
+    )  # [R, fields]
 
     def field_term(strength: float) -> np.ndarray:
         return (world.field_relevance(strength)[domains] * effects).sum(1)
@@ -271,8 +299,9 @@ def session_domains(world: WorldV2, session_ids: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(np.cumsum(world.domain_p), u), world.o.domains - 1)
 
 
-def generate_chunk(world: WorldV2, rng: np.random.Generator, rows: int,
-                   sessions: SessionCounter) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def generate_chunk(
+    world: WorldV2, rng: np.random.Generator, rows: int, sessions: SessionCounter
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One chunk of rows as writer columns (``session_id`` included) and its logits per ceiling."""
     o = world.o
     users = rng.integers(0, o.users, rows)

@@ -27,13 +27,20 @@ class Converter:
 CONVERTERS = {
     c.name: c
     for c in (
-        Converter("synthetic", "planted-effect synthetic multi-domain data with a known oracle AUC",
-                  "data_prep.synthetic"),
-        Converter("movielens", "MovieLens ml-100k / ml-1m / RecBole atomic files (domains: age or genre groups)",
-                  "data_prep.movielens"),
+        Converter(
+            "synthetic", "planted-effect synthetic multi-domain data with a known oracle AUC", "data_prep.synthetic"
+        ),
+        Converter(
+            "movielens",
+            "MovieLens ml-100k / ml-1m / RecBole atomic files (domains: age or genre groups)",
+            "data_prep.movielens",
+        ),
         Converter("taobao", "Taobao UserBehavior.csv (the ADS paper's public set)", "data_prep.taobao"),
-        Converter("aliccp", "Ali-CCP raw skeleton + common features, or the preprocessed CSV (field 301 = scenario)",
-                  "data_prep.aliccp"),
+        Converter(
+            "aliccp",
+            "Ali-CCP raw skeleton + common features, or the preprocessed CSV (field 301 = scenario)",
+            "data_prep.aliccp",
+        ),
         Converter("kuairand", "KuaiRand logs with user/video feature joins (tab = scenario)", "data_prep.kuairand"),
     )
 }

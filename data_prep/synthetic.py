@@ -17,8 +17,19 @@ import numpy as np
 from data_prep import planted_v2
 from data_prep.common import SPLITS, progress, writer_for
 from data_prep.synthetic_world import (  # noqa: F401  (re-exported: the generator's public names)
-    NUM_ACTIVITY, NUM_DEVICES, NUM_HOURS, NUM_SEGMENTS, Options, SessionCounter, World, _hash, _hash_gaussian,
-    _hash_uniform, _splitmix64, items_on_day)
+    NUM_ACTIVITY,
+    NUM_DEVICES,
+    NUM_HOURS,
+    NUM_SEGMENTS,
+    Options,
+    SessionCounter,
+    World,
+    _hash,
+    _hash_gaussian,
+    _hash_uniform,
+    _splitmix64,
+    items_on_day,
+)
 from data_prep.writer import list_array
 from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
 
@@ -44,21 +55,44 @@ def columns(o: Options) -> list[ColumnSpec]:
         ColumnSpec("click", "label", description="Bernoulli(sigmoid(true logit))"),
         ColumnSpec("domain", "domain"),
         ColumnSpec("group_id", "group", description="user id, for GAUC"),
-        ColumnSpec("session_id", "session", description=f"runs of {o.session_length} consecutive impressions "
-                                                           "of one user, for S-GAUC"),
+        ColumnSpec(
+            "session_id",
+            "session",
+            description=f"runs of {o.session_length} consecutive impressions of one user, for S-GAUC",
+        ),
         ColumnSpec("user_id", "id", table="user", cardinality=o.users, oov="reject"),
         ColumnSpec("item_id", "id", table="item", cardinality=items_on_day(o), oov="reject"),
         ColumnSpec("category_id", "id", table="category", cardinality=o.categories, oov="reject"),
         ColumnSpec("brand_id", "id", table="brand", cardinality=o.brands, oov="reject"),
         ColumnSpec("user_segment", "id", cardinality=NUM_SEGMENTS, oov="reject"),
-        ColumnSpec("user_activity", "id", cardinality=NUM_ACTIVITY, oov="reject",
-                   description="activity bucket: an implicit domain feature (ADS)"),
+        ColumnSpec(
+            "user_activity",
+            "id",
+            cardinality=NUM_ACTIVITY,
+            oov="reject",
+            description="activity bucket: an implicit domain feature (ADS)",
+        ),
         ColumnSpec("hour", "id", cardinality=NUM_HOURS, oov="reject"),
         ColumnSpec("device", "id", cardinality=NUM_DEVICES, oov="reject"),
-        ColumnSpec("hist_item_id", "sequence", table="item", cardinality=items_on_day(o), oov="reject",
-                   sequence_group="hist", max_length=length),
-        ColumnSpec("hist_domain", "sequence", table="hist_domain", cardinality=o.domains, oov="reject",
-                   sequence_group="hist", max_length=length, description="domain the behaviour happened in"),
+        ColumnSpec(
+            "hist_item_id",
+            "sequence",
+            table="item",
+            cardinality=items_on_day(o),
+            oov="reject",
+            sequence_group="hist",
+            max_length=length,
+        ),
+        ColumnSpec(
+            "hist_domain",
+            "sequence",
+            table="hist_domain",
+            cardinality=o.domains,
+            oov="reject",
+            sequence_group="hist",
+            max_length=length,
+            description="domain the behaviour happened in",
+        ),
         ColumnSpec("item_popularity", "dense", description="-log(popularity rank) scaled to ~[0, 1]"),
         ColumnSpec("user_activity_level", "dense", description="activity bucket / 4 plus noise"),
         ColumnSpec("price", "dense", description="log price (hashed per item), standardised"),
@@ -85,12 +119,12 @@ def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[d
         behaviour_domains[:, t] = np.where(stay[:, t], behaviour_domains[:, t - 1], fresh[:, t])
 
     # True logit.
-    v_c = world.item_vectors(candidates)                                  # [R, k]
-    v_t = world.item_vectors(behaviours)                                  # [R, T, k]
-    u = world.user_vectors(users)                                         # [R, k]
+    v_c = world.item_vectors(candidates)  # [R, k]
+    v_t = world.item_vectors(behaviours)  # [R, T, k]
+    u = world.user_vectors(users)  # [R, k]
     query = np.einsum("rij,rj->ri", world.query_transform[domains], v_c) + world.query_bias[domains]
-    transform = world.item_transform[domains, activity]                   # [R, k, k]
-    projected = np.einsum("rji,rj->ri", transform, query)                 # M^T (Q v_c + q)
+    transform = world.item_transform[domains, activity]  # [R, k, k]
+    projected = np.einsum("rji,rj->ri", transform, query)  # M^T (Q v_c + q)
     relevance = np.einsum("rtk,rk->rt", v_t, projected) + (world.item_bias[domains] * query).sum(-1)[:, None]
     # Behaviours are left-aligned here (oldest first): position t of a row is its (t+1)-th oldest one.
     position = np.arange(o.seq_length)[None, :] / np.maximum(lengths[:, None], 1)
@@ -103,8 +137,12 @@ def generate_chunk(world: World, rng: np.random.Generator, rows: int) -> tuple[d
     sequence_term = (weights * relevance).sum(axis=1) * (lengths > 0)
     popularity_rank = world.popularity_rank(candidates)
     item_popularity = 1.0 - np.log1p(popularity_rank) / math.log1p(world.items_per_category)
-    logit = (world.intercept[domains] + world.w_pop * item_popularity
-             + world.alpha * (u * v_c).sum(-1) + world.beta * sequence_term)
+    logit = (
+        world.intercept[domains]
+        + world.w_pop * item_popularity
+        + world.alpha * (u * v_c).sum(-1)
+        + world.beta * sequence_term
+    )
     labels = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
 
     offsets = np.zeros(rows + 1, dtype=np.int64)
@@ -165,24 +203,34 @@ def convert(options: Options) -> DatasetSpec:
     split_ranges = dict(zip(SPLITS, zip(np.concatenate([[0], cuts[:-1]]), cuts)))
     domain_names = [f"domain{d}" for d in range(o.domains)]
     sessions = SessionCounter(o.users, o.session_length)
-    source = (f"synthetic planted-effect generator v{o.version}: rows={o.rows} users={o.users} items={o.items} "
-              f"domains={o.domains} domain_shift={o.domain_shift} seq_length={o.seq_length} seed={o.seed}")
+    source = (
+        f"synthetic planted-effect generator v{o.version}: rows={o.rows} users={o.users} items={o.items} "
+        f"domains={o.domains} domain_shift={o.domain_shift} seq_length={o.seq_length} seed={o.seed}"
+    )
     # day 0's spec is the one written before days existed
     skipped = ("out", "overwrite") + (("day", "new_items_per_day") if o.day == 0 else ())
     if o.day:
         source += f" day={o.day} (items {world.items}: {world.items - o.items} new since day 0)"
-    notes = {"generator": "data_prep.planted_v2" if v2 else "data_prep.synthetic",
-             "options": repr({k: v for k, v in vars(o).items() if k not in skipped}),
-             "domain_proportions": repr(world.domain_p.round(4).tolist()),
-             "sessions": (f"each user's rows in time (row) order cut into runs of {o.session_length}; "
-                          "no session spans two splits; session_id = ordinal * users + user"
-                          + ("; a session's rows share one domain" if v2 else ""))}
+    notes = {
+        "generator": "data_prep.planted_v2" if v2 else "data_prep.synthetic",
+        "options": repr({k: v for k, v in vars(o).items() if k not in skipped}),
+        "domain_proportions": repr(world.domain_p.round(4).tolist()),
+        "sessions": (
+            f"each user's rows in time (row) order cut into runs of {o.session_length}; "
+            "no session spans two splits; session_id = ordinal * users + user"
+            + ("; a session's rows share one domain" if v2 else "")
+        ),
+    }
     if isinstance(world, planted_v2.WorldV2):  # v2
         notes["target_rates"] = repr(world.target_rate.round(4).tolist())
         notes["effects"] = repr({m: round(float(v), 4) for m, v in world.strength.items()})
     names = ["oracle", *planted_v2.CEILINGS] if v2 else ["oracle"]
-    with writer_for(o, name="synthetic", columns=columns(o), domain_names=domain_names, source=source,
-                    notes=notes) as writer, progress(o.rows, "synthetic", unit="rows") as bar:
+    with (
+        writer_for(
+            o, name="synthetic", columns=columns(o), domain_names=domain_names, source=source, notes=notes
+        ) as writer,
+        progress(o.rows, "synthetic", unit="rows") as bar,
+    ):
         for split, (start, stop) in split_ranges.items():
             histograms = _Histograms(names, o.domains)
             sessions.start_split()

@@ -68,46 +68,85 @@ class Options(OutputOptions):
     brands: int = field(default=2_000, metadata=bounds(ge=1, help="item brands"))
     domains: int = field(default=3, metadata=bounds(ge=1, help="number of domains"))
     domain_proportions: list[float] | None = field(
-        default=None, metadata=bounds(gt=0, help="relative domain sizes (default: geometric, ratio 0.6)"))
-    domain_shift: float = field(default=1.0, metadata=bounds(ge=0, help="strength of the planted domain "
-                                                                         "effects; 0 = identical domains"))
+        default=None, metadata=bounds(gt=0, help="relative domain sizes (default: geometric, ratio 0.6)")
+    )
+    domain_shift: float = field(
+        default=1.0, metadata=bounds(ge=0, help="strength of the planted domain effects; 0 = identical domains")
+    )
     base_rate: float = field(default=0.15, metadata=bounds(gt=0, lt=1, help="mean positive rate"))
-    base_rate_spread: float = field(default=1.0, metadata=bounds(ge=0, help="logit spread of the domains' "
-                                                                            "base rates at domain_shift 1"))
+    base_rate_spread: float = field(
+        default=1.0, metadata=bounds(ge=0, help="logit spread of the domains' base rates at domain_shift 1")
+    )
     seq_length: int = field(default=50, metadata=bounds(ge=1, help="longest behaviour sequence"))
     min_seq_length: int = field(default=10, metadata=bounds(ge=0, help="shortest behaviour sequence"))
-    domain_stickiness: float = field(default=0.7, metadata=bounds(ge=0, le=1, help="P(behaviour stays in the "
-                                                                                 "previous behaviour's domain)"))
+    domain_stickiness: float = field(
+        default=0.7, metadata=bounds(ge=0, le=1, help="P(behaviour stays in the previous behaviour's domain)")
+    )
     zipf_exponent: float = field(default=1.1, metadata=bounds(gt=0, help="Zipf exponent of item popularity"))
     latent_dim: int = field(default=8, metadata=bounds(ge=2, help="dimension of the true latent vectors"))
-    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1],
-                                         metadata=bounds(ge=0, help="train / valid / test shares"))
-    session_length: int = field(default=5, metadata=bounds(ge=1, help="impressions per session: each user's "
-                                                                  "rows, in time order, cut into runs of this many"))
+    split_fractions: list[float] = field(
+        default_factory=lambda: [0.8, 0.1, 0.1], metadata=bounds(ge=0, help="train / valid / test shares")
+    )
+    session_length: int = field(
+        default=5,
+        metadata=bounds(
+            ge=1, help="impressions per session: each user's rows, in time order, cut into runs of this many"
+        ),
+    )
     chunk_rows: int = field(default=50_000, metadata=bounds(ge=1, help="rows generated per chunk"))
     seed: int = field(default=0, metadata=bounds(ge=0, help="world and sampling seed"))
-    version: int = field(default=2, metadata=bounds(ge=1, le=2, help="generator version: 2 plants one separable "
-                                                              "effect per mechanism (data_prep/planted_v2.py); "
-                                                              "1 reproduces the first generator"))
-    psrg_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: (domain, activity) transform of the "
-                                                                        "behaviours (ADS PSRG's target); 0 = off"))
-    pcrg_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: query by domain and position chunk "
-                                                                        "(ADS PCRG's target); 0 = off"))
-    sfpnet_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: behaviours weighted by (row domain, "
-                                                                          "behaviour domain) (SFPNet's target)"))
-    dsbn_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: per-domain shift and scale of the "
-                                                                        "dense features (ADIN DSBN's target)"))
-    se_effect: float = field(default=1.0, metadata=bounds(ge=0, help="v2: per-domain field relevance (ADIN's SE "
-                                                                      "domain-interest layer's target)"))
+    version: int = field(
+        default=2,
+        metadata=bounds(
+            ge=1,
+            le=2,
+            help="generator version: 2 plants one separable "
+            "effect per mechanism (data_prep/planted_v2.py); "
+            "1 reproduces the first generator",
+        ),
+    )
+    psrg_effect: float = field(
+        default=1.0,
+        metadata=bounds(ge=0, help="v2: (domain, activity) transform of the behaviours (ADS PSRG's target); 0 = off"),
+    )
+    pcrg_effect: float = field(
+        default=1.0, metadata=bounds(ge=0, help="v2: query by domain and position chunk (ADS PCRG's target); 0 = off")
+    )
+    sfpnet_effect: float = field(
+        default=1.0,
+        metadata=bounds(ge=0, help="v2: behaviours weighted by (row domain, behaviour domain) (SFPNet's target)"),
+    )
+    dsbn_effect: float = field(
+        default=1.0,
+        metadata=bounds(ge=0, help="v2: per-domain shift and scale of the dense features (ADIN DSBN's target)"),
+    )
+    se_effect: float = field(
+        default=1.0,
+        metadata=bounds(ge=0, help="v2: per-domain field relevance (ADIN's SE domain-interest layer's target)"),
+    )
     position_chunks: int = field(default=5, metadata=bounds(ge=1, help="v2: position chunks of the PCRG effect"))
-    domain_item_share: float = field(default=0.5, metadata=bounds(ge=0, le=1, help="v2: share of behaviours whose "
-                                                                                    "item is from the behaviour "
-                                                                                    "domain's own categories"))
-    day: int = field(default=0, metadata=bounds(ge=0, help=(
-        "day of the same world (same seed): day K > 0 adds K x new_items_per_day new item ids, which take the "
-        "top popularity ranks (every older item moves down), and draws its rows afresh; 0 = the base data")))
-    new_items_per_day: float = field(default=0.05, metadata=bounds(gt=0, le=1, help=(
-        "new items per day, as a share of the base items (at least one per category)")))
+    domain_item_share: float = field(
+        default=0.5,
+        metadata=bounds(
+            ge=0, le=1, help="v2: share of behaviours whose item is from the behaviour domain's own categories"
+        ),
+    )
+    day: int = field(
+        default=0,
+        metadata=bounds(
+            ge=0,
+            help=(
+                "day of the same world (same seed): day K > 0 adds K x new_items_per_day new item ids, which take the "
+                "top popularity ranks (every older item moves down), and draws its rows afresh; 0 = the base data"
+            ),
+        ),
+    )
+    new_items_per_day: float = field(
+        default=0.05,
+        metadata=bounds(
+            gt=0, le=1, help=("new items per day, as a share of the base items (at least one per category)")
+        ),
+    )
 
     def validate(self) -> None:
         if self.min_seq_length > self.seq_length:
@@ -115,8 +154,9 @@ class Options(OutputOptions):
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ConfigError(f"split_fractions {self.split_fractions} must be three shares summing to 1")
         if self.domain_proportions is not None and len(self.domain_proportions) != self.domains:
-            raise ConfigError(f"domain_proportions has {len(self.domain_proportions)} entries for "
-                              f"{self.domains} domains")
+            raise ConfigError(
+                f"domain_proportions has {len(self.domain_proportions)} entries for {self.domains} domains"
+            )
         if self.items < self.categories:
             raise ConfigError(f"items ({self.items}) must be >= categories ({self.categories})")
         if self.version == 2 and self.categories < self.domains:
@@ -198,16 +238,17 @@ class World:
         # (c) behaviour-domain affinity G[d, d_t]                                         [d, d]
         self.behaviour_affinity = s * rng.standard_normal((d, d)).astype(np.float32) * 1.5
         spread = np.linspace(-0.5, 0.5, d) if d > 1 else np.zeros(1)
-        self.intercept = (math.log(o.base_rate / (1 - o.base_rate)) - 1.0
-                          + s * o.base_rate_spread * rng.permutation(spread))
-        proportions = np.asarray(o.domain_proportions or [0.6 ** i for i in range(d)], dtype=np.float64)
+        self.intercept = (
+            math.log(o.base_rate / (1 - o.base_rate)) - 1.0 + s * o.base_rate_spread * rng.permutation(spread)
+        )
+        proportions = np.asarray(o.domain_proportions or [0.6**i for i in range(d)], dtype=np.float64)
         self.domain_p = proportions / proportions.sum()
         self.items = items_on_day(o)  # o.items on day 0
         self.new_per_category = new_items_per_category(o)
         self.base_items_per_category = max(o.items // o.categories, 1)
         self.items_per_category = max(self.items // o.categories, 1)
         ranks = np.arange(1, self.items_per_category + 1, dtype=np.float64)
-        zipf = ranks ** -o.zipf_exponent
+        zipf = ranks**-o.zipf_exponent
         self.rank_cdf = np.cumsum(zipf / zipf.sum())
         self.alpha, self.beta, self.w_pop, self.recency = 1.5, 3.0, 0.3, 1.0
 
@@ -232,18 +273,22 @@ class World:
     def user_activity(self, users: np.ndarray) -> np.ndarray:
         """Activity bucket 0..4 (skewed: most users are light)."""
         u = _hash_uniform(users, self.salt + 9)
-        return np.minimum((u ** 2 * NUM_ACTIVITY).astype(np.int64), NUM_ACTIVITY - 1)
+        return np.minimum((u**2 * NUM_ACTIVITY).astype(np.int64), NUM_ACTIVITY - 1)
 
     # sampling ---------------------------------------------------------------------------
-    def sample_items(self, rng: np.random.Generator, users: np.ndarray, shape: tuple[int, ...],
-                     p_preferred: float) -> np.ndarray:
+    def sample_items(
+        self, rng: np.random.Generator, users: np.ndarray, shape: tuple[int, ...], p_preferred: float
+    ) -> np.ndarray:
         """Items for ``users`` (broadcast over ``shape``): a preferred category w.p. ``p_preferred``."""
         first, second = self.user_preferences(users)
         first = np.broadcast_to(first.reshape(-1, *([1] * (len(shape) - 1))), shape)
         second = np.broadcast_to(second.reshape(-1, *([1] * (len(shape) - 1))), shape)
         pick = rng.random(shape)
-        category = np.where(pick < p_preferred / 2, first,
-                            np.where(pick < p_preferred, second, rng.integers(0, self.o.categories, shape)))
+        category = np.where(
+            pick < p_preferred / 2,
+            first,
+            np.where(pick < p_preferred, second, rng.integers(0, self.o.categories, shape)),
+        )
         rank = np.minimum(np.searchsorted(self.rank_cdf, rng.random(shape)), self.items_per_category - 1)
         return np.minimum(self.rank_index(rank) * self.o.categories + category, self.items - 1)
 

@@ -43,8 +43,9 @@ ARROW_TYPES = {
 
 def list_array(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
     """A ``list<int64>`` array from CSR offsets (length rows + 1) and flat values."""
-    return pa.ListArray.from_arrays(pa.array(np.asarray(offsets, dtype=np.int32)),
-                                    pa.array(np.asarray(values, dtype=np.int64)))
+    return pa.ListArray.from_arrays(
+        pa.array(np.asarray(offsets, dtype=np.int32)), pa.array(np.asarray(values, dtype=np.int64))
+    )
 
 
 def _as_arrow(values: object) -> pa.Array | pa.ChunkedArray:
@@ -126,8 +127,12 @@ class DatasetWriter:
     def _split_stats(self, split: str) -> SplitStats:
         if split not in self._stats:
             d = len(self.domain_names)
-            self._stats[split] = SplitStats(files=[], rows=0, rows_per_domain=[0] * d,
-                                            positives_per_domain={label: [0] * d for label in self._labels})
+            self._stats[split] = SplitStats(
+                files=[],
+                rows=0,
+                rows_per_domain=[0] * d,
+                positives_per_domain={label: [0] * d for label in self._labels},
+            )
         return self._stats[split]
 
     def _count(self, split: str, table: pa.Table) -> None:
@@ -137,12 +142,14 @@ class DatasetWriter:
         if domains.size and (domains.min() < 0 or domains.max() >= num_domains):
             raise ValueError(f"domain ids must lie in [0, {num_domains}); got {domains.min()}..{domains.max()}")
         stats.rows += table.num_rows
-        stats.rows_per_domain = (np.asarray(stats.rows_per_domain) +
-                                 np.bincount(domains, minlength=num_domains)).tolist()
+        stats.rows_per_domain = (
+            np.asarray(stats.rows_per_domain) + np.bincount(domains, minlength=num_domains)
+        ).tolist()
         for label in self._labels:
             positives = np.bincount(domains, weights=table[label].to_numpy(), minlength=num_domains)
-            stats.positives_per_domain[label] = (np.asarray(stats.positives_per_domain[label]) +
-                                                 positives.astype(np.int64)).tolist()
+            stats.positives_per_domain[label] = (
+                np.asarray(stats.positives_per_domain[label]) + positives.astype(np.int64)
+            ).tolist()
         for c in self._embedded:
             column = table[c.name]
             if c.kind != "id":
@@ -183,12 +190,19 @@ class DatasetWriter:
             writer.close()
         columns = [
             replace(c, cardinality=max(self._max_id[c.name] + 1, 1))
-            if c.kind in EMBEDDED_KINDS and c.cardinality is None else c
+            if c.kind in EMBEDDED_KINDS and c.cardinality is None
+            else c
             for c in self.columns
         ]
         columns = _share_table_sizes(columns)
-        spec = DatasetSpec(name=self.name, columns=columns, domain_names=self.domain_names,
-                           splits=dict(self._stats), source=self.source, notes=self.notes)
+        spec = DatasetSpec(
+            name=self.name,
+            columns=columns,
+            domain_names=self.domain_names,
+            splits=dict(self._stats),
+            source=self.source,
+            notes=self.notes,
+        )
         spec.validate()
         spec.save(self._tmp)
         if self.out_dir.exists():
@@ -208,8 +222,9 @@ class DatasetWriter:
     def __enter__(self) -> "DatasetWriter":
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None:
             self.abort()
         elif not self._closed:

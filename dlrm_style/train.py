@@ -51,37 +51,72 @@ def _sizes(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dlrm_style.train",
-                                     description="torchrec-style DLRM / DLRM-DCNv2 trainer (torchrec-mdr Trainer)")
+    parser = argparse.ArgumentParser(
+        prog="python -m dlrm_style.train", description="torchrec-style DLRM / DLRM-DCNv2 trainer (torchrec-mdr Trainer)"
+    )
     add = parser.add_argument
     add("--dataset", type=Path, default=None, help="prepared dataset folder (data.path)")
     add("--out", type=Path, default=Path("runs/dlrm_style"), help="run directory (config, metrics.json, logs)")
     add("--config", type=Path, default=None, help="optional TOML/YAML experiment config the flags override")
-    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override any config key, applied after the flags (repeatable)")
+    add(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, applied after the flags (repeatable)",
+    )
     add("--epochs", type=int, default=None, help="passes over the train split (train.epochs)")
     add("--batch_size", type=int, default=None, help="rows per batch per rank (data.batch_size)")
-    add("--drop_last_training_batch", action="store_true", default=None,
-        help="drop each rank's last partial batch (data.drop_last)")
+    add(
+        "--drop_last_training_batch",
+        action="store_true",
+        default=None,
+        help="drop each rank's last partial batch (data.drop_last)",
+    )
     add("--limit_train_batches", type=int, default=None, help="training steps in all (train.max_steps)")
     add("--embedding_dim", type=int, default=None, help="embedding dimension of every table (model.embedding_dim)")
-    add("--dense_arch_layer_sizes", type=_sizes, default=None,
-        help="comma-separated DenseArch sizes; the last equals the embedding dimension")
-    add("--over_arch_layer_sizes", type=_sizes, default=None,
-        help="comma-separated OverArch sizes; the last equals the number of labels")
-    add("--interaction_type", choices=list(INTERACTIONS), default="original",
-        help="original (pairwise dot products, DLRM) or dcn (low-rank cross net, DLRM-DCNv2)")
+    add(
+        "--dense_arch_layer_sizes",
+        type=_sizes,
+        default=None,
+        help="comma-separated DenseArch sizes; the last equals the embedding dimension",
+    )
+    add(
+        "--over_arch_layer_sizes",
+        type=_sizes,
+        default=None,
+        help="comma-separated OverArch sizes; the last equals the number of labels",
+    )
+    add(
+        "--interaction_type",
+        choices=list(INTERACTIONS),
+        default="original",
+        help="original (pairwise dot products, DLRM) or dcn (low-rank cross net, DLRM-DCNv2)",
+    )
     add("--dcn_num_layers", type=int, default=None, help="cross layers (dcn only)")
     add("--dcn_low_rank_dim", type=int, default=None, help="rank of each cross layer (dcn only)")
-    add("--sequences", choices=["mean", "none"], default=None,
-        help="behaviour sequences as mean-pooled interaction features, or left out")
+    add(
+        "--sequences",
+        choices=["mean", "none"],
+        default=None,
+        help="behaviour sequences as mean-pooled interaction features, or left out",
+    )
     add("--learning_rate", type=float, default=0.1, help="embedding and dense learning rate")
     add("--adagrad", action="store_true", help="Adagrad for embeddings and dense parameters (else SGD)")
     add("--lr_warmup_steps", type=int, default=None, help="linear warm-up steps (optimizer.warmup_steps)")
-    add("--validation_freq_within_epoch", type=int, default=None,
-        help="evaluate the validation split every N steps (train.eval_every)")
-    add("--shuffle_training_set", action=argparse.BooleanOptionalAction, default=None,
-        help="shuffle the train split (data.shuffle)")
+    add(
+        "--validation_freq_within_epoch",
+        type=int,
+        default=None,
+        help="evaluate the validation split every N steps (train.eval_every)",
+    )
+    add(
+        "--shuffle_training_set",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="shuffle the train split (data.shuffle)",
+    )
     add("--num_workers", type=int, default=None, help="dataloader workers per rank (data.num_workers)")
     add("--seed", type=int, default=None, help="model initialisation and data order (train.seed, data.seed)")
     add("--print_sharding_plan", action="store_true", help="print the sharding plan of every table (rank 0)")

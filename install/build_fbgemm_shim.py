@@ -28,9 +28,7 @@ FILES = {
         "Summary: Stands in for the CUDA fbgemm-gpu on CPU machines; pulls fbgemm-gpu-cpu.\n"
         f"Requires-Dist: fbgemm-gpu-cpu=={FBGEMM_CPU_VERSION}\n"
     ),
-    f"{DIST_INFO}/WHEEL": (
-        "Wheel-Version: 1.0\nGenerator: torchrec-mdr\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    ),
+    f"{DIST_INFO}/WHEEL": ("Wheel-Version: 1.0\nGenerator: torchrec-mdr\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
 }
 
 

@@ -48,12 +48,14 @@ def set_overrides(args: tuple[str, ...] | list[str]) -> list[str]:
         if arg == "--set" and i + 1 < len(items):
             override, i = items[i + 1], i + 2
         elif arg.startswith("--set="):
-            override, i = arg[len("--set="):], i + 1
+            override, i = arg[len("--set=") :], i + 1
         elif not arg.startswith("-") and "=" in arg:
             override, i = arg, i + 1
         else:
-            raise ValueError(f"arguments after '--' must be config overrides of mdr train (KEY=VALUE, "
-                             f"--set=KEY=VALUE or --set KEY=VALUE); got {arg!r}")
+            raise ValueError(
+                f"arguments after '--' must be config overrides of mdr train (KEY=VALUE, "
+                f"--set=KEY=VALUE or --set KEY=VALUE); got {arg!r}"
+            )
         try:
             parse_override(override)
         except ConfigError as error:

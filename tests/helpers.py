@@ -29,10 +29,18 @@ def toy_columns(max_length: int = 4, oov: str = "hash", session: bool = False) -
         ColumnSpec("row_id", "id", cardinality=1 << 40, oov="reject"),
         ColumnSpec("item_id", "id", table="item", cardinality=50, oov=oov),
         ColumnSpec("tags", "multi_id", cardinality=10, oov="reject"),
-        ColumnSpec("hist_item_id", "sequence", table="item", cardinality=50, oov=oov,
-                   sequence_group="hist", max_length=max_length),
-        ColumnSpec("hist_domain", "sequence", cardinality=2, oov="reject", sequence_group="hist",
-                   max_length=max_length),
+        ColumnSpec(
+            "hist_item_id",
+            "sequence",
+            table="item",
+            cardinality=50,
+            oov=oov,
+            sequence_group="hist",
+            max_length=max_length,
+        ),
+        ColumnSpec(
+            "hist_domain", "sequence", cardinality=2, oov="reject", sequence_group="hist", max_length=max_length
+        ),
         ColumnSpec("price", "dense"),
         ColumnSpec("age", "dense"),
     ]
@@ -63,10 +71,24 @@ def toy_rows(n: int, seed: int = 0, max_item: int = 50, session: bool = False) -
     }
 
 
-def write_toy(path: Path, n: int = 1000, row_group_size: int = 128, rows_per_file: int = 400,
-              max_length: int = 4, oov: str = "hash", max_item: int = 50, session: bool = False) -> Path:
-    writer = DatasetWriter(path, "toy", toy_columns(max_length, oov, session), ["a", "b"],
-                           row_group_size=row_group_size, rows_per_file=rows_per_file)
+def write_toy(
+    path: Path,
+    n: int = 1000,
+    row_group_size: int = 128,
+    rows_per_file: int = 400,
+    max_length: int = 4,
+    oov: str = "hash",
+    max_item: int = 50,
+    session: bool = False,
+) -> Path:
+    writer = DatasetWriter(
+        path,
+        "toy",
+        toy_columns(max_length, oov, session),
+        ["a", "b"],
+        row_group_size=row_group_size,
+        rows_per_file=rows_per_file,
+    )
     rows = toy_rows(n, max_item=max_item, session=session)
     cut = int(n * 0.8)
     for split, (lo, hi) in {"train": (0, cut), "valid": (cut, n)}.items():
@@ -97,8 +119,9 @@ def tiny_synthetic(out: Path, **options) -> Path:
     """A small planted-effect dataset (generator v1, 3,000 rows, 8-long sequences unless overridden) at ``out``."""
     from data_prep.synthetic import Options, convert
 
-    settings = dict(rows=3000, users=200, items=1000, categories=10, brands=50, seq_length=8, min_seq_length=2,
-                    version=1)  # the generator these tests were written against
+    settings = dict(
+        rows=3000, users=200, items=1000, categories=10, brands=50, seq_length=8, min_seq_length=2, version=1
+    )  # the generator these tests were written against
     settings.update(options)
     convert(Options(out=out, **settings))
     return out

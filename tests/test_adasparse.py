@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from torchrec_mdr.config import ConfigError, from_dict
-from torchrec_mdr.models.adasparse import (AdaSparseArch, AdaSparseConfig, DomainPruner, sparsity_loss,
-                                           weighting_factors)
+from torchrec_mdr.models.adasparse import AdaSparseArch, AdaSparseConfig, DomainPruner, sparsity_loss, weighting_factors
 from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.registry import ModelConfig
 
@@ -26,8 +25,15 @@ FIELDS = ("user_id", "item_id", "position")
 
 def layout() -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=FIELDS, pooled=frozenset({"user_id", "position"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=2, num_domains=K, num_tasks=T)
+    return FeatureLayout(
+        fields=FIELDS,
+        pooled=frozenset({"user_id", "position"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=2,
+        num_domains=K,
+        num_tasks=T,
+    )
 
 
 def features() -> EmbeddedFeatures:
@@ -35,8 +41,12 @@ def features() -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, len(FIELDS), D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 2, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, 2, generator=generator),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )
 
 
 def sigmoid(x: float) -> float:
@@ -88,8 +98,9 @@ def network_by_hand(arch: AdaSparseArch, batch: EmbeddedFeatures) -> torch.Tenso
     alpha = arch.config.alpha + arch.config.alpha_step * int(arch.step)
     rows = []
     for b in range(B):
-        e_d = torch.cat([arch.input.domain_embedding.weight[batch.domain[b]],
-                         batch.fields[b, FIELDS.index("position")]]).double()
+        e_d = torch.cat(
+            [arch.input.domain_embedding.weight[batch.domain[b]], batch.fields[b, FIELDS.index("position")]]
+        ).double()
         h = flat[b]
         for layer, pruner in zip(arch.layers, arch.pruners):
             v = pruner.linear.weight.double() @ torch.cat([e_d, h]) + pruner.linear.bias.double()
@@ -102,8 +113,9 @@ def network_by_hand(arch: AdaSparseArch, batch: EmbeddedFeatures) -> torch.Tenso
 
 def test_logits_match_the_hand_written_network():
     torch.manual_seed(0)
-    arch = AdaSparseArch(layout(), AdaSparseConfig(hidden=[6, 4], domain_features=["position"], alpha=1.5,
-                                                   alpha_step=0.25, epsilon=0.9)).eval()
+    arch = AdaSparseArch(
+        layout(), AdaSparseConfig(hidden=[6, 4], domain_features=["position"], alpha=1.5, alpha_step=0.25, epsilon=0.9)
+    ).eval()
     batch = features()
     assert arch.pruners[0].linear.in_features == 2 * D + arch.input.width  # e_d = domain id ⊕ position
     arch.step.fill_(4)  # α_t = 1.5 + 4 * 0.25 = 2.5
@@ -176,11 +188,16 @@ def test_the_first_training_pass_uses_the_initial_alpha():
 
 
 def test_sparsity_loss_switches_sign_with_the_measured_sparsity():
-    soft = [torch.tensor([[0.2, 0.6, 1.0, 1.4]]), torch.tensor([[0.1, 0.1, 0.3, 0.5]]),
-            torch.tensor([[0.1, 0.9, 0.9, 0.5]])]
-    pruned = [torch.tensor([[0.0, 0.6, 1.0, 1.4]]),  # 1/4 pruned < 0.5 - 0.1: too dense, +λ
-              torch.tensor([[0.0, 0.0, 0.0, 0.5]]),  # 3/4 > 0.6: too sparse, -λ
-              torch.tensor([[0.0, 0.9, 0.9, 0.0]])]  # 1/2 in the band: 0
+    soft = [
+        torch.tensor([[0.2, 0.6, 1.0, 1.4]]),
+        torch.tensor([[0.1, 0.1, 0.3, 0.5]]),
+        torch.tensor([[0.1, 0.9, 0.9, 0.5]]),
+    ]
+    pruned = [
+        torch.tensor([[0.0, 0.6, 1.0, 1.4]]),  # 1/4 pruned < 0.5 - 0.1: too dense, +λ
+        torch.tensor([[0.0, 0.0, 0.0, 0.5]]),  # 3/4 > 0.6: too sparse, -λ
+        torch.tensor([[0.0, 0.9, 0.9, 0.0]]),
+    ]  # 1/2 in the band: 0
     loss = sparsity_loss(pruned, soft, target=0.5, tolerance=0.1, weight=0.2)
     expected = 0.2 * (0.2 + 0.6 + 1.0 + 1.4) / 4 - 0.2 * (0.1 + 0.1 + 0.3 + 0.5) / 4
     torch.testing.assert_close(loss, torch.tensor(expected))
@@ -207,26 +224,32 @@ def test_training_returns_the_regularisation_and_it_pushes_factors_down_when_too
 # --------------------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("config, message", [
-    (AdaSparseConfig(hidden=[]), "model.adasparse: hidden"),
-    (AdaSparseConfig(variant="binarization", epsilon=1.0), r"model.adasparse: epsilon \(1.0\) must be below"),
-    (AdaSparseConfig(variant="fusion", beta=0.5, epsilon=0.5), "every neuron would be pruned"),
-    (AdaSparseConfig(domain_features=["foo"]), "model.adasparse.domain_features: 'foo' is not an id feature"),
-    (AdaSparseConfig(domain_features=["position", "position"]), "model.adasparse.domain_features: duplicate"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (AdaSparseConfig(hidden=[]), "model.adasparse: hidden"),
+        (AdaSparseConfig(variant="binarization", epsilon=1.0), r"model.adasparse: epsilon \(1.0\) must be below"),
+        (AdaSparseConfig(variant="fusion", beta=0.5, epsilon=0.5), "every neuron would be pruned"),
+        (AdaSparseConfig(domain_features=["foo"]), "model.adasparse.domain_features: 'foo' is not an id feature"),
+        (AdaSparseConfig(domain_features=["position", "position"]), "model.adasparse.domain_features: duplicate"),
+    ],
+)
 def test_bad_options_are_config_errors(config, message):
     with pytest.raises(ConfigError, match=message):
         AdaSparseArch(layout(), config)
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "adasparse", "adasparse": {"variant": "scaling", "hidden": [8]}},
-                       prefix="model")
+    config = from_dict(
+        ModelConfig, {"name": "adasparse", "adasparse": {"variant": "scaling", "hidden": [8]}}, prefix="model"
+    )
     assert config.adasparse.variant == "scaling" and config.adasparse.hidden == [8]
-    for options, message in [({"variant": "step"}, "model.adasparse.variant"),
-                             ({"sparsity_target": 1.5}, "model.adasparse.sparsity_target"),
-                             ({"beta": 0}, "model.adasparse.beta"),
-                             ({"hidden": []}, "model.adasparse: hidden"),
-                             ({"dropout": 1.0}, "model.adasparse.dropout")]:
+    for options, message in [
+        ({"variant": "step"}, "model.adasparse.variant"),
+        ({"sparsity_target": 1.5}, "model.adasparse.sparsity_target"),
+        ({"beta": 0}, "model.adasparse.beta"),
+        ({"hidden": []}, "model.adasparse: hidden"),
+        ({"dropout": 1.0}, "model.adasparse.dropout"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             from_dict(ModelConfig, {"adasparse": options}, prefix="model")

@@ -10,8 +10,13 @@ from torch import nn
 
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.models import ranking
-from torchrec_mdr.models.adin import (ADINArch, ADINConfig, DomainInterestLayer, SharedAndDomainNetwork,
-                                      self_training_loss)
+from torchrec_mdr.models.adin import (
+    ADINArch,
+    ADINConfig,
+    DomainInterestLayer,
+    SharedAndDomainNetwork,
+    self_training_loss,
+)
 from torchrec_mdr.models.blocks import DomainBatchNorm, StackedLinear, StackedMLP
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 
@@ -74,8 +79,9 @@ def test_dsbn_eval_uses_each_domains_running_statistics():
     norm.eval()
     before = norm.running_mean.clone()
     out = norm(x, domain)
-    expected = ((x - norm.running_mean[domain]) / torch.sqrt(norm.running_var[domain] + norm.eps)
-                * norm.weight[domain] + norm.bias[domain])
+    expected = (x - norm.running_mean[domain]) / torch.sqrt(norm.running_var[domain] + norm.eps) * norm.weight[
+        domain
+    ] + norm.bias[domain]
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(norm(x[:1], domain[:1]), out[:1])  # a row's output ignores the rest of the batch
     assert torch.equal(norm.running_mean, before)  # eval updates nothing
@@ -197,8 +203,15 @@ def test_domain_towers_one_mlp_per_domain():
 
 def layout() -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item", "hist_kind"), L, ("item",))
-    return FeatureLayout(fields=("user", "item", "cat", "hour"), pooled=frozenset({"user"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=3, num_domains=K, num_tasks=T)
+    return FeatureLayout(
+        fields=("user", "item", "cat", "hour"),
+        pooled=frozenset({"user"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=3,
+        num_domains=K,
+        num_tasks=T,
+    )
 
 
 def features(domain: torch.Tensor | None = None, seed: int = 1) -> EmbeddedFeatures:
@@ -207,8 +220,9 @@ def features(domain: torch.Tensor | None = None, seed: int = 1) -> EmbeddedFeatu
     mask = torch.arange(L)[None, :] < torch.tensor([5, 3, 1, 0, 4, 2, 5, 1, 3, 2, 4, 0])[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     domain = torch.arange(B) % K if domain is None else domain
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 3, generator=generator), domain)
+    return EmbeddedFeatures(
+        fields, [EmbeddedSequence(keys, mask, fields[:, 1])], torch.randn(B, 3, generator=generator), domain
+    )
 
 
 def small_config(**overrides) -> ADINConfig:
@@ -219,9 +233,12 @@ def small_config(**overrides) -> ADINConfig:
 
 def domain_specific_parameters(arch: ADINArch) -> dict[str, torch.Tensor]:
     """Every parameter with a leading domain axis: SE excitation, domain MLP, DSBN affine, towers."""
-    named = {name: p for name, p in arch.named_parameters()
-             if name.startswith(("domain_interest.domain_specific", "network.domain", "towers"))
-             or (name.endswith((".norm.weight", ".norm.bias")))}
+    named = {
+        name: p
+        for name, p in arch.named_parameters()
+        if name.startswith(("domain_interest.domain_specific", "network.domain", "towers"))
+        or (name.endswith((".norm.weight", ".norm.bias")))
+    }
     assert all(p.shape[0] == K for p in named.values())
     return named
 
@@ -294,12 +311,22 @@ def test_without_dsbn_a_shared_batch_norm_couples_the_domains():
 
 
 def test_self_training_loss_by_hand():
-    logits = torch.tensor([[5.0, 3.0, -3.0],     # domain 0: heads 1 (p=.95 -> 1) and 2 (p=.05 -> 0)
-                           [0.5, 4.0, 2.0],      # domain 1: head 0 p=.62, head 2 p=.88: not confident
-                           [-2.5, 2.3, 9.0]])[..., None]  # domain 2: head 0 (-> 0), head 1 (p=.909 -> 1)
+    logits = torch.tensor(
+        [
+            [5.0, 3.0, -3.0],  # domain 0: heads 1 (p=.95 -> 1) and 2 (p=.05 -> 0)
+            [0.5, 4.0, 2.0],  # domain 1: head 0 p=.62, head 2 p=.88: not confident
+            [-2.5, 2.3, 9.0],
+        ]
+    )[..., None]  # domain 2: head 0 (-> 0), head 1 (p=.909 -> 1)
     domain = torch.tensor([0, 1, 2])
-    expected = torch.stack([F.softplus(torch.tensor(-3.0)), F.softplus(torch.tensor(-3.0)),
-                            F.softplus(torch.tensor(-2.5)), F.softplus(torch.tensor(-2.3))]).mean()
+    expected = torch.stack(
+        [
+            F.softplus(torch.tensor(-3.0)),
+            F.softplus(torch.tensor(-3.0)),
+            F.softplus(torch.tensor(-2.5)),
+            F.softplus(torch.tensor(-2.3)),
+        ]
+    ).mean()
     torch.testing.assert_close(self_training_loss(logits, domain, threshold=0.9), expected)
     # own-domain heads are never pseudo-labelled (row 0's head 0 at p=.99, row 1's head 1 at p=.98)
     logits = logits.clone().requires_grad_(True)
@@ -368,8 +395,10 @@ def test_config_errors_name_the_key():
         ADINArch(layout(), small_config(fusion="product"))
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
 def test_adin_under_bf16_autocast(device):
     """Mixed precision: DSBN keeps its statistics in float32; the arch stays finite and trainable."""
     torch.manual_seed(0)
@@ -381,9 +410,12 @@ def test_adin_under_bf16_autocast(device):
     torch.testing.assert_close(norm.running_mean[1].cpu(), 0.1 * x.bfloat16().float()[domain == 1].mean(0))
     arch = ADINArch(layout(), small_config()).to(device)
     batch = features()
-    batch = EmbeddedFeatures(batch.fields.to(device), [EmbeddedSequence(s.keys.to(device), s.mask.to(device),
-                                                                        s.query.to(device)) for s in batch.sequences],
-                             batch.dense.to(device), batch.domain.to(device))
+    batch = EmbeddedFeatures(
+        batch.fields.to(device),
+        [EmbeddedSequence(s.keys.to(device), s.mask.to(device), s.query.to(device)) for s in batch.sequences],
+        batch.dense.to(device),
+        batch.domain.to(device),
+    )
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
         output = arch(batch)
     (output.logits.float().sum() + output.auxiliary_loss).backward()

@@ -30,17 +30,27 @@ def with_noisy_padding(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 def tiny_layout(length: int = L) -> FeatureLayout:
     hist = SequenceLayout("hist", ("hist_item_id", "hist_domain"), length, ("item_id",))
-    return FeatureLayout(fields=("user_id", "item_id", "user_activity"), pooled=frozenset(), sequences=(hist,),
-                         embedding_dim=D, num_dense=2, num_domains=3, num_tasks=1)
+    return FeatureLayout(
+        fields=("user_id", "item_id", "user_activity"),
+        pooled=frozenset(),
+        sequences=(hist,),
+        embedding_dim=D,
+        num_dense=2,
+        num_domains=3,
+        num_tasks=1,
+    )
 
 
 def tiny_features(layout: FeatureLayout, lengths: list[int] = LENGTHS) -> EmbeddedFeatures:
     (hist,) = layout.sequences
     mask = make_mask(lengths, hist.max_length)
     keys = torch.randn(len(lengths), hist.max_length, layout.sequence_width(hist)) * mask[..., None]
-    return EmbeddedFeatures(fields=torch.randn(len(lengths), len(layout.fields), D),
-                            sequences=[EmbeddedSequence(keys, mask, torch.randn(len(lengths), D))],
-                            dense=torch.randn(len(lengths), 2), domain=torch.tensor([0, 1, 2, 1][:len(lengths)]))
+    return EmbeddedFeatures(
+        fields=torch.randn(len(lengths), len(layout.fields), D),
+        sequences=[EmbeddedSequence(keys, mask, torch.randn(len(lengths), D))],
+        dense=torch.randn(len(lengths), 2),
+        domain=torch.tensor([0, 1, 2, 1][: len(lengths)]),
+    )
 
 
 def small_ads(**options) -> ADSConfig:
@@ -170,8 +180,9 @@ def psrg_as_first_written(psrg: PSRG, domain_features: torch.Tensor, keys: torch
     return torch.einsum("blj,bij->bli", keys, weight) + psrg.bias_generator(domain_features).unsqueeze(1)
 
 
-def pcrg_as_first_written(pcrg: PCRG, domain_features: torch.Tensor, query: torch.Tensor,
-                          mask: torch.Tensor) -> torch.Tensor:
+def pcrg_as_first_written(
+    pcrg: PCRG, domain_features: torch.Tensor, query: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Eqs 6-7 in their first form: the chunk queries gathered per position, then E_Q added per position."""
     private = pcrg.generator(torch.cat([domain_features, query], dim=-1)).view(-1, pcrg.num_chunks, pcrg.query_dim)
     index = pcrg.chunk_index(mask).unsqueeze(-1).expand(-1, -1, pcrg.query_dim)
@@ -279,9 +290,9 @@ def hand_micro_mlp(parameters: torch.Tensor, e: torch.Tensor, sizes: list[int]) 
     """CAN's micro-MLP written out: slice [W1, b1, W2, b2, ...] from the flat parameter vector."""
     outputs, x, start, fan_in = [], e, 0, e.shape[0]
     for index, fan_out in enumerate(sizes):
-        weight = parameters[start:start + fan_in * fan_out].view(fan_in, fan_out)
+        weight = parameters[start : start + fan_in * fan_out].view(fan_in, fan_out)
         start += fan_in * fan_out
-        bias = parameters[start:start + fan_out]
+        bias = parameters[start : start + fan_out]
         start += fan_out
         x = (torch.tanh(x) if index > 0 else x) @ weight + bias
         outputs.append(x)
@@ -302,8 +313,9 @@ def test_can_equals_a_hand_written_micro_mlp(per_position_query):
     expected = torch.zeros(unit.out_features)
     for t in range(n):  # behaviour t is transformed by the micro-MLP its own query parameterises
         parameters = unit.induction(query[b, t] if per_position_query else query[b])
-        expected += torch.cat(hand_micro_mlp(parameters, keys[b, t], sizes)
-                              + hand_micro_mlp(parameters, keys[b, t] ** 2, sizes))
+        expected += torch.cat(
+            hand_micro_mlp(parameters, keys[b, t], sizes) + hand_micro_mlp(parameters, keys[b, t] ** 2, sizes)
+        )
     torch.testing.assert_close(out[b], expected, rtol=1e-5, atol=1e-6)
 
 
@@ -341,9 +353,14 @@ def test_ablation_switches_remove_the_modules():
     layout = tiny_layout()
     features = tiny_features(layout)
     (sequence,) = features.sequences
-    names = {key: {n for n, _ in ADSArch(layout, small_ads(**key_options)).named_parameters()}
-             for key, key_options in {"full": {}, "no_pcrg": dict(use_pcrg=False),
-                                      "neither": dict(use_pcrg=False, use_psrg=False)}.items()}
+    names = {
+        key: {n for n, _ in ADSArch(layout, small_ads(**key_options)).named_parameters()}
+        for key, key_options in {
+            "full": {},
+            "no_pcrg": dict(use_pcrg=False),
+            "neither": dict(use_pcrg=False, use_psrg=False),
+        }.items()
+    }
     assert any(".psrg." in n for n in names["full"]) and any(".pcrg." in n for n in names["full"])
     assert not any(".pcrg." in n for n in names["no_pcrg"]) and any(".psrg." in n for n in names["no_pcrg"])
     assert not any(".pcrg." in n or ".psrg." in n for n in names["neither"])
@@ -369,8 +386,9 @@ def test_ablation_switches_remove_the_modules():
 def test_parameter_count_grows_as_chunks_shrink():
     """Fig. 4: fewer items per chunk -> more generated queries -> more parameters (G d_S (d_h + 1) each)."""
     length, layout = 10, tiny_layout(10)
-    counts = {k: sum(p.numel() for p in ADSArch(layout, small_ads(items_per_chunk=k)).parameters())
-              for k in (10, 5, 2, 1)}
+    counts = {
+        k: sum(p.numel() for p in ADSArch(layout, small_ads(items_per_chunk=k)).parameters()) for k in (10, 5, 2, 1)
+    }
     assert counts[10] < counts[5] < counts[2] < counts[1]
     d_s, d_h = 2 * D, 4
     assert counts[1] - counts[10] == (length - 1) * d_s * (d_h + 1)

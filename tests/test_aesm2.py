@@ -26,8 +26,15 @@ LOG3 = math.log(3.0)
 
 def layout(num_tasks: int = T, num_domains: int = K) -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=FIELDS, pooled=frozenset({"user_id", "user_level"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=2, num_domains=num_domains, num_tasks=num_tasks)
+    return FeatureLayout(
+        fields=FIELDS,
+        pooled=frozenset({"user_id", "user_level"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=2,
+        num_domains=num_domains,
+        num_tasks=num_tasks,
+    )
 
 
 def features(domain: list[int] | None = None) -> EmbeddedFeatures:
@@ -35,14 +42,26 @@ def features(domain: list[int] | None = None) -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, len(FIELDS), D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 2, generator=generator), torch.tensor(domain or [0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, 2, generator=generator),
+        torch.tensor(domain or [0, 1, 2, 0, 1]),
+    )
 
 
 def small_arch(num_tasks: int = T, **options) -> AESM2Arch:
     torch.manual_seed(0)
-    config = dict(scenario_experts=4, task_experts=3, scenario_specific_top_k=2, scenario_shared_top_k=1,
-                  task_specific_top_k=1, task_shared_top_k=1, expert_hidden=[6], tower_hidden=[5])
+    config = dict(
+        scenario_experts=4,
+        task_experts=3,
+        scenario_specific_top_k=2,
+        scenario_shared_top_k=1,
+        task_specific_top_k=1,
+        task_shared_top_k=1,
+        expert_hidden=[6],
+        tower_hidden=[5],
+    )
     config.update(options)
     return AESM2Arch(layout(num_tasks), AESM2Config(**config)).eval()
 
@@ -72,8 +91,7 @@ def test_selection_by_hand():
     # top-2 specific for owner 0: experts 0 (log 4/3) and 1 (log 2), the smallest first
     selection = select_experts(logits, torch.tensor([0, 1]), specific_top_k=2, shared_top_k=2)
     torch.testing.assert_close(selection.specific_kl[0], torch.tensor([math.log(4 / 3), math.log(2.0)]))
-    torch.testing.assert_close(selection.shared_kl[0], torch.tensor([0.0, 0.5 * math.log(4 / 3)]),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(selection.shared_kl[0], torch.tensor([0.0, 0.5 * math.log(4 / 3)]), atol=1e-6, rtol=0)
     assert selection.mask[0, :2].all() and selection.mask[1, 1:].all()  # (experts 0 and 2 tie for shared)
 
 
@@ -112,7 +130,7 @@ def test_layer_mixes_the_selected_experts_with_the_owners_gate():
         shared = -math.log(3) - torch.log(p).mean(0)
         selected = sorted({int(specific.argmin()), int(shared.argmin())})
         weights = torch.softmax(logits[owner[b], selected], dim=0)  # the owner's gate over the selected ones
-        experts = layer.experts(x[b:b + 1])[0]  # [E, H]
+        experts = layer.experts(x[b : b + 1])[0]  # [E, H]
         torch.testing.assert_close(out[b], weights @ experts[selected])
     selection = select_experts(layer.gates(gate_input), owner, 1, 1)
     torch.testing.assert_close(specific_kl, selection.specific_kl.mean())
@@ -138,8 +156,9 @@ def test_unselected_experts_get_no_weight_and_no_gradient():
 def test_noise_moves_the_selection_not_the_mixing_weights():
     """Training: the selection and the KL use g + noise_scale * E * ε; the weights use the clean g."""
     torch.manual_seed(0)
-    layer = ExpertSelectionLayer(4, 0, [5], num_experts=5, num_gates=3, specific_top_k=2, shared_top_k=1,
-                                 noise_scale=0.4).train()
+    layer = ExpertSelectionLayer(
+        4, 0, [5], num_experts=5, num_gates=3, specific_top_k=2, shared_top_k=1, noise_scale=0.4
+    ).train()
     x, owner = torch.randn(B, 4), torch.tensor([0, 1, 2, 0, 1])
     torch.manual_seed(7)
     out, specific_kl, shared_kl = layer(x, x[:, :0], owner)
@@ -192,8 +211,9 @@ def test_logits_by_hand():
 
 
 def test_training_returns_the_weighted_kl_terms():
-    arch = small_arch(scenario_layers=2, task_layers=2, specific_loss_weight=0.3, shared_loss_weight=0.7,
-                      noise_scale=0.0).train()
+    arch = small_arch(
+        scenario_layers=2, task_layers=2, specific_loss_weight=0.3, shared_loss_weight=0.7, noise_scale=0.0
+    ).train()
     batch = features()
     output = arch(batch)
     assert isinstance(output, ArchOutput) and output.logits.shape == (B, T)
@@ -265,25 +285,33 @@ def test_every_parameter_learns():
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "aesm2", "aesm2": {"scenario_experts": 3, "task_layers": 2}},
-                       prefix="model")
+    config = from_dict(
+        ModelConfig, {"name": "aesm2", "aesm2": {"scenario_experts": 3, "task_layers": 2}}, prefix="model"
+    )
     assert config.aesm2.scenario_experts == 3 and config.aesm2.task_layers == 2
-    for options, key in [({"scenario_experts": 0}, "scenario_experts"), ({"task_specific_top_k": 0},
-                                                                          "task_specific_top_k"),
-                         ({"noise_scale": -1.0}, "noise_scale"), ({"shared_loss_weight": -0.1}, "shared_loss_weight"),
-                         ({"expert_hidden": [0]}, "expert_hidden"), ({"dropout": 1.0}, "dropout"),
-                         ({"scenario_layers": -1}, "scenario_layers")]:
+    for options, key in [
+        ({"scenario_experts": 0}, "scenario_experts"),
+        ({"task_specific_top_k": 0}, "task_specific_top_k"),
+        ({"noise_scale": -1.0}, "noise_scale"),
+        ({"shared_loss_weight": -0.1}, "shared_loss_weight"),
+        ({"expert_hidden": [0]}, "expert_hidden"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"scenario_layers": -1}, "scenario_layers"),
+    ]:
         with pytest.raises(ConfigError, match=f"model.aesm2.{key}"):
             from_dict(ModelConfig, {"aesm2": options}, prefix="model")
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"scenario_features": ["foo"]}, r"model.aesm2.scenario_features: 'foo' is not an id feature"),
-    ({"scenario_features": ["user_level", "user_level"]}, "model.aesm2.scenario_features: duplicate"),
-    ({"expert_hidden": []}, "model.aesm2.expert_hidden: needs at least one"),
-    ({"scenario_experts": 2, "scenario_shared_top_k": 3}, "model.aesm2.scenario_shared_top_k: 3 is more than"),
-    ({"task_experts": 1, "task_specific_top_k": 2}, "model.aesm2.task_specific_top_k: 2 is more than"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"scenario_features": ["foo"]}, r"model.aesm2.scenario_features: 'foo' is not an id feature"),
+        ({"scenario_features": ["user_level", "user_level"]}, "model.aesm2.scenario_features: duplicate"),
+        ({"expert_hidden": []}, "model.aesm2.expert_hidden: needs at least one"),
+        ({"scenario_experts": 2, "scenario_shared_top_k": 3}, "model.aesm2.scenario_shared_top_k: 3 is more than"),
+        ({"task_experts": 1, "task_specific_top_k": 2}, "model.aesm2.task_specific_top_k: 2 is more than"),
+    ],
+)
 def test_bad_options_building_the_arch(options, message):
     with pytest.raises(ConfigError, match=message):
         AESM2Arch(layout(), AESM2Config(**options))

@@ -23,8 +23,15 @@ FIELDS = ("user_id", "item_id", "user_activity")
 
 def layout() -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=FIELDS, pooled=frozenset({"user_id", "user_activity"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=2, num_domains=K, num_tasks=T)
+    return FeatureLayout(
+        fields=FIELDS,
+        pooled=frozenset({"user_id", "user_activity"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=2,
+        num_domains=K,
+        num_tasks=T,
+    )
 
 
 def features(domain: tuple[int, ...] = (0, 1, 2, 0, 1, 2)) -> EmbeddedFeatures:
@@ -32,8 +39,12 @@ def features(domain: tuple[int, ...] = (0, 1, 2, 0, 1, 2)) -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor([4, 2, 1, 0, 3, 4])[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, len(FIELDS), D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 2, generator=generator), torch.tensor(domain))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, 2, generator=generator),
+        torch.tensor(domain),
+    )
 
 
 def explicit(layer: GeneratedLinear, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
@@ -66,13 +77,30 @@ def test_decomposed_forward_by_hand():
     assert layer.row_weights(z)[0].tolist() == [[1.0, 4.0, 1.0], [1.0, 2.0, 1.0]]
 
 
-@pytest.mark.parametrize("generation,over_rank,generate_bias", [
-    ("shared", 0, False), ("shared", 7, False), ("shared", 7, True), ("specific", 0, False),
-    ("specific", 0, True), ("full", 0, False), ("full", 0, True)])
+@pytest.mark.parametrize(
+    "generation,over_rank,generate_bias",
+    [
+        ("shared", 0, False),
+        ("shared", 7, False),
+        ("shared", 7, True),
+        ("specific", 0, False),
+        ("specific", 0, True),
+        ("full", 0, False),
+        ("full", 0, True),
+    ],
+)
 def test_every_form_is_a_per_row_linear_map(generation, over_rank, generate_bias):
     torch.manual_seed(0)
-    layer = GeneratedLinear(5, 4, condition_width=3, rank=2, generation=generation, over_rank=over_rank,
-                            generator_hidden=[6], generate_bias=generate_bias)
+    layer = GeneratedLinear(
+        5,
+        4,
+        condition_width=3,
+        rank=2,
+        generation=generation,
+        over_rank=over_rank,
+        generator_hidden=[6],
+        generate_bias=generate_bias,
+    )
     x, z = torch.randn(B, 5), torch.randn(B, 3)
     torch.testing.assert_close(layer(x, z), explicit(layer, x, z))
     assert (layer.bias is None) == generate_bias
@@ -130,9 +158,9 @@ def test_a_generator_without_condition_signal_is_a_plain_layer(generation):
     if generation == "specific":
         u, s, v = layer.generate(torch.zeros(1, 3))
         torch.testing.assert_close(s[0], torch.eye(2))
-        assert u.abs().max() <= 1 / 2 ** 0.5 and v.abs().max() <= 1 / 5 ** 0.5  # nn.Linear's ranges
+        assert u.abs().max() <= 1 / 2**0.5 and v.abs().max() <= 1 / 5**0.5  # nn.Linear's ranges
     if generation == "full":
-        assert weight.abs().max() <= 1 / 5 ** 0.5
+        assert weight.abs().max() <= 1 / 5**0.5
 
 
 def test_rank_is_cut_to_the_layer_and_bad_forms_are_refused():
@@ -169,12 +197,14 @@ def test_generated_mlp_conditions(condition):
 
 def test_arch_is_generated_layers_over_the_flat_input_conditioned_on_the_domain():
     torch.manual_seed(0)
-    arch = APGArch(layout(), APGConfig(hidden=[6, 4], rank=2, over_rank=5, generator_hidden=[5],
-                                       domain_features=["user_activity"])).eval()
+    arch = APGArch(
+        layout(), APGConfig(hidden=[6, 4], rank=2, over_rank=5, generator_hidden=[5], domain_features=["user_activity"])
+    ).eval()
     batch = features()
     z = arch.condition(batch)
-    torch.testing.assert_close(z, torch.cat([arch.input.domain_embedding.weight[batch.domain],
-                                             batch.fields[:, 2]], dim=1))
+    torch.testing.assert_close(
+        z, torch.cat([arch.input.domain_embedding.weight[batch.domain], batch.fields[:, 2]], dim=1)
+    )
     sequence = batch.sequences[0]
     h = torch.cat([arch.input(batch), masked_mean(sequence.keys, sequence.mask)], dim=1)  # the flat input
     for layer in arch.mlp.layers:
@@ -228,8 +258,9 @@ def test_self_condition_ignores_the_domain_vector():
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "apg", "apg": {"rank": 4, "over_rank": 0, "generation": "full"}},
-                       prefix="model")
+    config = from_dict(
+        ModelConfig, {"name": "apg", "apg": {"rank": 4, "over_rank": 0, "generation": "full"}}, prefix="model"
+    )
     assert (config.apg.rank, config.apg.generation) == (4, "full")
     assert APGConfig().rank == 8 and APGConfig().over_rank == 64 and APGConfig().generation == "shared"
     for options, match in [
@@ -254,13 +285,15 @@ def test_arch_refuses_bad_options_and_unknown_fields():
         APGArch(layout(), APGConfig(domain_features=["tab"]))
 
 
-@pytest.mark.parametrize("condition,generation,over_rank", [
-    ("group", "shared", 5), ("self", "specific", 0), ("mix", "full", 0)])
+@pytest.mark.parametrize(
+    "condition,generation,over_rank", [("group", "shared", 5), ("self", "specific", 0), ("mix", "full", 0)]
+)
 def test_generated_mlp_traces_with_fx(condition, generation, over_rank):
     """Every form is one fx graph (the pipeline traces the dense arch) that gives the eager outputs."""
     torch.manual_seed(0)
-    mlp = GeneratedMLP(5, [4, 3], 2, condition, rank=2, generation=generation, over_rank=over_rank,
-                       generate_bias=generation == "full")
+    mlp = GeneratedMLP(
+        5, [4, 3], 2, condition, rank=2, generation=generation, over_rank=over_rank, generate_bias=generation == "full"
+    )
     traced = torch.fx.symbolic_trace(mlp)
     for batch in (B, 1):
         x, z = torch.randn(batch, 5), torch.randn(batch, 2)

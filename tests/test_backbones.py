@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from torchrec_mdr.config import ConfigError, from_dict
-from torchrec_mdr.models.blocks import (AttentionOptions, MeanPooling, SequencePooling, TargetAttentionConfig,
-                                        masked_mean, sequence_summary)
+from torchrec_mdr.models.blocks import (
+    AttentionOptions,
+    MeanPooling,
+    SequencePooling,
+    TargetAttentionConfig,
+    masked_mean,
+    sequence_summary,
+)
 from torchrec_mdr.models.pepnet import PEPNetArch, PEPNetConfig
 from torchrec_mdr.models.registry import ModelConfig
 from test_baselines import B, D, features, layout
@@ -46,8 +52,9 @@ def test_pepnet_on_din_gates_the_attention_pooled_sequence():
 
 
 def test_backbone_is_one_config_line():
-    config = from_dict(ModelConfig, {"name": "pepnet", "pepnet": {"backbone": "can", "attention": {"orders": 2}}},
-                       prefix="model")
+    config = from_dict(
+        ModelConfig, {"name": "pepnet", "pepnet": {"backbone": "can", "attention": {"orders": 2}}}, prefix="model"
+    )
     assert config.pepnet.backbone == "can" and config.pepnet.attention.options("can").orders == 2
     assert from_dict(ModelConfig, {"name": "apg", "apg": {"backbone": "mha"}}, prefix="model").apg.backbone == "mha"
 

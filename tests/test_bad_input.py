@@ -110,9 +110,15 @@ def test_null_list(data):
         validate_dataset(data)
 
 
-@pytest.mark.parametrize("column, arrow_type", [
-    ("price", pa.float32()), ("click", pa.int8()), ("domain", pa.int64()), ("group_id", pa.int64()),
-])
+@pytest.mark.parametrize(
+    "column, arrow_type",
+    [
+        ("price", pa.float32()),
+        ("click", pa.int8()),
+        ("domain", pa.int64()),
+        ("group_id", pa.int64()),
+    ],
+)
 def test_null_scalar(data, column, arrow_type):
     """Nulls in dense, label, domain and key columns (a null group key used to become garbage)."""
     values = first_column(data, column).tolist()
@@ -250,25 +256,42 @@ def test_two_session_columns_are_refused(session_data):
     group = next(c for c in spec["columns"] if c["name"] == "group_id")
     group["kind"] = "session"
     (session_data / "spec.json").write_text(json.dumps(spec))
-    with pytest.raises(DataError, match=r"spec.json: at most one column of kind 'session' is allowed, "
-                                        r"got \['group_id', 'session_id'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"spec.json: at most one column of kind 'session' is allowed, "
+        r"got \['group_id', 'session_id'\]",
+    ):
         open_reader(session_data)
     with pytest.raises(ConfigError, match=r"at most one column of kind 'session'"):
-        DatasetSpec(name="x", columns=[ColumnSpec("click", "label"), ColumnSpec("domain", "domain"),
-                                       ColumnSpec("s1", "session"), ColumnSpec("s2", "session")],
-                    domain_names=["a"], splits={}).validate()
+        DatasetSpec(
+            name="x",
+            columns=[
+                ColumnSpec("click", "label"),
+                ColumnSpec("domain", "domain"),
+                ColumnSpec("s1", "session"),
+                ColumnSpec("s2", "session"),
+            ],
+            domain_names=["a"],
+            splits={},
+        ).validate()
 
 
-@pytest.mark.parametrize("values, arrow_type", [
-    (pa.array(np.arange(800, dtype=np.float64)), "double"),
-    (pa.array([[i] for i in range(800)], pa.list_(pa.int64())), "list<element: int64>"),
-    (pa.array([str(i) for i in range(800)]), "string"),
-])
+@pytest.mark.parametrize(
+    "values, arrow_type",
+    [
+        (pa.array(np.arange(800, dtype=np.float64)), "double"),
+        (pa.array([[i] for i in range(800)], pa.list_(pa.int64())), "list<element: int64>"),
+        (pa.array([str(i) for i in range(800)]), "string"),
+    ],
+)
 def test_mistyped_session_column(session_data, values, arrow_type):
     table = pq.read_table(session_data / FIRST)
     rewrite(session_data, "session_id", values.slice(0, table.num_rows))
-    with pytest.raises(DataError, match=rf"{FIRST}, column 'session_id': type {re.escape(arrow_type)} does not "
-                                        rf"fit kind 'session' of the spec"):
+    with pytest.raises(
+        DataError,
+        match=rf"{FIRST}, column 'session_id': type {re.escape(arrow_type)} does not "
+        rf"fit kind 'session' of the spec",
+    ):
         open_reader(session_data)
 
 

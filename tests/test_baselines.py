@@ -33,8 +33,15 @@ FIELDS = ("user_id", "item_id", "user_activity", "hour")
 
 def layout() -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=FIELDS, pooled=frozenset({"user_id", "user_activity", "hour"}),
-                         sequences=(sequence,), embedding_dim=D, num_dense=3, num_domains=K, num_tasks=T)
+    return FeatureLayout(
+        fields=FIELDS,
+        pooled=frozenset({"user_id", "user_activity", "hour"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=3,
+        num_domains=K,
+        num_tasks=T,
+    )
 
 
 def features(domain: list[int] | None = None, seed: int = 1) -> EmbeddedFeatures:
@@ -43,61 +50,131 @@ def features(domain: list[int] | None = None, seed: int = 1) -> EmbeddedFeatures
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, len(FIELDS), D, generator=generator)
     domain = torch.tensor(domain if domain is not None else [0, 1, 2, 0, 1, 2])
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 3, generator=generator), domain)
+    return EmbeddedFeatures(
+        fields, [EmbeddedSequence(keys, mask, fields[:, 1])], torch.randn(B, 3, generator=generator), domain
+    )
 
 
 ARCHS = {
-    "aesm2": lambda: AESM2Arch(layout(), AESM2Config(scenario_experts=4, task_experts=3, scenario_specific_top_k=2,
-                                                     scenario_shared_top_k=1, expert_hidden=[8], tower_hidden=[5],
-                                                     scenario_features=["user_activity"])),
-    "aesm2_deep": lambda: AESM2Arch(layout(), AESM2Config(scenario_layers=2, task_layers=2, scenario_experts=3,
-                                                          task_experts=3, scenario_specific_top_k=2,
-                                                          task_specific_top_k=2, expert_hidden=[6])),
+    "aesm2": lambda: AESM2Arch(
+        layout(),
+        AESM2Config(
+            scenario_experts=4,
+            task_experts=3,
+            scenario_specific_top_k=2,
+            scenario_shared_top_k=1,
+            expert_hidden=[8],
+            tower_hidden=[5],
+            scenario_features=["user_activity"],
+        ),
+    ),
+    "aesm2_deep": lambda: AESM2Arch(
+        layout(),
+        AESM2Config(
+            scenario_layers=2,
+            task_layers=2,
+            scenario_experts=3,
+            task_experts=3,
+            scenario_specific_top_k=2,
+            task_specific_top_k=2,
+            expert_hidden=[6],
+        ),
+    ),
     "adasparse": lambda: AdaSparseArch(layout(), AdaSparseConfig(hidden=[8, 6], domain_features=["user_activity"])),
-    "adasparse_binarization": lambda: AdaSparseArch(layout(), AdaSparseConfig(hidden=[8], variant="binarization",
-                                                                              epsilon=0.1)),
-    "apg": lambda: APGArch(layout(), APGConfig(hidden=[8, 6], rank=3, over_rank=5, generator_hidden=[5],
-                                               domain_features=["user_activity"])),
-    "apg_mix_specific": lambda: APGArch(layout(), APGConfig(hidden=[8, 6], rank=2, generation="specific",
-                                                            over_rank=0, condition="mix")),
+    "adasparse_binarization": lambda: AdaSparseArch(
+        layout(), AdaSparseConfig(hidden=[8], variant="binarization", epsilon=0.1)
+    ),
+    "apg": lambda: APGArch(
+        layout(), APGConfig(hidden=[8, 6], rank=3, over_rank=5, generator_hidden=[5], domain_features=["user_activity"])
+    ),
+    "apg_mix_specific": lambda: APGArch(
+        layout(), APGConfig(hidden=[8, 6], rank=2, generation="specific", over_rank=0, condition="mix")
+    ),
     "deepfm": lambda: DeepFMArch(layout(), DeepFMConfig(hidden=[8, 6])),
-    "dffm": lambda: DFFMArch(layout(), DFFMConfig(domain_network=[5, 3], hidden=[8], heads=2, head_dim=3, rank=2,
-                                                  dfub_dim=4, domain_features=["user_activity"])),
-    "dffm_no_dfub_tanh": lambda: DFFMArch(layout(), DFFMConfig(domain_network=[4], activation="tanh", hidden=[8],
-                                                               use_dfub=False)),
+    "dffm": lambda: DFFMArch(
+        layout(),
+        DFFMConfig(
+            domain_network=[5, 3],
+            hidden=[8],
+            heads=2,
+            head_dim=3,
+            rank=2,
+            dfub_dim=4,
+            domain_features=["user_activity"],
+        ),
+    ),
+    "dffm_no_dfub_tanh": lambda: DFFMArch(
+        layout(), DFFMConfig(domain_network=[4], activation="tanh", hidden=[8], use_dfub=False)
+    ),
     "dcnv2": lambda: DCNv2Arch(layout(), DCNv2Config(cross_layers=2, hidden=[8, 6])),
-    "dcnv2_stacked_mixture": lambda: DCNv2Arch(layout(), DCNv2Config(structure="stacked", cross_type="mixture",
-                                                                     low_rank=4, num_experts=2, hidden=[8])),
-    "m2m": lambda: M2MArch(layout(), M2MConfig(num_experts=3, expert_hidden=[8], view_dim=5, meta_layers=2,
-                                               scenario_features=["user_activity"])),
-    "m2m_mha": lambda: M2MArch(layout(), M2MConfig(num_experts=2, expert_hidden=[8], view_dim=4, backbone="mha",
-                                                   attention=TargetAttentionConfig(heads=2, head_dim=3))),
+    "dcnv2_stacked_mixture": lambda: DCNv2Arch(
+        layout(), DCNv2Config(structure="stacked", cross_type="mixture", low_rank=4, num_experts=2, hidden=[8])
+    ),
+    "m2m": lambda: M2MArch(
+        layout(),
+        M2MConfig(num_experts=3, expert_hidden=[8], view_dim=5, meta_layers=2, scenario_features=["user_activity"]),
+    ),
+    "m2m_mha": lambda: M2MArch(
+        layout(),
+        M2MConfig(
+            num_experts=2,
+            expert_hidden=[8],
+            view_dim=4,
+            backbone="mha",
+            attention=TargetAttentionConfig(heads=2, head_dim=3),
+        ),
+    ),
     "masknet": lambda: MaskNetArch(layout(), MaskNetConfig(block_widths=[8, 6], reduction_ratio=1.5)),
-    "masknet_parallel": lambda: MaskNetArch(layout(), MaskNetConfig(form="parallel", parallel_blocks=2,
-                                                                    parallel_block_width=5, parallel_hidden=[6])),
-    "maria": lambda: MARIAArch(layout(), MARIAConfig(scaling_hidden=5, num_refiners=2, refiner_dim=3, correlation_dim=4,
-                                                     num_experts=3, expert_hidden=[8], tower_hidden=[5],
-                                                     scenario_features=["user_activity"])),
-    "maria_mean": lambda: MARIAArch(layout(), MARIAConfig(backbone="mean", num_refiners=1, refiner_dim=4,
-                                                          num_experts=2, expert_hidden=[6], tower_hidden=[])),
+    "masknet_parallel": lambda: MaskNetArch(
+        layout(), MaskNetConfig(form="parallel", parallel_blocks=2, parallel_block_width=5, parallel_hidden=[6])
+    ),
+    "maria": lambda: MARIAArch(
+        layout(),
+        MARIAConfig(
+            scaling_hidden=5,
+            num_refiners=2,
+            refiner_dim=3,
+            correlation_dim=4,
+            num_experts=3,
+            expert_hidden=[8],
+            tower_hidden=[5],
+            scenario_features=["user_activity"],
+        ),
+    ),
+    "maria_mean": lambda: MARIAArch(
+        layout(),
+        MARIAConfig(backbone="mean", num_refiners=1, refiner_dim=4, num_experts=2, expert_hidden=[6], tower_hidden=[]),
+    ),
     "frnet": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8, 6], attention_size=3, cie_hidden=[7])),
-    "frnet_vector": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8], attention_size=3, cie_hidden=[],
-                                                            weight_type="vector")),
+    "frnet_vector": lambda: FRNetArch(
+        layout(), FRNetConfig(hidden=[8], attention_size=3, cie_hidden=[], weight_type="vector")
+    ),
     "shared_bottom": lambda: SharedBottomArch(layout(), SharedBottomConfig(bottom_hidden=[8, 6], tower_hidden=[5])),
     "mmoe": lambda: MMoEArch(layout(), MMoEConfig(num_experts=3, expert_hidden=[8, 6], tower_hidden=[5])),
-    "ple": lambda: PLEArch(layout(), PLEConfig(num_levels=2, num_shared_experts=2, num_specific_experts=2,
-                                               expert_hidden=[6], tower_hidden=[5])),
-    "ple_one_level": lambda: PLEArch(layout(), PLEConfig(num_levels=1, num_shared_experts=1,
-                                                         num_specific_experts=2, expert_hidden=[6],
-                                                         tower_hidden=[5])),
+    "ple": lambda: PLEArch(
+        layout(),
+        PLEConfig(num_levels=2, num_shared_experts=2, num_specific_experts=2, expert_hidden=[6], tower_hidden=[5]),
+    ),
+    "ple_one_level": lambda: PLEArch(
+        layout(),
+        PLEConfig(num_levels=1, num_shared_experts=1, num_specific_experts=2, expert_hidden=[6], tower_hidden=[5]),
+    ),
     "star": lambda: STARArch(layout(), STARConfig(hidden=[8, 6], auxiliary_hidden=[5])),
-    "pepnet": lambda: PEPNetArch(layout(), PEPNetConfig(hidden=[8, 6], gate_hidden=5,
-                                                        domain_features=["user_activity"])),
+    "pepnet": lambda: PEPNetArch(
+        layout(), PEPNetConfig(hidden=[8, 6], gate_hidden=5, domain_features=["user_activity"])
+    ),
     # method models on a target-attention backbone (the ADS paper's "DIN +PEPNet" rows)
     "pepnet_din": lambda: PEPNetArch(layout(), PEPNetConfig(hidden=[8, 6], gate_hidden=5, backbone="din")),
-    "frnet_mha": lambda: FRNetArch(layout(), FRNetConfig(hidden=[8], attention_size=3, cie_hidden=[], backbone="mha",
-                                                         attention=TargetAttentionConfig(heads=2, head_dim=3))),
+    "frnet_mha": lambda: FRNetArch(
+        layout(),
+        FRNetConfig(
+            hidden=[8],
+            attention_size=3,
+            cie_hidden=[],
+            backbone="mha",
+            attention=TargetAttentionConfig(heads=2, head_dim=3),
+        ),
+    ),
     "apg_can": lambda: APGArch(layout(), APGConfig(hidden=[8], rank=2, over_rank=0, backbone="can")),
 }
 
@@ -163,7 +240,7 @@ def test_domain_parameters_learn_only_from_their_domain(name):
     logits_of(arch(features())).sum().backward()
     for param_name, param, slots in domain_parameters(name, arch):
         for k in range(K):
-            assert param.grad[k * slots:(k + 1) * slots].abs().sum() > 0, f"{param_name}[{k}]"
+            assert param.grad[k * slots : (k + 1) * slots].abs().sum() > 0, f"{param_name}[{k}]"
 
 
 # --------------------------------------------------------------------------- stacked layers
@@ -230,12 +307,13 @@ def test_ple_domain_gate_covers_exactly_own_and_shared_experts():
     domain_inputs, shared_input = torch.randn(B, K, 7), torch.randn(B, 7)
     domain_out, shared_out = level(domain_inputs, shared_input)
     for b in range(B):
-        shared_expert = expert_outputs(level.shared, shared_input[b:b + 1], 0)[0]
+        shared_expert = expert_outputs(level.shared, shared_input[b : b + 1], 0)[0]
         all_specific = []
         for k in range(K):
-            own = [expert_outputs(level.specific, domain_inputs[b:b + 1, k], k * 2 + j)[0] for j in range(2)]
-            all_specific += [expert_outputs(level.specific, domain_inputs[b:b + 1, k], k * 2 + j)[0]
-                             for j in range(2)]
+            own = [expert_outputs(level.specific, domain_inputs[b : b + 1, k], k * 2 + j)[0] for j in range(2)]
+            all_specific += [
+                expert_outputs(level.specific, domain_inputs[b : b + 1, k], k * 2 + j)[0] for j in range(2)
+            ]
             gate = torch.softmax(domain_inputs[b, k] @ level.domain_gates.weight[k], dim=-1)
             expected = gate[0] * own[0] + gate[1] * own[1] + gate[2] * shared_expert
             torch.testing.assert_close(domain_out[b, k], expected)
@@ -279,8 +357,9 @@ def test_star_layer_matches_hand_computation():
     with torch.no_grad():
         layer.shared_weight.copy_(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]]))
         layer.shared_bias.copy_(torch.tensor([0.1, -0.2]))
-        layer.domain_weight.copy_(torch.tensor([[[2.0, 1.0], [0.0, 1.0], [1.0, 3.0]],
-                                                [[-1.0, 0.5], [1.0, 2.0], [4.0, 1.0]]]))
+        layer.domain_weight.copy_(
+            torch.tensor([[[2.0, 1.0], [0.0, 1.0], [1.0, 3.0]], [[-1.0, 0.5], [1.0, 2.0], [4.0, 1.0]]])
+        )
         layer.domain_bias.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
     x = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0], [0.0, 1.0, 1.0]])
     domain = torch.tensor([0, 1, 1])
@@ -290,8 +369,9 @@ def test_star_layer_matches_hand_computation():
         weight = layer.shared_weight * layer.domain_weight[d]  # W ⊙ W_d
         expected = x[b] @ weight + layer.shared_bias + layer.domain_bias[d]
         torch.testing.assert_close(out[b], expected)
-    torch.testing.assert_close(out[0], torch.tensor([1 * 2 + 2 * 0 + 3 * 0.5 + 0.1 + 1.0,
-                                                     1 * 2 + 2 * -1 + 0 + -0.2 + 0.0]))
+    torch.testing.assert_close(
+        out[0], torch.tensor([1 * 2 + 2 * 0 + 3 * 0.5 + 0.1 + 1.0, 1 * 2 + 2 * -1 + 0 + -0.2 + 0.0])
+    )
 
 
 def test_star_domains_start_as_the_shared_network():
@@ -405,35 +485,45 @@ def test_pepnet_feature_roles_and_whole_model_stop_gradient():
     captured["out"].retain_grad()
     logits.sum().backward()
     hour = FIELDS.index("hour")
-    expected = captured["out"].grad[:, hour * D:(hour + 1) * D] * captured["gate"][:, hour:hour + 1].detach()
+    expected = captured["out"].grad[:, hour * D : (hour + 1) * D] * captured["gate"][:, hour : hour + 1].detach()
     torch.testing.assert_close(batch.fields.grad[:, hour], expected)
 
 
 # --------------------------------------------------------------------------- configuration errors
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: MMoEArch(layout(), MMoEConfig(expert_hidden=[])), "model.mmoe.expert_hidden"),
-    (lambda: PLEArch(layout(), PLEConfig(expert_hidden=[])), "model.ple.expert_hidden"),
-    (lambda: PLEArch(layout(), PLEConfig(num_shared_experts=0, num_specific_experts=0)), "model.ple"),
-    (lambda: PEPNetArch(layout(), PEPNetConfig(domain_features=["foo"])),
-     r"model.pepnet.domain_features: 'foo' is not an id feature of the dataset; id features: \['user_id'"),
-    (lambda: PEPNetArch(layout(), PEPNetConfig(prior_features=["user_id", "bar"])),
-     "model.pepnet.prior_features: 'bar' is not an id feature"),
-    (lambda: PEPNetArch(layout(), PEPNetConfig(epnet_gate="row")), "model.pepnet.epnet_gate"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: MMoEArch(layout(), MMoEConfig(expert_hidden=[])), "model.mmoe.expert_hidden"),
+        (lambda: PLEArch(layout(), PLEConfig(expert_hidden=[])), "model.ple.expert_hidden"),
+        (lambda: PLEArch(layout(), PLEConfig(num_shared_experts=0, num_specific_experts=0)), "model.ple"),
+        (
+            lambda: PEPNetArch(layout(), PEPNetConfig(domain_features=["foo"])),
+            r"model.pepnet.domain_features: 'foo' is not an id feature of the dataset; id features: \['user_id'",
+        ),
+        (
+            lambda: PEPNetArch(layout(), PEPNetConfig(prior_features=["user_id", "bar"])),
+            "model.pepnet.prior_features: 'bar' is not an id feature",
+        ),
+        (lambda: PEPNetArch(layout(), PEPNetConfig(epnet_gate="row")), "model.pepnet.epnet_gate"),
+    ],
+)
 def test_bad_options_are_config_errors(build, message):
     with pytest.raises(ConfigError, match=message):
         build()
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"mmoe": {"num_experts": 0}}, "model.mmoe.num_experts"),
-    ({"ple": {"num_levels": 0}}, "model.ple.num_levels"),
-    ({"star": {"hidden": [8, 0]}}, "model.star.hidden"),
-    ({"pepnet": {"epnet_gate": "row"}}, "model.pepnet.epnet_gate"),
-    ({"pepnet": {"gamma": 0}}, "model.pepnet.gamma"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"mmoe": {"num_experts": 0}}, "model.mmoe.num_experts"),
+        ({"ple": {"num_levels": 0}}, "model.ple.num_levels"),
+        ({"star": {"hidden": [8, 0]}}, "model.star.hidden"),
+        ({"pepnet": {"epnet_gate": "row"}}, "model.pepnet.epnet_gate"),
+        ({"pepnet": {"gamma": 0}}, "model.pepnet.gamma"),
+    ],
+)
 def test_bad_options_in_a_config_file(options, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(ModelConfig, options, prefix="model")

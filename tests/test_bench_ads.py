@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from torchrec_mdr.bench.ads_backbone import (AdsBenchOptions, format_profile, format_ratio_table, round_ratios,
-                                             variants)
+from torchrec_mdr.bench.ads_backbone import AdsBenchOptions, format_profile, format_ratio_table, round_ratios, variants
 from torchrec_mdr.cli import main
 
 
@@ -18,8 +17,9 @@ def test_ratios_are_per_round_not_of_medians():
     seconds = {"din": [1.0, 4.0, 2.0], "ads k=1": [1.5, 2.0, 2.2]}
     assert [round(r, 6) for r in round_ratios(seconds, "ads k=1", "din")] == [1.5, 0.5, 1.1]
     options = AdsBenchOptions(chunks=[1], steps=10, repeats=3)
-    lines = format_ratio_table({50: seconds, 20: {"din": [0.5, 0.5, 0.5], "ads k=1": [0.6, 0.6, 0.6]}},
-                               options).splitlines()
+    lines = format_ratio_table(
+        {50: seconds, 20: {"din": [0.5, 0.5, 0.5], "ads k=1": [0.6, 0.6, 0.6]}}, options
+    ).splitlines()
     assert "median (min-max) of 3 rounds x 10 steps" in lines[0]
     assert lines[1].split() == ["T", "din", "ms/step", "ads", "k=1"]
     # rows sorted by T; din ms/step = median window / steps; then median (min-max) of the round ratios
@@ -33,15 +33,19 @@ def test_ratios_are_per_round_not_of_medians():
 
 def test_profile_lists_the_operators_by_ads_extra_time():
     options = AdsBenchOptions(chunks=[1, 10], profile_seq_length=50, profile_steps=5, profile_top=2)
-    profile = {"din": {"aten::mm": 30.0, "aten::cat": 5.0, "(all)": 34.0},
-               "ads k=1": {"aten::mm": 36.0, "aten::cat": 5.5, "aten::bmm": 9.0, "(all)": 50.5},
-               "ads k=10": {"aten::mm": 33.0, "aten::cat": 5.0, "aten::bmm": 8.0, "(all)": 46.0}}
+    profile = {
+        "din": {"aten::mm": 30.0, "aten::cat": 5.0, "(all)": 34.0},
+        "ads k=1": {"aten::mm": 36.0, "aten::cat": 5.5, "aten::bmm": 9.0, "(all)": 50.5},
+        "ads k=10": {"aten::mm": 33.0, "aten::cat": 5.0, "aten::bmm": 8.0, "(all)": 46.0},
+    }
     lines = format_profile(profile, options).splitlines()
     assert "T = 50 (mean of 5 one-step recordings), sorted by ads k=1 - din" in lines[0]
     assert lines[1].split() == ["operator", "din", "ads", "k=1", "ads", "k=10", "extra"]
     assert lines[2].split() == ["(all)", "34.00", "50.50", "46.00", "16.50"]  # the mean step total
-    assert [line.split() for line in lines[3:]] == [["aten::bmm", "0.00", "9.00", "8.00", "9.00"],
-                                                    ["aten::mm", "30.00", "36.00", "33.00", "6.00"]]
+    assert [line.split() for line in lines[3:]] == [
+        ["aten::bmm", "0.00", "9.00", "8.00", "9.00"],
+        ["aten::mm", "30.00", "36.00", "33.00", "6.00"],
+    ]
 
 
 def test_bad_options_are_one_line_errors(capsys):
@@ -53,10 +57,42 @@ def test_bad_options_are_one_line_errors(capsys):
 
 def test_bench_ads_tiny(tmp_path, capsys):
     """The real trainers of DIN and ADS (two chunk settings) on generated data, timed and profiled."""
-    assert main(["bench", "ads", "--data-root", str(tmp_path / "data"), "--rows", "1000", "--seq-lengths", "4",
-                 "--chunks", "1", "2", "--batch-size", "16", "--embedding-dim", "4", "--warmup", "1", "--steps", "1",
-                 "--repeats", "2", "--batches-in-memory", "2", "--profile-seq-length", "4", "--profile-steps", "1",
-                 "--profile-top", "3"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "ads",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--rows",
+                "1000",
+                "--seq-lengths",
+                "4",
+                "--chunks",
+                "1",
+                "2",
+                "--batch-size",
+                "16",
+                "--embedding-dim",
+                "4",
+                "--warmup",
+                "1",
+                "--steps",
+                "1",
+                "--repeats",
+                "2",
+                "--batches-in-memory",
+                "2",
+                "--profile-seq-length",
+                "4",
+                "--profile-steps",
+                "1",
+                "--profile-top",
+                "3",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("    T"))
     row = lines[header + 1].split()

@@ -12,8 +12,18 @@ from functools import partial
 import numpy as np
 import pytest
 
-from torchrec_mdr.bench.proof import (ABLATIONS, MODELS, OPTIONS, PAIRS, ProofBenchOptions, archived,
-                                      dataset_name, planned_jobs, run, run_dir)
+from torchrec_mdr.bench.proof import (
+    ABLATIONS,
+    MODELS,
+    OPTIONS,
+    PAIRS,
+    ProofBenchOptions,
+    archived,
+    dataset_name,
+    planned_jobs,
+    run,
+    run_dir,
+)
 from torchrec_mdr.bench.proof_report import paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError
@@ -26,17 +36,24 @@ def brute_force_mann_whitney(a: list[float], b: list[float]) -> float:
     pooled = a + b
     ranks = np.argsort(np.argsort(pooled)) + 1.0
     observed = abs(ranks[: len(a)].sum() - len(a) * (len(pooled) + 1) / 2)
-    sums = [abs(ranks[list(c)].sum() - len(a) * (len(pooled) + 1) / 2)
-            for c in itertools.combinations(range(len(pooled)), len(a))]
+    sums = [
+        abs(ranks[list(c)].sum() - len(a) * (len(pooled) + 1) / 2)
+        for c in itertools.combinations(range(len(pooled)), len(a))
+    ]
     return float(np.mean([s >= observed - 1e-9 for s in sums]))
 
 
 def test_sign_flip_p_is_exact():
-    assert sign_flip_p([0.01] * 5) == pytest.approx(2 / 32)      # all 5 positive: the two extreme signings
+    assert sign_flip_p([0.01] * 5) == pytest.approx(2 / 32)  # all 5 positive: the two extreme signings
     assert sign_flip_p([0.01] * 6) == pytest.approx(2 / 64)
     assert sign_flip_p([0.01, -0.01, 0.02, 0.0, 0.005]) == pytest.approx(
-        np.mean([abs(np.dot(s, [0.01, -0.01, 0.02, 0.0, 0.005])) >= 0.025 - 1e-12
-                 for s in itertools.product((-1, 1), repeat=5)]))
+        np.mean(
+            [
+                abs(np.dot(s, [0.01, -0.01, 0.02, 0.0, 0.005])) >= 0.025 - 1e-12
+                for s in itertools.product((-1, 1), repeat=5)
+            ]
+        )
+    )
     assert math.isnan(sign_flip_p([]))
 
 
@@ -76,16 +93,32 @@ def test_unknown_effect_is_refused(tmp_path):
 
 def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
     """CI's tiny form: one world, two seeds, 2,000 rows, at most 2 epochs, two planted datasets."""
-    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=2, rows=2000,
-                                users=100, items=300, seq_length=6, max_epochs=2, patience=1, batch_size=256,
-                                effects=["none", "pcrg"], mechanisms=["pcrg"], suites=["specificity"])
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        worlds=1,
+        seeds=2,
+        rows=2000,
+        users=100,
+        items=300,
+        seq_length=6,
+        max_epochs=2,
+        patience=1,
+        batch_size=256,
+        effects=["none", "pcrg"],
+        mechanisms=["pcrg"],
+        suites=["specificity"],
+    )
     written = run(options)
     assert set(written) == {"ceilings", "specificity"}
     raw = json.loads((options.out / "specificity.json").read_text())
     cell = raw["pcrg"]["pcrg"]
     data = options.work / dataset_name(options, 0, "pcrg")
-    runs = {(v.label, seed): json.loads((run_dir(options, v, data, seed) / "metrics.json").read_text())
-            for v in PAIRS["pcrg"] for seed in range(2)}
+    runs = {
+        (v.label, seed): json.loads((run_dir(options, v, data, seed) / "metrics.json").read_text())
+        for v in PAIRS["pcrg"]
+        for seed in range(2)
+    }
     deltas = [runs[("ADS", s)]["auc"] - runs[("ADS w/o PCRG", s)]["auc"] for s in range(2)]
     assert cell["n"] == 2 and cell["delta"] == pytest.approx(sum(deltas) / 2)
     for metrics in runs.values():  # early stopping ran: one evaluation per epoch, at most 2
@@ -103,9 +136,22 @@ def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, capfd):
-    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=2000,
-                                users=100, items=300, seq_length=6, max_epochs=2, patience=2, batch_size=256,
-                                effects=["pcrg"], mechanisms=["pcrg"], suites=["specificity"])
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        worlds=1,
+        seeds=1,
+        rows=2000,
+        users=100,
+        items=300,
+        seq_length=6,
+        max_epochs=2,
+        patience=2,
+        batch_size=256,
+        effects=["pcrg"],
+        mechanisms=["pcrg"],
+        suites=["specificity"],
+    )
     run(options)
     ads = PAIRS["pcrg"][0]
     data = options.work / dataset_name(options, 0, "pcrg")
@@ -126,8 +172,18 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_p
 
 
 def test_diagonal_matrix_plans_own_none_and_all(tmp_path):
-    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=2, seeds=2, rows=1000,
-                                users=50, items=200, seq_length=4, suites=["specificity"], matrix="diagonal")
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        worlds=2,
+        seeds=2,
+        rows=1000,
+        users=50,
+        items=200,
+        seq_length=4,
+        suites=["specificity"],
+        matrix="diagonal",
+    )
     jobs = planned_jobs(options)
     cells = {(v.label, d.name) for v, d, _ in jobs}
     name = partial(dataset_name, options)
@@ -139,14 +195,29 @@ def test_diagonal_matrix_plans_own_none_and_all(tmp_path):
 
 
 def test_tiny_scaling_suite_trains_each_row_count(tmp_path):
-    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=1500,
-                                users=60, items=200, seq_length=5, max_epochs=1, patience=1, batch_size=256,
-                                suites=["scaling"], scale_rows=[1500, 3000])
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        worlds=1,
+        seeds=1,
+        rows=1500,
+        users=60,
+        items=200,
+        seq_length=5,
+        max_epochs=1,
+        patience=1,
+        batch_size=256,
+        suites=["scaling"],
+        scale_rows=[1500, 3000],
+    )
     table = run(options)["scaling"].read_text()
     for rows in (1500, 3000):
         data = options.work / dataset_name(ProofBenchOptions(**{**vars(options), "rows": rows}), 0, "all")
-        aucs = {v.label: json.loads((run_dir(options, v, data, 0) / "metrics.json").read_text())["auc"]
-                for v in MODELS if v.label in ("DNN", "DIN", "ADS", "SFPNet")}
+        aucs = {
+            v.label: json.loads((run_dir(options, v, data, 0) / "metrics.json").read_text())["auc"]
+            for v in MODELS
+            if v.label in ("DNN", "DIN", "ADS", "SFPNet")
+        }
         assert f"| {rows:,} | " + " | ".join(f"{aucs[label]:.4f}" for label in ("DNN", "DIN", "ADS", "SFPNet")) in table
         assert f"{aucs['ADS'] - aucs['DIN']:+.4f}" in table
 
@@ -154,34 +225,59 @@ def test_tiny_scaling_suite_trains_each_row_count(tmp_path):
 def test_tiny_dose_suite_plants_the_knob_stronger_and_tables_the_pairs(tmp_path):
     """The dose suite trains each mechanism's pair on its own effect at each dose (the knob times the dose)
     and tables it beside dose 0 (``none``) and dose 1 (the specificity dataset) when those ran."""
-    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=1500,
-                                users=60, items=200, seq_length=5, max_epochs=1, patience=1, batch_size=256,
-                                suites=["dose"], mechanisms=["se"], doses=[2.5])
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        worlds=1,
+        seeds=1,
+        rows=1500,
+        users=60,
+        items=200,
+        seq_length=5,
+        max_epochs=1,
+        patience=1,
+        batch_size=256,
+        suites=["dose"],
+        mechanisms=["se"],
+        doses=[2.5],
+    )
     jobs = planned_jobs(options)
-    assert {(v.label, d.name) for v, d, _ in jobs} == {(v.label, dataset_name(options, 0, "se", 2.5))
-                                                       for v in PAIRS["se"]}
+    assert {(v.label, d.name) for v, d, _ in jobs} == {
+        (v.label, dataset_name(options, 0, "se", 2.5)) for v in PAIRS["se"]
+    }
     assert dataset_name(options, 0, "se", 2.5) != dataset_name(options, 0, "se")
     spec = DatasetSpec.load(jobs[0][1])
-    assert ast.literal_eval(spec.notes["effects"]) == {"psrg": 0.0, "pcrg": 0.0, "sfpnet": 0.0, "dsbn": 0.0,
-                                                        "se": 2.5}
+    assert ast.literal_eval(spec.notes["effects"]) == {"psrg": 0.0, "pcrg": 0.0, "sfpnet": 0.0, "dsbn": 0.0, "se": 2.5}
     written = run(options)
     raw = json.loads((options.out / "dose.json").read_text())
     data = jobs[0][1]
-    aucs = {v.label: json.loads((run_dir(options, v, data, 0) / "metrics.json").read_text())["auc"]
-            for v in PAIRS["se"]}
+    aucs = {
+        v.label: json.loads((run_dir(options, v, data, 0) / "metrics.json").read_text())["auc"] for v in PAIRS["se"]
+    }
     cell = raw["se"]["2.5"]
     assert cell["n"] == 1 and cell["delta"] == pytest.approx(aucs["ADIN"] - aucs["ADIN w/o SE"])
     test = spec.splits["test"]
     assert cell["gap"] == pytest.approx(test.oracle_auc["all"] - test.ceilings["without_se"]["all"])
-    assert cell["closed_without"] == pytest.approx((aucs["ADIN w/o SE"] - test.ceilings["without_se"]["all"])
-                                                   / cell["gap"])
+    assert cell["closed_without"] == pytest.approx(
+        (aucs["ADIN w/o SE"] - test.ceilings["without_se"]["all"]) / cell["gap"]
+    )
     assert raw["se"]["0"]["n"] == 0 and raw["se"]["1"]["n"] == 0  # not run here: shown as such
     assert f"{cell['delta']:+.4f}" in written["dose"].read_text()
 
 
 def test_options_suite_pairs_each_option_with_its_default_on_its_data(tmp_path):
-    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=1000,
-                                users=50, items=200, seq_length=4, suites=["options"], doses=[3.0])
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        worlds=1,
+        seeds=1,
+        rows=1000,
+        users=50,
+        items=200,
+        seq_length=4,
+        suites=["options"],
+        doses=[3.0],
+    )
     cells = {(v.label, d.name) for v, d, _ in planned_jobs(options)}
     for with_v, default, effect in OPTIONS.values():
         dose = 1.0 if effect == "all" else 3.0
@@ -212,8 +308,17 @@ def test_options_table_pairs_the_option_with_the_default_and_the_bare_model(tmp_
 def test_evals_per_epoch_sets_the_evaluation_clock(tmp_path):
     from torchrec_mdr.bench.proof import dataset, overrides
 
-    options = ProofBenchOptions(out=tmp_path, work=tmp_path, rows=2000, users=50, items=200, seq_length=4,
-                                batch_size=100, max_epochs=1, evals_per_epoch=4)
+    options = ProofBenchOptions(
+        out=tmp_path,
+        work=tmp_path,
+        rows=2000,
+        users=50,
+        items=200,
+        seq_length=4,
+        batch_size=100,
+        max_epochs=1,
+        evals_per_epoch=4,
+    )
     data = dataset(options, 0, "none")
     epoch_steps = -(-DatasetSpec.load(data).splits["train"].rows // 100)
     args = overrides(options, PAIRS["psrg"][0], data, 0)
@@ -225,14 +330,22 @@ def test_movielens_suite_trains_every_model_per_seed_and_tables_them_against_the
 
     from torchrec_mdr.bench.proof_report import write_movielens
 
-    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=3, seeds=2,
-                                suites=["movielens"], movielens_src=write_ml100k(tmp_path / "ml-100k"))
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        worlds=3,
+        seeds=2,
+        suites=["movielens"],
+        movielens_src=write_ml100k(tmp_path / "ml-100k"),
+    )
     jobs = planned_jobs(options)
     assert sorted((v.label, d.name, s) for v, d, s in jobs) == sorted(
-        (v.label, "ml-100k", s) for v in MODELS for s in range(2))  # one dataset: worlds do not multiply
+        (v.label, "ml-100k", s) for v in MODELS for s in range(2)
+    )  # one dataset: worlds do not multiply
     assert DatasetSpec.load(jobs[0][1]).domain_names == ["age<25", "age25-34", "age>=35"]
-    results = {(v.label, "ml-100k", s): {"auc": 0.70 + 0.01 * i + 0.001 * s} for i, v in enumerate(MODELS)
-               for s in range(2)}
+    results = {
+        (v.label, "ml-100k", s): {"auc": 0.70 + 0.01 * i + 0.001 * s} for i, v in enumerate(MODELS) for s in range(2)
+    }
     options.out.mkdir()
     table = write_movielens(options, results).read_text()
     rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
@@ -243,15 +356,27 @@ def test_movielens_suite_trains_every_model_per_seed_and_tables_them_against_the
 def test_alternatives_choose_which_options_are_trained_and_tabled(tmp_path):
     from torchrec_mdr.bench.proof_report import write_options
 
-    options = ProofBenchOptions(out=tmp_path, work=tmp_path / "work", worlds=1, seeds=1, rows=1000,
-                                users=50, items=200, seq_length=4, suites=["options"], doses=[3.0],
-                                alternatives=["psrg_shared_init=identity_noise"])
+    options = ProofBenchOptions(
+        out=tmp_path,
+        work=tmp_path / "work",
+        worlds=1,
+        seeds=1,
+        rows=1000,
+        users=50,
+        items=200,
+        seq_length=4,
+        suites=["options"],
+        doses=[3.0],
+        alternatives=["psrg_shared_init=identity_noise"],
+    )
     identity, default, _ = OPTIONS["psrg_shared_init=identity_noise"]
     assert {v.label for v, _, _ in planned_jobs(options)} == {identity.label}
     xavier = OPTIONS["psrg_shared_init=xavier"][0]
     name = dataset_name(options, 0, "psrg", 3.0)
-    results = {(label, name, 0): {"auc": auc} for label, auc in
-               ((default.label, 0.70), (identity.label, 0.71), (xavier.label, 0.72))}
+    results = {
+        (label, name, 0): {"auc": auc}
+        for label, auc in ((default.label, 0.70), (identity.label, 0.71), (xavier.label, 0.72))
+    }
     table = write_options(options, results).read_text()
     assert "--alternatives psrg_shared_init=identity_noise" in table
     assert "| psrg_shared_init=identity_noise | psrg × 3 | 0.7100 | 0.7000 |" in table
@@ -264,8 +389,9 @@ def test_ceilings_table_lists_the_dose_datasets_too(tmp_path):
     from torchrec_mdr.bench.proof import dataset
     from torchrec_mdr.bench.proof_report import write_ceilings
 
-    options = ProofBenchOptions(out=tmp_path, work=tmp_path / "work", worlds=1, rows=1000, users=50, items=200,
-                                seq_length=4, doses=[3.0])
+    options = ProofBenchOptions(
+        out=tmp_path, work=tmp_path / "work", worlds=1, rows=1000, users=50, items=200, seq_length=4, doses=[3.0]
+    )
     dataset(options, 0, "pcrg", 3.0)
     table = write_ceilings(options).read_text()
     assert f"| {dataset_name(options, 0, 'pcrg', 3.0)} | " in table

@@ -15,17 +15,34 @@ ROWS, ITEMS, BATCH, INTERVAL, SEQ = 6000, 600, 128, 5, 5
 
 
 def _options(tmp_path, **changes) -> ScaleBenchOptions:
-    base = dict(rows=ROWS, items=ITEMS, users=100, seq_length=SEQ, data_root=tmp_path / "data", out=tmp_path / "runs",
-                models=["din"], world_sizes=[1, 2], eviction=["zch", "full"], eviction_interval=INTERVAL,
-                memory_rows=[ROWS], zch_curve=[ITEMS // 4], curve_steps=0, batch_size=BATCH, log_every=2,
-                warmup_steps=4, threads=1, doc_path=tmp_path / "docs" / "scale.md")
+    base = dict(
+        rows=ROWS,
+        items=ITEMS,
+        users=100,
+        seq_length=SEQ,
+        data_root=tmp_path / "data",
+        out=tmp_path / "runs",
+        models=["din"],
+        world_sizes=[1, 2],
+        eviction=["zch", "full"],
+        eviction_interval=INTERVAL,
+        memory_rows=[ROWS],
+        zch_curve=[ITEMS // 4],
+        curve_steps=0,
+        batch_size=BATCH,
+        log_every=2,
+        warmup_steps=4,
+        threads=1,
+        doc_path=tmp_path / "docs" / "scale.md",
+    )
     return ScaleBenchOptions(**{**base, **changes})
 
 
 def test_tenth_rates_by_hand():
     """Lines every 10 steps over 100 steps after a warm-up of 10: the first tenth is steps 10-20, the last 90-100."""
-    log = [{"step": s, "rows_seen": s * 100, "seconds": s / 10 if s <= 50 else 5 + (s - 50) / 5}
-           for s in range(0, 101, 10)]
+    log = [
+        {"step": s, "rows_seen": s * 100, "seconds": s / 10 if s <= 50 else 5 + (s - 50) / 5} for s in range(0, 101, 10)
+    ]
     rates = tenth_rates(log, warmup_steps=10)
     assert rates["first_steps"] == [10, 20] and rates["last_steps"] == [90, 100]
     assert rates["first_tenth"] == pytest.approx(1000 / 1.0) and rates["last_tenth"] == pytest.approx(1000 / 2.0)
@@ -38,8 +55,14 @@ def test_plan_and_options(tmp_path):
     options = _options(tmp_path, memory_rows=[ROWS, 3000], zch_curve=[ITEMS // 4, 50], curve_steps=10)
     assert options.managed_size == 150  # a quarter of the items, a multiple of 1 and 2
     assert [r.name for r in plan_runs(options)] == [
-        "din-ws1-zch150-rows6000", "din-ws1-full-rows6000", "din-ws2-zch150-rows6000", "din-ws2-full-rows6000",
-        "din-ws1-zch150-rows3000", "din-ws1-zch150-rows6000-steps10", "din-ws1-zch50-rows6000-steps10"]
+        "din-ws1-zch150-rows6000",
+        "din-ws1-full-rows6000",
+        "din-ws2-zch150-rows6000",
+        "din-ws2-full-rows6000",
+        "din-ws1-zch150-rows3000",
+        "din-ws1-zch150-rows6000-steps10",
+        "din-ws1-zch50-rows6000-steps10",
+    ]
     assert ScaleBenchOptions(items=1001, world_sizes=[1, 2, 3]).managed_size == 246  # 250 down to a multiple of 6
     with pytest.raises(ConfigError, match="multiple of every world size"):
         _options(tmp_path, zch_size=151).validate()
@@ -66,8 +89,9 @@ def _check_run(run: RunSpec, result: dict, log: list[dict], options: ScaleBenchO
     assert log[-1]["rows_seen"] == result["rows_seen"] and log[-1]["seconds"] == pytest.approx(result["wall_sec"])
     assert all(b["rows_seen"] > a["rows_seen"] and b["seconds"] > a["seconds"] for a, b in zip(log, log[1:]))
     for line in log:
-        assert len(line["rss_mib"]) == run.world_size and all(0 < r <= p for r, p in zip(line["rss_mib"],
-                                                                                          line["peak_rss_mib"]))
+        assert len(line["rss_mib"]) == run.world_size and all(
+            0 < r <= p for r, p in zip(line["rss_mib"], line["peak_rss_mib"])
+        )
         assert line["samples_per_sec"] > 0 and math.isfinite(line["loss"]) and line["load_avg"] >= 0
     assert result["samples_per_sec"] == pytest.approx(result["rows_seen"] / result["wall_sec"])
     assert len(result["peak_rss_mib_train"]) == run.world_size

@@ -50,28 +50,57 @@ EPOCH_STEPS = 8
 def make_dataset(path: Path, items: int = 60) -> Path:
     from data_prep.synthetic import Options, convert
 
-    convert(Options(version=1, out=path, rows=600, users=40, items=items, categories=6, brands=10, seq_length=5,
-                    min_seq_length=0))
+    convert(
+        Options(
+            version=1,
+            out=path,
+            rows=600,
+            users=40,
+            items=items,
+            categories=6,
+            brands=10,
+            seq_length=5,
+            min_seq_length=0,
+        )
+    )
     return path
 
 
-def experiment(data: Path, max_steps: int | None = None, epochs: int = 2, checkpoint_every: int | None = 5,
-               keep: int = 2, pipeline: str = "sparse_dist", sharding: str = "auto", embedding_dim: int = 4,
-               sparse: str = "rowwise_adagrad", log_every: int = 4, eviction: bool = False,
-               zch_size: int = 32) -> ExperimentConfig:
+def experiment(
+    data: Path,
+    max_steps: int | None = None,
+    epochs: int = 2,
+    checkpoint_every: int | None = 5,
+    keep: int = 2,
+    pipeline: str = "sparse_dist",
+    sharding: str = "auto",
+    embedding_dim: int = 4,
+    sparse: str = "rowwise_adagrad",
+    log_every: int = 4,
+    eviction: bool = False,
+    zch_size: int = 32,
+) -> ExperimentConfig:
     """``eviction``: managed collision on tables ``user`` (40 ids, pooled) and ``item`` (60 ids: sequences
     and the candidate), ``zch_size`` slots each (32: fewer than their ids; 64: room for every id on 1 or
     2 ranks), an eviction round every 2 steps."""
-    managed = (EvictionConfig(tables=["user", "item"], zch_size=zch_size, eviction_interval=2) if eviction
-               else None)
+    managed = EvictionConfig(tables=["user", "item"], zch_size=zch_size, eviction_interval=2) if eviction else None
     return ExperimentConfig(
         data=ReaderConfig(path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=128, seed=3),
-        model=ModelConfig(name="din", embedding_dim=embedding_dim,
-                          din=DINConfig(attention_hidden=[8], hidden=[16, 8], dropout=0.2)),
+        model=ModelConfig(
+            name="din", embedding_dim=embedding_dim, din=DINConfig(attention_hidden=[8], hidden=[16, 8], dropout=0.2)
+        ),
         sparse=SparseConfig(sharding=sharding, eviction=managed or EvictionConfig()),  # type: ignore[arg-type]
         optimizer=OptimizerConfig(sparse=sparse, sparse_lr=0.1, dense="adam", dense_lr=0.01),  # type: ignore
-        train=TrainConfig(epochs=epochs, max_steps=max_steps, pipeline=pipeline, device="cpu",  # type: ignore
-                          log_every=log_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep, seed=5),
+        train=TrainConfig(
+            epochs=epochs,
+            max_steps=max_steps,
+            pipeline=pipeline,
+            device="cpu",  # type: ignore
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep,
+            seed=5,
+        ),
     )
 
 
@@ -125,14 +154,19 @@ def held_rows(trainer: Any) -> dict[str, dict[str, torch.Tensor]]:
     out = {}
     for module in tracked_modules(trainer.model):
         table = module.table
-        (key,) = [k for k in model_state
-                  if re.search(rf"_embedding_module\.(embedding_bags|embeddings)\.{table}\.weight$", k)]
+        (key,) = [
+            k for k in model_state if re.search(rf"_embedding_module\.(embedding_bags|embeddings)\.{table}\.weight$", k)
+        ]
         shard = model_state[key].local_shards()[0]
         rows = module._mch_remapped_ids_mapping - int(shard.metadata.shard_offsets[0])
         held = module._mch_sorted_raw_ids != EMPTY_SLOT
         momentum = optim_state[key][f"{table}.momentum1"].local_shards()[0].tensor
-        out[table] = {"ids": module._mch_sorted_raw_ids[held].clone(), "weights": shard.tensor[rows[held]].clone(),
-                      "momentum": momentum[rows[held]].clone(), "counts": module._mch_counts[held].clone()}
+        out[table] = {
+            "ids": module._mch_sorted_raw_ids[held].clone(),
+            "weights": shard.tensor[rows[held]].clone(),
+            "momentum": momentum[rows[held]].clone(),
+            "counts": module._mch_counts[held].clone(),
+        }
     return out
 
 
@@ -189,8 +223,9 @@ def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 def test_skipping_batches_gives_the_same_batches(data: Path, workers: int) -> None:
     """What resumption relies on: an epoch's batches depend only on (seed, epoch, slice), so islice
     skipping k of them yields exactly the rest of an uninterrupted epoch."""
-    config = ReaderConfig(path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=128, seed=3,
-                          num_workers=workers)
+    config = ReaderConfig(
+        path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=128, seed=3, num_workers=workers
+    )
     loader = make_dataloader(config, "train")
 
     def epoch(number: int, skip: int = 0) -> list[Batch]:
@@ -198,9 +233,18 @@ def test_skipping_batches_gives_the_same_batches(data: Path, workers: int) -> No
         return list(itertools.islice(iter(loader), skip, None))
 
     def rows(batches: list[Batch]) -> list[list[float]]:
-        return [torch.cat([b.dense_features.flatten(), b.labels.flatten(), b.sparse_features.values().float(),
-                           b.sequence_features.values().float(),
-                           b.sequence_features.lengths().float()]).tolist() for b in batches]
+        return [
+            torch.cat(
+                [
+                    b.dense_features.flatten(),
+                    b.labels.flatten(),
+                    b.sparse_features.values().float(),
+                    b.sequence_features.values().float(),
+                    b.sequence_features.lengths().float(),
+                ]
+            ).tolist()
+            for b in batches
+        ]
 
     whole = epoch(1)
     assert len(whole) == EPOCH_STEPS
@@ -213,8 +257,9 @@ def test_skipping_batches_gives_the_same_batches(data: Path, workers: int) -> No
 
 
 @pytest.mark.parametrize("stop", [EPOCH_STEPS, EPOCH_STEPS + 3], ids=["epoch-boundary", "mid-epoch"])
-def test_resume_is_exact(data: Path, straight: dict[str, Any], tmp_path: Path, stop: int,
-                         capsys: pytest.CaptureFixture) -> None:
+def test_resume_is_exact(
+    data: Path, straight: dict[str, Any], tmp_path: Path, stop: int, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     first, _, _ = fit(experiment(data, max_steps=stop), run)
     assert first == straight["losses"][:stop]
@@ -229,8 +274,9 @@ def test_resume_is_exact(data: Path, straight: dict[str, Any], tmp_path: Path, s
     assert metrics["train"]["steps"] == 2 * EPOCH_STEPS
 
 
-def test_resume_is_exact_with_managed_collision_mid_interval(data: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_is_exact_with_managed_collision_mid_interval(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Eviction rounds at steps 2, 4, 6, 8; the run stops at step 5, between two rounds. The ids counted
     since round 4 live outside the state dict (torchrec_mdr.sparse.mch.state saves them per rank)."""
     import shutil
@@ -321,8 +367,9 @@ def test_buffers_and_lazy_optimizer_state_round_trip(tmp_path: Path) -> None:
     assert_same_state(dict(other.state_dict()), dict(model.state_dict()))  # Adam's moments and step count came back
 
 
-def test_crash_during_save_keeps_the_previous_checkpoint(data: Path, straight: dict[str, Any], tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_during_save_keeps_the_previous_checkpoint(
+    data: Path, straight: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     publish = checkpoint._publish
 
@@ -365,28 +412,40 @@ def test_latest_falls_back_to_the_newest_complete_checkpoint(straight: dict[str,
 # --------------------------------------------------------------------------- errors
 
 
-def test_mismatches_are_refused_before_training(data: Path, straight: dict[str, Any], tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_mismatches_are_refused_before_training(
+    data: Path, straight: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from torchrec_mdr.training.trainer import Trainer
 
     run = straight["run"]
-    with pytest.raises(TrainingError, match=r"different model config: model\.embedding_dim: 4 in the checkpoint, "
-                                            r"8 now"):
+    with pytest.raises(
+        TrainingError,
+        match=r"different model config: model\.embedding_dim: 4 in the checkpoint, "
+        r"8 now",
+    ):
         Trainer(experiment(data, embedding_dim=8), run, resume=True)
-    with pytest.raises(TrainingError, match=r"different optimizer kinds: optimizer\.sparse: 'rowwise_adagrad' in "
-                                            r"the checkpoint, 'sgd' now"):
+    with pytest.raises(
+        TrainingError,
+        match=r"different optimizer kinds: optimizer\.sparse: 'rowwise_adagrad' in "
+        r"the checkpoint, 'sgd' now",
+    ):
         Trainer(experiment(data, sparse="sgd"), run, resume=True)
     other = make_dataset(tmp_path / "other", items=90)
-    with pytest.raises(TrainingError, match=r"different dataset spec: columns\.item_id\.cardinality: 60 in the "
-                                            r"checkpoint, 90 now"):
+    with pytest.raises(
+        TrainingError,
+        match=r"different dataset spec: columns\.item_id\.cardinality: 60 in the "
+        r"checkpoint, 90 now",
+    ):
         Trainer(experiment(other), run, resume=True)
     with pytest.raises(TrainingError, match=r"already holds checkpoint step-000016: pass --resume"):
         Trainer(experiment(data), run)
     # the failed attempts wrote nothing into the run
     assert json.loads((run / "config.json").read_text())["model"]["embedding_dim"] == 4
     # the command line: one line, exit status 2
-    assert main(["train", "--set", f"data.path={other}", "--set", "model.embedding_dim=4", "--out", str(run),
-                 "--resume"]) == 2
+    assert (
+        main(["train", "--set", f"data.path={other}", "--set", "model.embedding_dim=4", "--out", str(run), "--resume"])
+        == 2
+    )
     assert "mdr: error: checkpoint" in capsys.readouterr().err
     capsys.readouterr()
     # eval may read a dataset whose tables grew (tests/test_next_day.py), not one whose tables shrank
@@ -401,9 +460,11 @@ def test_mismatches_are_refused_before_training(data: Path, straight: dict[str, 
 def test_differences_are_named() -> None:
     saved = {"columns": [{"name": "a", "cardinality": 3}, {"name": "b", "cardinality": 4}], "domains": ["x"]}
     now = {"columns": [{"name": "a", "cardinality": 5}], "domains": ["x", "y"]}
-    assert differences(saved, now) == ["columns.a.cardinality: 3 in the checkpoint, 5 now",
-                                       "columns.b: only in the checkpoint",
-                                       'domains: ["x"] in the checkpoint, ["x", "y"] now']
+    assert differences(saved, now) == [
+        "columns.a.cardinality: 3 in the checkpoint, 5 now",
+        "columns.b: only in the checkpoint",
+        'domains: ["x"] in the checkpoint, ["x", "y"] now',
+    ]
 
 
 def test_an_option_added_after_a_checkpoint_is_no_difference_at_its_default() -> None:
@@ -494,8 +555,10 @@ def test_two_ranks_resume_exactly_and_load_on_one(data: Path, tmp_path: Path, ca
     run = tmp_path / "straight"
     assert latest_name(run) == "step-000006"
     assert json.loads((run / "checkpoints" / "step-000006" / "state.json").read_text())["world_size"] == 2
-    assert sorted(p.name for p in (run / "checkpoints" / "step-000006").glob("*.distcp")) == ["__0_0.distcp",
-                                                                                              "__1_0.distcp"]
+    assert sorted(p.name for p in (run / "checkpoints" / "step-000006").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
 
     # the 2-rank checkpoint on 1 rank: the same metrics as the 2-rank run's own final evaluation
     reference = json.loads((run / "metrics.json").read_text())
@@ -547,8 +610,11 @@ def test_two_ranks_resume_exactly_and_load_on_one(data: Path, tmp_path: Path, ca
             assert metrics["per_domain"][name][key] == pytest.approx(values[key], abs=1e-6, nan_ok=True)
     # resumed on 1 rank (with the optimizer): the same ids, rows, momentum and counts, looked up directly,
     # and the eviction counts of the 2-rank run; training goes on, with the next round at step 8
-    trainer = Trainer(experiment(data, max_steps=8, eviction=True, zch_size=64, checkpoint_every=None,
-                                 sharding="row_wise"), wide, resume=True)
+    trainer = Trainer(
+        experiment(data, max_steps=8, eviction=True, zch_size=64, checkpoint_every=None, sharding="row_wise"),
+        wide,
+        resume=True,
+    )
     after = held_rows(trainer)
     for table in MANAGED_TABLES:
         for name in ("ids", "weights", "momentum", "counts"):
@@ -575,16 +641,22 @@ def test_reshard_plan_moves_ids_to_their_new_shard_and_drops_the_lowest_counts()
 
     assert bucket_owner(torch.tensor([0, 4, 5, 9, 12, 13]), 10, 2, 2).tolist() == [0, 0, 1, 1, 0, 1]
     # 2 -> 1: shard 0 holds 1, 3, 12 (rows 2, 0, 1; row 3 its unknown row), shard 1 holds 6, 13 (rows 5, 4)
-    two = SlotMaps(torch.tensor([1, 3, 12, E, 6, 13, E, E]), torch.tensor([2, 0, 1, 3, 5, 4, 6, 7]),
-                   {"counts": torch.tensor([5, 2, 7, E, 4, 1, 0, E])})
+    two = SlotMaps(
+        torch.tensor([1, 3, 12, E, 6, 13, E, E]),
+        torch.tensor([2, 0, 1, 3, 5, 4, 6, 7]),
+        {"counts": torch.tensor([5, 2, 7, E, 4, 1, 0, E])},
+    )
     plan = plan_table(two, [0, 4, 8], [0, 8], owner(1))
     assert plan.slots.raw_ids.tolist() == [1, 3, 6, 12, 13, E, E, E]
     assert plan.slots.rows.tolist() == [2, 0, 5, 1, 4, 3, 6, 7]  # every id keeps its row; 7 stays the unknown row
     assert plan.slots.metadata["counts"].tolist() == [5, 2, 4, 7, 1, 0, 0, E]
     assert plan.source_rows.tolist() == list(range(8)) and plan.dropped.numel() == 0
     # 1 -> 2: shard 0 gets 1, 2, 3, 4, 12 for 3 usable slots: 2 (count 1) and 12 (count 3) are dropped
-    one = SlotMaps(torch.tensor([1, 2, 3, 4, 6, 12, 13, E]), torch.tensor([6, 0, 5, 1, 2, 3, 4, 7]),
-                   {"counts": torch.tensor([5, 1, 5, 9, 2, 3, 8, E])})
+    one = SlotMaps(
+        torch.tensor([1, 2, 3, 4, 6, 12, 13, E]),
+        torch.tensor([6, 0, 5, 1, 2, 3, 4, 7]),
+        {"counts": torch.tensor([5, 1, 5, 9, 2, 3, 8, E])},
+    )
     plan = plan_table(one, [0, 8], [0, 4, 8], owner(2))
     assert plan.slots.raw_ids.tolist() == [1, 3, 4, E, 6, 13, E, E]
     # 4 keeps row 1; 1 and 3 take the free rows 0 and 2; 13 keeps row 4, 6 takes row 5; rows 3 and 7: unknown
@@ -612,8 +684,13 @@ def _one_to_two_worker(rank: int, world_size: int, data: Path, out: Path) -> Non
     results: dict[str, Any] = {}
     with contextlib.redirect_stdout(printed):
         for name, zch_size in (("wide", 64), ("narrow", 32)):
-            trainer = Trainer(experiment(data, max_steps=8, eviction=True, zch_size=zch_size, checkpoint_every=None,
-                                         sharding="row_wise"), out / f"{name}-copy", resume=True)
+            trainer = Trainer(
+                experiment(
+                    data, max_steps=8, eviction=True, zch_size=zch_size, checkpoint_every=None, sharding="row_wise"
+                ),
+                out / f"{name}-copy",
+                resume=True,
+            )
             torch.save(held_rows(trainer), out / f"{name}-held-{rank}.pt")
             results[name] = {"loaded": eviction_totals(trainer)}
             if name == "narrow":
@@ -636,8 +713,10 @@ def test_managed_collision_checkpoint_from_one_rank_loads_on_two(data: Path, tmp
 
     single: dict[str, Any] = {}
     for name, zch_size in (("wide", 64), ("narrow", 32)):
-        trainer = Trainer(experiment(data, max_steps=6, eviction=True, zch_size=zch_size, checkpoint_every=None,
-                                     sharding="row_wise"), tmp_path / name)
+        trainer = Trainer(
+            experiment(data, max_steps=6, eviction=True, zch_size=zch_size, checkpoint_every=None, sharding="row_wise"),
+            tmp_path / name,
+        )
         single[name] = {"metrics": trainer.fit(), "held": held_rows(trainer)}
         shutil.copytree(tmp_path / name, tmp_path / f"{name}-copy")
     spawn(_one_to_two_worker, 2, data, tmp_path)
@@ -680,8 +759,11 @@ def test_managed_collision_checkpoint_from_one_rank_loads_on_two(data: Path, tmp
                 assert parts[rank][table]["ids"].numel() == 32 // 2 - 1
                 assert int(lost.max()) <= int(parts[rank][table]["counts"].min())
         old = single["narrow"]["metrics"]["eviction"][table]
-        assert loaded[table] == old | {"ids_held": len(kept_ids), "occupancy": len(kept_ids) / 32,
-                                       "evicted_ids": old["evicted_ids"] + len(dropped)}
+        assert loaded[table] == old | {
+            "ids_held": len(kept_ids),
+            "occupancy": len(kept_ids) / 32,
+            "evicted_ids": old["evicted_ids"] + len(dropped),
+        }
         trained = results[0]["narrow"]["trained"][table]
         assert trained["eviction_rounds"] == old["eviction_rounds"] + 1
         assert trained["admitted_ids"] - trained["evicted_ids"] == trained["ids_held"]
@@ -704,9 +786,9 @@ def test_old_parameter_names_map_to_the_toolkit_names() -> None:
 
 
 @pytest.mark.parametrize("model", ["din", "dnn"])
-def test_a_checkpoint_written_under_the_old_names_loads_and_evaluates_the_same(model: str, data: Path,
-                                                                             straight: dict[str, Any],
-                                                                             tmp_path: Path) -> None:
+def test_a_checkpoint_written_under_the_old_names_loads_and_evaluates_the_same(
+    model: str, data: Path, straight: dict[str, Any], tmp_path: Path
+) -> None:
     """A checkpoint rewritten with the old parameter names evaluates exactly as the original does: DIN's
     pre-toolkit dense names (``domain_embedding``, ``queries.<i>``, ``attentions.<i>``), DNN's sequence tables
     from before they were looked up pooled (``embedding_collection``)."""
@@ -729,8 +811,11 @@ def test_a_checkpoint_written_under_the_old_names_loads_and_evaluates_the_same(m
     (old_run / "checkpoints").mkdir(parents=True)
     shutil.copyfile(source / "config.json", old_run / "config.json")
     name = latest_name(source)
-    shutil.copytree(source / "checkpoints" / name, old_run / "checkpoints" / name,
-                    ignore=shutil.ignore_patterns("*.distcp", ".metadata"))
+    shutil.copytree(
+        source / "checkpoints" / name,
+        old_run / "checkpoints" / name,
+        ignore=shutil.ignore_patterns("*.distcp", ".metadata"),
+    )
     (old_run / "checkpoints" / "latest").write_text(name + "\n")
     evaluator = Evaluator(run_config(source), source)
     evaluator.load("latest")

@@ -10,9 +10,34 @@ from torchrec_mdr.cli import main
 
 def test_synthetic_show_validate(tmp_path, capsys):
     out = tmp_path / "syn"
-    assert main(["data", "synthetic", "--out", str(out), "--rows", "3000", "--users", "100", "--items", "1000",
-                 "--categories", "10", "--domains", "2", "--domain-proportions", "3", "1", "--seq-length", "8",
-                 "--min-seq-length", "2"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synthetic",
+                "--out",
+                str(out),
+                "--rows",
+                "3000",
+                "--users",
+                "100",
+                "--items",
+                "1000",
+                "--categories",
+                "10",
+                "--domains",
+                "2",
+                "--domain-proportions",
+                "3",
+                "1",
+                "--seq-length",
+                "8",
+                "--min-seq-length",
+                "2",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "split train: 2,400 rows" in text and "oracle AUC" in text and "domain1" in text
     assert main(["data", "show", "--data", str(out)]) == 0
@@ -29,8 +54,24 @@ def test_demo_and_bench_loader(tmp_path, capsys):
     assert main(["demo", "--data", str(data), "--rows", "2000", "--batch-size", "256"]) == 0
     text = capsys.readouterr().out
     assert "read one epoch of 'train': 1,600 rows in 7 batches" in text and "rows/s" in text
-    assert main(["bench", "loader", "--data", str(tmp_path / "bench"), "--rows", "3000", "--workers", "0", "1",
-                 "--repeats", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "loader",
+                "--data",
+                str(tmp_path / "bench"),
+                "--rows",
+                "3000",
+                "--workers",
+                "0",
+                "1",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
     lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
     assert [row[0] for row in lines] == ["0", "1"] and all(row[2] == "3,000" for row in lines)
     assert all(float(row[3].replace(",", "")) > 0 for row in lines)

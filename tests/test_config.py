@@ -9,8 +9,7 @@ from typing import Literal
 
 import pytest
 
-from torchrec_mdr.config import (ConfigError, add_dataclass_arguments, bounds, dataclass_from_args, load_config,
-                                 to_dict)
+from torchrec_mdr.config import ConfigError, add_dataclass_arguments, bounds, dataclass_from_args, load_config, to_dict
 
 
 @dataclass
@@ -57,8 +56,9 @@ def test_overrides_use_dotted_keys(tmp_path):
 
 def test_unknown_key_names_key_and_file(tmp_path):
     path = write(tmp_path, "a.toml", "[optim]\nlearning_rate = 0.1\n")
-    with pytest.raises(ConfigError,
-                       match=r"unknown key 'optim.learning_rate' in .*a.toml; known keys: \['lr', 'name'\]"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'optim.learning_rate' in .*a.toml; known keys: \['lr', 'name'\]"
+    ):
         load_config(Run, path)
     with pytest.raises(ConfigError, match=r"unknown key 'batchsize' in --set overrides"):
         load_config(Run, None, ["batchsize=3"])
@@ -68,8 +68,9 @@ def test_wrong_type_names_key_and_file(tmp_path):
     path = write(tmp_path, "a.yaml", "batch_size: many\n")
     with pytest.raises(ConfigError, match=r"'batch_size' in .*a.yaml: expected an integer, got 'many'"):
         load_config(Run, path)
-    with pytest.raises(ConfigError,
-                       match=r"'optim.name' in --set overrides: 'sgd' is not one of \['adam', 'adagrad'\]"):
+    with pytest.raises(
+        ConfigError, match=r"'optim.name' in --set overrides: 'sgd' is not one of \['adam', 'adagrad'\]"
+    ):
         load_config(Run, None, ["optim.name=sgd"])
     with pytest.raises(ConfigError, match=r"'layers\[1\]'.*expected an integer"):
         load_config(Run, None, ["layers=[1, x]"])

@@ -25,16 +25,28 @@ def entry(field: str, fid: int, value: float = 1.0) -> str:
 
 
 def key_of(user: int) -> str:
-    return f"{0xabc0000000000000 + user * 7919:016x}"
+    return f"{0xABC0000000000000 + user * 7919:016x}"
 
 
 def user_entries(user: int) -> list[str]:
-    entries = [entry("101", 1000 + user), entry("121", 2000 + user % 3), entry("122", 2100 + user % 2),
-               entry("124", 3100 + user % 2), entry("125", 3200), entry("126", 3300), entry("127", 3400),
-               entry("128", 3500), entry("129", 3600 + user % 4)]
+    entries = [
+        entry("101", 1000 + user),
+        entry("121", 2000 + user % 3),
+        entry("122", 2100 + user % 2),
+        entry("124", 3100 + user % 2),
+        entry("125", 3200),
+        entry("126", 3300),
+        entry("127", 3400),
+        entry("128", 3500),
+        entry("129", 3600 + user % 4),
+    ]
     # 109_14: four entries; the two largest values are kept in the tests (largest first).
-    entries += [entry("109_14", 5000 + user, 1.0), entry("109_14", 5010, 2.0 + user), entry("109_14", 5020, 0.5),
-                entry("109_14", 5030, 3.0 + user)]
+    entries += [
+        entry("109_14", 5000 + user, 1.0),
+        entry("109_14", 5010, 2.0 + user),
+        entry("109_14", 5020, 0.5),
+        entry("109_14", 5030, 3.0 + user),
+    ]
     if user % 2 == 0:
         entries.append(entry("110_14", 6000 + user, 1.5))
     entries.append(entry("150_14", 6500, 0.25))
@@ -45,8 +57,13 @@ def sample(sid: int, test: bool = False) -> tuple[str, int, int, list[str]]:
     user = sid % NUM_USERS if not test else sid % (NUM_USERS + 1)
     key = key_of(user) if sid != TEST_SAMPLES[-1] else MISSING_KEY
     item = 100000 + (sid if not test else sid - 1000)
-    entries = [entry("205", item), entry("206", 7000 + sid % 5), entry("207", 7100 + sid % 3),
-               entry("216", 999999 if test else 7200), entry("508", 8000 + sid % 2, sid / 10)]
+    entries = [
+        entry("205", item),
+        entry("206", 7000 + sid % 5),
+        entry("207", 7100 + sid % 3),
+        entry("216", 999999 if test else 7200),
+        entry("508", 8000 + sid % 2, sid / 10),
+    ]
     if sid % 4:
         entries.append(entry("210", 8100))
         if sid % 7 == 0:
@@ -223,13 +240,16 @@ def test_raw_value_outside_scenario_ids_is_an_error(tmp_path):
     assert info.value.row == 3  # sample 3 is the first with 301 = 9003
 
 
-@pytest.mark.parametrize("bad, what", [
-    ("205\x02100003", "no \\\\x03"),
-    ("205100003\x031.0", "no \\\\x02"),
-    ("205\x02abc\x031.0", "not an integer"),
-    ("205\x02100003\x03x1", "not a number"),
-    ("205\x02100003\x031.0\x01\x01301\x029001\x031.0", "empty entry"),
-])
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        ("205\x02100003", "no \\\\x03"),
+        ("205100003\x031.0", "no \\\\x02"),
+        ("205\x02abc\x031.0", "not an integer"),
+        ("205\x02100003\x03x1", "not a number"),
+        ("205\x02100003\x031.0\x01\x01301\x029001\x031.0", "empty entry"),
+    ],
+)
 def test_raw_malformed_feature_entry_is_an_error(tmp_path, bad, what):
     src = write_raw(tmp_path / "raw")
     path = src / "sample_skeleton_train.csv"
@@ -301,8 +321,11 @@ def test_csv_input_same_column_names_as_raw(tmp_path, raw):
     assert [c.name for c in spec.columns] == [c.name for c in raw_spec.columns]
     assert spec.column("f109_14").kind == "id" and raw_spec.column("f109_14").kind == "multi_id"
     multi = {f"f{f}" for f in aliccp.MULTI_FIELDS}
-    assert all(spec.column(name).kind == raw_spec.column(name).kind
-               for name in (c.name for c in spec.columns) if name not in multi)
+    assert all(
+        spec.column(name).kind == raw_spec.column(name).kind
+        for name in (c.name for c in spec.columns)
+        if name not in multi
+    )
     assert (spec.splits["train"].rows, spec.splits["valid"].rows, spec.splits["test"].rows) == (30, 9, 12)
     assert spec.splits["test"].rows_per_domain == [4, 4, 4]
     test = read_split(out, spec, "test")

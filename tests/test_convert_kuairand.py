@@ -28,10 +28,17 @@ def events() -> list[dict]:
     rows = []
     for u, user in enumerate(USERS):
         for k in range(EVENTS_PER_USER):
-            rows.append(dict(user_id=user, video_id=VIDEOS[(u * 3 + k) % len(VIDEOS)],
-                             time_ms=BASE_MS + k * 7 * 3_600_000 + u * 1000,
-                             tab=TABS[(k + u) % 3], is_click=int((2 * k + u) % 5 != 0), is_like=int(k % 4 == 0),
-                             long_view=int(k % 2 == 0)))
+            rows.append(
+                dict(
+                    user_id=user,
+                    video_id=VIDEOS[(u * 3 + k) % len(VIDEOS)],
+                    time_ms=BASE_MS + k * 7 * 3_600_000 + u * 1000,
+                    tab=TABS[(k + u) % 3],
+                    is_click=int((2 * k + u) % 5 != 0),
+                    is_like=int(k % 4 == 0),
+                    long_view=int(k % 2 == 0),
+                )
+            )
     # A second event of user 10 at the very time of its 6th event (clicked): neither sees the other.
     twin = dict(rows[5])
     twin.update(video_id=VIDEOS[-1] if VIDEOS[-1] != rows[5]["video_id"] else VIDEOS[-2], is_click=1)
@@ -41,17 +48,38 @@ def events() -> list[dict]:
 
 
 def random_events() -> list[dict]:
-    return [dict(user_id=20, video_id=VIDEOS[0], time_ms=BASE_MS + 500, tab=1, is_click=1, is_like=0, long_view=0),
-            dict(user_id=30, video_id=VIDEOS[5], time_ms=BASE_MS + 86_400_000 * 3 + 7, tab=0, is_click=0,
-                 is_like=1, long_view=1)]
+    return [
+        dict(user_id=20, video_id=VIDEOS[0], time_ms=BASE_MS + 500, tab=1, is_click=1, is_like=0, long_view=0),
+        dict(
+            user_id=30,
+            video_id=VIDEOS[5],
+            time_ms=BASE_MS + 86_400_000 * 3 + 7,
+            tab=0,
+            is_click=0,
+            is_like=1,
+            long_view=1,
+        ),
+    ]
 
 
 def log_line(e: dict) -> str:
     seconds = e["time_ms"] // 1000
     hour = (seconds // 3600) % 24
-    values = dict(e, date=20220408, hourmin=hour * 100 + 5, is_follow=0, is_comment=0, is_forward=0, is_hate=0,
-                  play_time_ms=1000, duration_ms=2000, profile_stay_time=0, comment_stay_time=0,
-                  is_profile_enter=0, is_rand=0)
+    values = dict(
+        e,
+        date=20220408,
+        hourmin=hour * 100 + 5,
+        is_follow=0,
+        is_comment=0,
+        is_forward=0,
+        is_hate=0,
+        play_time_ms=1000,
+        duration_ms=2000,
+        profile_stay_time=0,
+        comment_stay_time=0,
+        is_profile_enter=0,
+        is_rand=0,
+    )
     return ",".join(str(values[c]) for c in kuairand.LOG_HEADER)
 
 
@@ -75,16 +103,32 @@ def video_line(video: int) -> str:
     i = TABLE_VIDEOS.index(video)
     tag = {0: '"1,2"', 1: "", 2: "3"}[i % 3]
     duration = "" if i == 4 else f"{(i + 1) * 1000}.0"
-    values = [video, 5000 + i % 4, "NORMAL" if i % 5 else "AD", UPLOAD_DAY, "ShortImport", 1, duration, 720, 1280,
-              77 + i % 2, 4, tag]
+    values = [
+        video,
+        5000 + i % 4,
+        "NORMAL" if i % 5 else "AD",
+        UPLOAD_DAY,
+        "ShortImport",
+        1,
+        duration,
+        720,
+        1280,
+        77 + i % 2,
+        4,
+        tag,
+    ]
     return ",".join(str(v) for v in values)
 
 
-USER_HEADER = ("user_id,user_active_degree,is_lowactive_period,is_live_streamer,is_video_author,follow_user_num,"
-               "follow_user_num_range,fans_user_num,fans_user_num_range,friend_user_num,friend_user_num_range,"
-               "register_days,register_days_range," + ",".join(f"onehot_feat{k}" for k in range(18)))
-VIDEO_HEADER = ("video_id,author_id,video_type,upload_dt,upload_type,visible_status,video_duration,server_width,"
-                "server_height,music_id,music_type,tag")
+USER_HEADER = (
+    "user_id,user_active_degree,is_lowactive_period,is_live_streamer,is_video_author,follow_user_num,"
+    "follow_user_num_range,fans_user_num,fans_user_num_range,friend_user_num,friend_user_num_range,"
+    "register_days,register_days_range," + ",".join(f"onehot_feat{k}" for k in range(18))
+)
+VIDEO_HEADER = (
+    "video_id,author_id,video_type,upload_dt,upload_type,visible_status,video_duration,server_width,"
+    "server_height,music_id,music_type,tag"
+)
 
 
 def write_raw(folder: Path, variant: str = "1k") -> Path:
@@ -96,9 +140,11 @@ def write_raw(folder: Path, variant: str = "1k") -> Path:
     write_logs(data / f"log_standard_4_22_to_5_08_{variant}.csv", [e for e in rows if e["time_ms"] >= cut])
     write_logs(data / f"log_random_4_22_to_5_08_{variant}.csv", random_events())
     (data / f"user_features_{variant}.csv").write_text(
-        "\n".join([USER_HEADER] + [user_line(u) for u in TABLE_USERS]) + "\n")
+        "\n".join([USER_HEADER] + [user_line(u) for u in TABLE_USERS]) + "\n"
+    )
     (data / f"video_features_basic_{variant}.csv").write_text(
-        "\n".join([VIDEO_HEADER] + [video_line(v) for v in TABLE_VIDEOS]) + "\n")
+        "\n".join([VIDEO_HEADER] + [video_line(v) for v in TABLE_VIDEOS]) + "\n"
+    )
     return folder
 
 
@@ -121,8 +167,14 @@ def raw_rows(out: Path, spec, split: str, all_events: list[dict]) -> tuple[pa.Ta
 
 def expected_history(event: dict, all_events: list[dict], max_length: int) -> list[int]:
     """Brute force: the user's clicked videos strictly before the event, oldest first, as raw ids."""
-    earlier = sorted((e for e in all_events if e["user_id"] == event["user_id"] and e["is_click"] == 1
-                      and e["time_ms"] < event["time_ms"]), key=lambda e: e["time_ms"])
+    earlier = sorted(
+        (
+            e
+            for e in all_events
+            if e["user_id"] == event["user_id"] and e["is_click"] == 1 and e["time_ms"] < event["time_ms"]
+        ),
+        key=lambda e: e["time_ms"],
+    )
     return [e["video_id"] for e in earlier][-max_length:]
 
 
@@ -172,13 +224,18 @@ def test_histories_are_strictly_earlier_clicks(converted):
             checked_nonempty += bool(hist)
         author_of = _author_of(out, spec)
         assert table["hist_author_id"].to_pylist() == [
-            [author_of.get(v, -1) for v in h] for h in table["hist_video_id"].to_pylist()]
+            [author_of.get(v, -1) for v in h] for h in table["hist_video_id"].to_pylist()
+        ]
     assert checked_nonempty > 20
     # The two same-millisecond events of user 10 do not see each other.
     twin_time = all_events[5]["time_ms"]
     train = [raw_rows(out, spec, s, all_events) for s in ("train", "valid", "test")]
-    twins = [(h, e) for t, rows in train for h, e in zip(t["hist_video_id"].to_pylist(), rows)
-             if e["user_id"] == 10 and e["time_ms"] == twin_time]
+    twins = [
+        (h, e)
+        for t, rows in train
+        for h, e in zip(t["hist_video_id"].to_pylist(), rows)
+        if e["user_id"] == 10 and e["time_ms"] == twin_time
+    ]
     assert len(twins) == 2
     for hist, _event in twins:
         others = {e["video_id"] for e in all_events if e["user_id"] == 10 and e["time_ms"] == twin_time}
@@ -219,8 +276,9 @@ def test_side_feature_joins_with_unknown_ids(converted):
         assert np.all(table[column].to_numpy()[missing_user] == kuairand.UNKNOWN), column
     assert np.all(table["onehot_feat4"].to_numpy() == kuairand.UNKNOWN)  # empty in the table
     follow = {10: 9, 20: 18, 30: 27, 40: 36, 50: None}
-    np.testing.assert_allclose(table["follow_user_num"].to_numpy(),
-                               [np.log1p(follow[u]) if follow[u] else 0.0 for u in users], rtol=1e-6)
+    np.testing.assert_allclose(
+        table["follow_user_num"].to_numpy(), [np.log1p(follow[u]) if follow[u] else 0.0 for u in users], rtol=1e-6
+    )
     # Videos 118, 119 have no basic features: author, categories and tag bag unknown.
     missing_video = videos >= 118
     assert missing_video.any()
@@ -235,8 +293,7 @@ def test_side_feature_joins_with_unknown_ids(converted):
     author = {v: 5000 + TABLE_VIDEOS.index(v) % 4 for v in TABLE_VIDEOS[:-1]}
     assert table["author_id"].to_pylist() == [0 if v >= 118 else author[v] - 5000 + 1 for v in videos]
     # Dense: duration in seconds (video index 4 has none), video age from upload_dt.
-    duration = [0.0 if v >= 118 or TABLE_VIDEOS.index(v) == 4 else np.log1p(TABLE_VIDEOS.index(v) + 1)
-                for v in videos]
+    duration = [0.0 if v >= 118 or TABLE_VIDEOS.index(v) == 4 else np.log1p(TABLE_VIDEOS.index(v) + 1) for v in videos]
     np.testing.assert_allclose(table["video_duration"].to_numpy(), duration, rtol=1e-6)
     upload_day = np.datetime64(UPLOAD_DAY).astype("datetime64[D]").astype(np.int64)
     age = [0.0 if e["video_id"] >= 118 else np.log1p(e["time_ms"] // 86_400_000 - upload_day) for e in rows]
@@ -323,8 +380,9 @@ def test_missing_files_and_columns_are_errors(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("column, value, message", [("tab", 15, "0..14"), ("is_click", 2, "0 or 1"),
-                                                    ("time_ms", "", "missing value")])
+@pytest.mark.parametrize(
+    "column, value, message", [("tab", 15, "0..14"), ("is_click", 2, "0 or 1"), ("time_ms", "", "missing value")]
+)
 def test_bad_log_values_are_errors(tmp_path, column, value, message):
     src = write_raw(tmp_path / "raw")
     path = src / "data" / "log_standard_4_08_to_4_21_1k.csv"
@@ -351,16 +409,19 @@ def expected_session_ordinals(all_events: list[dict], gap_minutes: float) -> dic
     return out
 
 
-@pytest.mark.parametrize("options, random_log, sessions_per_user", [
-    # 30 min: events 7 h apart are separate sessions; user 10's two events at one millisecond share one,
-    # as do user 20's random-log event and its first standard event 0.5 s later
-    (dict(include_random=True), True, None),
-    # exactly 7 h between lines is not more than 7 h: one session per user
-    (dict(session_gap_minutes=420), False, 1),
-    # tabs 3 and 0 only: kept rows are 7 or 14 h apart, but the skipped tab-1 lines (never rows)
-    # still chain them within 8 h, so every user keeps one session
-    (dict(tabs=[3, 0], session_gap_minutes=480), False, 1),
-])
+@pytest.mark.parametrize(
+    "options, random_log, sessions_per_user",
+    [
+        # 30 min: events 7 h apart are separate sessions; user 10's two events at one millisecond share one,
+        # as do user 20's random-log event and its first standard event 0.5 s later
+        (dict(include_random=True), True, None),
+        # exactly 7 h between lines is not more than 7 h: one session per user
+        (dict(session_gap_minutes=420), False, 1),
+        # tabs 3 and 0 only: kept rows are 7 or 14 h apart, but the skipped tab-1 lines (never rows)
+        # still chain them within 8 h, so every user keeps one session
+        (dict(tabs=[3, 0], session_gap_minutes=480), False, 1),
+    ],
+)
 def test_sessions_follow_the_gap_rule_over_all_log_lines(tmp_path, options, random_log, sessions_per_user):
     src = write_raw(tmp_path / "raw")
     out = tmp_path / "out"

@@ -38,8 +38,15 @@ USERS = [
     (6, 56, 56, "F", "retired", ""),  # age>=35, bucket 56+, no zip
     (7, 40, 35, "M", "none", "99999"),  # never rates: dropped
 ]
-OCCUPATION_CODES = {"other": 0, "educator": 1, "none": 2, "retired": 13, "student": 4, "technician": 17,
-                    "writer": 20}  # ml-1m numbers occupations
+OCCUPATION_CODES = {
+    "other": 0,
+    "educator": 1,
+    "none": 2,
+    "retired": 13,
+    "student": 4,
+    "technician": 17,
+    "writer": 20,
+}  # ml-1m numbers occupations
 # id, title, release year (None = unknown), genres in the source's (alphabetical) order
 ITEMS = [
     (10, "Toy Story", 1995, ("Animation", "Children's", "Comedy")),
@@ -52,10 +59,26 @@ ITEMS = [
 # user, item, rating, timestamp. Sorted times: 16 rows < 1040 (train), 1040 and 1050 (valid),
 # 1060 and 1070 (test). User 1 rates items 20 and 30 in the same second (1010).
 RATINGS = [
-    (1, 10, 5, 1000), (2, 10, 4, 1001), (2, 20, 5, 1002), (2, 30, 1, 1003), (3, 10, 3, 1004),
-    (3, 50, 4, 1005), (4, 20, 4, 1006), (4, 30, 5, 1007), (4, 40, 4, 1008), (5, 10, 2, 1009),
-    (1, 30, 4, 1010), (1, 20, 3, 1010), (5, 50, 5, 1011), (6, 30, 4, 1012), (1, 40, 2, 1020),
-    (1, 50, 4, 1030), (2, 40, 4, 1040), (3, 20, 2, 1050), (6, 10, 5, 1060), (5, 30, 3, 1070),
+    (1, 10, 5, 1000),
+    (2, 10, 4, 1001),
+    (2, 20, 5, 1002),
+    (2, 30, 1, 1003),
+    (3, 10, 3, 1004),
+    (3, 50, 4, 1005),
+    (4, 20, 4, 1006),
+    (4, 30, 5, 1007),
+    (4, 40, 4, 1008),
+    (5, 10, 2, 1009),
+    (1, 30, 4, 1010),
+    (1, 20, 3, 1010),
+    (5, 50, 5, 1011),
+    (6, 30, 4, 1012),
+    (1, 40, 2, 1020),
+    (1, 50, 4, 1030),
+    (2, 40, 4, 1040),
+    (3, 20, 2, 1050),
+    (6, 10, 5, 1060),
+    (5, 30, 3, 1070),
 ]
 AGE_DOMAINS = ["age<25", "age25-34", "age>=35"]
 GENRE_DOMAIN = {10: 1, 20: 0, 30: 2, 40: 2, 50: 0}  # comedy_family / action_thriller / drama_other
@@ -82,8 +105,9 @@ def write_ml1m(folder: Path, users: list[str] | None = None) -> Path:
     (folder / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in RATINGS))
     lines = users or [f"{u}::{g}::{code}::{OCCUPATION_CODES[occ]}::{z}" for u, _, code, g, occ, z in USERS]
     (folder / "users.dat").write_text("\n".join(lines) + "\n")
-    movies = "".join(f"{i}::{title}{f' ({year})' if year else ''}::{'|'.join(genres)}\n"
-                     for i, title, year, genres in ITEMS)
+    movies = "".join(
+        f"{i}::{title}{f' ({year})' if year else ''}::{'|'.join(genres)}\n" for i, title, year, genres in ITEMS
+    )
     (folder / "movies.dat").write_bytes(movies.encode("latin-1"))
     return folder
 
@@ -92,15 +116,19 @@ def write_recbole(folder: Path, name: str = "ml-tiny", user_header: str | None =
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.inter").write_text(
         "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-        + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS))
+        + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in RATINGS)
+    )
     header = user_header or "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token"
     columns = header.count("\t") + 1
     (folder / f"{name}.user").write_text(
-        header + "\n" + "".join("\t".join(str(v) for v in (u, age, g, occ, z)[:columns]) + "\n"
-                                for u, age, _, g, occ, z in USERS))
+        header
+        + "\n"
+        + "".join("\t".join(str(v) for v in (u, age, g, occ, z)[:columns]) + "\n" for u, age, _, g, occ, z in USERS)
+    )
     (folder / f"{name}.item").write_text(
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-        + "".join(f"{i}\t{title}\t{year or 'unkonwn'}\t{' '.join(genres)}\n" for i, title, year, genres in ITEMS))
+        + "".join(f"{i}\t{title}\t{year or 'unkonwn'}\t{' '.join(genres)}\n" for i, title, year, genres in ITEMS)
+    )
     return folder
 
 
@@ -120,13 +148,24 @@ def reference(domains: str = "age", history: str = "all", max_length: int = 50, 
     first_genre = {i: (GENRES.index(g[0]) if g else 0) for i, _, _, g in ITEMS}
     rows = []
     for u, i, r, t in sorted(RATINGS, key=lambda x: (x[3], x[0], x[1])):
-        events = sorted((e for e in RATINGS if e[0] == u and e[3] < t and (history == "all" or e[2] >= threshold)),
-                        key=lambda e: (e[3], e[1]))[-max_length:]
+        events = sorted(
+            (e for e in RATINGS if e[0] == u and e[3] < t and (history == "all" or e[2] >= threshold)),
+            key=lambda e: (e[3], e[1]),
+        )[-max_length:]
         domain = (0 if age[u] < 25 else 1 if age[u] < 35 else 2) if domains == "age" else GENRE_DOMAIN[i]
-        rows.append({"user": u, "item": i, "time": t, "click": int(r >= threshold), "domain": domain,
-                     "split": "train" if t < 1040 else "valid" if t < 1060 else "test",
-                     "hist": [e[1] for e in events], "hist_genre": [first_genre[e[1]] for e in events],
-                     "prior": sum(1 for e in RATINGS if e[0] == u and e[3] < t)})
+        rows.append(
+            {
+                "user": u,
+                "item": i,
+                "time": t,
+                "click": int(r >= threshold),
+                "domain": domain,
+                "split": "train" if t < 1040 else "valid" if t < 1060 else "test",
+                "hist": [e[1] for e in events],
+                "hist_genre": [first_genre[e[1]] for e in events],
+                "prior": sum(1 for e in RATINGS if e[0] == u and e[3] < t),
+            }
+        )
     return rows
 
 
@@ -150,9 +189,17 @@ def as_reference(spec: DatasetSpec, tables: dict[str, pa.Table]) -> list[dict]:
     rows = []
     for split in ("train", "valid", "test"):
         for r in tables[split].to_pylist():
-            rows.append({"user": RAW_USERS[r["user_id"]], "item": RAW_ITEMS[r["item_id"]], "click": r["click"],
-                         "domain": r["domain"], "split": split, "hist": [RAW_ITEMS[i] for i in r["hist_item_id"]],
-                         "hist_genre": r["hist_genre"]})
+            rows.append(
+                {
+                    "user": RAW_USERS[r["user_id"]],
+                    "item": RAW_ITEMS[r["item_id"]],
+                    "click": r["click"],
+                    "domain": r["domain"],
+                    "split": split,
+                    "hist": [RAW_ITEMS[i] for i in r["hist_item_id"]],
+                    "hist_genre": r["hist_genre"],
+                }
+            )
     return rows
 
 
@@ -179,8 +226,7 @@ def source(request, tmp_path) -> Path:
     if kind == "recbole.whl":  # laid out like the recbole wheel, with unrelated members around it
         (tmp_path / "pkg").mkdir()
         (tmp_path / "pkg" / "__init__.py").write_text("")
-        wheel = zip_folder(write_recbole(tmp_path / "atomic"), tmp_path / "fake.whl",
-                           "recbole/dataset_example/ml-tiny")
+        wheel = zip_folder(write_recbole(tmp_path / "atomic"), tmp_path / "fake.whl", "recbole/dataset_example/ml-tiny")
         with zipfile.ZipFile(wheel, "a") as z:
             z.write(tmp_path / "pkg" / "__init__.py", "recbole/__init__.py")
         return wheel
@@ -237,8 +283,18 @@ def test_side_feature_joins(tmp_path):
 def test_ml1m_age_codes_map_to_the_same_groups_and_buckets(tmp_path):
     a = pa.concat_tables(run(write_ml100k(tmp_path / "a"), tmp_path / "oa")[1].values())
     b = pa.concat_tables(run(write_ml1m(tmp_path / "b"), tmp_path / "ob")[1].values())
-    for column in ("domain", "age_bucket", "gender", "zip_prefix", "user_id", "item_id", "genre", "genres",
-                   "release_decade", "hist_item_id"):
+    for column in (
+        "domain",
+        "age_bucket",
+        "gender",
+        "zip_prefix",
+        "user_id",
+        "item_id",
+        "genre",
+        "genres",
+        "release_decade",
+        "hist_item_id",
+    ):
         assert a[column].to_pylist() == b[column].to_pylist(), column
 
 
@@ -261,8 +317,13 @@ def test_genre_domains(tmp_path):
 def test_temporal_split_boundaries(tmp_path):
     spec, tables = run(write_ml100k(tmp_path / "raw"), tmp_path / "out")
     times = {(u, i): t for u, i, _, t in RATINGS}
-    split_times = {s: [times[RAW_USERS[u], RAW_ITEMS[i]] for u, i in
-                       zip(tables[s]["user_id"].to_pylist(), tables[s]["item_id"].to_pylist())] for s in tables}
+    split_times = {
+        s: [
+            times[RAW_USERS[u], RAW_ITEMS[i]]
+            for u, i in zip(tables[s]["user_id"].to_pylist(), tables[s]["item_id"].to_pylist())
+        ]
+        for s in tables
+    }
     assert max(split_times["train"]) < min(split_times["valid"])
     assert max(split_times["valid"]) < min(split_times["test"])
     assert split_times["train"] == sorted(split_times["train"])  # rows in time order
@@ -304,9 +365,26 @@ def test_history_options(tmp_path):
 def test_command_line_flags():
     parser = ArgumentParser()
     add_dataclass_arguments(parser, Options)
-    args = parser.parse_args(["--src", "x", "--out", "y", "--domains", "genre", "--history", "positives",
-                              "--positive-rating", "3.5", "--max-length", "20",
-                              "--split-fractions", "0.7", "0.2", "0.1"])
+    args = parser.parse_args(
+        [
+            "--src",
+            "x",
+            "--out",
+            "y",
+            "--domains",
+            "genre",
+            "--history",
+            "positives",
+            "--positive-rating",
+            "3.5",
+            "--max-length",
+            "20",
+            "--split-fractions",
+            "0.7",
+            "0.2",
+            "0.1",
+        ]
+    )
     o = dataclass_from_args(Options, args)
     assert (o.domains, o.history, o.positive_rating, o.max_length) == ("genre", "positives", 3.5, 20)
     assert o.split_fractions == [0.7, 0.2, 0.1]
@@ -414,6 +492,7 @@ def test_recbole_bad_line_number_counts_the_header(tmp_path):
 
 def test_bad_split_fractions():
     from torchrec_mdr.config import ConfigError, from_dict
+
     with pytest.raises(ConfigError, match="split_fractions"):
         from_dict(Options, {"src": "x", "out": "y", "split_fractions": [0.5, 0.2]})
 
@@ -432,8 +511,12 @@ def recbole_wheel() -> Path:
     if not wheel.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         try:
-            done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "recbole==1.2.1",
-                                   "-d", str(cache)], capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "recbole==1.2.1", "-d", str(cache)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         except subprocess.TimeoutExpired:
             pytest.skip("downloading recbole==1.2.1 timed out")
         if done.returncode != 0 or not wheel.is_file():
@@ -463,8 +546,9 @@ def test_real_ml100k_from_the_recbole_wheel(recbole_wheel, tmp_path):
     assert spec.domain_names == ["age<25", "age25-34", "age>=35"]
     assert all(min(s.rows_per_domain) > 0 for s in spec.splits.values())
     assert np.sum([s.rows_per_domain for s in spec.splits.values()], axis=0).tolist() == raw_domain.tolist()
-    assert sum(sum(s.positives_per_domain["click"]) for s in spec.splits.values()) == \
-        sum(float(r[2]) >= 4 for r in inter)
+    assert sum(sum(s.positives_per_domain["click"]) for s in spec.splits.values()) == sum(
+        float(r[2]) >= 4 for r in inter
+    )
     assert 0.75 < spec.splits["train"].rows / 100_000 < 0.85
 
     # Leakage: every history item was rated by the same user strictly before the row's time, the

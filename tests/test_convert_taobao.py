@@ -64,8 +64,9 @@ def random_log(seed: int, rows: int = 2_500) -> list[tuple]:
     return [(int(u), int(i), int(i) % 6 * 1000 + 5, b, int(t)) for u, i, b, t in zip(users, items, behaviors, times)]
 
 
-def reference(log: list[tuple], min_user: int, min_pos: int, min_item: int, num_domains: int,
-              max_length: int, history: str) -> list[tuple]:
+def reference(
+    log: list[tuple], min_user: int, min_pos: int, min_item: int, num_domains: int, max_length: int, history: str
+) -> list[tuple]:
     """The converter's documented behaviour, row by row in plain Python."""
     lo, hi = ts(0, 0), ts(9, 0)
     window = [(n, *r) for n, r in enumerate(log) if lo <= r[4] < hi]
@@ -83,10 +84,22 @@ def reference(log: list[tuple], min_user: int, min_pos: int, min_item: int, num_
         local = dt.datetime.fromtimestamp(t, BEIJING)
         day = (local.date() - dt.date(2017, 11, 25)).days
         split = "train" if day < 6 else "valid" if day < 7 else "test"
-        events = sorted((e for e in kept if e[1] == u and e[5] < t and (history == "all" or POSITIVE[e[4]])),
-                        key=lambda e: (e[5], e[0]))[-max_length:]
-        row = (split, uv[u], iv[i], cv[c], local.hour, local.weekday(), domain[c], POSITIVE[b],
-               tuple(iv[e[2]] for e in events), tuple(cv[e[3]] for e in events))
+        events = sorted(
+            (e for e in kept if e[1] == u and e[5] < t and (history == "all" or POSITIVE[e[4]])),
+            key=lambda e: (e[5], e[0]),
+        )[-max_length:]
+        row = (
+            split,
+            uv[u],
+            iv[i],
+            cv[c],
+            local.hour,
+            local.weekday(),
+            domain[c],
+            POSITIVE[b],
+            tuple(iv[e[2]] for e in events),
+            tuple(cv[e[3]] for e in events),
+        )
         if history == "all":
             row += (tuple(CODE[e[4]] for e in events),)
         expected.append(row)
@@ -98,8 +111,18 @@ def as_tuples(out: dict, history: str) -> list[tuple]:
     for split, split_rows in out.items():
         for r in split_rows:
             assert r["group_id"] == r["user_id"]
-            row = (split, r["user_id"], r["item_id"], r["category_id"], r["hour"], r["day_of_week"], r["domain"],
-                   r["positive"], tuple(r["hist_item_id"]), tuple(r["hist_category_id"]))
+            row = (
+                split,
+                r["user_id"],
+                r["item_id"],
+                r["category_id"],
+                r["hour"],
+                r["day_of_week"],
+                r["domain"],
+                r["positive"],
+                tuple(r["hist_item_id"]),
+                tuple(r["hist_category_id"]),
+            )
             if history == "all":
                 row += (tuple(r["hist_behavior_type"]),)
             rows.append(row)
@@ -110,8 +133,14 @@ def as_tuples(out: dict, history: str) -> list[tuple]:
 def test_matches_brute_force_reference(tmp_path: Path, history: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(taobao.write, "CHUNK_ROWS", 50)  # many history blocks of whole users
     log = random_log(seed=1)
-    options = dict(min_user_interactions=40, min_user_positives=12, min_item_interactions=5, num_domains=3,
-                   max_length=3, history=history)
+    options = dict(
+        min_user_interactions=40,
+        min_user_positives=12,
+        min_item_interactions=5,
+        num_domains=3,
+        max_length=3,
+        history=history,
+    )
     spec, out = run(tmp_path, log, **options)
     expected = reference(log, 40, 12, 5, 3, 3, history)
     assert 0 < len(expected) < len(log)  # the filters and the window really remove rows
@@ -131,8 +160,9 @@ def test_partition_count_does_not_change_the_rows(tmp_path: Path, monkeypatch: p
     assert spec3.notes["num_partitions"] == "3"
     assert as_tuples(one, "positives") == as_tuples(three, "positives")
     assert spec1.domain_names == spec3.domain_names and spec1.tables == spec3.tables
-    assert {s: st.rows_per_domain for s, st in spec1.splits.items()} == \
-        {s: st.rows_per_domain for s, st in spec3.splits.items()}
+    assert {s: st.rows_per_domain for s, st in spec1.splits.items()} == {
+        s: st.rows_per_domain for s, st in spec3.splits.items()
+    }
 
 
 def test_user_blocks_never_cut_a_user() -> None:
@@ -175,15 +205,25 @@ def test_date_window_uses_beijing_time(tmp_path: Path) -> None:
 
     # A custom window and time zone: 2017-11-25 .. 2017-11-27 in UTC.
     utc = dt.timezone.utc
-    log_utc = [(1, n, 7, "pv", int(dt.datetime(2017, 11, 24 + n // 2, 23 * (n % 2), tzinfo=utc).timestamp()))
-               for n in range(8)]  # 11-24 00h, 11-24 23h, 11-25 00h, ..., 11-27 23h
-    spec, out = run(tmp_path, log_utc, first_date="2017-11-25", last_date="2017-11-27", utc_offset_hours=0,
-                    train_days=2, valid_days=1)
+    log_utc = [
+        (1, n, 7, "pv", int(dt.datetime(2017, 11, 24 + n // 2, 23 * (n % 2), tzinfo=utc).timestamp())) for n in range(8)
+    ]  # 11-24 00h, 11-24 23h, 11-25 00h, ..., 11-27 23h
+    spec, out = run(
+        tmp_path,
+        log_utc,
+        first_date="2017-11-25",
+        last_date="2017-11-27",
+        utc_offset_hours=0,
+        train_days=2,
+        valid_days=1,
+    )
     items = vocab([2, 3, 4, 5, 6, 7])
     got = {s: sorted(r["item_id"] for r in rows) for s, rows in out.items()}
     assert got == {"train": [items[2], items[3]], "valid": [items[4], items[5]], "test": [items[6], items[7]]}
-    assert spec.notes["split_days"] == "train 2017-11-25..2017-11-25, valid 2017-11-26..2017-11-26, " \
-                                       "test 2017-11-27..2017-11-27 (UTC+0)"
+    assert (
+        spec.notes["split_days"] == "train 2017-11-25..2017-11-25, valid 2017-11-26..2017-11-26, "
+        "test 2017-11-27..2017-11-27 (UTC+0)"
+    )
 
 
 def test_day_split(tmp_path: Path) -> None:
@@ -202,8 +242,14 @@ def test_day_split(tmp_path: Path) -> None:
 
 def test_filters_users_then_items(tmp_path: Path) -> None:
     log = (
-        [(1, 50, 7, "buy", ts(0)), (1, 50, 7, "buy", ts(1)), (1, 51, 7, "pv", ts(2)), (1, 51, 7, "pv", ts(3)),
-         (1, 60, 8, "pv", ts(4)), (1, 61, 8, "pv", ts(5))]  # 6 rows, 2 positives: kept
+        [
+            (1, 50, 7, "buy", ts(0)),
+            (1, 50, 7, "buy", ts(1)),
+            (1, 51, 7, "pv", ts(2)),
+            (1, 51, 7, "pv", ts(3)),
+            (1, 60, 8, "pv", ts(4)),
+            (1, 61, 8, "pv", ts(5)),
+        ]  # 6 rows, 2 positives: kept
         + [(2, 61, 8, "buy" if d == 0 else "pv", ts(d)) for d in range(6)]  # 6 rows, 1 positive: dropped
         + [(3, 60, 8, "buy", ts(d)) for d in range(4)]  # 4 rows: dropped
     )
@@ -256,9 +302,12 @@ def test_domains_category_buckets(tmp_path: Path) -> None:
 
 def test_ids_are_consistent_across_splits_and_histories(tmp_path: Path) -> None:
     log = [
-        (5, 900, 3, "buy", ts(0)), (5, 901, 4, "pv", ts(1)),  # train
+        (5, 900, 3, "buy", ts(0)),
+        (5, 901, 4, "pv", ts(1)),  # train
         (5, 902, 3, "cart", ts(6)),  # valid
-        (5, 900, 3, "pv", ts(7)), (6, 900, 3, "fav", ts(8)), (6, 903, 4, "pv", ts(8, 13)),  # test
+        (5, 900, 3, "pv", ts(7)),
+        (6, 900, 3, "fav", ts(8)),
+        (6, 903, 4, "pv", ts(8, 13)),  # test
     ]
     spec, out = run(tmp_path, log)
     items, categories = vocab([900, 901, 902, 903]), vocab([3, 4])
@@ -278,14 +327,22 @@ def test_ids_are_consistent_across_splits_and_histories(tmp_path: Path) -> None:
 
 def test_history_is_strictly_earlier_and_respects_the_behaviour_option(tmp_path: Path) -> None:
     t1, t2, t3 = ts(0, 9), ts(0, 10), ts(0, 11)
-    log = [(1, 10, 7, "buy", t1), (1, 11, 7, "pv", t2), (1, 12, 7, "buy", t2), (1, 14, 7, "cart", t2),
-           (1, 13, 7, "fav", t3), (1, 15, 7, "pv", t3 + 1)]
+    log = [
+        (1, 10, 7, "buy", t1),
+        (1, 11, 7, "pv", t2),
+        (1, 12, 7, "buy", t2),
+        (1, 14, 7, "cart", t2),
+        (1, 13, 7, "fav", t3),
+        (1, 15, 7, "pv", t3 + 1),
+    ]
     items = vocab(r[1] for r in log)
 
     def histories(out: dict, column: str = "hist_item_id") -> dict[int, list[int]]:
         decode = {new: raw for raw, new in items.items()}
-        return {decode[r["item_id"]]: [decode[i] if column == "hist_item_id" else i for i in r[column]]
-                for r in all_rows(out)}
+        return {
+            decode[r["item_id"]]: [decode[i] if column == "hist_item_id" else i for i in r[column]]
+            for r in all_rows(out)
+        }
 
     spec, out = run(tmp_path, log)
     # Same-second events (11, 12, 14 at t2) never see each other or themselves; pv never enters.
@@ -320,8 +377,9 @@ def test_history_leakage_on_random_data(tmp_path: Path) -> None:
         for past in r["hist_item_id"]:
             assert time[(r["user_id"], past)] < now
             checked += 1
-        assert [time[(r["user_id"], p)] for p in r["hist_item_id"]] == \
-            sorted(time[(r["user_id"], p)] for p in r["hist_item_id"])  # oldest first
+        assert [time[(r["user_id"], p)] for p in r["hist_item_id"]] == sorted(
+            time[(r["user_id"], p)] for p in r["hist_item_id"]
+        )  # oldest first
     assert checked > 1000
 
 
@@ -334,16 +392,19 @@ def test_missing_file(tmp_path: Path) -> None:
     assert error.value.file == str(tmp_path / "nope.csv")
 
 
-@pytest.mark.parametrize("line, column, match", [
-    ("1,2,3,click,1511544070", "behavior_type", "'click' is not one of"),
-    ("1,2,3,pv,", "timestamp", "empty value"),
-    ("-1,2,3,pv,1511544070", "user_id", "outside"),
-    ("1,2,3,pv,1511544070,9", None, "Expected 5 columns, got 6"),
-    ("1,2,3,pv", None, "Expected 5 columns, got 4"),
-    ("1,2,3,pv,2017-11-25", None, "cannot parse"),
-    ("1,2,3,pv,1511544070.5", None, "cannot parse"),
-    ("1,x,3,pv,1511544070", None, "cannot parse"),
-])
+@pytest.mark.parametrize(
+    "line, column, match",
+    [
+        ("1,2,3,click,1511544070", "behavior_type", "'click' is not one of"),
+        ("1,2,3,pv,", "timestamp", "empty value"),
+        ("-1,2,3,pv,1511544070", "user_id", "outside"),
+        ("1,2,3,pv,1511544070,9", None, "Expected 5 columns, got 6"),
+        ("1,2,3,pv", None, "Expected 5 columns, got 4"),
+        ("1,2,3,pv,2017-11-25", None, "cannot parse"),
+        ("1,2,3,pv,1511544070.5", None, "cannot parse"),
+        ("1,x,3,pv,1511544070", None, "cannot parse"),
+    ],
+)
 def test_bad_lines_are_data_errors(tmp_path: Path, line: str, column: str | None, match: str) -> None:
     src = tmp_path / "UserBehavior.csv"
     src.write_text(f"1,2,3,pv,1511544070\n{line}\n1,2,3,buy,1511544071\n")
@@ -381,11 +442,30 @@ def test_bad_options(tmp_path: Path) -> None:
 def test_command_line_flags(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, Options)
-    args = parser.parse_args(["--src", "UserBehavior.csv", "--out", "out", "--domains", "category",
-                              "--min-user-interactions", "50", "--train-days", "6", "--history", "all"])
+    args = parser.parse_args(
+        [
+            "--src",
+            "UserBehavior.csv",
+            "--out",
+            "out",
+            "--domains",
+            "category",
+            "--min-user-interactions",
+            "50",
+            "--train-days",
+            "6",
+            "--history",
+            "all",
+        ]
+    )
     options = dataclass_from_args(Options, args)
-    assert (options.src, options.domains, options.min_user_interactions, options.train_days, options.history) == \
-        (Path("UserBehavior.csv"), "category", 50, 6, "all")
+    assert (options.src, options.domains, options.min_user_interactions, options.train_days, options.history) == (
+        Path("UserBehavior.csv"),
+        "category",
+        50,
+        6,
+        "all",
+    )
     assert (options.num_domains, options.max_length, options.min_user_positives) == (10, 50, 10)
     with pytest.raises(SystemExit):
         parser.parse_args(["--src", "a", "--out", "b", "--domains", "brand"])

@@ -12,8 +12,7 @@ import torch
 from torchrec_mdr.experiment import TrainConfig
 from torchrec_mdr.training import cpu_memory
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                           reason="glibc's mallopt")
+glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 MIB_64 = 16 * 1024 * 1024  # float32 values in 64 MiB: above glibc's largest mmap threshold (32 MiB)
 
 

@@ -23,8 +23,15 @@ WIDTH = (2 + 1) * D + 2 + 2 * D  # fields + domain, dense, one sequence group of
 
 def layout(num_tasks: int = T) -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=("user_id", "item_id"), pooled=frozenset({"user_id"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=2, num_domains=K, num_tasks=num_tasks)
+    return FeatureLayout(
+        fields=("user_id", "item_id"),
+        pooled=frozenset({"user_id"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=2,
+        num_domains=K,
+        num_tasks=num_tasks,
+    )
 
 
 def features() -> EmbeddedFeatures:
@@ -32,8 +39,12 @@ def features() -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, 2, D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 2, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, 2, generator=generator),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )
 
 
 def set_parameters(module: torch.nn.Module, seed: int) -> None:
@@ -126,6 +137,7 @@ def test_l_cross_layers_are_a_polynomial_of_degree_l_plus_one(cross_type, num_la
 
 def test_parameter_counts_of_the_three_cross_layers():
     """Full: L (W^2 + W); low-rank: L (2 W r + W); mixture: L (K (2 W r + r^2) + W) + K W (gates)."""
+
     def count(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 
@@ -147,13 +159,13 @@ def test_input_is_fields_domain_dense_and_pooled_sequence_columns():
     batch = features()
     x0 = arch.input(batch)
     assert x0.shape == (B, WIDTH) and arch.input.width == WIDTH
-    torch.testing.assert_close(x0[:, :2 * D], batch.fields.flatten(1))
-    torch.testing.assert_close(x0[:, 2 * D:3 * D], arch.input.domain_embedding.weight[batch.domain])
-    torch.testing.assert_close(x0[:, 3 * D:3 * D + 2], batch.dense)  # dense as it is (no projection)
+    torch.testing.assert_close(x0[:, : 2 * D], batch.fields.flatten(1))
+    torch.testing.assert_close(x0[:, 2 * D : 3 * D], arch.input.domain_embedding.weight[batch.domain])
+    torch.testing.assert_close(x0[:, 3 * D : 3 * D + 2], batch.dense)  # dense as it is (no projection)
     keys = batch.sequences[0].keys
     for b, n in enumerate(LENGTHS):  # both sequence columns, averaged over the real positions
         mean = keys[b, :n].mean(0) if n else torch.zeros(2 * D)
-        torch.testing.assert_close(x0[b, 3 * D + 2:], mean)
+        torch.testing.assert_close(x0[b, 3 * D + 2 :], mean)
 
 
 @pytest.mark.parametrize("cross_type", ["full", "low_rank", "mixture"])
@@ -190,8 +202,11 @@ def test_deep_network_is_relu_layers_and_one_logit_per_task():
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "dcnv2", "dcnv2": {"structure": "stacked", "cross_type": "mixture",
-                                                                "low_rank": 8, "num_experts": 2}}, prefix="model")
+    config = from_dict(
+        ModelConfig,
+        {"name": "dcnv2", "dcnv2": {"structure": "stacked", "cross_type": "mixture", "low_rank": 8, "num_experts": 2}},
+        prefix="model",
+    )
     assert (config.dcnv2.structure, config.dcnv2.cross_type, config.dcnv2.num_experts) == ("stacked", "mixture", 2)
     assert from_dict(ModelConfig, {"dcnv2": {"structure": "cross_only", "hidden": []}}, prefix="model")
     with pytest.raises(ConfigError, match="model.dcnv2.structure"):

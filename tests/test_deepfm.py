@@ -21,8 +21,15 @@ LENGTHS = [4, 2, 1, 0, 3]
 
 def layout(num_dense: int = 2) -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=("user_id", "item_id"), pooled=frozenset({"user_id"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=num_dense, num_domains=K, num_tasks=T)
+    return FeatureLayout(
+        fields=("user_id", "item_id"),
+        pooled=frozenset({"user_id"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=num_dense,
+        num_domains=K,
+        num_tasks=T,
+    )
 
 
 def features(num_dense: int = 2) -> EmbeddedFeatures:
@@ -30,8 +37,12 @@ def features(num_dense: int = 2) -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, 2, D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, num_dense, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, num_dense, generator=generator),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )
 
 
 def pairwise_by_loop(vectors: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,15 @@ LENGTHS = [4, 2, 1, 0, 3]
 
 def layout(num_dense: int = 2) -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=("user_id", "item_id", "user_activity"), pooled=frozenset({"user_id", "user_activity"}),
-                         sequences=(sequence,), embedding_dim=D, num_dense=num_dense, num_domains=K, num_tasks=T)
+    return FeatureLayout(
+        fields=("user_id", "item_id", "user_activity"),
+        pooled=frozenset({"user_id", "user_activity"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=num_dense,
+        num_domains=K,
+        num_tasks=T,
+    )
 
 
 def features(num_dense: int = 2) -> EmbeddedFeatures:
@@ -34,8 +41,12 @@ def features(num_dense: int = 2) -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, 3, D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, num_dense, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, num_dense, generator=generator),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )
 
 
 def small(**overrides) -> DFFMConfig:
@@ -79,10 +90,10 @@ def test_domain_network_starts_as_linear_draws_with_small_domain_deviation():
     torch.manual_seed(0)
     net = DomainNetwork(domain_dim=8, in_dim=16, widths=[32, 16])
     bias = net.lift.bias
-    assert torch.equal(bias[16 * 32:16 * 32 + 32], torch.zeros(32))  # b^(1) starts at 0
-    assert bias[:16 * 32].abs().max() <= 1 / math.sqrt(16)  # W^(1): an nn.Linear(16, 32) draw
-    assert net.lift.weight[:16 * 32 + 32].abs().max() <= 1 / math.sqrt(8) / math.sqrt(16)
-    assert net.lift.weight[16 * 32 + 32:].abs().max() <= 1 / math.sqrt(8) / math.sqrt(32)
+    assert torch.equal(bias[16 * 32 : 16 * 32 + 32], torch.zeros(32))  # b^(1) starts at 0
+    assert bias[: 16 * 32].abs().max() <= 1 / math.sqrt(16)  # W^(1): an nn.Linear(16, 32) draw
+    assert net.lift.weight[: 16 * 32 + 32].abs().max() <= 1 / math.sqrt(8) / math.sqrt(16)
+    assert net.lift.weight[16 * 32 + 32 :].abs().max() <= 1 / math.sqrt(8) / math.sqrt(32)
     assert DomainNetwork(3, 4, []).lift is None  # no layers: the identity
     vectors = torch.randn(2, 5, 4)
     assert torch.equal(DomainNetwork(3, 4, [])(torch.randn(2, 3), vectors), vectors)
@@ -151,7 +162,7 @@ def reference_dfub(block: DFUB, sequence: EmbeddedSequence, condition: torch.Ten
         history = sequence.keys[b, :n]  # E^h [n, d_S]
         heads = []
         for i in range(h):
-            w_q, w_k, w_v = (lin.weight[i * r:(i + 1) * r].T @ e.T for lin in (block.query, block.key, block.value))
+            w_q, w_k, w_v = (lin.weight[i * r : (i + 1) * r].T @ e.T for lin in (block.query, block.key, block.value))
             q, k, v = history @ w_q, history @ w_k, history @ w_v  # eq 10
             heads.append(torch.softmax(q @ k.T / math.sqrt(d), dim=-1) @ v)  # eq 9
         out = torch.cat(heads, dim=1) @ block.output.weight.T  # eq 12 [n, d_out]
@@ -220,23 +231,43 @@ def test_without_dfub_the_sequences_are_mean_pooled_fields_and_lookups_pooled():
 
 def test_a_group_without_candidate_and_no_dense_features():
     sequence = SequenceLayout("hist", ("hist_domain",), L, ())
-    plain = FeatureLayout(fields=("user_id",), pooled=frozenset({"user_id"}), sequences=(sequence,),
-                          embedding_dim=D, num_dense=0, num_domains=K, num_tasks=1)
+    plain = FeatureLayout(
+        fields=("user_id",),
+        pooled=frozenset({"user_id"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=0,
+        num_domains=K,
+        num_tasks=1,
+    )
     torch.manual_seed(0)
     arch = DFFMArch(plain, small())
     assert arch.dfub[0].lift.in_features == D  # E^t is empty: E^d alone
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
-    batch = EmbeddedFeatures(torch.randn(B, 1, D), [EmbeddedSequence(torch.randn(B, L, D), mask, torch.zeros(B, 0))],
-                             torch.zeros(B, 0), torch.tensor([0, 1, 2, 0, 1]))
+    batch = EmbeddedFeatures(
+        torch.randn(B, 1, D),
+        [EmbeddedSequence(torch.randn(B, L, D), mask, torch.zeros(B, 0))],
+        torch.zeros(B, 0),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )
     assert arch(batch).shape == (B, 1)
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "dffm", "dffm": {"domain_network": [], "activation": "tanh"}},
-                       prefix="model")
+    config = from_dict(
+        ModelConfig, {"name": "dffm", "dffm": {"domain_network": [], "activation": "tanh"}}, prefix="model"
+    )
     assert config.dffm.domain_network == [] and config.dffm.activation == "tanh"
-    for key, value in (("heads", 0), ("rank", 0), ("head_dim", 0), ("dfub_dim", 0), ("domain_network", [4, 0]),
-                       ("hidden", [0]), ("dropout", 1.0), ("activation", "gelu")):
+    for key, value in (
+        ("heads", 0),
+        ("rank", 0),
+        ("head_dim", 0),
+        ("dfub_dim", 0),
+        ("domain_network", [4, 0]),
+        ("hidden", [0]),
+        ("dropout", 1.0),
+        ("activation", "gelu"),
+    ):
         with pytest.raises(ConfigError, match=f"model.dffm.{key}"):
             from_dict(ModelConfig, {"name": "dffm", "dffm": {key: value}}, prefix="model")
 

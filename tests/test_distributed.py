@@ -63,9 +63,11 @@ RUNS_2 = [(s, s, "plain", "rowwise_adagrad", "adam") for s in SHARDINGS] + [
     ("sgd", "row_wise", "plain", "sgd", "sgd"),
 ]
 SGD_SPARSE_LR = 5.0  # a mean-loss gradient is small per row: a large rate makes the embeddings matter
-RUNS_1 = [("reference", "table_wise", "plain", "rowwise_adagrad", "adam"),
-          ("sparse_dist", "table_wise", "sparse_dist", "rowwise_adagrad", "adam"),
-          ("sgd", "table_wise", "plain", "sgd", "sgd")]
+RUNS_1 = [
+    ("reference", "table_wise", "plain", "rowwise_adagrad", "adam"),
+    ("sparse_dist", "table_wise", "sparse_dist", "rowwise_adagrad", "adam"),
+    ("sgd", "table_wise", "plain", "sgd", "sgd"),
+]
 
 
 # --------------------------------------------------------------------------- launching
@@ -77,19 +79,35 @@ RUNS_1 = [("reference", "table_wise", "plain", "rowwise_adagrad", "adam"),
 def tiny_dataset(path: Path, rows: int = 600) -> Path:
     from data_prep.synthetic import Options, convert
 
-    convert(Options(version=1, out=path, rows=rows, users=40, items=60, categories=6, brands=10, seq_length=5,
-                    min_seq_length=0))
+    convert(
+        Options(
+            version=1, out=path, rows=rows, users=40, items=60, categories=6, brands=10, seq_length=5, min_seq_length=0
+        )
+    )
     return path
 
 
 def model_config(name: str = "din", embedding_dim: int = 4) -> ModelConfig:
-    return ModelConfig(name=name, embedding_dim=embedding_dim, dnn=DNNConfig(hidden=[16, 8]),
-                       din=DINConfig(attention_hidden=[8], hidden=[16, 8]))
+    return ModelConfig(
+        name=name,
+        embedding_dim=embedding_dim,
+        dnn=DNNConfig(hidden=[16, 8]),
+        din=DINConfig(attention_hidden=[8], hidden=[16, 8]),
+    )
 
 
-def experiment(data: Path, sharding: str = "table_wise", pipeline: str = "plain", batch_size: int = GLOBAL_ROWS,
-               model: str = "din", embedding_dim: int = 4, max_steps: int = STEPS, sparse: str = "rowwise_adagrad",
-               dense: str = "adam", sparse_lr: float = 0.1) -> ExperimentConfig:
+def experiment(
+    data: Path,
+    sharding: str = "table_wise",
+    pipeline: str = "plain",
+    batch_size: int = GLOBAL_ROWS,
+    model: str = "din",
+    embedding_dim: int = 4,
+    max_steps: int = STEPS,
+    sparse: str = "rowwise_adagrad",
+    dense: str = "adam",
+    sparse_lr: float = 0.1,
+) -> ExperimentConfig:
     return ExperimentConfig(
         data=ReaderConfig(path=data, batch_size=batch_size, shuffle=False),
         model=model_config(model, embedding_dim),
@@ -104,9 +122,10 @@ def global_batches(data: Path, world_size: int, rank: int, steps: int = STEPS) -
     dataset = ParquetBatches(ReaderConfig(path=data, shuffle=False), "train")
     block = Block.concat(list(dataset.blocks()))
     share = GLOBAL_ROWS // world_size
-    return [block_to_batch(dataset.spec, block.slice(i * GLOBAL_ROWS + rank * share,
-                                                     i * GLOBAL_ROWS + (rank + 1) * share))
-            for i in range(steps)]
+    return [
+        block_to_batch(dataset.spec, block.slice(i * GLOBAL_ROWS + rank * share, i * GLOBAL_ROWS + (rank + 1) * share))
+        for i in range(steps)
+    ]
 
 
 def initial_state(data: Path, seed: int = 7) -> dict[str, torch.Tensor]:
@@ -128,8 +147,9 @@ def load_full_state(model: torch.nn.Module, full: dict[str, torch.Tensor]) -> No
             if isinstance(target, ShardedTensor):
                 assert tuple(target.size()) == tuple(source.shape), key
                 for shard in target.local_shards():
-                    index = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets,
-                                                                   shard.metadata.shard_sizes))
+                    index = tuple(
+                        slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+                    )
                     shard.tensor.copy_(source[index])
             else:
                 target.copy_(source)
@@ -142,9 +162,10 @@ def local_state(model: torch.nn.Module) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in model.state_dict().items():
         if isinstance(value, ShardedTensor):
-            out[key] = {"size": tuple(value.size()),
-                        "shards": [(tuple(s.metadata.shard_offsets), s.tensor.detach().clone())
-                                   for s in value.local_shards()]}
+            out[key] = {
+                "size": tuple(value.size()),
+                "shards": [(tuple(s.metadata.shard_offsets), s.tensor.detach().clone()) for s in value.local_shards()],
+            }
         else:
             out[key] = value.detach().clone()
     return out
@@ -187,8 +208,15 @@ def _compare_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
     batches = global_batches(data, world_size, rank)
     results: dict[str, Any] = {}
     for name, sharding, pipeline, sparse, dense in RUNS_2 if world_size > 1 else RUNS_1:
-        config = experiment(data, sharding, pipeline, batch_size=GLOBAL_ROWS // world_size, sparse=sparse,
-                            dense=dense, sparse_lr=SGD_SPARSE_LR if sparse == "sgd" else 0.1)
+        config = experiment(
+            data,
+            sharding,
+            pipeline,
+            batch_size=GLOBAL_ROWS // world_size,
+            sparse=sparse,
+            dense=dense,
+            sparse_lr=SGD_SPARSE_LR if sparse == "sgd" else 0.1,
+        )
         trainer = Trainer(config, out / f"run-{name}-{world_size}")
         load_full_state(trainer.model, init)
         results[name] = {"losses": train_steps(trainer, batches), "state": local_state(trainer.model)}
@@ -212,8 +240,12 @@ def _two_epochs(data: Path, out: Path, init: dict[str, torch.Tensor]) -> dict[st
         trainer = Trainer(config, out / f"run-epochs-{pipeline}")
         load_full_state(trainer.model, init)
         metrics = trainer.fit()
-        results[pipeline] = {"losses": trainer.step_losses, "steps": metrics["train"]["steps"],
-                             "steps_per_epoch": trainer.steps_per_epoch, "auc": metrics["auc"]}
+        results[pipeline] = {
+            "losses": trainer.step_losses,
+            "steps": metrics["train"]["steps"],
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "auc": metrics["auc"],
+        }
     return results
 
 
@@ -252,8 +284,15 @@ def _all_models(data: Path, out: Path) -> dict[str, dict]:
 
     metrics = {}
     for name in MODELS:
-        config = experiment(data, "auto", "sparse_dist", batch_size=16, model=name, max_steps=3,
-                            embedding_dim=ModelConfig().embedding_dim)
+        config = experiment(
+            data,
+            "auto",
+            "sparse_dist",
+            batch_size=16,
+            model=name,
+            max_steps=3,
+            embedding_dim=ModelConfig().embedding_dim,
+        )
         metrics[name] = Trainer(config, out / f"model-{name}").fit()
     return metrics
 
@@ -427,8 +466,11 @@ def test_bad_configs_fail_before_training(runs):
 
 
 def _meta_model(data: Path, embedding_dim: int = 4) -> TrainModel:
-    return TrainModel(RankingModel(DatasetSpec.load(data), model_config(embedding_dim=embedding_dim),
-                                   sparse_device=torch.device("meta")))
+    return TrainModel(
+        RankingModel(
+            DatasetSpec.load(data), model_config(embedding_dim=embedding_dim), sparse_device=torch.device("meta")
+        )
+    )
 
 
 def _context(world_size: int) -> DistContext:
@@ -460,16 +502,54 @@ def test_sharding_checks_run_before_dmp(tmp_path):
 def test_bench_train_tiny(tmp_path, capsys):
     from torchrec_mdr.cli import main
 
-    assert main(["bench", "train", "--data", str(tmp_path / "bench"), "--rows", "1000", "--seq-length", "4",
-                 "--batch-size", "16", "--embedding-dim", "4", "--warmup", "2", "--steps", "2", "--repeats", "1",
-                 "--batches-in-memory", "2"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "train",
+                "--data",
+                str(tmp_path / "bench"),
+                "--rows",
+                "1000",
+                "--seq-length",
+                "4",
+                "--batch-size",
+                "16",
+                "--embedding-dim",
+                "4",
+                "--warmup",
+                "2",
+                "--steps",
+                "2",
+                "--repeats",
+                "1",
+                "--batches-in-memory",
+                "2",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("model"))
-    assert lines[header].split() == ["model", "world", "threads", "rows/step", "plain", "base", "sparse_dist",
-                                     "sparse_dist/plain", "min", "max"]
-    rows = [line.split() for line in lines[header + 1:header + 5]]
-    assert [(r[0], r[1], r[3]) for r in rows] == [("dnn", "1", "16"), ("dnn", "2", "32"), ("din", "1", "16"),
-                                                  ("din", "2", "32")]
+    assert lines[header].split() == [
+        "model",
+        "world",
+        "threads",
+        "rows/step",
+        "plain",
+        "base",
+        "sparse_dist",
+        "sparse_dist/plain",
+        "min",
+        "max",
+    ]
+    rows = [line.split() for line in lines[header + 1 : header + 5]]
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        ("dnn", "1", "16"),
+        ("dnn", "2", "32"),
+        ("din", "1", "16"),
+        ("din", "2", "32"),
+    ]
     cores = len(os.sched_getaffinity(0))
     assert [int(r[2]) for r in rows] == [cores, max(cores // 2, 1)] * 2  # the cores split between the ranks
     for row in rows:
@@ -486,8 +566,12 @@ def test_bench_train_rounds_and_paired_ratios():
     from torchrec_mdr.bench.train import Cell, TrainBenchOptions, format_table, round_order
 
     loops = ["plain", "base", "sparse_dist"]
-    assert [round_order(loops, i) for i in range(4)] == [loops, ["base", "sparse_dist", "plain"],
-                                                          ["sparse_dist", "plain", "base"], loops]
+    assert [round_order(loops, i) for i in range(4)] == [
+        loops,
+        ["base", "sparse_dist", "plain"],
+        ["sparse_dist", "plain", "base"],
+        loops,
+    ]
     windows = {"plain": [100.0, 50.0, 200.0], "base": [90.0, 90.0, 90.0], "sparse_dist": [110.0, 40.0, 230.0]}
     cells = [Cell("dnn", 1, p, w, steps=10, batch_size=8, threads=1) for p, w in windows.items()]
     options = TrainBenchOptions(models=["dnn"], world_sizes=[1], repeats=3)

@@ -29,8 +29,15 @@ D = 4
 def layout(num_dense: int = 3, num_tasks: int = 1) -> FeatureLayout:
     """Two id fields, one sequence group of two fields (length 3), 2 domains."""
     hist = SequenceLayout("hist", ("hist_item", "hist_domain"), 3, ("item",))
-    return FeatureLayout(fields=("user", "item"), pooled=frozenset({"user", "item"}), sequences=(hist,),
-                         embedding_dim=D, num_dense=num_dense, num_domains=2, num_tasks=num_tasks)
+    return FeatureLayout(
+        fields=("user", "item"),
+        pooled=frozenset({"user", "item"}),
+        sequences=(hist,),
+        embedding_dim=D,
+        num_dense=num_dense,
+        num_domains=2,
+        num_tasks=num_tasks,
+    )
 
 
 def features(batch: int = 3, num_dense: int = 3, seed: int = 0) -> EmbeddedFeatures:
@@ -39,9 +46,12 @@ def features(batch: int = 3, num_dense: int = 3, seed: int = 0) -> EmbeddedFeatu
     mask = torch.arange(3)[None, :] < lengths[:, None]
     keys = torch.randn(batch, 3, 2 * D, generator=g) * mask[..., None]
     fields = torch.randn(batch, 2, D, generator=g)
-    return EmbeddedFeatures(fields=fields, sequences=[EmbeddedSequence(keys, mask, fields[:, 1])],
-                            dense=torch.randn(batch, num_dense, generator=g),
-                            domain=torch.arange(batch) % 2)
+    return EmbeddedFeatures(
+        fields=fields,
+        sequences=[EmbeddedSequence(keys, mask, fields[:, 1])],
+        dense=torch.randn(batch, num_dense, generator=g),
+        domain=torch.arange(batch) % 2,
+    )
 
 
 def small(config_class, **kw):
@@ -82,7 +92,7 @@ def test_sparse_features_order_and_masked_sequence_mean():
         assert torch.equal(sparse[b, 2], arch.domain_embedding.weight[x.domain[b]])
         real = [t for t in range(3) if mask[b, t]]
         for f in range(2):  # hist_item, then hist_domain: each the mean over the real positions only
-            expected = (sum(keys[b, t, f * D:(f + 1) * D] for t in real) / len(real)) if real else torch.zeros(D)
+            expected = (sum(keys[b, t, f * D : (f + 1) * D] for t in real) / len(real)) if real else torch.zeros(D)
             torch.testing.assert_close(sparse[b, 3 + f], expected)
     assert torch.equal(sparse[2, 3:], torch.zeros(2, D))  # row 2 has an empty sequence
 
@@ -93,13 +103,19 @@ def test_sparse_features_order_and_masked_sequence_mean():
 def test_pairwise_interaction_matches_hand_computation():
     arch = DLRMArch(layout(), small(DLRMConfig, sequences="none"))  # F = 3
     dense = torch.tensor([[1.0, 2.0, 0.0, -1.0], [0.5, 0.0, 1.0, 2.0]])
-    sparse = torch.tensor([[[1.0, 0.0, 1.0, 0.0], [2.0, 1.0, 0.0, 1.0], [0.0, 0.0, 3.0, 1.0]],
-                           [[1.0, 1.0, 1.0, 1.0], [0.0, 2.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 1.0]]])
+    sparse = torch.tensor(
+        [
+            [[1.0, 0.0, 1.0, 0.0], [2.0, 1.0, 0.0, 1.0], [0.0, 0.0, 3.0, 1.0]],
+            [[1.0, 1.0, 1.0, 1.0], [0.0, 2.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 1.0]],
+        ]
+    )
     out = arch.inter_arch(dense_features=dense, sparse_features=sparse)
     for b in range(2):
         vectors = [dense[b].tolist()] + sparse[b].tolist()
-        dots = [sum(p * q for p, q in zip(vectors[i], vectors[j], strict=True))
-                for i, j in itertools.combinations(range(4), 2)]
+        dots = [
+            sum(p * q for p, q in zip(vectors[i], vectors[j], strict=True))
+            for i, j in itertools.combinations(range(4), 2)
+        ]
         assert out[b].tolist() == dense[b].tolist() + dots  # dense, then <x_i, x_j> for i < j, row-major
     # spot check one value: row 0, <dense, sparse_1> = 1*2 + 2*1 + 0 + (-1)*1 = 3
     assert out[0, D + 1].item() == 3.0
@@ -123,8 +139,11 @@ def test_dcn_cross_layers_match_hand_computation():
         x0 = dense[b].tolist() + [v for row in sparse[b].tolist() for v in row]  # [dense, f1, f2, f3]
         x = list(x0)
         for layer in range(2):
-            W, V, bias = (crossnet.W_kernels[layer].tolist(), crossnet.V_kernels[layer].tolist(),
-                          crossnet.bias[layer].tolist())
+            W, V, bias = (
+                crossnet.W_kernels[layer].tolist(),
+                crossnet.V_kernels[layer].tolist(),
+                crossnet.bias[layer].tolist(),
+            )
             vx = [sum(V[r][k] * x[k] for k in range(n)) for r in range(2)]
             wvx = [sum(W[i][r] * vx[r] for r in range(2)) for i in range(n)]
             x = [x0[i] * (wvx[i] + bias[i]) + x[i] for i in range(n)]  # x_{l+1} = x0 * (W V x_l + b) + x_l
@@ -136,35 +155,74 @@ def test_dcn_cross_layers_match_hand_computation():
 
 def test_registry_and_config_errors():
     assert {"dlrm", "dlrm_dcn"} <= set(MODELS)
-    config = load_config(ExperimentConfig, None, ["model.name=dlrm_dcn", "model.dlrm_dcn.dcn_num_layers=2",
-                                                  "model.dlrm_dcn.over_arch_layer_sizes=[32, 1]"])
+    config = load_config(
+        ExperimentConfig,
+        None,
+        ["model.name=dlrm_dcn", "model.dlrm_dcn.dcn_num_layers=2", "model.dlrm_dcn.over_arch_layer_sizes=[32, 1]"],
+    )
     assert config.model.dlrm_dcn.dcn_num_layers == 2 and config.model.dlrm_dcn.over_arch_layer_sizes == [32, 1]
     with pytest.raises(ConfigError, match="over_arch_layer_sizes .* at least two"):
         load_config(ExperimentConfig, None, ["model.name=dlrm", "model.dlrm.over_arch_layer_sizes=[1]"])
     with pytest.raises(ConfigError, match="dcn_low_rank_dim"):
         load_config(ExperimentConfig, None, ["model.dlrm_dcn.dcn_low_rank_dim=0"])
-    with pytest.raises(ConfigError, match=r"model.dlrm.dense_arch_layer_sizes \[8, 8\] must end in "
-                                          r"model.embedding_dim \(4\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.dlrm.dense_arch_layer_sizes \[8, 8\] must end in "
+        r"model.embedding_dim \(4\)",
+    ):
         DLRMArch(layout(), DLRMConfig(dense_arch_layer_sizes=[8, 8], over_arch_layer_sizes=[6, 1]))
-    with pytest.raises(ConfigError, match=r"model.dlrm_dcn.over_arch_layer_sizes \[6, 1\] must end in the "
-                                          r"number of labels of the dataset \(2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.dlrm_dcn.over_arch_layer_sizes \[6, 1\] must end in the "
+        r"number of labels of the dataset \(2\)",
+    ):
         DLRMDCNArch(layout(num_tasks=2), small(DLRMDCNConfig))
 
 
 def test_program_flags_map_onto_the_experiment_config(tmp_path):
     parser = build_parser()
-    args = parser.parse_args(["--dataset", str(tmp_path), "--batch_size", "256", "--epochs", "2",
-                              "--embedding_dim", "8", "--dense_arch_layer_sizes", "32,8",
-                              "--over_arch_layer_sizes", "64,16,1", "--interaction_type", "dcn",
-                              "--dcn_num_layers", "2", "--dcn_low_rank_dim", "4", "--learning_rate", "1e-5",
-                              "--adagrad", "--limit_train_batches", "7", "--seed", "3",
-                              "--no-shuffle_training_set", "--set", "optimizer.dense_lr=0.5"])
+    args = parser.parse_args(
+        [
+            "--dataset",
+            str(tmp_path),
+            "--batch_size",
+            "256",
+            "--epochs",
+            "2",
+            "--embedding_dim",
+            "8",
+            "--dense_arch_layer_sizes",
+            "32,8",
+            "--over_arch_layer_sizes",
+            "64,16,1",
+            "--interaction_type",
+            "dcn",
+            "--dcn_num_layers",
+            "2",
+            "--dcn_low_rank_dim",
+            "4",
+            "--learning_rate",
+            "1e-5",
+            "--adagrad",
+            "--limit_train_batches",
+            "7",
+            "--seed",
+            "3",
+            "--no-shuffle_training_set",
+            "--set",
+            "optimizer.dense_lr=0.5",
+        ]
+    )
     config = build_config(args)
     assert config.data.path == tmp_path and config.data.batch_size == 256 and config.data.shuffle is False
     assert config.model.name == "dlrm_dcn" and config.model.embedding_dim == 8
     dcn = config.model.dlrm_dcn
     assert (dcn.dense_arch_layer_sizes, dcn.over_arch_layer_sizes, dcn.dcn_num_layers, dcn.dcn_low_rank_dim) == (
-        [32, 8], [64, 16, 1], 2, 4)
+        [32, 8],
+        [64, 16, 1],
+        2,
+        4,
+    )
     assert (config.optimizer.sparse, config.optimizer.dense) == ("adagrad", "adagrad")
     assert config.optimizer.sparse_lr == 1e-5 and config.optimizer.dense_lr == 0.5  # --set wins over the flag
     assert (config.train.epochs, config.train.max_steps, config.train.seed, config.data.seed) == (2, 7, 3, 3)
@@ -198,11 +256,22 @@ def world_of_one():
 def test_trainer_steps_reduce_the_loss(synthetic, tmp_path, world_of_one):
     from torchrec_mdr.training.trainer import Trainer
 
-    config = load_config(ExperimentConfig, None, [
-        f"data.path={synthetic}", "data.batch_size=128", "model.name=dlrm_dcn", "model.embedding_dim=8",
-        "model.dlrm_dcn.dense_arch_layer_sizes=[16, 8]", "model.dlrm_dcn.over_arch_layer_sizes=[32, 16, 1]",
-        "model.dlrm_dcn.dcn_num_layers=2", "model.dlrm_dcn.dcn_low_rank_dim=8", "optimizer.dense_lr=0.01",
-        "train.epochs=2"])
+    config = load_config(
+        ExperimentConfig,
+        None,
+        [
+            f"data.path={synthetic}",
+            "data.batch_size=128",
+            "model.name=dlrm_dcn",
+            "model.embedding_dim=8",
+            "model.dlrm_dcn.dense_arch_layer_sizes=[16, 8]",
+            "model.dlrm_dcn.over_arch_layer_sizes=[32, 16, 1]",
+            "model.dlrm_dcn.dcn_num_layers=2",
+            "model.dlrm_dcn.dcn_low_rank_dim=8",
+            "optimizer.dense_lr=0.01",
+            "train.epochs=2",
+        ],
+    )
     trainer = Trainer(config, tmp_path / "run")
     before = trainer.evaluate("train")
     metrics = trainer.fit()
@@ -218,8 +287,17 @@ def test_trainer_steps_reduce_the_loss(synthetic, tmp_path, world_of_one):
 def test_mdr_train_with_model_dlrm_and_one_line_errors(synthetic, tmp_path, capsys, world_of_one):
     from torchrec_mdr.cli import main
 
-    common = ["train", "--set", f"data.path={synthetic}", "--set", "data.batch_size=256", "--set",
-              "train.max_steps=3", "--set", "model.name=dlrm"]
+    common = [
+        "train",
+        "--set",
+        f"data.path={synthetic}",
+        "--set",
+        "data.batch_size=256",
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        "model.name=dlrm",
+    ]
     assert main(common + ["--out", str(tmp_path / "dlrm")]) == 0
     assert json.loads((tmp_path / "dlrm" / "metrics.json").read_text())["model"] == "dlrm"
     assert "dlrm on synthetic" in capsys.readouterr().out
@@ -235,12 +313,42 @@ def test_mdr_train_with_model_dlrm_and_one_line_errors(synthetic, tmp_path, caps
 def test_program_runs_end_to_end(synthetic, tmp_path):
     out = tmp_path / "program"
     result = subprocess.run(
-        [sys.executable, "-m", "dlrm_style.train", "--dataset", str(synthetic), "--batch_size", "128",
-         "--epochs", "1", "--limit_train_batches", "6", "--embedding_dim", "8", "--dense_arch_layer_sizes", "16,8",
-         "--over_arch_layer_sizes", "32,1", "--interaction_type", "dcn", "--dcn_num_layers", "2",
-         "--dcn_low_rank_dim", "4", "--learning_rate", "0.05", "--adagrad", "--print_sharding_plan",
-         "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "dlrm_style.train",
+            "--dataset",
+            str(synthetic),
+            "--batch_size",
+            "128",
+            "--epochs",
+            "1",
+            "--limit_train_batches",
+            "6",
+            "--embedding_dim",
+            "8",
+            "--dense_arch_layer_sizes",
+            "16,8",
+            "--over_arch_layer_sizes",
+            "32,1",
+            "--interaction_type",
+            "dcn",
+            "--dcn_num_layers",
+            "2",
+            "--dcn_low_rank_dim",
+            "4",
+            "--learning_rate",
+            "0.05",
+            "--adagrad",
+            "--print_sharding_plan",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "dlrm_dcn" and metrics["train"]["steps"] == 6 and 0.0 <= metrics["auc"] <= 1.0

@@ -26,8 +26,7 @@ from torchrec_mdr.cli import main
 from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.errors import TrainingError
-from torchrec_mdr.experiment import (EarlyStoppingConfig, ExperimentConfig, OptimizerConfig, SparseConfig,
-                                     TrainConfig)
+from torchrec_mdr.experiment import EarlyStoppingConfig, ExperimentConfig, OptimizerConfig, SparseConfig, TrainConfig
 from torchrec_mdr.models.registry import ModelConfig
 from torchrec_mdr.training.evaluate import evaluate_run
 from torchrec_mdr.training.early_stopping import EarlyStopping
@@ -56,27 +55,46 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from data_prep.synthetic import Options, convert
 
     path = tmp_path_factory.mktemp("early") / "syn"
-    convert(Options(out=path, rows=3000, users=100, items=60, categories=6, brands=10, seq_length=5,
-                    min_seq_length=0))
+    convert(Options(out=path, rows=3000, users=100, items=60, categories=6, brands=10, seq_length=5, min_seq_length=0))
     flip_labels(path, "valid")
     return path
 
 
-def experiment(data: Path, patience: int | None = 1, eval_every: int | None = 2, max_steps: int | None = MAX_STEPS,
-               epochs: int = 1, keep: int = 1, checkpoint_every: int | None = 1, metric: str = "auc",
-               pipeline: str = "sparse_dist") -> ExperimentConfig:
+def experiment(
+    data: Path,
+    patience: int | None = 1,
+    eval_every: int | None = 2,
+    max_steps: int | None = MAX_STEPS,
+    epochs: int = 1,
+    keep: int = 1,
+    checkpoint_every: int | None = 1,
+    metric: str = "auc",
+    pipeline: str = "sparse_dist",
+) -> ExperimentConfig:
     """DNN, high learning rates (it fits the train split within a few steps); ``patience`` None: no
     early stopping. ``keep`` 1 with a checkpoint every step: rotation would delete the best one."""
-    stopping = (EarlyStoppingConfig(enabled=True, metric=metric, patience=patience)  # type: ignore[arg-type]
-                if patience is not None else EarlyStoppingConfig())
+    stopping = (
+        EarlyStoppingConfig(enabled=True, metric=metric, patience=patience)  # type: ignore[arg-type]
+        if patience is not None
+        else EarlyStoppingConfig()
+    )
     return ExperimentConfig(
         data=ReaderConfig(path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=128, seed=3),
         model=ModelConfig(name="dnn", embedding_dim=4),
         sparse=SparseConfig(),
         optimizer=OptimizerConfig(sparse="rowwise_adagrad", sparse_lr=0.2, dense="adam", dense_lr=0.02),
-        train=TrainConfig(epochs=epochs, max_steps=max_steps, eval_every=eval_every, pipeline=pipeline,  # type: ignore
-                          device="cpu", log_every=4, checkpoint_every=checkpoint_every, keep_checkpoints=keep,
-                          seed=1, early_stopping=stopping),
+        train=TrainConfig(
+            epochs=epochs,
+            max_steps=max_steps,
+            eval_every=eval_every,
+            pipeline=pipeline,  # type: ignore
+            device="cpu",
+            log_every=4,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep,
+            seed=1,
+            early_stopping=stopping,
+        ),
     )
 
 
@@ -119,7 +137,8 @@ def test_early_stopping_stops_and_reports_the_best_checkpoint(stopped: dict) -> 
     assert stopping["best_checkpoint"] == str(best)
     # keep_checkpoints=1 with a checkpoint every step: the best one survives the rotation beside latest
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == sorted(
-        {best.name, f"step-{stopped['steps']:06d}"})
+        {best.name, f"step-{stopped['steps']:06d}"}
+    )
     assert (run / "checkpoints" / "best").read_text().strip() == best.name
     saved = json.loads((run / "metrics.json").read_text())
     assert json.dumps(saved["history"]) == json.dumps(history) and saved["early_stopping"] == stopping
@@ -138,8 +157,10 @@ def test_the_restored_best_model_is_what_mdr_eval_best_gives(stopped: dict, caps
     capsys.readouterr()
     latest = evaluate_run(run, checkpoint="latest")
     best_step = metrics["early_stopping"]["best_step"]
-    assert (f"best evaluation (early stopping, the weights its metrics.json reports) is step {best_step}: "
-            "pass --checkpoint best" in capsys.readouterr().out)  # latest is not what the run reported: said so
+    assert (
+        f"best evaluation (early stopping, the weights its metrics.json reports) is step {best_step}: "
+        "pass --checkpoint best" in capsys.readouterr().out
+    )  # latest is not what the run reported: said so
     assert latest["checkpoint"]["step"] == stopped["steps"]
     assert latest["auc"] != pytest.approx(metrics["auc"], abs=1e-9)  # the last weights are not the reported ones
     by_step = evaluate_run(run, checkpoint=f"step-{metrics['early_stopping']['best_step']}")
@@ -157,8 +178,9 @@ def test_eval_checkpoint_names_are_checked(stopped: dict, tmp_path: Path, data: 
         evaluate_run(run, checkpoint="best")
 
 
-def test_resumed_early_stopping_stops_where_an_uninterrupted_run_does(stopped: dict, data: Path,
-                                                                      tmp_path: Path) -> None:
+def test_resumed_early_stopping_stops_where_an_uninterrupted_run_does(
+    stopped: dict, data: Path, tmp_path: Path
+) -> None:
     """Stop a run at step 3 (before the early stop), resume it: same history, same stop, same best."""
     run = tmp_path / "run"
     fit(experiment(data, max_steps=3), run)
@@ -218,8 +240,12 @@ def test_max_steps_beyond_one_epoch_trains_exactly_max_steps(data: Path, tmp_pat
 
     epoch_steps = math.ceil(DatasetSpec.load(data).splits["train"].rows / BATCH)
     steps = 2 * epoch_steps + 3
-    metrics, trainer = fit(experiment(data, patience=None, max_steps=steps, eval_every=3, checkpoint_every=None,
-                                      epochs=1, pipeline="plain"), tmp_path / "run")
+    metrics, trainer = fit(
+        experiment(
+            data, patience=None, max_steps=steps, eval_every=3, checkpoint_every=None, epochs=1, pipeline="plain"
+        ),
+        tmp_path / "run",
+    )
     assert metrics["train"]["steps"] == len(trainer.step_losses) == steps
     assert trainer.progress.epoch == 2 and trainer.progress.batch_in_epoch == 3
     # without early stopping the history is kept too, one entry per evaluation, and the epochs are named
@@ -227,8 +253,12 @@ def test_max_steps_beyond_one_epoch_trains_exactly_max_steps(data: Path, tmp_pat
     assert [h["epoch"] for h in metrics["history"]] == [(s - 1) // epoch_steps for s in range(3, steps + 1, 3)]
     assert "early_stopping" not in metrics
     # without max_steps, epochs decide
-    metrics, _ = fit(experiment(data, patience=None, max_steps=None, eval_every=None, checkpoint_every=None,
-                                epochs=2, pipeline="plain"), tmp_path / "epochs")
+    metrics, _ = fit(
+        experiment(
+            data, patience=None, max_steps=None, eval_every=None, checkpoint_every=None, epochs=2, pipeline="plain"
+        ),
+        tmp_path / "epochs",
+    )
     assert metrics["train"]["steps"] == 2 * epoch_steps and metrics["history"] == []
 
 
@@ -237,8 +267,9 @@ def test_data_order_depends_on_data_seed_not_train_seed(data: Path) -> None:
     from torchrec_mdr.training.run_model import seeded_iter as _seeded_iter
 
     def first_rows(data_seed: int, train_seed: int) -> list[float]:
-        config = ReaderConfig(path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=64, seed=data_seed,
-                              num_workers=1)
+        config = ReaderConfig(
+            path=data, batch_size=BATCH, shuffle=True, shuffle_buffer_rows=64, seed=data_seed, num_workers=1
+        )
         loader = make_dataloader(config, "train")
         loader.dataset.set_epoch(0)
         batches = itertools.islice(_seeded_iter(loader, train_seed * 100_003), 3)
@@ -259,10 +290,13 @@ def test_early_stopping_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train.early_stopping.patience.*out of range"):
         load_config(ExperimentConfig, overrides=["train.early_stopping.patience=0"])
     with pytest.raises(ConfigError, match="retrieval"):
-        load_config(ExperimentConfig, overrides=["task=retrieval", "train.eval_every=5",
-                                                 "train.early_stopping.enabled=true"])
-    config = load_config(ExperimentConfig, overrides=["train.eval_every=5", "train.early_stopping.enabled=true",
-                                                      "train.early_stopping.metric=logloss"])
+        load_config(
+            ExperimentConfig, overrides=["task=retrieval", "train.eval_every=5", "train.early_stopping.enabled=true"]
+        )
+    config = load_config(
+        ExperimentConfig,
+        overrides=["train.eval_every=5", "train.early_stopping.enabled=true", "train.early_stopping.metric=logloss"],
+    )
     assert config.train.early_stopping == EarlyStoppingConfig(enabled=True, metric="logloss")
     assert replace(config.train, early_stopping=EarlyStoppingConfig()).early_stopping.enabled is False
 

@@ -25,14 +25,18 @@ from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
 from torchrec_mdr.errors import TrainingError
-from torchrec_mdr.experiment import (EvictionConfig, ExperimentConfig, OptimizerConfig, SparseConfig,
-                                     TrainConfig)
+from torchrec_mdr.experiment import EvictionConfig, ExperimentConfig, OptimizerConfig, SparseConfig, TrainConfig
 from torchrec_mdr.models.dnn import DNNConfig
 from torchrec_mdr.models.registry import ModelConfig
 from torchrec_mdr.sparse.mch import fbgemm_cpu_fallback
 from torchrec_mdr.sparse.arch import SparseArch
-from torchrec_mdr.sparse.mch.eviction import (TrackedMCHModule, check_eviction, eviction_stats, managed_reader_spec,
-                                          tracked_modules)
+from torchrec_mdr.sparse.mch.eviction import (
+    TrackedMCHModule,
+    check_eviction,
+    eviction_stats,
+    managed_reader_spec,
+    tracked_modules,
+)
 
 CARD = 100  # the spec's cardinality of the managed tables; every stream id is above it
 HOT = list(range(1000, 1006))
@@ -43,25 +47,37 @@ TABLES = {"item": "item_id", "seqitem": "hist"}  # managed table -> its feature 
 
 
 def stream_spec() -> DatasetSpec:
-    return DatasetSpec("stream", [
-        ColumnSpec("click", "label"), ColumnSpec("domain", "domain"),
-        ColumnSpec("user_id", "id", table="user", cardinality=10),
-        ColumnSpec("item_id", "id", table="item", cardinality=CARD),
-        ColumnSpec("hist", "sequence", table="seqitem", cardinality=CARD, sequence_group="h", max_length=1),
-    ], ["a"], {})
+    return DatasetSpec(
+        "stream",
+        [
+            ColumnSpec("click", "label"),
+            ColumnSpec("domain", "domain"),
+            ColumnSpec("user_id", "id", table="user", cardinality=10),
+            ColumnSpec("item_id", "id", table="item", cardinality=CARD),
+            ColumnSpec("hist", "sequence", table="seqitem", cardinality=CARD, sequence_group="h", max_length=1),
+        ],
+        ["a"],
+        {},
+    )
 
 
 def eviction_config(world_size: int, policy: str = "lfu") -> EvictionConfig:
     # 7 usable slots per shard (each shard keeps one row for unknown ids)
-    return EvictionConfig(tables=list(TABLES), policy=policy, zch_size=8 * world_size if world_size > 1 else 15,
-                          eviction_interval=2, input_hash_size=10**6)  # type: ignore[arg-type]
+    return EvictionConfig(
+        tables=list(TABLES),
+        policy=policy,
+        zch_size=8 * world_size if world_size > 1 else 15,
+        eviction_interval=2,
+        input_hash_size=10**6,
+    )  # type: ignore[arg-type]
 
 
 def stream_batch(ids: list[int]) -> tuple[KeyedJaggedTensor, KeyedJaggedTensor]:
     """(pooled KJT: user_id = 1, item_id = id; sequence KJT: hist = [id]) with one row per id."""
     n = len(ids)
-    pooled = KeyedJaggedTensor(["user_id", "item_id"], torch.tensor([1] * n + ids), lengths=torch.ones(2 * n,
-                                                                                                     dtype=torch.int32))
+    pooled = KeyedJaggedTensor(
+        ["user_id", "item_id"], torch.tensor([1] * n + ids), lengths=torch.ones(2 * n, dtype=torch.int32)
+    )
     sequence = KeyedJaggedTensor(["hist"], torch.tensor(ids), lengths=torch.ones(n, dtype=torch.int32))
     return pooled, sequence
 
@@ -84,8 +100,11 @@ def local_module(model: nn.Module, table: str) -> TrackedMCHModule:
 
 
 def weight_key(table: str) -> str:
-    return (f"arch.managed_embedding_bag_collection._embedding_module.embedding_bags.{table}.weight" if table == "item"
-            else f"arch.managed_embedding_collection._embedding_module.embeddings.{table}.weight")
+    return (
+        f"arch.managed_embedding_bag_collection._embedding_module.embedding_bags.{table}.weight"
+        if table == "item"
+        else f"arch.managed_embedding_collection._embedding_module.embeddings.{table}.weight"
+    )
 
 
 def local_rows(model: nn.Module, table: str, sharded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -123,9 +142,14 @@ def run_stream(model: nn.Module, rank: int, world_size: int, step: Callable[[tor
         slots[table] = dict(zip(mine, found))
     stats = eviction_stats(model, tables)
     for table in tables:
-        assert stats[table].to_dict() == {"zch_size": 15 if not sharded else 8 * world_size, "ids_held": 14,
-                                          "occupancy": 14 / stats[table].zch_size, "evicted_ids": 0,
-                                          "admitted_ids": 14, "eviction_rounds": 1}
+        assert stats[table].to_dict() == {
+            "zch_size": 15 if not sharded else 8 * world_size,
+            "ids_held": 14,
+            "occupancy": 14 / stats[table].zch_size,
+            "evicted_ids": 0,
+            "admitted_ids": 14,
+            "eviction_rounds": 1,
+        }
     step(step_1)
     step(forward(2))
     before = {table: local_rows(model, table, sharded) for table in tables}
@@ -152,8 +176,12 @@ def run_stream(model: nn.Module, rank: int, world_size: int, step: Callable[[tor
             assert old_momentum[hot_rows].gt(0).all()
     stats = eviction_stats(model, tables)
     for table in tables:
-        assert (stats[table].ids_held, stats[table].evicted_ids, stats[table].admitted_ids,
-                stats[table].eviction_rounds) == (14, 8, 22, 2), (table, stats[table])
+        assert (
+            stats[table].ids_held,
+            stats[table].evicted_ids,
+            stats[table].admitted_ids,
+            stats[table].eviction_rounds,
+        ) == (14, 8, 22, 2), (table, stats[table])
     step(step_3)
     return {t: s.to_dict() for t, s in stats.items()}
 
@@ -196,8 +224,11 @@ def _sharded_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
 
     ctx = init_distributed("cpu")
     torch.manual_seed(0)
-    model = SumModel(SparseArch(stream_spec(), 4, device=torch.device("meta"), eviction=eviction_config(world_size),
-                                mc_buckets=world_size))
+    model = SumModel(
+        SparseArch(
+            stream_spec(), 4, device=torch.device("meta"), eviction=eviction_config(world_size), mc_buckets=world_size
+        )
+    )
     apply_sparse_optimizer(model, OptimizerConfig(sparse="rowwise_adagrad", sparse_lr=0.1), ctx.device)
     sharded = wrap_model(model, "auto", ctx)  # the planner for 'user', a row_wise hand plan for the managed tables
     assert fbgemm_cpu_fallback.has_cpu_kernel()
@@ -211,8 +242,18 @@ def test_sharded_stream_and_trainer_on_two_ranks(synthetic: Path, tmp_path: Path
     spawn(_sharded_worker, 2, synthetic, tmp_path)
     for rank in range(2):  # every rank reports the same global counts
         stats = json.loads((tmp_path / f"stream-{rank}.json").read_text())
-        assert stats["item"] == stats["seqitem"] == {"zch_size": 16, "ids_held": 14, "occupancy": 14 / 16,
-                                                     "evicted_ids": 8, "admitted_ids": 22, "eviction_rounds": 2}
+        assert (
+            stats["item"]
+            == stats["seqitem"]
+            == {
+                "zch_size": 16,
+                "ids_held": 14,
+                "occupancy": 14 / 16,
+                "evicted_ids": 8,
+                "admitted_ids": 22,
+                "eviction_rounds": 2,
+            }
+        )
     check_trainer_metrics(tmp_path / "run", world_size=2)
 
 
@@ -224,8 +265,11 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from data_prep.synthetic import Options, convert
 
     path = tmp_path_factory.mktemp("eviction") / "synthetic"
-    convert(Options(version=1, out=path, rows=900, users=40, items=60, categories=6, brands=10, seq_length=5,
-                    min_seq_length=0))
+    convert(
+        Options(
+            version=1, out=path, rows=900, users=40, items=60, categories=6, brands=10, seq_length=5, min_seq_length=0
+        )
+    )
     return path
 
 
@@ -237,8 +281,9 @@ def trainer_config(data: Path, pipeline: str = "plain") -> ExperimentConfig:
     return ExperimentConfig(
         data=ReaderConfig(path=data, batch_size=32, shuffle=False),
         model=ModelConfig(name="dnn", embedding_dim=4, dnn=DNNConfig(hidden=[8])),
-        sparse=SparseConfig(sharding="auto", eviction=EvictionConfig(tables=["item", "user"], zch_size=ZCH,
-                                                                     eviction_interval=INTERVAL)),
+        sparse=SparseConfig(
+            sharding="auto", eviction=EvictionConfig(tables=["item", "user"], zch_size=ZCH, eviction_interval=INTERVAL)
+        ),
         optimizer=OptimizerConfig(sparse="rowwise_adagrad", sparse_lr=0.1, dense="adam", dense_lr=0.01),
         train=TrainConfig(max_steps=TRAIN_STEPS, log_every=INTERVAL, pipeline=pipeline, device="cpu"),  # type: ignore
     )
@@ -289,8 +334,10 @@ def test_reader_passes_managed_raw_ids_beyond_the_cardinality(tmp_path: Path) ->
     torch.testing.assert_close(raw_items % 50, plain.sequence_features["item_id"].values())
     torch.testing.assert_close(managed.sparse_features.values(), plain.sparse_features.values())  # unmanaged
     spec = managed_reader_spec(DatasetSpec.load(data), EvictionConfig(tables=["item"], input_hash_size=1000))
-    assert {c.name: c.cardinality for c in spec.columns if c.table_name == "item"} == {"item_id": 1000,
-                                                                                     "hist_item_id": 1000}
+    assert {c.name: c.cardinality for c in spec.columns if c.table_name == "item"} == {
+        "item_id": 1000,
+        "hist_item_id": 1000,
+    }
 
 
 def test_config_errors() -> None:
@@ -311,8 +358,7 @@ def test_config_errors() -> None:
 def test_config_file_errors(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text('[sparse.eviction]\ntables = ["item"]\npolicy = "lfu"\n')
-    config = load_config(ExperimentConfig, path, ["sparse.eviction.policy=distance_lfu",
-                                                  "sparse.eviction.zch_size=64"])
+    config = load_config(ExperimentConfig, path, ["sparse.eviction.policy=distance_lfu", "sparse.eviction.zch_size=64"])
     assert (config.sparse.eviction.policy, config.sparse.eviction.zch_size) == ("distance_lfu", 64)
     with pytest.raises(ConfigError, match="sparse.eviction.policy"):
         load_config(ExperimentConfig, path, ["sparse.eviction.policy=fifo"])
@@ -336,16 +382,19 @@ def test_trainer_rejects_an_unknown_table_before_training(synthetic: Path, tmp_p
 def _cpu_tbe(dims: list[tuple[int, int]]):
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (ComputeDevice,
-                                                                         SplitTableBatchedEmbeddingBagsCodegen)
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice,
+        SplitTableBatchedEmbeddingBagsCodegen,
+    )
 
-    return SplitTableBatchedEmbeddingBagsCodegen([(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)
-                                                  for rows, dim in dims],
-                                                 optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=0.1)
+    return SplitTableBatchedEmbeddingBagsCodegen(
+        [(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for rows, dim in dims],
+        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+        learning_rate=0.1,
+    )
 
 
-def _reference_reset(weights: list[torch.Tensor], momentum: list[torch.Tensor], table: int,
-                     rows: list[int]) -> None:
+def _reference_reset(weights: list[torch.Tensor], momentum: list[torch.Tensor], table: int, rows: list[int]) -> None:
     """The op's documented semantics, table by table: the pruned rows' D weights and momentum become 0."""
     weights[table][rows] = 0
     momentum[table][rows] = 0
@@ -368,8 +417,11 @@ def test_fallback_matches_the_ops_semantics_on_a_cpu_table_batch() -> None:
     assert all(m.gt(0).any() for m in momentum)
     for table, rows in ((1, [1, 3]), (0, [4, 9])):
         tbe.reset_embedding_weight_momentum(  # fbgemm's own entry point, as torchrec calls it
-            pruned_indices=torch.tensor(rows), pruned_indices_offsets=torch.tensor([0, len(rows)]),
-            logical_table_ids=torch.tensor([table], dtype=torch.int32), buffer_ids=torch.tensor([0], dtype=torch.int32))
+            pruned_indices=torch.tensor(rows),
+            pruned_indices_offsets=torch.tensor([0, len(rows)]),
+            logical_table_ids=torch.tensor([table], dtype=torch.int32),
+            buffer_ids=torch.tensor([0], dtype=torch.int32),
+        )
         _reference_reset(weights, momentum, table, rows)
         for got, want in zip(tbe.split_embedding_weights(), weights):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -387,13 +439,24 @@ def test_fallback_on_device_placed_tensors_and_two_buffers() -> None:
     expected_m = [momentum[:5].clone(), momentum[5:].clone()]
     pruned = torch.tensor([0, 4, 2])  # buffer 0: rows 0, 4 ; buffer 1: row 2
     torch.ops.fbgemm.reset_weight_momentum(
-        dev_weights=weights, uvm_weights=torch.empty(0), lxu_cache_weights=torch.empty(0, 0),
-        weights_placements=torch.zeros(2, dtype=torch.int32), weights_offsets=torch.tensor([0, 20]),
-        momentum1_dev=momentum, momentum1_uvm=torch.empty(0), momentum1_placements=torch.zeros(2, dtype=torch.int32),
-        momentum1_offsets=torch.tensor([0, 5]), D_offsets=d_offsets, pruned_indices=pruned,
-        pruned_indices_offsets=torch.tensor([0, 2, 3]), logical_table_ids=torch.tensor([1, 0], dtype=torch.int32),
-        buffer_ids=torch.tensor([1, 0], dtype=torch.int32), cache_hash_size_cumsum=torch.zeros(1, dtype=torch.int64),
-        lxu_cache_state=torch.zeros(1, dtype=torch.int64), total_cache_hash_size=0)
+        dev_weights=weights,
+        uvm_weights=torch.empty(0),
+        lxu_cache_weights=torch.empty(0, 0),
+        weights_placements=torch.zeros(2, dtype=torch.int32),
+        weights_offsets=torch.tensor([0, 20]),
+        momentum1_dev=momentum,
+        momentum1_uvm=torch.empty(0),
+        momentum1_placements=torch.zeros(2, dtype=torch.int32),
+        momentum1_offsets=torch.tensor([0, 5]),
+        D_offsets=d_offsets,
+        pruned_indices=pruned,
+        pruned_indices_offsets=torch.tensor([0, 2, 3]),
+        logical_table_ids=torch.tensor([1, 0], dtype=torch.int32),
+        buffer_ids=torch.tensor([1, 0], dtype=torch.int32),
+        cache_hash_size_cumsum=torch.zeros(1, dtype=torch.int64),
+        lxu_cache_state=torch.zeros(1, dtype=torch.int64),
+        total_cache_hash_size=0,
+    )
     _reference_reset(expected_w, expected_m, 1, [2])  # table 1 takes buffer 1
     _reference_reset(expected_w, expected_m, 0, [0, 4])  # table 0 takes buffer 0
     torch.testing.assert_close(weights, torch.cat([w.reshape(-1) for w in expected_w]), rtol=0, atol=0)
@@ -424,5 +487,8 @@ def test_fallback_refuses_an_unknown_host_table_batch() -> None:
     stranger = _cpu_tbe([(3, 4)])  # never shown to install()
     with pytest.raises(RuntimeError, match="install"):
         stranger.reset_embedding_weight_momentum(
-            pruned_indices=torch.tensor([1]), pruned_indices_offsets=torch.tensor([0, 1]),
-            logical_table_ids=torch.tensor([0], dtype=torch.int32), buffer_ids=torch.tensor([0], dtype=torch.int32))
+            pruned_indices=torch.tensor([1]),
+            pruned_indices_offsets=torch.tensor([0, 1]),
+            logical_table_ids=torch.tensor([0], dtype=torch.int32),
+            buffer_ids=torch.tensor([0], dtype=torch.int32),
+        )

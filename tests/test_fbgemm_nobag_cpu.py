@@ -10,8 +10,11 @@ import pytest
 import torch
 from torch import nn
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
-from fbgemm_gpu.split_table_batched_embeddings_ops_training import (ComputeDevice, OptimType,
-                                                                    SplitTableBatchedEmbeddingBagsCodegen)
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+    ComputeDevice,
+    OptimType,
+    SplitTableBatchedEmbeddingBagsCodegen,
+)
 
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.sparse import fbgemm_nobag_cpu
@@ -24,8 +27,12 @@ def _tbe() -> SplitTableBatchedEmbeddingBagsCodegen:
     """Table A (10 rows) read by features 0 and 1 (a candidate and its sequence), table B (7 rows) by feature 2."""
     return SplitTableBatchedEmbeddingBagsCodegen(
         [(10, D, EmbeddingLocation.HOST, ComputeDevice.CPU), (7, D, EmbeddingLocation.HOST, ComputeDevice.CPU)],
-        feature_table_map=[0, 0, 1], optimizer=OptimType.EXACT_ROWWISE_ADAGRAD, pooling_mode=PoolingMode.NONE,
-        learning_rate=LR, eps=EPS)
+        feature_table_map=[0, 0, 1],
+        optimizer=OptimType.EXACT_ROWWISE_ADAGRAD,
+        pooling_mode=PoolingMode.NONE,
+        learning_rate=LR,
+        eps=EPS,
+    )
 
 
 # 3 features x batch 3, feature-major; feature 0 (table A): 4 | 4 | 2; feature 1 (table A): [4, 1] | [] | [9, 9, 4];
@@ -83,9 +90,22 @@ def test_untouched_rows_and_an_empty_batch_stay() -> None:
 
 def test_refuses_weight_decay_and_max_norm() -> None:
     tbe = _tbe()
-    args = (torch.zeros(1, D), tbe.weights_host, tbe.weights_placements, tbe.weights_offsets, D,
-            tbe.hash_size_cumsum, 0, torch.zeros(1, dtype=torch.long), torch.tensor([0, 1, 1, 1]), False,
-            tbe.momentum1_host, tbe.momentum1_placements, tbe.momentum1_offsets, torch.tensor(LR))
+    args = (
+        torch.zeros(1, D),
+        tbe.weights_host,
+        tbe.weights_placements,
+        tbe.weights_offsets,
+        D,
+        tbe.hash_size_cumsum,
+        0,
+        torch.zeros(1, dtype=torch.long),
+        torch.tensor([0, 1, 1, 1]),
+        False,
+        tbe.momentum1_host,
+        tbe.momentum1_placements,
+        tbe.momentum1_offsets,
+        torch.tensor(LR),
+    )
     with pytest.raises(TrainingError, match="weight_decay"):
         fbgemm_nobag_cpu.nobag_backward_via_pooled(*args, EPS, 0.01)
     with pytest.raises(TrainingError, match="max_norm"):
@@ -114,9 +134,10 @@ class _Sequences(nn.Module):
         super().__init__()
         from torchrec import EmbeddingCollection, EmbeddingConfig
 
-        self.ec = EmbeddingCollection(tables=[EmbeddingConfig(name="item", embedding_dim=D, num_embeddings=10,
-                                                              feature_names=["cand", "seq"])],
-                                      device=torch.device("meta"))
+        self.ec = EmbeddingCollection(
+            tables=[EmbeddingConfig(name="item", embedding_dim=D, num_embeddings=10, feature_names=["cand", "seq"])],
+            device=torch.device("meta"),
+        )
 
     def forward(self, kjt, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - a KeyedJaggedTensor
         out = self.ec(kjt)
@@ -137,14 +158,16 @@ def _sharded_worker(rank: int, world_size: int, out: Path) -> None:
     apply_sparse_optimizer(model, OptimizerConfig(sparse="rowwise_adagrad", sparse_lr=LR), ctx.device)
     sharded = wrap_model(model, "table_wise", ctx)
     ours = "fbgemm_nobag_cpu.py" in torch._C._dispatch_dump(f"fbgemm::{fbgemm_nobag_cpu.OP}")
+
     def table() -> torch.Tensor:  # world size 1, table_wise: the one local shard is the whole table
         (weight,) = [t for name, t in sharded.state_dict().items() if name.endswith("item.weight")]
         return weight.local_shards()[0].tensor.detach().clone()
 
     before = table()
     # cand: 4 | 4 | 2 ; seq: [4, 1] | [] | [9, 9, 4]  (batch 3)
-    kjt = KeyedJaggedTensor.from_lengths_sync(["cand", "seq"], torch.tensor([4, 4, 2, 4, 1, 9, 9, 4]),
-                                              torch.tensor([1, 1, 1, 2, 0, 3]))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        ["cand", "seq"], torch.tensor([4, 4, 2, 4, 1, 9, 9, 4]), torch.tensor([1, 1, 1, 2, 0, 3])
+    )
     grad = torch.randn(8, D)
     sharded(kjt, grad).backward()  # the fused optimizer updates the table in backward
     torch.save({"ours": ours, "before": before, "after": table(), "grad": grad}, out / "result.pt")

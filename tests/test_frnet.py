@@ -26,8 +26,15 @@ LENGTHS = [4, 2, 1, 0, 3]
 
 def layout(num_dense: int = 2, num_tasks: int = T) -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=("user_id", "item_id"), pooled=frozenset({"user_id"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=num_dense, num_domains=K, num_tasks=num_tasks)
+    return FeatureLayout(
+        fields=("user_id", "item_id"),
+        pooled=frozenset({"user_id"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=num_dense,
+        num_domains=K,
+        num_tasks=num_tasks,
+    )
 
 
 def features(num_dense: int = 2) -> EmbeddedFeatures:
@@ -35,8 +42,12 @@ def features(num_dense: int = 2) -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, 2, D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, num_dense, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, num_dense, generator=generator),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )
 
 
 def set_parameters(module: torch.nn.Module, seed: int) -> None:
@@ -53,8 +64,9 @@ def prelu(x: float, slope: float) -> float:
 
 def attention_by_loop(attention: FieldSelfAttention, e: torch.Tensor) -> torch.Tensor:
     """O_vec[b, i] = sum_j softmax_j(<q_i, k_j>) v_j W^P, written out for every row and field."""
-    wq, wk, wv, wp = (m.weight.detach().double() for m in (attention.query, attention.key, attention.value,
-                                                  attention.projection))
+    wq, wk, wv, wp = (
+        m.weight.detach().double() for m in (attention.query, attention.key, attention.value, attention.projection)
+    )
     out = torch.zeros(e.shape, dtype=torch.float64)
     for b in range(e.shape[0]):
         q, k, v = e[b] @ wq.T, e[b] @ wk.T, e[b] @ wv.T
@@ -108,8 +120,7 @@ def test_contextual_information_extractor_by_hand():
     O_vec = [[1, 1], [2, -4]] (set by hand): O_IEU = O_vec ⊙ O_bit = [[2, -1.5], [4, 6]]; the vector-level
     IEU sums over D: [[0.5], [10]]."""
     for weight_type, expected in (("bit", [[[2.0, -1.5], [4.0, 6.0]]]), ("vector", [[[0.5], [10.0]]])):
-        ieu = InformationExtractionUnit(num_fields=2, dim=2, attention_size=2, cie_hidden=[],
-                                        weight_type=weight_type)
+        ieu = InformationExtractionUnit(num_fields=2, dim=2, attention_size=2, cie_hidden=[], weight_type=weight_type)
         assert len(ieu.context) == 2 and float(ieu.context[1].weight.detach()) == 0.25  # Linear, PReLU(0.25)
         with torch.no_grad():
             ieu.context[0].weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0]]))
@@ -138,8 +149,9 @@ def test_complementary_selection_gate():
     """E_r = E ⊙ σ(W_b) + E_g ⊙ (1 − σ(W_b)) with W_b = IEU_W(E), E_g = IEU_G(E)."""
     torch.manual_seed(0)
     for weight_type in ("bit", "vector"):
-        refine = FeatureRefinement(num_fields=4, dim=D, attention_size=3, cie_hidden=[5],
-                                   weight_type=weight_type).double()
+        refine = FeatureRefinement(
+            num_fields=4, dim=D, attention_size=3, cie_hidden=[5], weight_type=weight_type
+        ).double()
         set_parameters(refine, 3)
         e = torch.randn(6, 4, D, dtype=torch.float64)
         w_b = attention_by_loop(refine.ieu_w.attention, e) * cie_by_loop(refine.ieu_w.context, e)[:, None]
@@ -205,8 +217,9 @@ def test_logits_are_the_dnn_over_the_refined_field_vectors():
     vectors = arch.input(batch)
     assert vectors.shape == (B, 2 + 1 + 2 + 1, D) and arch.num_fields == 6  # fields, domain, 2 columns, dense
     torch.testing.assert_close(vectors[:, 2], arch.input.domain_embedding.weight[batch.domain])
-    refined = vectors * torch.sigmoid(arch.refinement.ieu_w(vectors)) \
-        + arch.refinement.ieu_g(vectors) * (1 - torch.sigmoid(arch.refinement.ieu_w(vectors)))
+    refined = vectors * torch.sigmoid(arch.refinement.ieu_w(vectors)) + arch.refinement.ieu_g(vectors) * (
+        1 - torch.sigmoid(arch.refinement.ieu_w(vectors))
+    )
     logits = arch(batch)
     assert logits.shape == (B, T)
     torch.testing.assert_close(logits, arch.dnn(refined.flatten(1)))
@@ -222,12 +235,17 @@ def test_vector_weights_one_task_and_no_dense():
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "frnet", "frnet": {"cie_hidden": [], "weight_type": "vector"}},
-                       prefix="model")
+    config = from_dict(
+        ModelConfig, {"name": "frnet", "frnet": {"cie_hidden": [], "weight_type": "vector"}}, prefix="model"
+    )
     assert config.frnet.cie_hidden == [] and config.frnet.weight_type == "vector"
     assert FRNetConfig().hidden == [256, 128, 64] and FRNetConfig().cie_hidden == [256]
-    for options, key in (({"weight_type": "scalar"}, "weight_type"), ({"cie_hidden": [0]}, "cie_hidden"),
-                         ({"attention_size": 0}, "attention_size"), ({"hidden": [8, 0]}, "hidden"),
-                         ({"dropout": 1.0}, "dropout")):
+    for options, key in (
+        ({"weight_type": "scalar"}, "weight_type"),
+        ({"cie_hidden": [0]}, "cie_hidden"),
+        ({"attention_size": 0}, "attention_size"),
+        ({"hidden": [8, 0]}, "hidden"),
+        ({"dropout": 1.0}, "dropout"),
+    ):
         with pytest.raises(ConfigError, match=f"model.frnet.{key}"):
             from_dict(ModelConfig, {"name": "frnet", "frnet": options}, prefix="model")

@@ -28,8 +28,10 @@ import torchrec.fx
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed.train_pipeline import tracing
 from torchrec.distributed.train_pipeline.pipeline_context import TrainPipelineContext
-from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagCollection,
-                                                   ManagedCollisionEmbeddingCollection)
+from torchrec.modules.mc_embedding_modules import (
+    ManagedCollisionEmbeddingBagCollection,
+    ManagedCollisionEmbeddingCollection,
+)
 
 from helpers import tiny_synthetic
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
@@ -39,15 +41,27 @@ from torchrec_mdr.models.registry import MODELS, ModelConfig
 from torchrec_mdr.sparse.mch.config import EvictionConfig
 from torchrec_mdr.sparse.mch.eviction import managed_reader_spec
 
-COLLECTIONS = (EmbeddingBagCollection, EmbeddingCollection, ManagedCollisionEmbeddingBagCollection,
-               ManagedCollisionEmbeddingCollection)  # sharded by DMP: the pipeline's leaves
+COLLECTIONS = (
+    EmbeddingBagCollection,
+    EmbeddingCollection,
+    ManagedCollisionEmbeddingBagCollection,
+    ManagedCollisionEmbeddingCollection,
+)  # sharded by DMP: the pipeline's leaves
 EVICTION = EvictionConfig(tables=["item", "user"], zch_size=40, eviction_interval=2)
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory.mktemp("fx") / "syn", rows=400, users=30, items=50, categories=5,
-                          brands=8, seq_length=5, min_seq_length=0)
+    return tiny_synthetic(
+        tmp_path_factory.mktemp("fx") / "syn",
+        rows=400,
+        users=30,
+        items=50,
+        categories=5,
+        brands=8,
+        seq_length=5,
+        min_seq_length=0,
+    )
 
 
 def first_batch(path: Path, spec: DatasetSpec | None = None, batch_size: int = 32):
@@ -82,8 +96,11 @@ def check_pipelineable(model: TrainModel, batch, monkeypatch) -> list[str]:
     graph, leaves = pipeline_trace(model, monkeypatch)
     assert "model.dense_arch" in leaves  # the pipeline never traces into the dense arch
     found_collections = [name for name, m in model.named_modules() if isinstance(m, COLLECTIONS)]
-    collections = {name for name in found_collections  # the outermost (a managed one holds a plain one)
-                   if not any(name.startswith(outer + ".") for outer in found_collections)}
+    collections = {
+        name
+        for name in found_collections  # the outermost (a managed one holds a plain one)
+        if not any(name.startswith(outer + ".") for outer in found_collections)
+    }
     helper = tracing.NodeArgsHelper(model, TrainPipelineContext(), pipeline_postproc=False)
     called = []
     for node in graph.nodes:

@@ -33,8 +33,14 @@ def test_tests_gpu_is_collected_only_with_the_flag():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the check runs instead")
 def test_gpu_check_skips_every_test_without_cuda():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--gpu", "-p", "no:cacheprovider", "tests/gpu"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--gpu", "-p", "no:cacheprovider", "tests/gpu"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert " skipped" in summary and "passed" not in summary and "failed" not in summary and "error" not in summary

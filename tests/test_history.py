@@ -25,9 +25,10 @@ def test_matches_brute_force_with_ties():
         items = rng.integers(0, 1000, n)
         positive = rng.random(n) < 0.4
         for max_length in (1, 3, 50):
-            offsets, values = build_history(users, times, users[positive], times[positive],
-                                            {"item": items[positive]}, max_length)
-            got = [values["item"][offsets[i]:offsets[i + 1]].tolist() for i in range(n)]
+            offsets, values = build_history(
+                users, times, users[positive], times[positive], {"item": items[positive]}, max_length
+            )
+            got = [values["item"][offsets[i] : offsets[i + 1]].tolist() for i in range(n)]
             assert got == reference(users, times, users[positive], times[positive], items[positive], max_length)
 
 
@@ -36,8 +37,8 @@ def test_no_leakage_of_own_or_later_events():
     times = np.array([100, 200, 200, 300, 100])
     items = np.array([1, 2, 3, 4, 5])
     offsets, values = build_history(users, times, users, times, {"item": items, "time": times}, 10)
-    rows = [values["item"][offsets[i]:offsets[i + 1]].tolist() for i in range(5)]
+    rows = [values["item"][offsets[i] : offsets[i + 1]].tolist() for i in range(5)]
     assert rows == [[], [1], [1], [1, 2, 3], []]
     for i in range(5):
-        assert (values["time"][offsets[i]:offsets[i + 1]] < times[i]).all()
+        assert (values["time"][offsets[i] : offsets[i + 1]] < times[i]).all()
         assert items[i] not in rows[i]

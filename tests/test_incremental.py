@@ -45,8 +45,17 @@ def digest(path: Path) -> str:
 
 
 def day_options(out: Path, **kwargs) -> Options:
-    base = dict(out=out, rows=3000, users=200, items=1000, categories=20, seq_length=10, min_seq_length=2,
-                chunk_rows=1000, version=2)
+    base = dict(
+        out=out,
+        rows=3000,
+        users=200,
+        items=1000,
+        categories=20,
+        seq_length=10,
+        min_seq_length=2,
+        chunk_rows=1000,
+        version=2,
+    )
     base.update(kwargs)
     return Options(**base)
 
@@ -87,8 +96,22 @@ def test_days_keep_the_world_add_items_and_rotate_popularity(tmp_path: Path) -> 
 def small_day(path: Path, day: int, items: int = 60, **kwargs: Any) -> Path:
     """The checkpoint tests' small world (40 users, 60 items) on ``day`` (12 new items a day)."""
     if not path.exists():
-        convert(Options(version=1, out=path, rows=600, users=40, items=items, categories=6, brands=10, seq_length=5,
-                        min_seq_length=0, day=day, new_items_per_day=0.2, **kwargs))
+        convert(
+            Options(
+                version=1,
+                out=path,
+                rows=600,
+                users=40,
+                items=items,
+                categories=6,
+                brands=10,
+                seq_length=5,
+                min_seq_length=0,
+                day=day,
+                new_items_per_day=0.2,
+                **kwargs,
+            )
+        )
     return path
 
 
@@ -112,20 +135,23 @@ def yesterday(days: dict[str, Path]) -> Path:
     return run
 
 
-def test_a_grown_table_keeps_its_rows_and_gets_fresh_ones(days: dict[str, Path], yesterday: Path,
-                                                          tmp_path: Path) -> None:
+def test_a_grown_table_keeps_its_rows_and_gets_fresh_ones(
+    days: dict[str, Path], yesterday: Path, tmp_path: Path
+) -> None:
     from torchrec_mdr.training.checkpoint import CheckpointManager
     from torchrec_mdr.training.evaluate import Evaluator
     from torchrec_mdr.training.trainer import Trainer
 
     before = Evaluator(experiment(days["d0"], max_steps=8), tmp_path / "probe-d0")
-    CheckpointManager(yesterday, before.ctx).load(yesterday / "checkpoints" / "step-000008", before.model,
-                                                  before.optimizer, restore_rng=False)
+    CheckpointManager(yesterday, before.ctx).load(
+        yesterday / "checkpoints" / "step-000008", before.model, before.optimizer, restore_rng=False
+    )
     old = full_state(before.model)
     old_optim = before.optimizer.state_dict()["state"]
     fresh = full_state(Evaluator(experiment(days["d1"], max_steps=4), tmp_path / "probe-d1").model)
-    trainer = Trainer(warm(experiment(days["d1"], max_steps=4, checkpoint_every=None), yesterday, True),
-                      tmp_path / "run")
+    trainer = Trainer(
+        warm(experiment(days["d1"], max_steps=4, checkpoint_every=None), yesterday, True), tmp_path / "run"
+    )
     new = full_state(trainer.model)
     (item,) = [k for k in new if k.endswith(".item.weight")]
     assert old[item].shape[0] == 60 and new[item].shape[0] == 72
@@ -147,8 +173,9 @@ def test_a_grown_table_keeps_its_rows_and_gets_fresh_ones(days: dict[str, Path],
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["init_from"] == record
 
 
-def test_without_init_optimizer_the_optimizer_starts_fresh(days: dict[str, Path], yesterday: Path,
-                                                           tmp_path: Path) -> None:
+def test_without_init_optimizer_the_optimizer_starts_fresh(
+    days: dict[str, Path], yesterday: Path, tmp_path: Path
+) -> None:
     from torchrec_mdr.training.trainer import Trainer
 
     trainer = Trainer(warm(experiment(days["d1"], max_steps=2), f"{yesterday}:step-8"), tmp_path / "run")
@@ -172,20 +199,28 @@ def drop_column(source: Path, out: Path, name: str) -> Path:
     return out
 
 
-def test_a_vanished_feature_a_shrunk_table_or_another_model_is_one_clear_error(days: dict[str, Path],
-                                                                               yesterday: Path,
-                                                                               tmp_path: Path) -> None:
+def test_a_vanished_feature_a_shrunk_table_or_another_model_is_one_clear_error(
+    days: dict[str, Path], yesterday: Path, tmp_path: Path
+) -> None:
     from torchrec_mdr.training.trainer import Trainer
 
     cases = {
-        "vanished": (experiment(drop_column(days["d1"], tmp_path / "no-price", "price"), max_steps=2),
-                     "feature 'price' (dense) vanished"),
-        "shrunk": (experiment(small_day(tmp_path / "small", 0, items=48), max_steps=2),
-                   "table 'item' shrank: feature 'hist_item_id' has 48 ids, 60 in the checkpoint"),
-        "model": (experiment(days["d1"], max_steps=2, embedding_dim=8),
-                  "different model config: model.embedding_dim: 4 in the checkpoint, 8 now"),
-        "optimizer": (experiment(days["d1"], max_steps=2, sparse="adagrad"),
-                      "different optimizer kinds: optimizer.sparse"),
+        "vanished": (
+            experiment(drop_column(days["d1"], tmp_path / "no-price", "price"), max_steps=2),
+            "feature 'price' (dense) vanished",
+        ),
+        "shrunk": (
+            experiment(small_day(tmp_path / "small", 0, items=48), max_steps=2),
+            "table 'item' shrank: feature 'hist_item_id' has 48 ids, 60 in the checkpoint",
+        ),
+        "model": (
+            experiment(days["d1"], max_steps=2, embedding_dim=8),
+            "different model config: model.embedding_dim: 4 in the checkpoint, 8 now",
+        ),
+        "optimizer": (
+            experiment(days["d1"], max_steps=2, sparse="adagrad"),
+            "different optimizer kinds: optimizer.sparse",
+        ),
     }
     for name, (config, message) in cases.items():
         with pytest.raises(TrainingError, match=re.escape(message)):
@@ -199,21 +234,23 @@ def _two_rank_day0(rank: int, world_size: int, data: Path, out: Path) -> None:
     momentum and counts."""
     from torchrec_mdr.training.trainer import Trainer
 
-    trainer = Trainer(experiment(data, max_steps=6, eviction=True, zch_size=64, checkpoint_every=None,
-                                 sharding="row_wise"), out / "run")
+    trainer = Trainer(
+        experiment(data, max_steps=6, eviction=True, zch_size=64, checkpoint_every=None, sharding="row_wise"),
+        out / "run",
+    )
     trainer.fit()
     torch.save(held_rows(trainer), out / f"held-{rank}.pt")
 
 
-def test_two_ranks_with_managed_collision_warm_start_one(days: dict[str, Path], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_two_ranks_with_managed_collision_warm_start_one(
+    days: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from torchrec_mdr.sparse.mch.eviction import eviction_stats
     from torchrec_mdr.training.trainer import Trainer
 
     spawn(_two_rank_day0, 2, days["d0"], tmp_path)
     before = merge_held([torch.load(tmp_path / f"held-{rank}.pt") for rank in range(2)])
-    config = experiment(days["d1"], max_steps=4, eviction=True, zch_size=64, checkpoint_every=None,
-                        sharding="row_wise")
+    config = experiment(days["d1"], max_steps=4, eviction=True, zch_size=64, checkpoint_every=None, sharding="row_wise")
     capsys.readouterr()
     trainer = Trainer(warm(config, tmp_path / "run", init_optimizer=True), tmp_path / "day1")
     text = capsys.readouterr().out
@@ -226,7 +263,8 @@ def test_two_ranks_with_managed_collision_warm_start_one(days: dict[str, Path], 
     reference = json.loads((tmp_path / "run" / "metrics.json").read_text())["eviction"]
     stats = eviction_stats(trainer.model, MANAGED_TABLES, trainer.ctx.device)
     assert {t: s.to_dict()["eviction_rounds"] for t, s in stats.items()} == {
-        t: reference[t]["eviction_rounds"] for t in MANAGED_TABLES}
+        t: reference[t]["eviction_rounds"] for t in MANAGED_TABLES
+    }
     metrics = trainer.fit()  # day 1's new item ids compete for the slots
     assert metrics["train"]["steps"] == 4 and all(v == v for v in trainer.step_losses)
     assert metrics["init_from"]["world_size"] == 2
@@ -239,8 +277,11 @@ def test_warm_start_beats_a_fresh_start_on_the_next_day(tmp_path: Path) -> None:
     """Day 0 trained 60 steps; day 1: 6 steps warm-started from it vs 6 steps from scratch, same seed."""
     from torchrec_mdr.training.trainer import Trainer
 
-    data = {day: convert(day_options(tmp_path / f"d{day}", rows=8000, users=150, items=400, categories=10,
-                                     day=day)) and tmp_path / f"d{day}" for day in (0, 1)}
+    data = {
+        day: convert(day_options(tmp_path / f"d{day}", rows=8000, users=150, items=400, categories=10, day=day))
+        and tmp_path / f"d{day}"
+        for day in (0, 1)
+    }
 
     def config(day: int, steps: int) -> Any:
         base = experiment(data[day], max_steps=steps, checkpoint_every=None, embedding_dim=8)
@@ -267,8 +308,7 @@ def _two_rank_days(rank: int, world_size: int, day0: Path, day1: Path, out: Path
     trainer.fit()
 
 
-def test_a_grown_managed_table_is_redistributed_at_the_same_world_size(days: dict[str, Path],
-                                                                        tmp_path: Path) -> None:
+def test_a_grown_managed_table_is_redistributed_at_the_same_world_size(days: dict[str, Path], tmp_path: Path) -> None:
     spawn(_two_rank_days, 2, days["d0"], days["d1"], tmp_path)
     before = merge_held([torch.load(tmp_path / f"before-{rank}.pt") for rank in range(2)])
     after = merge_held([torch.load(tmp_path / f"after-{rank}.pt") for rank in range(2)])

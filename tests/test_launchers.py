@@ -26,16 +26,27 @@ def cli_env() -> dict[str, str]:
 
 
 def torchx(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "torchx"), *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
-                          timeout=LIMIT_S)
+    return subprocess.run(
+        [str(BIN / "torchx"), *args], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=LIMIT_S
+    )
 
 
 # --------------------------------------------------------------------------- the AppDef
 
 
 def test_appdef_runs_mdr_train_under_torchrun():
-    app = train("data.batch_size=512", "--set=model.name=dnn", "--set", "train.max_steps=10",
-                config="configs/quickstart.toml", out="runs/x", nnodes=3, nproc_per_node=4, cpu=16, memMB=32000)
+    app = train(
+        "data.batch_size=512",
+        "--set=model.name=dnn",
+        "--set",
+        "train.max_steps=10",
+        config="configs/quickstart.toml",
+        out="runs/x",
+        nnodes=3,
+        nproc_per_node=4,
+        cpu=16,
+        memMB=32000,
+    )
     (role,) = app.roles
     assert app.name == "train" and role.name == "trainer"
     assert role.num_replicas == 3 and role.min_replicas == 3
@@ -43,8 +54,10 @@ def test_appdef_runs_mdr_train_under_torchrun():
     command = role.args[1]
     assert command.startswith("torchrun --rdzv_backend c10d --rdzv_endpoint ")
     assert "--nnodes 3 --nproc_per_node 4" in command
-    assert command.endswith("-m torchrec_mdr train --config configs/quickstart.toml --out runs/x "
-                            "--set data.batch_size=512 --set model.name=dnn --set train.max_steps=10")
+    assert command.endswith(
+        "-m torchrec_mdr train --config configs/quickstart.toml --out runs/x "
+        "--set data.batch_size=512 --set model.name=dnn --set train.max_steps=10"
+    )
     assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (16, 0, 32000)
     assert role.env["OMP_NUM_THREADS"] == "4"  # 16 CPUs shared by 4 processes
     assert role.port_map == {"c10d": 29500}
@@ -60,26 +73,53 @@ def test_appdef_rejects_bad_arguments():
         set_overrides(["--set", "model.name"])
     with pytest.raises(ValueError, match=r"nproc_per_node \(8\) exceeds gpu \(4\)"):
         train(nproc_per_node=8, gpu=4)
-    assert set_overrides(["a=1", "--set=b.c=[1, 2]", "--set", "d=x"]) == ["--set", "a=1", "--set", "b.c=[1, 2]",
-                                                                          "--set", "d=x"]
+    assert set_overrides(["a=1", "--set=b.c=[1, 2]", "--set", "d=x"]) == [
+        "--set",
+        "a=1",
+        "--set",
+        "b.c=[1, 2]",
+        "--set",
+        "d=x",
+    ]
 
 
 # --------------------------------------------------------------------------- dryruns
 
 
-GPU_JOB = ["launchers/components.py:train", "--nnodes", "2", "--nproc_per_node", "8", "--gpu", "8", "--cpu", "64",
-           "--memMB", "400000", "--config", "configs/quickstart.toml", "--out", "/shared/runs/x", "--",
-           "model.name=dlrm", "data.batch_size=4096"]
-TRAIN_CMD = ("-m torchrec_mdr train --config configs/quickstart.toml --out /shared/runs/x "
-             "--set model.name=dlrm --set data.batch_size=4096")
+GPU_JOB = [
+    "launchers/components.py:train",
+    "--nnodes",
+    "2",
+    "--nproc_per_node",
+    "8",
+    "--gpu",
+    "8",
+    "--cpu",
+    "64",
+    "--memMB",
+    "400000",
+    "--config",
+    "configs/quickstart.toml",
+    "--out",
+    "/shared/runs/x",
+    "--",
+    "model.name=dlrm",
+    "data.batch_size=4096",
+]
+TRAIN_CMD = (
+    "-m torchrec_mdr train --config configs/quickstart.toml --out /shared/runs/x "
+    "--set model.name=dlrm --set data.batch_size=4096"
+)
 
 
 def test_slurm_dryrun():
     result = torchx("run", "--dryrun", "-s", "slurm", "-cfg", "partition=gpu,time=02:00:00", *GPU_JOB)
     assert result.returncode == 0, result.stderr[-3000:]
     script = result.stdout.split("=== SCHEDULER REQUEST ===", 1)[1]
-    header = "--requeue --partition=gpu --time=02:00:00 --ntasks-per-node=1 --cpus-per-task=64 --mem=400000 " \
-             "--gpus-per-task=8"
+    header = (
+        "--requeue --partition=gpu --time=02:00:00 --ntasks-per-node=1 --cpus-per-task=64 --mem=400000 "
+        "--gpus-per-task=8"
+    )
     assert f"#SBATCH --job-name=trainer-0 {header}" in script
     assert "#SBATCH hetjob" in script and f"#SBATCH --job-name=trainer-1 {header}" in script
     launches = [line for line in script.splitlines() if "torchrun" in line]
@@ -93,8 +133,18 @@ def test_slurm_dryrun():
 def test_kubernetes_dryrun():
     pytest.importorskip("kubernetes", reason="torchx's kubernetes dryrun needs the kubernetes client package")
     # queue comes from the repository's .torchxconfig; its empty workspace means no docker build
-    result = torchx("run", "--dryrun", "-s", "kubernetes", "-cfg", "namespace=recsys",
-                    GPU_JOB[0], "--image", "registry.example/torchrec-mdr:0.1.0", *GPU_JOB[1:])
+    result = torchx(
+        "run",
+        "--dryrun",
+        "-s",
+        "kubernetes",
+        "-cfg",
+        "namespace=recsys",
+        GPU_JOB[0],
+        "--image",
+        "registry.example/torchrec-mdr:0.1.0",
+        *GPU_JOB[1:],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     job = yaml.safe_load(result.stdout.split("=== SCHEDULER REQUEST ===", 1)[1])
     assert job["kind"] == "Job" and job["apiVersion"] == "batch.volcano.sh/v1alpha1"
@@ -140,11 +190,27 @@ def check_two_rank_run(out: Path, model: str) -> None:
 
 def test_torchx_local_cwd_two_processes(synthetic, tmp_path):
     out = tmp_path / "run"
-    result = torchx("run", "-s", "local_cwd", "-cfg", f"log_dir={tmp_path / 'logs'}",
-                    "launchers/components.py:train", "--nnodes", "1", "--nproc_per_node", "2",
-                    "--config", "configs/quickstart.toml", "--out", str(out), "--",
-                    f"data.path={synthetic}", f"data.batch_size={BATCH}", f"train.max_steps={STEPS}",
-                    "model.name=dnn")
+    result = torchx(
+        "run",
+        "-s",
+        "local_cwd",
+        "-cfg",
+        f"log_dir={tmp_path / 'logs'}",
+        "launchers/components.py:train",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--config",
+        "configs/quickstart.toml",
+        "--out",
+        str(out),
+        "--",
+        f"data.path={synthetic}",
+        f"data.batch_size={BATCH}",
+        f"train.max_steps={STEPS}",
+        "model.name=dnn",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     check_two_rank_run(out, "dnn")
 
@@ -152,9 +218,32 @@ def test_torchx_local_cwd_two_processes(synthetic, tmp_path):
 def test_torchrun_two_processes(synthetic, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "torchrec_mdr", "train",
-         "--config", "configs/quickstart.toml", "--out", str(out), "--set", f"data.path={synthetic}",
-         "--set", f"data.batch_size={BATCH}", "--set", f"train.max_steps={STEPS}", "--set", "model.name=dlrm"],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=LIMIT_S)
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "torchrec_mdr",
+            "train",
+            "--config",
+            "configs/quickstart.toml",
+            "--out",
+            str(out),
+            "--set",
+            f"data.path={synthetic}",
+            "--set",
+            f"data.batch_size={BATCH}",
+            "--set",
+            f"train.max_steps={STEPS}",
+            "--set",
+            "model.name=dlrm",
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     check_two_rank_run(out, "dlrm")

@@ -39,22 +39,33 @@ PACKAGES = ("torchrec_mdr", "data_prep", "dlrm_style")
 # Layers, lowest first; a module takes the layer of its longest matching prefix.
 LAYERS: dict[str, int] = {
     # 0 config: the typed-config machinery, the errors every layer raises, loading files without running code
-    "torchrec_mdr": 0, "torchrec_mdr.config": 0, "torchrec_mdr.errors": 0, "torchrec_mdr.safe_files": 0,
+    "torchrec_mdr": 0,
+    "torchrec_mdr.config": 0,
+    "torchrec_mdr.errors": 0,
+    "torchrec_mdr.safe_files": 0,
     # 1 data: dataset spec, reader, Batch; the converters that write datasets
-    "torchrec_mdr.data": 1, "data_prep": 1,
+    "torchrec_mdr.data": 1,
+    "data_prep": 1,
     # 2 sparse: sparse arch, sharding-independent embedding config, managed collision
     "torchrec_mdr.sparse": 2,
     # 3 models: dense archs, the registry, the retrieval model
-    "torchrec_mdr.models": 3, "torchrec_mdr.retrieval": 3,
+    "torchrec_mdr.models": 3,
+    "torchrec_mdr.retrieval": 3,
     # 4 tasks / training: the run config that composes every section, metrics, the tasks (model, outputs,
     # metrics and their display per task), the training system
-    "torchrec_mdr.experiment": 4, "torchrec_mdr.metrics": 4, "torchrec_mdr.retrieval.metrics": 4,
-    "torchrec_mdr.training": 4, "torchrec_mdr.tasks": 4,
+    "torchrec_mdr.experiment": 4,
+    "torchrec_mdr.metrics": 4,
+    "torchrec_mdr.retrieval.metrics": 4,
+    "torchrec_mdr.training": 4,
+    "torchrec_mdr.tasks": 4,
     # serving: the inference program of a trained run, its export (through the training stack) and its loader
     "torchrec_mdr.serving": 4,
     # 5 cli / bench: entry points and experiments
     # (dlrm_style: the DLRM-example-style training program; its archs are torchrec_mdr.models.dlrm)
-    "torchrec_mdr.cli": 5, "torchrec_mdr.__main__": 5, "torchrec_mdr.bench": 5, "dlrm_style": 5,
+    "torchrec_mdr.cli": 5,
+    "torchrec_mdr.__main__": 5,
+    "torchrec_mdr.bench": 5,
+    "dlrm_style": 5,
 }
 LAYER_NAMES = ("config", "data", "sparse", "models", "tasks/training", "cli/bench")
 
@@ -98,7 +109,8 @@ def module_names(root: Path = ROOT) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
@@ -244,16 +256,26 @@ def upward_imports(edges: list[Edge]) -> set[tuple[str, str]]:
 
 
 def _describe(edges: list[Edge], pairs: set[tuple[str, str]]) -> str:
-    lines = [f"  {e.importer} -> {e.imported} ({e.kind} import, line {e.line}; layer "
-             f"{LAYER_NAMES[layer_of(e.importer)]} -> {LAYER_NAMES[layer_of(e.imported)]})"
-             for e in edges if (e.importer, e.imported) in pairs]
+    lines = [
+        f"  {e.importer} -> {e.imported} ({e.kind} import, line {e.line}; layer "
+        f"{LAYER_NAMES[layer_of(e.importer)]} -> {LAYER_NAMES[layer_of(e.imported)]})"
+        for e in edges
+        if (e.importer, e.imported) in pairs
+    ]
     return "\n".join(sorted(set(lines)))
 
 
 def _cycle_edges(edges: list[Edge], component: frozenset[str]) -> str:
     inside = {(e.importer, e.imported) for e in edges if e.importer in component and e.imported in component}
-    return "\n".join(sorted({f"    {e.importer} -> {e.imported} ({e.kind}, line {e.line})" for e in edges
-                             if (e.importer, e.imported) in inside}))
+    return "\n".join(
+        sorted(
+            {
+                f"    {e.importer} -> {e.imported} ({e.kind}, line {e.line})"
+                for e in edges
+                if (e.importer, e.imported) in inside
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------- the checks
@@ -271,8 +293,7 @@ def test_no_new_import_cycle():
     edges = import_edges()
     found = set(strongly_connected(module_graph(edges)))
     new = found - set(KNOWN_CYCLES)
-    assert not new, "new import cycle(s):\n" + "\n".join(
-        f"  {sorted(c)}:\n{_cycle_edges(edges, c)}" for c in new)
+    assert not new, "new import cycle(s):\n" + "\n".join(f"  {sorted(c)}:\n{_cycle_edges(edges, c)}" for c in new)
     fixed = set(KNOWN_CYCLES) - found
     assert not fixed, f"fixed cycle(s) still listed in KNOWN_CYCLES: {[sorted(c) for c in fixed]}"
 
@@ -292,7 +313,8 @@ def test_data_prep_imports_only_config_and_data_and_only_entry_points_import_it(
     assert not wrong, (
         f"data_prep may import torchrec_mdr layers <= {LAYER_NAMES[DATA_PREP_IMPORTS_UP_TO]} and be imported "
         f"only from layer {LAYER_NAMES[DATA_PREP_IMPORTED_FROM]}:\n"
-        + "\n".join(sorted({f"  {e.importer} -> {e.imported} ({e.kind} import, line {e.line})" for e in wrong})))
+        + "\n".join(sorted({f"  {e.importer} -> {e.imported} ({e.kind} import, line {e.line})" for e in wrong}))
+    )
     # both directions exist today; when one goes, this test and its exemption above can be simplified
     directions = {(_package(e.importer), _package(e.imported)) for e in edges if _data_prep_and_torchrec_mdr(e)}
     assert directions == {("data_prep", "torchrec_mdr"), ("torchrec_mdr", "data_prep")}
@@ -302,8 +324,10 @@ def test_no_new_upward_import():
     edges = import_edges()
     found = upward_imports(edges)
     new = found - KNOWN_UPWARD
-    assert not new, "upward import(s) against config -> data -> sparse -> models -> tasks/training -> " \
-                    "cli/bench:\n" + _describe(edges, new)
+    assert not new, (
+        "upward import(s) against config -> data -> sparse -> models -> tasks/training -> "
+        "cli/bench:\n" + _describe(edges, new)
+    )
     fixed = KNOWN_UPWARD - found
     assert not fixed, f"fixed upward import(s) still listed in KNOWN_UPWARD: {sorted(fixed)}"
 
@@ -318,7 +342,8 @@ def test_the_checks_see_a_hidden_cycle_and_an_upward_import(tmp_path):
     (tmp_path / "torchrec_mdr" / "models" / "a.py").write_text("from torchrec_mdr.models.b import thing\n")
     (tmp_path / "torchrec_mdr" / "models" / "b.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from torchrec_mdr.experiment import X\n"
-        "def thing():\n    from torchrec_mdr.models import a\n")
+        "def thing():\n    from torchrec_mdr.models import a\n"
+    )
     (tmp_path / "torchrec_mdr" / "experiment.py").write_text("")
     edges = import_edges(tmp_path)
     assert {(e.importer, e.imported, e.kind) for e in edges} == {
@@ -346,7 +371,9 @@ def test_the_checks_see_data_prep_out_of_place(tmp_path):
     (tmp_path / "torchrec_mdr" / "bench" / "b.py").write_text("def f():\n    from data_prep import good\n")
     edges = import_edges(tmp_path)
     assert {(e.importer, e.imported) for e in data_prep_out_of_place(edges)} == {
-        ("data_prep.bad", "torchrec_mdr.sparse.arch"), ("torchrec_mdr.models.m", "data_prep.good")}
+        ("data_prep.bad", "torchrec_mdr.sparse.arch"),
+        ("torchrec_mdr.models.m", "data_prep.good"),
+    }
     assert strongly_connected(package_graph(edges)) == [frozenset({"torchrec_mdr", "data_prep"})]
     assert not strongly_connected(package_graph([e for e in edges if not _data_prep_and_torchrec_mdr(e)]))
 
@@ -357,6 +384,10 @@ if __name__ == "__main__":
         print(f"cycle {sorted(cycle)}:\n{_cycle_edges(all_edges, cycle)}")
     for cycle in strongly_connected(package_graph(all_edges)):
         print(f"package cycle {sorted(cycle)}")
-    print("data_prep out of place:\n" + "\n".join(
-        f"  {e.importer} -> {e.imported} ({e.kind}, line {e.line})" for e in data_prep_out_of_place(all_edges)))
+    print(
+        "data_prep out of place:\n"
+        + "\n".join(
+            f"  {e.importer} -> {e.imported} ({e.kind}, line {e.line})" for e in data_prep_out_of_place(all_edges)
+        )
+    )
     print("upward imports:\n" + _describe(all_edges, upward_imports(all_edges)))

@@ -27,8 +27,15 @@ SLOPE = 0.2
 
 def layout(num_tasks: int = T) -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=FIELDS, pooled=frozenset({"user_id", "user_level"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=2, num_domains=K, num_tasks=num_tasks)
+    return FeatureLayout(
+        fields=FIELDS,
+        pooled=frozenset({"user_id", "user_level"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=2,
+        num_domains=K,
+        num_tasks=num_tasks,
+    )
 
 
 def features(domain: list[int] | None = None) -> EmbeddedFeatures:
@@ -36,8 +43,12 @@ def features(domain: list[int] | None = None) -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, len(FIELDS), D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 2, generator=generator), torch.tensor(domain or [0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, 2, generator=generator),
+        torch.tensor(domain or [0, 1, 2, 0, 1]),
+    )
 
 
 def leaky(x: torch.Tensor) -> torch.Tensor:
@@ -115,12 +126,12 @@ def test_scenario_knowledge_and_task_views():
     batch = features()
     domain = arch.input.domain_embedding.weight[batch.domain]
     s_input = torch.cat([domain, batch.fields[:, 2]], dim=1)
-    torch.testing.assert_close(arch.scenario(batch), leaky(s_input @ arch.scenario_view.weight.T
-                                                           + arch.scenario_view.bias))
+    torch.testing.assert_close(
+        arch.scenario(batch), leaky(s_input @ arch.scenario_view.weight.T + arch.scenario_view.bias)
+    )
     tasks = arch.task_views()
     assert tasks.shape == (T, 4)
-    torch.testing.assert_close(tasks, leaky(arch.task_embedding.weight @ arch.task_view.weight.T
-                                            + arch.task_view.bias))
+    torch.testing.assert_close(tasks, leaky(arch.task_embedding.weight @ arch.task_view.weight.T + arch.task_view.bias))
 
 
 def test_meta_attention_is_a_softmax_over_experts_per_task():
@@ -136,7 +147,7 @@ def test_meta_attention_is_a_softmax_over_experts_per_task():
             scores = []
             for i in range(3):
                 pair = torch.cat([experts[b, i], tasks[t]]).view(1, 1, -1)  # E_i ⊕ T_t
-                hidden = arch.attention_unit(pair, scenario[b:b + 1])[0, 0]
+                hidden = arch.attention_unit(pair, scenario[b : b + 1])[0, 0]
                 scores.append(hidden @ arch.attention_vector.weight[0])  # v_a · Meta(E_i ⊕ T_t)
             torch.testing.assert_close(alpha[b, t], torch.softmax(torch.stack(scores), 0))
 
@@ -196,21 +207,28 @@ def test_one_task():
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "m2m", "m2m": {"num_experts": 2, "backbone": "mha"}},
-                       prefix="model")
+    config = from_dict(ModelConfig, {"name": "m2m", "m2m": {"num_experts": 2, "backbone": "mha"}}, prefix="model")
     assert config.m2m.num_experts == 2 and config.m2m.backbone == "mha"
-    for options, key in [({"num_experts": 0}, "num_experts"), ({"view_dim": 0}, "view_dim"),
-                         ({"tower_layers": 0}, "tower_layers"), ({"negative_slope": 1.0}, "negative_slope"),
-                         ({"backbone": "gru"}, "backbone"), ({"expert_hidden": [0]}, "expert_hidden")]:
+    for options, key in [
+        ({"num_experts": 0}, "num_experts"),
+        ({"view_dim": 0}, "view_dim"),
+        ({"tower_layers": 0}, "tower_layers"),
+        ({"negative_slope": 1.0}, "negative_slope"),
+        ({"backbone": "gru"}, "backbone"),
+        ({"expert_hidden": [0]}, "expert_hidden"),
+    ]:
         with pytest.raises(ConfigError, match=f"model.m2m(\\.|: ){key}"):
             from_dict(ModelConfig, {"m2m": options}, prefix="model")
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"scenario_features": ["foo"]}, r"model.m2m.scenario_features: 'foo' is not an id feature"),
-    ({"scenario_features": ["user_level", "user_level"]}, "model.m2m.scenario_features: duplicate"),
-    ({"backbone": "gru"}, "model.m2m.backbone: 'gru' is not one of"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"scenario_features": ["foo"]}, r"model.m2m.scenario_features: 'foo' is not an id feature"),
+        ({"scenario_features": ["user_level", "user_level"]}, "model.m2m.scenario_features: duplicate"),
+        ({"backbone": "gru"}, "model.m2m.backbone: 'gru' is not one of"),
+    ],
+)
 def test_bad_options_building_the_arch(options, message):
     with pytest.raises(ConfigError, match=message):
         M2MArch(layout(), M2MConfig(**options))

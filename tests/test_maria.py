@@ -23,9 +23,15 @@ DOMAINS = [0, 1, 2, 0, 2]
 
 def layout(num_dense: int = 2, num_domains: int = K) -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=("user_id", "item_id", "user_activity"), pooled=frozenset({"user_id"}),
-                         sequences=(sequence,), embedding_dim=D, num_dense=num_dense, num_domains=num_domains,
-                         num_tasks=T)
+    return FeatureLayout(
+        fields=("user_id", "item_id", "user_activity"),
+        pooled=frozenset({"user_id"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=num_dense,
+        num_domains=num_domains,
+        num_tasks=T,
+    )
 
 
 def features(num_dense: int = 2, domain: list[int] = DOMAINS) -> EmbeddedFeatures:
@@ -33,13 +39,24 @@ def features(num_dense: int = 2, domain: list[int] = DOMAINS) -> EmbeddedFeature
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, 3, D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, num_dense, generator=generator), torch.tensor(domain))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, num_dense, generator=generator),
+        torch.tensor(domain),
+    )
 
 
 def small(**options) -> MARIAConfig:
-    values = dict(scaling_hidden=5, num_refiners=2, refiner_dim=3, correlation_dim=4, num_experts=3,
-                  expert_hidden=[6], tower_hidden=[4])
+    values = dict(
+        scaling_hidden=5,
+        num_refiners=2,
+        refiner_dim=3,
+        correlation_dim=4,
+        num_experts=3,
+        expert_hidden=[6],
+        tower_hidden=[4],
+    )
     return MARIAConfig(**{**values, **options})
 
 
@@ -82,7 +99,7 @@ def test_feature_scaling_is_two_sigmoid_per_element_and_stops_the_gradient():
     assert factor.shape == h.shape  # one factor per element
     torch.testing.assert_close(torch.cat(fields, dim=1), factor * h)
     torch.cat(fields, dim=1).sum().backward()
-    torch.testing.assert_close(batch.fields.grad, factor[:, :3 * D].detach().view(B, 3, D))
+    torch.testing.assert_close(batch.fields.grad, factor[:, : 3 * D].detach().view(B, 3, D))
 
 
 def test_refiner_selection_and_weighted_concatenation():
@@ -94,7 +111,7 @@ def test_refiner_selection_and_weighted_concatenation():
     beta = torch.exp(z / 0.5) / torch.exp(z / 0.5).sum(1, keepdim=True)
     torch.testing.assert_close(refiner.selection(h, scenario), beta)
     w, b = refiner.refiners.weight, refiner.refiners.bias
-    expected = torch.cat([beta[:, k:k + 1] * torch.relu(h @ w[k] + b[k]) for k in range(2)], dim=1)
+    expected = torch.cat([beta[:, k : k + 1] * torch.relu(h @ w[k] + b[k]) for k in range(2)], dim=1)
     out = refiner(h, scenario)
     assert out.shape == (6, 10) and refiner.out_features == 10
     torch.testing.assert_close(out, expected)
@@ -152,7 +169,7 @@ def test_logits_are_own_scenario_tower_plus_alpha_times_extra():
     assert x.shape == (B, width) and width == 5 * 2 * 3 + 10
     gate = torch.softmax(torch.cat([x, scenario], 1) @ arch.expert_selector.weight.T + arch.expert_selector.bias, 1)
     experts = arch.experts(x)
-    mixed = sum(gate[:, e:e + 1] * experts[:, e] for e in range(3))
+    mixed = sum(gate[:, e : e + 1] * experts[:, e] for e in range(3))
     per_scenario = arch.towers.towers(mixed)  # [B, K, T]
     e = arch.scenario_embedding.weight
     logits = arch(batch)
@@ -170,11 +187,15 @@ def test_one_domain_keeps_the_extra_tower_in_the_graph():
 
 
 def test_bad_options_are_config_errors():
-    config = from_dict(ModelConfig, {"name": "maria", "maria": {"num_refiners": 1, "backbone": "mha"}},
-                       prefix="model")
+    config = from_dict(ModelConfig, {"name": "maria", "maria": {"num_refiners": 1, "backbone": "mha"}}, prefix="model")
     assert config.maria.num_refiners == 1 and config.maria.backbone == "mha"
-    for key, value in [("num_refiners", 0), ("gumbel_temperature", 0.0), ("refiner_dim", 0), ("dropout", 1.0),
-                       ("expert_hidden", [8, 0])]:
+    for key, value in [
+        ("num_refiners", 0),
+        ("gumbel_temperature", 0.0),
+        ("refiner_dim", 0),
+        ("dropout", 1.0),
+        ("expert_hidden", [8, 0]),
+    ]:
         with pytest.raises(ConfigError, match=f"model.maria.{key}"):
             from_dict(ModelConfig, {"maria": {key: value}}, prefix="model")
     with pytest.raises(ConfigError, match="model.maria: backbone: 'gru' is not one of"):
@@ -185,7 +206,8 @@ def test_bad_options_are_config_errors():
         MARIAArch(layout(), MARIAConfig(expert_hidden=[]))
     with pytest.raises(ConfigError, match="model.maria.scenario_features: 'city'"):
         MARIAArch(layout(), MARIAConfig(scenario_features=["city"]))
-    empty = FeatureLayout(fields=(), pooled=frozenset(), sequences=(), embedding_dim=D, num_dense=0, num_domains=K,
-                          num_tasks=1)
+    empty = FeatureLayout(
+        fields=(), pooled=frozenset(), sequences=(), embedding_dim=D, num_dense=0, num_domains=K, num_tasks=1
+    )
     with pytest.raises(ConfigError, match="model.maria: the dataset has no"):
         MARIAArch(empty, MARIAConfig())

@@ -15,8 +15,7 @@ import torch
 
 from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
-from torchrec_mdr.models.masknet import (FieldLayerNorm, InstanceGuidedMask, MaskBlock, MaskNetArch,
-                                         MaskNetConfig)
+from torchrec_mdr.models.masknet import FieldLayerNorm, InstanceGuidedMask, MaskBlock, MaskNetArch, MaskNetConfig
 from torchrec_mdr.models.registry import ModelConfig
 
 B, L, D, K, T = 5, 4, 3, 3, 2
@@ -26,8 +25,15 @@ NUM_FIELDS = 2 + 1 + 2 + 1  # user_id, item_id, domain, hist_item_id, hist_domai
 
 def layout() -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(fields=("user_id", "item_id"), pooled=frozenset({"user_id"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=2, num_domains=K, num_tasks=T)
+    return FeatureLayout(
+        fields=("user_id", "item_id"),
+        pooled=frozenset({"user_id"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=2,
+        num_domains=K,
+        num_tasks=T,
+    )
 
 
 def features() -> EmbeddedFeatures:
@@ -35,8 +41,12 @@ def features() -> EmbeddedFeatures:
     mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
     fields = torch.randn(B, 2, D, generator=generator)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 2, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, 2, generator=generator),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )
 
 
 def set_(linear: torch.nn.Linear, weight: list, bias: list | None = None) -> None:
@@ -69,8 +79,11 @@ def test_aggregation_width_is_reduction_ratio_times_the_mask_width(ratio, out, a
 
 
 def test_a_ratio_without_an_aggregation_neuron_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"model.masknet.reduction_ratio \(0.1\) leaves the aggregation layer of "
-                                          r"a 4-wide mask without a neuron"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.masknet.reduction_ratio \(0.1\) leaves the aggregation layer of "
+        r"a 4-wide mask without a neuron",
+    ):
         InstanceGuidedMask(8, 4, reduction_ratio=0.1)
 
 
@@ -177,7 +190,10 @@ def test_serial_masknet_matches_the_equations():
     m = NUM_FIELDS * D
     # first block masks LN_EMB(V_emb) (z = m); the next ones the previous output; all masks read V_emb
     assert [(b.mask.aggregation.in_features, b.mask.projection.out_features) for b in arch.blocks] == [
-        (m, m), (m, 7), (m, 4)]
+        (m, m),
+        (m, 7),
+        (m, 4),
+    ]
     assert [b.mask.aggregation.out_features for b in arch.blocks] == [int(1.5 * m), 10, 6]
     assert [(b.hidden.in_features, b.hidden.out_features) for b in arch.blocks] == [(m, 7), (7, 4), (4, 5)]
     batch = features()
@@ -194,8 +210,9 @@ def test_parallel_masknet_matches_the_equations():
     m = NUM_FIELDS * D
     assert not arch.serial and len(arch.blocks) == 3
     # every block is a MaskBlock on feature embedding: it masks LN_EMB(V_emb), z = m, output q = 4
-    assert all((b.mask.projection.out_features, b.hidden.in_features, b.hidden.out_features) == (m, m, 4)
-               for b in arch.blocks)
+    assert all(
+        (b.mask.projection.out_features, b.hidden.in_features, b.hidden.out_features) == (m, m, 4) for b in arch.blocks
+    )
     assert arch.head[0].in_features == 3 * 4  # V_merge (eq. 15)
     batch = features()
     torch.testing.assert_close(arch(batch), by_hand(arch, batch), rtol=1e-5, atol=1e-5)
@@ -232,8 +249,9 @@ def test_without_embedding_norm_the_blocks_read_the_raw_embedding():
 
 def test_parallel_without_hidden_layers_predicts_from_the_merged_blocks():
     torch.manual_seed(0)
-    arch = MaskNetArch(layout(), MaskNetConfig(form="parallel", parallel_blocks=2, parallel_block_width=3,
-                                               parallel_hidden=[]))
+    arch = MaskNetArch(
+        layout(), MaskNetConfig(form="parallel", parallel_blocks=2, parallel_block_width=3, parallel_hidden=[])
+    )
     assert len(arch.head) == 1 and arch.head[0].in_features == 6 and arch.head[0].out_features == T
     assert arch(features()).shape == (B, T)
 
@@ -254,17 +272,25 @@ def test_the_mask_depends_on_the_domain():
 
 
 def test_options_are_checked_at_load():
-    config = from_dict(ModelConfig, {"name": "masknet", "masknet": {"form": "parallel", "block_widths": [],
-                                                                    "parallel_hidden": []}}, prefix="model")
+    config = from_dict(
+        ModelConfig,
+        {"name": "masknet", "masknet": {"form": "parallel", "block_widths": [], "parallel_hidden": []}},
+        prefix="model",
+    )
     assert config.masknet.form == "parallel" and config.masknet.block_widths == []
     assert ModelConfig().masknet.form == "serial" and ModelConfig().masknet.reduction_ratio == 2.0
     with pytest.raises(ConfigError, match="model.masknet.form"):
         from_dict(ModelConfig, {"masknet": {"form": "stacked"}}, prefix="model")
-    with pytest.raises(ConfigError, match="model.masknet: block_widths must list at least one width for form "
-                                          "'serial'"):
+    with pytest.raises(ConfigError, match="model.masknet: block_widths must list at least one width for form 'serial'"):
         from_dict(ModelConfig, {"masknet": {"block_widths": []}}, prefix="model")
-    for key, value in [("block_widths", [8, 0]), ("parallel_blocks", 0), ("parallel_block_width", 0),
-                       ("parallel_hidden", [0]), ("reduction_ratio", 0), ("dropout", 1.0)]:
+    for key, value in [
+        ("block_widths", [8, 0]),
+        ("parallel_blocks", 0),
+        ("parallel_block_width", 0),
+        ("parallel_hidden", [0]),
+        ("reduction_ratio", 0),
+        ("dropout", 1.0),
+    ]:
         with pytest.raises(ConfigError, match=f"model.masknet.{key}"):
             from_dict(ModelConfig, {"masknet": {key: value}}, prefix="model")
     with pytest.raises(ConfigError, match="block_widths must list"):  # the arch checks it too

@@ -20,8 +20,15 @@ from test_distributed import assemble, experiment, local_state
 from torchrec_mdr.data.reader import make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.metrics.compare import comparison_table
-from torchrec_mdr.metrics.ranking import (PredictionBuffer, auc, auc_improvement, evaluate_predictions, gauc,
-                                          logloss, prediction_columns)
+from torchrec_mdr.metrics.ranking import (
+    PredictionBuffer,
+    auc,
+    auc_improvement,
+    evaluate_predictions,
+    gauc,
+    logloss,
+    prediction_columns,
+)
 from torchrec_mdr.models.ranking import RankingModel, TrainModel
 from torchrec_mdr.tasks import format_table
 
@@ -96,8 +103,9 @@ def test_gauc_ignores_single_class_groups():
     extra_scores = np.array([0.0, 5.0, -3.0, 0.5, 0.5, 0.5, 0.5])
     extra_labels = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
     extra_groups = np.array([7.0, 7.0, 7.0, 8.0, 8.0, 8.0, 8.0])
-    assert gauc(np.r_[scores, extra_scores], np.r_[labels, extra_labels], np.r_[groups, extra_groups]) \
-        == pytest.approx(expected)
+    assert gauc(np.r_[scores, extra_scores], np.r_[labels, extra_labels], np.r_[groups, extra_groups]) == pytest.approx(
+        expected
+    )
     assert math.isnan(gauc(extra_scores, extra_labels, extra_groups))
 
 
@@ -105,8 +113,15 @@ def test_logloss_known_values():
     assert logloss(np.zeros(4), np.array([0.0, 1.0, 1.0, 0.0])) == pytest.approx(math.log(2))
     logits = np.array([2.0, -1.0, 0.5, -3.0])
     labels = np.array([1.0, 0.0, 0.0, 1.0])
-    by_hand = -(math.log(1 / (1 + math.exp(-2))) + math.log(1 - 1 / (1 + math.exp(1)))
-                + math.log(1 - 1 / (1 + math.exp(-0.5))) + math.log(1 / (1 + math.exp(3)))) / 4
+    by_hand = (
+        -(
+            math.log(1 / (1 + math.exp(-2)))
+            + math.log(1 - 1 / (1 + math.exp(1)))
+            + math.log(1 - 1 / (1 + math.exp(-0.5)))
+            + math.log(1 / (1 + math.exp(3)))
+        )
+        / 4
+    )
     assert logloss(logits, labels) == pytest.approx(by_hand, rel=1e-12)
     assert by_hand == pytest.approx(reference_logloss(logits, labels), rel=1e-12)
     # large logits stay finite (computed from logits, not from clipped probabilities)
@@ -164,14 +179,25 @@ def sgauc_example() -> tuple[np.ndarray, np.ndarray]:
     session 13 (user 2, domain 0): 0.1+ 0.8-                      AUC 0      2 rows
     session 14 (user 3, domain 2): 0.5- 0.5-                      one class: skipped
     """
-    rows = np.array([
-        # logit label domain group session
-        [0.9, 1, 0, 1, 10], [0.3, 0, 0, 1, 10], [0.5, 0, 0, 1, 10],
-        [0.4, 1, 1, 1, 11], [0.4, 0, 1, 1, 11], [0.2, 0, 0, 1, 11], [0.7, 1, 0, 1, 11],
-        [0.6, 1, 1, 2, 12], [0.3, 1, 1, 2, 12],
-        [0.1, 1, 0, 2, 13], [0.8, 0, 0, 2, 13],
-        [0.5, 0, 2, 3, 14], [0.5, 0, 2, 3, 14],
-    ], dtype=np.float64)
+    rows = np.array(
+        [
+            # logit label domain group session
+            [0.9, 1, 0, 1, 10],
+            [0.3, 0, 0, 1, 10],
+            [0.5, 0, 0, 1, 10],
+            [0.4, 1, 1, 1, 11],
+            [0.4, 0, 1, 1, 11],
+            [0.2, 0, 0, 1, 11],
+            [0.7, 1, 0, 1, 11],
+            [0.6, 1, 1, 2, 12],
+            [0.3, 1, 1, 2, 12],
+            [0.1, 1, 0, 2, 13],
+            [0.8, 0, 0, 2, 13],
+            [0.5, 0, 2, 3, 14],
+            [0.5, 0, 2, 3, 14],
+        ],
+        dtype=np.float64,
+    )
     expected = {
         "all": (3 * 1.0 + 4 * 3.5 / 4 + 2 * 0.0) / (3 + 4 + 2),
         # domain 0: session 10 (AUC 1, 3 rows), session 11's 0.2- 0.7+ (AUC 1, 2 rows), session 13 (AUC 0, 2 rows)
@@ -215,10 +241,12 @@ def test_sgauc_matches_per_session_reference_per_domain():
     assert result.sgauc == pytest.approx(per_group_auc(logits, labels, sessions), abs=1e-12)
     for d, name in enumerate("abc"):
         m = domains == d
-        assert result.per_domain[name]["sgauc"] == pytest.approx(per_group_auc(logits[m], labels[m], sessions[m]),
-                                                                 abs=1e-12)
-        assert result.per_domain[name]["gauc"] == pytest.approx(per_group_auc(logits[m], labels[m], users[m]),
-                                                                abs=1e-12)
+        assert result.per_domain[name]["sgauc"] == pytest.approx(
+            per_group_auc(logits[m], labels[m], sessions[m]), abs=1e-12
+        )
+        assert result.per_domain[name]["gauc"] == pytest.approx(
+            per_group_auc(logits[m], labels[m], users[m]), abs=1e-12
+        )
 
 
 def test_without_sessions_there_is_no_sgauc():
@@ -318,8 +346,21 @@ def metrics_dataset(path: Path) -> Path:
     """121 test rows: 60 / 61 per rank, so with batches of 10 the ranks run 6 and 7 batches."""
     from data_prep.synthetic import Options, convert
 
-    convert(Options(version=1, out=path, rows=1001, users=12, items=60, categories=6, brands=10, seq_length=5,
-                    min_seq_length=0, base_rate=0.3, split_fractions=[0.779, 0.1, 0.121]))
+    convert(
+        Options(
+            version=1,
+            out=path,
+            rows=1001,
+            users=12,
+            items=60,
+            categories=6,
+            brands=10,
+            seq_length=5,
+            min_seq_length=0,
+            base_rate=0.3,
+            split_fractions=[0.779, 0.1, 0.121],
+        )
+    )
     return path
 
 
@@ -340,10 +381,27 @@ def _metrics_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
         for step in range(int(steps)):  # a rank out of batches repeats one to keep collectives in step
             _loss, (_, logits, labels, domain, group, session) = trainer.model(batches[min(step, len(batches) - 1)])
             if step < len(batches):
-                rows.append(torch.stack([logits[:, 0].double(), labels[:, 0].double(), domain.double(),
-                                         group.double(), session.double()], dim=1))
-    torch.save({"metrics": metrics, "rows": torch.cat(rows).numpy(), "batches": len(batches),
-                "state": local_state(trainer.model)}, out / f"metrics-{rank}.pt")
+                rows.append(
+                    torch.stack(
+                        [
+                            logits[:, 0].double(),
+                            labels[:, 0].double(),
+                            domain.double(),
+                            group.double(),
+                            session.double(),
+                        ],
+                        dim=1,
+                    )
+                )
+    torch.save(
+        {
+            "metrics": metrics,
+            "rows": torch.cat(rows).numpy(),
+            "batches": len(batches),
+            "state": local_state(trainer.model),
+        },
+        out / f"metrics-{rank}.pt",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -378,12 +436,13 @@ def test_trainer_metrics_equal_direct_computation(two_rank_eval):
             mask = domains == d
             values = m["per_domain"][name]
             assert values["rows"] == int(mask.sum()) > 0
-            assert values["auc"] == pytest.approx(pairwise_auc(logits[mask], labels[mask]), abs=AUC_TOL,
-                                                  nan_ok=True)
-            assert values["gauc"] == pytest.approx(per_group_auc(logits[mask], labels[mask], groups[mask]),
-                                                   abs=1e-9, nan_ok=True)
-            assert values["sgauc"] == pytest.approx(per_group_auc(logits[mask], labels[mask], sessions[mask]),
-                                                    abs=1e-9, nan_ok=True)
+            assert values["auc"] == pytest.approx(pairwise_auc(logits[mask], labels[mask]), abs=AUC_TOL, nan_ok=True)
+            assert values["gauc"] == pytest.approx(
+                per_group_auc(logits[mask], labels[mask], groups[mask]), abs=1e-9, nan_ok=True
+            )
+            assert values["sgauc"] == pytest.approx(
+                per_group_auc(logits[mask], labels[mask], sessions[mask]), abs=1e-9, nan_ok=True
+            )
             assert values["logloss"] == pytest.approx(reference_logloss(logits[mask], labels[mask]), rel=1e-9)
     assert 0 < sum(not math.isnan(v["gauc"]) for v in ranks[0]["metrics"]["per_domain"].values())
     assert 0 < sum(not math.isnan(v["sgauc"]) for v in ranks[0]["metrics"]["per_domain"].values())

@@ -112,8 +112,15 @@ def test_query_projection_without_candidate_is_a_learned_constant():
 def hand_layout(candidates: tuple[str, ...]) -> FeatureLayout:
     sequence = SequenceLayout("hist", ("hist_item", "hist_kind"), L, candidates)
     fields = ("user", "item") if candidates else ("user",)
-    return FeatureLayout(fields=fields, pooled=frozenset({"user"}), sequences=(sequence,), embedding_dim=D,
-                         num_dense=3, num_domains=2, num_tasks=2)
+    return FeatureLayout(
+        fields=fields,
+        pooled=frozenset({"user"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=3,
+        num_domains=2,
+        num_tasks=2,
+    )
 
 
 def hand_features(layout: FeatureLayout, mask: torch.Tensor) -> EmbeddedFeatures:
@@ -121,8 +128,9 @@ def hand_features(layout: FeatureLayout, mask: torch.Tensor) -> EmbeddedFeatures
     fields = torch.randn(B, len(layout.fields), D)
     keys = torch.randn(B, L, 2 * D) * mask[..., None]
     query = fields[:, 1] if layout.sequences[0].candidate_fields else torch.zeros(B, 0)
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, query)], torch.randn(B, 3),
-                            torch.tensor([0, 1, 1, 0, 1]))
+    return EmbeddedFeatures(
+        fields, [EmbeddedSequence(keys, mask, query)], torch.randn(B, 3), torch.tensor([0, 1, 1, 0, 1])
+    )
 
 
 @pytest.mark.parametrize("candidates", [("item",), ()])
@@ -176,8 +184,16 @@ def test_mlp_shapes():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory.mktemp("models") / "syn", rows=400, users=30, items=50, categories=5,
-                          brands=8, seq_length=5, min_seq_length=0)
+    return tiny_synthetic(
+        tmp_path_factory.mktemp("models") / "syn",
+        rows=400,
+        users=30,
+        items=50,
+        categories=5,
+        brands=8,
+        seq_length=5,
+        min_seq_length=0,
+    )
 
 
 def first_batch(path: Path, batch_size: int = 32):
@@ -186,8 +202,16 @@ def first_batch(path: Path, batch_size: int = 32):
 
 def test_feature_layout_of_the_synthetic_spec(synthetic):
     layout = FeatureLayout.from_spec(DatasetSpec.load(synthetic), embedding_dim=D)
-    assert layout.fields == ("user_id", "item_id", "category_id", "brand_id", "user_segment", "user_activity",
-                             "hour", "device")
+    assert layout.fields == (
+        "user_id",
+        "item_id",
+        "category_id",
+        "brand_id",
+        "user_segment",
+        "user_activity",
+        "hour",
+        "device",
+    )
     assert "item_id" not in layout.pooled and "user_id" in layout.pooled  # item shares the sequence table
     (hist,) = layout.sequences
     assert hist.fields == ("hist_item_id", "hist_domain") and hist.candidate_fields == ("item_id",)
@@ -248,7 +272,8 @@ def test_mixed_precision_needs_a_gpu(tmp_path):
         pytest.skip("this machine has a GPU")
     data = tmp_path / "syn"
     convert(Options(version=1, out=data, rows=300, users=20, items=50, categories=5, seq_length=4, min_seq_length=1))
-    config = load_config(ExperimentConfig, None, [f"data.path={data}", "train.mixed_precision=true",
-                                                  "train.device=cpu"])
+    config = load_config(
+        ExperimentConfig, None, [f"data.path={data}", "train.mixed_precision=true", "train.device=cpu"]
+    )
     with pytest.raises(ConfigError, match="mixed_precision is bf16 autocast on GPU"):
         Trainer(config, tmp_path / "run")

@@ -55,7 +55,8 @@ def test_task_weighted_bce_by_hand():
     assert float(TaskWeightedBCE([1.0, 1.0])(logits, labels)) == pytest.approx(2 * float(mean), rel=1e-6)
     # one label: exactly the mean BCE it always was
     assert float(TaskWeightedBCE([1.0])(logits[:, :1], labels[:, :1])) == pytest.approx(
-        float(torch.nn.BCEWithLogitsLoss()(logits[:, :1], labels[:, :1])), rel=1e-7)
+        float(torch.nn.BCEWithLogitsLoss()(logits[:, :1], labels[:, :1])), rel=1e-7
+    )
     assert TaskWeightedBCE([1.0, 0.5]).state_dict() == {}  # checkpoints keep their entries
 
 
@@ -74,8 +75,10 @@ def test_task_weights_config_and_errors(tmp_path):
         load_config(ExperimentConfig, overrides=["train.task_weights=[0, 0]"])
     with pytest.raises(ConfigError, match="task = 'retrieval'"):
         load_config(ExperimentConfig, overrides=["task=retrieval", "train.task_weights=[1]"])
-    assert load_config(ExperimentConfig, overrides=["train.early_stopping.task=purchase"]).train.early_stopping.task \
+    assert (
+        load_config(ExperimentConfig, overrides=["train.early_stopping.task=purchase"]).train.early_stopping.task
         == "purchase"
+    )
 
 
 # --------------------------------------------------------------------------- metrics of gathered rows
@@ -110,8 +113,9 @@ def test_every_task_gets_every_metric():
             assert values["rows"] == mask.sum()
             assert values["auc"] == pytest.approx(pairwise_auc(logits[mask], labels[mask]), abs=AUC_TOL)
             assert values["gauc"] == pytest.approx(per_group_auc(logits[mask], labels[mask], groups[mask]), abs=1e-12)
-            assert values["sgauc"] == pytest.approx(per_group_auc(logits[mask], labels[mask], sessions[mask]),
-                                                    abs=1e-12)
+            assert values["sgauc"] == pytest.approx(
+                per_group_auc(logits[mask], labels[mask], sessions[mask]), abs=1e-12
+            )
             assert values["logloss"] == pytest.approx(reference_logloss(logits[mask], labels[mask]), rel=1e-9)
     assert len({result.task(n).auc for n in names}) == 3  # three different columns were read
     written = result.to_dict()
@@ -155,10 +159,12 @@ def test_table_and_compare_show_every_task():
 
 
 def tiny_config(data: Path, **train) -> ExperimentConfig:
-    return ExperimentConfig(data=ReaderConfig(path=data, batch_size=16, shuffle=False),
-                            model=ModelConfig(name="dnn", embedding_dim=4, dnn=DNNConfig(hidden=[8])),
-                            optimizer=OptimizerConfig(dense="adam", dense_lr=0.05, sparse_lr=0.1),
-                            train=TrainConfig(device="cpu", seed=1, log_every=1, **train))
+    return ExperimentConfig(
+        data=ReaderConfig(path=data, batch_size=16, shuffle=False),
+        model=ModelConfig(name="dnn", embedding_dim=4, dnn=DNNConfig(hidden=[8])),
+        optimizer=OptimizerConfig(dense="adam", dense_lr=0.05, sparse_lr=0.1),
+        train=TrainConfig(device="cpu", seed=1, log_every=1, **train),
+    )
 
 
 def exported(run_dir: Path, out: Path, keep: list[str], checkpoint: str = "latest") -> pa.Table:
@@ -202,8 +208,10 @@ def check_loss_by_hand(trainer, weights: list[float]) -> None:
     trainer.model.eval()
     with torch.no_grad():
         loss, (_, logits, labels, *_keys) = trainer.model(batch)
-    per_task = [sum(bce(float(z), float(y)) for z, y in zip(logits[:, t], labels[:, t])) / len(labels)
-                for t in range(labels.shape[1])]
+    per_task = [
+        sum(bce(float(z), float(y)) for z, y in zip(logits[:, t], labels[:, t])) / len(labels)
+        for t in range(labels.shape[1])
+    ]
     assert float(loss) == pytest.approx(sum(w * v for w, v in zip(weights, per_task)), rel=1e-5)
     assert float(loss) != pytest.approx(sum(per_task), rel=1e-3)  # the weights changed it
 
@@ -215,9 +223,13 @@ def test_aliccp_click_and_purchase(tmp_path):
     data = tmp_path / "aliccp"
     spec = aliccp_data.convert(aliccp_data.write_raw(tmp_path / "raw"), data)
     assert spec.label_names == ["click", "purchase"] and spec.session_column is None
-    config = tiny_config(data, max_steps=8, eval_every=2, task_weights=[1.0, 0.25],
-                         early_stopping=EarlyStoppingConfig(enabled=True, metric="logloss", task="purchase",
-                                                            patience=10))
+    config = tiny_config(
+        data,
+        max_steps=8,
+        eval_every=2,
+        task_weights=[1.0, 0.25],
+        early_stopping=EarlyStoppingConfig(enabled=True, metric="logloss", task="purchase", patience=10),
+    )
     trainer = Trainer(config, tmp_path / "run")
     metrics = trainer.fit()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
@@ -235,8 +247,15 @@ def test_aliccp_click_and_purchase(tmp_path):
     check_against_predictions(metrics, table, spec, sessions=False)
     assert not math.isnan(metrics["tasks"]["purchase"]["auc"])  # the test split has purchases
     tags = scalar_tags(tmp_path / "run")
-    assert {"test/auc", "test/click/auc", "test/purchase/auc", "test/purchase/logloss", "test/purchase/gauc",
-            "test/purchase/auc/scenario2", "valid/purchase/logloss"} <= set(tags)
+    assert {
+        "test/auc",
+        "test/click/auc",
+        "test/purchase/auc",
+        "test/purchase/logloss",
+        "test/purchase/gauc",
+        "test/purchase/auc/scenario2",
+        "valid/purchase/logloss",
+    } <= set(tags)
     printed = format_table(metrics, spec.domain_names)
     assert "(test split, task purchase)" in printed and "(test split, task click)" in printed
 
@@ -262,23 +281,40 @@ def test_kuairand_three_tasks_with_sessions(tmp_path):
     single = tmp_path / "single"
     kuairand_data.convert(src, single, max_length=4, labels=["is_like"])
     one = Trainer(tiny_config(single, max_steps=2, eval_every=1), tmp_path / "run-single").fit()
-    assert list(one) == ["model", "dataset", "split", "auc", "logloss", "gauc", "sgauc", "rows", "per_domain",
-                         "train", "history"]
+    assert list(one) == [
+        "model",
+        "dataset",
+        "split",
+        "auc",
+        "logloss",
+        "gauc",
+        "sgauc",
+        "rows",
+        "per_domain",
+        "train",
+        "history",
+    ]
     assert all("tasks" not in h for h in one["history"])
     assert list(one["per_domain"]["tab0"]) == ["auc", "logloss", "gauc", "sgauc", "rows"]
     with pytest.raises(ConfigError, match=r"train.task_weights has 2 value\(s\).*\['is_like'\]"):
         Trainer(tiny_config(single, max_steps=2, task_weights=[1.0, 1.0]), tmp_path / "run-bad")
     with pytest.raises(ConfigError, match="train.early_stopping.task = 'purchase' is not a label"):
-        Trainer(tiny_config(single, max_steps=2, eval_every=1,
-                            early_stopping=EarlyStoppingConfig(enabled=True, task="purchase")), tmp_path / "run-bad2")
+        Trainer(
+            tiny_config(
+                single, max_steps=2, eval_every=1, early_stopping=EarlyStoppingConfig(enabled=True, task="purchase")
+            ),
+            tmp_path / "run-bad2",
+        )
 
 
 def _two_rank_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
     from torchrec_mdr.training.trainer import Trainer
 
     config = tiny_config(data, max_steps=4, task_weights=[1.0, 0.5])
-    Trainer(replace(config, data=replace(config.data, batch_size=8), sparse=replace(config.sparse,
-                                                                                   sharding="row_wise")), out).fit()
+    Trainer(
+        replace(config, data=replace(config.data, batch_size=8), sparse=replace(config.sparse, sharding="row_wise")),
+        out,
+    ).fit()
 
 
 def test_two_ranks_gather_every_task(tmp_path):
@@ -314,8 +350,12 @@ def test_export_returns_one_probability_per_task(tmp_path, name):
     data = tmp_path / "aliccp"
     spec = aliccp_data.convert(aliccp_data.write_raw(tmp_path / "raw"), data)
     config = tiny_config(data, max_steps=6, task_weights=[1.0, 0.5])
-    config = replace(config, model=replace(config.model, name=name),
-                     data=replace(config.data, batch_size=8), sparse=replace(config.sparse, sharding="row_wise"))
+    config = replace(
+        config,
+        model=replace(config.model, name=name),
+        data=replace(config.data, batch_size=8),
+        sparse=replace(config.sparse, sharding="row_wise"),
+    )
     spawn(_export_worker, 2, config, tmp_path / "run")
     table = exported(tmp_path / "run", tmp_path / "preds", keep=[])
     export_run(tmp_path / "run", tmp_path / "fp32")

@@ -51,8 +51,9 @@ def seen_rows(today: Path, yesterday: Path, out: Path, as_yesterday: bool) -> Pa
     rows = table.filter(pa.array(keep))
     pq.write_table(rows, out / spec["splits"]["test"]["files"][0])
     domains = rows["domain"].to_numpy()
-    spec["splits"]["test"].update(rows=rows.num_rows,
-                                  rows_per_domain=[int((domains == d).sum()) for d in range(len(spec["domain_names"]))])
+    spec["splits"]["test"].update(
+        rows=rows.num_rows, rows_per_domain=[int((domains == d).sum()) for d in range(len(spec["domain_names"]))]
+    )
     if as_yesterday:
         spec["columns"] = spec_json(yesterday)["columns"]
     (out / "spec.json").write_text(json.dumps(spec))
@@ -63,9 +64,13 @@ def seen_rows(today: Path, yesterday: Path, out: Path, as_yesterday: bool) -> Pa
 def days(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("nextday")
     d0, d1 = small_day(root / "d0", 0), small_day(root / "d1", 1)
-    return {"d0": d0, "d1": d1, "root": root,
-            "seen": seen_rows(d1, d0, root / "d1-seen", as_yesterday=False),
-            "seen-as-d0": seen_rows(d1, d0, root / "d1-seen-as-d0", as_yesterday=True)}
+    return {
+        "d0": d0,
+        "d1": d1,
+        "root": root,
+        "seen": seen_rows(d1, d0, root / "d1-seen", as_yesterday=False),
+        "seen-as-d0": seen_rows(d1, d0, root / "d1-seen-as-d0", as_yesterday=True),
+    }
 
 
 def _train(days: dict[str, Path], name: str, eviction: bool) -> Path:
@@ -102,16 +107,19 @@ def test_the_derived_datasets_are_what_the_tests_need(days: dict[str, Path]) -> 
     d0, d1 = DatasetSpec.load(days["d0"]), DatasetSpec.load(days["d1"])
     items = {s: {c.name: c.cardinality for c in spec.columns}["item_id"] for s, spec in (("d0", d0), ("d1", d1))}
     assert items == {"d0": 60, "d1": 72}
-    assert (dataset_signature(DatasetSpec.load(days["seen-as-d0"]))["fingerprint"]
-            == dataset_signature(d0)["fingerprint"] != dataset_signature(DatasetSpec.load(days["seen"]))["fingerprint"])
+    assert (
+        dataset_signature(DatasetSpec.load(days["seen-as-d0"]))["fingerprint"]
+        == dataset_signature(d0)["fingerprint"]
+        != dataset_signature(DatasetSpec.load(days["seen"]))["fingerprint"]
+    )
     rows = pq.read_table(days["seen"] / "test" / "part-00000.parquet")
     assert rows.num_rows >= 40 and rows.equals(pq.read_table(days["seen-as-d0"] / "test" / "part-00000.parquet"))
 
 
 @pytest.mark.parametrize("managed", [False, True], ids=["plain", "managed"])
-def test_seen_rows_score_as_yesterday_under_todays_spec(days: dict[str, Path], yesterday: Path,
-                                                        yesterday_managed: Path, managed: bool,
-                                                        tmp_path: Path) -> None:
+def test_seen_rows_score_as_yesterday_under_todays_spec(
+    days: dict[str, Path], yesterday: Path, yesterday_managed: Path, managed: bool, tmp_path: Path
+) -> None:
     run = yesterday_managed if managed else yesterday
     before, plain = probabilities(run, days["seen-as-d0"], tmp_path / "as-yesterday")
     after, grown = probabilities(run, days["seen"], tmp_path / "today")
@@ -123,8 +131,9 @@ def test_seen_rows_score_as_yesterday_under_todays_spec(days: dict[str, Path], y
     assert evaluated["auc"] == pytest.approx(evaluate_run(run, data=days["seen-as-d0"])["auc"], abs=1e-9)
 
 
-def test_new_ids_get_the_rows_a_warm_start_gives_them(days: dict[str, Path], yesterday: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_new_ids_get_the_rows_a_warm_start_gives_them(
+    days: dict[str, Path], yesterday: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from torchrec_mdr.training.trainer import Trainer
 
     config = run_config(yesterday)
@@ -147,14 +156,19 @@ def test_new_ids_get_the_rows_a_warm_start_gives_them(days: dict[str, Path], yes
             assert torch.equal(after[key], before[key]), key
 
 
-def test_predict_on_todays_data_writes_every_row_once(days: dict[str, Path], yesterday: Path,
-                                                      yesterday_managed: Path, tmp_path: Path) -> None:
+def test_predict_on_todays_data_writes_every_row_once(
+    days: dict[str, Path], yesterday: Path, yesterday_managed: Path, tmp_path: Path
+) -> None:
     test = pq.read_table(days["d1"] / "test" / "part-00000.parquet")
     assert (test["item_id"].to_numpy() >= 60).sum() > 10  # today's new items
     for name, run in (("plain", yesterday), ("managed", yesterday_managed)):
         out = tmp_path / name
-        assert main(["predict", "--run", str(run), "--data", str(days["d1"]), "--out", str(out),
-                     "--keep", "item_id,click"]) == 0
+        assert (
+            main(
+                ["predict", "--run", str(run), "--data", str(days["d1"]), "--out", str(out), "--keep", "item_id,click"]
+            )
+            == 0
+        )
         manifest = json.loads((out / "predict.json").read_text())
         table = pa.concat_tables([pq.read_table(out / f) for f in manifest["files"]]).sort_by("row")
         assert manifest["rows"] == table.num_rows == test.num_rows == 60
@@ -182,8 +196,9 @@ def relabel(source: Path, out: Path, old: str, new: str) -> Path:
     return out
 
 
-def test_anything_but_growth_is_one_clear_error(days: dict[str, Path], yesterday: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_anything_but_growth_is_one_clear_error(
+    days: dict[str, Path], yesterday: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     shrunk = small_day(tmp_path / "small", 0, items=48)
     cases = {
         shrunk: "table 'item' shrank: feature 'hist_item_id' has 48 ids, 60 in the checkpoint (a table may only grow)",
@@ -207,9 +222,9 @@ def _predict(rank: int, world_size: int, run: Path, data: Path, out: Path) -> No
 
 
 @pytest.mark.parametrize("managed", [False, True], ids=["plain", "managed"])
-def test_two_ranks_score_todays_data_as_one_rank_scores_yesterdays(days: dict[str, Path], yesterday: Path,
-                                                                   yesterday_managed: Path, managed: bool,
-                                                                   tmp_path: Path) -> None:
+def test_two_ranks_score_todays_data_as_one_rank_scores_yesterdays(
+    days: dict[str, Path], yesterday: Path, yesterday_managed: Path, managed: bool, tmp_path: Path
+) -> None:
     """A 1-rank run read by 2 ranks on the grown data: the managed table's slots are redistributed (a grown
     cardinality moves ids between shards), the plain table's rows resharded; the seen rows' scores are
     still yesterday's."""

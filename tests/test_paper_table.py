@@ -42,8 +42,19 @@ def test_every_row_is_a_config_that_loads(paper, data, tmp_path):
         pepnet = next(v for v in variants if v.label == "MHA +PEPNet")
         assert "model.pepnet.backbone=mha" in pepnet.overrides
     else:
-        assert labels == ["BaseDNN", "DeepFM", "SharedBottom", "MMoE", "PLE", "STAR", "AESM2", "AdaSparse", "PEPNet",
-                          "MARIA", "SFPNet"]
+        assert labels == [
+            "BaseDNN",
+            "DeepFM",
+            "SharedBottom",
+            "MMoE",
+            "PLE",
+            "STAR",
+            "AESM2",
+            "AdaSparse",
+            "PEPNet",
+            "MARIA",
+            "SFPNet",
+        ]
         maria = next(v for v in variants if v.label == "MARIA")
         assert maria.model == "maria" and 'model.maria.scenario_features=["user_activity"]' in maria.overrides
 
@@ -64,8 +75,9 @@ def test_ads_layout_improvement_bold_and_significance(data, tmp_path):
             results[(variant.label, data.name, seed)] = _metrics(auc, domains)
     table = render(options, results)
     line = {row.split(" | ")[0][2:]: row for row in table.splitlines() if row.startswith("| ")}
-    dnn, ads = (statistics.fmean(results[(label, data.name, s)]["auc"] for s in range(6)) for label in ("DNN",
-                                                                                                        "DIN +ADS"))
+    dnn, ads = (
+        statistics.fmean(results[(label, data.name, s)]["auc"] for s in range(6)) for label in ("DNN", "DIN +ADS")
+    )
     assert line["DNN"].startswith(f"| DNN | {dnn:.4f} | - | {dnn:.4f} |")
     assert f"| **{ads:.4f}*** | {((ads - 0.5) / (dnn - 0.5) - 1) * 100:+.2f}% |" in line["DIN +ADS"]  # best, p < .05
     assert MISSING not in line["DFFM"]
@@ -82,8 +94,11 @@ def test_sfpnet_marks_a_scenario_only_when_mann_whitney_says_so(data, tmp_path):
 
     domains = DatasetSpec.load(data).domain_names
     options = PaperTableOptions(paper="sfpnet", data=data, seeds=4, work=tmp_path, out=tmp_path)
-    results = {(v.label, data.name, s): _metrics(0.6 + (0.05 if v.label == "SFPNet" else 0.001 * s), domains)
-               for v in _variants(options) for s in range(4)}
+    results = {
+        (v.label, data.name, s): _metrics(0.6 + (0.05 if v.label == "SFPNet" else 0.001 * s), domains)
+        for v in _variants(options)
+        for s in range(4)
+    }
     table = render(options, results)
     sfpnet = next(row for row in table.splitlines() if row.startswith("| SFPNet |"))
     assert sfpnet.count("*") == len(domains)  # 4 vs 4, all above: p_MW = 0.029

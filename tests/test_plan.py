@@ -22,8 +22,27 @@ QUICKSTART = ROOT / "configs" / "quickstart.toml"
 def spec_dir(tmp_path_factory) -> Path:
     """A tiny synthetic dataset: only its spec matters (tables user, item, ... and a 50-long history)."""
     out = tmp_path_factory.mktemp("plan") / "syn"
-    assert main(["data", "synthetic", "--out", str(out), "--rows", "600", "--users", "50", "--items", "300",
-                 "--categories", "10", "--domains", "3"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synthetic",
+                "--out",
+                str(out),
+                "--rows",
+                "600",
+                "--users",
+                "50",
+                "--items",
+                "300",
+                "--categories",
+                "10",
+                "--domains",
+                "3",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -80,8 +99,9 @@ def test_plan_follows_the_config(spec_dir):
     spec = DatasetSpec.load(spec_dir)
     table_wise = plan_cluster(experiment("sparse.sharding=table_wise"), spec, small_cluster(4))
     assert {t.sharding_type for t in table_wise.tables} == {"table_wise"}
-    managed = plan_cluster(experiment("sparse.eviction.tables=[item]", "sparse.eviction.zch_size=1000"), spec,
-                           small_cluster(4))
+    managed = plan_cluster(
+        experiment("sparse.eviction.tables=[item]", "sparse.eviction.zch_size=1000"), spec, small_cluster(4)
+    )
     item = next(t for t in managed.tables if t.name == "item")
     assert (item.rows, item.sharding_type, item.compute_kernel) == (1000, "row_wise", "fused")
     assert item.collection.endswith("managed_embedding_collection") and item.ranks == [0, 1, 2, 3]
@@ -107,8 +127,23 @@ def test_rank_ranges():
 
 
 def test_cli_plan_prints_tables_and_exits_1_when_it_does_not_fit(spec_dir, capsys):
-    args = ["plan", "--config", str(QUICKSTART), "--set", "model.embedding_dim=64", "--spec", str(spec_dir),
-            "--world-size", "2", "--local-world-size", "2", "--hbm-gb", "1", "--ddr-gb", "0"]
+    args = [
+        "plan",
+        "--config",
+        str(QUICKSTART),
+        "--set",
+        "model.embedding_dim=64",
+        "--spec",
+        str(spec_dir),
+        "--world-size",
+        "2",
+        "--local-world-size",
+        "2",
+        "--hbm-gb",
+        "1",
+        "--ddr-gb",
+        "0",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "cluster 2 x cuda (1 host(s) of 2), HBM 1 GiB + DDR 0 GiB per rank" in out
@@ -129,8 +164,25 @@ def test_shipped_clusters_plan_the_paper_scale(spec_dir, capsys, name, world_siz
     path = ROOT / "configs" / "clusters" / f"{name}.toml"
     cluster = load_config(ClusterConfig, path)
     assert (cluster.world_size, cluster.local_world_size, cluster.device, cluster.hbm_gb) == (world_size, 8, "cuda", 80)
-    assert main(["plan", "--config", str(QUICKSTART), "--set", "model.embedding_dim=64", "--spec", str(spec_dir),
-                 "--table-rows", "item=1e9", "user=1e9", "--cluster", str(path)]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--config",
+                str(QUICKSTART),
+                "--set",
+                "model.embedding_dim=64",
+                "--spec",
+                str(spec_dir),
+                "--table-rows",
+                "item=1e9",
+                "user=1e9",
+                "--cluster",
+                str(path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("item ", "user "))}
     assert rows["item"][1:4] == ["EC", "1,000,000,000", "64"] and rows["user"][1:4] == ["EBC", "1,000,000,000", "64"]
@@ -141,8 +193,11 @@ def test_no_placement_at_all_is_one_config_error(spec_dir):
     """On a CPU cluster torchrec's planner has no sharding for a managed-collision EBC (torchrec #2958)."""
     config = experiment("sparse.eviction.tables=[user]", "sparse.eviction.zch_size=1000")
     cluster = ClusterConfig(world_size=2, local_world_size=2, device="cpu", ddr_gb=4)
-    with pytest.raises(ConfigError, match=r"offers table 'user' \(ManagedCollisionEmbeddingBagCollection\) no "
-                                          r"sharding type and kernel on cpu .*plan with --device cuda"):
+    with pytest.raises(
+        ConfigError,
+        match=r"offers table 'user' \(ManagedCollisionEmbeddingBagCollection\) no "
+        r"sharding type and kernel on cpu .*plan with --device cuda",
+    ):
         plan_cluster(config, DatasetSpec.load(spec_dir), cluster)
 
 

@@ -17,8 +17,17 @@ from tests.test_synthetic import exact_auc
 
 
 def options(tmp_path: Path, **kwargs) -> Options:
-    base = dict(out=tmp_path / "v2", rows=6000, users=500, items=2000, categories=20, seq_length=20,
-                min_seq_length=5, chunk_rows=3000, version=2)
+    base = dict(
+        out=tmp_path / "v2",
+        rows=6000,
+        users=500,
+        items=2000,
+        categories=20,
+        seq_length=20,
+        min_seq_length=5,
+        chunk_rows=3000,
+        version=2,
+    )
     base.update(kwargs)
     return Options(**base)
 
@@ -106,10 +115,10 @@ def test_behaviour_items_depend_on_the_behaviour_domain(tmp_path):
 
 def test_pcrg_relation_varies_by_position_chunk_and_psrg_by_activity(tmp_path):
     world = planted_v2.WorldV2(options(tmp_path))
-    q = world.query_transform_v2(1.0)                                         # [d, chunks, k, k]
+    q = world.query_transform_v2(1.0)  # [d, chunks, k, k]
     assert not np.allclose(q[0, 0], q[0, 1]) and not np.allclose(q[0, 0], q[1, 0])
     assert np.allclose(world.query_transform_v2(0.0), np.eye(world.o.latent_dim))
-    m = world.item_transform_v2(1.0)                                          # [d, activity, k, k]
+    m = world.item_transform_v2(1.0)  # [d, activity, k, k]
     assert not np.allclose(m[0, 0], m[0, 1]) and not np.allclose(m[0, 0], m[1, 0])
 
 
@@ -154,8 +163,13 @@ def test_pcrg_chunks_count_from_the_newest_behaviour(tmp_path):
     same newest behaviours meet the same query transform whatever the sequence's length."""
     world = planted_v2.WorldV2(options(tmp_path, seq_length=4, min_seq_length=1, position_chunks=4))
     x, y, p, q = 11, 12, 13, 14
-    draw = {"domains": np.array([1, 1, 1]), "activity": np.array([0, 0, 0]), "candidates": np.array([7, 7, 7]),
-            "lengths": np.array([2, 4, 1]), "behaviours": np.array([[x, y, 0, 0], [p, q, x, y], [x, 0, 0, 0]])}
+    draw = {
+        "domains": np.array([1, 1, 1]),
+        "activity": np.array([0, 0, 0]),
+        "candidates": np.array([7, 7, 7]),
+        "lengths": np.array([2, 4, 1]),
+        "behaviours": np.array([[x, y, 0, 0], [p, q, x, y], [x, 0, 0, 0]]),
+    }
     r = planted_v2.relevance(world, draw, psrg=0.0, pcrg=1.0)
     assert r[0, 1] == pytest.approx(r[1, 3]) and r[0, 0] == pytest.approx(r[1, 2])  # y newest, x second
     assert r[2, 0] != pytest.approx(r[0, 0])  # x newest vs x second newest: another chunk's relation

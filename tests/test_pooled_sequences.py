@@ -23,8 +23,16 @@ POOL_ONLY = sorted(name for name, entry in MODELS.items() if not entry.needs_pos
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory.mktemp("pooled") / "syn", rows=400, users=30, items=50, categories=5,
-                          brands=8, seq_length=5, min_seq_length=0)
+    return tiny_synthetic(
+        tmp_path_factory.mktemp("pooled") / "syn",
+        rows=400,
+        users=30,
+        items=50,
+        categories=5,
+        brands=8,
+        seq_length=5,
+        min_seq_length=0,
+    )
 
 
 def _batch(path: Path, batch_size: int = 64):
@@ -33,16 +41,37 @@ def _batch(path: Path, batch_size: int = 64):
 
 def _tables(model: RankingModel) -> dict[str, torch.Tensor]:
     """table name -> weight [rows, D], whichever collection holds it."""
-    return {key.split(".")[-2]: value for key, value in model.sparse_arch.state_dict().items()
-            if key.endswith(".weight") and key.split(".")[-3] in ("embedding_bags", "embeddings")}
+    return {
+        key.split(".")[-2]: value
+        for key, value in model.sparse_arch.state_dict().items()
+        if key.endswith(".weight") and key.split(".")[-3] in ("embedding_bags", "embeddings")
+    }
 
 
 def test_the_registry_says_which_models_need_positions() -> None:
-    assert POOL_ONLY == ["adasparse", "aesm2", "apg", "dcnv2", "deepfm", "dlrm", "dlrm_dcn", "dnn", "frnet", "m2m",
-                         "masknet", "mmoe", "pepnet", "ple", "shared_bottom", "star"]
+    assert POOL_ONLY == [
+        "adasparse",
+        "aesm2",
+        "apg",
+        "dcnv2",
+        "deepfm",
+        "dlrm",
+        "dlrm_dcn",
+        "dnn",
+        "frnet",
+        "m2m",
+        "masknet",
+        "mmoe",
+        "pepnet",
+        "ple",
+        "shared_bottom",
+        "star",
+    ]
     config = ModelConfig()
-    assert all(MODELS[name].needs_positions(getattr(config, name))
-               for name in ("din", "mha", "can", "ads", "sfpnet", "adin", "dffm"))
+    assert all(
+        MODELS[name].needs_positions(getattr(config, name))
+        for name in ("din", "mha", "can", "ads", "sfpnet", "adin", "dffm")
+    )
     for name in ("pepnet", "apg", "m2m", "frnet"):  # on a target-attention backbone they read every position
         options = getattr(config, name)
         options.backbone = "din"

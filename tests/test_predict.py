@@ -65,14 +65,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("predict")
     data = root / "syn"
-    convert(Options(out=data, rows=3000, users=100, items=60, categories=6, brands=10, seq_length=5,
-                    min_seq_length=0))
+    convert(Options(out=data, rows=3000, users=100, items=60, categories=6, brands=10, seq_length=5, min_seq_length=0))
     split_files(data, "test")
-    config = ExperimentConfig(data=ReaderConfig(path=data, batch_size=64),
-                              model=ModelConfig(name="din", embedding_dim=4,
-                                                din=DINConfig(attention_hidden=[8], hidden=[16, 8])),
-                              optimizer=OptimizerConfig(dense="adam", dense_lr=0.01),
-                              train=TrainConfig(max_steps=12, device="cpu", seed=1))
+    config = ExperimentConfig(
+        data=ReaderConfig(path=data, batch_size=64),
+        model=ModelConfig(name="din", embedding_dim=4, din=DINConfig(attention_hidden=[8], hidden=[16, 8])),
+        optimizer=OptimizerConfig(dense="adam", dense_lr=0.01),
+        train=TrainConfig(max_steps=12, device="cpu", seed=1),
+    )
     Trainer(config, root / "run").fit()
     return root / "run"
 
@@ -113,7 +113,8 @@ def test_predict_scores_every_row_once_and_matches_eval(run: Path, predicted: di
         mask = table["domain"].to_numpy() == d
         if 0 < labels[mask].sum() < mask.sum():
             assert auc(probs[mask].astype(np.float64), labels[mask]) == pytest.approx(
-                evaluated["per_domain"][name]["auc"], abs=1e-6)
+                evaluated["per_domain"][name]["auc"], abs=1e-6
+            )
     assert not list(out.parent.glob(".preds.tmp-*"))  # the temporary folder became the output
 
 
@@ -135,8 +136,9 @@ def test_predict_at_world_size_two_writes_each_rank_its_parts(run: Path, predict
     table = read_output(out)
     data = Path(json.loads((run / "config.json").read_text())["data"]["path"])
     assert_covers_the_split(table, data)
-    np.testing.assert_allclose(table["prob_click"].to_numpy(), predicted["table"]["prob_click"].to_numpy(),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        table["prob_click"].to_numpy(), predicted["table"]["prob_click"].to_numpy(), rtol=0, atol=1e-6
+    )
 
 
 def test_predict_command_line_defaults_and_errors(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

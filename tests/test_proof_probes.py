@@ -23,8 +23,20 @@ def test_spearman_by_hand():
 
 def test_true_weights_are_the_generators_behaviour_weights(tmp_path):
     """sum_t omega_t <M v_t, Q v_c> with the probe's omega equals the generator's sequence term."""
-    world = WorldV2(Options(out=tmp_path, rows=100, users=30, items=60, categories=6, seq_length=8,
-                            min_seq_length=0, version=2, sfpnet_effect=1.5, seed=4))
+    world = WorldV2(
+        Options(
+            out=tmp_path,
+            rows=100,
+            users=30,
+            items=60,
+            categories=6,
+            seq_length=8,
+            min_seq_length=0,
+            version=2,
+            sfpnet_effect=1.5,
+            seed=4,
+        )
+    )
     rng = np.random.default_rng(0)
     users = rng.integers(0, 30, 200)
     domains = rng.integers(0, world.o.domains, 200)
@@ -33,7 +45,7 @@ def test_true_weights_are_the_generators_behaviour_weights(tmp_path):
     rel = relevance(world, draw, s["psrg"], s["pcrg"])
     rows = [draw["behaviour_domains"][r, :n] for r, n in enumerate(draw["lengths"])]
     omega = true_weights(world, domains, rows, affinity=True)
-    ours = np.array([(w * rel[r, :len(w)]).sum() for r, w in enumerate(omega)])
+    ours = np.array([(w * rel[r, : len(w)]).sum() for r, w in enumerate(omega)])
     torch_free = _sequence_term(world, draw, s["psrg"], s["pcrg"], s["sfpnet"])
     np.testing.assert_allclose(ours, torch_free, rtol=1e-5, atol=1e-6)
     flat = true_weights(world, domains, rows, affinity=False)  # recency only: the affinity is ignored
@@ -43,10 +55,23 @@ def test_true_weights_are_the_generators_behaviour_weights(tmp_path):
 
 
 def test_tiny_probes_read_trained_runs_and_cache(tmp_path, capsys):
-    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", worlds=1, seeds=1, rows=3000,
-                                users=60, items=200, seq_length=6, max_epochs=1, patience=1, batch_size=256,
-                                effects=["none", "psrg"], mechanisms=["psrg", "pcrg"], suites=["specificity"],
-                                matrix="diagonal")
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        worlds=1,
+        seeds=1,
+        rows=3000,
+        users=60,
+        items=200,
+        seq_length=6,
+        max_epochs=1,
+        patience=1,
+        batch_size=256,
+        effects=["none", "psrg"],
+        mechanisms=["psrg", "pcrg"],
+        suites=["specificity"],
+        matrix="diagonal",
+    )
     run(options)
     assert world_of(dataset(options, 0, "psrg")).strength["psrg"] == 1.0
     written = run(ProofBenchOptions(**{**vars(options), "suites": ["probes"]}))

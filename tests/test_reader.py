@@ -88,8 +88,12 @@ def test_two_ranks_two_workers_read_every_row_once(toy_dataset):
     seen = []
     per_rank = []
     for rank in range(2):
-        loader = make_dataloader(ReaderConfig(path=toy_dataset, batch_size=37, num_workers=2, shuffle=True),
-                                 split="train", rank=rank, world_size=2)
+        loader = make_dataloader(
+            ReaderConfig(path=toy_dataset, batch_size=37, num_workers=2, shuffle=True),
+            split="train",
+            rank=rank,
+            world_size=2,
+        )
         ids = [int(i) for b in loader for i in b.sparse_features["row_id"].values()]
         per_rank.append(len(ids))
         assert len(ids) == loader.dataset.rows()
@@ -105,8 +109,11 @@ def test_shuffle_is_a_seeded_permutation(toy_dataset):
         ds.set_epoch(epoch)
         return [int(i) for b in ds for i in b.sparse_features["row_id"].values()]
 
-    plain = [int(i) for b in ParquetBatches(ReaderConfig(path=toy_dataset, batch_size=50, shuffle=False), "train")
-             for i in b.sparse_features["row_id"].values()]
+    plain = [
+        int(i)
+        for b in ParquetBatches(ReaderConfig(path=toy_dataset, batch_size=50, shuffle=False), "train")
+        for i in b.sparse_features["row_id"].values()
+    ]
     assert plain == sorted(plain)
     first = order(0, 0)
     assert sorted(first) == plain and first != plain

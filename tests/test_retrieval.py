@@ -78,11 +78,17 @@ def test_in_batch_softmax_with_log_q_equals_hand_computation():
     # row 0 by hand: logits over columns {0, 1, 3} = <u0, v_j> / 0.5 - log q_j
     row0 = [0.8 / 0.5 - math.log(0.5), 0.0 / 0.5 - math.log(0.1), -0.6 / 0.5 - math.log(0.2)]
     row0_loss = -(row0[0] - math.log(sum(math.exp(v) for v in row0)))
-    row1 = [(0.6 * 0.8 + 0.8 * 0.6) / 0.5 - math.log(0.5), 0.8 / 0.5 - math.log(0.1),
-            (0.6 * -0.6 + 0.8 * 0.8) / 0.5 - math.log(0.2)]
+    row1 = [
+        (0.6 * 0.8 + 0.8 * 0.6) / 0.5 - math.log(0.5),
+        0.8 / 0.5 - math.log(0.1),
+        (0.6 * -0.6 + 0.8 * 0.8) / 0.5 - math.log(0.2),
+    ]
     row1_loss = -(row1[1] - math.log(sum(math.exp(v) for v in row1)))
-    row3 = [(0.8 * 0.8 - 0.6 * 0.6) / 0.5 - math.log(0.5), -0.6 / 0.5 - math.log(0.1),
-            (0.8 * -0.6 - 0.6 * 0.8) / 0.5 - math.log(0.2)]
+    row3 = [
+        (0.8 * 0.8 - 0.6 * 0.6) / 0.5 - math.log(0.5),
+        -0.6 / 0.5 - math.log(0.1),
+        (0.8 * -0.6 - 0.6 * 0.8) / 0.5 - math.log(0.2),
+    ]
     row3_loss = -(row3[2] - math.log(sum(math.exp(v) for v in row3)))
     assert loss.item() == pytest.approx((row0_loss + row1_loss + row3_loss) / 3, rel=1e-5)
     assert loss.item() == pytest.approx(reference_loss(user, item, ids, positive, 0.5, log_q), rel=1e-5)
@@ -105,8 +111,9 @@ def test_duplicate_items_of_the_positive_are_masked():
     # explicitly: each row's softmax runs over every column but the other rows of its own item
     logits = user @ item.T / 0.1 - log_q[None, :]
     dropped = {0: [2], 1: [4], 2: [0], 3: [], 4: [1], 5: []}
-    by_hand = [-(logits[i, i] - torch.logsumexp(logits[i, [j for j in range(6) if j not in dropped[i]]], 0))
-               for i in range(6)]
+    by_hand = [
+        -(logits[i, i] - torch.logsumexp(logits[i, [j for j in range(6) if j not in dropped[i]]], 0)) for i in range(6)
+    ]
     assert loss.item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-5)
     unmasked = torch.stack([-(logits[i, i] - torch.logsumexp(logits[i], 0)) for i in range(6)]).mean()
     assert loss.item() < unmasked.item()  # a duplicate left in would count as a negative as strong as the positive
@@ -118,8 +125,7 @@ def test_duplicate_items_of_the_positive_are_masked():
 def test_batch_without_positives_gives_zero_loss_and_zero_gradients():
     user = torch.randn(5, 3, requires_grad=True)
     item = torch.randn(5, 3, requires_grad=True)
-    loss = in_batch_softmax_loss(user, item, torch.arange(5), torch.zeros(5, dtype=torch.bool), 0.05,
-                                 torch.zeros(5))
+    loss = in_batch_softmax_loss(user, item, torch.arange(5), torch.zeros(5, dtype=torch.bool), 0.05, torch.zeros(5))
     assert loss.item() == 0.0
     loss.backward()
     for grad in (user.grad, item.grad):
@@ -147,7 +153,8 @@ def test_model_batch_without_positives_reaches_every_parameter(synthetic):
     loss.backward()
     dense = {n: p for n, p in model.named_parameters() if n.startswith("dense_arch.")}
     assert dense and all(p.grad is not None and p.grad.abs().sum() > 0 for p in dense.values()), [
-        n for n, p in dense.items() if p.grad is None or p.grad.abs().sum() == 0]
+        n for n, p in dense.items() if p.grad is None or p.grad.abs().sum() == 0
+    ]
 
 
 # --------------------------------------------------------------------------- the frequency estimate
@@ -199,7 +206,7 @@ def brute_force(user, item, ids, domain, group, domain_names, ks):
 
     def top(r, k):
         scores = pool_vectors @ user[r]
-        return {pool[j] for j in scores.argsort(descending=True)[:min(k, len(pool))].tolist()}
+        return {pool[j] for j in scores.argsort(descending=True)[: min(k, len(pool))].tolist()}
 
     for scope in [None, *range(len(domain_names))]:
         rows = [r for r in range(len(ids)) if scope is None or int(domain[r]) == scope]
@@ -247,8 +254,16 @@ def test_recall_and_hitrate_equal_a_hand_computation():
     assert result.per_domain["b"]["hitrate@2"] == pytest.approx(1 / 2)
     as_dict = result.to_dict()
     assert as_dict["task"] == "retrieval" and as_dict["recall@2"] == result.recall[2]
-    assert set(as_dict["per_domain"]["a"]) == {"recall@1", "recall@2", "recall@5", "hitrate@1", "hitrate@2",
-                                               "hitrate@5", "rows", "users"}
+    assert set(as_dict["per_domain"]["a"]) == {
+        "recall@1",
+        "recall@2",
+        "recall@5",
+        "hitrate@1",
+        "hitrate@2",
+        "hitrate@5",
+        "rows",
+        "users",
+    }
 
 
 def test_metrics_equal_a_brute_force_reference_in_chunks():
@@ -310,8 +325,9 @@ def test_towers_see_only_their_own_features_and_padding_changes_nothing(syntheti
         assert torch.equal(user_again, user) and not torch.allclose(item_again, item)
         changed = features.fields.clone()
         changed[:, fields.index("user_id")] += 1.0
-        user_again, item_again = arch.vectors(type(features)(changed, features.sequences, features.dense,
-                                                             features.domain))
+        user_again, item_again = arch.vectors(
+            type(features)(changed, features.sequences, features.dense, features.domain)
+        )
         assert torch.equal(item_again, item) and not torch.allclose(user_again, user)
         # padded sequence positions change nothing
         (sequence,) = features.sequences
@@ -336,16 +352,32 @@ def test_default_item_fields_are_the_candidate_fields(synthetic):
     assert torch.equal(item_ids, batch.sparse_features["category_id"].values())
 
 
-@pytest.mark.parametrize("options, key", [
-    (dict(item_fields=["item_id", "nope"]), "retrieval.item_fields: 'nope' is not an id feature"),
-    (dict(item_fields=["hist_item_id"]), "retrieval.item_fields: 'hist_item_id'"),
-    (dict(item_fields=["item_id"], item_key="category_id"), "retrieval.item_key"),
-    (dict(user_dense=["price", "nope"]), "retrieval.user_dense: 'nope' is not a dense feature"),
-    (dict(item_dense=["user_id"]), "retrieval.item_dense"),
-    (dict(item_fields=["user_id", "item_id", "category_id", "brand_id", "user_segment", "user_activity", "hour",
-                       "device"]), "retrieval.use_domain_interest"),
-    (dict(user_hidden=[]), "retrieval.user_hidden"),
-])
+@pytest.mark.parametrize(
+    "options, key",
+    [
+        (dict(item_fields=["item_id", "nope"]), "retrieval.item_fields: 'nope' is not an id feature"),
+        (dict(item_fields=["hist_item_id"]), "retrieval.item_fields: 'hist_item_id'"),
+        (dict(item_fields=["item_id"], item_key="category_id"), "retrieval.item_key"),
+        (dict(user_dense=["price", "nope"]), "retrieval.user_dense: 'nope' is not a dense feature"),
+        (dict(item_dense=["user_id"]), "retrieval.item_dense"),
+        (
+            dict(
+                item_fields=[
+                    "user_id",
+                    "item_id",
+                    "category_id",
+                    "brand_id",
+                    "user_segment",
+                    "user_activity",
+                    "hour",
+                    "device",
+                ]
+            ),
+            "retrieval.use_domain_interest",
+        ),
+        (dict(user_hidden=[]), "retrieval.user_hidden"),
+    ],
+)
 def test_bad_feature_names_raise_config_error(synthetic, options, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("(", r"\(")):
         small_model(synthetic, **options)
@@ -370,11 +402,18 @@ def retrieval_experiment(data: Path, **train) -> ExperimentConfig:
         task="retrieval",
         data=ReaderConfig(path=data, batch_size=train.pop("batch_size", 64), seed=1),
         model=ModelConfig(embedding_dim=8),
-        retrieval=RetrievalConfig(item_fields=["item_id", "category_id", "brand_id"], user_hidden=[32],
-                                  item_hidden=[32], output_dim=16, temperature=0.1, top_k=[5, 10],
-                                  frequency_buckets=4096),
+        retrieval=RetrievalConfig(
+            item_fields=["item_id", "category_id", "brand_id"],
+            user_hidden=[32],
+            item_hidden=[32],
+            output_dim=16,
+            temperature=0.1,
+            top_k=[5, 10],
+            frequency_buckets=4096,
+        ),
         optimizer=OptimizerConfig(sparse_lr=0.1, dense_lr=0.01),
-        train=TrainConfig(device="cpu", log_every=5, seed=2, **train))
+        train=TrainConfig(device="cpu", log_every=5, seed=2, **train),
+    )
 
 
 def fit_single_threaded(trainer) -> dict:
@@ -423,8 +462,9 @@ def test_resume_is_exact_with_the_frequency_estimate(synthetic, tmp_path):
     from torchrec_mdr.training.trainer import Trainer
 
     def run(path: Path, steps: int, resume: bool = False) -> Trainer:
-        trainer = Trainer(retrieval_experiment(synthetic, max_steps=steps, pipeline="plain", batch_size=32),
-                          path, resume=resume)
+        trainer = Trainer(
+            retrieval_experiment(synthetic, max_steps=steps, pipeline="plain", batch_size=32), path, resume=resume
+        )
         fit_single_threaded(trainer)
         return trainer
 
@@ -441,8 +481,9 @@ def test_resume_is_exact_with_the_frequency_estimate(synthetic, tmp_path):
 def test_training_beats_a_random_ranking(tmp_path):
     from torchrec_mdr.training.trainer import Trainer
 
-    data = tiny_synthetic(tmp_path / "data", rows=4500, users=100, items=300, categories=10,
-                          split_fractions=[0.7, 0.05, 0.25])  # ~200 test positives over ~100 items
+    data = tiny_synthetic(
+        tmp_path / "data", rows=4500, users=100, items=300, categories=10, split_fractions=[0.7, 0.05, 0.25]
+    )  # ~200 test positives over ~100 items
     trainer = Trainer(retrieval_experiment(data, epochs=3, pipeline="plain"), tmp_path / "run")
     metrics = fit_single_threaded(trainer)
     assert metrics["train"]["steps"] >= 100 and metrics["rows"] >= 150
@@ -459,8 +500,10 @@ def _two_rank_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
     trainer = Trainer(config, out / "run")
     metrics = trainer.fit()
     frequency = trainer.model.module.dense_arch.frequency
-    torch.save({"metrics": metrics, "buffers": {k: v.clone() for k, v in frequency.state_dict().items()}},
-               out / f"rank{rank}.pt")
+    torch.save(
+        {"metrics": metrics, "buffers": {k: v.clone() for k, v in frequency.state_dict().items()}},
+        out / f"rank{rank}.pt",
+    )
 
 
 def test_two_ranks_share_one_frequency_stream_and_gather_every_positive(synthetic, tmp_path):
@@ -473,7 +516,9 @@ def test_two_ranks_share_one_frequency_stream_and_gather_every_positive(syntheti
         assert torch.equal(value, results[1]["buffers"][key]), key
     assert int(results[0]["buffers"]["step"]) == 6 and (results[0]["buffers"]["last_seen"] > 0).sum() > 0
     # the metrics cover every positive row of the test split, and both ranks report the same
-    positives = sum(int(b.labels[:, 0].sum()) for b in make_dataloader(
-        ReaderConfig(path=synthetic, batch_size=64, shuffle=False), "test"))
+    positives = sum(
+        int(b.labels[:, 0].sum())
+        for b in make_dataloader(ReaderConfig(path=synthetic, batch_size=64, shuffle=False), "test")
+    )
     assert results[0]["metrics"]["rows"] == results[1]["metrics"]["rows"] == positives
     assert results[0]["metrics"]["recall@10"] == results[1]["metrics"]["recall@10"]

@@ -45,10 +45,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("safe")
     data = root / "syn"
     convert(Options(out=data, rows=600, users=40, items=60, categories=6, brands=10, seq_length=5, min_seq_length=0))
-    config = ExperimentConfig(data=ReaderConfig(path=data, batch_size=64),
-                              model=ModelConfig(name="dnn", embedding_dim=4),
-                              optimizer=OptimizerConfig(dense="adam"),
-                              train=TrainConfig(max_steps=2, device="cpu", pipeline="plain", seed=1))
+    config = ExperimentConfig(
+        data=ReaderConfig(path=data, batch_size=64),
+        model=ModelConfig(name="dnn", embedding_dim=4),
+        optimizer=OptimizerConfig(dense="adam"),
+        train=TrainConfig(max_steps=2, device="cpu", pipeline="plain", seed=1),
+    )
     Trainer(config, root / "run").fit()
     return root / "run"
 

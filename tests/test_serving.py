@@ -65,15 +65,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("serving")
     data = root / "syn"
-    convert(Options(out=data, rows=3000, users=100, items=60, categories=6, brands=10, seq_length=5,
-                    min_seq_length=0))
+    convert(Options(out=data, rows=3000, users=100, items=60, categories=6, brands=10, seq_length=5, min_seq_length=0))
     config = ExperimentConfig(
         data=ReaderConfig(path=data, batch_size=64),
         model=ModelConfig(name="din", embedding_dim=8, din=DINConfig(attention_hidden=[8], hidden=[16, 8])),
-        sparse=SparseConfig(sharding="auto", eviction=EvictionConfig(tables=["item", "user"], zch_size=48,
-                                                                     eviction_interval=4)),
+        sparse=SparseConfig(
+            sharding="auto", eviction=EvictionConfig(tables=["item", "user"], zch_size=48, eviction_interval=4)
+        ),
         optimizer=OptimizerConfig(sparse="rowwise_adagrad", sparse_lr=0.1, dense="adam", dense_lr=0.01),
-        train=TrainConfig(max_steps=16, device="cpu", seed=1))
+        train=TrainConfig(max_steps=16, device="cpu", seed=1),
+    )
     spawn(_train, 2, config, root / "run")
     return root / "run"
 
@@ -128,8 +129,10 @@ def test_export_int8_within_tolerance_and_auc_difference(run: Path, artifacts: d
     labels = table["click"].to_numpy().astype(np.float64)
     difference = np.abs(probs - reference).max()
     auc_fp32, auc_int8 = auc(reference.astype(np.float64), labels), auc(probs.astype(np.float64), labels)
-    print(f"int8 vs fp32: max |dp| = {difference:.2e}, AUC {auc_int8:.5f} vs {auc_fp32:.5f} "
-          f"(difference {auc_int8 - auc_fp32:+.5f})")
+    print(
+        f"int8 vs fp32: max |dp| = {difference:.2e}, AUC {auc_int8:.5f} vs {auc_fp32:.5f} "
+        f"(difference {auc_int8 - auc_fp32:+.5f})"
+    )
     assert 0 < difference < INT8_PROB_TOLERANCE
     assert abs(auc_int8 - auc_fp32) < INT8_AUC_TOLERANCE
 
@@ -163,8 +166,10 @@ def test_every_registered_model_exports_and_matches_eager(name: str, tiny: Path)
     with torch.no_grad():
         expected = torch.sigmoid(model(batch)[0])
     tables, managed = gather_tables(model.state_dict())
-    columns = [InputColumn(c.name, c.kind, c.table_name, c.max_length if c.kind == "sequence" else None)
-               for c in spec.columns_of("id", "multi_id", "sequence")]
+    columns = [
+        InputColumn(c.name, c.kind, c.table_name, c.max_length if c.kind == "sequence" else None)
+        for c in spec.columns_of("id", "multi_id", "sequence")
+    ]
     program = InferenceProgram(model.dense_arch.layout, model.dense_arch.model, columns, tables, managed).eval()
     exported = export_program(program, columns, len(spec.dense_features)).module()
     manifest = input_description(spec, spec)
@@ -204,8 +209,10 @@ def test_raw_columns_are_encoded_as_the_reader_reads_them(name: str, toy: Path) 
     with torch.no_grad():
         expected = torch.sigmoid(model(batch)[0])
     tables, managed = gather_tables(model.state_dict())
-    columns = [InputColumn(c.name, c.kind, c.table_name, c.max_length if c.kind == "sequence" else None)
-               for c in spec.columns_of("id", "multi_id", "sequence")]
+    columns = [
+        InputColumn(c.name, c.kind, c.table_name, c.max_length if c.kind == "sequence" else None)
+        for c in spec.columns_of("id", "multi_id", "sequence")
+    ]
     program = InferenceProgram(model.dense_arch.layout, model.dense_arch.model, columns, tables, managed).eval()
     exported = export_program(program, columns, len(spec.dense_features)).module()
     table = split_table(toy)
@@ -216,16 +223,23 @@ def test_raw_columns_are_encoded_as_the_reader_reads_them(name: str, toy: Path) 
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_loads_in_a_fresh_process_without_the_training_stack(run: Path, artifacts: dict,
-                                                             reference: np.ndarray) -> None:
+def test_loads_in_a_fresh_process_without_the_training_stack(run: Path, artifacts: dict, reference: np.ndarray) -> None:
     table = split_table(data_of(run)).slice(0, 3)
     request = json.dumps({name: table[name].to_pylist() for name in table.column_names})
-    code = ("import json, sys; from torchrec_mdr.serving import load_artifact; "
-            f"m = load_artifact({str(artifacts['fp32'])!r}); p = m.predict(json.loads(sys.stdin.read()))['click']; "
-            "print(json.dumps({'probs': p.tolist(), 'torchrec': 'torchrec' in sys.modules, "
-            "'dist': __import__('torch').distributed.is_initialized()}))")
-    result = subprocess.run([sys.executable, "-c", code], input=request, capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import json, sys; from torchrec_mdr.serving import load_artifact; "
+        f"m = load_artifact({str(artifacts['fp32'])!r}); p = m.predict(json.loads(sys.stdin.read()))['click']; "
+        "print(json.dumps({'probs': p.tolist(), 'torchrec': 'torchrec' in sys.modules, "
+        "'dist': __import__('torch').distributed.is_initialized()}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        input=request,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["torchrec"] is False and out["dist"] is False
     np.testing.assert_allclose(out["probs"], reference[:3], rtol=0, atol=1e-5)
@@ -279,8 +293,10 @@ def _values(tree: object):  # noqa: ANN202 - every dict and list of a JSON tree
 
 def _rehash(folder: Path) -> None:
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    manifest["files"][PROGRAM_FILE] = {"sha256": sha256(folder / PROGRAM_FILE),
-                                       "bytes": (folder / PROGRAM_FILE).stat().st_size}
+    manifest["files"][PROGRAM_FILE] = {
+        "sha256": sha256(folder / PROGRAM_FILE),
+        "bytes": (folder / PROGRAM_FILE).stat().st_size,
+    }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
@@ -328,10 +344,19 @@ def test_a_tampered_artifact_is_refused(artifacts: dict, tmp_path: Path, monkeyp
     symbolic = next(v for v in _values(graph) if isinstance(v, dict) and isinstance(v.get("expr_str"), str))
     for label, edit, message in [
         ("guard", lambda g: g["guards_code"].append(f"{code} == 0"), "not a shape expression"),
-        ("target", lambda g: g["graph_module"]["graph"]["nodes"][len(nodes) // 2].update(target="torch.save"),
-         "not an aten operator"),
-        ("sympify", lambda g: next(v for v in _values(g) if isinstance(v, dict) and v.get("expr_str")
-                                   == symbolic["expr_str"]).update(expr_str=code), "not a shape expression")]:
+        (
+            "target",
+            lambda g: g["graph_module"]["graph"]["nodes"][len(nodes) // 2].update(target="torch.save"),
+            "not an aten operator",
+        ),
+        (
+            "sympify",
+            lambda g: next(
+                v for v in _values(g) if isinstance(v, dict) and v.get("expr_str") == symbolic["expr_str"]
+            ).update(expr_str=code),
+            "not a shape expression",
+        ),
+    ]:
         edited = json.loads(json.dumps(graph))
         edit(edited)
         folder = tmp_path / label
@@ -359,8 +384,22 @@ def test_cli_export_and_bench_serve(run: Path, artifacts: dict, tmp_path: Path, 
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "x"), "--checkpoint", "step-3"]) == 2
     assert "no complete checkpoint step-3" in capsys.readouterr().err
     capsys.readouterr()
-    assert main(["bench", "serve", "--artifact", str(artifacts["fp32"]), str(artifacts["int8"]),
-                 "--requests", "10", "--warmup", "2"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "serve",
+                "--artifact",
+                str(artifacts["fp32"]),
+                str(artifacts["int8"]),
+                "--requests",
+                "10",
+                "--warmup",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     lines = [line for line in printed.splitlines() if line.startswith(("fp32 ", "int8 "))]
     assert len(lines) == 4 and "click=" in lines[0]

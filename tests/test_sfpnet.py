@@ -11,8 +11,7 @@ from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 from torchrec_mdr.models.sfpnet import SFPNetArch, SFPNetConfig
-from torchrec_mdr.models.sfpnet_blocks import (ScenarioAwareDNN, ScenarioTailoringBlock,
-                                               distribution_aware_pooling)
+from torchrec_mdr.models.sfpnet_blocks import ScenarioAwareDNN, ScenarioTailoringBlock, distribution_aware_pooling
 
 B, L, D = 5, 6, 4
 LENGTHS = [6, 3, 1, 0, 4]  # row 3 is an empty sequence, row 2 a single behaviour
@@ -25,8 +24,15 @@ def make_mask(lengths: list[int] = LENGTHS) -> torch.Tensor:
 def layout() -> FeatureLayout:
     """Two id fields (user, item), one sequence group of two fields (d_g = 2D) whose candidate is item."""
     sequence = SequenceLayout("hist", ("hist_item", "hist_kind"), L, ("item",))
-    return FeatureLayout(fields=("user", "item"), pooled=frozenset({"user"}), sequences=(sequence,),
-                         embedding_dim=D, num_dense=3, num_domains=3, num_tasks=2)
+    return FeatureLayout(
+        fields=("user", "item"),
+        pooled=frozenset({"user"}),
+        sequences=(sequence,),
+        embedding_dim=D,
+        num_dense=3,
+        num_domains=3,
+        num_tasks=2,
+    )
 
 
 def features(mask: torch.Tensor | None = None, seed: int = 1) -> EmbeddedFeatures:
@@ -34,13 +40,18 @@ def features(mask: torch.Tensor | None = None, seed: int = 1) -> EmbeddedFeature
     generator = torch.Generator().manual_seed(seed)
     fields = torch.randn(B, 2, D, generator=generator)
     keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
-    return EmbeddedFeatures(fields, [EmbeddedSequence(keys, mask, fields[:, 1])],
-                            torch.randn(B, 3, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(B, 3, generator=generator),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )
 
 
 def small(**overrides) -> SFPNetConfig:
-    settings = dict(num_blocks=1, sam_hidden=6, context_hidden=7, attention_hidden=[5], hidden=[8, 4],
-                    dnn_gate_hidden=3)
+    settings = dict(
+        num_blocks=1, sam_hidden=6, context_hidden=7, attention_hidden=[5], hidden=[8, 4], dnn_gate_hidden=3
+    )
     settings.update(overrides)
     return SFPNetConfig(**settings)
 
@@ -95,8 +106,9 @@ def layer_norm(h: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
 
 def test_sam_gate_and_rtm_recoding_match_eqs_3_to_7_for_one_sample():
     n, d, d_g, d_s = 2, 3, 4, 2
-    block = ScenarioTailoringBlock(n, d, [d_g], d_s, use_sam=True, use_rtm=True, with_std=True,
-                                   sam_hidden=5, context_hidden=6)
+    block = ScenarioTailoringBlock(
+        n, d, [d_g], d_s, use_sam=True, use_rtm=True, with_std=True, sam_hidden=5, context_hidden=6
+    )
     randomise(block)
     torch.manual_seed(0)
     mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
@@ -107,8 +119,9 @@ def test_sam_gate_and_rtm_recoding_match_eqs_3_to_7_for_one_sample():
     pooled = torch.cat([v.mean(0), v.std(0, unbiased=False)])  # eq 2
     sam, rtm = block.sam.gate, block.rtm
     X = torch.cat([x.flatten(), pooled, s])
-    A = torch.sigmoid(sam.out.weight @ layer_norm(torch.relu(sam.hidden.weight @ X + sam.hidden.bias), sam.norm)
-                      + sam.out.bias)  # eq 3
+    A = torch.sigmoid(
+        sam.out.weight @ layer_norm(torch.relu(sam.hidden.weight @ X + sam.hidden.bias), sam.norm) + sam.out.bias
+    )  # eq 3
     assert A.shape == (n * d + 2 * d_g,)
     X_hat = torch.cat([x.flatten(), pooled]) * A  # eq 4
     first, second = rtm.aggregate[0], rtm.aggregate[2]
@@ -116,12 +129,14 @@ def test_sam_gate_and_rtm_recoding_match_eqs_3_to_7_for_one_sample():
     # the chosen sequence-context width: one d_g slice per group (not the paper's 2d)
     assert C.shape == (n * d + d_g,) and rtm.context_width == n * d + d_g
     for i in range(n):  # eq 6 on the SAM output x̂_i, with field i's own weights
-        x_hat = X_hat[i * d:(i + 1) * d]
+        x_hat = X_hat[i * d : (i + 1) * d]
         t, g = rtm.field_transform, rtm.field_gate
-        expected = (torch.relu(x_hat @ t.weight[i] + t.bias[i])
-                    + torch.sigmoid(x_hat @ g.weight[i] + g.bias[i]) * C[i * d:(i + 1) * d])
+        expected = (
+            torch.relu(x_hat @ t.weight[i] + t.bias[i])
+            + torch.sigmoid(x_hat @ g.weight[i] + g.bias[i]) * C[i * d : (i + 1) * d]
+        )
         torch.testing.assert_close(out_fields[0, i], expected)
-    c_b = C[n * d:]
+    c_b = C[n * d :]
     W4, W5 = rtm.behaviour_transform[0], rtm.behaviour_gate[0]
     for t in range(3):  # eq 7 on the previous block's (ungated) behaviour
         expected = torch.relu(W4.weight @ v[t] + W4.bias) + torch.sigmoid(W5.weight @ v[t] + W5.bias) * c_b
@@ -137,8 +152,11 @@ def test_scenario_aware_dnn_matches_eqs_10_and_11():
     expected = h
     for layer, last in zip(dnn.layers, [False, True]):
         gate = layer.gate
-        A = torch.sigmoid(gate.out.weight @ layer_norm(torch.relu(gate.hidden.weight @ torch.cat([expected, s])
-                                                                  + gate.hidden.bias), gate.norm) + gate.out.bias)
+        A = torch.sigmoid(
+            gate.out.weight
+            @ layer_norm(torch.relu(gate.hidden.weight @ torch.cat([expected, s]) + gate.hidden.bias), gate.norm)
+            + gate.out.bias
+        )
         expected = layer.linear.weight @ (expected * A) + layer.linear.bias
         expected = expected if last else torch.relu(expected)  # the output layer: gated, no activation
     torch.testing.assert_close(dnn(h[None], s[None])[0], expected)
@@ -148,8 +166,7 @@ def test_gate_scale_is_gamma_times_the_paper_gate_and_passes_the_input_at_unit_s
     """dnn_gate_scale = γ (eq 10 with A = γ·σ(·)): with γ = 2 a gate starts ≈ 1, not ≈ ½."""
     torch.manual_seed(0)
     paper = ScenarioAwareDNN(40, [32, 16], num_tasks=1, scenario_width=4, gate_hidden=8, dropout=0.0)
-    scaled = ScenarioAwareDNN(40, [32, 16], num_tasks=1, scenario_width=4, gate_hidden=8, dropout=0.0,
-                              gate_scale=2.0)
+    scaled = ScenarioAwareDNN(40, [32, 16], num_tasks=1, scenario_width=4, gate_hidden=8, dropout=0.0, gate_scale=2.0)
     scaled.load_state_dict(paper.state_dict())  # same parameter names and shapes as the default
     h, s = torch.randn(4096, 40), torch.randn(4096, 4)
     z = torch.cat([h, s], dim=-1)
@@ -163,8 +180,9 @@ def test_gate_scale_is_gamma_times_the_paper_gate_and_passes_the_input_at_unit_s
     # eqs 10-11 with γ, layer by layer, the gated output layer included
     expected = h[:3]
     for layer, last in zip(scaled.layers, [False, False, True]):
-        gate = 2.0 * torch.sigmoid(layer.gate.out(layer.gate.norm(torch.relu(layer.gate.hidden(
-            torch.cat([expected, s[:3]], dim=-1))))))
+        gate = 2.0 * torch.sigmoid(
+            layer.gate.out(layer.gate.norm(torch.relu(layer.gate.hidden(torch.cat([expected, s[:3]], dim=-1)))))
+        )
         expected = layer.linear(expected * gate)
         expected = expected if last else torch.relu(expected)
     torch.testing.assert_close(scaled(h[:3], s[:3]), expected)
@@ -173,8 +191,7 @@ def test_gate_scale_is_gamma_times_the_paper_gate_and_passes_the_input_at_unit_s
 def test_ungated_output_layer_is_a_plain_linear_over_the_last_hidden_layer():
     torch.manual_seed(0)
     gated = ScenarioAwareDNN(6, [5, 4], num_tasks=2, scenario_width=3, gate_hidden=3, dropout=0.0)
-    plain = ScenarioAwareDNN(6, [5, 4], num_tasks=2, scenario_width=3, gate_hidden=3, dropout=0.0,
-                             gate_output=False)
+    plain = ScenarioAwareDNN(6, [5, 4], num_tasks=2, scenario_width=3, gate_hidden=3, dropout=0.0, gate_output=False)
     assert len(gated.layers) == 3 and gated.output is None  # default: parameter names unchanged
     assert len(plain.layers) == 2 and isinstance(plain.output, torch.nn.Linear)
     assert (plain.output.in_features, plain.output.out_features) == (4, 2)
@@ -196,8 +213,10 @@ def noisy_padding():
     return noisy
 
 
-@pytest.mark.parametrize("options", [dict(dnn_gate_scale=2.0), dict(gate_output_layer=False),
-                                     dict(dnn_gate_scale=2.0, gate_output_layer=False)])
+@pytest.mark.parametrize(
+    "options",
+    [dict(dnn_gate_scale=2.0), dict(gate_output_layer=False), dict(dnn_gate_scale=2.0, gate_output_layer=False)],
+)
 def test_s_dnn_options_keep_padding_invariance_and_domain_dependence(options):
     torch.manual_seed(0)
     arch = SFPNetArch(layout(), small(num_blocks=2, **options))
@@ -283,8 +302,10 @@ def test_gate_stop_gradient_detaches_only_the_s_dnn_gates_view_of_the_scenario_f
     def by_hand(batch: EmbeddedFeatures) -> torch.Tensor:  # SFPNetArch.forward, the gates' s_m detached
         scenario = default.scenario(batch)
         fields, behaviours = default.tailor(batch, scenario)
-        tailored = [EmbeddedSequence(keys, s.mask, default.candidate(fields, index))
-                    for s, keys, index in zip(batch.sequences, behaviours, default.candidate_index)]
+        tailored = [
+            EmbeddedSequence(keys, s.mask, default.candidate(fields, index))
+            for s, keys, index in zip(batch.sequences, behaviours, default.candidate_index)
+        ]
         h = torch.cat([fields.flatten(1), *default.pooling(tailored), batch.dense], dim=-1)
         gate_input = torch.cat([default.domain_embedding(batch.domain), batch.fields[:, 0].detach()], dim=-1)
         return default.dnn(h, gate_input)
@@ -369,24 +390,29 @@ def test_deterministic_given_the_seed():
     assert torch.equal(*outputs)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(num_blocks=-1), "model.sfpnet.num_blocks"),
-    (dict(sam_hidden=0), "model.sfpnet.sam_hidden"),
-    (dict(context_hidden=0), "model.sfpnet.context_hidden"),
-    (dict(dnn_gate_hidden=0), "model.sfpnet.dnn_gate_hidden"),
-    (dict(hidden=[]), "model.sfpnet.hidden"),
-    (dict(hidden=[8, 0]), "model.sfpnet.hidden"),
-    (dict(attention_hidden=[0]), "model.sfpnet.attention_hidden"),
-    (dict(dropout=1.0), "model.sfpnet.dropout"),
-    (dict(dnn_gate_scale=0.0), "model.sfpnet.dnn_gate_scale"),
-    (dict(dnn_gate_scale=-2.0), "model.sfpnet.dnn_gate_scale"),
-    (dict(use_sam=False, use_rtm=False), "model.sfpnet.use_sam, use_rtm"),
-    (dict(scenario_features=["foo"]), r"model.sfpnet.scenario_features: 'foo' is not an id feature"),
-    (dict(scenario_features=["user", "user"]), "model.sfpnet.scenario_features: duplicate"),
-    (dict(dnn_gate_stop_gradient=True), "model.sfpnet.dnn_gate_stop_gradient: needs"),
-    (dict(dnn_gate_stop_gradient=True, scenario_features=["user"], scenario_aware_dnn=False),
-     "model.sfpnet.dnn_gate_stop_gradient: needs"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(num_blocks=-1), "model.sfpnet.num_blocks"),
+        (dict(sam_hidden=0), "model.sfpnet.sam_hidden"),
+        (dict(context_hidden=0), "model.sfpnet.context_hidden"),
+        (dict(dnn_gate_hidden=0), "model.sfpnet.dnn_gate_hidden"),
+        (dict(hidden=[]), "model.sfpnet.hidden"),
+        (dict(hidden=[8, 0]), "model.sfpnet.hidden"),
+        (dict(attention_hidden=[0]), "model.sfpnet.attention_hidden"),
+        (dict(dropout=1.0), "model.sfpnet.dropout"),
+        (dict(dnn_gate_scale=0.0), "model.sfpnet.dnn_gate_scale"),
+        (dict(dnn_gate_scale=-2.0), "model.sfpnet.dnn_gate_scale"),
+        (dict(use_sam=False, use_rtm=False), "model.sfpnet.use_sam, use_rtm"),
+        (dict(scenario_features=["foo"]), r"model.sfpnet.scenario_features: 'foo' is not an id feature"),
+        (dict(scenario_features=["user", "user"]), "model.sfpnet.scenario_features: duplicate"),
+        (dict(dnn_gate_stop_gradient=True), "model.sfpnet.dnn_gate_stop_gradient: needs"),
+        (
+            dict(dnn_gate_stop_gradient=True, scenario_features=["user"], scenario_aware_dnn=False),
+            "model.sfpnet.dnn_gate_stop_gradient: needs",
+        ),
+    ],
+)
 def test_bad_sizes_raise_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
         SFPNetArch(layout(), small(**overrides))
@@ -396,11 +422,14 @@ def test_no_blocks_without_sam_and_rtm_is_allowed():
     SFPNetArch(layout(), small(num_blocks=0, use_sam=False, use_rtm=False))
 
 
-@pytest.mark.parametrize("override, match", [
-    ("model.sfpnet.num_blocks=-1", "num_blocks"),
-    ("model.sfpnet.dnn_gate_scale=0", "dnn_gate_scale"),
-    ("model.sfpnet.use_rtm=false", None),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("model.sfpnet.num_blocks=-1", "num_blocks"),
+        ("model.sfpnet.dnn_gate_scale=0", "dnn_gate_scale"),
+        ("model.sfpnet.use_rtm=false", None),
+    ],
+)
 def test_config_loading_checks_the_sfpnet_section(override, match):
     overrides = [override] + (["model.sfpnet.use_sam=false"] if match is None else [])
     with pytest.raises(ConfigError, match=match or "use_sam, use_rtm"):

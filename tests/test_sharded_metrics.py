@@ -29,7 +29,7 @@ def _rows(n: int, tasks: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     logits[:5] = [[25.0] * tasks, [-30.0] * tasks, [21.0] * tasks, [-20.5] * tasks, [0.0] * tasks]
     labels = (rng.random((n, tasks)) < 1 / (1 + np.exp(-logits))).astype(np.float64)
     domain = rng.choice([0, 1, 2, 5], n, p=[0.5, 0.3, 0.15, 0.05])
-    users = rng.integers(-2**62, 2**62, n // 15 + 1)
+    users = rng.integers(-(2**62), 2**62, n // 15 + 1)
     group = users[rng.integers(0, len(users), n)]
     session = group * 7 + rng.integers(0, 3, n)  # a few sessions per user; they may span domains
     return {"logits": logits, "labels": labels, "domain": domain, "group": group, "session": session}
@@ -37,7 +37,7 @@ def _rows(n: int, tasks: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
 
 def _feed(metrics, rows: dict[str, np.ndarray], index: np.ndarray, batch: int = 97) -> None:
     for start in range(0, len(index), batch):
-        part = index[start:start + batch]
+        part = index[start : start + batch]
         metrics.add(*(torch.from_numpy(rows[k][part]) for k in ("logits", "labels", "domain", "group", "session")))
 
 
@@ -64,8 +64,9 @@ def _assert_same(got: dict, expected: dict, auc_tol: float) -> None:
 
 
 def test_bins_are_monotone_and_cover_every_logit():
-    logits = torch.tensor([-1e9, -LOGIT_RANGE - 1, -LOGIT_RANGE, -1e-9, 0.0, 1e-9, 3.0, LOGIT_RANGE - 1e-9, 1e9],
-                          dtype=torch.float64)
+    logits = torch.tensor(
+        [-1e9, -LOGIT_RANGE - 1, -LOGIT_RANGE, -1e-9, 0.0, 1e-9, 3.0, LOGIT_RANGE - 1e-9, 1e9], dtype=torch.float64
+    )
     bins = auc_bins(logits)
     assert bins.tolist() == sorted(bins.tolist()) and bins[0] == 0 and bins[-1] == AUC_BINS - 1
     assert bins[1] == bins[2] == 0 and bins[4] == AUC_BINS // 2 and bins[3] == AUC_BINS // 2 - 1
@@ -106,8 +107,9 @@ def test_one_process_equals_direct_computation_and_edge_cases():
     empty = ShardedMetrics(3, 1).compute(DOMAINS).to_dict()
     assert empty["rows"] == 0 and all(math.isnan(empty[k]) for k in ("auc", "logloss", "gauc"))
     one_class = ShardedMetrics(3, 1)
-    one_class.add(torch.tensor([[0.3], [0.1]]), torch.tensor([[1.0], [1.0]]), torch.tensor([0, 0]),
-                  torch.tensor([1, 1]))
+    one_class.add(
+        torch.tensor([[0.3], [0.1]]), torch.tensor([[1.0], [1.0]]), torch.tensor([0, 0]), torch.tensor([1, 1])
+    )
     result = one_class.compute(DOMAINS)
     assert math.isnan(result.auc) and math.isnan(result.gauc) and result.logloss > 0
     assert math.isnan(result.per_domain["b"]["logloss"]) and result.per_domain["b"]["rows"] == 0
@@ -138,11 +140,19 @@ def _worker(rank: int, world_size: int, n: int, out: Path) -> None:
     _feed(alone, rows, np.arange(n) if rank == 1 else np.arange(0))
     result_alone = alone.compute(DOMAINS, ["t0", "t1"]).to_dict()
     keys = torch.from_numpy(rows["group"][index])
-    routed, = _route([keys], keys, None, hashed=True)
+    (routed,) = _route([keys], keys, None, hashed=True)
     owned = key_owner(routed, world_size)
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "result": result, "alone": result_alone, "received": len(routed), "sent": len(index),
-        "own_keys_only": bool((owned == rank).all())}))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "result": result,
+                "alone": result_alone,
+                "received": len(routed),
+                "sent": len(index),
+                "own_keys_only": bool((owned == rank).all()),
+            }
+        )
+    )
 
 
 def test_two_ranks_equal_direct_computation(tmp_path):

@@ -103,7 +103,7 @@ def test_sequences(tmp_path):
     domains = chunk["hist_domain"]
     same = [np.mean(np.diff(np.array(row)) == 0) for row in domains.to_pylist()]
     p = World(o).domain_p
-    chance = 0.9 + 0.1 * (p ** 2).sum()
+    chance = 0.9 + 0.1 * (p**2).sum()
     assert np.mean(same) == pytest.approx(chance, abs=0.02)
 
 

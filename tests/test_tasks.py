@@ -33,15 +33,25 @@ from torchrec_mdr.tasks import TASKS, RankingTask, RetrievalTask, format_table, 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory.mktemp("tasks") / "syn", rows=400, users=30, items=50, categories=5,
-                          brands=8, seq_length=5, min_seq_length=0)
+    return tiny_synthetic(
+        tmp_path_factory.mktemp("tasks") / "syn",
+        rows=400,
+        users=30,
+        items=50,
+        categories=5,
+        brands=8,
+        seq_length=5,
+        min_seq_length=0,
+    )
 
 
 def experiment(data: Path, **train) -> ExperimentConfig:
-    return ExperimentConfig(data=ReaderConfig(path=data, batch_size=32, shuffle=False),
-                            model=ModelConfig(name="dnn", embedding_dim=4, dnn=DNNConfig(hidden=[8])),
-                            optimizer=OptimizerConfig(dense="adam", dense_lr=0.05, sparse_lr=0.1),
-                            train=TrainConfig(device="cpu", seed=3, log_every=1, pipeline="plain", **train))
+    return ExperimentConfig(
+        data=ReaderConfig(path=data, batch_size=32, shuffle=False),
+        model=ModelConfig(name="dnn", embedding_dim=4, dnn=DNNConfig(hidden=[8])),
+        optimizer=OptimizerConfig(dense="adam", dense_lr=0.05, sparse_lr=0.1),
+        train=TrainConfig(device="cpu", seed=3, log_every=1, pipeline="plain", **train),
+    )
 
 
 def two_task_result() -> EvalResult:
@@ -50,8 +60,7 @@ def two_task_result() -> EvalResult:
 
     click = EvalResult(0.75, 0.5, 0.625, 10, per_domain={"a": domain(0.5), "b": domain(1.0)}, sgauc=0.25)
     buy = EvalResult(0.125, 0.375, 0.875, 10, per_domain={"a": domain(0.0), "b": domain(0.25)}, sgauc=0.0625)
-    return EvalResult(0.75, 0.5, 0.625, 10, per_domain=click.per_domain, sgauc=0.25,
-                      tasks={"click": click, "buy": buy})
+    return EvalResult(0.75, 0.5, 0.625, 10, per_domain=click.per_domain, sgauc=0.25, tasks={"click": click, "buy": buy})
 
 
 def test_ranking_scalars_history_and_stopping_value_by_hand(synthetic):
@@ -59,16 +68,34 @@ def test_ranking_scalars_history_and_stopping_value_by_hand(synthetic):
     assert isinstance(task, RankingTask) and task.output_type is RankingOutput and task.model_name == "dnn"
     result = two_task_result()
     assert task.scalars("valid", result) == [
-        ("valid/auc", 0.75), ("valid/logloss", 0.5), ("valid/gauc", 0.625), ("valid/sgauc", 0.25),
-        ("valid/auc/a", 0.5), ("valid/auc/b", 1.0),
-        ("valid/click/auc", 0.75), ("valid/click/logloss", 0.5), ("valid/click/gauc", 0.625),
-        ("valid/click/sgauc", 0.25), ("valid/click/auc/a", 0.5), ("valid/click/auc/b", 1.0),
-        ("valid/buy/auc", 0.125), ("valid/buy/logloss", 0.375), ("valid/buy/gauc", 0.875),
-        ("valid/buy/sgauc", 0.0625), ("valid/buy/auc/a", 0.0), ("valid/buy/auc/b", 0.25)]
+        ("valid/auc", 0.75),
+        ("valid/logloss", 0.5),
+        ("valid/gauc", 0.625),
+        ("valid/sgauc", 0.25),
+        ("valid/auc/a", 0.5),
+        ("valid/auc/b", 1.0),
+        ("valid/click/auc", 0.75),
+        ("valid/click/logloss", 0.5),
+        ("valid/click/gauc", 0.625),
+        ("valid/click/sgauc", 0.25),
+        ("valid/click/auc/a", 0.5),
+        ("valid/click/auc/b", 1.0),
+        ("valid/buy/auc", 0.125),
+        ("valid/buy/logloss", 0.375),
+        ("valid/buy/gauc", 0.875),
+        ("valid/buy/sgauc", 0.0625),
+        ("valid/buy/auc/a", 0.0),
+        ("valid/buy/auc/b", 0.25),
+    ]
     assert task.headline(result) == {"auc": "0.7500"}
     first = {"auc": 0.75, "logloss": 0.5, "gauc": 0.625, "per_domain": {"a": 0.5, "b": 1.0}}
-    assert task.history(result) == {**first, "tasks": {
-        "click": first, "buy": {"auc": 0.125, "logloss": 0.375, "gauc": 0.875, "per_domain": {"a": 0.0, "b": 0.25}}}}
+    assert task.history(result) == {
+        **first,
+        "tasks": {
+            "click": first,
+            "buy": {"auc": 0.125, "logloss": 0.375, "gauc": 0.875, "per_domain": {"a": 0.0, "b": 0.25}},
+        },
+    }
     assert task.stopping_value(result, EarlyStoppingConfig(enabled=True, metric="logloss", task="buy")) == 0.375
     assert task.stopping_value(result, EarlyStoppingConfig(enabled=True, metric="auc")) == 0.75
     with pytest.raises(ConfigError, match="train.early_stopping.task = 'buy' is not a label"):
@@ -82,12 +109,24 @@ def test_retrieval_scalars_history_and_no_early_stopping(synthetic):
     config.task = "retrieval"
     task = make_task(config, DatasetSpec.load(synthetic))
     assert isinstance(task, RetrievalTask) and task.output_type is RetrievalOutput
-    result = RetrievalResult(recall={5: 0.5, 10: 0.75}, hitrate={5: 0.25, 10: 1.0}, rows=4, users=2, pool_size=3,
-                             per_domain={"a": {"recall@5": 0.125, "recall@10": 0.625, "hitrate@5": 0.25,
-                                               "hitrate@10": 1.0, "rows": 4, "users": 2}})
+    result = RetrievalResult(
+        recall={5: 0.5, 10: 0.75},
+        hitrate={5: 0.25, 10: 1.0},
+        rows=4,
+        users=2,
+        pool_size=3,
+        per_domain={
+            "a": {"recall@5": 0.125, "recall@10": 0.625, "hitrate@5": 0.25, "hitrate@10": 1.0, "rows": 4, "users": 2}
+        },
+    )
     assert task.scalars("test", result) == [
-        ("test/recall@5", 0.5), ("test/hitrate@5", 0.25), ("test/recall@5/a", 0.125),
-        ("test/recall@10", 0.75), ("test/hitrate@10", 1.0), ("test/recall@10/a", 0.625)]
+        ("test/recall@5", 0.5),
+        ("test/hitrate@5", 0.25),
+        ("test/recall@5/a", 0.125),
+        ("test/recall@10", 0.75),
+        ("test/hitrate@10", 1.0),
+        ("test/recall@10/a", 0.625),
+    ]
     assert task.headline(result) == {"recall@5": "0.5000"}
     assert task.history(result) == {"recall": {"5": 0.5, "10": 0.75}, "hitrate": {"5": 0.25, "10": 1.0}}
     assert task.split_metrics("test") == {}
@@ -98,8 +137,15 @@ def test_retrieval_scalars_history_and_no_early_stopping(synthetic):
     # a metrics.json is printed by its own task's table
     metrics = {"model": "adin_retrieval", **result.to_dict()}
     assert format_table(metrics, ["a"]) == format_retrieval_table(metrics, ["a"])
-    assert format_table(metrics, ["a"]).splitlines()[-1].split() == ["all", "4", "2", "0.5000", "0.7500", "0.2500",
-                                                                     "1.0000"]
+    assert format_table(metrics, ["a"]).splitlines()[-1].split() == [
+        "all",
+        "4",
+        "2",
+        "0.5000",
+        "0.7500",
+        "0.2500",
+        "1.0000",
+    ]
     ranking = {"model": "dnn", "dataset": "syn", "split": "valid", **two_task_result().to_dict()}
     assert format_table(ranking, ["a", "b"]) == format_ranking_table(ranking, ["a", "b"])
 
@@ -140,8 +186,7 @@ def test_trainer_asks_its_task_and_the_evaluator_reproduces_its_metrics(syntheti
         assert isinstance(trainer.task, RecordingTask)
         metrics = trainer.fit()
     valid, test = spec.splits["valid"].rows, spec.splits["test"].rows
-    assert RecordingTask.calls == [f"evaluate {valid}", "headline", f"evaluate {valid}", "headline",
-                                   f"evaluate {test}"]
+    assert RecordingTask.calls == [f"evaluate {valid}", "headline", f"evaluate {valid}", "headline", f"evaluate {test}"]
     assert [h["rows"] for h in metrics["history"]] == [valid, valid]
     assert {"valid/rows_seen", "test/rows_seen", "test/auc"} <= set(scalar_tags(run))
 

@@ -17,8 +17,11 @@ def test_row_groups_files_and_counts(tmp_path):
     assert spec.splits["train"].rows == 800 and spec.splits["valid"].rows == 200
     files = spec.files(path, "train")
     assert len(files) == 2  # a new part file once 400 rows are written, rounded up to row groups
-    sizes = [pq.ParquetFile(f).metadata.row_group(g).num_rows for f in files
-             for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    sizes = [
+        pq.ParquetFile(f).metadata.row_group(g).num_rows
+        for f in files
+        for g in range(pq.ParquetFile(f).metadata.num_row_groups)
+    ]
     assert sum(sizes) == 800 and all(s == 128 for s in sizes[:-1])
     rows = toy_rows(1000)
     domain, click = rows["domain"][:800], rows["click"][:800]
@@ -27,8 +30,7 @@ def test_row_groups_files_and_counts(tmp_path):
 
 
 def test_cardinality_inferred_and_shared(tmp_path):
-    columns = [c if c.table_name != "item" else type(c)(**{**c.__dict__, "cardinality": None})
-               for c in toy_columns()]
+    columns = [c if c.table_name != "item" else type(c)(**{**c.__dict__, "cardinality": None}) for c in toy_columns()]
     writer = DatasetWriter(tmp_path / "d", "toy", columns, ["a", "b"])
     rows = toy_rows(500, max_item=37)
     writer.write("train", rows)

@@ -83,9 +83,7 @@ def _convert(value: Any, tp: Any, key: str, source: str | None) -> Any:
                 return _convert(value, arg, key, source)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(
-            f"{_where(key, source)}: {value!r} is not one of {' | '.join(_type_name(a) for a in args)}"
-        )
+        raise ConfigError(f"{_where(key, source)}: {value!r} is not one of {' | '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
@@ -108,8 +106,7 @@ def _convert(value: Any, tp: Any, key: str, source: str | None) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{_where(key, source)}: expected a table, got {value!r}")
         return {
-            _convert(k, key_type, key, source): _convert(v, value_type, f"{key}.{k}", source)
-            for k, v in value.items()
+            _convert(k, key_type, key, source): _convert(v, value_type, f"{key}.{k}", source) for k, v in value.items()
         }
     if tp is bool:
         if isinstance(value, bool):
@@ -291,8 +288,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             if field.default is not dataclasses.MISSING
             else (field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         )
-        required = (default is None and field.default is dataclasses.MISSING
-                    and field.default_factory is dataclasses.MISSING)
+        required = (
+            default is None and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
         shown = f" (default: {to_dict(default)})" if not required else ""
         kwargs: dict[str, Any] = {"dest": field.name, "help": help_text + shown, "default": argparse.SUPPRESS}
         if tp is bool:

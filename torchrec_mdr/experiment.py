@@ -28,8 +28,17 @@ from torchrec_mdr.sparse.config import ShardingType, SparseConfig
 from torchrec_mdr.sparse.mch.config import EvictionConfig
 
 # The sections' types, importable from here with the tree that composes them.
-__all__ = ["DenseOptimizer", "EvictionConfig", "ExperimentConfig", "OptimizerConfig", "PipelineType", "ShardingType",
-           "SparseConfig", "SparseOptimizer", "TrainConfig"]
+__all__ = [
+    "DenseOptimizer",
+    "EvictionConfig",
+    "ExperimentConfig",
+    "OptimizerConfig",
+    "PipelineType",
+    "ShardingType",
+    "SparseConfig",
+    "SparseOptimizer",
+    "TrainConfig",
+]
 
 SparseOptimizer = Literal["rowwise_adagrad", "adagrad", "sgd", "adam"]
 DenseOptimizer = Literal["adam", "adagrad", "sgd"]
@@ -62,69 +71,128 @@ class EarlyStoppingConfig:
     """
 
     enabled: bool = field(default=False, metadata=doc("stop when the validation metric stops improving"))
-    metric: Literal["auc", "logloss"] = field(default="auc", metadata=doc(
-        "metric of train.eval_split that decides (auc: higher is better; logloss: lower is better)"))
+    metric: Literal["auc", "logloss"] = field(
+        default="auc",
+        metadata=doc("metric of train.eval_split that decides (auc: higher is better; logloss: lower is better)"),
+    )
     patience: int = field(default=3, metadata=bounds(ge=1, help="evaluations without improvement before stopping"))
-    min_delta: float = field(default=0.0, metadata=bounds(ge=0, help="smallest change that counts as an "
-                                                                     "improvement"))
-    task: str | None = field(default=None, metadata=doc(
-        "label name of the task whose metric decides (one of the dataset's labels; default: the first label)"))
+    min_delta: float = field(default=0.0, metadata=bounds(ge=0, help="smallest change that counts as an improvement"))
+    task: str | None = field(
+        default=None,
+        metadata=doc(
+            "label name of the task whose metric decides (one of the dataset's labels; default: the first label)"
+        ),
+    )
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=1, metadata=bounds(ge=1, help=(
-        "passes over the train split; used only when train.max_steps is not set")))
-    max_steps: int | None = field(default=None, metadata=bounds(ge=1, help=(
-        "train exactly this many steps, passing over the train split as many times as needed "
-        "(train.epochs is then ignored); early stopping may end sooner")))
-    eval_every: int | None = field(default=None, metadata=bounds(ge=1, help=(
-        "evaluate train.eval_split every N steps (each evaluation is recorded in metrics.json's history)")))
+    epochs: int = field(
+        default=1,
+        metadata=bounds(ge=1, help=("passes over the train split; used only when train.max_steps is not set")),
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata=bounds(
+            ge=1,
+            help=(
+                "train exactly this many steps, passing over the train split as many times as needed "
+                "(train.epochs is then ignored); early stopping may end sooner"
+            ),
+        ),
+    )
+    eval_every: int | None = field(
+        default=None,
+        metadata=bounds(
+            ge=1,
+            help=("evaluate train.eval_split every N steps (each evaluation is recorded in metrics.json's history)"),
+        ),
+    )
     eval_split: str = field(default="valid", metadata=doc("split evaluated during training"))
     test_split: str = field(default="test", metadata=doc("split evaluated at the end (reported in metrics.json)"))
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    task_weights: list[float] | None = field(default=None, metadata=bounds(ge=0, help=(
-        "weight of each task's binary cross-entropy in the loss, one per label of the dataset in the spec's "
-        "order (loss = sum over tasks of weight x mean BCE); default: 1.0 for every task")))
-    pipeline: PipelineType = field(default="sparse_dist", metadata=doc(
-        "TrainPipelineSparseDist (evaluation: EvalPipelineSparseDist), TrainPipelineBase or a plain loop"))
-    seed: int = field(default=0, metadata=bounds(ge=0, help=(
-        "model initialisation, dropout and every other random draw of the model; the order of the rows "
-        "is data.seed's")))
+    task_weights: list[float] | None = field(
+        default=None,
+        metadata=bounds(
+            ge=0,
+            help=(
+                "weight of each task's binary cross-entropy in the loss, one per label of the dataset in the spec's "
+                "order (loss = sum over tasks of weight x mean BCE); default: 1.0 for every task"
+            ),
+        ),
+    )
+    pipeline: PipelineType = field(
+        default="sparse_dist",
+        metadata=doc("TrainPipelineSparseDist (evaluation: EvalPipelineSparseDist), TrainPipelineBase or a plain loop"),
+    )
+    seed: int = field(
+        default=0,
+        metadata=bounds(
+            ge=0,
+            help=(
+                "model initialisation, dropout and every other random draw of the model; the order of the rows "
+                "is data.seed's"
+            ),
+        ),
+    )
     log_every: int = field(default=20, metadata=bounds(ge=1, help="steps between progress updates"))
     checkpoint_every: int | None = field(default=None, metadata=bounds(ge=1, help="steps between checkpoints"))
-    keep_checkpoints: int = field(default=2, metadata=bounds(ge=1, help=(
-        "checkpoints kept (the best one of early stopping is kept besides)")))
-    init_from: str | None = field(default=None, metadata=doc(
-        "warm start: RUN or RUN:latest|best|step-N, another run's checkpoint whose embeddings, managed-collision "
-        "slots, dense weights (and, with train.init_optimizer, optimizer states) this run starts from; the "
-        "dataset may grow tables; the step and the schedule restart at 0 (mdr train --init-from)"))
-    init_optimizer: bool = field(default=False, metadata=doc(
-        "with train.init_from: also carry the sparse and dense optimizers' states (else they start fresh)"))
+    keep_checkpoints: int = field(
+        default=2, metadata=bounds(ge=1, help=("checkpoints kept (the best one of early stopping is kept besides)"))
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata=doc(
+            "warm start: RUN or RUN:latest|best|step-N, another run's checkpoint whose embeddings, managed-collision "
+            "slots, dense weights (and, with train.init_optimizer, optimizer states) this run starts from; the "
+            "dataset may grow tables; the step and the schedule restart at 0 (mdr train --init-from)"
+        ),
+    )
+    init_optimizer: bool = field(
+        default=False,
+        metadata=doc(
+            "with train.init_from: also carry the sparse and dense optimizers' states (else they start fresh)"
+        ),
+    )
     mixed_precision: bool = field(default=False, metadata=doc("bf16 autocast of the dense arch (GPU only)"))
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=doc("auto: cuda when available"))
-    threads: int | None = field(default=None, metadata=bounds(ge=1, help="CPU threads per process (default: the "
-                                                                         "cores / the processes on this machine; "
-                                                                         "1 on a machine busy with other work)"))
-    cpu_keep_freed_memory: bool = field(default=True, metadata=doc(
-        "on CPU (glibc): serve large tensors from the heap and keep freed memory, instead of mmap/munmap and "
-        "fresh page faults every step (torchrec_mdr.training.cpu_memory); the process keeps its peak memory"))
+    threads: int | None = field(
+        default=None,
+        metadata=bounds(
+            ge=1,
+            help="CPU threads per process (default: the "
+            "cores / the processes on this machine; "
+            "1 on a machine busy with other work)",
+        ),
+    )
+    cpu_keep_freed_memory: bool = field(
+        default=True,
+        metadata=doc(
+            "on CPU (glibc): serve large tensors from the heap and keep freed memory, instead of mmap/munmap and "
+            "fresh page faults every step (torchrec_mdr.training.cpu_memory); the process keeps its peak memory"
+        ),
+    )
 
     def validate(self) -> None:
         if self.init_optimizer and not self.init_from:
             raise ConfigError("train.init_optimizer needs train.init_from (the run whose optimizer state to carry)")
         if self.early_stopping.enabled and self.eval_every is None:
-            raise ConfigError("train.early_stopping needs train.eval_every (how often the validation split "
-                              "is evaluated)")
+            raise ConfigError(
+                "train.early_stopping needs train.eval_every (how often the validation split is evaluated)"
+            )
         if self.task_weights is not None and not any(w > 0 for w in self.task_weights):
             raise ConfigError(f"train.task_weights {self.task_weights}: at least one task needs a weight > 0")
 
 
 @dataclass
 class ExperimentConfig:
-    task: Literal["ranking", "retrieval"] = field(default="ranking", metadata=doc(
-        "ranking: model.name scores each row (AUC/GAUC); retrieval: a two-tower model (see [retrieval]) "
-        "trained by in-batch softmax over the positive rows (Recall@K, HitRate@K)"))
+    task: Literal["ranking", "retrieval"] = field(
+        default="ranking",
+        metadata=doc(
+            "ranking: model.name scores each row (AUC/GAUC); retrieval: a two-tower model (see [retrieval]) "
+            "trained by in-batch softmax over the positive rows (Recall@K, HitRate@K)"
+        ),
+    )
     data: ReaderConfig = field(default_factory=ReaderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
@@ -136,8 +204,12 @@ class ExperimentConfig:
         if self.optimizer.decay != "none" and self.train.max_steps is None:
             raise ConfigError("optimizer.decay needs train.max_steps (the decay horizon)")
         if self.task == "retrieval" and self.train.task_weights is not None:
-            raise ConfigError("train.task_weights weighs the ranking tasks' losses; task = 'retrieval' trains on "
-                              "the first label's positives only: leave it unset")
+            raise ConfigError(
+                "train.task_weights weighs the ranking tasks' losses; task = 'retrieval' trains on "
+                "the first label's positives only: leave it unset"
+            )
         if self.task == "retrieval" and self.train.early_stopping.enabled:
-            raise ConfigError("train.early_stopping decides on AUC or logloss, which task = 'retrieval' does "
-                              "not compute; disable it for retrieval")
+            raise ConfigError(
+                "train.early_stopping decides on AUC or logloss, which task = 'retrieval' does "
+                "not compute; disable it for retrieval"
+            )

@@ -68,12 +68,15 @@ def load_side_file(path: str | Path) -> dict[str, Any]:
         unsafe = _unsafe_globals(path)
         text = str(error).strip()
         if not unsafe and not zipfile.is_zipfile(path):  # not what torch.save writes: a damaged file
-            raise TrainingError(f"cannot read checkpoint file {path}: it is not a torch.save archive "
-                                f"({text.splitlines()[0][:120]})") from None
+            raise TrainingError(
+                f"cannot read checkpoint file {path}: it is not a torch.save archive ({text.splitlines()[0][:120]})"
+            ) from None
         what = f" ({', '.join(unsafe[:5])})" if unsafe else ""
-        raise TrainingError(f"refusing to load {path}: it holds objects other than tensors and plain values"
-                            f"{what}, which could run code when loaded. Only load checkpoints written by "
-                            f"torchrec-mdr") from None
+        raise TrainingError(
+            f"refusing to load {path}: it holds objects other than tensors and plain values"
+            f"{what}, which could run code when loaded. Only load checkpoints written by "
+            f"torchrec-mdr"
+        ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise TrainingError(f"cannot read checkpoint file {path}: {error}") from None
     if not isinstance(value, dict):
@@ -82,11 +85,22 @@ def load_side_file(path: str | Path) -> dict[str, Any]:
 
 
 _METADATA_MODULE = "torch.distributed.checkpoint.metadata"
-_METADATA_CLASSES = {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-                     "BytesStorageMetadata",
-                     "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"}
-_OTHER_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"),
-                  ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("collections", "OrderedDict")}
+_METADATA_CLASSES = {
+    "Metadata",
+    "MetadataIndex",
+    "StorageMeta",
+    "TensorProperties",
+    "TensorStorageMetadata",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "_MEM_FORMAT_ENCODING",
+}
+_OTHER_GLOBALS = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("collections", "OrderedDict"),
+}
 _PATH_CLASSES = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}
 
 
@@ -117,17 +131,22 @@ def check_dcp_metadata(folder: str | Path) -> None:
         with open(path, "rb") as handle:
             metadata = _MetadataUnpickler(handle).load()
     except pickle.UnpicklingError as error:
-        raise TrainingError(f"refusing to load {path}: it refers to {error}, which DCP checkpoint metadata "
-                            f"never holds and which could run code when loaded. Only load checkpoints written "
-                            f"by torchrec-mdr") from None
+        raise TrainingError(
+            f"refusing to load {path}: it refers to {error}, which DCP checkpoint metadata "
+            f"never holds and which could run code when loaded. Only load checkpoints written "
+            f"by torchrec-mdr"
+        ) from None
     except (OSError, EOFError, ValueError, TypeError, AttributeError) as error:
         raise TrainingError(f"cannot read the DCP metadata {path}: {error}") from None
     from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
     if not isinstance(metadata, Metadata):
         raise TrainingError(f"{path} holds a {type(metadata).__name__}, not DCP checkpoint metadata")
-    pickled = sorted(key for key, value in metadata.state_dict_metadata.items()
-                     if not isinstance(value, TensorStorageMetadata))
+    pickled = sorted(
+        key for key, value in metadata.state_dict_metadata.items() if not isinstance(value, TensorStorageMetadata)
+    )
     if pickled:
-        raise TrainingError(f"refusing to load checkpoint {path.parent}: its entries {pickled[:3]} are stored as "
-                            f"pickled objects, which could run code when loaded (torchrec-mdr writes tensors only)")
+        raise TrainingError(
+            f"refusing to load checkpoint {path.parent}: its entries {pickled[:3]} are stored as "
+            f"pickled objects, which could run code when loaded (torchrec-mdr writes tensors only)"
+        )

@@ -58,12 +58,38 @@ Where the code lives: :mod:`~data_prep.aliccp.options` (``Options``, fields, fil
 :mod:`~data_prep.aliccp.columns` (the column specs both inputs share).
 """
 
-from data_prep.aliccp.options import (_VALID_SEED, ABSENT, CSV_FILES, CSV_HEADER, DENSE_FIELDS, FIRST_ID, MULTI_FIELDS,
-                                      RAW_FILES, SINGLE_FIELDS, UNKNOWN, Options)
+from data_prep.aliccp.options import (
+    _VALID_SEED,
+    ABSENT,
+    CSV_FILES,
+    CSV_HEADER,
+    DENSE_FIELDS,
+    FIRST_ID,
+    MULTI_FIELDS,
+    RAW_FILES,
+    SINGLE_FIELDS,
+    UNKNOWN,
+    Options,
+)
 from data_prep.aliccp.pipeline import convert, detect_format
 from data_prep.aliccp.raw_entries import encode, parse_feature_lists
 from data_prep.ids import string_hash
 
-__all__ = ["ABSENT", "CSV_FILES", "CSV_HEADER", "DENSE_FIELDS", "FIRST_ID", "MULTI_FIELDS", "RAW_FILES",
-           "SINGLE_FIELDS", "UNKNOWN", "_VALID_SEED", "Options", "convert", "detect_format", "encode",
-           "parse_feature_lists", "string_hash"]
+__all__ = [
+    "ABSENT",
+    "CSV_FILES",
+    "CSV_HEADER",
+    "DENSE_FIELDS",
+    "FIRST_ID",
+    "MULTI_FIELDS",
+    "RAW_FILES",
+    "SINGLE_FIELDS",
+    "UNKNOWN",
+    "_VALID_SEED",
+    "Options",
+    "convert",
+    "detect_format",
+    "encode",
+    "parse_feature_lists",
+    "string_hash",
+]

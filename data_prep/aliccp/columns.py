@@ -17,11 +17,15 @@ def output_columns(multi_kind: ColumnKind, cardinalities: dict[str, int] | None)
         ColumnSpec("group_id", "group", description="user (field 101) for GAUC"),
     ]
     for f in SINGLE_FIELDS:
-        columns.append(ColumnSpec(f"f{f}", "id", cardinality=card.get(f), oov=oov,
-                                  description=f"field {f}: {FIELD_MEANING[f]}"))
+        columns.append(
+            ColumnSpec(f"f{f}", "id", cardinality=card.get(f), oov=oov, description=f"field {f}: {FIELD_MEANING[f]}")
+        )
     for f in MULTI_FIELDS:
-        columns.append(ColumnSpec(f"f{f}", multi_kind, cardinality=card.get(f), oov=oov,
-                                  description=f"field {f}: {FIELD_MEANING[f]}"))
+        columns.append(
+            ColumnSpec(
+                f"f{f}", multi_kind, cardinality=card.get(f), oov=oov, description=f"field {f}: {FIELD_MEANING[f]}"
+            )
+        )
     for f in DENSE_FIELDS:
         columns.append(ColumnSpec(f"D{f}", "dense", description=f"field {f}: value (sum of the entries' values)"))
     return columns

@@ -28,17 +28,22 @@ def detect_format(src: Path, requested: str = "auto") -> str:
     has_csv = (src / CSV_FILES["train"]).is_file()
     if requested == "auto":
         if has_raw and has_csv:
-            raise DataError("both the raw files and the preprocessed CSV are here; choose one with "
-                            "--input-format raw|csv", file=src)
+            raise DataError(
+                "both the raw files and the preprocessed CSV are here; choose one with --input-format raw|csv", file=src
+            )
         if not (has_raw or has_csv):
             archives = sorted(p.name for p in src.glob("*.tar.gz")) + sorted(p.name for p in src.glob("*.zip"))
             hint = f" (extract {', '.join(archives)} first)" if archives else ""
-            raise DataError(f"no Ali-CCP files found: expected {', '.join(sum(RAW_FILES.values(), ()))} "
-                            f"or {CSV_FILES['train']} and {CSV_FILES['test']}{hint}", file=src)
+            raise DataError(
+                f"no Ali-CCP files found: expected {', '.join(sum(RAW_FILES.values(), ()))} "
+                f"or {CSV_FILES['train']} and {CSV_FILES['test']}{hint}",
+                file=src,
+            )
         requested = "raw" if has_raw else "csv"
     needed = sum(RAW_FILES.values(), ()) if requested == "raw" else (CSV_FILES["train"], CSV_FILES["test"])
     for name in needed:
         if not (src / name).is_file():
-            raise DataError(f"file not found (the {requested} Ali-CCP input needs {', '.join(needed)})",
-                            file=src / name)
+            raise DataError(
+                f"file not found (the {requested} Ali-CCP input needs {', '.join(needed)})", file=src / name
+            )
     return requested

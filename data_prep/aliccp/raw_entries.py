@@ -28,8 +28,13 @@ class Entries:
 
 
 def _malformed(path: Path, line: int, entry: str, what: str) -> DataError:
-    return DataError(f"malformed feature entry {entry!r}: {what} (expected field_id\\x02feature_id\\x03value "
-                     "entries joined by \\x01)", file=path, column="feature_list", row=line)
+    return DataError(
+        f"malformed feature entry {entry!r}: {what} (expected field_id\\x02feature_id\\x03value "
+        "entries joined by \\x01)",
+        file=path,
+        column="feature_list",
+        row=line,
+    )
 
 
 def parse_feature_lists(lists: pa.Array, fields: Sequence[str], path: Path, first_line: int) -> Entries:
@@ -96,8 +101,9 @@ def first_per_row(rows: np.ndarray, values: np.ndarray, n: int, fill: int = -1) 
     return out, int(rows.size - first.sum())
 
 
-def top_by_value(rows: np.ndarray, ids: np.ndarray, values: np.ndarray, n: int,
-                 cap: int) -> tuple[np.ndarray, np.ndarray]:
+def top_by_value(
+    rows: np.ndarray, ids: np.ndarray, values: np.ndarray, n: int, cap: int
+) -> tuple[np.ndarray, np.ndarray]:
     """CSR bags of at most ``cap`` ids per row, largest value first (ties in file order)."""
     order = np.lexsort((-values, rows))
     rows, ids = rows[order], ids[order]

@@ -11,8 +11,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_prep.aliccp.columns import domain_names, output_columns
-from data_prep.aliccp.options import (ABSENT, DENSE_FIELDS, FIRST_ID, MULTI_FIELDS, RAW_FILES, SINGLE_FIELDS,
-                                      USER_FIELDS, Options)
+from data_prep.aliccp.options import (
+    ABSENT,
+    DENSE_FIELDS,
+    FIRST_ID,
+    MULTI_FIELDS,
+    RAW_FILES,
+    SINGLE_FIELDS,
+    USER_FIELDS,
+    Options,
+)
 from data_prep.aliccp.raw_entries import encode
 from data_prep.aliccp.raw_read import RawState, common_pass, skeleton_pass
 from data_prep.common import progress, take_bags, writer_for
@@ -29,13 +37,14 @@ def _bags_with_absent(lists: pa.ListArray | pa.ChunkedArray, vocabulary: np.ndar
     """Encoded CSR (offsets, values) of the bags, plus one trailing empty bag for "no common features"."""
     lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
     offsets = lists.offsets.to_numpy().astype(np.int64)
-    values = encode(lists.values.to_numpy()[offsets[0]:offsets[-1]], vocabulary)
+    values = encode(lists.values.to_numpy()[offsets[0] : offsets[-1]], vocabulary)
     offsets = offsets - offsets[0]
     return np.append(offsets, offsets[-1]), values
 
 
-def _join_partition(table: pa.Table, vocab: dict[str, np.ndarray], scenarios: np.ndarray,
-                    counts: dict[str, int]) -> Iterator[tuple[dict[str, object], np.ndarray]]:
+def _join_partition(
+    table: pa.Table, vocab: dict[str, np.ndarray], scenarios: np.ndarray, counts: dict[str, int]
+) -> Iterator[tuple[dict[str, object], np.ndarray]]:
     """Join the skeleton lines of one partition to their common features; encode every column.
 
     ``scenarios`` are the raw field-301 ids in domain order. The common-features side is encoded
@@ -59,7 +68,7 @@ def _join_partition(table: pa.Table, vocab: dict[str, np.ndarray], scenarios: np
     user_dense = {f: np.append(common[f"D{f}"].to_numpy(), np.float32(0)).astype(np.float32) for f in MULTI_FIELDS}
     for lo in range(0, skeleton.num_rows, JOIN_CHUNK_ROWS):
         part = skeleton.slice(lo, JOIN_CHUNK_ROWS)
-        rows = index[lo:lo + JOIN_CHUNK_ROWS]
+        rows = index[lo : lo + JOIN_CHUNK_ROWS]
         out: dict[str, object] = {
             "click": part["click"].to_numpy(),
             "purchase": part["purchase"].to_numpy(),
@@ -79,11 +88,13 @@ def convert_raw(options: Options) -> DatasetSpec:
     src = Path(options.src)
     tmp_dir = Path(options.tmp_dir) if options.tmp_dir is not None else Path(options.out).resolve().parent
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    state = RawState(counters={f: IdCounter() for f in SINGLE_FIELDS + MULTI_FIELDS},
-                      scenarios=list(options.scenario_ids), fixed_scenarios=bool(options.scenario_ids),
-                      duplicates={})
-    partitioners = {split: DiskPartitioner("_part", options.num_partitions, tmp_dir=tmp_dir)
-                    for split in RAW_FILES}
+    state = RawState(
+        counters={f: IdCounter() for f in SINGLE_FIELDS + MULTI_FIELDS},
+        scenarios=list(options.scenario_ids),
+        fixed_scenarios=bool(options.scenario_ids),
+        duplicates={},
+    )
+    partitioners = {split: DiskPartitioner("_part", options.num_partitions, tmp_dir=tmp_dir) for split in RAW_FILES}
     try:
         for split, (skeleton_name, common_name) in RAW_FILES.items():
             count = split == "train"
@@ -96,11 +107,19 @@ def convert_raw(options: Options) -> DatasetSpec:
         cardinalities = {f: int(v.size) + FIRST_ID for f, v in vocab.items()}
         counts = {"missing": 0, "repeated": 0}
         notes = _raw_notes(options, state, scenarios, cardinalities)
-        source = (f"Ali-CCP raw files in {src} (valid_fraction={options.valid_fraction}, "
-                  f"max_multi_length={options.max_multi_length}, min_count={options.min_count}, "
-                  f"scenario_ids={scenarios.tolist()})")
-        writer = writer_for(options, name="aliccp", columns=output_columns("multi_id", cardinalities),
-                            domain_names=domain_names(len(scenarios)), source=source, notes=notes)
+        source = (
+            f"Ali-CCP raw files in {src} (valid_fraction={options.valid_fraction}, "
+            f"max_multi_length={options.max_multi_length}, min_count={options.min_count}, "
+            f"scenario_ids={scenarios.tolist()})"
+        )
+        writer = writer_for(
+            options,
+            name="aliccp",
+            columns=output_columns("multi_id", cardinalities),
+            domain_names=domain_names(len(scenarios)),
+            source=source,
+            notes=notes,
+        )
         with writer:
             for split, partitioner in partitioners.items():
                 with progress(options.num_partitions, f"join {split}", unit="part") as bar:
@@ -123,22 +142,27 @@ def convert_raw(options: Options) -> DatasetSpec:
     return spec
 
 
-def _raw_notes(options: Options, state: RawState, scenarios: np.ndarray,
-               cardinalities: dict[str, int]) -> dict[str, str]:
+def _raw_notes(
+    options: Options, state: RawState, scenarios: np.ndarray, cardinalities: dict[str, int]
+) -> dict[str, str]:
     names = domain_names(len(scenarios))
     return {
         "input": "raw Tianchi files (sample_skeleton + common_features)",
         "domains": ", ".join(f"{n} = field 301 feature id {s}" for n, s in zip(names, scenarios.tolist())),
-        "ids": (f"per-field vocabulary of the raw train files (min_count={options.min_count}): "
-                "0 = field absent, 1 = unknown / rare id, 2.. = vocabulary in raw-id order"),
-        "multi_id": (f"109_14/110_14/127_14/150_14: the {options.max_multi_length} entries with the largest "
-                     "values, largest first"),
+        "ids": (
+            f"per-field vocabulary of the raw train files (min_count={options.min_count}): "
+            "0 = field absent, 1 = unknown / rare id, 2.. = vocabulary in raw-id order"
+        ),
+        "multi_id": (
+            f"109_14/110_14/127_14/150_14: the {options.max_multi_length} entries with the largest "
+            "values, largest first"
+        ),
         "dense": "D<field> = sum of the field's entry values on the line (all entries), 0 when absent",
         "group_id": "raw feature id of field 101 (0 when absent)",
         "valid": f"{options.valid_fraction:.3f} of the raw train samples by a hash of sample_id",
         "vocabulary sizes": ", ".join(f"{f}:{c - FIRST_ID}" for f, c in cardinalities.items()),
-        "repeated single-valued entries (first kept)": ", ".join(
-            f"{f}:{c}" for f, c in state.duplicates.items() if c) or "none",
+        "repeated single-valued entries (first kept)": ", ".join(f"{f}:{c}" for f, c in state.duplicates.items() if c)
+        or "none",
         "entries of other fields (ignored)": str(state.other_field_entries),
         "lines whose feature_num differs from their entry count": str(state.feature_num_mismatch),
         "samples with buy=1 and click=0 (kept)": str(state.purchase_without_click),

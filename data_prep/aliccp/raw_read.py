@@ -11,9 +11,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.aliccp.options import (_VALID_SEED, COMMON_COLUMNS, COMMON_FIELDS, CROSS_FIELDS, DENSE_FIELDS,
-                                      ITEM_FIELDS, MAX_DOMAINS, MULTI_FIELDS, SCENARIO_FIELD, SINGLE_FIELDS,
-                                      SKELETON_COLUMNS, SKELETON_FIELDS, Options)
+from data_prep.aliccp.options import (
+    _VALID_SEED,
+    COMMON_COLUMNS,
+    COMMON_FIELDS,
+    CROSS_FIELDS,
+    DENSE_FIELDS,
+    ITEM_FIELDS,
+    MAX_DOMAINS,
+    MULTI_FIELDS,
+    SCENARIO_FIELD,
+    SINGLE_FIELDS,
+    SKELETON_COLUMNS,
+    SKELETON_FIELDS,
+    Options,
+)
 from data_prep.aliccp.raw_entries import first_per_row, parse_feature_lists, top_by_value
 from data_prep.common import check_zero_one, stream_csv
 from data_prep.ids import IdCounter, string_hash, unit_interval
@@ -44,8 +56,9 @@ class RawState:
     common_rows: int = 0
 
 
-def _blocks(path: Path, columns: list[str], types: dict[str, pa.DataType],
-            block_size: int) -> Iterator[tuple[pa.RecordBatch, int]]:
+def _blocks(
+    path: Path, columns: list[str], types: dict[str, pa.DataType], block_size: int
+) -> Iterator[tuple[pa.RecordBatch, int]]:
     """Stream a raw file as record batches with the file line number of each batch's first row."""
     header = _header_lines(path, columns[0])
     names = None if header else columns
@@ -60,9 +73,15 @@ def _empty_lists(n: int) -> pa.ListArray:
 
 
 def _partition_schema() -> dict[str, pa.DataType]:
-    types: dict[str, pa.DataType] = {"_part": pa.int64(), "key": pa.string(), "is_common": pa.bool_(),
-                                     "is_valid": pa.bool_(), "click": pa.int8(), "purchase": pa.int8(),
-                                     "scenario": pa.int64()}
+    types: dict[str, pa.DataType] = {
+        "_part": pa.int64(),
+        "key": pa.string(),
+        "is_common": pa.bool_(),
+        "is_valid": pa.bool_(),
+        "click": pa.int8(),
+        "purchase": pa.int8(),
+        "scenario": pa.int64(),
+    }
     types.update({f"f{f}": pa.int64() for f in SINGLE_FIELDS})
     types.update({f"f{f}": pa.list_(pa.int64()) for f in MULTI_FIELDS})
     types.update({f"D{f}": pa.float32() for f in DENSE_FIELDS})
@@ -103,16 +122,25 @@ def _track_scenarios(state: RawState, scenario: np.ndarray, path: Path, first_li
         if state.fixed_scenarios or len(state.scenarios) >= MAX_DOMAINS:
             allowed = ", ".join(str(s) for s in state.scenarios)
             source = "--scenario-ids" if state.fixed_scenarios else "the first three values seen"
-            raise DataError(f"field 301 (the scenario) has a value {value} outside the {MAX_DOMAINS} known "
-                            f"scenario ids {{{allowed}}} ({source})", file=path, column="feature_list",
-                            row=first_line + index)
+            raise DataError(
+                f"field 301 (the scenario) has a value {value} outside the {MAX_DOMAINS} known "
+                f"scenario ids {{{allowed}}} ({source})",
+                file=path,
+                column="feature_list",
+                row=first_line + index,
+            )
         state.scenarios.append(value)
 
 
-def skeleton_pass(path: Path, options: Options, state: RawState, partitioner: DiskPartitioner,
-                   count: bool) -> None:
-    types = {"sample_id": pa.string(), "click": pa.int64(), "buy": pa.int64(),
-             "common_feature_index": pa.string(), "feature_num": pa.int64(), "feature_list": pa.string()}
+def skeleton_pass(path: Path, options: Options, state: RawState, partitioner: DiskPartitioner, count: bool) -> None:
+    types = {
+        "sample_id": pa.string(),
+        "click": pa.int64(),
+        "buy": pa.int64(),
+        "common_feature_index": pa.string(),
+        "feature_num": pa.int64(),
+        "feature_list": pa.string(),
+    }
     for batch, line in _blocks(path, SKELETON_COLUMNS, types, options.block_size_mb << 20):
         n = batch.num_rows
         click = batch["click"].to_numpy(zero_copy_only=False)
@@ -132,8 +160,12 @@ def skeleton_pass(path: Path, options: Options, state: RawState, partitioner: Di
             if f == SCENARIO_FIELD:
                 missing = np.flatnonzero(ids < 0)
                 if missing.size:
-                    raise DataError("the sample has no field 301 (the scenario)", file=path,
-                                    column="feature_list", row=line + int(missing[0]))
+                    raise DataError(
+                        "the sample has no field 301 (the scenario)",
+                        file=path,
+                        column="feature_list",
+                        row=line + int(missing[0]),
+                    )
                 _track_scenarios(state, ids, path, line)
                 columns["scenario"] = ids
             else:
@@ -143,16 +175,16 @@ def skeleton_pass(path: Path, options: Options, state: RawState, partitioner: Di
         if count:
             _count_vocab(state, columns, ITEM_FIELDS + CROSS_FIELDS)
         key = batch["common_feature_index"]
-        columns.update(_part=string_hash(key).view(np.int64), key=key, is_common=np.zeros(n, dtype=bool),
-                       click=click, purchase=buy)
+        columns.update(
+            _part=string_hash(key).view(np.int64), key=key, is_common=np.zeros(n, dtype=bool), click=click, purchase=buy
+        )
         if count and options.valid_fraction > 0:
             columns["is_valid"] = unit_interval(string_hash(batch["sample_id"], _VALID_SEED)) < options.valid_fraction
         state.skeleton_rows += n
         partitioner.add(_partition_table(columns, n))
 
 
-def common_pass(path: Path, options: Options, state: RawState, partitioner: DiskPartitioner,
-                 count: bool) -> None:
+def common_pass(path: Path, options: Options, state: RawState, partitioner: DiskPartitioner, count: bool) -> None:
     types = {"common_feature_index": pa.string(), "feature_num": pa.int64(), "feature_list": pa.string()}
     for batch, line in _blocks(path, COMMON_COLUMNS, types, options.block_size_mb << 20):
         n = batch.num_rows
@@ -164,8 +196,7 @@ def common_pass(path: Path, options: Options, state: RawState, partitioner: Disk
             mask = entries.field == k
             rows = entries.row[mask]
             if f in MULTI_FIELDS:
-                offsets, ids = top_by_value(rows, entries.fid[mask], entries.value[mask], n,
-                                            options.max_multi_length)
+                offsets, ids = top_by_value(rows, entries.fid[mask], entries.value[mask], n, options.max_multi_length)
                 columns[f"f{f}"] = list_array(offsets, ids)
             else:
                 columns[f"f{f}"], dups = first_per_row(rows, entries.fid[mask], n)

@@ -57,10 +57,30 @@ Where the code lives: :mod:`~data_prep.kuairand.options` (``Options`` and the fi
 
 from data_prep.kuairand.files import find_files
 from data_prep.kuairand.logs import split_points_from_counts
-from data_prep.kuairand.options import (LABEL_CHOICES, LOG_HEADER, UNKNOWN, USER_CATEGORICAL, USER_DENSE,
-                                        VIDEO_CATEGORICAL, VIDEO_DENSE, Options)
+from data_prep.kuairand.options import (
+    LABEL_CHOICES,
+    LOG_HEADER,
+    UNKNOWN,
+    USER_CATEGORICAL,
+    USER_DENSE,
+    VIDEO_CATEGORICAL,
+    VIDEO_DENSE,
+    Options,
+)
 from data_prep.kuairand.pipeline import convert
 from data_prep.kuairand.rows import session_ids
 
-__all__ = ["LABEL_CHOICES", "LOG_HEADER", "UNKNOWN", "USER_CATEGORICAL", "USER_DENSE", "VIDEO_CATEGORICAL",
-           "VIDEO_DENSE", "Options", "convert", "find_files", "session_ids", "split_points_from_counts"]
+__all__ = [
+    "LABEL_CHOICES",
+    "LOG_HEADER",
+    "UNKNOWN",
+    "USER_CATEGORICAL",
+    "USER_DENSE",
+    "VIDEO_CATEGORICAL",
+    "VIDEO_DENSE",
+    "Options",
+    "convert",
+    "find_files",
+    "session_ids",
+    "split_points_from_counts",
+]

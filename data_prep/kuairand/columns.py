@@ -14,27 +14,52 @@ def output_columns(options: Options, ctx: Context) -> list[ColumnSpec]:
     columns += [
         ColumnSpec("domain", "domain", description="tab (scenario)"),
         ColumnSpec("group_id", "group", description="raw user_id, for GAUC"),
-        ColumnSpec("session_id", "session", description=f"gap > {options.session_gap_minutes:g} min between "
-                                                           "a user's lines starts a session; for S-GAUC"),
+        ColumnSpec(
+            "session_id",
+            "session",
+            description=f"gap > {options.session_gap_minutes:g} min between "
+            "a user's lines starts a session; for S-GAUC",
+        ),
         ColumnSpec("user_id", "id", table="user", cardinality=users, oov="reject", description="user (0 unknown)"),
         ColumnSpec("video_id", "id", table="video", cardinality=videos, oov="reject", description="candidate video"),
-        ColumnSpec("author_id", "id", table="author", cardinality=card["author_id"], oov="reject",
-                   description="candidate video's author (0 unknown)"),
+        ColumnSpec(
+            "author_id",
+            "id",
+            table="author",
+            cardinality=card["author_id"],
+            oov="reject",
+            description="candidate video's author (0 unknown)",
+        ),
         ColumnSpec("hour", "id", cardinality=24, oov="reject", description="hour of the impression (hourmin // 100)"),
     ]
     for column in USER_CATEGORICAL:
-        columns.append(ColumnSpec(column, "id", cardinality=card[column], oov="reject",
-                                  description=f"user feature {column} (0 unknown)"))
+        columns.append(
+            ColumnSpec(
+                column, "id", cardinality=card[column], oov="reject", description=f"user feature {column} (0 unknown)"
+            )
+        )
     for column in VIDEO_CATEGORICAL:
-        columns.append(ColumnSpec(column, "id", cardinality=card[column], oov="reject",
-                                  description=f"video feature {column} (0 unknown)"))
-    columns.append(ColumnSpec("tag", "multi_id", cardinality=card["tag"], oov="reject",
-                              description="video tags ([0] unknown)"))
+        columns.append(
+            ColumnSpec(
+                column, "id", cardinality=card[column], oov="reject", description=f"video feature {column} (0 unknown)"
+            )
+        )
+    columns.append(
+        ColumnSpec("tag", "multi_id", cardinality=card["tag"], oov="reject", description="video tags ([0] unknown)")
+    )
     for name, table in (("hist_video_id", "video"), ("hist_author_id", "author")):
-        columns.append(ColumnSpec(name, "sequence", table=table, cardinality=videos if table == "video"
-                                  else card["author_id"], oov="reject", sequence_group="hist",
-                                  max_length=options.max_length,
-                                  description="user's earlier clicked videos, oldest first"))
+        columns.append(
+            ColumnSpec(
+                name,
+                "sequence",
+                table=table,
+                cardinality=videos if table == "video" else card["author_id"],
+                oov="reject",
+                sequence_group="hist",
+                max_length=options.max_length,
+                description="user's earlier clicked videos, oldest first",
+            )
+        )
     for column in USER_DENSE:
         columns.append(ColumnSpec(column, "dense", description=f"log1p({column})"))
     columns.append(ColumnSpec("video_duration", "dense", description="log1p(video_duration seconds)"))

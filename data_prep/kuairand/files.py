@@ -31,10 +31,13 @@ def find_files(src: Path, variant: str = "") -> Files:
         raise DataError("the source folder does not exist", file=src)
     folder = next((f for f in (src, src / "data") if f.is_dir() and any(f.glob("log_standard_*.csv"))), src)
     if not variant:
-        found = sorted(p.name[len("user_features_"):-len(".csv")] for p in folder.glob("user_features_*.csv"))
+        found = sorted(p.name[len("user_features_") : -len(".csv")] for p in folder.glob("user_features_*.csv"))
         if len(found) != 1:
-            what = f"several variants ({', '.join(found)}); choose one with --variant" if found else \
-                "no user_features_*.csv"
+            what = (
+                f"several variants ({', '.join(found)}); choose one with --variant"
+                if found
+                else "no user_features_*.csv"
+            )
             raise DataError(f"cannot tell the KuaiRand variant: {what}", file=folder)
         variant = found[0]
 
@@ -42,8 +45,13 @@ def find_files(src: Path, variant: str = "") -> Files:
         whole = set(folder.glob(f"log_{kind}_*_{variant}.csv"))
         return sorted(whole | set(folder.glob(f"log_{kind}_*_{variant}_part*.csv")))
 
-    files = Files(variant, logs("standard"), logs("random"), folder / f"user_features_{variant}.csv",
-                  folder / f"video_features_basic_{variant}.csv")
+    files = Files(
+        variant,
+        logs("standard"),
+        logs("random"),
+        folder / f"user_features_{variant}.csv",
+        folder / f"video_features_basic_{variant}.csv",
+    )
     if not files.standard:
         raise DataError(f"file not found: no log_standard_*_{variant}.csv", file=folder)
     for path in (files.users, files.videos):

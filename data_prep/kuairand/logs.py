@@ -30,15 +30,22 @@ class LogState:
 def log_pass(path: Path, options: Options, state: LogState, partitioner: DiskPartitioner) -> None:
     """Stream one log into the partitioner (every line: history) and count its kept impressions."""
     label_names = list(dict.fromkeys(["is_click"] + options.labels))
-    types = {"user_id": pa.int64(), "video_id": pa.int64(), "hourmin": pa.int64(), "time_ms": pa.int64(),
-             "tab": pa.int64(), **{name: pa.int64() for name in label_names}}
+    types = {
+        "user_id": pa.int64(),
+        "video_id": pa.int64(),
+        "hourmin": pa.int64(),
+        "time_ms": pa.int64(),
+        "tab": pa.int64(),
+        **{name: pa.int64() for name in label_names},
+    }
     keep_tabs = np.asarray(options.tabs, dtype=np.int64)
     for batch, line in stream_checked(path, types, options.block_size_mb << 20):
         tab = batch["tab"].to_numpy()
         bad = np.flatnonzero((tab < 0) | (tab >= NUM_TABS))
         if bad.size:
-            raise DataError(f"tab must lie in 0..{NUM_TABS - 1}, got {tab[bad[0]]}", file=path, column="tab",
-                            row=line + int(bad[0]))
+            raise DataError(
+                f"tab must lie in 0..{NUM_TABS - 1}, got {tab[bad[0]]}", file=path, column="tab", row=line + int(bad[0])
+            )
         for name in label_names:
             check_zero_one(batch[name].to_numpy(), path, name, line)
         for name in ("user_id", "video_id"):
@@ -59,8 +66,7 @@ def log_pass(path: Path, options: Options, state: LogState, partitioner: DiskPar
         state.impressions += int(kept.sum())
 
 
-def split_points_from_counts(values: np.ndarray, counts: np.ndarray,
-                             fractions: tuple[float, ...]) -> tuple[int, int]:
+def split_points_from_counts(values: np.ndarray, counts: np.ndarray, fractions: tuple[float, ...]) -> tuple[int, int]:
     """:func:`temporal_split_points` of ``np.repeat(values, counts)`` without expanding it."""
     order = np.argsort(values, kind="stable")
     values, counts = np.asarray(values)[order], np.asarray(counts)[order]

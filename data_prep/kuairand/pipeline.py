@@ -13,8 +13,14 @@ from data_prep.ids import IdCounter
 from data_prep.kuairand.columns import output_columns
 from data_prep.kuairand.files import check_header, find_files
 from data_prep.kuairand.logs import LogState, log_pass, split_points_from_counts
-from data_prep.kuairand.options import (AUTO_PARTITION_BYTES, NUM_TABS, USER_CATEGORICAL, USER_DENSE, VIDEO_COLUMNS,
-                                        Options)
+from data_prep.kuairand.options import (
+    AUTO_PARTITION_BYTES,
+    NUM_TABS,
+    USER_CATEGORICAL,
+    USER_DENSE,
+    VIDEO_COLUMNS,
+    Options,
+)
 from data_prep.kuairand.rows import Context, partition_rows
 from data_prep.kuairand.side_tables import user_table, video_table
 from data_prep.partition import DiskPartitioner
@@ -33,8 +39,9 @@ def convert(options: Options) -> DatasetSpec:
     check_header(files.videos, VIDEO_COLUMNS)
     for path in logs:
         check_header(path, ["user_id", "video_id", "hourmin", "time_ms", "tab", "is_click"] + options.labels)
-    num_partitions = options.num_partitions or max(1, math.ceil(sum(p.stat().st_size for p in logs)
-                                                                 / AUTO_PARTITION_BYTES))
+    num_partitions = options.num_partitions or max(
+        1, math.ceil(sum(p.stat().st_size for p in logs) / AUTO_PARTITION_BYTES)
+    )
     tmp_dir = Path(options.tmp_dir) if options.tmp_dir is not None else Path(options.out).resolve().parent
     tmp_dir.mkdir(parents=True, exist_ok=True)
     block_size = options.block_size_mb << 20
@@ -58,22 +65,33 @@ def convert(options: Options) -> DatasetSpec:
             "variant": files.variant,
             "logs": ", ".join(p.name for p in logs),
             "domains": ", ".join(f"tab{t} -> {d}" for d, t in enumerate(tabs.tolist())),
-            "split": (f"by time_ms: train < {cut[0]} s <= valid < {cut[1]} s <= test "
-                      f"(fractions {options.split_fractions})"),
+            "split": (
+                f"by time_ms: train < {cut[0]} s <= valid < {cut[1]} s <= test (fractions {options.split_fractions})"
+            ),
             "history": "clicked videos strictly before the impression, all tabs and loaded logs, oldest first",
-            "sessions": (f"a user's lines (all tabs and loaded logs) split where the gap exceeds "
-                         f"{options.session_gap_minutes:g} min; session_id = ordinal * (users + 1) + user code"),
+            "sessions": (
+                f"a user's lines (all tabs and loaded logs) split where the gap exceeds "
+                f"{options.session_gap_minutes:g} min; session_id = ordinal * (users + 1) + user code"
+            ),
             "ids": "re-encoded 1..n per column, 0 = unknown / missing join",
             "log videos with basic features": f"{video_side.matched} of {videos.size}",
             "log users with features": f"{user_side.matched} of {log_users.size}",
             "log lines": f"{state.rows} read, {state.impressions} kept as rows",
         }
-        source = (f"KuaiRand-{files.variant} in {files.standard[0].parent} (labels={options.labels}, "
-                  f"tabs={tabs.tolist()}, include_random={options.include_random}, "
-                  f"max_length={options.max_length}, split_fractions={options.split_fractions}, "
-                  f"session_gap_minutes={options.session_gap_minutes:g})")
-        with writer_for(options, name=f"kuairand_{files.variant}", columns=output_columns(options, ctx),
-                        domain_names=[f"tab{t}" for t in tabs.tolist()], source=source, notes=notes) as writer:
+        source = (
+            f"KuaiRand-{files.variant} in {files.standard[0].parent} (labels={options.labels}, "
+            f"tabs={tabs.tolist()}, include_random={options.include_random}, "
+            f"max_length={options.max_length}, split_fractions={options.split_fractions}, "
+            f"session_gap_minutes={options.session_gap_minutes:g})"
+        )
+        with writer_for(
+            options,
+            name=f"kuairand_{files.variant}",
+            columns=output_columns(options, ctx),
+            domain_names=[f"tab{t}" for t in tabs.tolist()],
+            source=source,
+            notes=notes,
+        ) as writer:
             with progress(num_partitions, "histories", unit="part") as bar:
                 for table in partitioner.partitions():
                     for split, chunk in partition_rows(table, ctx):

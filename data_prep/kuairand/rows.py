@@ -39,8 +39,9 @@ def partition_rows(table: pa.Table, ctx: Context) -> Iterator[tuple[str, pa.Tabl
     The partition is sorted by (user, time_ms, file order); a chunk's history events are the clicks
     of the users it covers, so every build_history call sees only a slice of the partition.
     """
-    names = dict.fromkeys(["user_id", "time_ms", "seq", "video_id", "hourmin", "tab", "kept", "is_click",
-                           *ctx.options.labels])
+    names = dict.fromkeys(
+        ["user_id", "time_ms", "seq", "video_id", "hourmin", "tab", "kept", "is_click", *ctx.options.labels]
+    )
     log = {name: table[name].to_numpy() for name in names}
     order = np.lexsort((log["seq"], log["time_ms"], log["user_id"]))
     log = {name: values[order] for name, values in log.items()}
@@ -53,13 +54,17 @@ def partition_rows(table: pa.Table, ctx: Context) -> Iterator[tuple[str, pa.Tabl
     event_fields = {"video": video[clicked], "author": ctx.video_side.ids["author_id"][video[clicked]]}
     t1, t2 = ctx.cut_seconds
     for lo in range(0, kept.size, HISTORY_CHUNK_ROWS):
-        rows = kept[lo:lo + HISTORY_CHUNK_ROWS]
+        rows = kept[lo : lo + HISTORY_CHUNK_ROWS]
         first = np.searchsorted(event_user, user[rows[0]], side="left")  # events of the chunk's users
         last = np.searchsorted(event_user, user[rows[-1]], side="right")
-        offsets, history = build_history(user[rows], time_ms[rows], event_user[first:last],
-                                         event_time[first:last],
-                                         {k: v[first:last] for k, v in event_fields.items()},
-                                         ctx.options.max_length)
+        offsets, history = build_history(
+            user[rows],
+            time_ms[rows],
+            event_user[first:last],
+            event_time[first:last],
+            {k: v[first:last] for k, v in event_fields.items()},
+            ctx.options.max_length,
+        )
         chunk = _features({name: values[rows] for name, values in log.items()}, video[rows], ctx)
         chunk["hist_video_id"] = list_array(offsets, history["video"])
         chunk["hist_author_id"] = list_array(offsets, history["author"])

@@ -11,8 +11,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_prep.kuairand.files import stream_checked
-from data_prep.kuairand.options import (MISSING_TEXT, UNKNOWN, USER_CATEGORICAL, USER_DENSE, VIDEO_CATEGORICAL,
-                                        VIDEO_DENSE)
+from data_prep.kuairand.options import (
+    MISSING_TEXT,
+    UNKNOWN,
+    USER_CATEGORICAL,
+    USER_DENSE,
+    VIDEO_CATEGORICAL,
+    VIDEO_DENSE,
+)
 
 
 def encode_text(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
@@ -45,8 +51,9 @@ class SideTable:
     matched: int = 0  # ids of the logs found in the table
 
 
-def _read_table(path: Path, types: dict[str, pa.DataType], block_size: int,
-                keep_ids: np.ndarray | None = None) -> pa.Table:
+def _read_table(
+    path: Path, types: dict[str, pa.DataType], block_size: int, keep_ids: np.ndarray | None = None
+) -> pa.Table:
     """Read a side table (streamed), keeping only rows whose first column is in ``keep_ids``."""
     key = next(iter(types))
     batches = []
@@ -68,8 +75,11 @@ def user_table(path: Path, log_users: np.ndarray, block_size: int) -> tuple[Side
 
     The vocabulary is the sorted union of the log's and the table's users (encoded = position + 1).
     """
-    types = {"user_id": pa.int64(), **{c: pa.string() for c in USER_CATEGORICAL},
-             **{c: pa.float64() for c in USER_DENSE}}
+    types = {
+        "user_id": pa.int64(),
+        **{c: pa.string() for c in USER_CATEGORICAL},
+        **{c: pa.float64() for c in USER_DENSE},
+    }
     table = _read_table(path, types, block_size)
     table_users = table["user_id"].to_numpy()
     vocabulary = np.union1d(log_users, table_users)
@@ -87,8 +97,14 @@ def user_table(path: Path, log_users: np.ndarray, block_size: int) -> tuple[Side
 
 def video_table(path: Path, vocabulary: np.ndarray, block_size: int) -> tuple[SideTable, np.ndarray]:
     """Video features indexed by the encoded video id, and the upload day (days since 1970, -1 unknown)."""
-    types = {"video_id": pa.int64(), "author_id": pa.int64(), **{c: pa.string() for c in VIDEO_CATEGORICAL},
-             "upload_dt": pa.string(), **{c: pa.float64() for c in VIDEO_DENSE}, "tag": pa.string()}
+    types = {
+        "video_id": pa.int64(),
+        "author_id": pa.int64(),
+        **{c: pa.string() for c in VIDEO_CATEGORICAL},
+        "upload_dt": pa.string(),
+        **{c: pa.float64() for c in VIDEO_DENSE},
+        "tag": pa.string(),
+    }
     table = _read_table(path, types, block_size, keep_ids=vocabulary)
     rows = np.searchsorted(vocabulary, table["video_id"].to_numpy()) + 1
     size = vocabulary.size + 1
@@ -96,8 +112,9 @@ def video_table(path: Path, vocabulary: np.ndarray, block_size: int) -> tuple[Si
     authors = table["author_id"]
     author_vocabulary = np.unique(pc.drop_null(authors).to_numpy())
     author_codes = np.searchsorted(author_vocabulary, authors.fill_null(0).to_numpy()) + 1
-    side.ids["author_id"] = _scatter(rows, np.where(authors.is_null().to_numpy(zero_copy_only=False), UNKNOWN,
-                                                    author_codes), size, np.int64)
+    side.ids["author_id"] = _scatter(
+        rows, np.where(authors.is_null().to_numpy(zero_copy_only=False), UNKNOWN, author_codes), size, np.int64
+    )
     side.cardinality["author_id"] = author_vocabulary.size + 1
     for column in VIDEO_CATEGORICAL:
         codes, n = encode_text(table[column])
@@ -106,8 +123,7 @@ def video_table(path: Path, vocabulary: np.ndarray, block_size: int) -> tuple[Si
     side.dense["video_duration"] = _scatter(rows, log1p_dense(table["video_duration"], 1e-3), size, np.float32)
     for column in ("server_width", "server_height"):
         side.dense[column] = _scatter(rows, log1p_dense(table[column]), size, np.float32)
-    upload = pc.strptime(pc.utf8_trim_whitespace(table["upload_dt"]), format="%Y-%m-%d", unit="s",
-                         error_is_null=True)
+    upload = pc.strptime(pc.utf8_trim_whitespace(table["upload_dt"]), format="%Y-%m-%d", unit="s", error_is_null=True)
     days = pc.cast(upload, pa.int64()).fill_null(-1).to_numpy() // 86_400  # unknown -> -1
     upload_day = _scatter(rows, days, size, np.int64, fill=-1)
     # Tags: comma-separated tokens -> codes 1..n; a video without tags (or unknown) -> [0].

@@ -10,29 +10,46 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_prep.common import take_bags, temporal_split_points
-from data_prep.movielens.options import (ACTIVITY_EDGES, AGE_BUCKET_EDGES, AGE_BUCKETS, AGE_DOMAIN_CUTS, DECADE_EDGES,
-                                         FALLBACK_GROUP, GENRE_GROUPS, Options)
+from data_prep.movielens.options import (
+    ACTIVITY_EDGES,
+    AGE_BUCKET_EDGES,
+    AGE_BUCKETS,
+    AGE_DOMAIN_CUTS,
+    DECADE_EDGES,
+    FALLBACK_GROUP,
+    GENRE_GROUPS,
+    Options,
+)
 from data_prep.movielens.readers import MovieLens
 from torchrec_mdr.data.errors import DataError
 from torchrec_mdr.data.spec import ColumnSpec
 
 
-def _join(table_ids: np.ndarray, table_file: str, table_first_line: int, query: np.ndarray, query_file: str,
-          column: str, query_first_line: int) -> np.ndarray:
+def _join(
+    table_ids: np.ndarray,
+    table_file: str,
+    table_first_line: int,
+    query: np.ndarray,
+    query_file: str,
+    column: str,
+    query_first_line: int,
+) -> np.ndarray:
     """Row of ``table_ids`` holding each ``query`` id; unknown or duplicated ids raise DataError."""
     order = np.argsort(table_ids, kind="stable")
     ordered = table_ids[order]
     duplicate = np.flatnonzero(ordered[1:] == ordered[:-1])
     if duplicate.size:
         row = int(order[duplicate[0] + 1])
-        raise DataError(f"id {table_ids[row]} appears twice", file=table_file, column=column,
-                        row=table_first_line + row)
+        raise DataError(
+            f"id {table_ids[row]} appears twice", file=table_file, column=column, row=table_first_line + row
+        )
     position = np.minimum(np.searchsorted(ordered, query), len(ordered) - 1)
     missing = np.flatnonzero(ordered[position] != query)
     if missing.size:
         i = int(missing[0])
-        raise DataError(f"{column} {query[i]} is not in {table_file}", file=query_file, column=column,
-                        row=query_first_line + i)
+        raise DataError(
+            f"{column} {query[i]} is not in {table_file}", file=query_file, column=column, row=query_first_line + i
+        )
     return order[position]
 
 
@@ -88,8 +105,9 @@ def prepare(data: MovieLens, o: Options) -> Prepared:
     item_id = np.unique(r.item, return_inverse=True)[1].reshape(-1).astype(np.int64)
     occupation, occupations = _vocabulary(u.occupation)
     prefixes = pc.utf8_upper(pc.utf8_slice_codeunits(pa.array(u.zip_code, pa.string()), 0, 1))
-    zip_prefix, zip_prefixes = _vocabulary(np.where(pc.equal(prefixes, "").to_numpy(zero_copy_only=False), "?",
-                                                    prefixes.to_numpy(zero_copy_only=False)))
+    zip_prefix, zip_prefixes = _vocabulary(
+        np.where(pc.equal(prefixes, "").to_numpy(zero_copy_only=False), "?", prefixes.to_numpy(zero_copy_only=False))
+    )
     first_genre = it.genre_ids[it.genre_offsets[:-1]]
     decade = np.where(it.year < 0, 0, np.searchsorted(DECADE_EDGES, it.year, side="right") + 1)
     age = u.age[user_row]
@@ -132,29 +150,79 @@ def columns(o: Options, num_users: int, num_items: int, vocab: dict[str, list[st
     label = f"rating >= {o.positive_rating:g}"
     return [
         ColumnSpec("click", "label", description=label),
-        ColumnSpec("domain", "domain", description="user age group" if o.domains == "age"
-                   else "group of the item's first genre"),
+        ColumnSpec(
+            "domain",
+            "domain",
+            description="user age group" if o.domains == "age" else "group of the item's first genre",
+        ),
         ColumnSpec("group_id", "group", description="user_id, for GAUC"),
-        ColumnSpec("user_id", "id", table="user", cardinality=num_users, oov="reject",
-                   description="rank of the raw user id among rated users"),
-        ColumnSpec("item_id", "id", table="item", cardinality=num_items, oov="reject",
-                   description="rank of the raw movie id among rated movies"),
+        ColumnSpec(
+            "user_id",
+            "id",
+            table="user",
+            cardinality=num_users,
+            oov="reject",
+            description="rank of the raw user id among rated users",
+        ),
+        ColumnSpec(
+            "item_id",
+            "id",
+            table="item",
+            cardinality=num_items,
+            oov="reject",
+            description="rank of the raw movie id among rated movies",
+        ),
         ColumnSpec("gender", "id", cardinality=2, oov="reject", description="0 = M, 1 = F"),
-        ColumnSpec("age_bucket", "id", cardinality=len(AGE_BUCKETS), oov="reject",
-                   description="ml-1m age bins " + " / ".join(AGE_BUCKETS)),
+        ColumnSpec(
+            "age_bucket",
+            "id",
+            cardinality=len(AGE_BUCKETS),
+            oov="reject",
+            description="ml-1m age bins " + " / ".join(AGE_BUCKETS),
+        ),
         ColumnSpec("occupation", "id", cardinality=len(vocab["occupation"]), oov="reject"),
-        ColumnSpec("zip_prefix", "id", cardinality=len(vocab["zip_prefix"]), oov="reject",
-                   description="first character of the zip code"),
-        ColumnSpec("user_activity", "id", cardinality=len(ACTIVITY_EDGES) + 1, oov="reject",
-                   description="bucket of the user's earlier ratings: 0, 1-4, 5-19, 20-49, 50-99, 100-199, 200+"),
+        ColumnSpec(
+            "zip_prefix",
+            "id",
+            cardinality=len(vocab["zip_prefix"]),
+            oov="reject",
+            description="first character of the zip code",
+        ),
+        ColumnSpec(
+            "user_activity",
+            "id",
+            cardinality=len(ACTIVITY_EDGES) + 1,
+            oov="reject",
+            description="bucket of the user's earlier ratings: 0, 1-4, 5-19, 20-49, 50-99, 100-199, 200+",
+        ),
         ColumnSpec("genre", "id", table="genre", cardinality=genres, oov="reject", description="first genre"),
         ColumnSpec("genres", "multi_id", table="genre", cardinality=genres, oov="reject", description="all genres"),
-        ColumnSpec("release_decade", "id", cardinality=len(DECADE_EDGES) + 2, oov="reject",
-                   description="0 unknown, 1 before 1930, 2 1930s, ..., 9 2000s, 10 from 2010"),
-        ColumnSpec("hist_item_id", "sequence", table="item", cardinality=num_items, oov="reject",
-                   sequence_group="hist", max_length=o.max_length,
-                   description=f"earlier rated movies ({o.history}), oldest first"),
-        ColumnSpec("hist_genre", "sequence", table="genre", cardinality=genres, oov="reject",
-                   sequence_group="hist", max_length=o.max_length, description="first genre of each behaviour"),
+        ColumnSpec(
+            "release_decade",
+            "id",
+            cardinality=len(DECADE_EDGES) + 2,
+            oov="reject",
+            description="0 unknown, 1 before 1930, 2 1930s, ..., 9 2000s, 10 from 2010",
+        ),
+        ColumnSpec(
+            "hist_item_id",
+            "sequence",
+            table="item",
+            cardinality=num_items,
+            oov="reject",
+            sequence_group="hist",
+            max_length=o.max_length,
+            description=f"earlier rated movies ({o.history}), oldest first",
+        ),
+        ColumnSpec(
+            "hist_genre",
+            "sequence",
+            table="genre",
+            cardinality=genres,
+            oov="reject",
+            sequence_group="hist",
+            max_length=o.max_length,
+            description="first genre of each behaviour",
+        ),
         ColumnSpec("log_prior_ratings", "dense", description="log1p(the user's ratings strictly before this one)"),
     ]

@@ -44,8 +44,9 @@ class SourceFiles:
                     return archive.read(self.path(index))
             return Path(self.path(index)).read_bytes()
         except (KeyError, FileNotFoundError):
-            raise DataError(f"file not found ({self.kind} needs {', '.join(self.names)})",
-                            file=self.label(index)) from None
+            raise DataError(
+                f"file not found ({self.kind} needs {', '.join(self.names)})", file=self.label(index)
+            ) from None
         except (OSError, zipfile.BadZipFile) as error:
             raise DataError(f"cannot read: {error}", file=self.label(index)) from None
 
@@ -83,11 +84,17 @@ def locate(src: Path) -> SourceFiles:
                 found.append(SourceFiles(kind, src, folder, layout, zipped))  # type: ignore[arg-type]
                 break
         else:
-            found += [_recbole_files(src, folder, name[: -len(".inter")], zipped)
-                      for name in sorted(names) if name.endswith(".inter")]
+            found += [
+                _recbole_files(src, folder, name[: -len(".inter")], zipped)
+                for name in sorted(names)
+                if name.endswith(".inter")
+            ]
     if not found:
-        raise DataError("no MovieLens data: expected u.data (ml-100k), ratings.dat (ml-1m) or a RecBole "
-                        "<name>.inter with <name>.user and <name>.item", file=src)
+        raise DataError(
+            "no MovieLens data: expected u.data (ml-100k), ratings.dat (ml-1m) or a RecBole "
+            "<name>.inter with <name>.user and <name>.item",
+            file=src,
+        )
     if len(found) > 1:
         listed = ", ".join(f.label(0) for f in found)
         raise DataError(f"holds several datasets ({listed}); point --src at one of them", file=src)

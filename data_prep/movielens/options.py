@@ -12,12 +12,40 @@ import numpy as np
 from data_prep.common import OutputOptions
 from torchrec_mdr.config import ConfigError, bounds, doc
 
-GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-          "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-          "War", "Western")
+GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 GENRE_GROUPS: dict[str, tuple[str, ...]] = {
-    "action_thriller": ("Action", "Adventure", "Crime", "Film-Noir", "Horror", "Mystery", "Sci-Fi", "Thriller",
-                        "War", "Western"),
+    "action_thriller": (
+        "Action",
+        "Adventure",
+        "Crime",
+        "Film-Noir",
+        "Horror",
+        "Mystery",
+        "Sci-Fi",
+        "Thriller",
+        "War",
+        "Western",
+    ),
     "comedy_family": ("Animation", "Children's", "Comedy", "Fantasy", "Musical"),
     "drama_other": ("Drama", "Romance", "Documentary", "unknown"),  # + every genre not in GENRES
 }
@@ -37,18 +65,25 @@ CHUNK_ROWS = 262_144  # rows per history / write chunk (bounds the peak memory o
 
 @dataclass(kw_only=True)
 class Options(OutputOptions):
-    src: Path = field(metadata=doc("ml-100k or ml-1m folder or .zip, a RecBole atomic folder or .inter file, "
-                                   "or the recbole wheel (.whl)"))
-    domains: Literal["age", "genre"] = field(default="age", metadata=doc(
-        "age: user age groups <25 / 25-34 / >=35; genre: group of the item's first genre"))
-    positive_rating: float = field(default=4.0, metadata=bounds(gt=0, le=MAX_RATING,
-                                                                help="click = 1 when rating >= this"))
-    history: Literal["all", "positives"] = field(default="all", metadata=doc(
-        "behaviours in hist_*: all earlier rated items, or only earlier positives"))
+    src: Path = field(
+        metadata=doc(
+            "ml-100k or ml-1m folder or .zip, a RecBole atomic folder or .inter file, or the recbole wheel (.whl)"
+        )
+    )
+    domains: Literal["age", "genre"] = field(
+        default="age", metadata=doc("age: user age groups <25 / 25-34 / >=35; genre: group of the item's first genre")
+    )
+    positive_rating: float = field(
+        default=4.0, metadata=bounds(gt=0, le=MAX_RATING, help="click = 1 when rating >= this")
+    )
+    history: Literal["all", "positives"] = field(
+        default="all", metadata=doc("behaviours in hist_*: all earlier rated items, or only earlier positives")
+    )
     max_length: int = field(default=50, metadata=bounds(ge=1, help="most recent behaviours kept per row"))
-    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1],
-                                         metadata=bounds(ge=0, help="train / valid / test shares of rows "
-                                                                    "(one global time cut)"))
+    split_fractions: list[float] = field(
+        default_factory=lambda: [0.8, 0.1, 0.1],
+        metadata=bounds(ge=0, help="train / valid / test shares of rows (one global time cut)"),
+    )
 
     def validate(self) -> None:
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:

@@ -16,8 +16,9 @@ _INT = r"^\s*[-+]?\d+\s*$"
 _FLOAT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
-def read_table(data: bytes, file: str, names: list[str], keep: list[str], delimiter: str,
-                skip_rows: int = 0) -> dict[str, pa.Array]:
+def read_table(
+    data: bytes, file: str, names: list[str], keep: list[str], delimiter: str, skip_rows: int = 0
+) -> dict[str, pa.Array]:
     """Parse delimited text (no quoting) into the ``keep`` columns as strings; errors name the line."""
     invalid: list[pacsv.InvalidRow] = []
 
@@ -37,9 +38,12 @@ def read_table(data: bytes, file: str, names: list[str], keep: list[str], delimi
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         if invalid:
             row = invalid[0]
-            raise DataError(f"expected {row.expected_columns} fields separated by {delimiter!r}, found "
-                            f"{row.actual_columns}: {row.text!r}", file=file,
-                            row=row.number if row.number and row.number > 0 else None) from None
+            raise DataError(
+                f"expected {row.expected_columns} fields separated by {delimiter!r}, found "
+                f"{row.actual_columns}: {row.text!r}",
+                file=file,
+                row=row.number if row.number and row.number > 0 else None,
+            ) from None
         raise DataError(f"cannot parse: {error}", file=file) from None
     if table.num_rows == 0:
         raise DataError("the file has no data rows", file=file)
@@ -52,8 +56,9 @@ def _first_bad(ok: pa.Array) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
-def parse_numbers(values: pa.Array, kind: Literal["int", "float"], file: str, column: str,
-                  first_line: int) -> np.ndarray:
+def parse_numbers(
+    values: pa.Array, kind: Literal["int", "float"], file: str, column: str, first_line: int
+) -> np.ndarray:
     """Strings -> int64 or float64, naming the first line that does not parse."""
     bad = _first_bad(pc.match_substring_regex(values, _INT if kind == "int" else _FLOAT))
     if bad is not None:

@@ -31,7 +31,6 @@ def _vocabulary(present: np.ndarray) -> np.ndarray:
     return mapping
 
 
-
 @dataclass
 class Vocabularies:
     """Filters and re-encodings decided by passes 1-3 (arrays indexed by raw id)."""
@@ -47,8 +46,7 @@ class Vocabularies:
     rows_kept: int
 
 
-def filters_and_vocabularies(options: Options, counts: RawCounts,
-                              partitioner: DiskPartitioner) -> Vocabularies:
+def filters_and_vocabularies(options: Options, counts: RawCounts, partitioner: DiskPartitioner) -> Vocabularies:
     """Passes 2 and 3: the user filter (from pass 1), the item filter, then the final vocabularies."""
     user_rows = counts.user_rows.counts
     user_positives = zero_pad(counts.user_positives.counts, len(user_rows))  # it stops at the last positive user
@@ -74,10 +72,16 @@ def filters_and_vocabularies(options: Options, counts: RawCounts,
     # threshold is 0, items of the dropped users are kept but never seen: exclude them).
     item_present = item_kept & (item_rows > 0)
     return Vocabularies(
-        user_kept=user_kept, item_kept=item_present, user=_vocabulary(user_present),
-        item=_vocabulary(item_present), category=_vocabulary(category_present),
-        category_raw=np.flatnonzero(category_present), category_rows=category_rows[category_present],
-        rows_after_user_filter=rows_after_user_filter, rows_kept=int(category_rows.sum()))
+        user_kept=user_kept,
+        item_kept=item_present,
+        user=_vocabulary(user_present),
+        item=_vocabulary(item_present),
+        category=_vocabulary(category_present),
+        category_raw=np.flatnonzero(category_present),
+        category_rows=category_rows[category_present],
+        rows_after_user_filter=rows_after_user_filter,
+        rows_kept=int(category_rows.sum()),
+    )
 
 
 def category_domains(options: Options, vocab: Vocabularies) -> tuple[np.ndarray, list[str]]:

@@ -41,19 +41,30 @@ def convert(options: Options) -> DatasetSpec:
     with DiskPartitioner("user_id", num_partitions, tmp_dir=out.parent) as partitioner:
         counts = read_csv(options, partitioner)
         if counts.rows_in_window == 0:
-            raise DataError(f"no row lies in the date window {options.first_date}..{options.last_date} "
-                            f"(UTC{options.utc_offset_hours:+d}) among {counts.rows_read:,} rows", file=src)
+            raise DataError(
+                f"no row lies in the date window {options.first_date}..{options.last_date} "
+                f"(UTC{options.utc_offset_hours:+d}) among {counts.rows_read:,} rows",
+                file=src,
+            )
         vocab = filters_and_vocabularies(options, counts, partitioner)
         if vocab.rows_kept == 0:
             raise DataError(
                 f"no row is left after the filters (users >= {options.min_user_interactions} interactions and "
                 f">= {options.min_user_positives} positives, then items >= {options.min_item_interactions} "
-                f"interactions) among {counts.rows_in_window:,} rows in the window", file=src)
+                f"interactions) among {counts.rows_in_window:,} rows in the window",
+                file=src,
+            )
         domain_of, domain_names = category_domains(options, vocab)
         notes = _notes(options, counts, vocab, num_partitions)
         rng = np.random.default_rng(options.seed)
-        with writer_for(options, name="taobao", columns=output_columns(options, vocab), domain_names=domain_names,
-                        source=_source(options), notes=notes) as writer:
+        with writer_for(
+            options,
+            name="taobao",
+            columns=output_columns(options, vocab),
+            domain_names=domain_names,
+            source=_source(options),
+            notes=notes,
+        ) as writer:
             for table in partition_tables(partitioner, counts.rows_in_window, "taobao 4/4 write"):
                 write_partition(table, options, vocab, domain_of, writer, rng)
             spec = writer.close()
@@ -61,13 +72,15 @@ def convert(options: Options) -> DatasetSpec:
 
 
 def _source(options: Options) -> str:
-    return (f"Taobao UserBehavior {options.src} ({options.first_date}..{options.last_date} "
-            f"UTC{options.utc_offset_hours:+d}; users >= {options.min_user_interactions} interactions & "
-            f">= {options.min_user_positives} positives, then items >= {options.min_item_interactions} "
-            f"interactions; domains={options.domains}"
-            + (f"/{options.num_domains}" if options.domains == "category-bucket" else "")
-            + f"; history={options.history}/{options.max_length}; train_days={options.train_days} "
-            f"valid_days={options.valid_days})")
+    return (
+        f"Taobao UserBehavior {options.src} ({options.first_date}..{options.last_date} "
+        f"UTC{options.utc_offset_hours:+d}; users >= {options.min_user_interactions} interactions & "
+        f">= {options.min_user_positives} positives, then items >= {options.min_item_interactions} "
+        f"interactions; domains={options.domains}"
+        + (f"/{options.num_domains}" if options.domains == "category-bucket" else "")
+        + f"; history={options.history}/{options.max_length}; train_days={options.train_days} "
+        f"valid_days={options.valid_days})"
+    )
 
 
 def _notes(options: Options, counts: RawCounts, vocab: Vocabularies, num_partitions: int) -> dict[str, str]:
@@ -79,17 +92,26 @@ def _notes(options: Options, counts: RawCounts, vocab: Vocabularies, num_partiti
 
     return {
         "label": "positive = 1 for buy/cart/fav, 0 for pv (one row per event)",
-        "filters": ("users kept with >= min_user_interactions rows and >= min_user_positives positives "
-                    "(counted in the date window), then items kept with >= min_item_interactions rows among "
-                    "the kept users; one pass each, not iterated"),
+        "filters": (
+            "users kept with >= min_user_interactions rows and >= min_user_positives positives "
+            "(counted in the date window), then items kept with >= min_item_interactions rows among "
+            "the kept users; one pass each, not iterated"
+        ),
         "ids": "user_id/item_id/category_id = rank of the raw id (ascending) among the ids in the kept rows",
-        "domains": ("domain = category_id; names are raw category ids" if options.domains == "category" else
-                    "the num_domains-1 categories with most kept rows (names: raw category ids), then 'other'"),
-        "history": (f"{'buy/cart/fav' if options.history == 'positives' else 'all'} events strictly earlier "
-                    f"than the impression (same second excluded), oldest first, last {options.max_length}; "
-                    "kept rows only"),
-        "split_days": (f"train {days(0, train_end)}, valid {days(train_end, options.train_days)}, "
-                       f"test {days(options.train_days, options.num_days)} (UTC{options.utc_offset_hours:+d})"),
+        "domains": (
+            "domain = category_id; names are raw category ids"
+            if options.domains == "category"
+            else "the num_domains-1 categories with most kept rows (names: raw category ids), then 'other'"
+        ),
+        "history": (
+            f"{'buy/cart/fav' if options.history == 'positives' else 'all'} events strictly earlier "
+            f"than the impression (same second excluded), oldest first, last {options.max_length}; "
+            "kept rows only"
+        ),
+        "split_days": (
+            f"train {days(0, train_end)}, valid {days(train_end, options.train_days)}, "
+            f"test {days(options.train_days, options.num_days)} (UTC{options.utc_offset_hours:+d})"
+        ),
         "rows_read": str(counts.rows_read),
         "rows_in_window": str(counts.rows_in_window),
         "rows_after_user_filter": str(vocab.rows_after_user_filter),

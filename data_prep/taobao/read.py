@@ -51,14 +51,17 @@ def _check_batch(batch: pa.RecordBatch, first_row: int, path: Path) -> np.ndarra
         bad = (ids < 0) | (ids > MAX_RAW_ID)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise DataError(f"id {ids[row]} is outside [0, {MAX_RAW_ID}]", file=path, column=name,
-                            row=first_row + row)
+            raise DataError(f"id {ids[row]} is outside [0, {MAX_RAW_ID}]", file=path, column=name, row=first_row + row)
     codes = pc.index_in(batch.column("behavior_type"), value_set=pa.array(BEHAVIORS))
     row = first_null(codes)
     if row is not None:
         value = batch.column("behavior_type")[row].as_py()
-        raise DataError(f"behavior_type {value!r} is not one of {list(BEHAVIORS)}", file=path,
-                        column="behavior_type", row=first_row + row)
+        raise DataError(
+            f"behavior_type {value!r} is not one of {list(BEHAVIORS)}",
+            file=path,
+            column="behavior_type",
+            row=first_row + row,
+        )
     return codes.to_numpy().astype(np.int8)
 
 
@@ -107,8 +110,13 @@ def read_csv(options: Options, partitioner: DiskPartitioner) -> RawCounts:
     counts = RawCounts()
     pending = _PendingRows(counts, partitioner)
     window = options.num_days * SECONDS_PER_DAY
-    types = {"user_id": pa.int64(), "item_id": pa.int64(), "category_id": pa.int64(),
-             "behavior_type": pa.string(), "timestamp": pa.int64()}
+    types = {
+        "user_id": pa.int64(),
+        "item_id": pa.int64(),
+        "category_id": pa.int64(),
+        "behavior_type": pa.string(),
+        "timestamp": pa.int64(),
+    }
     batches = stream_csv(options.src, RAW_COLUMNS, types, block_size=CSV_BLOCK_BYTES, desc="taobao 1/4 read CSV")
     try:
         for batch in batches:
@@ -117,10 +125,13 @@ def read_csv(options: Options, partitioner: DiskPartitioner) -> RawCounts:
             second = _window_seconds(batch.column("timestamp").to_numpy(), options)
             inside = (second >= 0) & (second < window)
             if inside.any():
-                pending.add(user_id=batch.column("user_id").to_numpy()[inside].astype(np.int32),
-                            item_id=batch.column("item_id").to_numpy()[inside].astype(np.int32),
-                            category_id=batch.column("category_id").to_numpy()[inside].astype(np.int32),
-                            behavior=behavior[inside], second=second[inside].astype(np.int32))
+                pending.add(
+                    user_id=batch.column("user_id").to_numpy()[inside].astype(np.int32),
+                    item_id=batch.column("item_id").to_numpy()[inside].astype(np.int32),
+                    category_id=batch.column("category_id").to_numpy()[inside].astype(np.int32),
+                    behavior=behavior[inside],
+                    second=second[inside].astype(np.int32),
+                )
     finally:
         batches.close()  # stop pyarrow's read-ahead at once when a bad line ends the pass early
     pending.flush()

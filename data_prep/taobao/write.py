@@ -26,25 +26,65 @@ def output_columns(options: Options, vocab: Vocabularies) -> list[ColumnSpec]:
         ColumnSpec("positive", "label", description="1: buy, cart or fav; 0: pv (page view)"),
         ColumnSpec("domain", "domain", description=f"domain ({options.domains}) of the item's category"),
         ColumnSpec("group_id", "group", description="user (re-encoded), for GAUC"),
-        ColumnSpec("user_id", "id", table="user", cardinality=users, oov="reject",
-                   description="user, re-encoded: rank of the raw id among kept users"),
-        ColumnSpec("item_id", "id", table="item", cardinality=items, oov="reject",
-                   description="item, re-encoded: rank of the raw id among kept items"),
-        ColumnSpec("category_id", "id", table="category", cardinality=categories, oov="reject",
-                   description="item category, re-encoded: rank of the raw id among kept categories"),
-        ColumnSpec("hour", "id", cardinality=24, oov="reject",
-                   description=f"hour of day, UTC{options.utc_offset_hours:+d}"),
-        ColumnSpec("day_of_week", "id", cardinality=7, oov="reject",
-                   description=f"day of week (0 = Monday), UTC{options.utc_offset_hours:+d}"),
-        ColumnSpec("hist_item_id", table="item", cardinality=items,
-                   description=f"items of the user's strictly earlier {which}, oldest first", **hist),
-        ColumnSpec("hist_category_id", table="category", cardinality=categories,
-                   description=f"categories of the user's strictly earlier {which}, oldest first", **hist),
+        ColumnSpec(
+            "user_id",
+            "id",
+            table="user",
+            cardinality=users,
+            oov="reject",
+            description="user, re-encoded: rank of the raw id among kept users",
+        ),
+        ColumnSpec(
+            "item_id",
+            "id",
+            table="item",
+            cardinality=items,
+            oov="reject",
+            description="item, re-encoded: rank of the raw id among kept items",
+        ),
+        ColumnSpec(
+            "category_id",
+            "id",
+            table="category",
+            cardinality=categories,
+            oov="reject",
+            description="item category, re-encoded: rank of the raw id among kept categories",
+        ),
+        ColumnSpec(
+            "hour", "id", cardinality=24, oov="reject", description=f"hour of day, UTC{options.utc_offset_hours:+d}"
+        ),
+        ColumnSpec(
+            "day_of_week",
+            "id",
+            cardinality=7,
+            oov="reject",
+            description=f"day of week (0 = Monday), UTC{options.utc_offset_hours:+d}",
+        ),
+        ColumnSpec(
+            "hist_item_id",
+            table="item",
+            cardinality=items,
+            description=f"items of the user's strictly earlier {which}, oldest first",
+            **hist,
+        ),
+        ColumnSpec(
+            "hist_category_id",
+            table="category",
+            cardinality=categories,
+            description=f"categories of the user's strictly earlier {which}, oldest first",
+            **hist,
+        ),
     ]
     if options.history == "all":
-        columns.append(ColumnSpec("hist_behavior_type", table="behavior_type", cardinality=len(BEHAVIORS),
-                                  description="behaviour of each history event: 0 pv, 1 buy, 2 cart, 3 fav",
-                                  **hist))
+        columns.append(
+            ColumnSpec(
+                "hist_behavior_type",
+                table="behavior_type",
+                cardinality=len(BEHAVIORS),
+                description="behaviour of each history event: 0 pv, 1 buy, 2 cart, 3 fav",
+                **hist,
+            )
+        )
     return columns
 
 
@@ -61,8 +101,14 @@ def user_blocks(user: np.ndarray, block_rows: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def write_partition(table: pa.Table, options: Options, vocab: Vocabularies, domain_of: np.ndarray,
-                     writer: DatasetWriter, rng: np.random.Generator) -> None:
+def write_partition(
+    table: pa.Table,
+    options: Options,
+    vocab: Vocabularies,
+    domain_of: np.ndarray,
+    writer: DatasetWriter,
+    rng: np.random.Generator,
+) -> None:
     """Filter, re-encode and sort one partition, build histories per block of users, write the splits."""
     user, item = table["user_id"].to_numpy(), table["item_id"].to_numpy()
     keep = vocab.user_kept[user] & vocab.item_kept[item]
@@ -87,8 +133,9 @@ def write_partition(table: pa.Table, options: Options, vocab: Vocabularies, doma
         fields = {"item": item[rows][events], "category": category[rows][events]}
         if options.history == "all":
             fields["behavior"] = behavior[rows][events].astype(np.int64)
-        offsets, values = build_history(user[rows], second[rows], user[rows][events],
-                                        second[rows][events], fields, options.max_length)
+        offsets, values = build_history(
+            user[rows], second[rows], user[rows][events], second[rows][events], fields, options.max_length
+        )
         columns = {
             "positive": (behavior[rows] > 0).astype(np.int8),
             "domain": domain_of[category[rows]],

@@ -21,8 +21,15 @@ BATCH = 256
 
 def cuda_config(data: Path, *overrides: str) -> ExperimentConfig:
     """DIN on ``data``, on the GPU, unshuffled, every table in the fused TBE kernels; ``overrides`` as ``--set``."""
-    base = [f"data.path={data}", f"data.batch_size={BATCH}", "data.shuffle=false", "model.name=din",
-            "model.embedding_dim=16", "train.device=cuda", "train.log_every=1000"]
+    base = [
+        f"data.path={data}",
+        f"data.batch_size={BATCH}",
+        "data.shuffle=false",
+        "model.name=din",
+        "model.embedding_dim=16",
+        "train.device=cuda",
+        "train.log_every=1000",
+    ]
     return load_config(ExperimentConfig, None, base + list(overrides))
 
 

@@ -7,9 +7,19 @@ from torchrec_mdr.bench.train import PIPELINES, TrainBenchOptions, run
 
 
 def test_bench_train_on_cuda(tmp_path, capsys):
-    options = TrainBenchOptions(data=tmp_path / "bench", rows=4000, seq_length=10, models=["dlrm", "din"],
-                                world_sizes=[1], batch_size=256, warmup=2, steps=5, repeats=2,
-                                batches_in_memory=4, device="cuda")
+    options = TrainBenchOptions(
+        data=tmp_path / "bench",
+        rows=4000,
+        seq_length=10,
+        models=["dlrm", "din"],
+        world_sizes=[1],
+        batch_size=256,
+        warmup=2,
+        steps=5,
+        repeats=2,
+        batches_in_memory=4,
+        device="cuda",
+    )
     cells = run(options)
     assert {(c.model, c.pipeline) for c in cells} == {(m, p) for m in options.models for p in PIPELINES}
     assert all(c.samples_per_sec > 0 and len(c.window_samples_per_sec) == 2 for c in cells)

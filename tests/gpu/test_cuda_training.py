@@ -27,14 +27,18 @@ def data(tmp_path_factory) -> Path:
 
 def table_plans(trainer: Trainer) -> dict:
     """table -> torchrec ParameterSharding of the DMP model's plan."""
-    return {table: sharding for module_plan in trainer.model.plan.plan.values()
-            for table, sharding in module_plan.items()}
+    return {
+        table: sharding for module_plan in trainer.model.plan.plan.values() for table, sharding in module_plan.items()
+    }
 
 
 def table_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     """Local values of every embedding table weight, by state-dict key (copied)."""
-    return {key: local(value).detach().clone() for key, value in trainer.model.state_dict().items()
-            if ("embedding_bags." in key or "embeddings." in key) and key.endswith(".weight")}
+    return {
+        key: local(value).detach().clone()
+        for key, value in trainer.model.state_dict().items()
+        if ("embedding_bags." in key or "embeddings." in key) and key.endswith(".weight")
+    }
 
 
 def test_fused_tbe_with_fused_adam(data, tmp_path):
@@ -77,9 +81,14 @@ def test_bf16_autocast_of_the_dense_arch(data, tmp_path):
 
 
 def test_managed_collision_on_cuda(data, tmp_path):
-    config = cuda_config(data, "sparse.eviction.tables=[item, user]", "sparse.eviction.zch_size=64",
-                         "sparse.eviction.eviction_interval=2", f"train.max_steps={STEPS}",
-                         "train.pipeline=sparse_dist")
+    config = cuda_config(
+        data,
+        "sparse.eviction.tables=[item, user]",
+        "sparse.eviction.zch_size=64",
+        "sparse.eviction.eviction_interval=2",
+        f"train.max_steps={STEPS}",
+        "train.pipeline=sparse_dist",
+    )
     trainer = Trainer(config, tmp_path / "run")
     plans = table_plans(trainer)
     assert (plans["item"].sharding_type, plans["user"].sharding_type) == ("row_wise", "row_wise")

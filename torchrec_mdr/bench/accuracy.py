@@ -31,11 +31,14 @@ from torchrec_mdr.bench.accuracy_setup import SUITES, AccuracyBenchOptions, Vari
 from torchrec_mdr.config import ConfigError
 
 
-
 def _ads(backbone: str, *extra: str, label: str | None = None, base: str | None = None) -> Variant:
     """An ADS row; ``psrg_shared_init=identity`` pinned: the default the archived v1 results were trained with."""
-    return Variant(label or f"ADS ({backbone.upper()})", "ads", (
-        f"model.ads.backbone={backbone}", "model.ads.psrg_shared_init=identity", *extra), base or backbone.upper())
+    return Variant(
+        label or f"ADS ({backbone.upper()})",
+        "ads",
+        (f"model.ads.backbone={backbone}", "model.ads.psrg_shared_init=identity", *extra),
+        base or backbone.upper(),
+    )
 
 
 COMPARISONS: tuple[Variant, ...] = (
@@ -57,13 +60,13 @@ COMPARISONS: tuple[Variant, ...] = (
 )
 
 NULL_COMPARISONS: tuple[Variant, ...] = tuple(
-    v for v in COMPARISONS if v.label in {"DIN", "ADS (DIN)", "DNN", "SFPNet w/o STB", "SFPNet", "SharedBottom", "ADIN"})
+    v for v in COMPARISONS if v.label in {"DIN", "ADS (DIN)", "DNN", "SFPNet w/o STB", "SFPNet", "SharedBottom", "ADIN"}
+)
 
 ABLATIONS: tuple[Variant, ...] = (
     _ads("din", label="ADS (DIN)"),
     _ads("din", "model.ads.use_pcrg=false", label="ADS w/o PCRG", base="ADS (DIN)"),
-    _ads("din", "model.ads.use_pcrg=false", "model.ads.use_psrg=false", label="ADS w/o PCRG & PSRG",
-         base="ADS (DIN)"),
+    _ads("din", "model.ads.use_pcrg=false", "model.ads.use_psrg=false", label="ADS w/o PCRG & PSRG", base="ADS (DIN)"),
     Variant("SFPNet", "sfpnet"),
     Variant("SFPNet w/o DAP", "sfpnet", ("model.sfpnet.distribution_aware_pooling=false",), "SFPNet"),
     Variant("SFPNet w/o SAM", "sfpnet", ("model.sfpnet.use_sam=false",), "SFPNet"),
@@ -82,10 +85,21 @@ def synthetic_data(options: AccuracyBenchOptions, domain_shift: float) -> Path:
 
     path = options.work / f"synthetic-shift{domain_shift:g}-rows{options.rows}"
     if not (path / SPEC_FILE).exists():
-        convert(Options(version=1, out=path, rows=options.rows, users=options.users, items=options.items,
-                        categories=max(2, options.items // 50), brands=max(1, options.items // 10),
-                        seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),
-                        domain_shift=domain_shift, overwrite=True))
+        convert(
+            Options(
+                version=1,
+                out=path,
+                rows=options.rows,
+                users=options.users,
+                items=options.items,
+                categories=max(2, options.items // 50),
+                brands=max(1, options.items // 10),
+                seq_length=options.seq_length,
+                min_seq_length=min(10, options.seq_length),
+                domain_shift=domain_shift,
+                overwrite=True,
+            )
+        )
     return path
 
 
@@ -96,16 +110,19 @@ def movielens_data(options: AccuracyBenchOptions) -> Path:
     path = options.work / "ml-100k"
     if not (path / SPEC_FILE).exists():
         if not options.movielens_src.exists():
-            raise ConfigError(f"--movielens-src {options.movielens_src} does not exist; get it with "
-                              "`pip download --no-deps recbole==1.2.1 -d data/cache` (see the README)")
+            raise ConfigError(
+                f"--movielens-src {options.movielens_src} does not exist; get it with "
+                "`pip download --no-deps recbole==1.2.1 -d data/cache` (see the README)"
+            )
         if options.movielens_src.suffix in {".whl", ".zip"} and not zipfile.is_zipfile(options.movielens_src):
             raise ConfigError(f"--movielens-src {options.movielens_src} is not a readable zip/wheel")
         convert(Options(src=options.movielens_src, out=path, overwrite=True))
     return path
 
 
-def run_variant(options: AccuracyBenchOptions, suite: str, variant: Variant, data: Path, seed: int,
-                extra: tuple[str, ...] = ()) -> dict:
+def run_variant(
+    options: AccuracyBenchOptions, suite: str, variant: Variant, data: Path, seed: int, extra: tuple[str, ...] = ()
+) -> dict:
     """Train one configuration (or read its finished metrics.json) and return its metrics."""
     from torchrec_mdr.config import load_config
     from torchrec_mdr.experiment import ExperimentConfig
@@ -173,9 +190,11 @@ def run(options: AccuracyBenchOptions) -> dict[str, Path]:
 
         data = synthetic_data(options, options.domain_shift)
         chunk_variants: list[tuple[Variant, int | None]] = [(Variant("DIN", "din"), None)] + [
-            (_ads("din", f"model.ads.items_per_chunk={c}", label=f"ADS (DIN) chunk {c}"), c) for c in CHUNK_SETTINGS]
-        costs = measure_chunk_costs(options, data, chunk_variants,
-                                    lambda variant: run_variant(options, "chunk_cost", variant, data, seed=0))
+            (_ads("din", f"model.ads.items_per_chunk={c}", label=f"ADS (DIN) chunk {c}"), c) for c in CHUNK_SETTINGS
+        ]
+        costs = measure_chunk_costs(
+            options, data, chunk_variants, lambda variant: run_variant(options, "chunk_cost", variant, data, seed=0)
+        )
         written["chunk_cost"] = report.write_chunk_costs(options, costs, data)
     if "planted" in results or "no_shift" in results:
         written["plot"] = report.write_plot(options, results)

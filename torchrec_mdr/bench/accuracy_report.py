@@ -52,8 +52,13 @@ def compare(model_runs: list[dict], base_runs: list[dict], domain: str | None = 
     delta_mean, delta_sd = mean_std(deltas)
     model_mean, _ = mean_std([pick(m) for m in model_runs])
     base_mean, _ = mean_std([pick(b) for b in base_runs])
-    return {"delta": delta_mean, "delta_sd": delta_sd, "wins": sum(d > 0 for d in deltas), "seeds": len(deltas),
-            "imp": auc_improvement(model_mean, base_mean)}
+    return {
+        "delta": delta_mean,
+        "delta_sd": delta_sd,
+        "wins": sum(d > 0 for d in deltas),
+        "seeds": len(deltas),
+        "imp": auc_improvement(model_mean, base_mean),
+    }
 
 
 def _dataset_line(data: Path) -> str:
@@ -69,12 +74,15 @@ def _command(options: "AccuracyBenchOptions", suite: str) -> str:
     if options.embedding_dim != 16:
         parts.append(f"--embedding-dim {options.embedding_dim}")
     if suite == "movielens":
-        parts.append(f"--movielens-epochs {options.movielens_epochs} "
-                     f"--movielens-batch-size {options.movielens_batch_size}")
+        parts.append(
+            f"--movielens-epochs {options.movielens_epochs} --movielens-batch-size {options.movielens_batch_size}"
+        )
     else:
-        parts.append(f"--rows {options.rows} --items {options.items} --users {options.users} "
-                     f"--seq-length {options.seq_length} --epochs {options.epochs} "
-                     f"--batch-size {options.batch_size}")
+        parts.append(
+            f"--rows {options.rows} --items {options.items} --users {options.users} "
+            f"--seq-length {options.seq_length} --epochs {options.epochs} "
+            f"--batch-size {options.batch_size}"
+        )
         if suite != "no_shift":
             parts.append(f"--domain-shift {options.domain_shift:g}")
     if options.max_steps:
@@ -82,8 +90,7 @@ def _command(options: "AccuracyBenchOptions", suite: str) -> str:
     return " ".join(parts)
 
 
-def verdicts(suite: str, variants: list["Variant"], results: dict[str, list[dict]],
-             domains: list[str]) -> list[str]:
+def verdicts(suite: str, variants: list["Variant"], results: dict[str, list[dict]], domains: list[str]) -> list[str]:
     lines = []
     for variant in variants:
         for base in (variant.base, *variant.also_against):
@@ -92,9 +99,11 @@ def verdicts(suite: str, variants: list["Variant"], results: dict[str, list[dict
             c = compare(results[variant.label], results[base])
             per_domain = [compare(results[variant.label], results[base], d) for d in domains]
             won_domains = sum(p["delta"] > 0 for p in per_domain)
-            text = (f"{variant.label} vs {base}: Δ AUC {c['delta']:+.4f} ± {c['delta_sd']:.4f} "
-                    f"(AUC Imp. {c['imp']:+.2f}%), better in {c['wins']}/{c['seeds']} seeds and in "
-                    f"{won_domains}/{len(domains)} domains")
+            text = (
+                f"{variant.label} vs {base}: Δ AUC {c['delta']:+.4f} ± {c['delta_sd']:.4f} "
+                f"(AUC Imp. {c['imp']:+.2f}%), better in {c['wins']}/{c['seeds']} seeds and in "
+                f"{won_domains}/{len(domains)} domains"
+            )
             lines.append(f"- {text} — **{_verdict(suite, c)}**.")
     return lines
 
@@ -110,25 +119,39 @@ def _verdict(suite: str, c: dict) -> str:
     return "holds" if c["delta"] > 0 and c["wins"] * 2 > c["seeds"] else "does NOT hold"
 
 
-def write_suite(options: "AccuracyBenchOptions", suite: str, variants: list["Variant"],
-                results: dict[str, list[dict]], data: Path) -> Path:
+def write_suite(
+    options: "AccuracyBenchOptions", suite: str, variants: list["Variant"], results: dict[str, list[dict]], data: Path
+) -> Path:
     """``out/<suite>.md``: one row per configuration, oracle row last (synthetic data)."""
     first = next(iter(results.values()))[0]
     domains = list(first["per_domain"])
     header = ["Model", "AUC", "AUC Imp. vs base", "base", *[f"AUC {d}" for d in domains], "GAUC", "logloss"]
-    lines = [f"# {TITLES[suite]}", "", _dataset_line(data), "",
-             f"Produced by `{_command(options, suite)}` ({options.seeds} seed(s); mean ± std over seeds; "
-             "AUC Imp. = ADS eq. 14 on the mean AUCs).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# {TITLES[suite]}",
+        "",
+        _dataset_line(data),
+        "",
+        f"Produced by `{_command(options, suite)}` ({options.seeds} seed(s); mean ± std over seeds; "
+        "AUC Imp. = ADS eq. 14 on the mean AUCs).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for variant in variants:
         runs = results[variant.label]
         imp = ""
         if variant.base and variant.base in results:
             imp = f"{compare(runs, results[variant.base])['imp']:+.2f}%"
         base = variant.base if variant.base in results else ""  # a base outside this table: no column
-        cells = [variant.label, _fmt([r["auc"] for r in runs]), imp, base,
-                 *[_fmt(_domain_aucs(runs, d)) for d in domains],
-                 _fmt([r["gauc"] for r in runs]), _fmt([r["logloss"] for r in runs])]
+        cells = [
+            variant.label,
+            _fmt([r["auc"] for r in runs]),
+            imp,
+            base,
+            *[_fmt(_domain_aucs(runs, d)) for d in domains],
+            _fmt([r["gauc"] for r in runs]),
+            _fmt([r["logloss"] for r in runs]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     oracle = first.get("oracle_auc")
     if oracle:
@@ -137,32 +160,58 @@ def write_suite(options: "AccuracyBenchOptions", suite: str, variants: list["Var
     lines += ["", "## Verdicts (computed from the table)", ""]
     lines += verdicts(suite, variants, results, domains) or ["- no comparison in this selection"]
     if suite == "ablation":
-        lines += ["", "Order of the means: " + " > ".join(
-            label for label, _ in sorted(((v.label, mean_std([r["auc"] for r in results[v.label]])[0])
-                                          for v in variants), key=lambda item: -item[1]))]
+        lines += [
+            "",
+            "Order of the means: "
+            + " > ".join(
+                label
+                for label, _ in sorted(
+                    ((v.label, mean_std([r["auc"] for r in results[v.label]])[0]) for v in variants),
+                    key=lambda item: -item[1],
+                )
+            ),
+        ]
     path = options.out / f"{suite}.md"
     path.write_text("\n".join(lines) + "\n")
-    raw = {label: [{k: r[k] for k in ("auc", "gauc", "logloss", "per_domain", "train")} for r in runs]
-           for label, runs in results.items()}
+    raw = {
+        label: [{k: r[k] for k in ("auc", "gauc", "logloss", "per_domain", "train")} for r in runs]
+        for label, runs in results.items()
+    }
     (options.out / f"{suite}.json").write_text(json.dumps(raw, indent=1) + "\n")
     return path
 
 
 def write_chunk_costs(options: "AccuracyBenchOptions", costs: list[dict], data: Path) -> Path:
-    header = ["Model", "items per chunk", "dense params", "train GFLOPs / 1k samples", "step ms (dense, fwd+bwd)",
-              "test AUC (seed 0)"]
-    lines = ["# ADS cost per items-per-chunk setting (the ADS paper's Fig. 4)", "", _dataset_line(data), "",
-             f"Produced by `mdr bench accuracy --suites chunk_cost` (batch {options.batch_size}; FLOPs counted by "
-             "torch.utils.flop_counter over one forward + backward of the dense arch on a real batch; step time "
-             "= median of measured dense forward + backward passes on this machine; the sparse arch is the "
-             "same for every row).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = [
+        "Model",
+        "items per chunk",
+        "dense params",
+        "train GFLOPs / 1k samples",
+        "step ms (dense, fwd+bwd)",
+        "test AUC (seed 0)",
+    ]
+    lines = [
+        "# ADS cost per items-per-chunk setting (the ADS paper's Fig. 4)",
+        "",
+        _dataset_line(data),
+        "",
+        f"Produced by `mdr bench accuracy --suites chunk_cost` (batch {options.batch_size}; FLOPs counted by "
+        "torch.utils.flop_counter over one forward + backward of the dense arch on a real batch; step time "
+        "= median of measured dense forward + backward passes on this machine; the sparse arch is the "
+        "same for every row).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in costs:
-        lines.append(f"| {row['label']} | {row['items_per_chunk'] or '—'} | {row['params']:,} | "
-                     f"{row['gflops_per_1k']:.3f} | {row['step_ms']:.1f} | "
-                     f"{row['auc']:.4f} |" if row.get("auc") is not None else
-                     f"| {row['label']} | {row['items_per_chunk'] or '—'} | {row['params']:,} | "
-                     f"{row['gflops_per_1k']:.3f} | {row['step_ms']:.1f} | n/a |")
+        lines.append(
+            f"| {row['label']} | {row['items_per_chunk'] or '—'} | {row['params']:,} | "
+            f"{row['gflops_per_1k']:.3f} | {row['step_ms']:.1f} | "
+            f"{row['auc']:.4f} |"
+            if row.get("auc") is not None
+            else f"| {row['label']} | {row['items_per_chunk'] or '—'} | {row['params']:,} | "
+            f"{row['gflops_per_1k']:.3f} | {row['step_ms']:.1f} | n/a |"
+        )
     path = options.out / "chunk_cost.md"
     path.write_text("\n".join(lines) + "\n")
     return path

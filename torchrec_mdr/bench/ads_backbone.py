@@ -49,16 +49,23 @@ if TYPE_CHECKING:
 
 @dataclass
 class AdsBenchOptions:
-    data_root: Path = field(default=Path("data/bench-ads"), metadata=doc(
-        "folder of the generated datasets, one per sequence length (seq<T>; generated if missing)"))
+    data_root: Path = field(
+        default=Path("data/bench-ads"),
+        metadata=doc("folder of the generated datasets, one per sequence length (seq<T>; generated if missing)"),
+    )
     rows: int = field(default=50_000, metadata=bounds(ge=1000, help="rows of each generated dataset"))
-    seq_lengths: list[int] = field(default_factory=lambda: [20, 50, 100], metadata=bounds(
-        ge=1, help="behaviour-sequence lengths T (every row full length)"))
-    chunks: list[int] = field(default_factory=lambda: [1, 5, 10], metadata=bounds(
-        ge=1, help="ADS items-per-chunk settings, each one variant"))
+    seq_lengths: list[int] = field(
+        default_factory=lambda: [20, 50, 100],
+        metadata=bounds(ge=1, help="behaviour-sequence lengths T (every row full length)"),
+    )
+    chunks: list[int] = field(
+        default_factory=lambda: [1, 5, 10], metadata=bounds(ge=1, help="ADS items-per-chunk settings, each one variant")
+    )
     backbone: str = field(default="din", metadata=doc("the backbone model and ADS's backbone: din, mha or can"))
-    domain_features: list[str] = field(default_factory=lambda: ["user_activity"], metadata=doc(
-        "ADS's implicit domain indicators (model.ads.domain_features)"))
+    domain_features: list[str] = field(
+        default_factory=lambda: ["user_activity"],
+        metadata=doc("ADS's implicit domain indicators (model.ads.domain_features)"),
+    )
     batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per step"))
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))
     warmup: int = field(default=5, metadata=bounds(ge=1, help="steps per variant before timing (discarded)"))
@@ -66,12 +73,16 @@ class AdsBenchOptions:
     repeats: int = field(default=5, metadata=bounds(ge=1, help="rounds; ratios are per round"))
     batches_in_memory: int = field(default=8, metadata=bounds(ge=1, help="distinct batches cycled through"))
     threads: int = field(default=1, metadata=bounds(ge=1, help="torch threads"))
-    clock: Literal["wall", "cpu"] = field(default="cpu", metadata=doc(
-        "what a window's seconds are: cpu (the process's CPU time) or wall"))
-    profile_seq_length: int = field(default=50, metadata=bounds(
-        ge=0, help="T at which torch.profiler breaks the step down by operator (0: no profile)"))
-    profile_steps: int = field(default=10, metadata=bounds(
-        ge=1, help="one-step recordings per variant (the table gives each operator's mean)"))
+    clock: Literal["wall", "cpu"] = field(
+        default="cpu", metadata=doc("what a window's seconds are: cpu (the process's CPU time) or wall")
+    )
+    profile_seq_length: int = field(
+        default=50,
+        metadata=bounds(ge=0, help="T at which torch.profiler breaks the step down by operator (0: no profile)"),
+    )
+    profile_steps: int = field(
+        default=10, metadata=bounds(ge=1, help="one-step recordings per variant (the table gives each operator's mean)")
+    )
     profile_top: int = field(default=15, metadata=bounds(ge=1, help="operators listed"))
 
     def validate(self) -> None:
@@ -80,8 +91,10 @@ class AdsBenchOptions:
         if self.backbone not in ATTENTION_KINDS:
             raise ConfigError(f"'backbone': {self.backbone!r} is not one of {list(ATTENTION_KINDS)}")
         if self.profile_seq_length and self.profile_seq_length not in self.seq_lengths:
-            raise ConfigError(f"'profile_seq_length': {self.profile_seq_length} is not one of 'seq_lengths' "
-                              f"{self.seq_lengths} (0: no profile)")
+            raise ConfigError(
+                f"'profile_seq_length': {self.profile_seq_length} is not one of 'seq_lengths' "
+                f"{self.seq_lengths} (0: no profile)"
+            )
 
 
 def variants(options: AdsBenchOptions) -> list[str]:
@@ -97,9 +110,17 @@ def _model_config(options: AdsBenchOptions, label: str) -> "ModelConfig":
     if label == options.backbone:
         return load_config(ModelConfig, None, overrides + [f"name={label}"])
     chunk = int(label.removeprefix("ads k="))
-    return load_config(ModelConfig, None, overrides + [
-        "name=ads", f"ads.backbone={options.backbone}", f"ads.items_per_chunk={chunk}",
-        f"ads.domain_features={json.dumps(options.domain_features)}"])
+    return load_config(
+        ModelConfig,
+        None,
+        overrides
+        + [
+            "name=ads",
+            f"ads.backbone={options.backbone}",
+            f"ads.items_per_chunk={chunk}",
+            f"ads.domain_features={json.dumps(options.domain_features)}",
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- inside the process
@@ -155,19 +176,35 @@ def _worker(rank: int, port: int, options: AdsBenchOptions, seq_length: int, out
 
     from torchrec_mdr.bench.train import TrainBenchOptions, _Loop, _quiet, _read_batches, _timed, round_order
 
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(options.threads)
     _quiet()
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
-        train = TrainBenchOptions(data=options.data_root / f"seq{seq_length}", embedding_dim=options.embedding_dim,
-                                  batches_in_memory=options.batches_in_memory, threads=options.threads,
-                                  clock=options.clock, world_sizes=[1], pipelines=["plain"])
+        train = TrainBenchOptions(
+            data=options.data_root / f"seq{seq_length}",
+            embedding_dim=options.embedding_dim,
+            batches_in_memory=options.batches_in_memory,
+            threads=options.threads,
+            clock=options.clock,
+            world_sizes=[1],
+            pipelines=["plain"],
+        )
         batches = _read_batches(train, options.batch_size, 0, 1)
         labels = variants(options)
-        loops = {label: _Loop(train, _model_config(options, label), "plain", options.batch_size, batches,
-                              out / f"run-{seq_length}-{index}") for index, label in enumerate(labels)}
+        loops = {
+            label: _Loop(
+                train,
+                _model_config(options, label),
+                "plain",
+                options.batch_size,
+                batches,
+                out / f"run-{seq_length}-{index}",
+            )
+            for index, label in enumerate(labels)
+        }
         flops = {label: _flops(loop) for label, loop in loops.items()}
         for loop in loops.values():
             for _ in range(options.warmup):
@@ -194,17 +231,20 @@ def round_ratios(seconds: dict[str, list[float]], label: str, baseline: str) -> 
     return [a / b for a, b in zip(seconds[label], seconds[baseline])]
 
 
-def format_ratio_table(results: dict[int, dict[str, list[float]]], options: AdsBenchOptions,
-                       flops: dict[int, dict[str, int]] | None = None) -> str:
+def format_ratio_table(
+    results: dict[int, dict[str, list[float]]], options: AdsBenchOptions, flops: dict[int, dict[str, int]] | None = None
+) -> str:
     """One row per T: the backbone's ms per step (median round) and, per chunk setting, ADS / backbone step
     time as the median (min-max) of the per-round ratios; with ``flops`` (T -> label -> FLOPs of a step),
     a second table of ADS / backbone FLOPs: the ratio the equations alone would give."""
     labels = variants(options)
     clock = "CPU" if options.clock == "cpu" else "wall"
-    lines = [f"ADS ({options.backbone}) step time / {options.backbone} step time, {clock} time: median (min-max) "
-             f"of {options.repeats} rounds x {options.steps} steps after {options.warmup} warm-up, batch "
-             f"{options.batch_size}, {options.threads} thread(s), embedding dim {options.embedding_dim}",
-             f"{'T':>5}{options.backbone + ' ms/step':>16}" + "".join(f"{label:>22}" for label in labels[1:])]
+    lines = [
+        f"ADS ({options.backbone}) step time / {options.backbone} step time, {clock} time: median (min-max) "
+        f"of {options.repeats} rounds x {options.steps} steps after {options.warmup} warm-up, batch "
+        f"{options.batch_size}, {options.threads} thread(s), embedding dim {options.embedding_dim}",
+        f"{'T':>5}{options.backbone + ' ms/step':>16}" + "".join(f"{label:>22}" for label in labels[1:]),
+    ]
     for seq_length, seconds in sorted(results.items()):
         base_ms = statistics.median(seconds[labels[0]]) / options.steps * 1000
         line = f"{seq_length:>5}{base_ms:>16.1f}"
@@ -213,11 +253,15 @@ def format_ratio_table(results: dict[int, dict[str, list[float]]], options: AdsB
             line += f"{statistics.median(ratios):>10.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
         lines.append(line)
     if flops:
-        lines += [f"training FLOPs per step (matrix products, forward + backward): ADS / {options.backbone}",
-                  f"{'T':>5}{options.backbone + ' GFLOPs':>16}" + "".join(f"{label:>22}" for label in labels[1:])]
+        lines += [
+            f"training FLOPs per step (matrix products, forward + backward): ADS / {options.backbone}",
+            f"{'T':>5}{options.backbone + ' GFLOPs':>16}" + "".join(f"{label:>22}" for label in labels[1:]),
+        ]
         for seq_length, counts in sorted(flops.items()):
-            lines.append(f"{seq_length:>5}{counts[labels[0]] / 1e9:>16.3f}"
-                         + "".join(f"{counts[label] / counts[labels[0]]:>22.3f}" for label in labels[1:]))
+            lines.append(
+                f"{seq_length:>5}{counts[labels[0]] / 1e9:>16.3f}"
+                + "".join(f"{counts[label] / counts[labels[0]]:>22.3f}" for label in labels[1:])
+            )
     return "\n".join(lines)
 
 
@@ -226,12 +270,16 @@ def format_profile(profile: dict[str, dict[str, float]], options: AdsBenchOption
     variant's extra time over the backbone's; a total line first."""
     labels = variants(options)
     base, first = labels[0], labels[1]
-    ops = sorted(set().union(*(profile[label] for label in labels)) - {"(all)"},
-                 key=lambda op: profile[base].get(op, 0.0) - profile[first].get(op, 0.0))
-    lines = [f"self CPU ms per step at T = {options.profile_seq_length} (mean of {options.profile_steps} one-step "
-             f"recordings), sorted by {first} - {base}",
-             f"{'operator':<60}" + "".join(f"{label:>10}" for label in labels) + f"{'extra':>10}"]
-    for op in ["(all)"] + ops[:options.profile_top]:
+    ops = sorted(
+        set().union(*(profile[label] for label in labels)) - {"(all)"},
+        key=lambda op: profile[base].get(op, 0.0) - profile[first].get(op, 0.0),
+    )
+    lines = [
+        f"self CPU ms per step at T = {options.profile_seq_length} (mean of {options.profile_steps} one-step "
+        f"recordings), sorted by {first} - {base}",
+        f"{'operator':<60}" + "".join(f"{label:>10}" for label in labels) + f"{'extra':>10}",
+    ]
+    for op in ["(all)"] + ops[: options.profile_top]:
         values = [profile[label].get(op, 0.0) for label in labels]
         lines.append(f"{op[:59]:<60}" + "".join(f"{v:>10.2f}" for v in values) + f"{values[1] - values[0]:>10.2f}")
     return "\n".join(lines)
@@ -254,8 +302,11 @@ def run(options: AdsBenchOptions) -> dict[int, dict]:
             print(f"T = {seq_length}: {len(variants(options))} variants ...", flush=True)
             mp.spawn(_worker, args=(_free_port(), options, seq_length, out), nprocs=1, join=True)
             results[seq_length] = json.loads((out / f"result-{seq_length}.json").read_text())
-    print(format_ratio_table({t: r["seconds"] for t, r in results.items()}, options,
-                             {t: r["flops"] for t, r in results.items()}))
+    print(
+        format_ratio_table(
+            {t: r["seconds"] for t, r in results.items()}, options, {t: r["flops"] for t, r in results.items()}
+        )
+    )
     if options.profile_seq_length:
         print(format_profile(results[options.profile_seq_length]["profile"], options))
     return results

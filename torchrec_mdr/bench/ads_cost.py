@@ -27,8 +27,7 @@ WARMUP_STEPS = 3
 TIMED_STEPS = 40
 
 
-def _embedded_batch(data: Path,
-                    options: AccuracyBenchOptions) -> tuple[FeatureLayout, EmbeddedFeatures, DatasetSpec]:
+def _embedded_batch(data: Path, options: AccuracyBenchOptions) -> tuple[FeatureLayout, EmbeddedFeatures, DatasetSpec]:
     """One train batch as EmbeddedFeatures (random-initialised tables; the cost does not depend on values)."""
     from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
     from torchrec_mdr.data.spec import DatasetSpec
@@ -36,8 +35,7 @@ def _embedded_batch(data: Path,
     from torchrec_mdr.sparse.arch import SparseArch
 
     spec = DatasetSpec.load(data)
-    batch = next(iter(make_dataloader(ReaderConfig(path=data, batch_size=options.batch_size, shuffle=False),
-                                      "train")))
+    batch = next(iter(make_dataloader(ReaderConfig(path=data, batch_size=options.batch_size, shuffle=False), "train")))
     sparse = SparseArch(spec, options.embedding_dim)
     layout = FeatureLayout.from_spec(spec, options.embedding_dim)
     with torch.no_grad():
@@ -48,6 +46,7 @@ def _embedded_batch(data: Path,
 
 def _dense_cost(arch: torch.nn.Module, features: EmbeddedFeatures, batch_size: int) -> tuple[int, float, float]:
     """(parameters, GFLOPs per 1,000 samples for forward + backward, median step milliseconds)."""
+
     def step() -> None:
         arch.zero_grad(set_to_none=True)
         output = arch(features)
@@ -69,8 +68,12 @@ def _dense_cost(arch: torch.nn.Module, features: EmbeddedFeatures, batch_size: i
     return params, gflops_per_1k, statistics.median(times)
 
 
-def measure_chunk_costs(options: "AccuracyBenchOptions", data: Path, variants: list[tuple["Variant", int | None]],
-                        train: Callable[["Variant"], dict]) -> list[dict]:
+def measure_chunk_costs(
+    options: "AccuracyBenchOptions",
+    data: Path,
+    variants: list[tuple["Variant", int | None]],
+    train: Callable[["Variant"], dict],
+) -> list[dict]:
     """One row per (variant, items per chunk): the backbone (DIN, chunk None) and each ADS (DIN) setting, as
     the caller (:mod:`torchrec_mdr.bench.accuracy`) lists them; ``train`` gives a variant's finished metrics."""
     from torchrec_mdr.config import load_config
@@ -87,8 +90,19 @@ def measure_chunk_costs(options: "AccuracyBenchOptions", data: Path, variants: l
         arch = build_dense_arch(layout, load_config(ModelConfig, None, overrides))
         params, gflops, step_ms = _dense_cost(arch, features, options.batch_size)
         metrics = train(variant)
-        rows.append({"label": variant.label, "items_per_chunk": chunk, "params": params, "gflops_per_1k": gflops,
-                     "step_ms": step_ms, "auc": metrics.get("auc")})
-        print(f"{variant.label}: {params:,} params, {gflops:.3f} GFLOPs/1k samples, {step_ms:.1f} ms/step, "
-              f"AUC {metrics.get('auc', float('nan')):.4f}", flush=True)
+        rows.append(
+            {
+                "label": variant.label,
+                "items_per_chunk": chunk,
+                "params": params,
+                "gflops_per_1k": gflops,
+                "step_ms": step_ms,
+                "auc": metrics.get("auc"),
+            }
+        )
+        print(
+            f"{variant.label}: {params:,} params, {gflops:.3f} GFLOPs/1k samples, {step_ms:.1f} ms/step, "
+            f"AUC {metrics.get('auc', float('nan')):.4f}",
+            flush=True,
+        )
     return rows

@@ -38,8 +38,10 @@ DOMAINS = ["d0", "d1", "d2"]
 
 @dataclass
 class EvalBenchOptions:
-    rows: list[int] = field(default_factory=lambda: [2_000_000],
-                            metadata=bounds(ge=1000, help="rows per pass (all ranks together); one cell each"))
+    rows: list[int] = field(
+        default_factory=lambda: [2_000_000],
+        metadata=bounds(ge=1000, help="rows per pass (all ranks together); one cell each"),
+    )
     world_sizes: list[int] = field(default_factory=lambda: [1, 2], metadata=bounds(ge=1, help="processes (gloo)"))
     paths: list[str] = field(default_factory=lambda: list(PATHS), metadata=doc(f"metric paths among {PATHS}"))
     batch_size: int = field(default=4096, metadata=bounds(ge=1, help="rows per batch per rank"))
@@ -70,7 +72,7 @@ def _reset_peak() -> None:
 def _batch(options: EvalBenchOptions, rows: int, rank: int, index: int, size: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(rank * 1_000_003 + index)
     logits = torch.randn(size, options.tasks, generator=generator, dtype=torch.float64) * 1.5 - 1.0
-    labels = (torch.rand(size, options.tasks, generator=generator, dtype=torch.float64) < torch.sigmoid(logits))
+    labels = torch.rand(size, options.tasks, generator=generator, dtype=torch.float64) < torch.sigmoid(logits)
     domain = torch.randint(0, len(DOMAINS), (size,), generator=generator)
     group = torch.randint(0, max(rows // 20, 1), (size,), generator=generator)
     session = group * 4 + torch.randint(0, 4, (size,), generator=generator)
@@ -83,8 +85,7 @@ def _pass(options: EvalBenchOptions, path: str, rows: int, rank: int, world_size
     from torchrec_mdr.metrics.sharded import ShardedMetrics
 
     labels = [f"task{t}" for t in range(options.tasks)]
-    metrics = (ShardedMetrics(len(DOMAINS), options.tasks, sessions=True) if path == "sharded"
-               else PredictionBuffer())
+    metrics = ShardedMetrics(len(DOMAINS), options.tasks, sessions=True) if path == "sharded" else PredictionBuffer()
     local = rows // world_size + (rank < rows % world_size)
     seconds = 0.0
     for index, start in enumerate(range(0, local, options.batch_size)):
@@ -96,14 +97,14 @@ def _pass(options: EvalBenchOptions, path: str, rows: int, rank: int, world_size
     if isinstance(metrics, ShardedMetrics):  # path == "sharded"
         result = metrics.compute(DOMAINS, labels)
     else:
-        result = evaluate_predictions(metrics.gather(num_tasks=options.tasks), DOMAINS, sessions=True,
-                                      label_names=labels)
+        result = evaluate_predictions(
+            metrics.gather(num_tasks=options.tasks), DOMAINS, sessions=True, label_names=labels
+        )
     compute = time.perf_counter() - begin
     return result.to_dict(), seconds + compute, compute
 
 
-def _worker(rank: int, world_size: int, port: int, options: EvalBenchOptions, path: str, rows: int,
-            out: Path) -> None:
+def _worker(rank: int, world_size: int, port: int, options: EvalBenchOptions, path: str, rows: int, out: Path) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -114,8 +115,9 @@ def _worker(rank: int, world_size: int, port: int, options: EvalBenchOptions, pa
         before = _status_kib("VmRSS")
         result, seconds, compute = _pass(options, path, rows, rank, world_size)
         peak = _status_kib("VmHWM")
-        (out / f"{path}-{rows}-{world_size}-{rank}.json").write_text(json.dumps(
-            {"result": result, "seconds": seconds, "compute": compute, "peak_mib": (peak - before) / 1024}))
+        (out / f"{path}-{rows}-{world_size}-{rank}.json").write_text(
+            json.dumps({"result": result, "seconds": seconds, "compute": compute, "peak_mib": (peak - before) / 1024})
+        )
     finally:
         dist.destroy_process_group()
 
@@ -142,36 +144,54 @@ def run(options: EvalBenchOptions) -> list[dict]:
     import torch.multiprocessing as mp
 
     cells = []
-    print(f"eval pass, {options.tasks} task(s), batch {options.batch_size} per rank, {options.threads} thread(s) per "
-          f"process\n{HEADER}", flush=True)
+    print(
+        f"eval pass, {options.tasks} task(s), batch {options.batch_size} per rank, {options.threads} thread(s) per "
+        f"process\n{HEADER}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="mdr-bench-eval-") as tmp:
         out = Path(tmp)
         for rows in options.rows:
             for world_size in options.world_sizes:
                 results = {}
                 for path in options.paths:
-                    mp.spawn(_worker, args=(world_size, _free_port(), options, path, rows, out), nprocs=world_size,
-                             join=True)
-                    ranks = [json.loads((out / f"{path}-{rows}-{world_size}-{r}.json").read_text())
-                             for r in range(world_size)]
+                    mp.spawn(
+                        _worker, args=(world_size, _free_port(), options, path, rows, out), nprocs=world_size, join=True
+                    )
+                    ranks = [
+                        json.loads((out / f"{path}-{rows}-{world_size}-{r}.json").read_text())
+                        for r in range(world_size)
+                    ]
                     results[path] = ranks[0]["result"]
-                    cells.append({"rows": rows, "world_size": world_size, "path": path, "tasks": options.tasks,
-                                  "seconds": max(r["seconds"] for r in ranks),
-                                  "compute_seconds": max(r["compute"] for r in ranks),
-                                  "peak_mib_per_rank": max(r["peak_mib"] for r in ranks),
-                                  "auc": ranks[0]["result"]["auc"]})
+                    cells.append(
+                        {
+                            "rows": rows,
+                            "world_size": world_size,
+                            "path": path,
+                            "tasks": options.tasks,
+                            "seconds": max(r["seconds"] for r in ranks),
+                            "compute_seconds": max(r["compute"] for r in ranks),
+                            "peak_mib_per_rank": max(r["peak_mib"] for r in ranks),
+                            "auc": ranks[0]["result"]["auc"],
+                        }
+                    )
                     print(_line(cells[-1]), flush=True)
                 if len(results) == 2:
-                    print(f"  largest |gather - sharded| over all metrics: "
-                          f"{_max_abs_difference(results['gather'], results['sharded']):.2e}", flush=True)
+                    print(
+                        f"  largest |gather - sharded| over all metrics: "
+                        f"{_max_abs_difference(results['gather'], results['sharded']):.2e}",
+                        flush=True,
+                    )
     if options.out is not None:
         options.out.write_text(json.dumps(cells, indent=2) + "\n")
     return cells
 
 
 def _line(cell: dict) -> str:
-    return (f"{cell['rows']:>12,}{cell['world_size']:>6}  {cell['path']:<8}{cell['seconds']:>10.1f}"
-            f"{cell['compute_seconds']:>10.1f}{cell['peak_mib_per_rank']:>14,.0f}")
+    return (
+        f"{cell['rows']:>12,}{cell['world_size']:>6}  {cell['path']:<8}{cell['seconds']:>10.1f}"
+        f"{cell['compute_seconds']:>10.1f}{cell['peak_mib_per_rank']:>14,.0f}"
+    )
 
 
 HEADER = f"{'rows':>12}{'world':>6}  {'path':<8}{'eval s':>10}{'compute s':>10}{'peak MiB/rank':>14}"

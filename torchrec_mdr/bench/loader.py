@@ -21,8 +21,9 @@ class LoaderBenchOptions:
     rows: int = field(default=1_000_000, metadata=bounds(ge=1000, help="rows to generate if the data is missing"))
     split: str = field(default="train", metadata=doc("split to read"))
     batch_size: int = field(default=4096, metadata=bounds(ge=1, help="rows per batch"))
-    workers: list[int] = field(default_factory=lambda: [0, 1, 2],
-                               metadata=bounds(ge=0, help="dataloader worker counts to measure"))
+    workers: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata=bounds(ge=0, help="dataloader worker counts to measure")
+    )
     shuffle: bool = field(default=True, metadata=doc("shuffle as in training"))
     repeats: int = field(default=2, metadata=bounds(ge=1, help="epochs per setting; the best is reported"))
 
@@ -41,8 +42,9 @@ def run(options: LoaderBenchOptions) -> list[dict[str, float]]:
     results = []
     print(f"{'workers':>8}{'processes':>10}{'rows':>12}{'rows/s':>14}{'rows/s per process':>20}")
     for workers in options.workers:
-        config = ReaderConfig(path=options.data, batch_size=options.batch_size, num_workers=workers,
-                              shuffle=options.shuffle)
+        config = ReaderConfig(
+            path=options.data, batch_size=options.batch_size, num_workers=workers, shuffle=options.shuffle
+        )
         loader = make_dataloader(config, split=options.split)
         best = 0.0
         rows = 0
@@ -52,7 +54,8 @@ def run(options: LoaderBenchOptions) -> list[dict[str, float]]:
             rows = sum(batch.batch_size for batch in loader)
             best = max(best, rows / (time.perf_counter() - start))
         processes = max(workers, 1)
-        results.append({"workers": workers, "rows": rows, "rows_per_sec": best,
-                        "rows_per_sec_per_process": best / processes})
+        results.append(
+            {"workers": workers, "rows": rows, "rows_per_sec": best, "rows_per_sec_per_process": best / processes}
+        )
         print(f"{workers:>8}{processes:>10}{rows:>12,}{best:>14,.0f}{best / processes:>20,.0f}")
     return results

@@ -39,8 +39,13 @@ class PaperTableOptions:
     out: Path = field(default=Path("docs/results/tables"), metadata=doc("folder for the table (and its runs)"))
     work: Path = field(default=Path("data/bench-table"), metadata=doc("per-run folders (kept: a re-run resumes)"))
     seeds: int = field(default=3, metadata=bounds(ge=1, help="training seeds per model"))
-    domain_features: list[str] = field(default_factory=list, metadata=doc(
-        "implicit domain id fields given to ADS, SFPNet, MARIA, PEPNet, APG, AdaSparse and DFFM (e.g. user_activity)"))
+    domain_features: list[str] = field(
+        default_factory=list,
+        metadata=doc(
+            "implicit domain id fields given to ADS, SFPNet, MARIA, PEPNet, APG, AdaSparse and DFFM "
+            "(e.g. user_activity)"
+        ),
+    )
     max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
     patience: int = field(default=2, metadata=bounds(ge=1, help="evaluations without a better validation AUC"))
     evals_per_epoch: int = field(default=1, metadata=bounds(ge=1, help="validation evaluations per epoch"))
@@ -62,25 +67,55 @@ def rows(options: PaperTableOptions) -> list[tuple[str, list[Variant | str]]]:
     """The table's groups: (group title, rows); a row is a Variant, or a label the library lacks."""
     f = options.domain_features
     if options.paper == "sfpnet":
-        return [("", [
-            Variant("BaseDNN", "dnn"), Variant("DeepFM", "deepfm"), Variant("SharedBottom", "shared_bottom"),
-            Variant("MMoE", "mmoe"), Variant("PLE", "ple"), Variant("STAR", "star"), Variant("AESM2", "aesm2"),
-            Variant("AdaSparse", "adasparse", _on("adasparse", "domain_features", f)),
-            Variant("PEPNet", "pepnet", _on("pepnet", "domain_features", f)),
-            Variant("MARIA", "maria", _on("maria", "scenario_features", f)),
-            Variant("SFPNet", "sfpnet", _on("sfpnet", "scenario_features", f))])]
-    groups: list[tuple[str, list[Variant | str]]] = [("DNN-based", [
-        Variant("DNN", "dnn"), Variant("DeepFM", "deepfm"), Variant("DCNv2", "dcnv2"),
-        Variant("APG", "apg", _on("apg", "domain_features", f)),
-        Variant("AdaSparse", "adasparse", _on("adasparse", "domain_features", f)),
-        Variant("DFFM", "dffm", _on("dffm", "domain_features", f)), Variant("MaskNet", "masknet")])]
+        return [
+            (
+                "",
+                [
+                    Variant("BaseDNN", "dnn"),
+                    Variant("DeepFM", "deepfm"),
+                    Variant("SharedBottom", "shared_bottom"),
+                    Variant("MMoE", "mmoe"),
+                    Variant("PLE", "ple"),
+                    Variant("STAR", "star"),
+                    Variant("AESM2", "aesm2"),
+                    Variant("AdaSparse", "adasparse", _on("adasparse", "domain_features", f)),
+                    Variant("PEPNet", "pepnet", _on("pepnet", "domain_features", f)),
+                    Variant("MARIA", "maria", _on("maria", "scenario_features", f)),
+                    Variant("SFPNet", "sfpnet", _on("sfpnet", "scenario_features", f)),
+                ],
+            )
+        ]
+    groups: list[tuple[str, list[Variant | str]]] = [
+        (
+            "DNN-based",
+            [
+                Variant("DNN", "dnn"),
+                Variant("DeepFM", "deepfm"),
+                Variant("DCNv2", "dcnv2"),
+                Variant("APG", "apg", _on("apg", "domain_features", f)),
+                Variant("AdaSparse", "adasparse", _on("adasparse", "domain_features", f)),
+                Variant("DFFM", "dffm", _on("dffm", "domain_features", f)),
+                Variant("MaskNet", "masknet"),
+            ],
+        )
+    ]
     for backbone in ("din", "mha", "can"):
         name = backbone.upper()
-        groups.append((name, [
-            Variant(name, backbone), Variant(f"{name} +FRNet", "frnet", (f"model.frnet.backbone={backbone}",)),
-            Variant(f"{name} +PEPNet", "pepnet",
-                    _on("pepnet", "domain_features", f, f"model.pepnet.backbone={backbone}")),
-            Variant(f"{name} +ADS", "ads", _on("ads", "domain_features", f, f"model.ads.backbone={backbone}"))]))
+        groups.append(
+            (
+                name,
+                [
+                    Variant(name, backbone),
+                    Variant(f"{name} +FRNet", "frnet", (f"model.frnet.backbone={backbone}",)),
+                    Variant(
+                        f"{name} +PEPNet",
+                        "pepnet",
+                        _on("pepnet", "domain_features", f, f"model.pepnet.backbone={backbone}"),
+                    ),
+                    Variant(f"{name} +ADS", "ads", _on("ads", "domain_features", f, f"model.ads.backbone={backbone}")),
+                ],
+            )
+        )
     return groups
 
 
@@ -117,15 +152,22 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
         tasks = tasks[:1]
 
     def runs(label: str, task: str | None, domain: str | None) -> list[float]:
-        return [_value(results[(label, dataset, s)], task, domain) for s in range(options.seeds)
-                if (label, dataset, s) in results]
+        return [
+            _value(results[(label, dataset, s)], task, domain)
+            for s in range(options.seeds)
+            if (label, dataset, s) in results
+        ]
 
-    lines = [f"# {'ADS Table 2' if options.paper == 'ads' else 'SFPNet Table 4'} on `{dataset}`", "",
-             f"Produced by `mdr bench table --paper {options.paper} --data {options.data} --seeds {options.seeds}"
-             + (f" --domain-features {' '.join(options.domain_features)}" if options.domain_features else "")
-             + f" --max-epochs {options.max_epochs} --patience {options.patience}` (test AUC, mean over the seeds "
-               "run; each run early-stopped on the validation AUC). Rows marked '" + MISSING + "' are models the "
-               "library does not implement.", ""]
+    lines = [
+        f"# {'ADS Table 2' if options.paper == 'ads' else 'SFPNet Table 4'} on `{dataset}`",
+        "",
+        f"Produced by `mdr bench table --paper {options.paper} --data {options.data} --seeds {options.seeds}"
+        + (f" --domain-features {' '.join(options.domain_features)}" if options.domain_features else "")
+        + f" --max-epochs {options.max_epochs} --patience {options.patience}` (test AUC, mean over the seeds "
+        "run; each run early-stopped on the validation AUC). Rows marked '" + MISSING + "' are models the "
+        "library does not implement.",
+        "",
+    ]
     if options.paper == "ads":
         header = ["Models"]
         for task in tasks:
@@ -146,10 +188,16 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
                 cells = [row.label]
                 for task in tasks:
                     auc = _mean(runs(row.label, task, None))
-                    imp = auc_improvement(auc, base[task]) if math.isfinite(auc) and math.isfinite(base[task]) \
+                    imp = (
+                        auc_improvement(auc, base[task])
+                        if math.isfinite(auc) and math.isfinite(base[task])
                         else float("nan")
-                    cells += [f"{auc:.4f}", "-" if row.label == "DNN" else f"{imp:+.2f}%",
-                              *(f"{_mean(runs(row.label, task, d)):.4f}" for d in domains)]
+                    )
+                    cells += [
+                        f"{auc:.4f}",
+                        "-" if row.label == "DNN" else f"{imp:+.2f}%",
+                        *(f"{_mean(runs(row.label, task, d)):.4f}" for d in domains),
+                    ]
                 if row.label == best:
                     cells[1] = f"**{cells[1]}**"
                 if row.label.endswith("+ADS") and len(ranked) > 1:
@@ -158,8 +206,11 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
                     if deltas and statistics.fmean(deltas) > 0 and sign_flip_p(deltas) < 0.05:
                         cells[1] += "*"
                 lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Bold: the best Overall AUC of each group; `*`: ADS above the group's second best with p < 0.05 "
-                      "(paired sign-flip test over the seeds; with fewer than 5 seeds it cannot be reached)."]
+        lines += [
+            "",
+            "Bold: the best Overall AUC of each group; `*`: ADS above the group's second best with p < 0.05 "
+            "(paired sign-flip test over the seeds; with fewer than 5 seeds it cannot be reached).",
+        ]
     else:
         header = ["Method", *domains]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -177,13 +228,19 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
                     scored = {b: _mean(runs(b, None, d)) for b in baselines}
                     scored = {b: v for b, v in scored.items() if math.isfinite(v)}
                     best = max(scored, key=lambda b: scored[b]) if scored else None
-                    if best is not None and value > scored[best] and \
-                            mann_whitney_p(runs("SFPNet", None, d), runs(best, None, d)) < 0.05:
+                    if (
+                        best is not None
+                        and value > scored[best]
+                        and mann_whitney_p(runs("SFPNet", None, d), runs(best, None, d)) < 0.05
+                    ):
                         cell += "*"
                 cells.append(cell)
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "`*`: SFPNet above the best baseline of that scenario with Mann-Whitney p < 0.05 over the seeds "
-                      "(as the paper reports; with 3 seeds per side the smallest attainable p is 0.1)."]
+        lines += [
+            "",
+            "`*`: SFPNet above the best baseline of that scenario with Mann-Whitney p < 0.05 over the seeds "
+            "(as the paper reports; with 3 seeds per side the smallest attainable p is 0.1).",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -52,8 +52,19 @@ from typing import Any
 
 from torchrec_mdr.bench.accuracy_setup import Variant
 from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for callers of the bench)
-    ABLATIONS, EFFECTS, MECHANISMS, MODELS, OPTIONS, PAIRS, SCALING_LABELS, SUITES, ProofBenchOptions, archived,
-    dataset_name, run_dir)
+    ABLATIONS,
+    EFFECTS,
+    MECHANISMS,
+    MODELS,
+    OPTIONS,
+    PAIRS,
+    SCALING_LABELS,
+    SUITES,
+    ProofBenchOptions,
+    archived,
+    dataset_name,
+    run_dir,
+)
 
 
 def dataset(options: ProofBenchOptions, world: int, effect: str, dose: float = 1.0) -> Path:
@@ -66,10 +77,22 @@ def dataset(options: ProofBenchOptions, world: int, effect: str, dose: float = 1
     path = options.work / dataset_name(options, world, effect, dose)
     if not (path / SPEC_FILE).exists():
         knobs: dict[str, Any] = {f"{m}_effect": dose * float(effect == "all" or effect == m) for m in MECHANISMS}
-        convert(Options(out=path, rows=options.rows, users=options.users, items=options.items,
-                        categories=max(3, options.items // 25), brands=max(1, options.items // 10),
-                        seq_length=options.seq_length, min_seq_length=min(10, options.seq_length),
-                        seed=world, version=2, overwrite=True, **knobs))
+        convert(
+            Options(
+                out=path,
+                rows=options.rows,
+                users=options.users,
+                items=options.items,
+                categories=max(3, options.items // 25),
+                brands=max(1, options.items // 10),
+                seq_length=options.seq_length,
+                min_seq_length=min(10, options.seq_length),
+                seed=world,
+                version=2,
+                overwrite=True,
+                **knobs,
+            )
+        )
     return path
 
 
@@ -82,8 +105,10 @@ def movielens(options: ProofBenchOptions) -> Path:
     path = options.work / "ml-100k"
     if not (path / SPEC_FILE).exists():
         if not options.movielens_src.exists():
-            raise ConfigError(f"--movielens-src {options.movielens_src} does not exist; get it with "
-                              "`pip download --no-deps recbole==1.2.1 -d data/cache` (see the README)")
+            raise ConfigError(
+                f"--movielens-src {options.movielens_src} does not exist; get it with "
+                "`pip download --no-deps recbole==1.2.1 -d data/cache` (see the README)"
+            )
         convert(Options(src=options.movielens_src, out=path, overwrite=True))
     return path
 
@@ -94,12 +119,23 @@ def overrides(options: ProofBenchOptions, variant: Variant, data: Path, seed: in
     train_rows = DatasetSpec.load(data).splits["train"].rows
     epoch_steps = math.ceil(train_rows / options.batch_size)
     every = math.ceil(epoch_steps / options.evals_per_epoch)
-    return [f"data.path={data}", f"data.batch_size={options.batch_size}", f"data.seed={seed}",
-            f"model.name={variant.model}", f"model.embedding_dim={options.embedding_dim}",
-            f"train.seed={seed}", "train.threads=1", "train.device=cpu", f"train.log_every={every}",
-            f"train.max_steps={options.max_epochs * epoch_steps}", f"train.eval_every={every}",
-            "train.early_stopping.enabled=true", "train.early_stopping.metric=auc",
-            f"train.early_stopping.patience={options.patience}", *variant.overrides]
+    return [
+        f"data.path={data}",
+        f"data.batch_size={options.batch_size}",
+        f"data.seed={seed}",
+        f"model.name={variant.model}",
+        f"model.embedding_dim={options.embedding_dim}",
+        f"train.seed={seed}",
+        "train.threads=1",
+        "train.device=cpu",
+        f"train.log_every={every}",
+        f"train.max_steps={options.max_epochs * epoch_steps}",
+        f"train.eval_every={every}",
+        "train.early_stopping.enabled=true",
+        "train.early_stopping.metric=auc",
+        f"train.early_stopping.patience={options.patience}",
+        *variant.overrides,
+    ]
 
 
 def _train(arguments: list[str], run_dir: str, resume: bool = False) -> dict:
@@ -152,8 +188,11 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
     with ProcessPoolExecutor(max_workers=options.jobs, mp_context=get_context("spawn")) as pool:
         futures = {}
         for variant, data, seed, folder in pending:
-            futures[pool.submit(_train, overrides(options, variant, data, seed), str(folder),
-                                _interrupted(folder))] = (variant, data, seed)
+            futures[pool.submit(_train, overrides(options, variant, data, seed), str(folder), _interrupted(folder))] = (
+                variant,
+                data,
+                seed,
+            )
         for done, future in enumerate(as_completed(futures), 1):
             variant, data, seed = futures[future]
             metrics = future.result()
@@ -161,18 +200,24 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
             archive = archived(options, variant, data, seed)
             archive.parent.mkdir(parents=True, exist_ok=True)
             archive.write_text(json.dumps(metrics, indent=1) + "\n")
-            print(f"[{done}/{total}] {data.name} {variant.label} seed {seed}: test AUC {metrics['auc']:.4f} "
-                  f"(best epoch step {metrics.get('early_stopping', {}).get('best_step')})", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[{done}/{total}] {data.name} {variant.label} seed {seed}: test AUC {metrics['auc']:.4f} "
+                f"(best epoch step {metrics.get('early_stopping', {}).get('best_step')})",
+                file=sys.stderr,
+                flush=True,
+            )
     return results
 
 
 def option_datasets(options: ProofBenchOptions, world: int, defaults: bool = False) -> list[tuple[Variant, Path]]:
     """The ``options`` suite's (model with the option, dataset) of a world; ``defaults``: the default model
     instead, whose runs other suites train (dose, specificity) and the options table only reads."""
-    return [(default if defaults else with_v, dataset(options, world, effect, dose))
-            for name, (with_v, default, effect) in OPTIONS.items() if name in options.alternatives
-            for dose in (options.doses if effect != "all" else [1.0])]
+    return [
+        (default if defaults else with_v, dataset(options, world, effect, dose))
+        for name, (with_v, default, effect) in OPTIONS.items()
+        if name in options.alternatives
+        for dose in (options.doses if effect != "all" else [1.0])
+    ]
 
 
 def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
@@ -204,7 +249,8 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
             if {"ablation", "models"} & set(options.suites):
                 data = dataset(options, world, "all")
                 chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
-                    MODELS if "models" in options.suites else ())
+                    MODELS if "models" in options.suites else ()
+                )
                 jobs += [(v, data, seed) for v in chosen]
     return jobs
 
@@ -217,16 +263,32 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
     options.out.mkdir(parents=True, exist_ok=True)
     results = train_all(options, planned_jobs(options))
     if "dose" in options.suites:  # doses 0 and 1: the specificity suite's runs, as far as they are finished
-        results.update(train_all(replace(options, train=False), [
-            (v, options.work / dataset_name(options, world, effect), seed)
-            for seed in range(options.first_seed + options.seeds)
-            for world in range(options.worlds) for mechanism in options.mechanisms for effect in ("none", mechanism)
-            for v in PAIRS[mechanism]]))
+        results.update(
+            train_all(
+                replace(options, train=False),
+                [
+                    (v, options.work / dataset_name(options, world, effect), seed)
+                    for seed in range(options.first_seed + options.seeds)
+                    for world in range(options.worlds)
+                    for mechanism in options.mechanisms
+                    for effect in ("none", mechanism)
+                    for v in PAIRS[mechanism]
+                ],
+            )
+        )
     if "options" in options.suites:  # the default models' runs, as far as other suites have finished them
-        results.update(train_all(replace(options, train=False), [
-            (v, data, seed) for seed in range(options.first_seed + options.seeds) for world in range(options.worlds)
-            for default, data in option_datasets(options, world, defaults=True)
-            for v in {default, *(PAIRS[m][1] for m in PAIRS if default in PAIRS[m])}]))  # and the bare model
+        results.update(
+            train_all(
+                replace(options, train=False),
+                [
+                    (v, data, seed)
+                    for seed in range(options.first_seed + options.seeds)
+                    for world in range(options.worlds)
+                    for default, data in option_datasets(options, world, defaults=True)
+                    for v in {default, *(PAIRS[m][1] for m in PAIRS if default in PAIRS[m])}
+                ],
+            )
+        )  # and the bare model
     written = {"ceilings": report.write_ceilings(options)}
     if "specificity" in options.suites:
         written["specificity"] = report.write_specificity(options, results)

@@ -147,16 +147,18 @@ def probe_pcrg(run: Path, data: Path, checkpoint: str = "best") -> dict:
         private = private[:, :slots]
         row_mean = private.mean(1, keepdims=True)
         between.append(((private - row_mean) ** 2).sum(-1).mean(1))
-        total.append((private ** 2).sum(-1).mean(1))
+        total.append((private**2).sum(-1).mean(1))
         planted_chunk = np.arange(slots) * block.pcrg.items_per_chunk * chunks // length
-        means = np.stack([private[:, planted_chunk == g].mean(1) for g in range(chunks)], 1)   # [B, chunks, d]
+        means = np.stack([private[:, planted_chunk == g].mean(1) for g in range(chunks)], 1)  # [B, chunks, d]
         within = ((private - means[:, planted_chunk]) ** 2).sum(-1).mean(1)
         across = ((means - row_mean) ** 2).sum(-1).mean(1)
         f_values.append(across / np.maximum(within, 1e-12))
 
     _forward_test_split(run, probe, checkpoint)
-    return {"distinct": float(np.concatenate(between).mean() / np.concatenate(total).mean()),
-            "F": float(np.median(np.concatenate(f_values)))}
+    return {
+        "distinct": float(np.concatenate(between).mean() / np.concatenate(total).mean()),
+        "F": float(np.median(np.concatenate(f_values))),
+    }
 
 
 def true_weights(world, domain: np.ndarray, behaviour_domains: list[np.ndarray], affinity: bool) -> list[np.ndarray]:
@@ -228,22 +230,29 @@ def write_probes(options) -> Path:
                 data = options.work / dataset_name(options, world, effect)
                 for seed in [*range(seeds), "init"]:
                     key = f"{probe}/{data.name}/{seed}"
-                    run = run_dir(options, variant, data,
-                                  0 if seed == "init" else seed)
+                    run = run_dir(options, variant, data, 0 if seed == "init" else seed)
                     if key in cache or not (run / "checkpoints").is_dir():
                         continue
                     print(f"probe {key}", flush=True)
                     cache[key] = PROBES[probe](run, data, checkpoint="" if seed == "init" else "best")
                     cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
-    lines = ["# Probes: did the trained mechanisms learn the planted structure?", "",
-             f"Produced by `mdr bench proof --suites probes --worlds {options.worlds} --seeds {seeds}` from the "
-             "best checkpoints of the specificity runs (test split; `torchrec_mdr/bench/proof_probes.py` defines "
-             "each statistic). Each cell: mean ± sd over the worlds and seeds probed; *init* = the same model "
-             "untrained (seed 0's initialisation).", ""]
+    lines = [
+        "# Probes: did the trained mechanisms learn the planted structure?",
+        "",
+        f"Produced by `mdr bench proof --suites probes --worlds {options.worlds} --seeds {seeds}` from the "
+        "best checkpoints of the specificity runs (test split; `torchrec_mdr/bench/proof_probes.py` defines "
+        "each statistic). Each cell: mean ± sd over the worlds and seeds probed; *init* = the same model "
+        "untrained (seed 0's initialisation).",
+        "",
+    ]
     columns = {"psrg": ("rsa", "spread"), "pcrg": ("F", "distinct"), "attention": ("corr_full", "corr_recency")}
     for probe, (label, effects) in PROBED.items():
-        lines += [f"## {probe} ({label})", "", "| dataset | " + " | ".join(
-            f"{c} trained | {c} init" for c in columns[probe]) + " |", "|" + "---|" * (1 + 2 * len(columns[probe]))]
+        lines += [
+            f"## {probe} ({label})",
+            "",
+            "| dataset | " + " | ".join(f"{c} trained | {c} init" for c in columns[probe]) + " |",
+            "|" + "---|" * (1 + 2 * len(columns[probe])),
+        ]
         for effect in effects:
             names = [dataset_name(options, w, effect) for w in range(options.worlds)]
             trained = [cache[k] for n in names for s in range(seeds) if (k := f"{probe}/{n}/{s}") in cache]

@@ -44,14 +44,24 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 def paired(results: Results, with_label: str, without_label: str, datasets: list[str], seeds: int) -> dict:
     """Δ test AUC (with - without) over every (dataset, seed < ``seeds``) where both ran."""
-    pairs = [(results[(with_label, d, s)]["auc"], results[(without_label, d, s)]["auc"])
-             for d in datasets for s in range(seeds)
-             if (with_label, d, s) in results and (without_label, d, s) in results]
+    pairs = [
+        (results[(with_label, d, s)]["auc"], results[(without_label, d, s)]["auc"])
+        for d in datasets
+        for s in range(seeds)
+        if (with_label, d, s) in results and (without_label, d, s) in results
+    ]
     deltas = [a - b for a, b in pairs]
     mean, sd = _mean_sd(deltas)
-    return {"n": len(deltas), "delta": mean, "sd": sd, "wins": sum(d > 0 for d in deltas),
-            "p": sign_flip_p(deltas), "p_mw": mann_whitney_p([a for a, _ in pairs], [b for _, b in pairs]),
-            "with": _mean_sd([a for a, _ in pairs])[0], "without": _mean_sd([b for _, b in pairs])[0]}
+    return {
+        "n": len(deltas),
+        "delta": mean,
+        "sd": sd,
+        "wins": sum(d > 0 for d in deltas),
+        "p": sign_flip_p(deltas),
+        "p_mw": mann_whitney_p([a for a, _ in pairs], [b for _, b in pairs]),
+        "with": _mean_sd([a for a, _ in pairs])[0],
+        "without": _mean_sd([b for _, b in pairs])[0],
+    }
 
 
 def best_epoch(metrics: dict) -> int | None:
@@ -104,13 +114,17 @@ def _command(options: "ProofBenchOptions", suite: str) -> str:
     """The ``mdr bench proof`` command line that reproduces ``suite``'s table (only the options it reads)."""
     from torchrec_mdr.bench.proof_setup import MECHANISMS, OPTIONS
 
-    protocol = (f" --seeds {_seeds(options)} --max-epochs {options.max_epochs} --patience {options.patience} "
-                f"--batch-size {options.batch_size}"
-                + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else ""))
+    protocol = (
+        f" --seeds {_seeds(options)} --max-epochs {options.max_epochs} --patience {options.patience} "
+        f"--batch-size {options.batch_size}"
+        + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else "")
+    )
     if suite == "movielens":  # one real dataset: no generator options
         return f"mdr bench proof --suites movielens{protocol}"
-    command = (f"mdr bench proof --suites {suite} --worlds {options.worlds}{protocol} --rows {options.rows} "
-               f"--users {options.users} --items {options.items} --seq-length {options.seq_length}")
+    command = (
+        f"mdr bench proof --suites {suite} --worlds {options.worlds}{protocol} --rows {options.rows} "
+        f"--users {options.users} --items {options.items} --seq-length {options.seq_length}"
+    )
     if suite in ("specificity", "dose") and list(options.mechanisms) != list(MECHANISMS):
         command += " --mechanisms " + " ".join(options.mechanisms)
     if suite == "specificity":
@@ -125,34 +139,45 @@ def _command(options: "ProofBenchOptions", suite: str) -> str:
 
 
 def _header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
-    return [f"# {title}", "", f"Produced by `{_command(options, suite)}` (generator v2, "
-            "`data_prep/planted_v2.py`; early stopping on the validation AUC, best checkpoint restored; "
-            "test AUC; Δ = paired difference per (world, seed); p = exact sign-flip test of the paired "
-            "mean, p_MW = Mann-Whitney U; see `torchrec_mdr/bench/proof_report.py` for the verdict rules).",
-            ""]
+    return [
+        f"# {title}",
+        "",
+        f"Produced by `{_command(options, suite)}` (generator v2, "
+        "`data_prep/planted_v2.py`; early stopping on the validation AUC, best checkpoint restored; "
+        "test AUC; Δ = paired difference per (world, seed); p = exact sign-flip test of the paired "
+        "mean, p_MW = Mann-Whitney U; see `torchrec_mdr/bench/proof_report.py` for the verdict rules).",
+        "",
+    ]
 
 
 def write_ceilings(options: "ProofBenchOptions") -> Path:
     from data_prep.planted_v2 import CEILINGS
     from torchrec_mdr.bench.proof_setup import dataset_name
 
-    lines = ["# Generator v2: oracle and ceilings (test split, all domains)", "",
-             "Each ceiling is the AUC of the labels against the true logit with one mechanism's effect "
-             "removed (`data_prep/planted_v2.py`); oracle − ceiling is what that effect is worth to an oracle.",
-             "", "| dataset | oracle | " + " | ".join(CEILINGS) + " | realised rates | configured rates |",
-             "|" + "---|" * (len(CEILINGS) + 4)]
+    lines = [
+        "# Generator v2: oracle and ceilings (test split, all domains)",
+        "",
+        "Each ceiling is the AUC of the labels against the true logit with one mechanism's effect "
+        "removed (`data_prep/planted_v2.py`); oracle − ceiling is what that effect is worth to an oracle.",
+        "",
+        "| dataset | oracle | " + " | ".join(CEILINGS) + " | realised rates | configured rates |",
+        "|" + "---|" * (len(CEILINGS) + 4),
+    ]
     for world in range(options.worlds):
         for effect, dose in [(e, 1.0) for e in ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")] + [
-                (e, d) for e in ("psrg", "pcrg", "sfpnet", "dsbn", "se") for d in options.doses if d != 1.0]:
+            (e, d) for e in ("psrg", "pcrg", "sfpnet", "dsbn", "se") for d in options.doses if d != 1.0
+        ]:
             name = dataset_name(options, world, effect, dose)
             spec = _spec(options, name)
             if spec is None:
                 continue
             test = spec.splits["test"]
             rates = [p / max(r, 1) for p, r in zip(test.positives_per_domain["click"], test.rows_per_domain)]
-            lines.append(f"| {name} | {test.oracle_auc['all']:.4f} | "
-                         + " | ".join(f"{test.ceilings[c]['all']:.4f}" for c in CEILINGS)
-                         + f" | {' / '.join(f'{r:.3f}' for r in rates)} | {spec.notes.get('target_rates', '')} |")
+            lines.append(
+                f"| {name} | {test.oracle_auc['all']:.4f} | "
+                + " | ".join(f"{test.ceilings[c]['all']:.4f}" for c in CEILINGS)
+                + f" | {' / '.join(f'{r:.3f}' for r in rates)} | {spec.notes.get('target_rates', '')} |"
+            )
     path = options.out / "ceilings.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -162,19 +187,27 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import PAIRS
 
     effects = list(options.effects)
-    lines = _header(options, "Specificity: each mechanism, with minus without, on each planted effect",
-                    "specificity")
-    lines += [f"Each cell: mean Δ test AUC ± sd (wins/pairs, p) over {options.worlds} world(s) × "
-              f"{_seeds(options)} seed(s). Rows: the mechanism and the pair of models that differ only by it.", "",
-              "| mechanism (with vs without) | " + " | ".join(effects) + " |", "|" + "---|" * (len(effects) + 1)]
+    lines = _header(options, "Specificity: each mechanism, with minus without, on each planted effect", "specificity")
+    lines += [
+        f"Each cell: mean Δ test AUC ± sd (wins/pairs, p) over {options.worlds} world(s) × "
+        f"{_seeds(options)} seed(s). Rows: the mechanism and the pair of models that differ only by it.",
+        "",
+        "| mechanism (with vs without) | " + " | ".join(effects) + " |",
+        "|" + "---|" * (len(effects) + 1),
+    ]
     raw: dict[str, dict[str, dict]] = {}
     verdict_lines = []
     for mechanism in options.mechanisms:
         with_v, without_v = PAIRS[mechanism]
-        raw[mechanism] = {e: paired(results, with_v.label, without_v.label, _world_datasets(options, e),
-                                    _seeds(options)) for e in effects}
-        lines.append(f"| {mechanism} ({with_v.label} vs {without_v.label}) | "
-                     + " | ".join(_cell(raw[mechanism][e]) for e in effects) + " |")
+        raw[mechanism] = {
+            e: paired(results, with_v.label, without_v.label, _world_datasets(options, e), _seeds(options))
+            for e in effects
+        }
+        lines.append(
+            f"| {mechanism} ({with_v.label} vs {without_v.label}) | "
+            + " | ".join(_cell(raw[mechanism][e]) for e in effects)
+            + " |"
+        )
         own = raw[mechanism].get(mechanism)
         if own and own["n"]:
             gap = _ceiling_gap(options, mechanism, mechanism)
@@ -186,7 +219,8 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
                 f"p_MW={own['p_mw']:.3g}) — "
                 f"**{verdict(own)}** (expected: wins); the oracle gap of the effect is {gap:.4f}, the mechanism "
                 f"closes {closed:.0%} of it. Ties where the effect is absent: {len(ties)}/{len(expected_ties)} "
-                f"({', '.join(e + ': ' + verdict(raw[mechanism][e]) for e in expected_ties) or 'none run'}).")
+                f"({', '.join(e + ': ' + verdict(raw[mechanism][e]) for e in expected_ties) or 'none run'})."
+            )
     lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
     path = options.out / "specificity.md"
     path.write_text("\n".join(lines) + "\n")
@@ -194,8 +228,9 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
     return path
 
 
-def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Results, datasets: list[str],
-           with_ceiling: bool) -> list[str]:
+def _table(
+    options: "ProofBenchOptions", variants: list["Variant"], results: Results, datasets: list[str], with_ceiling: bool
+) -> list[str]:
     header = ["Model", "test AUC", "base", "Δ vs base (wins/pairs)", "p", "p_MW", "best epoch (mean)"]
     if with_ceiling:
         header.insert(2, "share of oracle − main closed")
@@ -207,26 +242,43 @@ def _table(options: "ProofBenchOptions", variants: list["Variant"], results: Res
             oracle.append(spec.splits["test"].oracle_auc["all"])
             main.append(spec.splits["test"].ceilings["main"]["all"])
     for v in variants:
-        runs = [results[(v.label, d, s)] for d in datasets for s in range(_seeds(options))
-                if (v.label, d, s) in results]
+        runs = [
+            results[(v.label, d, s)] for d in datasets for s in range(_seeds(options)) if (v.label, d, s) in results
+        ]
         if not runs:
             continue
         mean, sd = _mean_sd([r["auc"] for r in runs])
         epochs = [e for e in (best_epoch(r) for r in runs) if e is not None]
-        cells = [v.label, f"{mean:.4f} ± {sd:.4f}", v.base or "", "", "", "",
-                 f"{statistics.fmean(epochs):.1f}" if epochs else "n/a"]
+        cells = [
+            v.label,
+            f"{mean:.4f} ± {sd:.4f}",
+            v.base or "",
+            "",
+            "",
+            "",
+            f"{statistics.fmean(epochs):.1f}" if epochs else "n/a",
+        ]
         if v.base:
             c = paired(results, v.label, v.base, datasets, _seeds(options))
-            cells[3:6] = [f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}) **{verdict(c)}**",
-                          f"{c['p']:.3g}", f"{c['p_mw']:.3g}"]
+            cells[3:6] = [
+                f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}) **{verdict(c)}**",
+                f"{c['p']:.3g}",
+                f"{c['p_mw']:.3g}",
+            ]
         if with_ceiling:
-            share = (mean - statistics.fmean(main)) / (statistics.fmean(oracle) - statistics.fmean(main)) \
-                if oracle else float("nan")
+            share = (
+                (mean - statistics.fmean(main)) / (statistics.fmean(oracle) - statistics.fmean(main))
+                if oracle
+                else float("nan")
+            )
             cells.insert(2, f"{share:.0%}")
         lines.append("| " + " | ".join(cells) + " |")
     if oracle:
-        lines += ["", f"Oracle AUC {statistics.fmean(oracle):.4f}, main-effects ceiling "
-                      f"{statistics.fmean(main):.4f} (mean over worlds)."]
+        lines += [
+            "",
+            f"Oracle AUC {statistics.fmean(oracle):.4f}, main-effects ceiling "
+            f"{statistics.fmean(main):.4f} (mean over worlds).",
+        ]
     return lines
 
 
@@ -236,20 +288,46 @@ def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
     datasets = _world_datasets(options, "all")
     lines = _header(options, "Ablations on generator v2 with every effect planted", "ablation")
     lines += _table(options, list(ABLATIONS), results, datasets, with_ceiling=True)
-    order = sorted(((v.label, _mean_sd([results[(v.label, d, s)]["auc"] for d in datasets
-                                         for s in range(_seeds(options)) if (v.label, d, s) in results])[0])
-                    for v in ABLATIONS), key=lambda item: -item[1] if math.isfinite(item[1]) else 0)
+    order = sorted(
+        (
+            (
+                v.label,
+                _mean_sd(
+                    [
+                        results[(v.label, d, s)]["auc"]
+                        for d in datasets
+                        for s in range(_seeds(options))
+                        if (v.label, d, s) in results
+                    ]
+                )[0],
+            )
+            for v in ABLATIONS
+        ),
+        key=lambda item: -item[1] if math.isfinite(item[1]) else 0,
+    )
     lines += ["", "## The papers' orders (computed from the table)", ""]
     means = dict(order)
-    for chain in (("ADS", "ADS w/o PCRG", "ADS w/o PCRG & PSRG"),
-                  ("SFPNet", "SFPNet w/o DAP"), ("SFPNet", "SFPNet w/o SAM"), ("SFPNet", "SFPNet w/o RTM"),
-                  ("SFPNet", "SFPNet w/o S-DNN"), ("SFPNet", "SFPNet w/o STB"),
-                  ("ADIN", "ADIN w/o DSBN"), ("ADIN", "ADIN w/o SE"), ("ADIN", "ADIN w/o self-training")):
+    for chain in (
+        ("ADS", "ADS w/o PCRG", "ADS w/o PCRG & PSRG"),
+        ("SFPNet", "SFPNet w/o DAP"),
+        ("SFPNet", "SFPNet w/o SAM"),
+        ("SFPNet", "SFPNet w/o RTM"),
+        ("SFPNet", "SFPNet w/o S-DNN"),
+        ("SFPNet", "SFPNet w/o STB"),
+        ("ADIN", "ADIN w/o DSBN"),
+        ("ADIN", "ADIN w/o SE"),
+        ("ADIN", "ADIN w/o self-training"),
+    ):
         if not all(math.isfinite(means.get(label, float("nan"))) for label in chain):
             continue
         holds = all(means[a] > means[b] for a, b in zip(chain, chain[1:]))
-        lines.append(f"- {' > '.join(chain)}: " + ("**holds** in the means" if holds else "**does NOT hold**")
-                     + " (" + ", ".join(f"{label} {means[label]:.4f}" for label in chain) + ")")
+        lines.append(
+            f"- {' > '.join(chain)}: "
+            + ("**holds** in the means" if holds else "**does NOT hold**")
+            + " ("
+            + ", ".join(f"{label} {means[label]:.4f}" for label in chain)
+            + ")"
+        )
     path = options.out / "ablation.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -284,12 +362,18 @@ def write_curves(options: "ProofBenchOptions") -> Path:
             if not metrics_file.exists():
                 continue
             history = [h for h in json.loads(metrics_file.read_text()).get("history", []) if "auc" in h]
-            axis.plot([h["epoch"] + 1 for h in history], [h["auc"] for h in history],
-                      color=f"C{MODELS.index(v)}", alpha=0.7, label=v.label if seed == 0 else None)
+            axis.plot(
+                [h["epoch"] + 1 for h in history],
+                [h["auc"] for h in history],
+                color=f"C{MODELS.index(v)}",
+                alpha=0.7,
+                label=v.label if seed == 0 else None,
+            )
     if spec is not None:
         axis.axhline(spec.splits["valid"].oracle_auc["all"], color="black", linestyle="--", label="oracle (valid)")
-        axis.axhline(spec.splits["valid"].ceilings["main"]["all"], color="grey", linestyle=":",
-                     label="main-effects ceiling")
+        axis.axhline(
+            spec.splits["valid"].ceilings["main"]["all"], color="grey", linestyle=":", label="main-effects ceiling"
+        )
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation AUC")
     axis.set_title("Generator v2, every effect planted (world 0)", fontsize=10)
@@ -309,8 +393,12 @@ def write_scaling(options: "ProofBenchOptions", results: Results) -> Path:
 
     header = ["rows", *SCALING_LABELS, "ADS − DIN", "SFPNet − DNN", "main ceiling", "oracle", "best epochs"]
     lines = _header(options, "Scaling: the same world with more rows", "scaling")
-    lines += [f"World 0, every effect planted, seed {options.first_seed}; rows over train / valid / test 80/10/10.",
-              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [
+        f"World 0, every effect planted, seed {options.first_seed}; rows over train / valid / test 80/10/10.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for rows in options.scale_rows:
         name = dataset_name(replace(options, rows=rows), 0, "all")
         runs = {label: results.get((label, name, options.first_seed)) for label in SCALING_LABELS}
@@ -320,11 +408,17 @@ def write_scaling(options: "ProofBenchOptions", results: Results) -> Path:
         auc = {label: r["auc"] if r else float("nan") for label, r in runs.items()}
         test = spec.splits["test"]
         epochs = "/".join(str(best_epoch(r)) if r else "—" for r in runs.values())
-        lines.append(f"| {rows:,} | " + " | ".join(f"{auc[label]:.4f}" for label in SCALING_LABELS)
-                     + f" | {auc['ADS'] - auc['DIN']:+.4f} | {auc['SFPNet'] - auc['DNN']:+.4f}"
-                     + f" | {test.ceilings['main']['all']:.4f} | {test.oracle_auc['all']:.4f} | {epochs} |")
-    lines += ["", "Best epochs in the order of the model columns. One seed per cell: a difference below about "
-              "0.003 is within the seed noise measured in `models.md`."]
+        lines.append(
+            f"| {rows:,} | "
+            + " | ".join(f"{auc[label]:.4f}" for label in SCALING_LABELS)
+            + f" | {auc['ADS'] - auc['DIN']:+.4f} | {auc['SFPNet'] - auc['DNN']:+.4f}"
+            + f" | {test.ceilings['main']['all']:.4f} | {test.oracle_auc['all']:.4f} | {epochs} |"
+        )
+    lines += [
+        "",
+        "Best epochs in the order of the model columns. One seed per cell: a difference below about "
+        "0.003 is within the seed noise measured in `models.md`.",
+    ]
     path = options.out / "scaling.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -337,13 +431,16 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
 
     doses = [0.0, 1.0, *sorted(d for d in options.doses if d != 1.0)]
     lines = _header(options, "Dose: each mechanism on its own effect, planted more strongly", "dose")
-    lines += ["Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs, p) over the worlds and seeds run; "
-              "gap = oracle − ceiling without the mechanism's effect (what the effect is worth to an oracle, mean "
-              "over worlds); closed = Δ / gap; the model without it = (its AUC − the ceiling without the effect) / "
-              "gap, how much of the effect the model lacking the mechanism already captures (negative: it is below "
-              "even that ceiling). Dose 0 is the `none` dataset, dose 1 the specificity suite's.", "",
-              "| mechanism (with vs without) | " + " | ".join(f"dose {d:g}" for d in doses) + " |",
-              "|" + "---|" * (len(doses) + 1)]
+    lines += [
+        "Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs, p) over the worlds and seeds run; "
+        "gap = oracle − ceiling without the mechanism's effect (what the effect is worth to an oracle, mean "
+        "over worlds); closed = Δ / gap; the model without it = (its AUC − the ceiling without the effect) / "
+        "gap, how much of the effect the model lacking the mechanism already captures (negative: it is below "
+        "even that ceiling). Dose 0 is the `none` dataset, dose 1 the specificity suite's.",
+        "",
+        "| mechanism (with vs without) | " + " | ".join(f"dose {d:g}" for d in doses) + " |",
+        "|" + "---|" * (len(doses) + 1),
+    ]
     verdict_lines: list[str] = []
     raw: dict[str, dict[str, Any]] = {}  # mechanism -> dose -> paired comparison
     for mechanism in options.mechanisms:
@@ -360,9 +457,11 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
                     test = spec.splits["test"]
                     ceiling = test.ceilings[f"without_{mechanism}"]["all"]
                     gaps.append(test.oracle_auc["all"] - ceiling)
-                    base_shares += [(results[(without_v.label, name, seed)]["auc"] - ceiling) / gaps[-1]
-                                    for seed in range(_seeds(options))
-                                    if (without_v.label, name, seed) in results and gaps[-1] > 0]
+                    base_shares += [
+                        (results[(without_v.label, name, seed)]["auc"] - ceiling) / gaps[-1]
+                        for seed in range(_seeds(options))
+                        if (without_v.label, name, seed) in results and gaps[-1] > 0
+                    ]
             c["gap"] = statistics.fmean(gaps) if gaps else float("nan")
             c["closed"] = c["delta"] / c["gap"] if c["n"] and c["gap"] > 0 else float("nan")
             # how far the model WITHOUT the mechanism already got: (its AUC - ceiling without the effect) / gap
@@ -370,15 +469,18 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
             raw[mechanism][f"{dose:g}"] = c
             cell = _cell(c)
             if c["n"] and math.isfinite(c["closed"]):
-                cell += (f"; gap {c['gap']:.4f}, closed {c['closed']:.0%}; the model without it: "
-                         f"{c['closed_without']:.0%}")
+                cell += (
+                    f"; gap {c['gap']:.4f}, closed {c['closed']:.0%}; the model without it: {c['closed_without']:.0%}"
+                )
             cells.append(cell)
         lines.append(f"| {mechanism} ({with_v.label} vs {without_v.label}) | " + " | ".join(cells) + " |")
         run = [(d, raw[mechanism][f"{d:g}"]) for d in doses if d > 1.0 and raw[mechanism][f"{d:g}"]["n"]]
         for dose, c in run:
-            verdict_lines.append(f"- **{mechanism}** at dose {dose:g} (oracle gap {c['gap']:.4f}): Δ {c['delta']:+.4f} "
-                                 f"(p={c['p']:.3g}, p_MW={c['p_mw']:.3g}) — **{verdict(c)}**; it closes "
-                                 f"{c['closed']:.0%} of the gap.")
+            verdict_lines.append(
+                f"- **{mechanism}** at dose {dose:g} (oracle gap {c['gap']:.4f}): Δ {c['delta']:+.4f} "
+                f"(p={c['p']:.3g}, p_MW={c['p_mw']:.3g}) — **{verdict(c)}**; it closes "
+                f"{c['closed']:.0%} of the gap."
+            )
     lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
     path = options.out / "dose.md"
     path.write_text("\n".join(lines) + "\n")
@@ -391,8 +493,10 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import OPTIONS, PAIRS, dataset_name
 
     lines = _header(options, "Options: the questioned defaults against the alternatives", "options")
-    lines += ["| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
+        "|---|---|---|---|---|---|---|",
+    ]
     verdict_lines = []
     for option, (with_v, default, effect) in OPTIONS.items():
         if option not in options.alternatives:
@@ -405,10 +509,14 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
                 continue
             bare = paired(results, with_v.label, without.label, names, _seeds(options)) if without else None
             where = f"{effect}" + (f" × {dose:g}" if dose != 1.0 else "")
-            lines.append(f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {_cell(c)} | "
-                         f"{c['p_mw']:.3g} | {_cell(bare) + ' vs ' + without.label if bare and without else '—'} |")
-            verdict_lines.append(f"- **{option}** on {where}: {verdict(c)} against the default "
-                                 f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}, p={c['p']:.3g}).")
+            lines.append(
+                f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {_cell(c)} | "
+                f"{c['p_mw']:.3g} | {_cell(bare) + ' vs ' + without.label if bare and without else '—'} |"
+            )
+            verdict_lines.append(
+                f"- **{option}** on {where}: {verdict(c)} against the default "
+                f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}, p={c['p']:.3g})."
+            )
     lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
     path = options.out / "options.md"
     path.write_text("\n".join(lines) + "\n")
@@ -420,9 +528,12 @@ def write_movielens(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import MODELS
 
     lines = _header(options, "MovieLens-100K (real data; domains = user age groups)", "movielens")
-    lines += ["Converted by `mdr data movielens` from the RecBole wheel (click = rating >= 4, history = all earlier "
-              "ratings, at most 50; one time cut 80/10/10). ADS and SFPNet get `user_activity` (earlier ratings, "
-              "bucketed) as their implicit domain feature, as on the planted data.", ""]
+    lines += [
+        "Converted by `mdr data movielens` from the RecBole wheel (click = rating >= 4, history = all earlier "
+        "ratings, at most 50; one time cut 80/10/10). ADS and SFPNet get `user_activity` (earlier ratings, "
+        "bucketed) as their implicit domain feature, as on the planted data.",
+        "",
+    ]
     lines += _table(options, list(MODELS), results, ["ml-100k"], with_ceiling=False)
     path = options.out / "movielens.md"
     path.write_text("\n".join(lines) + "\n")

@@ -20,8 +20,9 @@ _ADS = ("model.ads.backbone=din", 'model.ads.domain_features=["user_activity"]',
 _SFP = ('model.sfpnet.scenario_features=["user_activity"]',)
 ADS = Variant("ADS", "ads", _ADS)
 ADS_NO_PCRG = Variant("ADS w/o PCRG", "ads", (*_ADS, "model.ads.use_pcrg=false"), "ADS")
-ADS_NEITHER = Variant("ADS w/o PCRG & PSRG", "ads", (*_ADS, "model.ads.use_pcrg=false", "model.ads.use_psrg=false"),
-                      "ADS")
+ADS_NEITHER = Variant(
+    "ADS w/o PCRG & PSRG", "ads", (*_ADS, "model.ads.use_pcrg=false", "model.ads.use_psrg=false"), "ADS"
+)
 SFPNET = Variant("SFPNet", "sfpnet", _SFP)
 SFPNET_NO_STB = Variant("SFPNet w/o STB", "sfpnet", (*_SFP, "model.sfpnet.num_blocks=0"), "SFPNet")
 ADIN = Variant("ADIN", "adin")
@@ -38,37 +39,67 @@ PAIRS: dict[str, tuple[Variant, Variant]] = {
 }
 
 ABLATIONS: tuple[Variant, ...] = (
-    ADS, ADS_NO_PCRG, ADS_NEITHER,
+    ADS,
+    ADS_NO_PCRG,
+    ADS_NEITHER,
     SFPNET,
     Variant("SFPNet w/o DAP", "sfpnet", (*_SFP, "model.sfpnet.distribution_aware_pooling=false"), "SFPNet"),
     Variant("SFPNet w/o SAM", "sfpnet", (*_SFP, "model.sfpnet.use_sam=false"), "SFPNet"),
     Variant("SFPNet w/o RTM", "sfpnet", (*_SFP, "model.sfpnet.use_rtm=false"), "SFPNet"),
     Variant("SFPNet w/o S-DNN", "sfpnet", (*_SFP, "model.sfpnet.scenario_aware_dnn=false"), "SFPNet"),
     SFPNET_NO_STB,
-    ADIN, ADIN_NO_DSBN, ADIN_NO_SE,
+    ADIN,
+    ADIN_NO_DSBN,
+    ADIN_NO_SE,
     Variant("ADIN w/o self-training", "adin", ("model.adin.self_training=false",), "ADIN"),
 )
 
 # the ``options`` suite (issue item 5): option -> (the model with it, the default model, the planted effect it
 # is tested on, at the ``doses`` strengths; "all" at dose 1)
 OPTIONS: dict[str, tuple[Variant, Variant, str]] = {
-    "psrg_shared_init=xavier": (Variant("ADS w/o PCRG, W_shared xavier", "ads", (
-        *_ADS, "model.ads.use_pcrg=false", "model.ads.psrg_shared_init=xavier"), "ADS w/o PCRG"), ADS_NO_PCRG, "psrg"),
-    "psrg_shared_init=identity_noise": (Variant("ADS w/o PCRG, W_shared identity+noise", "ads", (
-        *_ADS, "model.ads.use_pcrg=false", "model.ads.psrg_shared_init=identity_noise"), "ADS w/o PCRG"),
-        ADS_NO_PCRG, "psrg"),
-    "dnn_gate_scale=2": (Variant("SFPNet, S-DNN gate scale 2", "sfpnet", (*_SFP, "model.sfpnet.dnn_gate_scale=2.0"),
-                                 "SFPNet"), SFPNET, "all"),
-    "dnn_gate_stop_gradient=true": (Variant("SFPNet, S-DNN gates stop-gradient", "sfpnet", (
-        *_SFP, "model.sfpnet.dnn_gate_stop_gradient=true"), "SFPNet"), SFPNET, "all"),
+    "psrg_shared_init=xavier": (
+        Variant(
+            "ADS w/o PCRG, W_shared xavier",
+            "ads",
+            (*_ADS, "model.ads.use_pcrg=false", "model.ads.psrg_shared_init=xavier"),
+            "ADS w/o PCRG",
+        ),
+        ADS_NO_PCRG,
+        "psrg",
+    ),
+    "psrg_shared_init=identity_noise": (
+        Variant(
+            "ADS w/o PCRG, W_shared identity+noise",
+            "ads",
+            (*_ADS, "model.ads.use_pcrg=false", "model.ads.psrg_shared_init=identity_noise"),
+            "ADS w/o PCRG",
+        ),
+        ADS_NO_PCRG,
+        "psrg",
+    ),
+    "dnn_gate_scale=2": (
+        Variant("SFPNet, S-DNN gate scale 2", "sfpnet", (*_SFP, "model.sfpnet.dnn_gate_scale=2.0"), "SFPNet"),
+        SFPNET,
+        "all",
+    ),
+    "dnn_gate_stop_gradient=true": (
+        Variant(
+            "SFPNet, S-DNN gates stop-gradient", "sfpnet", (*_SFP, "model.sfpnet.dnn_gate_stop_gradient=true"), "SFPNet"
+        ),
+        SFPNET,
+        "all",
+    ),
 }
 
 # the models of the ``scaling`` suite: do the seed models pull ahead of their bases with more rows?
 SCALING_LABELS: tuple[str, ...] = ("DNN", "DIN", "ADS", "SFPNet")
 
 MODELS: tuple[Variant, ...] = (
-    Variant("DNN", "dnn"), Variant("DIN", "din"), Variant("ADS", "ads", _ADS, "DIN"),
-    Variant("SFPNet", "sfpnet", _SFP, "DNN"), Variant("SharedBottom", "shared_bottom"),
+    Variant("DNN", "dnn"),
+    Variant("DIN", "din"),
+    Variant("ADS", "ads", _ADS, "DIN"),
+    Variant("SFPNet", "sfpnet", _SFP, "DNN"),
+    Variant("SharedBottom", "shared_bottom"),
     Variant("ADIN", "adin", (), "SharedBottom"),
     # no domain mechanism, but explicit inner products (FM): can the backbone learn the bilinear main effects?
     Variant("DeepFM", "deepfm", (), "DNN"),
@@ -78,55 +109,99 @@ MODELS: tuple[Variant, ...] = (
 @dataclass
 class ProofBenchOptions:
     out: Path = field(default=Path("docs/results/v2"), metadata=doc("folder for the tables and plots"))
-    work: Path = field(default=Path("data/bench-proof"), metadata=doc("datasets and per-run metrics (kept: a "
-                                                                      "re-run resumes)"))
+    work: Path = field(
+        default=Path("data/bench-proof"), metadata=doc("datasets and per-run metrics (kept: a re-run resumes)")
+    )
     suites: list[str] = field(default_factory=lambda: list(SUITES), metadata=doc(f"any of {', '.join(SUITES)}"))
-    effects: list[str] = field(default_factory=lambda: list(EFFECTS), metadata=doc(
-        f"planted datasets of the specificity suite: any of {', '.join(EFFECTS)}"))
-    mechanisms: list[str] = field(default_factory=lambda: list(MECHANISMS), metadata=doc(
-        f"rows of the specificity suite: any of {', '.join(MECHANISMS)}"))
+    effects: list[str] = field(
+        default_factory=lambda: list(EFFECTS),
+        metadata=doc(f"planted datasets of the specificity suite: any of {', '.join(EFFECTS)}"),
+    )
+    mechanisms: list[str] = field(
+        default_factory=lambda: list(MECHANISMS),
+        metadata=doc(f"rows of the specificity suite: any of {', '.join(MECHANISMS)}"),
+    )
     worlds: int = field(default=3, metadata=bounds(ge=1, help="generator worlds (world seeds 0..N-1)"))
     seeds: int = field(default=5, metadata=bounds(ge=1, help="training seeds per world"))
-    first_seed: int = field(default=0, metadata=bounds(ge=0, help="train seeds first_seed .. first_seed + seeds - 1 "
-                                                                  "(to add seeds on another machine); the tables "
-                                                                  "pool every archived seed below first_seed + seeds"))
-    rows: int = field(default=100_000, metadata=bounds(ge=1000, help="rows per dataset (train/valid/test "
-                                                                     "80/10/10)"))
-    users: int = field(default=500, metadata=bounds(ge=1, help="users (200 rows each at the default rows: "
-                                                               "with 5,000 the models overfit after one epoch)"))
+    first_seed: int = field(
+        default=0,
+        metadata=bounds(
+            ge=0,
+            help="train seeds first_seed .. first_seed + seeds - 1 "
+            "(to add seeds on another machine); the tables "
+            "pool every archived seed below first_seed + seeds",
+        ),
+    )
+    rows: int = field(default=100_000, metadata=bounds(ge=1000, help="rows per dataset (train/valid/test 80/10/10)"))
+    users: int = field(
+        default=500,
+        metadata=bounds(
+            ge=1, help="users (200 rows each at the default rows: with 5,000 the models overfit after one epoch)"
+        ),
+    )
     items: int = field(default=500, metadata=bounds(ge=1, help="items (categories = items / 25)"))
     seq_length: int = field(default=30, metadata=bounds(ge=1, help="behaviour-sequence length"))
-    scale_rows: list[int] = field(default_factory=lambda: [100_000, 300_000, 1_000_000], metadata=bounds(
-        ge=1000, help="rows of the scaling suite's datasets (world 0, every effect planted, first seed only)"))
-    movielens_src: Path = field(default=Path("data/cache/recbole-1.2.1-py3-none-any.whl"), metadata=doc(
-        "movielens suite: the MovieLens-100K source (the RecBole wheel ships it; see the README)"))
-    doses: list[float] = field(default_factory=lambda: [3.0], metadata=bounds(
-        gt=0, help="dose suite: each mechanism's own knob at these strengths (1 = the specificity suite's "
-                   "dataset, 0 = none; both are pooled into the dose table when run)"))
-    alternatives: list[str] = field(default_factory=lambda: list(OPTIONS), metadata=doc(
-        "options suite: which questioned options to train and table (keys of OPTIONS: "
-        + ", ".join(OPTIONS) + ")"))
+    scale_rows: list[int] = field(
+        default_factory=lambda: [100_000, 300_000, 1_000_000],
+        metadata=bounds(
+            ge=1000, help="rows of the scaling suite's datasets (world 0, every effect planted, first seed only)"
+        ),
+    )
+    movielens_src: Path = field(
+        default=Path("data/cache/recbole-1.2.1-py3-none-any.whl"),
+        metadata=doc("movielens suite: the MovieLens-100K source (the RecBole wheel ships it; see the README)"),
+    )
+    doses: list[float] = field(
+        default_factory=lambda: [3.0],
+        metadata=bounds(
+            gt=0,
+            help="dose suite: each mechanism's own knob at these strengths (1 = the specificity suite's "
+            "dataset, 0 = none; both are pooled into the dose table when run)",
+        ),
+    )
+    alternatives: list[str] = field(
+        default_factory=lambda: list(OPTIONS),
+        metadata=doc(
+            "options suite: which questioned options to train and table (keys of OPTIONS: " + ", ".join(OPTIONS) + ")"
+        ),
+    )
     max_epochs: int = field(default=10, metadata=bounds(ge=1, help="epochs at most (early stopping ends sooner)"))
-    patience: int = field(default=2, metadata=bounds(ge=1, help="evaluations without a better validation AUC "
-                                                                "before stopping"))
-    evals_per_epoch: int = field(default=1, metadata=bounds(ge=1, help=(
-        "validation evaluations per epoch (early stopping's clock); with --max-epochs 1 and many rows every row "
-        "is seen once: the fresh-data regime, free of the one-epoch overfitting of ID embeddings")))
+    patience: int = field(
+        default=2, metadata=bounds(ge=1, help="evaluations without a better validation AUC before stopping")
+    )
+    evals_per_epoch: int = field(
+        default=1,
+        metadata=bounds(
+            ge=1,
+            help=(
+                "validation evaluations per epoch (early stopping's clock); with --max-epochs 1 and many rows every "
+                "row is seen once: the fresh-data regime, free of the one-epoch overfitting of ID embeddings"
+            ),
+        ),
+    )
     batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch"))
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
-    matrix: str = field(default="full", metadata=doc(
-        "specificity cells: full = every mechanism on every planted dataset; diagonal = each mechanism on "
-        "none, its own effect and all"))
+    matrix: str = field(
+        default="full",
+        metadata=doc(
+            "specificity cells: full = every mechanism on every planted dataset; diagonal = each mechanism on "
+            "none, its own effect and all"
+        ),
+    )
     jobs: int = field(default=1, metadata=bounds(ge=1, help="runs trained at once (one thread each)"))
-    train: bool = field(default=True, metadata=doc("false: train nothing, render the tables from the finished "
-                                                   "and archived runs"))
+    train: bool = field(
+        default=True, metadata=doc("false: train nothing, render the tables from the finished and archived runs")
+    )
 
     def validate(self) -> None:
         if self.matrix not in ("full", "diagonal"):
             raise ConfigError(f"--matrix must be full or diagonal, not {self.matrix!r}")
-        for name, chosen, known in (("suites", self.suites, SUITES), ("effects", self.effects, EFFECTS),
-                                    ("mechanisms", self.mechanisms, MECHANISMS),
-                                    ("alternatives", self.alternatives, OPTIONS)):
+        for name, chosen, known in (
+            ("suites", self.suites, SUITES),
+            ("effects", self.effects, EFFECTS),
+            ("mechanisms", self.mechanisms, MECHANISMS),
+            ("alternatives", self.alternatives, OPTIONS),
+        ):
             unknown = sorted(set(chosen) - set(known))
             if unknown:
                 raise ConfigError(f"--{name}: unknown {unknown}; choose from {list(known)}")
@@ -136,8 +211,10 @@ def dataset_name(options: ProofBenchOptions, world: int, effect: str, dose: floa
     """The folder name of a world's dataset: every generator setting the bench varies is in it (``dose``:
     the planted knob's strength, named only when it is not 1)."""
     strength = "" if dose == 1.0 else f"-dose{dose:g}"
-    return (f"v2-world{world}-{effect}{strength}-rows{options.rows}-users{options.users}-items{options.items}"
-            f"-seq{options.seq_length}")
+    return (
+        f"v2-world{world}-{effect}{strength}-rows{options.rows}-users{options.users}-items{options.items}"
+        f"-seq{options.seq_length}"
+    )
 
 
 def run_dir(options: ProofBenchOptions, variant: Variant, data: Path, seed: int) -> Path:

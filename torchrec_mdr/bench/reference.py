@@ -93,8 +93,9 @@ def plain_batch(batch: Batch, layout: FeatureLayout, device: torch.device | str 
             padded[name] = jagged[name].to_padded_dense(desired_length=sequence.max_length).long().to(device)
         lengths = jagged[sequence.fields[0]].lengths()
         masks[sequence.name] = (torch.arange(sequence.max_length)[None, :] < lengths[:, None]).to(device)
-    return PlainBatch(bags, padded, masks, batch.dense_features.to(device), batch.domain.to(device),
-                      batch.labels.to(device))
+    return PlainBatch(
+        bags, padded, masks, batch.dense_features.to(device), batch.domain.to(device), batch.labels.to(device)
+    )
 
 
 def _logits(output: torch.Tensor | ArchOutput, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +127,8 @@ class ReferenceModel(nn.Module):
         dim = config.embedding_dim
         tables: dict[str, nn.Embedding | nn.EmbeddingBag] = {
             name: nn.Embedding(n, dim) if name in positioned else nn.EmbeddingBag(n, dim, mode="sum")
-            for name, n in rows.items()}
+            for name, n in rows.items()
+        }
         for table in tables.values():
             bound = (1.0 / table.num_embeddings) ** 0.5
             nn.init.uniform_(table.weight, -bound, bound)
@@ -148,8 +150,7 @@ class ReferenceModel(nn.Module):
         [B, F * D] mean), and the candidate query [B, Q * D]."""
         vectors = [self._bag(batch, name, "sum") for name in self.layout.fields]
         size = batch.dense.shape[0]
-        fields_ = (torch.stack(vectors, dim=1) if vectors
-                   else batch.dense.new_zeros(size, 0, self.layout.embedding_dim))
+        fields_ = torch.stack(vectors, dim=1) if vectors else batch.dense.new_zeros(size, 0, self.layout.embedding_dim)
         sequences = []
         for sequence in self.layout.sequences:
             parts = [vectors[self.layout.fields.index(f)] for f in sequence.candidate_fields]
@@ -181,8 +182,9 @@ class ReferenceLoop:
         lr: Adam's learning rate for every parameter.
     """
 
-    def __init__(self, spec: DatasetSpec, config: ModelConfig, batches: list[Batch], device: torch.device,
-                 lr: float) -> None:
+    def __init__(
+        self, spec: DatasetSpec, config: ModelConfig, batches: list[Batch], device: torch.device, lr: float
+    ) -> None:
         self.model = ReferenceModel(spec, config).to(device).train()
         self.batches = [plain_batch(b, self.model.layout, device) for b in batches]
         self.source = itertools.cycle(self.batches)
@@ -202,16 +204,23 @@ class ReferenceLoop:
 
 def _leaves(features: EmbeddedFeatures) -> EmbeddedFeatures:
     """The embedded batch as detached leaves; the embeddings (not dense, domain, mask) require grad."""
+
     def leaf(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().clone().requires_grad_(tensor.is_floating_point())
 
     def optional_leaf(tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else leaf(tensor)
 
-    sequences = [EmbeddedSequence(optional_leaf(s.keys), None if s.mask is None else s.mask.clone(), leaf(s.query),
-                                  optional_leaf(s.pooled_mean)) for s in features.sequences]
-    return EmbeddedFeatures(leaf(features.fields), sequences, features.dense.detach().clone(),
-                            features.domain.clone())
+    sequences = [
+        EmbeddedSequence(
+            optional_leaf(s.keys),
+            None if s.mask is None else s.mask.clone(),
+            leaf(s.query),
+            optional_leaf(s.pooled_mean),
+        )
+        for s in features.sequences
+    ]
+    return EmbeddedFeatures(leaf(features.fields), sequences, features.dense.detach().clone(), features.domain.clone())
 
 
 def _grad_leaves(features: EmbeddedFeatures) -> list[torch.Tensor]:
@@ -266,8 +275,13 @@ def _paired(numerator: MeasuredCell, denominator: MeasuredCell) -> list[float]:
     return [a / b for a, b in zip(numerator.window_samples_per_sec, denominator.window_samples_per_sec)]
 
 
-def format_reference(cells: Sequence[MeasuredCell], models: Sequence[str], sizes: Sequence[int],
-                     pipelines: Sequence[str], cpu_clock: bool = False) -> str:
+def format_reference(
+    cells: Sequence[MeasuredCell],
+    models: Sequence[str],
+    sizes: Sequence[int],
+    pipelines: Sequence[str],
+    cpu_clock: bool = False,
+) -> str:
     """Per (model, batch size): the roof's and the reference's samples/s, each of our loops (``pipelines``)
     over the reference (median, min and max of the per-round ratios), and each loop's overhead above the
     roof (median of the per-round ``1 - loop / roof``, in percent)."""
@@ -276,12 +290,17 @@ def format_reference(cells: Sequence[MeasuredCell], models: Sequence[str], sizes
     header = f"{'model':<14}{'threads':>8}{'batch':>7}{'roof':>11}{'reference':>11}"
     header += "".join(f"{p + '/ref':>16}{'min':>8}{'max':>8}" for p in ours)
     header += "".join(f"{'over ' + p:>17}" for p in ours + [REFERENCE])
-    lines = [f"ours / plain-PyTorch reference (samples/s{' of CPU time' if cpu_clock else ''}, "
-             f"paired by round) and overhead above the roof (1 - samples/s / roof samples/s, median %)", header]
+    lines = [
+        f"ours / plain-PyTorch reference (samples/s{' of CPU time' if cpu_clock else ''}, "
+        f"paired by round) and overhead above the roof (1 - samples/s / roof samples/s, median %)",
+        header,
+    ]
     for model, size in itertools.product(models, sizes):
         roof, reference = by_key[(model, size, ROOF)], by_key[(model, size, REFERENCE)]
-        line = (f"{model:<14}{reference.threads:>8}{size:>7}{roof.samples_per_sec:>11,.0f}"
-                f"{reference.samples_per_sec:>11,.0f}")
+        line = (
+            f"{model:<14}{reference.threads:>8}{size:>7}{roof.samples_per_sec:>11,.0f}"
+            f"{reference.samples_per_sec:>11,.0f}"
+        )
         for pipeline in ours:
             ratios = _paired(by_key[(model, size, pipeline)], reference)
             line += f"{statistics.median(ratios):>16.3f}{min(ratios):>8.3f}{max(ratios):>8.3f}"

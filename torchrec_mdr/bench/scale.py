@@ -78,22 +78,37 @@ class ScaleBenchOptions:
     out: Path = field(default=Path("runs/scale"), metadata=doc("run directories, logs and results"))
     models: list[str] = field(default_factory=lambda: ["din", "ads"], metadata=doc("registered models"))
     world_sizes: list[int] = field(default_factory=lambda: [1, 2], metadata=bounds(ge=1, help="process counts"))
-    eviction: list[Eviction] = field(default_factory=lambda: ["zch", "full"],
-                                     metadata=doc("main runs with LFU-managed item and user tables of zch_size rows "
-                                                  "(zch), with full tables (full)"))
-    zch_size: int = field(default=0, metadata=bounds(ge=0, help="rows of each managed table (0: a quarter of the "
-                                                                 "items, a multiple of every world size)"))
+    eviction: list[Eviction] = field(
+        default_factory=lambda: ["zch", "full"],
+        metadata=doc("main runs with LFU-managed item and user tables of zch_size rows (zch), with full tables (full)"),
+    )
+    zch_size: int = field(
+        default=0,
+        metadata=bounds(
+            ge=0, help="rows of each managed table (0: a quarter of the items, a multiple of every world size)"
+        ),
+    )
     eviction_interval: int = field(default=1000, metadata=bounds(ge=1, help="steps between eviction rounds"))
-    memory_rows: list[int] = field(default_factory=lambda: [5_000_000], metadata=bounds(
-        ge=1000, help="row counts of the memory check (first model, world size 1, zch; --rows adds no run)"))
-    zch_curve: list[int] = field(default_factory=lambda: [100_000, 1_000_000, 4_000_000], metadata=bounds(
-        ge=2, help="zch sizes of the eviction-cost curve (first model, world size 1)"))
+    memory_rows: list[int] = field(
+        default_factory=lambda: [5_000_000],
+        metadata=bounds(
+            ge=1000, help="row counts of the memory check (first model, world size 1, zch; --rows adds no run)"
+        ),
+    )
+    zch_curve: list[int] = field(
+        default_factory=lambda: [100_000, 1_000_000, 4_000_000],
+        metadata=bounds(ge=2, help="zch sizes of the eviction-cost curve (first model, world size 1)"),
+    )
     curve_steps: int = field(default=5000, metadata=bounds(ge=0, help="steps of each curve run (0: the epoch)"))
     batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch per process"))
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
     log_every: int = field(default=50, metadata=bounds(ge=1, help="steps between log lines"))
-    threads: int = field(default=0, metadata=bounds(ge=0, help="torch threads per process (0: cores / world size; "
-                                                                "1 is faster where other jobs share the cores)"))
+    threads: int = field(
+        default=0,
+        metadata=bounds(
+            ge=0, help="torch threads per process (0: cores / world size; 1 is faster where other jobs share the cores)"
+        ),
+    )
     warmup_steps: int = field(default=100, metadata=bounds(ge=0, help="steps left out of the throughput check"))
     doc_path: Path | None = field(default=None, metadata=doc("write the report (markdown, and a plot beside it)"))
 
@@ -107,8 +122,10 @@ class ScaleBenchOptions:
             raise ConfigError("'models', 'world_sizes' and 'eviction' need at least one entry each")
         step = math.lcm(*self.world_sizes)
         if self.zch_size and self.zch_size % step:
-            raise ConfigError(f"'zch_size' {self.zch_size} must be a multiple of every world size {self.world_sizes} "
-                              f"(each rank holds an equal shard of a managed table)")
+            raise ConfigError(
+                f"'zch_size' {self.zch_size} must be a multiple of every world size {self.world_sizes} "
+                f"(each rank holds an equal shard of a managed table)"
+            )
         if self.managed_size < 2 * max(self.world_sizes):
             raise ConfigError(f"'zch_size' {self.managed_size} is too small for world size {max(self.world_sizes)}")
 
@@ -137,8 +154,12 @@ class RunSpec:
 
 def plan_runs(options: ScaleBenchOptions) -> list[RunSpec]:
     """The runs of ``options``, in order: main, memory, curve (duplicates dropped)."""
-    runs = [RunSpec("main", m, w, options.managed_size if e == "zch" else 0, options.rows)
-            for m in options.models for w in options.world_sizes for e in options.eviction]
+    runs = [
+        RunSpec("main", m, w, options.managed_size if e == "zch" else 0, options.rows)
+        for m in options.models
+        for w in options.world_sizes
+        for e in options.eviction
+    ]
     first = options.models[0]
     runs += [RunSpec("memory", first, 1, options.managed_size, rows) for rows in options.memory_rows]
     runs += [RunSpec("curve", first, 1, zch, options.rows, options.curve_steps or None) for zch in options.zch_curve]
@@ -163,20 +184,40 @@ def ensure_data(options: ScaleBenchOptions, rows: int) -> Path:
     path = data_path(options, rows)
     if (path / SPEC_FILE).is_file():
         spec = DatasetSpec.load(path)
-        have = {"rows": sum(s.rows for s in spec.splits.values()), "items": spec.tables.get("item"),
-                "users": spec.tables.get("user"), "domains": len(spec.domain_names),
-                "seq_length": max((c.max_length or 0) for c in spec.columns_of("sequence"))}
-        want = {"rows": rows, "items": options.items, "users": options.users, "domains": options.domains,
-                "seq_length": options.seq_length}
+        have = {
+            "rows": sum(s.rows for s in spec.splits.values()),
+            "items": spec.tables.get("item"),
+            "users": spec.tables.get("user"),
+            "domains": len(spec.domain_names),
+            "seq_length": max((c.max_length or 0) for c in spec.columns_of("sequence")),
+        }
+        want = {
+            "rows": rows,
+            "items": options.items,
+            "users": options.users,
+            "domains": options.domains,
+            "seq_length": options.seq_length,
+        }
         if have != want:
-            raise ConfigError(f"{path} holds a dataset with {have}, not the requested {want}: remove it or choose "
-                              f"another --data-root")
+            raise ConfigError(
+                f"{path} holds a dataset with {have}, not the requested {want}: remove it or choose another --data-root"
+            )
         return path
     print(f"generating {rows:,} rows ({options.items:,} items, {options.users:,} users) into {path} ...", flush=True)
     begin = time.perf_counter()
-    convert(Options(out=path, rows=rows, items=options.items, users=options.users, domains=options.domains,
-                    seq_length=options.seq_length, min_seq_length=options.seq_length,
-                    split_fractions=[0.9, 0.05, 0.05], overwrite=True))
+    convert(
+        Options(
+            out=path,
+            rows=rows,
+            items=options.items,
+            users=options.users,
+            domains=options.domains,
+            seq_length=options.seq_length,
+            min_seq_length=options.seq_length,
+            split_fractions=[0.9, 0.05, 0.05],
+            overwrite=True,
+        )
+    )
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / f"data-{rows}.json").write_text(json.dumps({"rows": rows, "seconds": time.perf_counter() - begin}))
     return path
@@ -252,14 +293,20 @@ class _Logger:
         tables = trainer.config.sparse.eviction.tables
         stats = eviction_stats(trainer.model, tables, trainer.ctx.device) if tables else {}
         window = seconds - self.last_seconds
-        record = {"step": step, "rows_seen": rows, "seconds": seconds,
-                  "samples_per_sec": (rows - self.last_rows) / window if window > 0 else 0.0, "loss": loss,
-                  "rss_mib": ranks[:, 0].tolist(), "peak_rss_mib": ranks[:, 1].tolist(),
-                  "eviction_seconds": float(ranks[:, 2].max()),
-                  "occupancy": {t: s.occupancy for t, s in stats.items()},
-                  "ids_held": {t: s.ids_held for t, s in stats.items()},
-                  "eviction_rounds": {t: s.eviction_rounds for t, s in stats.items()},
-                  "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+        record = {
+            "step": step,
+            "rows_seen": rows,
+            "seconds": seconds,
+            "samples_per_sec": (rows - self.last_rows) / window if window > 0 else 0.0,
+            "loss": loss,
+            "rss_mib": ranks[:, 0].tolist(),
+            "peak_rss_mib": ranks[:, 1].tolist(),
+            "eviction_seconds": float(ranks[:, 2].max()),
+            "occupancy": {t: s.occupancy for t, s in stats.items()},
+            "ids_held": {t: s.ids_held for t, s in stats.items()},
+            "eviction_rounds": {t: s.eviction_rounds for t, s in stats.items()},
+            "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        }
         self.last_rows, self.last_seconds = rows, seconds
         if trainer.ctx.is_main:
             with self.path.open("a") as f:
@@ -319,26 +366,41 @@ def _config(options: ScaleBenchOptions, run: RunSpec, data: Path) -> "Experiment
     from torchrec_mdr.models.registry import ModelConfig
     from torchrec_mdr.sparse.mch.config import EvictionConfig
 
-    eviction = (EvictionConfig(tables=list(MANAGED), zch_size=run.zch_size, eviction_interval=options.eviction_interval)
-                if run.zch_size else EvictionConfig())
+    eviction = (
+        EvictionConfig(tables=list(MANAGED), zch_size=run.zch_size, eviction_interval=options.eviction_interval)
+        if run.zch_size
+        else EvictionConfig()
+    )
     return ExperimentConfig(
         data=ReaderConfig(path=data, batch_size=options.batch_size),
         model=ModelConfig(name=run.model, embedding_dim=options.embedding_dim),
         sparse=SparseConfig(sharding="auto", eviction=eviction),
-        train=TrainConfig(device="cpu", log_every=options.log_every, max_steps=run.max_steps,
-                          keep_checkpoints=1, threads=options.threads or None),
+        train=TrainConfig(
+            device="cpu",
+            log_every=options.log_every,
+            max_steps=run.max_steps,
+            keep_checkpoints=1,
+            threads=options.threads or None,
+        ),
     )
 
 
-def _worker(rank: int, world_size: int, port: int, options: ScaleBenchOptions, run: RunSpec, data: Path,
-            run_dir: Path) -> None:
+def _worker(
+    rank: int, world_size: int, port: int, options: ScaleBenchOptions, run: RunSpec, data: Path, run_dir: Path
+) -> None:
     import torch.distributed as dist
 
     from torchrec_mdr.data.spec import DatasetSpec
     from torchrec_mdr.training.trainer import Trainer
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     for name in (None, "torchrec", "fbgemm_gpu", "torch.fx._symbolic_trace"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -349,22 +411,37 @@ def _worker(rank: int, world_size: int, port: int, options: ScaleBenchOptions, r
         checkpoint = _checkpoint_costs(trainer)
         peak = logger.gather([status_mib("VmHWM")])[:, 0].tolist()  # after training and the checkpoint
         item = logger.gather(table_bytes(trainer.model, trainer.optimizer, "item")).sum(dim=0).tolist()
-        metrics = trainer.report({"samples_per_sec": last["rows_seen"] / last["seconds"], "steps": last["step"],
-                                  "wall_sec": last["seconds"]})
+        metrics = trainer.report(
+            {"samples_per_sec": last["rows_seen"] / last["seconds"], "steps": last["step"], "wall_sec": last["seconds"]}
+        )
         if trainer.ctx.is_main:
             spec = DatasetSpec.load(data)
-            result = {**asdict(run), "name": run.name, "train_rows": spec.splits["train"].rows,
-                      "distinct_items": spec.tables["item"], "batch_size": options.batch_size,
-                      "eviction_interval": options.eviction_interval if run.zch_size else None,
-                      "threads": torch.get_num_threads(), "steps": last["step"], "rows_seen": last["rows_seen"],
-                      "wall_sec": last["seconds"], "samples_per_sec": last["rows_seen"] / last["seconds"],
-                      "eviction_seconds": last["eviction_seconds"], "peak_rss_mib_train": last["peak_rss_mib"],
-                      "peak_rss_mib": peak, "item_table_bytes": int(sum(item)),
-                      "item_table_parts": dict(zip(("rows", "slots", "history"), map(int, item))),
-                      "checkpoint": checkpoint,
-                      "occupancy": last["occupancy"], "eviction": metrics.get("eviction", {}),
-                      "test": {"auc": metrics["auc"], "logloss": metrics["logloss"],
-                               "per_domain": {d: v["auc"] for d, v in metrics["per_domain"].items()}}}
+            result = {
+                **asdict(run),
+                "name": run.name,
+                "train_rows": spec.splits["train"].rows,
+                "distinct_items": spec.tables["item"],
+                "batch_size": options.batch_size,
+                "eviction_interval": options.eviction_interval if run.zch_size else None,
+                "threads": torch.get_num_threads(),
+                "steps": last["step"],
+                "rows_seen": last["rows_seen"],
+                "wall_sec": last["seconds"],
+                "samples_per_sec": last["rows_seen"] / last["seconds"],
+                "eviction_seconds": last["eviction_seconds"],
+                "peak_rss_mib_train": last["peak_rss_mib"],
+                "peak_rss_mib": peak,
+                "item_table_bytes": int(sum(item)),
+                "item_table_parts": dict(zip(("rows", "slots", "history"), map(int, item))),
+                "checkpoint": checkpoint,
+                "occupancy": last["occupancy"],
+                "eviction": metrics.get("eviction", {}),
+                "test": {
+                    "auc": metrics["auc"],
+                    "logloss": metrics["logloss"],
+                    "per_domain": {d: v["auc"] for d, v in metrics["per_domain"].items()},
+                },
+            }
             tmp = run_dir / "result.json.tmp"
             tmp.write_text(json.dumps(result, indent=2) + "\n")
             tmp.replace(run_dir / "result.json")
@@ -397,8 +474,9 @@ def run_one(options: ScaleBenchOptions, run: RunSpec) -> dict:
         shutil.rmtree(run_dir)  # an unfinished earlier attempt
     run_dir.mkdir(parents=True)
     print(f"{run.name}: training ...", flush=True)
-    mp.spawn(_worker, args=(run.world_size, _free_port(), options, run, data, run_dir), nprocs=run.world_size,
-             join=True)
+    mp.spawn(
+        _worker, args=(run.world_size, _free_port(), options, run, data, run_dir), nprocs=run.world_size, join=True
+    )
     return json.loads(result.read_text())
 
 

@@ -32,8 +32,9 @@ from torchrec_mdr.serving.artifact import ArtifactError, encode, load_artifact
 @dataclass
 class ServeBenchOptions:
     artifact: list[Path] = field(metadata=doc("artifact folders written by mdr export"))
-    data: Path | None = field(default=None, metadata=doc("prepared dataset the requests come from (default: "
-                                                         "the manifest's dataset)"))
+    data: Path | None = field(
+        default=None, metadata=doc("prepared dataset the requests come from (default: the manifest's dataset)")
+    )
     split: str = field(default="test", metadata=doc("split the requests come from"))
     batch_sizes: list[int] = field(default_factory=lambda: [1, 256], metadata=bounds(ge=1, help="rows per request"))
     requests: int = field(default=500, metadata=bounds(ge=10, help="timed requests per batch size"))
@@ -80,8 +81,11 @@ def _measure(model: Any, requests: list[dict[str, Any]], warmup: int) -> dict[st
         total.append(end - start)
         program.append(end - encoded)
     total_ms, program_ms = np.array(total) * 1e3, np.array(program) * 1e3
-    return {"median_ms": float(np.median(total_ms)), "p99_ms": float(np.percentile(total_ms, 99)),
-            "program_median_ms": float(np.median(program_ms))}
+    return {
+        "median_ms": float(np.median(total_ms)),
+        "p99_ms": float(np.percentile(total_ms, 99)),
+        "program_median_ms": float(np.median(program_ms)),
+    }
 
 
 def _auc(model: Any, table: pa.Table) -> dict[str, float]:
@@ -92,8 +96,10 @@ def _auc(model: Any, table: pa.Table) -> dict[str, float]:
         rows = table.slice(start, 4096)
         for label, probs in model.predict({name: rows[name] for name in rows.column_names}).items():
             scores[label].append(probs)
-    return {label: auc(np.concatenate(scores[label]).astype(np.float64),
-                       table[label].to_numpy().astype(np.float64)) for label in model.labels}
+    return {
+        label: auc(np.concatenate(scores[label]).astype(np.float64), table[label].to_numpy().astype(np.float64))
+        for label in model.labels
+    }
 
 
 def run(options: ServeBenchOptions) -> list[dict[str, Any]]:
@@ -108,9 +114,14 @@ def run(options: ServeBenchOptions) -> list[dict[str, Any]]:
         if data not in tables:
             tables[data] = _split_table(data, options.split)
         table = tables[data]
-        row: dict[str, Any] = {"artifact": str(folder), "model": model.manifest["model"],
-                               "precision": model.manifest["precision"], "bytes": _folder_bytes(Path(folder)),
-                               "load_s": load_s, "batches": {}}
+        row: dict[str, Any] = {
+            "artifact": str(folder),
+            "model": model.manifest["model"],
+            "precision": model.manifest["precision"],
+            "bytes": _folder_bytes(Path(folder)),
+            "load_s": load_s,
+            "batches": {},
+        }
         for batch in options.batch_sizes:
             requests = _requests(table, batch, options.warmup + options.requests)
             row["batches"][batch] = _measure(model, requests, options.warmup)
@@ -122,14 +133,18 @@ def run(options: ServeBenchOptions) -> list[dict[str, Any]]:
 
 
 def format_results(results: list[dict[str, Any]], options: ServeBenchOptions) -> str:
-    lines = [f"mdr bench serve: {options.requests} requests per batch size after {options.warmup} warm-up, "
-             f"{options.threads} thread(s), torch {torch.__version__}",
-             f"{'artifact':<28} {'precision':>9} {'size MB':>8} {'batch':>6} {'median ms':>10} {'p99 ms':>8} "
-             f"{'program ms':>10} {'rows/s':>9}  auc"]
+    lines = [
+        f"mdr bench serve: {options.requests} requests per batch size after {options.warmup} warm-up, "
+        f"{options.threads} thread(s), torch {torch.__version__}",
+        f"{'artifact':<28} {'precision':>9} {'size MB':>8} {'batch':>6} {'median ms':>10} {'p99 ms':>8} "
+        f"{'program ms':>10} {'rows/s':>9}  auc",
+    ]
     for row in results:
         aucs = " ".join(f"{label}={value:.5f}" for label, value in row.get("auc", {}).items())
         for batch, figures in row["batches"].items():
-            lines.append(f"{Path(row['artifact']).name[:28]:<28} {row['precision']:>9} {row['bytes'] / 1e6:>8.2f} "
-                         f"{batch:>6} {figures['median_ms']:>10.3f} {figures['p99_ms']:>8.3f} "
-                         f"{figures['program_median_ms']:>10.3f} {batch / figures['median_ms'] * 1e3:>9.0f}  {aucs}")
+            lines.append(
+                f"{Path(row['artifact']).name[:28]:<28} {row['precision']:>9} {row['bytes'] / 1e6:>8.2f} "
+                f"{batch:>6} {figures['median_ms']:>10.3f} {figures['p99_ms']:>8.3f} "
+                f"{figures['program_median_ms']:>10.3f} {batch / figures['median_ms'] * 1e3:>9.0f}  {aucs}"
+            )
     return "\n".join(lines)

@@ -73,12 +73,18 @@ class TrainBenchOptions:
     seq_length: int = field(default=50, metadata=bounds(ge=1, help="behaviour-sequence length of generated data"))
     models: list[str] = field(default_factory=lambda: ["dnn", "din"], metadata=doc("registered models to measure"))
     world_sizes: list[int] = field(default_factory=lambda: [1, 2], metadata=bounds(ge=1, help="process counts"))
-    pipelines: list[PipelineType] = field(default_factory=lambda: list(PIPELINES),  # type: ignore[arg-type]
-                                          metadata=doc("training loops: plain, base, sparse_dist"))
+    pipelines: list[PipelineType] = field(
+        default_factory=lambda: list(PIPELINES),  # type: ignore[arg-type]
+        metadata=doc("training loops: plain, base, sparse_dist"),
+    )
     batch_size: int = field(default=512, metadata=bounds(ge=1, help="rows per batch per process"))
-    batch_sizes: list[int] = field(default_factory=list, metadata=bounds(
-        ge=1, help="several batch sizes per process, their loops taking turns in the same rounds (replaces "
-                   "--batch-size)"))
+    batch_sizes: list[int] = field(
+        default_factory=list,
+        metadata=bounds(
+            ge=1,
+            help="several batch sizes per process, their loops taking turns in the same rounds (replaces --batch-size)",
+        ),
+    )
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))
     sharding: ShardingType = field(default="table_wise", metadata=doc("sharding of every table (auto: planner)"))
     warmup: int = field(default=20, metadata=bounds(ge=1, help="steps run before timing (discarded)"))
@@ -88,13 +94,21 @@ class TrainBenchOptions:
     threads: int = field(default=0, metadata=bounds(ge=0, help="torch threads per process (0: cores // world size)"))
     device: Literal["cpu", "cuda"] = field(default="cpu", metadata=doc("cuda: one GPU per process, nccl"))
     mixed_precision: bool = field(default=False, metadata=doc("bf16 autocast of the dense arch (cuda only)"))
-    clock: Literal["wall", "cpu"] = field(default="wall", metadata=doc(
-        "what a window's seconds are: wall (elapsed) or cpu (the process's user + system CPU time: steadier "
-        "where other jobs share the cores; with one thread per process)"))
-    reference: bool = field(default=False, metadata=doc(
-        "also train each model as plain PyTorch (nn.EmbeddingBag / nn.Embedding, dense gradients, Adam on "
-        "everything) and its dense arch alone, in the same rounds: ours / reference and the overhead above "
-        "the dense arch (world size 1 only)"))
+    clock: Literal["wall", "cpu"] = field(
+        default="wall",
+        metadata=doc(
+            "what a window's seconds are: wall (elapsed) or cpu (the process's user + system CPU time: steadier "
+            "where other jobs share the cores; with one thread per process)"
+        ),
+    )
+    reference: bool = field(
+        default=False,
+        metadata=doc(
+            "also train each model as plain PyTorch (nn.EmbeddingBag / nn.Embedding, dense gradients, Adam on "
+            "everything) and its dense arch alone, in the same rounds: ours / reference and the overhead above "
+            "the dense arch (world size 1 only)"
+        ),
+    )
 
     @property
     def sizes(self) -> list[int]:
@@ -110,22 +124,29 @@ class TrainBenchOptions:
         if not self.pipelines or not self.models or not self.world_sizes:
             raise ConfigError("'models', 'world_sizes' and 'pipelines' need at least one entry each")
         if self.reference and self.world_sizes != [1]:
-            raise ConfigError(f"'reference': the plain-PyTorch reference is one process; use --world-sizes 1 "
-                              f"(got {self.world_sizes})")
+            raise ConfigError(
+                f"'reference': the plain-PyTorch reference is one process; use --world-sizes 1 (got {self.world_sizes})"
+            )
         if self.clock == "cpu" and self.device == "cuda":
             raise ConfigError("'clock': cpu time does not measure GPU work; use --clock wall with --device cuda")
         # the checks the trainer would make inside the spawned processes, made here for a clean error
         if self.device == "cuda" and torch.cuda.device_count() < max(self.world_sizes):
-            raise ConfigError(f"'device': cuda needs one GPU per process, {max(self.world_sizes)} for world sizes "
-                              f"{self.world_sizes}; this machine has {torch.cuda.device_count()}")
+            raise ConfigError(
+                f"'device': cuda needs one GPU per process, {max(self.world_sizes)} for world sizes "
+                f"{self.world_sizes}; this machine has {torch.cuda.device_count()}"
+            )
         if self.mixed_precision and self.device != "cuda":
             raise ConfigError("'mixed_precision': bf16 autocast is for the GPU; add --device cuda")
         if self.sharding == "data_parallel" and self.device == "cpu":
-            raise ConfigError("'sharding': data_parallel cannot hold the EmbeddingCollection of the sequences "
-                              "on CPU; use table_wise, row_wise, column_wise or auto")
+            raise ConfigError(
+                "'sharding': data_parallel cannot hold the EmbeddingCollection of the sequences "
+                "on CPU; use table_wise, row_wise, column_wise or auto"
+            )
         if self.sharding == "column_wise" and any(self.embedding_dim % w for w in self.world_sizes):
-            raise ConfigError(f"'sharding': column_wise needs 'embedding_dim' ({self.embedding_dim}) divisible "
-                              f"by every world size {self.world_sizes}")
+            raise ConfigError(
+                f"'sharding': column_wise needs 'embedding_dim' ({self.embedding_dim}) divisible "
+                f"by every world size {self.world_sizes}"
+            )
 
 
 @dataclass
@@ -155,8 +176,11 @@ def ensure_bench_data(path: Path, rows: int, seq_length: int) -> None:
     from data_prep.synthetic import Options, convert
 
     print(f"generating {rows:,} rows of benchmark data into {path} ...")
-    convert(Options(out=path, rows=rows, seq_length=seq_length, min_seq_length=seq_length,
-                    split_fractions=[0.9, 0.05, 0.05]))
+    convert(
+        Options(
+            out=path, rows=rows, seq_length=seq_length, min_seq_length=seq_length, split_fractions=[0.9, 0.05, 0.05]
+        )
+    )
 
 
 # --------------------------------------------------------------------------- inside each process
@@ -170,27 +194,44 @@ def _fresh(batches: list[Batch]) -> Iterator[Batch]:
         return KeyedJaggedTensor(kjt.keys(), kjt.values(), lengths=kjt.lengths(), stride=kjt.stride())
 
     for batch in itertools.cycle(batches):
-        yield Batch(batch.dense_features, rewrap(batch.sparse_features), rewrap(batch.sequence_features),
-                    batch.domain, batch.labels, batch.group_ids, batch.session_ids)
+        yield Batch(
+            batch.dense_features,
+            rewrap(batch.sparse_features),
+            rewrap(batch.sequence_features),
+            batch.domain,
+            batch.labels,
+            batch.group_ids,
+            batch.session_ids,
+        )
 
 
 def _read_batches(options: TrainBenchOptions, batch_size: int, rank: int, world_size: int) -> list[Batch]:
     from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 
     config = ReaderConfig(path=options.data, batch_size=batch_size, shuffle=False, drop_last=True)
-    batches = list(itertools.islice(iter(make_dataloader(config, "train", rank, world_size)),
-                                    options.batches_in_memory))
+    batches = list(
+        itertools.islice(iter(make_dataloader(config, "train", rank, world_size)), options.batches_in_memory)
+    )
     if not batches:
-        raise ConfigError(f"'batch_size' {batch_size}: the train split of {options.data} has no full "
-                          f"batch per process at world size {world_size}")
+        raise ConfigError(
+            f"'batch_size' {batch_size}: the train split of {options.data} has no full "
+            f"batch per process at world size {world_size}"
+        )
     return batches
 
 
 class _Loop:
     """One model trained by one loop: the trainer, its torchrec pipeline (None: plain) and batches."""
 
-    def __init__(self, options: TrainBenchOptions, model: "str | ModelConfig", pipeline: str, batch_size: int,
-                 batches: list[Batch], run_dir: Path) -> None:
+    def __init__(
+        self,
+        options: TrainBenchOptions,
+        model: "str | ModelConfig",
+        pipeline: str,
+        batch_size: int,
+        batches: list[Batch],
+        run_dir: Path,
+    ) -> None:
         """``model``: a registered name (its default options) or a whole model config."""
         from torchrec_mdr.data.reader import ReaderConfig
         from torchrec_mdr.experiment import ExperimentConfig, SparseConfig, TrainConfig
@@ -203,8 +244,11 @@ class _Loop:
             data=ReaderConfig(path=options.data, batch_size=batch_size, shuffle=False),
             model=model,
             sparse=SparseConfig(sharding=options.sharding),
-            train=TrainConfig(pipeline=pipeline, device=options.device,  # type: ignore[arg-type]
-                              mixed_precision=options.mixed_precision),
+            train=TrainConfig(
+                pipeline=pipeline,  # type: ignore[arg-type]
+                device=options.device,
+                mixed_precision=options.mixed_precision,
+            ),
         )
         self.trainer = Trainer(config, run_dir)
         torch.set_num_threads(_threads(options, self.trainer.ctx.world_size))  # init_distributed sets its own
@@ -218,7 +262,9 @@ class _Loop:
             self.trainer.writer.close()
 
 
-def _timed(loop: "_Loop | reference.ReferenceLoop | reference.RoofLoop", steps: int, options: TrainBenchOptions) -> float:
+def _timed(
+    loop: "_Loop | reference.ReferenceLoop | reference.RoofLoop", steps: int, options: TrainBenchOptions
+) -> float:
     """Seconds of ``steps`` steps of ``loop``, the slowest rank's (CPU seconds with ``clock = "cpu"``)."""
     import torch.distributed as dist
 
@@ -248,8 +294,9 @@ def _reference_loops(options: TrainBenchOptions, model: str, size: int, batches:
 
     spec = DatasetSpec.load(options.data)
     lr = OptimizerConfig().dense_lr
-    reference = ReferenceLoop(spec, ModelConfig(name=model, embedding_dim=options.embedding_dim), batches,
-                              torch.device(options.device), lr)
+    reference = ReferenceLoop(
+        spec, ModelConfig(name=model, embedding_dim=options.embedding_dim), batches, torch.device(options.device), lr
+    )
     return {(REFERENCE, size): reference, (ROOF, size): RoofLoop(reference, spec, lr)}
 
 
@@ -259,12 +306,15 @@ def round_order(pipelines: list, round_index: int) -> list:
     return pipelines[shift:] + pipelines[:shift]
 
 
-def _measure_model(options: TrainBenchOptions, model: str, batches: dict[int, list[Batch]], out: Path,
-                   world_size: int) -> dict[tuple[str, int], list[float]]:
+def _measure_model(
+    options: TrainBenchOptions, model: str, batches: dict[int, list[Batch]], out: Path, world_size: int
+) -> dict[tuple[str, int], list[float]]:
     """(pipeline, batch size) -> seconds of ``options.steps`` steps in each of ``options.repeats`` rounds."""
-    loops: dict = {(p, size): _Loop(options, model, p, size, batches[size],
-                                    out / f"run-{world_size}-{model}-{p}-{size}")
-                   for size in options.sizes for p in options.pipelines}
+    loops: dict = {
+        (p, size): _Loop(options, model, p, size, batches[size], out / f"run-{world_size}-{model}-{p}-{size}")
+        for size in options.sizes
+        for p in options.pipelines
+    }
     for size in options.sizes if options.reference else []:
         loops.update(_reference_loops(options, model, size, batches[size]))
     for loop in loops.values():
@@ -298,8 +348,14 @@ def _quiet() -> None:
 def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, out: Path) -> None:
     import torch.distributed as dist
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(_threads(options, world_size))
     _quiet()
     if options.device == "cuda":
@@ -311,8 +367,17 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
         for model in options.models:
             for (pipeline, size), seconds in _measure_model(options, model, batches, out, world_size).items():
                 samples = options.steps * size * world_size
-                cells.append(Cell(model, world_size, pipeline, [samples / x for x in seconds], options.steps,
-                                  size, torch.get_num_threads()).__dict__)
+                cells.append(
+                    Cell(
+                        model,
+                        world_size,
+                        pipeline,
+                        [samples / x for x in seconds],
+                        options.steps,
+                        size,
+                        torch.get_num_threads(),
+                    ).__dict__
+                )
         if rank == 0:
             (out / f"cells-{world_size}.json").write_text(json.dumps(cells))
     finally:
@@ -341,29 +406,38 @@ def format_table(cells: list[Cell], options: TrainBenchOptions) -> str:
     by_key = {(c.model, c.world_size, c.batch_size, c.pipeline): c for c in cells}
     sizes = sorted({c.batch_size for c in cells})
     ratio = "plain" in options.pipelines and "sparse_dist" in options.pipelines
-    header = f"{'model':<14}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(f"{p:>14}" for p in options.pipelines)
+    header = f"{'model':<14}{'world':>6}{'threads':>8}{'rows/step':>11}" + "".join(
+        f"{p:>14}" for p in options.pipelines
+    )
     header += f"{'sparse_dist/plain':>19}{'min':>7}{'max':>7}" if ratio else ""
     clock = " of CPU time" if options.clock == "cpu" else ""
-    lines = [f"training samples/s{clock} (median of {options.repeats} rounds x {options.steps} timed steps after "
-             f"{options.warmup} warm-up, batch {', '.join(map(str, sizes))} per process, sharding {options.sharding}, "
-             f"embedding dim {options.embedding_dim}) on {_device_name(options)}", header]
+    lines = [
+        f"training samples/s{clock} (median of {options.repeats} rounds x {options.steps} timed steps after "
+        f"{options.warmup} warm-up, batch {', '.join(map(str, sizes))} per process, sharding {options.sharding}, "
+        f"embedding dim {options.embedding_dim}) on {_device_name(options)}",
+        header,
+    ]
     for model, world_size, size in itertools.product(options.models, options.world_sizes, sizes):
         row = [by_key[(model, world_size, size, p)].samples_per_sec for p in options.pipelines]
         threads = by_key[(model, world_size, size, options.pipelines[0])].threads
         line = f"{model:<14}{world_size:>6}{threads:>8}{size * world_size:>11,}"
         line += "".join(f"{value:>14,.0f}" for value in row)
         if ratio:
-            ratios = paired_ratios(by_key[(model, world_size, size, "sparse_dist")],
-                                   by_key[(model, world_size, size, "plain")])
+            ratios = paired_ratios(
+                by_key[(model, world_size, size, "sparse_dist")], by_key[(model, world_size, size, "plain")]
+            )
             line += f"{statistics.median(ratios):>19.3f}{min(ratios):>7.3f}{max(ratios):>7.3f}"
         lines.append(line)
     if len(sizes) > 1:  # how throughput moves with the batch, paired by round like the loops
         small, large = sizes[0], sizes[-1]
         for model, world_size, pipeline in itertools.product(options.models, options.world_sizes, options.pipelines):
-            ratios = paired_ratios(by_key[(model, world_size, large, pipeline)],
-                                   by_key[(model, world_size, small, pipeline)])
-            lines.append(f"{model} world {world_size} {pipeline}: samples/s at batch {large} / at {small}: median "
-                         f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+            ratios = paired_ratios(
+                by_key[(model, world_size, large, pipeline)], by_key[(model, world_size, small, pipeline)]
+            )
+            lines.append(
+                f"{model} world {world_size} {pipeline}: samples/s at batch {large} / at {small}: median "
+                f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+            )
     return "\n".join(lines)
 
 

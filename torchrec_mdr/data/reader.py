@@ -45,9 +45,16 @@ class ReaderConfig:
     shuffle: bool = field(default=True, metadata=doc("shuffle row groups and rows within a buffer (train split)"))
     shuffle_buffer_rows: int = field(default=65_536, metadata=bounds(ge=1, help="rows permuted together"))
     drop_last: bool = field(default=False, metadata=doc("drop each slice's last partial batch"))
-    seed: int = field(default=0, metadata=bounds(ge=0, help=(
-        "shuffle seed (combined with the epoch): the order of the rows, nothing else; the model's random "
-        "draws are train.seed's")))
+    seed: int = field(
+        default=0,
+        metadata=bounds(
+            ge=0,
+            help=(
+                "shuffle seed (combined with the epoch): the order of the rows, nothing else; the model's random "
+                "draws are train.seed's"
+            ),
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- work split
@@ -110,10 +117,17 @@ class Block:
         lists = {}
         for name, (offsets, values) in self.lists.items():
             if id(offsets) not in sliced:
-                sliced[id(offsets)] = offsets[a:b + 1] - offsets[a]
-            lists[name] = (sliced[id(offsets)], values[offsets[a]:offsets[b]])
-        return Block({k: v[a:b] for k, v in self.ids.items()}, lists, self.dense[a:b], self.labels[a:b],
-                     self.domain[a:b], self.group[a:b], self.session[a:b])
+                sliced[id(offsets)] = offsets[a : b + 1] - offsets[a]
+            lists[name] = (sliced[id(offsets)], values[offsets[a] : offsets[b]])
+        return Block(
+            {k: v[a:b] for k, v in self.ids.items()},
+            lists,
+            self.dense[a:b],
+            self.labels[a:b],
+            self.domain[a:b],
+            self.group[a:b],
+            self.session[a:b],
+        )
 
     def take(self, rows: np.ndarray) -> "Block":
         gathers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # fields of a sequence group share offsets
@@ -123,8 +137,15 @@ class Block:
                 gathers[id(offsets)] = _gather_rows(offsets, rows)
             new_offsets, gather = gathers[id(offsets)]
             lists[name] = (new_offsets, values[gather])
-        return Block({k: v[rows] for k, v in self.ids.items()}, lists, self.dense[rows], self.labels[rows],
-                     self.domain[rows], self.group[rows], self.session[rows])
+        return Block(
+            {k: v[rows] for k, v in self.ids.items()},
+            lists,
+            self.dense[rows],
+            self.labels[rows],
+            self.domain[rows],
+            self.group[rows],
+            self.session[rows],
+        )
 
     @staticmethod
     def concat(blocks: list["Block"]) -> "Block":
@@ -175,7 +196,7 @@ def _list_arrays(array: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndar
     """(offsets from 0 as int64 [n + 1], int64 values) of a list column."""
     chunk = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
     offsets = np.asarray(chunk.offsets).astype(np.int64)
-    values = chunk.values.to_numpy().astype(np.int64, copy=False)[offsets[0]:offsets[-1]]
+    values = chunk.values.to_numpy().astype(np.int64, copy=False)[offsets[0] : offsets[-1]]
     return offsets - offsets[0], values
 
 
@@ -209,20 +230,26 @@ def table_to_block(spec: DatasetSpec, table: pa.Table, path: Path | None = None,
             own_offsets, values = _list_arrays(table[column.name])
             if own_offsets is not offsets and not np.array_equal(own_offsets, offsets):
                 row = int(np.flatnonzero(np.diff(own_offsets) != np.diff(offsets))[0])
-                raise DataError(f"sequence group '{group}': {np.diff(own_offsets)[row]} ids but field "
-                                f"'{first.name}' has {np.diff(offsets)[row]}", file=path, column=column.name,
-                                row=row_start + row)
+                raise DataError(
+                    f"sequence group '{group}': {np.diff(own_offsets)[row]} ids but field "
+                    f"'{first.name}' has {np.diff(offsets)[row]}",
+                    file=path,
+                    column=column.name,
+                    row=row_start + row,
+                )
             if kept is not None:
                 values = values[kept[1]]
             lists[column.name] = (offsets if kept is None else kept[0], _in_range(column, values))
     rows = table.num_rows
     dense_names = spec.dense_features
-    dense = (np.stack([table[n].to_numpy().astype(np.float32, copy=False) for n in dense_names], axis=1)
-             if dense_names else np.zeros((rows, 0), dtype=np.float32))
+    dense = (
+        np.stack([table[n].to_numpy().astype(np.float32, copy=False) for n in dense_names], axis=1)
+        if dense_names
+        else np.zeros((rows, 0), dtype=np.float32)
+    )
     labels = np.stack([table[n].to_numpy().astype(np.float32, copy=False) for n in spec.label_names], axis=1)
     domain = table[spec.domain_column].to_numpy().astype(np.int64, copy=False)
-    return Block(ids, lists, dense, labels, domain, _key(table, spec.group_column),
-                 _key(table, spec.session_column))
+    return Block(ids, lists, dense, labels, domain, _key(table, spec.group_column), _key(table, spec.session_column))
 
 
 def _key(table: pa.Table, name: str | None) -> np.ndarray:
@@ -249,8 +276,12 @@ def _jagged_arrays(block: Block, columns: list[ColumnSpec]) -> tuple[np.ndarray,
 
 def _jagged(block: Block, columns: list[ColumnSpec]) -> KeyedJaggedTensor:
     values, lengths = _jagged_arrays(block, columns)
-    return KeyedJaggedTensor(keys=[c.name for c in columns], values=torch.from_numpy(values),
-                             lengths=torch.from_numpy(lengths), stride=len(block))
+    return KeyedJaggedTensor(
+        keys=[c.name for c in columns],
+        values=torch.from_numpy(values),
+        lengths=torch.from_numpy(lengths),
+        stride=len(block),
+    )
 
 
 @dataclass
@@ -280,17 +311,20 @@ def unpack_batch(spec: DatasetSpec, packed: "PackedBatch | Batch") -> Batch:
     """Batch from a PackedBatch (a Batch passes through unchanged)."""
     if isinstance(packed, Batch):
         return packed
-    (pooled_values, pooled_lengths, seq_values, seq_lengths, domain, group,
-     session) = torch.split(packed.integers, list(packed.sizes))
+    (pooled_values, pooled_lengths, seq_values, seq_lengths, domain, group, session) = torch.split(
+        packed.integers, list(packed.sizes)
+    )
     rows = packed.rows
     num_dense = len(spec.dense_features)
     dense, labels = torch.split(packed.floats, [rows * num_dense, rows * len(spec.label_names)])
     return Batch(
         dense_features=dense.view(rows, num_dense),
-        sparse_features=KeyedJaggedTensor([c.name for c in spec.pooled_features], pooled_values,
-                                          lengths=pooled_lengths.to(torch.int32), stride=rows),
-        sequence_features=KeyedJaggedTensor([c.name for c in spec.sequence_features], seq_values,
-                                            lengths=seq_lengths.to(torch.int32), stride=rows),
+        sparse_features=KeyedJaggedTensor(
+            [c.name for c in spec.pooled_features], pooled_values, lengths=pooled_lengths.to(torch.int32), stride=rows
+        ),
+        sequence_features=KeyedJaggedTensor(
+            [c.name for c in spec.sequence_features], seq_values, lengths=seq_lengths.to(torch.int32), stride=rows
+        ),
         domain=domain,
         labels=labels.view(rows, -1),
         group_ids=group,
@@ -325,8 +359,15 @@ class ParquetBatches(IterableDataset):
     so bad data is reported before the first batch, i.e. before training starts.
     """
 
-    def __init__(self, config: ReaderConfig, split: str = "train", rank: int = 0, world_size: int = 1,
-                 shuffle: bool | None = None, spec: DatasetSpec | None = None) -> None:
+    def __init__(
+        self,
+        config: ReaderConfig,
+        split: str = "train",
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool | None = None,
+        spec: DatasetSpec | None = None,
+    ) -> None:
         """``spec``: the spec to read with (default: the folder's ``spec.json``); managed-collision
         tables pass one whose id ranges follow ``input_hash_size`` (:mod:`torchrec_mdr.sparse.mch.eviction`)."""
         super().__init__()
@@ -439,12 +480,23 @@ class BatchLoader(DataLoader):
             yield unpack_batch(spec, item)
 
 
-def make_dataloader(config: ReaderConfig, split: str = "train", rank: int = 0, world_size: int = 1,
-                    shuffle: bool | None = None, pin_memory: bool | None = None,
-                    spec: DatasetSpec | None = None) -> BatchLoader:
+def make_dataloader(
+    config: ReaderConfig,
+    split: str = "train",
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool | None = None,
+    pin_memory: bool | None = None,
+    spec: DatasetSpec | None = None,
+) -> BatchLoader:
     """A DataLoader over :class:`ParquetBatches` (batches are made in the dataset: ``batch_size=None``)."""
     dataset = ParquetBatches(config, split=split, rank=rank, world_size=world_size, shuffle=shuffle, spec=spec)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    return BatchLoader(dataset, batch_size=None, num_workers=config.num_workers, pin_memory=pin,
-                      prefetch_factor=4 if config.num_workers else None,
-                      persistent_workers=False)
+    return BatchLoader(
+        dataset,
+        batch_size=None,
+        num_workers=config.num_workers,
+        pin_memory=pin,
+        prefetch_factor=4 if config.num_workers else None,
+        persistent_workers=False,
+    )

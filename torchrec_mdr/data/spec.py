@@ -165,8 +165,10 @@ class DatasetSpec:
     @property
     def tables(self) -> dict[str, int]:
         """Embedding table name -> number of rows."""
-        return {c.table_name: cast(int, c.cardinality)  # ColumnSpec.validate: has one
-                for c in self.columns_of(*EMBEDDED_KINDS)}
+        return {
+            c.table_name: cast(int, c.cardinality)  # ColumnSpec.validate: has one
+            for c in self.columns_of(*EMBEDDED_KINDS)
+        }
 
     def validate(self) -> None:
         names = [c.name for c in self.columns]
@@ -180,8 +182,7 @@ class DatasetSpec:
         for kind in KEY_KINDS:
             keyed = self.columns_of(kind)
             if len(keyed) > 1:
-                raise ConfigError(f"at most one column of kind '{kind}' is allowed, got "
-                                  f"{[c.name for c in keyed]}")
+                raise ConfigError(f"at most one column of kind '{kind}' is allowed, got {[c.name for c in keyed]}")
         if not self.domain_names:
             raise ConfigError("domain_names is empty")
         sizes: dict[str, int | None] = {}
@@ -197,8 +198,10 @@ class DatasetSpec:
                 raise ConfigError(f"sequence group '{group}' has fields of different max_length {sorted(lengths)}")
         for split, stats in self.splits.items():
             if len(stats.rows_per_domain) != self.num_domains:
-                raise ConfigError(f"split '{split}': rows_per_domain has {len(stats.rows_per_domain)} entries, "
-                                  f"expected {self.num_domains}")
+                raise ConfigError(
+                    f"split '{split}': rows_per_domain has {len(stats.rows_per_domain)} entries, "
+                    f"expected {self.num_domains}"
+                )
 
     # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> Path:
@@ -213,8 +216,7 @@ class DatasetSpec:
         folder = Path(folder)
         path = folder / SPEC_FILE if folder.is_dir() or not folder.suffix else folder
         if not path.is_file():
-            raise DataError(f"no dataset spec: {path} does not exist (prepare data with `mdr data ...`)",
-                            file=path)
+            raise DataError(f"no dataset spec: {path} does not exist (prepare data with `mdr data ...`)", file=path)
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
@@ -222,8 +224,11 @@ class DatasetSpec:
         if not isinstance(data, dict):
             raise DataError("the dataset spec must be a JSON object", file=path)
         if data.get("format_version", SPEC_FORMAT_VERSION) != SPEC_FORMAT_VERSION:
-            raise DataError(f"spec format_version {data.get('format_version')} is not supported "
-                            f"(this version reads {SPEC_FORMAT_VERSION})", file=path)
+            raise DataError(
+                f"spec format_version {data.get('format_version')} is not supported "
+                f"(this version reads {SPEC_FORMAT_VERSION})",
+                file=path,
+            )
         try:
             return from_dict(cls, data, source=str(path))
         except ConfigError as error:
@@ -231,8 +236,9 @@ class DatasetSpec:
 
     def files(self, folder: str | Path, split: str) -> list[Path]:
         if split not in self.splits:
-            raise DataError(f"the dataset has no split '{split}' (it has {sorted(self.splits)})",
-                            file=Path(folder) / SPEC_FILE)
+            raise DataError(
+                f"the dataset has no split '{split}' (it has {sorted(self.splits)})", file=Path(folder) / SPEC_FILE
+            )
         return [Path(folder) / f for f in self.splits[split].files]
 
     def describe(self) -> str:
@@ -241,8 +247,11 @@ class DatasetSpec:
         lines.append(f"{'column':<22}{'kind':<10}{'table':<18}{'size':>12}  group/max_len")
         for c in self.columns:
             size = f"{c.cardinality:,}" if c.cardinality else ""
-            extra = f"{c.sequence_group}/{c.max_length}" if c.kind == "sequence" else (
-                f"max {c.max_length}" if c.max_length else "")
+            extra = (
+                f"{c.sequence_group}/{c.max_length}"
+                if c.kind == "sequence"
+                else (f"max {c.max_length}" if c.max_length else "")
+            )
             table = c.table_name if c.kind in EMBEDDED_KINDS else ""
             lines.append(f"{c.name:<22}{c.kind:<10}{table:<18}{size:>12}  {extra}")
         label = self.label_names[0]

@@ -38,7 +38,8 @@ INTEGER_KINDS = ("id", "domain") + KEY_KINDS
 def expected_type_ok(column: ColumnSpec, arrow_type: pa.DataType) -> bool:
     if column.kind in LIST_KINDS:
         return (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)) and pa.types.is_integer(
-            arrow_type.value_type)
+            arrow_type.value_type
+        )
     if column.kind in INTEGER_KINDS:
         return pa.types.is_integer(arrow_type)
     if column.kind == "dense":
@@ -61,12 +62,16 @@ def check_schema(spec: DatasetSpec, path: Path, schema: pa.Schema) -> None:
     names = set(schema.names)
     for column in spec.columns:
         if column.name not in names:
-            raise DataError(f"column is in the dataset spec but missing from the file "
-                            f"(file has {sorted(names)})", file=path, column=column.name)
+            raise DataError(
+                f"column is in the dataset spec but missing from the file (file has {sorted(names)})",
+                file=path,
+                column=column.name,
+            )
         arrow_type = schema.field(column.name).type
         if not expected_type_ok(column, arrow_type):
-            raise DataError(f"type {arrow_type} does not fit kind '{column.kind}' of the spec", file=path,
-                            column=column.name)
+            raise DataError(
+                f"type {arrow_type} does not fit kind '{column.kind}' of the spec", file=path, column=column.name
+            )
     extra = sorted(names - {c.name for c in spec.columns})
     if extra:
         raise DataError(f"the file has columns that the dataset spec does not describe: {extra}", file=path)
@@ -92,8 +97,9 @@ def check_files(spec: DatasetSpec, folder: Path, split: str) -> list[tuple[Path,
     total = sum(rows for _, rows in out)
     expected = spec.splits[split].rows
     if total != expected:
-        raise DataError(f"split '{split}' has {total} rows in its files but the spec says {expected}",
-                        file=folder / "spec.json")
+        raise DataError(
+            f"split '{split}' has {total} rows in its files but the spec says {expected}", file=folder / "spec.json"
+        )
     return out
 
 
@@ -134,8 +140,7 @@ def _fail(where: _Where, column: str, row: int, message: str) -> None:
     raise DataError(message, file=where.path, column=column, row=where.row_start + int(row))
 
 
-def check_block(spec: DatasetSpec, path: Path, columns: dict[str, pa.ChunkedArray | pa.Array],
-                row_start: int) -> None:
+def check_block(spec: DatasetSpec, path: Path, columns: dict[str, pa.ChunkedArray | pa.Array], row_start: int) -> None:
     """Check the values of some columns of a block of rows starting at file row ``row_start``."""
     where = _Where(path, row_start)
     for name, array in columns.items():

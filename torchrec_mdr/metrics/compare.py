@@ -39,15 +39,16 @@ def comparison_table(runs: list[dict], labels: list[str]) -> str:
     domains = list(runs[-1]["per_domain"])
     for label, run in zip(labels, runs):
         if list(run["per_domain"]) != domains:
-            raise ConfigError(f"{label} has domains {list(run['per_domain'])}, the base has {domains}: "
-                              "runs on different datasets cannot be compared")
+            raise ConfigError(
+                f"{label} has domains {list(run['per_domain'])}, the base has {domains}: "
+                "runs on different datasets cannot be compared"
+            )
     tasks = [list(run.get("tasks", {})) for run in runs]
     if not tasks[0] or any(t != tasks[0] for t in tasks):
         return "\n".join(task_tables(runs, labels, domains))
     lines: list[str] = []
     for index, task in enumerate(tasks[0]):
-        views = [{**run["tasks"][task], "oracle_auc": run.get("oracle_auc", {}) if index == 0 else {}}
-                 for run in runs]
+        views = [{**run["tasks"][task], "oracle_auc": run.get("oracle_auc", {}) if index == 0 else {}} for run in runs]
         lines += ([""] if lines else []) + task_tables(views, labels, domains, task)
     return "\n".join(lines)
 
@@ -78,8 +79,9 @@ def task_tables(runs: list[dict], labels: list[str], domains: list[str], task: s
     return lines
 
 
-def sgauc_table(runs: list[dict], labels: list[str], domains: list[str], width: int,
-                task: str | None = None) -> list[str]:
+def sgauc_table(
+    runs: list[dict], labels: list[str], domains: list[str], width: int, task: str | None = None
+) -> list[str]:
     """Lines of the S-GAUC table: each run's S-GAUC per domain and overall, and its difference to the
     base (the last run) — in S-GAUC points, since eq. 14's ratio to ``AUC - 0.5`` is an AUC convention."""
     base_label = labels[-1]

@@ -81,8 +81,13 @@ def prediction_columns(num_tasks: int = 1) -> tuple[str, ...]:
     then domain, group, session; for one task exactly :data:`PREDICTION_COLUMNS`."""
     if num_tasks == 1:
         return PREDICTION_COLUMNS
-    return (*(f"logit_{t}" for t in range(num_tasks)), *(f"label_{t}" for t in range(num_tasks)),
-            "domain", "group", "session")
+    return (
+        *(f"logit_{t}" for t in range(num_tasks)),
+        *(f"label_{t}" for t in range(num_tasks)),
+        "domain",
+        "group",
+        "session",
+    )
 
 
 class PredictionBuffer:
@@ -98,8 +103,14 @@ class PredictionBuffer:
         self.keys: list[torch.Tensor] = []  # [B, 2] int64: group, session
         self.num_tasks: int | None = None  # T, set by the first batch
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor, group: torch.Tensor,
-            session: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        domain: torch.Tensor,
+        group: torch.Tensor,
+        session: torch.Tensor | None = None,
+    ) -> None:
         """One batch: logits / labels [B, T] (every task is kept), domain / group / session [B]
         (``session`` None: zeros, for data without a session column)."""
         if logits.shape != labels.shape or logits.dim() != 2:
@@ -137,10 +148,10 @@ def _all_gather_rows(local: torch.Tensor, device: torch.device | None) -> np.nda
     dist.all_gather(sizes, torch.tensor([len(local)], device=device))
     longest = int(max(s.item() for s in sizes))
     padded = torch.zeros(longest, local.shape[1], dtype=local.dtype, device=device)
-    padded[:len(local)] = local.to(device)
+    padded[: len(local)] = local.to(device)
     gathered = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)]).cpu().numpy()
+    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)]).cpu().numpy()
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -152,8 +163,9 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def logloss(logits: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits),
-                                                                      torch.from_numpy(labels)))
+    return float(
+        torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels))
+    )
 
 
 def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
@@ -172,8 +184,9 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     return float((size[valid] * group_auc).sum() / size[valid].sum())
 
 
-def group_mann_whitney(scores: np.ndarray, labels: np.ndarray,
-                       keys: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def group_mann_whitney(
+    scores: np.ndarray, labels: np.ndarray, keys: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per group of rows with equal ``keys`` (major key first): ``(first, size, pos, u)``.
 
     ``first`` [G] is the index (into the inputs) of one row of each group, ``size`` and ``pos`` [G] its
@@ -212,8 +225,9 @@ def group_mann_whitney(scores: np.ndarray, labels: np.ndarray,
     return order[starts], size, pos, u
 
 
-def mann_whitney_sorted(labels: np.ndarray, group_start_flags: np.ndarray,
-                        tie_start_flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def mann_whitney_sorted(
+    labels: np.ndarray, group_start_flags: np.ndarray, tie_start_flags: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(starts, size, pos, u)`` of :func:`group_mann_whitney` from rows already sorted by (group, score):
     ``labels`` [n] in that order, ``group_start_flags`` [n] True where a group begins, ``tie_start_flags``
     [n] True where a group begins or the score changes. ``starts`` [G]: each group's first position."""
@@ -232,8 +246,9 @@ def mann_whitney_sorted(labels: np.ndarray, group_start_flags: np.ndarray,
     return group_starts, size, pos, u
 
 
-def evaluate_predictions(rows: np.ndarray, domain_names: list[str], sessions: bool = False,
-                         label_names: list[str] | None = None) -> EvalResult:
+def evaluate_predictions(
+    rows: np.ndarray, domain_names: list[str], sessions: bool = False, label_names: list[str] | None = None
+) -> EvalResult:
     """Metrics of gathered rows (columns :func:`prediction_columns` of ``len(label_names)`` tasks; the
     session column may be absent when ``sessions`` is False).
 
@@ -247,30 +262,47 @@ def evaluate_predictions(rows: np.ndarray, domain_names: list[str], sessions: bo
     tasks = len(names)
     columns = prediction_columns(tasks)
     if rows.shape[1] not in (len(columns), len(columns) - 1):
-        raise ValueError(f"rows have {rows.shape[1]} columns; {tasks} task(s) need {list(columns)} "
-                         f"(the session column may be left out)")
+        raise ValueError(
+            f"rows have {rows.shape[1]} columns; {tasks} task(s) need {list(columns)} "
+            f"(the session column may be left out)"
+        )
     if sessions and rows.shape[1] < len(columns):
-        raise ValueError(f"S-GAUC needs the session column: rows have {rows.shape[1]} columns, "
-                         f"expected {list(columns)}")
+        raise ValueError(
+            f"S-GAUC needs the session column: rows have {rows.shape[1]} columns, expected {list(columns)}"
+        )
     domains, groups = rows[:, 2 * tasks].astype(np.int64), rows[:, 2 * tasks + 1]
     session_ids = rows[:, 2 * tasks + 2] if sessions else None
-    results = [_task_metrics(rows[:, t], rows[:, tasks + t], domains, groups, session_ids, domain_names)
-               for t in range(tasks)]
+    results = [
+        _task_metrics(rows[:, t], rows[:, tasks + t], domains, groups, session_ids, domain_names) for t in range(tasks)
+    ]
     if tasks == 1:
         return results[0]
     return replace(results[0], tasks=dict(zip(names, results)))  # tasks[name]s hold no tasks of their own
 
 
-def _task_metrics(logits: np.ndarray, labels: np.ndarray, domains: np.ndarray, groups: np.ndarray,
-                  session_ids: np.ndarray | None, domain_names: list[str]) -> EvalResult:
+def _task_metrics(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    domains: np.ndarray,
+    groups: np.ndarray,
+    session_ids: np.ndarray | None,
+    domain_names: list[str],
+) -> EvalResult:
     """One task's AUC, logloss, GAUC (and S-GAUC with ``session_ids``), overall and per domain."""
-    result = EvalResult(auc(logits, labels), logloss(logits, labels), gauc(logits, labels, groups), len(logits),
-                        sgauc=gauc(logits, labels, session_ids) if session_ids is not None else None)
+    result = EvalResult(
+        auc(logits, labels),
+        logloss(logits, labels),
+        gauc(logits, labels, groups),
+        len(logits),
+        sgauc=gauc(logits, labels, session_ids) if session_ids is not None else None,
+    )
     for d, name in enumerate(domain_names):
         mask = domains == d
-        values = {"auc": auc(logits[mask], labels[mask]),
-                  "logloss": logloss(logits[mask], labels[mask]),
-                  "gauc": gauc(logits[mask], labels[mask], groups[mask])}
+        values = {
+            "auc": auc(logits[mask], labels[mask]),
+            "logloss": logloss(logits[mask], labels[mask]),
+            "gauc": gauc(logits[mask], labels[mask], groups[mask]),
+        }
         if session_ids is not None:
             values["sgauc"] = gauc(logits[mask], labels[mask], session_ids[mask])
         result.per_domain[name] = {**values, "rows": int(mask.sum())}

@@ -87,12 +87,19 @@ class ShardedMetrics:
         """Elements of the state that is reduced across ranks: T (D + 1) (2 AUC_BINS + 2), whatever the rows."""
         return self.histogram.numel() + self.loss.numel()
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor, group: torch.Tensor,
-            session: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        domain: torch.Tensor,
+        group: torch.Tensor,
+        session: torch.Tensor | None = None,
+    ) -> None:
         """One batch: logits / labels [B, T] (labels 0/1), domain / group / session [B] (session None: zeros)."""
         if logits.shape != labels.shape or logits.dim() != 2 or logits.shape[1] != self.num_tasks:
-            raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} must both be "
-                             f"[B, {self.num_tasks}]")
+            raise ValueError(
+                f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} must both be [B, {self.num_tasks}]"
+            )
         logits, labels = logits.detach().double().cpu(), labels.detach().double().cpu()
         slot = domain.detach().long().cpu()
         slot = torch.where((slot >= 0) & (slot < self.num_domains), slot, self.num_domains)
@@ -107,25 +114,32 @@ class ShardedMetrics:
         self.values.append(torch.cat([logits, labels, slot.double()[:, None]], dim=1))
         self.keys.append(torch.stack([group.detach().long().cpu(), session.detach().long().cpu()], dim=1))
 
-    def compute(self, domain_names: list[str], label_names: list[str] | None = None,
-                device: torch.device | None = None) -> EvalResult:
+    def compute(
+        self, domain_names: list[str], label_names: list[str] | None = None, device: torch.device | None = None
+    ) -> EvalResult:
         """The pass's metrics, identical on every rank (a collective: every rank must call it, once per
         pass: it frees the rows); ``device`` carries the collectives (GPU for nccl). ``label_names``:
         default one task."""
         names = list(label_names) if label_names else [f"task{t}" for t in range(self.num_tasks)]
         if len(names) != self.num_tasks or len(domain_names) != self.num_domains:
-            raise ValueError(f"{len(names)} labels and {len(domain_names)} domains for metrics of "
-                             f"{self.num_tasks} tasks and {self.num_domains} domains")
+            raise ValueError(
+                f"{len(names)} labels and {len(domain_names)} domains for metrics of "
+                f"{self.num_tasks} tasks and {self.num_domains} domains"
+            )
         tasks, slots = self.num_tasks, self.num_domains + 1
         values = torch.cat(self.values) if self.values else torch.zeros(0, 2 * tasks + 1, dtype=torch.float64)
         keys = torch.cat(self.keys) if self.keys else torch.zeros(0, 2, dtype=torch.int64)
         self.values, self.keys = [values], [keys]  # the batches' pieces are freed
         sums = torch.zeros(tasks, slots + 1, len(_SUMS), dtype=torch.float64)  # slot D + 1: overall
         for t in range(tasks):  # exact within-bin pairs, on the rank that owns the bin
-            scores, labels, slot = _route([values[:, t], values[:, tasks + t], values[:, 2 * tasks]],
-                                          auc_bins(values[:, t]), device, hashed=False)
-            sums[t, :, 0] += torch.from_numpy(_group_sums(scores.numpy(), labels.numpy(), slot.long().numpy(),
-                                                          auc_bins(scores).numpy(), slots, by_score=True)[:, 0])
+            scores, labels, slot = _route(
+                [values[:, t], values[:, tasks + t], values[:, 2 * tasks]], auc_bins(values[:, t]), device, hashed=False
+            )
+            sums[t, :, 0] += torch.from_numpy(
+                _group_sums(
+                    scores.numpy(), labels.numpy(), slot.long().numpy(), auc_bins(scores).numpy(), slots, by_score=True
+                )[:, 0]
+            )
         columns = [0, 1] if self.sessions else [0]
         for column in columns:  # GAUC (users), S-GAUC (sessions)
             routed, key = _route([values, keys[:, column]], keys[:, column], device, hashed=True)
@@ -136,34 +150,38 @@ class ShardedMetrics:
             row_slot = routed[:, 2 * tasks].long().numpy()
             for t in range(tasks):
                 group = _group_sums(routed[:, t].numpy(), routed[:, tasks + t].numpy(), row_slot, code, slots)
-                sums[t, :, 1 + 2 * column:3 + 2 * column] += torch.from_numpy(group[:, 1:])
+                sums[t, :, 1 + 2 * column : 3 + 2 * column] += torch.from_numpy(group[:, 1:])
             del routed, key, code, row_slot
         state = torch.cat([self.histogram.reshape(-1), self.loss.reshape(-1), sums.reshape(-1)])
         state = _all_reduce(state, device)
-        histogram = state[:self.histogram.numel()].view_as(self.histogram).numpy()
-        loss = state[self.histogram.numel():self.state_numel()].view_as(self.loss).numpy()
-        reduced_sums = state[self.state_numel():].view_as(sums).numpy()
+        histogram = state[: self.histogram.numel()].view_as(self.histogram).numpy()
+        loss = state[self.histogram.numel() : self.state_numel()].view_as(self.loss).numpy()
+        reduced_sums = state[self.state_numel() :].view_as(sums).numpy()
         results = [self._task_result(histogram[t], loss[t], reduced_sums[t], domain_names) for t in range(tasks)]
         if tasks == 1:
             return results[0]
         return replace(results[0], tasks=dict(zip(names, results)))
 
-    def _task_result(self, histogram: np.ndarray, loss: np.ndarray, sums: np.ndarray,
-                     domain_names: list[str]) -> EvalResult:
+    def _task_result(
+        self, histogram: np.ndarray, loss: np.ndarray, sums: np.ndarray, domain_names: list[str]
+    ) -> EvalResult:
         """One task from its reduced state: histogram [D + 1, 2, BINS], loss [D + 1, 2], sums [D + 2, 5]."""
         column = {name: i for i, name in enumerate(_SUMS)}
 
         def metrics(hist: np.ndarray, bce: np.ndarray, row: np.ndarray) -> dict[str, float]:
-            out = {"auc": _binned_auc(hist, row[column["auc_u"]]),
-                   "logloss": float(bce[0] / bce[1]) if bce[1] > 0 else float("nan"),
-                   "gauc": _ratio(row[column["gauc"]], row[column["gauc_rows"]])}
+            out = {
+                "auc": _binned_auc(hist, row[column["auc_u"]]),
+                "logloss": float(bce[0] / bce[1]) if bce[1] > 0 else float("nan"),
+                "gauc": _ratio(row[column["gauc"]], row[column["gauc_rows"]]),
+            }
             if self.sessions:
                 out["sgauc"] = _ratio(row[column["sgauc"]], row[column["sgauc_rows"]])
             return {**out, "rows": int(bce[1])}
 
         overall = metrics(histogram.sum(axis=0), loss.sum(axis=0), sums[-1])
-        result = EvalResult(overall["auc"], overall["logloss"], overall["gauc"], int(overall["rows"]),
-                            sgauc=overall.get("sgauc"))
+        result = EvalResult(
+            overall["auc"], overall["logloss"], overall["gauc"], int(overall["rows"]), sgauc=overall.get("sgauc")
+        )
         for d, name in enumerate(domain_names):
             result.per_domain[name] = metrics(histogram[d], loss[d], sums[d])
         return result
@@ -183,8 +201,9 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator > 0 else float("nan")
 
 
-def _group_sums(scores: np.ndarray, labels: np.ndarray, slot: np.ndarray, group: np.ndarray, slots: int,
-                by_score: bool = False) -> np.ndarray:
+def _group_sums(
+    scores: np.ndarray, labels: np.ndarray, slot: np.ndarray, group: np.ndarray, slots: int, by_score: bool = False
+) -> np.ndarray:
     """[slots + 1, 3] sums over this rank's groups of rows [n] (score, label, slot, group code >= 0):
     sum U_g, sum n_g AUC_g and sum n_g over groups with both classes; per slot (groups of equal
     (slot, group)) in the first ``slots`` rows, overall (groups of equal group) in the last.
@@ -215,8 +234,9 @@ def _group_sums(scores: np.ndarray, labels: np.ndarray, slot: np.ndarray, group:
         starts, size, pos, u = mann_whitney_sorted(labels[rows], group_start, tie_start)
         index = slot[rows[starts]] if per_slot else np.full(len(starts), slots)
         valid = (pos > 0) & (size > pos)
-        for column, weights in enumerate((u, np.where(valid, size * u / np.maximum(pos * (size - pos), 1), 0.0),
-                                          np.where(valid, size, 0.0))):  # U; n_g AUC_g; n_g
+        for column, weights in enumerate(
+            (u, np.where(valid, size * u / np.maximum(pos * (size - pos), 1), 0.0), np.where(valid, size, 0.0))
+        ):  # U; n_g AUC_g; n_g
             out[:, column] += np.bincount(index, weights=weights, minlength=slots + 1)
     return out
 
@@ -225,8 +245,9 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def _route(tensors: list[torch.Tensor], keys: torch.Tensor, device: torch.device | None,
-           hashed: bool) -> list[torch.Tensor]:
+def _route(
+    tensors: list[torch.Tensor], keys: torch.Tensor, device: torch.device | None, hashed: bool
+) -> list[torch.Tensor]:
     """Send each row of ``tensors`` (equal length N) to the rank that owns its key in ``keys`` [N] int64
     (``hashed``: :func:`key_owner`, else key % world_size); returns the rows this rank received from
     every rank (rank order). World size 1: ``tensors``."""

@@ -20,8 +20,9 @@ def format_ranking_table(metrics: dict, domain_names: list[str]) -> str:
         lines += _task_block(task_metrics, domain_names, metrics.get("oracle_auc", {}) if index == 0 else {})
     train = metrics.get("train")
     if train:
-        lines.append(f"trained {train['steps']} steps in {train['wall_sec']:.1f} s, "
-                     f"{train['samples_per_sec']:,.0f} samples/s")
+        lines.append(
+            f"trained {train['steps']} steps in {train['wall_sec']:.1f} s, {train['samples_per_sec']:,.0f} samples/s"
+        )
     return "\n".join(lines)
 
 
@@ -30,11 +31,16 @@ def _task_block(metrics: dict, domain_names: list[str], oracle: dict) -> list[st
     sessions = "sgauc" in metrics  # only runs on data with a session column have S-GAUC
 
     def values(m: dict) -> str:
-        return (f"{m['auc']:>9.4f}{m['gauc']:>9.4f}" + (f"{m['sgauc']:>9.4f}" if sessions else "")
-                + f"{m['logloss']:>9.4f}")
+        return (
+            f"{m['auc']:>9.4f}{m['gauc']:>9.4f}" + (f"{m['sgauc']:>9.4f}" if sessions else "") + f"{m['logloss']:>9.4f}"
+        )
 
-    header = (f"{'domain':<20}{'rows':>10}{'AUC':>9}{'GAUC':>9}" + (f"{'S-GAUC':>9}" if sessions else "")
-              + f"{'logloss':>9}" + ("  oracle AUC" if oracle else ""))
+    header = (
+        f"{'domain':<20}{'rows':>10}{'AUC':>9}{'GAUC':>9}"
+        + (f"{'S-GAUC':>9}" if sessions else "")
+        + f"{'logloss':>9}"
+        + ("  oracle AUC" if oracle else "")
+    )
     lines = [header]
     for name in domain_names:
         d = metrics["per_domain"][name]

@@ -70,23 +70,33 @@ Variant = Literal["binarization", "scaling", "fusion"]
 class AdaSparseConfig:
     """``model.adasparse`` in an experiment config."""
 
-    hidden: list[int] = field(default_factory=lambda: [256, 128, 64],
-                              metadata=bounds(ge=1, help="widths of the pruned hidden layers"))
-    variant: Variant = field(default="fusion", metadata=doc(
-        "weighting factors: 'binarization' sigmoid(alpha v), 'scaling' beta sigmoid(v), "
-        "'fusion' beta sigmoid(alpha v)"))
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="widths of the pruned hidden layers")
+    )
+    variant: Variant = field(
+        default="fusion",
+        metadata=doc(
+            "weighting factors: 'binarization' sigmoid(alpha v), 'scaling' beta sigmoid(v), "
+            "'fusion' beta sigmoid(alpha v)"
+        ),
+    )
     epsilon: float = field(default=0.25, metadata=bounds(ge=0, help="factors below epsilon prune their neuron (0)"))
     beta: float = field(default=2.0, metadata=bounds(gt=0, help="upper bound of 'scaling' and 'fusion' factors"))
     alpha: float = field(default=1.0, metadata=bounds(gt=0, help="initial sigmoid temperature alpha"))
     alpha_step: float = field(default=1e-4, metadata=bounds(ge=0, help="growth of alpha per training step"))
-    sparsity_target: float = field(default=0.5, metadata=bounds(ge=0, le=1, help="target share of pruned "
-                                                                                 "neurons per layer"))
-    sparsity_tolerance: float = field(default=0.1, metadata=bounds(ge=0, help="half-width of the band around "
-                                                                             "the target with no penalty"))
-    sparsity_weight: float = field(default=0.01, metadata=bounds(ge=0, help="lambda of the sparsity "
-                                                                          "regularisation (0: off)"))
-    domain_features: list[str] = field(default_factory=list, metadata=doc(
-        "id fields that join the domain-id embedding in the pruners' domain-aware input e_d"))
+    sparsity_target: float = field(
+        default=0.5, metadata=bounds(ge=0, le=1, help="target share of pruned neurons per layer")
+    )
+    sparsity_tolerance: float = field(
+        default=0.1, metadata=bounds(ge=0, help="half-width of the band around the target with no penalty")
+    )
+    sparsity_weight: float = field(
+        default=0.01, metadata=bounds(ge=0, help="lambda of the sparsity regularisation (0: off)")
+    )
+    domain_features: list[str] = field(
+        default_factory=list,
+        metadata=doc("id fields that join the domain-id embedding in the pruners' domain-aware input e_d"),
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
     def validate(self) -> None:
@@ -94,12 +104,13 @@ class AdaSparseConfig:
             raise ConfigError("hidden: needs at least one layer width (the pruned layers)")
         top = 1.0 if self.variant == "binarization" else self.beta
         if self.epsilon >= top:
-            raise ConfigError(f"epsilon ({self.epsilon}) must be below the largest factor of "
-                              f"variant {self.variant!r} ({top}): every neuron would be pruned")
+            raise ConfigError(
+                f"epsilon ({self.epsilon}) must be below the largest factor of "
+                f"variant {self.variant!r} ({top}): every neuron would be pruned"
+            )
 
 
-def weighting_factors(logits: torch.Tensor, variant: str, alpha: torch.Tensor | float,
-                      beta: float) -> torch.Tensor:
+def weighting_factors(logits: torch.Tensor, variant: str, alpha: torch.Tensor | float, beta: float) -> torch.Tensor:
     """g = φ(v) of the variant (module docstring). Shapes: [B, D] -> [B, D]."""
     if variant == "binarization":
         return torch.sigmoid(alpha * logits)
@@ -108,8 +119,9 @@ def weighting_factors(logits: torch.Tensor, variant: str, alpha: torch.Tensor | 
     return beta * torch.sigmoid(alpha * logits)
 
 
-def sparsity_loss(factors: list[torch.Tensor], soft: list[torch.Tensor], target: float, tolerance: float,
-                  weight: float) -> torch.Tensor:
+def sparsity_loss(
+    factors: list[torch.Tensor], soft: list[torch.Tensor], target: float, tolerance: float, weight: float
+) -> torch.Tensor:
     """Σ_l λ^l mean(g^l), λ^l = ±weight by the measured share of zero factors (module docstring).
 
     Shapes: per layer π^l, g^l [B, D_l] -> scalar.
@@ -133,8 +145,9 @@ class DomainPruner(nn.Module):
         self.linear = nn.Linear(domain_width + in_features, out_features)
         self.variant, self.beta, self.epsilon = config.variant, config.beta, config.epsilon
 
-    def forward(self, h_in: torch.Tensor, domain: torch.Tensor,
-                alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h_in: torch.Tensor, domain: torch.Tensor, alpha: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         gate = weighting_factors(self.linear(torch.cat([domain, h_in], dim=1)), self.variant, alpha, self.beta)
         return gate * (gate >= self.epsilon).to(gate.dtype), gate
 
@@ -162,8 +175,9 @@ class AdaSparseArch(nn.Module):
             raise ConfigError(f"model.adasparse: {error}") from None
         self.config = config
         self.input = FlatInput(layout)
-        self.domain_fields = layout.field_indices(config.domain_features, "model.adasparse.domain_features",
-                                                  unique=True)
+        self.domain_fields = layout.field_indices(
+            config.domain_features, "model.adasparse.domain_features", unique=True
+        )
         domain_width = layout.embedding_dim * (1 + len(self.domain_fields))
         widths = [self.input.width, *config.hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
@@ -186,8 +200,7 @@ class AdaSparseArch(nn.Module):
         parts += [features.fields[:, index] for index in self.domain_fields]
         return torch.cat(parts, dim=1)
 
-    def pruned_network(self, features: EmbeddedFeatures) -> tuple[torch.Tensor, list[torch.Tensor],
-                                                                    list[torch.Tensor]]:
+    def pruned_network(self, features: EmbeddedFeatures) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """h^L [B, D_L] and every layer's π^l and g^l (lists of [B, D_l])."""
         hidden, domain = self.input(features), self.domain_input(features)
         alpha = self.alpha(hidden.dtype)
@@ -209,5 +222,7 @@ class AdaSparseArch(nn.Module):
         config = self.config
         if config.sparsity_weight == 0:
             return logits
-        return ArchOutput(logits, sparsity_loss(factors, soft, config.sparsity_target, config.sparsity_tolerance,
-                                                config.sparsity_weight))
+        return ArchOutput(
+            logits,
+            sparsity_loss(factors, soft, config.sparsity_target, config.sparsity_tolerance, config.sparsity_weight),
+        )

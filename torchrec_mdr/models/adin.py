@@ -39,28 +39,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import (AttentionOptions, ContextInput, DomainBatchNorm, SequencePooling,
-                                        StackedLinear, StackedMLP, select_domain)
+from torchrec_mdr.models.blocks import (
+    AttentionOptions,
+    ContextInput,
+    DomainBatchNorm,
+    SequencePooling,
+    StackedLinear,
+    StackedMLP,
+    select_domain,
+)
 from torchrec_mdr.models.features import ArchOutput, EmbeddedFeatures, FeatureLayout
 
 
 @dataclass
 class ADINConfig:
-    attention_hidden: list[int] = field(default_factory=lambda: [64, 32],
-                                        metadata=bounds(ge=1, help="DIN attention MLP widths"))
-    hidden: list[int] = field(default_factory=lambda: [256, 128],
-                              metadata=bounds(ge=1, help="widths of the shared and of each domain network"))
-    tower_hidden: list[int] = field(default_factory=lambda: [64],
-                                    metadata=bounds(ge=1, help="hidden widths of each domain's forward tower"))
+    attention_hidden: list[int] = field(
+        default_factory=lambda: [64, 32], metadata=bounds(ge=1, help="DIN attention MLP widths")
+    )
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128],
+        metadata=bounds(ge=1, help="widths of the shared and of each domain network"),
+    )
+    tower_hidden: list[int] = field(
+        default_factory=lambda: [64], metadata=bounds(ge=1, help="hidden widths of each domain's forward tower")
+    )
     fusion: Literal["concat", "sum"] = field(
-        default="concat", metadata=doc("how the shared and domain networks' outputs are fused"))
+        default="concat", metadata=doc("how the shared and domain networks' outputs are fused")
+    )
     interest_reduction: int = field(
-        default=2, metadata=bounds(ge=1, help="SE block: excitation hidden width = max(1, fields // this)"))
+        default=2, metadata=bounds(ge=1, help="SE block: excitation hidden width = max(1, fields // this)")
+    )
     use_domain_interest: bool = field(default=True, metadata=doc("domain interest adaptation layer (SE block)"))
     use_dsbn: bool = field(default=True, metadata=doc("domain-specific batch norm (else one shared BatchNorm1d)"))
     self_training: bool = field(default=True, metadata=doc("pseudo-labels from the other domains' heads"))
     pseudo_label_threshold: float = field(
-        default=0.9, metadata=bounds(ge=0.5, le=1.0, help="confidence for a pseudo-label: p >= t or p <= 1 - t"))
+        default=0.9, metadata=bounds(ge=0.5, le=1.0, help="confidence for a pseudo-label: p >= t or p <= 1 - t")
+    )
     pseudo_label_weight: float = field(default=0.1, metadata=bounds(ge=0, help="weight of the self-training loss"))
 
 
@@ -95,11 +109,15 @@ class NormalisedLayer(nn.Module):
     ``use_dsbn``: :class:`DomainBatchNorm`, else ``nn.BatchNorm1d``.
     """
 
-    def __init__(self, in_features: int, out_features: int, num_domains: int, domain_specific: bool,
-                 use_dsbn: bool) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, num_domains: int, domain_specific: bool, use_dsbn: bool
+    ) -> None:
         super().__init__()
-        self.linear = (StackedLinear(num_domains, in_features, out_features) if domain_specific
-                       else nn.Linear(in_features, out_features))
+        self.linear = (
+            StackedLinear(num_domains, in_features, out_features)
+            if domain_specific
+            else nn.Linear(in_features, out_features)
+        )
         self.norm = DomainBatchNorm(out_features, num_domains) if use_dsbn else nn.BatchNorm1d(out_features)
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -120,18 +138,21 @@ class SharedAndDomainNetwork(nn.Module):
     Shapes: x [B, in_features], domain [B] -> [B, out_features].
     """
 
-    def __init__(self, in_features: int, hidden: list[int], num_domains: int, use_dsbn: bool,
-                 fusion: str = "concat") -> None:
+    def __init__(
+        self, in_features: int, hidden: list[int], num_domains: int, use_dsbn: bool, fusion: str = "concat"
+    ) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("SharedAndDomainNetwork needs at least one hidden layer")
         if fusion not in ("concat", "sum"):
             raise ValueError(f"fusion must be 'concat' or 'sum', got {fusion!r}")
         widths = [in_features, *hidden]
-        self.shared = nn.ModuleList(NormalisedLayer(a, b, num_domains, False, use_dsbn)
-                                    for a, b in zip(widths, widths[1:]))
-        self.domain = nn.ModuleList(NormalisedLayer(a, b, num_domains, True, use_dsbn)
-                                    for a, b in zip(widths, widths[1:]))
+        self.shared = nn.ModuleList(
+            NormalisedLayer(a, b, num_domains, False, use_dsbn) for a, b in zip(widths, widths[1:])
+        )
+        self.domain = nn.ModuleList(
+            NormalisedLayer(a, b, num_domains, True, use_dsbn) for a, b in zip(widths, widths[1:])
+        )
         self.fusion = fusion
         self.out_features = 2 * hidden[-1] if fusion == "concat" else hidden[-1]
 
@@ -180,9 +201,11 @@ class ADINArch(nn.Module):
         if config.use_domain_interest and num_fields == 0:
             raise ConfigError("model.adin.use_domain_interest: the dataset has no id fields to re-weight")
         self.config = config
-        self.domain_interest = (DomainInterestLayer(num_fields, num_domains,
-                                                    max(1, num_fields // config.interest_reduction))
-                                if config.use_domain_interest else None)
+        self.domain_interest = (
+            DomainInterestLayer(num_fields, num_domains, max(1, num_fields // config.interest_reduction))
+            if config.use_domain_interest
+            else None
+        )
         self.input = ContextInput(layout)
         self.pooling = SequencePooling.of(layout, AttentionOptions("din", din_hidden=config.attention_hidden))
         width = self.input.width + self.pooling.out_features

@@ -52,8 +52,17 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import (ATTENTION_KINDS, MLP, AttentionKind, AttentionOptions, ContextInput,
-                                        QueryProjection, SequenceAttention, SequencePooling, check_attention_kind)
+from torchrec_mdr.models.blocks import (
+    ATTENTION_KINDS,
+    MLP,
+    AttentionKind,
+    AttentionOptions,
+    ContextInput,
+    QueryProjection,
+    SequenceAttention,
+    SequencePooling,
+    check_attention_kind,
+)
 from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout
 
 SHARED_INITS: tuple[str, ...] = ("identity", "identity_noise", "xavier")
@@ -61,34 +70,50 @@ SHARED_INITS: tuple[str, ...] = ("identity", "identity_noise", "xavier")
 
 @dataclass
 class ADSConfig:
-    backbone: str = field(default="din", metadata=doc(
-        f"target attention personalised by ADS (an AttentionKind): {', '.join(ATTENTION_KINDS)}"))
-    domain_features: list[str] = field(default_factory=list, metadata=doc(
-        "id fields joined to the domain-id embedding as E_D (implicit domain indicators)"))
+    backbone: str = field(
+        default="din",
+        metadata=doc(f"target attention personalised by ADS (an AttentionKind): {', '.join(ATTENTION_KINDS)}"),
+    )
+    domain_features: list[str] = field(
+        default_factory=list,
+        metadata=doc("id fields joined to the domain-id embedding as E_D (implicit domain indicators)"),
+    )
     use_psrg: bool = field(default=True, metadata=doc("personalise the behaviours (PSRG, eqs 2-5)"))
     use_pcrg: bool = field(default=True, metadata=doc("personalise the queries (PCRG, eqs 6-7)"))
     eta: float = field(default=2.0, metadata=bounds(gt=0, help="eta of eq 3: scale of sigmoid(MLP_w(E_D))"))
-    psrg_shared_init: str = field(default="identity_noise", metadata=doc(
-        "W_shared of eq 3 at initialisation (the paper is silent): identity_noise (identity + N(0, 0.01^2), the "
-        "default: +0.0031 test AUC over identity in 10 of 12 paired runs on planted data, p = 0.004), identity "
-        "(the generated off-diagonal weights get no gradient until W_shared's off-diagonals move) or xavier"))
+    psrg_shared_init: str = field(
+        default="identity_noise",
+        metadata=doc(
+            "W_shared of eq 3 at initialisation (the paper is silent): identity_noise (identity + N(0, 0.01^2), the "
+            "default: +0.0031 test AUC over identity in 10 of 12 paired runs on planted data, p = 0.004), identity "
+            "(the generated off-diagonal weights get no gradient until W_shared's off-diagonals move) or xavier"
+        ),
+    )
     generator_hidden: int = field(default=32, metadata=bounds(ge=1, help="d_h: hidden width of every gen-net"))
-    items_per_chunk: int = field(default=1, metadata=bounds(
-        ge=1, help="behaviours sharing one generated query (1: one query per behaviour)"))
-    attention_hidden: list[int] = field(default_factory=lambda: [64, 32],
-                                        metadata=bounds(ge=1, help="DIN backbone: attention MLP widths"))
+    items_per_chunk: int = field(
+        default=1, metadata=bounds(ge=1, help="behaviours sharing one generated query (1: one query per behaviour)")
+    )
+    attention_hidden: list[int] = field(
+        default_factory=lambda: [64, 32], metadata=bounds(ge=1, help="DIN backbone: attention MLP widths")
+    )
     heads: int = field(default=2, metadata=bounds(ge=1, help="MHA backbone: attention heads"))
     head_dim: int = field(default=16, metadata=bounds(ge=1, help="MHA backbone: d_A per head"))
-    micro_hidden: list[int] = field(default_factory=lambda: [8, 4],
-                                    metadata=bounds(ge=1, help="CAN backbone: micro-MLP layer widths"))
+    micro_hidden: list[int] = field(
+        default_factory=lambda: [8, 4], metadata=bounds(ge=1, help="CAN backbone: micro-MLP layer widths")
+    )
     orders: int = field(default=1, metadata=bounds(ge=1, help="CAN backbone: multi-order enhancement"))
     hidden: list[int] = field(default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="MLP widths"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
     def attention(self) -> AttentionOptions:
-        return AttentionOptions(cast(AttentionKind, self.backbone),  # checked by validate()
-                                din_hidden=self.attention_hidden, heads=self.heads,
-                                head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
+        return AttentionOptions(
+            cast(AttentionKind, self.backbone),  # checked by validate()
+            din_hidden=self.attention_hidden,
+            heads=self.heads,
+            head_dim=self.head_dim,
+            micro_hidden=self.micro_hidden,
+            orders=self.orders,
+        )
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.ads: ") in front
         check_attention_kind(self.backbone, "backbone")
@@ -193,15 +218,22 @@ class ADSSequenceBlock(SequenceAttention):
     def __init__(self, query_width: int, key_width: int, length: int, domain_dim: int, config: ADSConfig) -> None:
         # created in this order (projection, PSRG, PCRG, attention), as ADS has always drawn its initial weights
         projection = QueryProjection(query_width, key_width)
-        psrg = (PSRG(domain_dim, key_width, config.generator_hidden, config.eta, config.psrg_shared_init)
-                if config.use_psrg else None)
-        pcrg = (PCRG(domain_dim, key_width, length, config.items_per_chunk, config.generator_hidden)
-                if config.use_pcrg else None)
+        psrg = (
+            PSRG(domain_dim, key_width, config.generator_hidden, config.eta, config.psrg_shared_init)
+            if config.use_psrg
+            else None
+        )
+        pcrg = (
+            PCRG(domain_dim, key_width, length, config.items_per_chunk, config.generator_hidden)
+            if config.use_pcrg
+            else None
+        )
         super().__init__(projection, config.attention().build(key_width))
         self.psrg, self.pcrg = psrg, pcrg
 
-    def queries_and_keys(self, domain_features: torch.Tensor | None,
-                         sequence: EmbeddedSequence) -> tuple[torch.Tensor, torch.Tensor]:
+    def queries_and_keys(
+        self, domain_features: torch.Tensor | None, sequence: EmbeddedSequence
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Personalised queries [B, L, d_S] (query t for behaviour t) and behaviours [B, L, d_S]."""
         candidate = self.query_projection(sequence.query)  # E_Q [B, d_S]
         keys = sequence.keys if self.psrg is None else self.psrg(domain_features, sequence.keys)
@@ -228,9 +260,14 @@ class ADSArch(nn.Module):
         domain_dim = (1 + len(self.domain_field_index)) * layout.embedding_dim
         self.blocks = SequencePooling(
             ADSSequenceBlock(layout.query_width(s), layout.sequence_width(s), s.max_length, domain_dim, config)
-            for s in layout.sequences)
-        self.mlp = MLP(self.input.width + self.blocks.out_features, config.hidden, out_features=layout.num_tasks,
-                       dropout=config.dropout)
+            for s in layout.sequences
+        )
+        self.mlp = MLP(
+            self.input.width + self.blocks.out_features,
+            config.hidden,
+            out_features=layout.num_tasks,
+            dropout=config.dropout,
+        )
 
     def domain_features(self, features: EmbeddedFeatures, domain: torch.Tensor) -> torch.Tensor:
         """E_D [B, d_D]: the domain-id embedding ``domain`` [B, D] then the named fields' embeddings."""

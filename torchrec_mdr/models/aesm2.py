@@ -78,24 +78,45 @@ class AESM2Config:
     task_layers: int = field(default=1, metadata=bounds(ge=0, help="multi-task layers stacked on top (task gates)"))
     scenario_experts: int = field(default=6, metadata=bounds(ge=1, help="experts per multi-scenario layer"))
     task_experts: int = field(default=4, metadata=bounds(ge=1, help="experts per multi-task layer"))
-    scenario_specific_top_k: int = field(default=2, metadata=bounds(
-        ge=1, help="scenario-specific experts selected per row (smallest KL to the row's one-hot domain)"))
-    scenario_shared_top_k: int = field(default=2, metadata=bounds(
-        ge=1, help="shared experts selected per row in a multi-scenario layer (smallest KL to uniform)"))
+    scenario_specific_top_k: int = field(
+        default=2,
+        metadata=bounds(
+            ge=1, help="scenario-specific experts selected per row (smallest KL to the row's one-hot domain)"
+        ),
+    )
+    scenario_shared_top_k: int = field(
+        default=2,
+        metadata=bounds(
+            ge=1, help="shared experts selected per row in a multi-scenario layer (smallest KL to uniform)"
+        ),
+    )
     task_specific_top_k: int = field(default=1, metadata=bounds(ge=1, help="task-specific experts per row and task"))
     task_shared_top_k: int = field(default=1, metadata=bounds(ge=1, help="shared experts per row and task"))
-    expert_hidden: list[int] = field(default_factory=lambda: [128], metadata=bounds(
-        ge=1, help="widths of each expert MLP (every layer; the last is the layer's output width)"))
-    tower_hidden: list[int] = field(default_factory=lambda: [64], metadata=bounds(
-        ge=1, help="hidden widths of each task's tower"))
-    noise_scale: float = field(default=0.01, metadata=bounds(
-        ge=0, help="training noise on the gates that select: std = noise_scale * experts (0 = none)"))
-    specific_loss_weight: float = field(default=0.1, metadata=bounds(
-        ge=0, help="weight of the selected specific experts' KL to the one-hot owner (auxiliary loss)"))
-    shared_loss_weight: float = field(default=0.1, metadata=bounds(
-        ge=0, help="weight of the selected shared experts' KL to the uniform distribution (auxiliary loss)"))
-    scenario_features: list[str] = field(default_factory=list, metadata=doc(
-        "id fields whose embeddings join the domain-id embedding in the scenario indicator (gate input)"))
+    expert_hidden: list[int] = field(
+        default_factory=lambda: [128],
+        metadata=bounds(ge=1, help="widths of each expert MLP (every layer; the last is the layer's output width)"),
+    )
+    tower_hidden: list[int] = field(
+        default_factory=lambda: [64], metadata=bounds(ge=1, help="hidden widths of each task's tower")
+    )
+    noise_scale: float = field(
+        default=0.01,
+        metadata=bounds(ge=0, help="training noise on the gates that select: std = noise_scale * experts (0 = none)"),
+    )
+    specific_loss_weight: float = field(
+        default=0.1,
+        metadata=bounds(ge=0, help="weight of the selected specific experts' KL to the one-hot owner (auxiliary loss)"),
+    )
+    shared_loss_weight: float = field(
+        default=0.1,
+        metadata=bounds(
+            ge=0, help="weight of the selected shared experts' KL to the uniform distribution (auxiliary loss)"
+        ),
+    )
+    scenario_features: list[str] = field(
+        default_factory=list,
+        metadata=doc("id fields whose embeddings join the domain-id embedding in the scenario indicator (gate input)"),
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
 
@@ -113,8 +134,9 @@ class ExpertSelection(NamedTuple):
     shared_kl: torch.Tensor
 
 
-def select_experts(gate_logits: torch.Tensor, owner: torch.Tensor, specific_top_k: int,
-                   shared_top_k: int) -> ExpertSelection:
+def select_experts(
+    gate_logits: torch.Tensor, owner: torch.Tensor, specific_top_k: int, shared_top_k: int
+) -> ExpertSelection:
     """AESM²'s expert selection (see the module doc): softmax over the gates, KL scores, top-K of each.
 
     Shapes: gate_logits [N, G, E], owner [N] (0..G-1) -> :class:`ExpertSelection`.
@@ -136,8 +158,18 @@ class ExpertSelectionLayer(nn.Module):
     (out [N, H], specific KL scalar, shared KL scalar) with H = ``hidden[-1]``.
     """
 
-    def __init__(self, in_features: int, condition_width: int, hidden: list[int], num_experts: int, num_gates: int,
-                 specific_top_k: int, shared_top_k: int, noise_scale: float = 0.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        condition_width: int,
+        hidden: list[int],
+        num_experts: int,
+        num_gates: int,
+        specific_top_k: int,
+        shared_top_k: int,
+        noise_scale: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.experts = StackedMLP(num_experts, in_features, hidden, dropout=dropout)
         self.gates = StackedLinear(num_gates, in_features + condition_width, num_experts)
@@ -145,8 +177,9 @@ class ExpertSelectionLayer(nn.Module):
         self.noise_std = noise_scale * num_experts
         self.out_features = self.experts.out_features
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor,
-                owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, condition: torch.Tensor, owner: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         experts = self.experts(x)  # [N, E, H]
         logits = self.gates(torch.cat([x, condition], dim=1))  # [N, G, E]
         own = select_domain(logits, owner)  # g_o [N, E]: only the owner's gate mixes (and learns from this path)
@@ -179,27 +212,50 @@ class AESM2Arch(nn.Module):
             experts = getattr(config, f"{kind}_experts")
             for which in ("specific", "shared"):
                 if getattr(config, f"{kind}_{which}_top_k") > experts:
-                    raise ConfigError(f"model.aesm2.{kind}_{which}_top_k: {getattr(config, f'{kind}_{which}_top_k')} "
-                                      f"is more than {kind}_experts = {experts}")
+                    raise ConfigError(
+                        f"model.aesm2.{kind}_{which}_top_k: {getattr(config, f'{kind}_{which}_top_k')} "
+                        f"is more than {kind}_experts = {experts}"
+                    )
         self.config = config
-        self.scenario_index = layout.field_indices(config.scenario_features, "model.aesm2.scenario_features",
-                                                   unique=True)
+        self.scenario_index = layout.field_indices(
+            config.scenario_features, "model.aesm2.scenario_features", unique=True
+        )
         dim, self.num_tasks = layout.embedding_dim, layout.num_tasks
         self.input = FlatInput(layout)
         indicator = dim * (1 + len(self.scenario_index))
         width = self.input.width
         scenario_layers = []
         for _ in range(config.scenario_layers):
-            scenario_layers.append(ExpertSelectionLayer(
-                width, indicator, config.expert_hidden, config.scenario_experts, layout.num_domains,
-                config.scenario_specific_top_k, config.scenario_shared_top_k, config.noise_scale, config.dropout))
+            scenario_layers.append(
+                ExpertSelectionLayer(
+                    width,
+                    indicator,
+                    config.expert_hidden,
+                    config.scenario_experts,
+                    layout.num_domains,
+                    config.scenario_specific_top_k,
+                    config.scenario_shared_top_k,
+                    config.noise_scale,
+                    config.dropout,
+                )
+            )
             width = scenario_layers[-1].out_features
         self.scenario_layers = nn.ModuleList(scenario_layers)
         task_layers = []
         for _ in range(config.task_layers):
-            task_layers.append(ExpertSelectionLayer(
-                width, indicator + dim, config.expert_hidden, config.task_experts, layout.num_tasks,
-                config.task_specific_top_k, config.task_shared_top_k, config.noise_scale, config.dropout))
+            task_layers.append(
+                ExpertSelectionLayer(
+                    width,
+                    indicator + dim,
+                    config.expert_hidden,
+                    config.task_experts,
+                    layout.num_tasks,
+                    config.task_specific_top_k,
+                    config.task_shared_top_k,
+                    config.noise_scale,
+                    config.dropout,
+                )
+            )
             width = task_layers[-1].out_features
         self.task_layers = nn.ModuleList(task_layers)
         self.task_embedding = nn.Embedding(layout.num_tasks, dim) if task_layers else None

@@ -37,42 +37,68 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import (SEQUENCE_BACKBONES, ContextInput, GeneratedMLP, TargetAttentionConfig,
-                                        sequence_summary)
+from torchrec_mdr.models.blocks import (
+    SEQUENCE_BACKBONES,
+    ContextInput,
+    GeneratedMLP,
+    TargetAttentionConfig,
+    sequence_summary,
+)
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
 @dataclass
 class APGConfig:
-    hidden: list[int] = field(default_factory=lambda: [256, 128, 64],
-                              metadata=bounds(ge=1, help="widths of the generated hidden layers"))
-    rank: int = field(default=8, metadata=bounds(ge=1, help="K: the generated core S is K x K (cut to a "
-                                                             "layer's min(in, out))"))
-    generation: Literal["shared", "specific", "full"] = field(default="shared", metadata=doc(
-        "what is generated per row: shared (S_i; U, V shared by all rows, the paper's APG), specific "
-        "(U_i, S_i, V_i) or full (the whole W_i, basic APG)"))
-    over_rank: int = field(default=64, metadata=bounds(ge=0, help="P: over-parameterise U = U^l U^r, "
-                                                                  "V = V^l V^r (0: off; shared only, P >= K)"))
-    condition: Literal["group", "self", "mix"] = field(default="group", metadata=doc(
-        "what the generators see: group (domain embedding + domain_features), self (the layer input), "
-        "mix (both)"))
-    domain_features: list[str] = field(default_factory=list, metadata=doc(
-        "id fields added to the domain embedding in the condition (e.g. an activity bucket)"))
-    generator_hidden: list[int] = field(default_factory=lambda: [64], metadata=bounds(
-        ge=1, help="hidden widths of each layer's generator MLP ([]: a linear generator)"))
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="widths of the generated hidden layers")
+    )
+    rank: int = field(
+        default=8, metadata=bounds(ge=1, help="K: the generated core S is K x K (cut to a layer's min(in, out))")
+    )
+    generation: Literal["shared", "specific", "full"] = field(
+        default="shared",
+        metadata=doc(
+            "what is generated per row: shared (S_i; U, V shared by all rows, the paper's APG), specific "
+            "(U_i, S_i, V_i) or full (the whole W_i, basic APG)"
+        ),
+    )
+    over_rank: int = field(
+        default=64,
+        metadata=bounds(ge=0, help="P: over-parameterise U = U^l U^r, V = V^l V^r (0: off; shared only, P >= K)"),
+    )
+    condition: Literal["group", "self", "mix"] = field(
+        default="group",
+        metadata=doc(
+            "what the generators see: group (domain embedding + domain_features), self (the layer input), mix (both)"
+        ),
+    )
+    domain_features: list[str] = field(
+        default_factory=list,
+        metadata=doc("id fields added to the domain embedding in the condition (e.g. an activity bucket)"),
+    )
+    generator_hidden: list[int] = field(
+        default_factory=lambda: [64],
+        metadata=bounds(ge=1, help="hidden widths of each layer's generator MLP ([]: a linear generator)"),
+    )
     generate_bias: bool = field(default=False, metadata=doc("generate each layer's bias too (default: shared)"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
-    backbone: str = field(default="mean", metadata=doc(
-        "how each behaviour sequence enters the input: mean (mean-pooled, as the other DNN baselines) or a target "
-        "attention, din / mha / can (APG on a sequence backbone, e.g. 'DIN +APG')"))
+    backbone: str = field(
+        default="mean",
+        metadata=doc(
+            "how each behaviour sequence enters the input: mean (mean-pooled, as the other DNN baselines) or a target "
+            "attention, din / mha / can (APG on a sequence backbone, e.g. 'DIN +APG')"
+        ),
+    )
     attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.apg: ") in front
         if self.backbone not in SEQUENCE_BACKBONES:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {list(SEQUENCE_BACKBONES)}")
         if self.over_rank and self.generation != "shared":
-            raise ConfigError(f"over_rank: over-parameterisation needs shared U, V (generation = 'shared'), "
-                              f"not {self.generation!r}; set over_rank = 0")
+            raise ConfigError(
+                f"over_rank: over-parameterisation needs shared U, V (generation = 'shared'), "
+                f"not {self.generation!r}; set over_rank = 0"
+            )
         if 0 < self.over_rank < self.rank:
             raise ConfigError(f"over_rank: {self.over_rank} is below rank {self.rank} (P must be >= K, or 0)")
         if self.condition == "self" and self.domain_features:
@@ -93,18 +119,27 @@ class APGArch(nn.Module):
             raise ConfigError(f"model.apg: {error}") from None
         self.domain_fields = layout.field_indices(config.domain_features, "model.apg.domain_features")
         self.input = ContextInput(layout)
-        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("din"),
-                                        "model.apg.backbone")
+        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("din"), "model.apg.backbone")
         condition_width = layout.embedding_dim * (1 + len(self.domain_fields))
-        self.mlp = GeneratedMLP(self.input.width + self.pooling.out_features, config.hidden, condition_width,
-                                config.condition, config.rank, config.generation, config.over_rank,
-                                config.generator_hidden, config.generate_bias, config.dropout)
+        self.mlp = GeneratedMLP(
+            self.input.width + self.pooling.out_features,
+            config.hidden,
+            condition_width,
+            config.condition,
+            config.rank,
+            config.generation,
+            config.over_rank,
+            config.generator_hidden,
+            config.generate_bias,
+            config.dropout,
+        )
         self.output = nn.Linear(self.mlp.out_features, layout.num_tasks)
 
     def condition(self, features: EmbeddedFeatures) -> torch.Tensor:
         """z [B, (1 + len(domain_features)) * D]: the domain embedding, then the named domain-side fields."""
-        return torch.cat([self.input.domain_embedding(features.domain),
-                          features.fields[:, self.domain_fields].flatten(1)], dim=1)
+        return torch.cat(
+            [self.input.domain_embedding(features.domain), features.fields[:, self.domain_fields].flatten(1)], dim=1
+        )
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         x = torch.cat([self.input(features), *self.pooling(features.sequences)], dim=1)  # the flat input with "mean"

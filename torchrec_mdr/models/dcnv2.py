@@ -60,35 +60,49 @@ class DCNv2Config:
     """``model.dcnv2`` in an experiment config."""
 
     structure: Structure = field(
-        default="parallel", metadata=doc("'parallel': [cross(x0); deep(x0)], 'stacked': deep(cross(x0)), "
-                                         "'cross_only': cross(x0); then the combination layer"))
+        default="parallel",
+        metadata=doc(
+            "'parallel': [cross(x0); deep(x0)], 'stacked': deep(cross(x0)), "
+            "'cross_only': cross(x0); then the combination layer"
+        ),
+    )
     cross_type: CrossType = field(
-        default="full", metadata=doc("cross layer: 'full' (W x, eq. 1), 'low_rank' (U V^T x, eq. 2) or "
-                                     "'mixture' (gated low-rank experts)"))
+        default="full",
+        metadata=doc(
+            "cross layer: 'full' (W x, eq. 1), 'low_rank' (U V^T x, eq. 2) or 'mixture' (gated low-rank experts)"
+        ),
+    )
     cross_layers: int = field(default=3, metadata=bounds(ge=1, help="number of cross layers L1"))
     low_rank: int = field(default=32, metadata=bounds(ge=1, help="rank r of 'low_rank' and 'mixture' layers"))
     num_experts: int = field(default=4, metadata=bounds(ge=1, help="experts per 'mixture' layer"))
-    hidden: list[int] = field(default_factory=lambda: [256, 128, 64],
-                              metadata=bounds(ge=1, help="deep network widths (unused by 'cross_only')"))
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128, 64],
+        metadata=bounds(ge=1, help="deep network widths (unused by 'cross_only')"),
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each deep layer"))
 
     def validate(self) -> None:
         if self.structure != "cross_only" and not self.hidden:
-            raise ConfigError(f"hidden must list at least one width for structure {self.structure!r} "
-                              f"(structure = 'cross_only' has no deep network)")
+            raise ConfigError(
+                f"hidden must list at least one width for structure {self.structure!r} "
+                f"(structure = 'cross_only' has no deep network)"
+            )
 
 
 def cross_network(width: int, config: DCNv2Config) -> nn.Module:
     """torchrec's cross network of ``config.cross_type``: [B, width] -> [B, width]."""
     if config.cross_type != "full" and config.low_rank >= width:
-        raise ConfigError(f"model.dcnv2.low_rank ({config.low_rank}) must be below the cross width {width} "
-                          f"(a rank of at least the width saves nothing: use cross_type = 'full')")
+        raise ConfigError(
+            f"model.dcnv2.low_rank ({config.low_rank}) must be below the cross width {width} "
+            f"(a rank of at least the width saves nothing: use cross_type = 'full')"
+        )
     if config.cross_type == "full":
         return CrossNet(width, config.cross_layers)
     if config.cross_type == "low_rank":
         return LowRankCrossNet(width, config.cross_layers, low_rank=config.low_rank)
-    return LowRankMixtureCrossNet(width, config.cross_layers, num_experts=config.num_experts,
-                                  low_rank=config.low_rank, activation=torch.relu)
+    return LowRankMixtureCrossNet(
+        width, config.cross_layers, num_experts=config.num_experts, low_rank=config.low_rank, activation=torch.relu
+    )
 
 
 class DCNv2Arch(nn.Module):
@@ -109,8 +123,11 @@ class DCNv2Arch(nn.Module):
         width = self.input.width
         self.cross = cross_network(width, config)
         self.deep = None if config.structure == "cross_only" else MLP(width, config.hidden, dropout=config.dropout)
-        final = {"cross_only": width, "stacked": config.hidden[-1] if config.hidden else width,
-                 "parallel": width + (config.hidden[-1] if config.hidden else 0)}[config.structure]
+        final = {
+            "cross_only": width,
+            "stacked": config.hidden[-1] if config.hidden else width,
+            "parallel": width + (config.hidden[-1] if config.hidden else 0),
+        }[config.structure]
         self.combination = nn.Linear(final, layout.num_tasks)
 
     def final(self, x0: torch.Tensor) -> torch.Tensor:

@@ -70,15 +70,28 @@ from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, Fea
 
 @dataclass
 class DFFMConfig:
-    domain_features: list[str] = field(default_factory=list, metadata=doc(
-        "id fields joined to the domain-id embedding as E^d (implicit domain indicators, e.g. user_activity)"))
-    domain_network: list[int] = field(default_factory=lambda: [32, 16], metadata=bounds(
-        ge=1, help="widths of the domain network D's layers (eqs 3-5); []: D is the identity (PNN's inner product)"))
+    domain_features: list[str] = field(
+        default_factory=list,
+        metadata=doc(
+            "id fields joined to the domain-id embedding as E^d (implicit domain indicators, e.g. user_activity)"
+        ),
+    )
+    domain_network: list[int] = field(
+        default_factory=lambda: [32, 16],
+        metadata=bounds(
+            ge=1, help="widths of the domain network D's layers (eqs 3-5); []: D is the identity (PNN's inner product)"
+        ),
+    )
     activation: Literal["relu", "tanh"] = field(default="relu", metadata=doc("σ of eq 4, after every layer of D"))
-    hidden: list[int] = field(default_factory=lambda: [256, 128, 64], metadata=bounds(
-        ge=1, help="widths of the MLP giving h_DFFI (eq 8)"))
-    use_dfub: bool = field(default=True, metadata=doc(
-        "the DFUB self-attention over the behaviours (false: each sequence column is a mean-pooled field of E)"))
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="widths of the MLP giving h_DFFI (eq 8)")
+    )
+    use_dfub: bool = field(
+        default=True,
+        metadata=doc(
+            "the DFUB self-attention over the behaviours (false: each sequence column is a mean-pooled field of E)"
+        ),
+    )
     heads: int = field(default=2, metadata=bounds(ge=1, help="DFUB attention heads"))
     head_dim: int = field(default=16, metadata=bounds(ge=1, help="d_h: width of each head (eq 9)"))
     rank: int = field(default=8, metadata=bounds(ge=1, help="r: inner width of W'^(i) [d_S, r] and E_Q [d_h, r]"))
@@ -117,9 +130,9 @@ class DomainNetwork(nn.Module):
             start = 0
             for fan_in, fan_out in self.shapes:
                 size = fan_in * fan_out
-                lift.bias[start:start + size] = nn.Linear(fan_in, fan_out).weight.flatten()
-                lift.weight[start:start + size + fan_out] /= math.sqrt(fan_in)
-                lift.bias[start + size:start + size + fan_out] = 0.0
+                lift.bias[start : start + size] = nn.Linear(fan_in, fan_out).weight.flatten()
+                lift.weight[start : start + size + fan_out] /= math.sqrt(fan_in)
+                lift.bias[start + size : start + size + fan_out] = 0.0
                 start += size + fan_out
 
     def layers(self, domain_features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -128,9 +141,9 @@ class DomainNetwork(nn.Module):
         flat = self.lift(domain_features)
         parts, start = [], 0
         for fan_in, fan_out in self.shapes:
-            weight = flat[:, start:start + fan_in * fan_out].unflatten(-1, (fan_out, fan_in))
+            weight = flat[:, start : start + fan_in * fan_out].unflatten(-1, (fan_out, fan_in))
             start += fan_in * fan_out
-            parts.append((weight, flat[:, start:start + fan_out]))
+            parts.append((weight, flat[:, start : start + fan_out]))
             start += fan_out
         return parts
 
@@ -221,14 +234,18 @@ class DFFMArch(nn.Module):
 
     def __init__(self, layout: FeatureLayout, config: DFFMConfig) -> None:
         super().__init__()
-        self.domain_field_index = layout.field_indices(config.domain_features, "model.dffm.domain_features",
-                                                       unique=True)
+        self.domain_field_index = layout.field_indices(
+            config.domain_features, "model.dffm.domain_features", unique=True
+        )
         self.input = FieldVectors(layout, with_sequences=not config.use_dfub)
         dim = layout.embedding_dim
         domain_dim = (1 + len(self.domain_field_index)) * dim
         self.dffi = DFFI(self.input.num_fields, dim, domain_dim, config)
-        dfub = [DFUB(layout.sequence_width(s), layout.query_width(s) + domain_dim, config)
-                for s in layout.sequences] if config.use_dfub else []
+        dfub = (
+            [DFUB(layout.sequence_width(s), layout.query_width(s) + domain_dim, config) for s in layout.sequences]
+            if config.use_dfub
+            else []
+        )
         self.dfub = nn.ModuleList(dfub)
         width = self.dffi.out_features + sum(block.out_features for block in dfub)
         self.output = nn.Linear(width, layout.num_tasks)  # W_o, b_o of eq 14

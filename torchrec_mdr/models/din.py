@@ -19,8 +19,9 @@ from torchrec_mdr.models.target_attention import TargetAttentionArch
 
 @dataclass
 class DINConfig:
-    attention_hidden: list[int] = field(default_factory=lambda: [64, 32],
-                                        metadata=bounds(ge=1, help="attention MLP widths"))
+    attention_hidden: list[int] = field(
+        default_factory=lambda: [64, 32], metadata=bounds(ge=1, help="attention MLP widths")
+    )
     hidden: list[int] = field(default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="MLP widths"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 

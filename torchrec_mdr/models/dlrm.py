@@ -56,20 +56,28 @@ class DLRMConfig:
 
     dense_arch_layer_sizes: list[int] = field(
         default_factory=lambda: [64, 16],
-        metadata=bounds(ge=1, help="DenseArch MLP sizes; the last must equal model.embedding_dim"))
+        metadata=bounds(ge=1, help="DenseArch MLP sizes; the last must equal model.embedding_dim"),
+    )
     over_arch_layer_sizes: list[int] = field(
         default_factory=lambda: [128, 64, 1],
-        metadata=bounds(ge=1, help="OverArch MLP sizes; the last must equal the number of labels"))
+        metadata=bounds(ge=1, help="OverArch MLP sizes; the last must equal the number of labels"),
+    )
     sequences: SequenceMode = field(
-        default="mean", metadata=doc("behaviour sequences: mean-pooled, one interaction feature per "
-                                     "sequence field ('mean'), or left out ('none')"))
+        default="mean",
+        metadata=doc(
+            "behaviour sequences: mean-pooled, one interaction feature per "
+            "sequence field ('mean'), or left out ('none')"
+        ),
+    )
 
     def validate(self) -> None:
         if not self.dense_arch_layer_sizes:
             raise ConfigError("dense_arch_layer_sizes must list at least one layer size")
         if len(self.over_arch_layer_sizes) < 2:
-            raise ConfigError(f"over_arch_layer_sizes {self.over_arch_layer_sizes} must list at least two "
-                              f"sizes (hidden layers, then the output size)")
+            raise ConfigError(
+                f"over_arch_layer_sizes {self.over_arch_layer_sizes} must list at least two "
+                f"sizes (hidden layers, then the output size)"
+            )
 
 
 @dataclass
@@ -92,11 +100,15 @@ def check_sizes(layout: FeatureLayout, config: DLRMConfig, section: str) -> None
     """Raise ConfigError (naming the keys) when the arch sizes do not fit the data or embeddings."""
     dim = layout.embedding_dim
     if config.dense_arch_layer_sizes[-1] != dim:
-        raise ConfigError(f"model.{section}.dense_arch_layer_sizes {config.dense_arch_layer_sizes} must end in "
-                          f"model.embedding_dim ({dim}): the DenseArch output is one more vector in the interaction")
+        raise ConfigError(
+            f"model.{section}.dense_arch_layer_sizes {config.dense_arch_layer_sizes} must end in "
+            f"model.embedding_dim ({dim}): the DenseArch output is one more vector in the interaction"
+        )
     if config.over_arch_layer_sizes[-1] != layout.num_tasks:
-        raise ConfigError(f"model.{section}.over_arch_layer_sizes {config.over_arch_layer_sizes} must end in the "
-                          f"number of labels of the dataset ({layout.num_tasks})")
+        raise ConfigError(
+            f"model.{section}.over_arch_layer_sizes {config.over_arch_layer_sizes} must end in the "
+            f"number of labels of the dataset ({layout.num_tasks})"
+        )
 
 
 class DLRMArch(nn.Module):
@@ -157,8 +169,11 @@ class DLRMDCNArch(DLRMArch):
 
     def _interaction(self, dim: int, config: DLRMConfig) -> nn.Module:
         assert isinstance(config, DLRMDCNConfig)
-        crossnet = LowRankCrossNet(in_features=(self.num_sparse_features + 1) * dim,
-                                   num_layers=config.dcn_num_layers, low_rank=config.dcn_low_rank_dim)
+        crossnet = LowRankCrossNet(
+            in_features=(self.num_sparse_features + 1) * dim,
+            num_layers=config.dcn_num_layers,
+            low_rank=config.dcn_low_rank_dim,
+        )
         return InteractionDCNArch(num_sparse_features=self.num_sparse_features, crossnet=crossnet)
 
     def _over_in_features(self, dim: int) -> int:

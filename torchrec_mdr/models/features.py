@@ -49,8 +49,9 @@ class FeatureLayout:
     num_tasks: int
 
     @staticmethod
-    def from_spec(spec: DatasetSpec, embedding_dim: int,
-                  pooled_tables: frozenset[str] = frozenset()) -> "FeatureLayout":
+    def from_spec(
+        spec: DatasetSpec, embedding_dim: int, pooled_tables: frozenset[str] = frozenset()
+    ) -> "FeatureLayout":
         """``pooled_tables``: the sequence tables the sparse arch looks up pooled
         (:func:`~torchrec_mdr.sparse.arch.pooled_sequence_tables`); a group is pooled when all its tables are."""
         ids = spec.columns_of("id", "multi_id")
@@ -59,12 +60,20 @@ class FeatureLayout:
             tables = [c.table_name for c in columns]
             candidates = tuple(c.name for table in tables for c in spec.columns_of("id") if c.table_name == table)
             length = cast(int, columns[0].max_length)  # ColumnSpec.validate: a sequence column has one
-            sequences.append(SequenceLayout(group, tuple(c.name for c in columns), length, candidates,
-                                            pooled=all(t in pooled_tables for t in tables)))
+            sequences.append(
+                SequenceLayout(
+                    group,
+                    tuple(c.name for c in columns),
+                    length,
+                    candidates,
+                    pooled=all(t in pooled_tables for t in tables),
+                )
+            )
         return FeatureLayout(
             fields=tuple(c.name for c in ids),
-            pooled=frozenset(c.name for c in ids if c.table_name not in spec.sequence_tables
-                             or c.table_name in pooled_tables),
+            pooled=frozenset(
+                c.name for c in ids if c.table_name not in spec.sequence_tables or c.table_name in pooled_tables
+            ),
             sequences=tuple(sequences),
             embedding_dim=embedding_dim,
             num_dense=len(spec.dense_features),
@@ -80,8 +89,9 @@ class FeatureLayout:
         """
         for name in names:
             if name not in self.fields:
-                raise ConfigError(f"{key}: {name!r} is not an id feature of the dataset; "
-                                  f"id features: {list(self.fields)}")
+                raise ConfigError(
+                    f"{key}: {name!r} is not an id feature of the dataset; id features: {list(self.fields)}"
+                )
         if unique and len(set(names)) != len(names):
             raise ConfigError(f"{key}: duplicate names in {list(names)}")
         return [self.fields.index(name) for name in names]
@@ -144,19 +154,28 @@ def _sum_pool(jagged: JaggedTensor, batch_size: int) -> torch.Tensor:
     lengths = jagged.lengths().long()
     rows = torch.repeat_interleave(torch.arange(batch_size, device=values.device), lengths)
     return torch.zeros(batch_size, values.shape[-1], dtype=values.dtype, device=values.device).index_add_(
-        0, rows, values)
+        0, rows, values
+    )
 
 
-def embed_features(layout: FeatureLayout, pooled: KeyedTensor, unpooled: dict[str, JaggedTensor],
-                   dense: torch.Tensor, domain: torch.Tensor) -> EmbeddedFeatures:
+def embed_features(
+    layout: FeatureLayout,
+    pooled: KeyedTensor,
+    unpooled: dict[str, JaggedTensor],
+    dense: torch.Tensor,
+    domain: torch.Tensor,
+) -> EmbeddedFeatures:
     """Arrange the sparse arch's outputs by the layout (see :class:`EmbeddedFeatures` for shapes)."""
     batch_size = dense.shape[0]
     pooled_dict = pooled.to_dict() if layout.pooled or any(s.pooled for s in layout.sequences) else {}
     vectors = []
     for name in layout.fields:
         vectors.append(pooled_dict[name] if name in layout.pooled else _sum_pool(unpooled[name], batch_size))
-    fields = (torch.stack(vectors, dim=1) if vectors
-              else torch.zeros(batch_size, 0, layout.embedding_dim, device=dense.device))
+    fields = (
+        torch.stack(vectors, dim=1)
+        if vectors
+        else torch.zeros(batch_size, 0, layout.embedding_dim, device=dense.device)
+    )
     sequences = []
     for sequence in layout.sequences:
         query_parts = [vectors[layout.fields.index(f)] for f in sequence.candidate_fields]

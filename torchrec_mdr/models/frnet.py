@@ -41,8 +41,15 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import (MLP, SEQUENCE_BACKBONES, FeatureRefinement, FieldVectors,
-                                        TargetAttentionConfig, WeightType, sequence_summary)
+from torchrec_mdr.models.blocks import (
+    MLP,
+    SEQUENCE_BACKBONES,
+    FeatureRefinement,
+    FieldVectors,
+    TargetAttentionConfig,
+    WeightType,
+    sequence_summary,
+)
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 
@@ -50,19 +57,31 @@ from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 class FRNetConfig:
     """``model.frnet`` in an experiment config."""
 
-    hidden: list[int] = field(default_factory=lambda: [256, 128, 64],
-                              metadata=bounds(ge=1, help="DNN head widths over the refined fields"))
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="DNN head widths over the refined fields")
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden DNN layer"))
     attention_size: int = field(default=10, metadata=bounds(ge=1, help="IEU self-attention width d_k"))
-    cie_hidden: list[int] = field(default_factory=lambda: [256],
-                                  metadata=bounds(ge=1, help="hidden widths of the IEUs' contextual information "
-                                                             "extractor (PReLU MLP; [] = one layer to D)"))
+    cie_hidden: list[int] = field(
+        default_factory=lambda: [256],
+        metadata=bounds(
+            ge=1, help="hidden widths of the IEUs' contextual information extractor (PReLU MLP; [] = one layer to D)"
+        ),
+    )
     weight_type: WeightType = field(
-        default="bit", metadata=doc("IEU_W's weights: 'bit' (one per field and dimension) or 'vector' "
-                                    "(one per field, the IEU output summed over D)"))
-    backbone: str = field(default="mean", metadata=doc(
-        "mean: each sequence column mean-pooled into one refined field; din / mha / can: the sequences pooled by "
-        "that target attention beside the refined fields ('DIN +FRNet')"))
+        default="bit",
+        metadata=doc(
+            "IEU_W's weights: 'bit' (one per field and dimension) or 'vector' "
+            "(one per field, the IEU output summed over D)"
+        ),
+    )
+    backbone: str = field(
+        default="mean",
+        metadata=doc(
+            "mean: each sequence column mean-pooled into one refined field; din / mha / can: the sequences pooled by "
+            "that target attention beside the refined fields ('DIN +FRNet')"
+        ),
+    )
     attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.frnet: ") in front
@@ -87,10 +106,14 @@ class FRNetArch(nn.Module):
         on_mean = config.backbone == "mean"
         self.input = FieldVectors(layout, with_sequences=on_mean)
         self.num_fields = self.input.num_fields
-        self.refinement = FeatureRefinement(self.num_fields, dim, config.attention_size, config.cie_hidden,
-                                            config.weight_type)
-        self.pooling = None if on_mean else sequence_summary(layout, config.backbone, config.attention.options("din"),
-                                                             "model.frnet.backbone")
+        self.refinement = FeatureRefinement(
+            self.num_fields, dim, config.attention_size, config.cie_hidden, config.weight_type
+        )
+        self.pooling = (
+            None
+            if on_mean
+            else sequence_summary(layout, config.backbone, config.attention.options("din"), "model.frnet.backbone")
+        )
         width = self.num_fields * dim + (0 if self.pooling is None else self.pooling.out_features)
         self.dnn = MLP(width, config.hidden, out_features=layout.num_tasks, dropout=config.dropout)
 

@@ -50,32 +50,48 @@ import torch
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import (SEQUENCE_BACKBONES, ContextInput, StackedMLP, TargetAttentionConfig,
-                                        sequence_summary)
+from torchrec_mdr.models.blocks import (
+    SEQUENCE_BACKBONES,
+    ContextInput,
+    StackedMLP,
+    TargetAttentionConfig,
+    sequence_summary,
+)
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
-
 
 
 @dataclass
 class M2MConfig:
     num_experts: int = field(default=4, metadata=bounds(ge=1, help="number of expert views E"))
-    expert_hidden: list[int] = field(default_factory=lambda: [128], metadata=bounds(
-        ge=1, help="hidden widths of each expert MLP before its view_dim-wide output layer"))
-    view_dim: int = field(default=32, metadata=bounds(
-        ge=1, help="v: width of the expert, task and scenario views (the meta attention unit is 2v wide)"))
+    expert_hidden: list[int] = field(
+        default_factory=lambda: [128],
+        metadata=bounds(ge=1, help="hidden widths of each expert MLP before its view_dim-wide output layer"),
+    )
+    view_dim: int = field(
+        default=32,
+        metadata=bounds(
+            ge=1, help="v: width of the expert, task and scenario views (the meta attention unit is 2v wide)"
+        ),
+    )
     meta_layers: int = field(default=1, metadata=bounds(ge=1, help="K: generated layers per meta unit"))
     tower_layers: int = field(default=2, metadata=bounds(ge=1, help="J: residual meta-tower layers per task"))
-    negative_slope: float = field(default=0.2, metadata=bounds(
-        ge=0, lt=1, help="slope of the leaky ReLU σ (0 = ReLU)"))
-    scenario_features: list[str] = field(default_factory=list, metadata=doc(
-        "id fields whose embeddings join the domain-id embedding in the scenario knowledge S"))
-    backbone: str = field(default="mean", metadata=doc(
-        "how behaviour sequences enter the experts: mean (mean-pooled) or a target attention, din / mha / can"))
+    negative_slope: float = field(default=0.2, metadata=bounds(ge=0, lt=1, help="slope of the leaky ReLU σ (0 = ReLU)"))
+    scenario_features: list[str] = field(
+        default_factory=list,
+        metadata=doc("id fields whose embeddings join the domain-id embedding in the scenario knowledge S"),
+    )
+    backbone: str = field(
+        default="mean",
+        metadata=doc(
+            "how behaviour sequences enter the experts: mean (mean-pooled) or a target attention, din / mha / can"
+        ),
+    )
     attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.m2m: ") in front
         if self.backbone not in SEQUENCE_BACKBONES:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {list(SEQUENCE_BACKBONES)}")
+
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each expert hidden layer"))
 
 
@@ -88,8 +104,9 @@ class MetaUnit(nn.Module):
     Shapes: x [B, M, n] (M inputs per row share the row's weights), scenario [B, s] -> [B, M, n].
     """
 
-    def __init__(self, width: int, scenario_width: int, layers: int, negative_slope: float,
-                 last_activation: bool = True) -> None:
+    def __init__(
+        self, width: int, scenario_width: int, layers: int, negative_slope: float, last_activation: bool = True
+    ) -> None:
         super().__init__()
         self.width = width
         weight_generators = [nn.Linear(scenario_width, width * width) for _ in range(layers)]
@@ -123,11 +140,11 @@ class MetaTower(nn.Module):
     Shapes: x [B, v], scenario [B, s] -> [B, v].
     """
 
-    def __init__(self, width: int, scenario_width: int, layers: int, meta_layers: int,
-                 negative_slope: float) -> None:
+    def __init__(self, width: int, scenario_width: int, layers: int, meta_layers: int, negative_slope: float) -> None:
         super().__init__()
-        self.units = nn.ModuleList(MetaUnit(width, scenario_width, meta_layers, negative_slope,
-                                            last_activation=False) for _ in range(layers))
+        self.units = nn.ModuleList(
+            MetaUnit(width, scenario_width, meta_layers, negative_slope, last_activation=False) for _ in range(layers)
+        )
         self.activation = nn.LeakyReLU(negative_slope)
 
     def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
@@ -145,13 +162,11 @@ class M2MArch(nn.Module):
 
     def __init__(self, layout: FeatureLayout, config: M2MConfig) -> None:
         super().__init__()
-        self.scenario_index = layout.field_indices(config.scenario_features, "model.m2m.scenario_features",
-                                                   unique=True)
+        self.scenario_index = layout.field_indices(config.scenario_features, "model.m2m.scenario_features", unique=True)
         dim, view = layout.embedding_dim, config.view_dim
         self.num_tasks, self.num_experts = layout.num_tasks, config.num_experts
         self.input = ContextInput(layout)
-        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("mha"),
-                                        "model.m2m.backbone")
+        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("mha"), "model.m2m.backbone")
         width = self.input.width + self.pooling.out_features
         self.experts = StackedMLP(config.num_experts, width, [*config.expert_hidden, view], dropout=config.dropout)
         self.activation = nn.LeakyReLU(config.negative_slope)
@@ -160,8 +175,10 @@ class M2MArch(nn.Module):
         self.scenario_view = nn.Linear(dim * (1 + len(self.scenario_index)), view)
         self.attention_unit = MetaUnit(2 * view, view, config.meta_layers, config.negative_slope)
         self.attention_vector = nn.Linear(2 * view, 1, bias=False)  # v_a
-        self.towers = nn.ModuleList(MetaTower(view, view, config.tower_layers, config.meta_layers,
-                                              config.negative_slope) for _ in range(layout.num_tasks))
+        self.towers = nn.ModuleList(
+            MetaTower(view, view, config.tower_layers, config.meta_layers, config.negative_slope)
+            for _ in range(layout.num_tasks)
+        )
         bound = 1.0 / math.sqrt(view)  # nn.Linear(v, 1)'s initialisation, one per task
         self.prediction_weight = nn.Parameter(torch.empty(layout.num_tasks, view).uniform_(-bound, bound))
         self.prediction_bias = nn.Parameter(torch.empty(layout.num_tasks).uniform_(-bound, bound))
@@ -179,12 +196,16 @@ class M2MArch(nn.Module):
         """T [T, v]."""
         return self.activation(self.task_view(self.task_embedding.weight))
 
-    def meta_attention(self, experts: torch.Tensor, tasks: torch.Tensor,
-                       scenario: torch.Tensor) -> torch.Tensor:
+    def meta_attention(self, experts: torch.Tensor, tasks: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
         """α [B, T, E]: each task's softmax over the experts, scored by the meta unit of [E_i ⊕ T_t]."""
         num_tasks, num_experts = self.num_tasks, self.num_experts  # ints fixed at build: only B comes from a tensor
-        pairs = torch.cat([experts.unsqueeze(1).expand(-1, num_tasks, -1, -1),
-                           tasks.view(1, num_tasks, 1, -1).expand(experts.shape[0], -1, num_experts, -1)], dim=3)
+        pairs = torch.cat(
+            [
+                experts.unsqueeze(1).expand(-1, num_tasks, -1, -1),
+                tasks.view(1, num_tasks, 1, -1).expand(experts.shape[0], -1, num_experts, -1),
+            ],
+            dim=3,
+        )
         hidden = self.attention_unit(pairs.flatten(1, 2), scenario)  # [B, T * E, 2v]
         scores = self.attention_vector(hidden).view(-1, num_tasks, num_experts)
         return torch.softmax(scores, dim=2)

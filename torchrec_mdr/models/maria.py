@@ -53,8 +53,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchrec_mdr.config import ConfigError, bounds, doc
-from torchrec_mdr.models.blocks import (MLP, SEQUENCE_BACKBONES, DomainTowers, StackedLinear, StackedMLP,
-                                        TargetAttentionConfig, sequence_summary)
+from torchrec_mdr.models.blocks import (
+    MLP,
+    SEQUENCE_BACKBONES,
+    DomainTowers,
+    StackedLinear,
+    StackedMLP,
+    TargetAttentionConfig,
+    sequence_summary,
+)
 from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 from torchrec_mdr.models.pepnet import EPNet
 
@@ -63,22 +70,30 @@ from torchrec_mdr.models.pepnet import EPNet
 class MARIAConfig:
     """``model.maria`` in an experiment config."""
 
-    backbone: str = field(default="din", metadata=doc(
-        "how each behaviour sequence becomes its field: din / mha / can target attention (the paper: target "
-        "attention) or mean (mean-pooled)"))
+    backbone: str = field(
+        default="din",
+        metadata=doc(
+            "how each behaviour sequence becomes its field: din / mha / can target attention (the paper: target "
+            "attention) or mean (mean-pooled)"
+        ),
+    )
     attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
-    scenario_features: list[str] = field(default_factory=list, metadata=doc(
-        "id features whose embeddings join the domain-id embedding in the scenario vector e_s"))
+    scenario_features: list[str] = field(
+        default_factory=list,
+        metadata=doc("id features whose embeddings join the domain-id embedding in the scenario vector e_s"),
+    )
     scaling_hidden: int = field(default=64, metadata=bounds(ge=1, help="hidden width of the feature-scaling gate"))
     num_refiners: int = field(default=2, metadata=bounds(ge=1, help="refiners per field N_r (paper: 2 or 1)"))
     refiner_dim: int = field(default=16, metadata=bounds(ge=1, help="output width r of every refiner"))
     gumbel_temperature: float = field(default=1.0, metadata=bounds(gt=0, help="τ of the selectors' Gumbel-softmax"))
     correlation_dim: int = field(default=16, metadata=bounds(ge=1, help="width the FCM projects every field to"))
     num_experts: int = field(default=4, metadata=bounds(ge=1, help="experts of the MoE"))
-    expert_hidden: list[int] = field(default_factory=lambda: [256, 128],
-                                     metadata=bounds(ge=1, help="widths of each expert MLP"))
-    tower_hidden: list[int] = field(default_factory=lambda: [64],
-                                    metadata=bounds(ge=1, help="hidden widths of each scenario tower and the extra"))
+    expert_hidden: list[int] = field(
+        default_factory=lambda: [256, 128], metadata=bounds(ge=1, help="widths of each expert MLP")
+    )
+    tower_hidden: list[int] = field(
+        default_factory=lambda: [64], metadata=bounds(ge=1, help="hidden widths of each scenario tower and the extra")
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.maria: ") in front
@@ -96,8 +111,9 @@ class FieldRefiner(nn.Module):
     Shapes: h (one field) [B, w], scenario [B, S] -> [B, N_r · r]; :meth:`selection` -> β [B, N_r] (rows sum to 1).
     """
 
-    def __init__(self, width: int, scenario_width: int, num_refiners: int, refiner_dim: int,
-                 temperature: float) -> None:
+    def __init__(
+        self, width: int, scenario_width: int, num_refiners: int, refiner_dim: int, temperature: float
+    ) -> None:
         super().__init__()
         self.refiners = StackedLinear(num_refiners, width, refiner_dim)
         self.selector = nn.Linear(width + scenario_width, num_refiners)
@@ -167,10 +183,12 @@ class MARIAArch(nn.Module):
         except ConfigError as error:
             raise ConfigError(f"model.maria.{error}") from None
         dim = layout.embedding_dim
-        self.scenario_index = layout.field_indices(config.scenario_features, "model.maria.scenario_features",
-                                                   unique=True)
-        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("din"),
-                                        "model.maria.backbone")
+        self.scenario_index = layout.field_indices(
+            config.scenario_features, "model.maria.scenario_features", unique=True
+        )
+        self.pooling = sequence_summary(
+            layout, config.backbone, config.attention.options("din"), "model.maria.backbone"
+        )
         self.widths = [dim] * len(layout.fields) + list(self.pooling.group_widths)
         self.widths += [layout.num_dense] if layout.num_dense else []
         ends = torch.tensor(self.widths).cumsum(0).tolist()
@@ -180,8 +198,10 @@ class MARIAArch(nn.Module):
         scenario_width = dim * (1 + len(self.scenario_index))
         self.scenario_embedding = nn.Embedding(layout.num_domains, dim)
         self.scaling = EPNet(self.widths, scenario_width, config.scaling_hidden, per_field=False)
-        refiners = [FieldRefiner(width, scenario_width, config.num_refiners, config.refiner_dim,
-                                 config.gumbel_temperature) for width in self.widths]
+        refiners = [
+            FieldRefiner(width, scenario_width, config.num_refiners, config.refiner_dim, config.gumbel_temperature)
+            for width in self.widths
+        ]
         self.refiners = nn.ModuleList(refiners)
         self.correlation = FieldCorrelation(self.widths, config.correlation_dim)
         width = sum(r.out_features for r in refiners) + self.correlation.out_features

@@ -75,18 +75,29 @@ Form = Literal["serial", "parallel"]
 class MaskNetConfig:
     """``model.masknet`` in an experiment config."""
 
-    form: Form = field(default="serial", metadata=doc(
-        "'serial' (SerMaskNet: MaskBlocks stacked, widths block_widths) or 'parallel' (ParaMaskNet: "
-        "parallel_blocks MaskBlocks on the embedding, concatenated, then parallel_hidden)"))
-    block_widths: list[int] = field(default_factory=lambda: [256, 128, 64], metadata=bounds(
-        ge=1, help="serial: output width q of each stacked MaskBlock (one block per entry)"))
+    form: Form = field(
+        default="serial",
+        metadata=doc(
+            "'serial' (SerMaskNet: MaskBlocks stacked, widths block_widths) or 'parallel' (ParaMaskNet: "
+            "parallel_blocks MaskBlocks on the embedding, concatenated, then parallel_hidden)"
+        ),
+    )
+    block_widths: list[int] = field(
+        default_factory=lambda: [256, 128, 64],
+        metadata=bounds(ge=1, help="serial: output width q of each stacked MaskBlock (one block per entry)"),
+    )
     parallel_blocks: int = field(default=3, metadata=bounds(ge=1, help="parallel: number u of MaskBlocks"))
-    parallel_block_width: int = field(default=64, metadata=bounds(ge=1, help="parallel: output width q of each "
-                                                                             "MaskBlock"))
-    parallel_hidden: list[int] = field(default_factory=lambda: [128, 64], metadata=bounds(
-        ge=1, help="parallel: feed-forward widths over the concatenated blocks (eq. 16; [] = none)"))
-    reduction_ratio: float = field(default=2.0, metadata=bounds(
-        gt=0, help="r = aggregation width / projection width of every instance-guided mask"))
+    parallel_block_width: int = field(
+        default=64, metadata=bounds(ge=1, help="parallel: output width q of each MaskBlock")
+    )
+    parallel_hidden: list[int] = field(
+        default_factory=lambda: [128, 64],
+        metadata=bounds(ge=1, help="parallel: feed-forward widths over the concatenated blocks (eq. 16; [] = none)"),
+    )
+    reduction_ratio: float = field(
+        default=2.0,
+        metadata=bounds(gt=0, help="r = aggregation width / projection width of every instance-guided mask"),
+    )
     embedding_norm: bool = field(default=True, metadata=doc("LN_EMB: layer-normalise each field before masking"))
     hidden_norm: bool = field(default=True, metadata=doc("LN inside each MaskBlock, before its ReLU"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each block / hidden layer"))
@@ -106,8 +117,10 @@ class InstanceGuidedMask(nn.Module):
         super().__init__()
         width = int(reduction_ratio * out_features)
         if width < 1:
-            raise ConfigError(f"model.masknet.reduction_ratio ({reduction_ratio}) leaves the aggregation layer of "
-                              f"a {out_features}-wide mask without a neuron (int(r * {out_features}) = {width})")
+            raise ConfigError(
+                f"model.masknet.reduction_ratio ({reduction_ratio}) leaves the aggregation layer of "
+                f"a {out_features}-wide mask without a neuron (int(r * {out_features}) = {width})"
+            )
         self.aggregation = nn.Linear(in_features, width)
         self.projection = nn.Linear(width, out_features)
 
@@ -122,8 +135,15 @@ class MaskBlock(nn.Module):
     MaskBlock on MaskBlock. Shapes: V_emb [B, m], V_in [B, z] -> [B, q].
     """
 
-    def __init__(self, embedding_width: int, in_features: int, out_features: int, reduction_ratio: float,
-                 norm: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        embedding_width: int,
+        in_features: int,
+        out_features: int,
+        reduction_ratio: float,
+        norm: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.mask = InstanceGuidedMask(embedding_width, in_features, reduction_ratio)
         self.hidden = nn.Linear(in_features, out_features, bias=not norm)
@@ -173,19 +193,26 @@ class MaskNetArch(nn.Module):
         self.num_fields = self.input.num_fields
         width = self.num_fields * layout.embedding_dim
         self.embedding_norm = FieldLayerNorm(self.num_fields, layout.embedding_dim) if config.embedding_norm else None
+
         def block(in_features: int, out_features: int) -> MaskBlock:
-            return MaskBlock(width, in_features, out_features, config.reduction_ratio, config.hidden_norm,
-                             config.dropout)
+            return MaskBlock(
+                width, in_features, out_features, config.reduction_ratio, config.hidden_norm, config.dropout
+            )
 
         if self.serial:
             widths = [width, *config.block_widths]
             self.blocks = nn.ModuleList(block(widths[i], widths[i + 1]) for i in range(len(config.block_widths)))
             self.head: nn.Module = nn.Linear(widths[-1], layout.num_tasks)
         else:
-            self.blocks = nn.ModuleList(block(width, config.parallel_block_width)
-                                        for _ in range(config.parallel_blocks))
-            self.head = MLP(config.parallel_blocks * config.parallel_block_width, config.parallel_hidden,
-                            out_features=layout.num_tasks, dropout=config.dropout)
+            self.blocks = nn.ModuleList(
+                block(width, config.parallel_block_width) for _ in range(config.parallel_blocks)
+            )
+            self.head = MLP(
+                config.parallel_blocks * config.parallel_block_width,
+                config.parallel_hidden,
+                out_features=layout.num_tasks,
+                dropout=config.dropout,
+            )
 
     def embeddings(self, features: EmbeddedFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(V_emb, LN_EMB(V_emb)), both [B, K·D] (the second is V_emb itself without ``embedding_norm``)."""

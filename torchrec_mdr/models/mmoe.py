@@ -26,10 +26,12 @@ from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 @dataclass
 class MMoEConfig:
     num_experts: int = field(default=4, metadata=bounds(ge=1, help="number of shared experts"))
-    expert_hidden: list[int] = field(default_factory=lambda: [256, 128],
-                                     metadata=bounds(ge=1, help="widths of each expert MLP"))
-    tower_hidden: list[int] = field(default_factory=lambda: [64],
-                                    metadata=bounds(ge=1, help="hidden widths of each domain's tower"))
+    expert_hidden: list[int] = field(
+        default_factory=lambda: [256, 128], metadata=bounds(ge=1, help="widths of each expert MLP")
+    )
+    tower_hidden: list[int] = field(
+        default_factory=lambda: [64], metadata=bounds(ge=1, help="hidden widths of each domain's tower")
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
 
@@ -59,11 +61,11 @@ class MMoEArch(nn.Module):
         if not config.expert_hidden:
             raise ConfigError("model.mmoe.expert_hidden: needs at least one layer width (an expert is an MLP)")
         self.input = FlatInput(layout)
-        self.experts = StackedMLP(config.num_experts, self.input.width, config.expert_hidden,
-                                  dropout=config.dropout)
+        self.experts = StackedMLP(config.num_experts, self.input.width, config.expert_hidden, dropout=config.dropout)
         self.gates = DomainGates(self.input.width, layout.num_domains, config.num_experts)
-        self.towers = DomainTowers(self.experts.out_features, config.tower_hidden, layout.num_domains,
-                                   layout.num_tasks, config.dropout)
+        self.towers = DomainTowers(
+            self.experts.out_features, config.tower_hidden, layout.num_domains, layout.num_tasks, config.dropout
+        )
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         x = self.input(features)

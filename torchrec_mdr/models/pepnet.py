@@ -46,21 +46,31 @@ from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 @dataclass
 class PEPNetConfig:
-    hidden: list[int] = field(default_factory=lambda: [256, 128, 64],
-                              metadata=bounds(ge=1, help="hidden widths of each task tower"))
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="hidden widths of each task tower")
+    )
     gate_hidden: int = field(default=64, metadata=bounds(ge=1, help="width of every Gate NU's first layer"))
     gamma: float = field(default=2.0, metadata=bounds(gt=0, help="Gate NU scale (gates lie in (0, gamma))"))
     domain_features: list[str] = field(
-        default_factory=list, metadata=doc("id fields that describe the domain, fed to EPNet's gate with the "
-                                           "domain id (e.g. an activity bucket)"))
+        default_factory=list,
+        metadata=doc(
+            "id fields that describe the domain, fed to EPNet's gate with the domain id (e.g. an activity bucket)"
+        ),
+    )
     prior_features: list[str] | None = field(
-        default=None, metadata=doc("PPNet's personalised prior id fields (default: fields named user*)"))
+        default=None, metadata=doc("PPNet's personalised prior id fields (default: fields named user*)")
+    )
     epnet_gate: Literal["field", "element"] = field(
-        default="field", metadata=doc("EPNet gate granularity: one per field or one per embedding element"))
+        default="field", metadata=doc("EPNet gate granularity: one per field or one per embedding element")
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
-    backbone: str = field(default="mean", metadata=doc(
-        "how each behaviour sequence becomes one EPNet slot: mean (mean-pooled, the paper's DNN form) or a target "
-        "attention, din / mha / can (the ADS paper's 'DIN +PEPNet', 'MHA +PEPNet', 'CAN +PEPNet')"))
+    backbone: str = field(
+        default="mean",
+        metadata=doc(
+            "how each behaviour sequence becomes one EPNet slot: mean (mean-pooled, the paper's DNN form) or a target "
+            "attention, din / mha / can (the ADS paper's 'DIN +PEPNet', 'MHA +PEPNet', 'CAN +PEPNet')"
+        ),
+    )
     attention: TargetAttentionConfig = field(default_factory=TargetAttentionConfig)
 
     def validate(self) -> None:  # at load time; the message gets the section ("model.pepnet: ") in front
@@ -98,8 +108,9 @@ class EPNet(nn.Module):
     # buffers (registered in __init__)
     slot_widths: torch.Tensor
 
-    def __init__(self, slot_widths: list[int], domain_width: int, hidden: int, per_field: bool,
-                 gamma: float = 2.0) -> None:
+    def __init__(
+        self, slot_widths: list[int], domain_width: int, hidden: int, per_field: bool, gamma: float = 2.0
+    ) -> None:
         super().__init__()
         width = sum(slot_widths)
         self.per_field = per_field
@@ -108,8 +119,9 @@ class EPNet(nn.Module):
 
     def forward(self, general: torch.Tensor, domain_side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate = self.gate(torch.cat([domain_side, general.detach()], dim=1))
-        scale = (gate.repeat_interleave(self.slot_widths, dim=1, output_size=general.shape[1])
-                 if self.per_field else gate)
+        scale = (
+            gate.repeat_interleave(self.slot_widths, dim=1, output_size=general.shape[1]) if self.per_field else gate
+        )
         return general * scale, gate
 
 
@@ -122,14 +134,24 @@ class PPNetTowers(nn.Module):
     Shapes: tower_input [B, in], prior [B, P], general [B, G] (O_ep; detached inside) -> logits [B, T].
     """
 
-    def __init__(self, in_features: int, hidden: list[int], num_tasks: int, prior_width: int, general_width: int,
-                 gate_hidden: int, gamma: float = 2.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden: list[int],
+        num_tasks: int,
+        prior_width: int,
+        general_width: int,
+        gate_hidden: int,
+        gamma: float = 2.0,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         widths = [in_features, *hidden]
         self.num_tasks = num_tasks
         self.layers = nn.ModuleList(StackedLinear(num_tasks, a, b) for a, b in zip(widths, [*hidden, 1]))
-        self.gates = nn.ModuleList(GateNU(prior_width + general_width, gate_hidden, num_tasks * w, gamma)
-                                   for w in widths)
+        self.gates = nn.ModuleList(
+            GateNU(prior_width + general_width, gate_hidden, num_tasks * w, gamma) for w in widths
+        )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def layer_gates(self, prior: torch.Tensor, general: torch.Tensor) -> list[torch.Tensor]:
@@ -159,27 +181,44 @@ class PEPNetArch(nn.Module):
             raise ConfigError(f"model.pepnet.epnet_gate: {config.epnet_gate!r} is not one of 'field', 'element'")
         dim = layout.embedding_dim
         self.domain_fields = layout.field_indices(config.domain_features, "model.pepnet.domain_features")
-        prior_names = (config.prior_features if config.prior_features is not None
-                       else [name for name in layout.fields if name.startswith("user")])
+        prior_names = (
+            config.prior_features
+            if config.prior_features is not None
+            else [name for name in layout.fields if name.startswith("user")]
+        )
         self.prior_fields = layout.field_indices(prior_names, "model.pepnet.prior_features")
-        self.pooling = sequence_summary(layout, config.backbone, config.attention.options("din"),
-                                        "model.pepnet.backbone")
+        self.pooling = sequence_summary(
+            layout, config.backbone, config.attention.options("din"), "model.pepnet.backbone"
+        )
         slot_widths = [dim] * len(layout.fields) + list(self.pooling.group_widths)
         if not slot_widths:
             raise ConfigError("model.pepnet: the dataset has no id fields or sequences for EPNet to gate")
         general_width = sum(slot_widths)
         self.domain_embedding = nn.Embedding(layout.num_domains, dim)
-        self.epnet = EPNet(slot_widths, dim * (1 + len(self.domain_fields)), config.gate_hidden,
-                           config.epnet_gate == "field", config.gamma)
-        self.ppnet = PPNetTowers(general_width + layout.num_dense, config.hidden, layout.num_tasks,
-                                 dim * len(self.prior_fields), general_width, config.gate_hidden, config.gamma,
-                                 config.dropout)
+        self.epnet = EPNet(
+            slot_widths,
+            dim * (1 + len(self.domain_fields)),
+            config.gate_hidden,
+            config.epnet_gate == "field",
+            config.gamma,
+        )
+        self.ppnet = PPNetTowers(
+            general_width + layout.num_dense,
+            config.hidden,
+            layout.num_tasks,
+            dim * len(self.prior_fields),
+            general_width,
+            config.gate_hidden,
+            config.gamma,
+            config.dropout,
+        )
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         fields = features.fields
         general = torch.cat([fields.flatten(1), *self.pooling(features.sequences)], dim=1)
-        domain_side = torch.cat([self.domain_embedding(features.domain),
-                                 fields[:, self.domain_fields].flatten(1)], dim=1)
+        domain_side = torch.cat(
+            [self.domain_embedding(features.domain), fields[:, self.domain_fields].flatten(1)], dim=1
+        )
         personalised, _ = self.epnet(general, domain_side)
         prior = fields[:, self.prior_fields].flatten(1)
         return self.ppnet(torch.cat([personalised, features.dense], dim=1), prior, personalised)

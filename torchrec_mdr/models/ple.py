@@ -39,10 +39,12 @@ class PLEConfig:
     num_levels: int = field(default=2, metadata=bounds(ge=1, help="stacked CGC levels (1 = CGC)"))
     num_shared_experts: int = field(default=1, metadata=bounds(ge=0, help="shared experts per level"))
     num_specific_experts: int = field(default=1, metadata=bounds(ge=0, help="experts per domain per level"))
-    expert_hidden: list[int] = field(default_factory=lambda: [256],
-                                     metadata=bounds(ge=1, help="widths of each expert MLP (every level)"))
-    tower_hidden: list[int] = field(default_factory=lambda: [64],
-                                    metadata=bounds(ge=1, help="hidden widths of each domain's tower"))
+    expert_hidden: list[int] = field(
+        default_factory=lambda: [256], metadata=bounds(ge=1, help="widths of each expert MLP (every level)")
+    )
+    tower_hidden: list[int] = field(
+        default_factory=lambda: [64], metadata=bounds(ge=1, help="hidden widths of each domain's tower")
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
 
@@ -57,24 +59,35 @@ class CGCLevel(nn.Module):
     weights are ``[own specific..., shared...]``.
     """
 
-    def __init__(self, in_features: int, hidden: list[int], num_domains: int, num_specific: int, num_shared: int,
-                 shared_gate: bool, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden: list[int],
+        num_domains: int,
+        num_specific: int,
+        num_shared: int,
+        shared_gate: bool,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.num_domains, self.num_specific, self.num_shared = num_domains, num_specific, num_shared
-        self.specific = (StackedMLP(num_domains * num_specific, in_features, hidden, dropout=dropout)
-                         if num_specific else None)
+        self.specific = (
+            StackedMLP(num_domains * num_specific, in_features, hidden, dropout=dropout) if num_specific else None
+        )
         self.shared = StackedMLP(num_shared, in_features, hidden, dropout=dropout) if num_shared else None
         self.domain_gates = StackedLinear(num_domains, in_features, num_specific + num_shared, bias=False)
-        self.shared_gate = (StackedLinear(1, in_features, num_domains * num_specific + num_shared, bias=False)
-                            if shared_gate else None)
+        self.shared_gate = (
+            StackedLinear(1, in_features, num_domains * num_specific + num_shared, bias=False) if shared_gate else None
+        )
         self.out_features = hidden[-1]
 
     def domain_gate_weights(self, domain_inputs: torch.Tensor) -> torch.Tensor:
         """[B, K, in] -> softmax weights [B, K, num_specific + num_shared] (own specific, then shared)."""
         return torch.softmax(self.domain_gates(domain_inputs), dim=-1)
 
-    def forward(self, domain_inputs: torch.Tensor,
-                shared_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, domain_inputs: torch.Tensor, shared_input: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, num_domains = domain_inputs.shape[0], self.num_domains
         experts = []  # per domain: [B, K, n, H]
         all_experts = []  # for the shared gate: [B, n, H]
@@ -107,16 +120,26 @@ class PLEArch(nn.Module):
         if not config.expert_hidden:
             raise ConfigError("model.ple.expert_hidden: needs at least one layer width (an expert is an MLP)")
         if config.num_specific_experts + config.num_shared_experts == 0:
-            raise ConfigError("model.ple: num_specific_experts + num_shared_experts must be at least 1 "
-                              "(a domain gate needs an expert to weigh)")
+            raise ConfigError(
+                "model.ple: num_specific_experts + num_shared_experts must be at least 1 "
+                "(a domain gate needs an expert to weigh)"
+            )
         self.input = FlatInput(layout)
         self.num_domains = layout.num_domains
         width = self.input.width
         levels = []
         for level in range(config.num_levels):
-            levels.append(CGCLevel(width, config.expert_hidden, layout.num_domains, config.num_specific_experts,
-                                   config.num_shared_experts, shared_gate=level < config.num_levels - 1,
-                                   dropout=config.dropout))
+            levels.append(
+                CGCLevel(
+                    width,
+                    config.expert_hidden,
+                    layout.num_domains,
+                    config.num_specific_experts,
+                    config.num_shared_experts,
+                    shared_gate=level < config.num_levels - 1,
+                    dropout=config.dropout,
+                )
+            )
             width = levels[-1].out_features
         self.levels = nn.ModuleList(levels)
         self.towers = DomainTowers(width, config.tower_hidden, layout.num_domains, layout.num_tasks, config.dropout)

@@ -36,8 +36,9 @@ class DenseArch(nn.Module):
         self.model = build_dense_arch(layout, config)
         self.mixed_precision = mixed_precision  # bf16 autocast on CUDA; logits come back as float32
 
-    def forward(self, pooled: KeyedTensor | None, unpooled: dict[str, JaggedTensor], dense: torch.Tensor,
-                domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pooled: KeyedTensor | None, unpooled: dict[str, JaggedTensor], dense: torch.Tensor, domain: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         features = embed_features(self.layout, pooled, unpooled, dense, domain)
         if self.mixed_precision and dense.device.type == "cuda":  # without it, fx-traceable (no autocast)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
@@ -65,19 +66,38 @@ class RankingModel(nn.Module):
             as the model's registry entry says (``sequence_positions``). Attention models need positions.
     """
 
-    def __init__(self, spec: DatasetSpec, config: ModelConfig, sparse_device: torch.device | None = None,
-                 dense_device: torch.device | None = None, eviction: "EvictionConfig | None" = None,
-                 mc_buckets: int = 1, mixed_precision: bool = False, planning_only: bool = False,
-                 pooled_sequences: bool | None = None) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        config: ModelConfig,
+        sparse_device: torch.device | None = None,
+        dense_device: torch.device | None = None,
+        eviction: "EvictionConfig | None" = None,
+        mc_buckets: int = 1,
+        mixed_precision: bool = False,
+        planning_only: bool = False,
+        pooled_sequences: bool | None = None,
+    ) -> None:
         super().__init__()
         entry = MODELS[config.name]
-        pool = (not entry.needs_positions(getattr(config, entry.config_field)) if pooled_sequences is None
-                else pooled_sequences)
+        pool = (
+            not entry.needs_positions(getattr(config, entry.config_field))
+            if pooled_sequences is None
+            else pooled_sequences
+        )
         tables = pooled_sequence_tables(spec, eviction, pool)
-        self.sparse_arch = SparseArch(spec, config.embedding_dim, device=sparse_device, eviction=eviction,
-                                      mc_buckets=mc_buckets, planning_only=planning_only, pooled_sequences=tables)
-        self.dense_arch = DenseArch(FeatureLayout.from_spec(spec, config.embedding_dim, tables), config,
-                                    mixed_precision).to(dense_device)
+        self.sparse_arch = SparseArch(
+            spec,
+            config.embedding_dim,
+            device=sparse_device,
+            eviction=eviction,
+            mc_buckets=mc_buckets,
+            planning_only=planning_only,
+            pooled_sequences=tables,
+        )
+        self.dense_arch = DenseArch(
+            FeatureLayout.from_spec(spec, config.embedding_dim, tables), config, mixed_precision
+        ).to(dense_device)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, unpooled = self.sparse_arch(batch.sparse_features, batch.sequence_features)
@@ -116,5 +136,6 @@ class TrainModel(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, RankingOutput]:
         logits, auxiliary_loss = self.model(batch)
         loss = self.loss_fn(logits, batch.labels) + auxiliary_loss
-        return loss, RankingOutput(loss.detach(), logits.detach(), batch.labels, batch.domain, batch.group_ids,
-                                   batch.session_ids)
+        return loss, RankingOutput(
+            loss.detach(), logits.detach(), batch.labels, batch.domain, batch.group_ids, batch.session_ids
+        )

@@ -82,59 +82,145 @@ def _with_dfub(options: Any) -> bool:
     return bool(options.use_dfub)
 
 
-MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (
-    ModelEntry("dnn", DNNArch, DNNConfig, "shared MLP over all embeddings (BaseDNN)",
-               sequence_positions=False),
-    ModelEntry("din", DINArch, DINConfig, "DIN target attention over the behaviour sequences"),
-    ModelEntry("mha", MHAArch, MHAConfig, "multi-head target attention over the behaviour sequences"),
-    ModelEntry("can", CANArch, CANConfig, "CAN: candidate-parameterised micro-MLP over each behaviour"),
-    ModelEntry("ads", ADSArch, ADSConfig, "ADS: PSRG + PCRG domain-personalised target attention (din/mha/can)"),
-    ModelEntry("adin", ADINArch, ADINConfig, "ADIN: SE domain interest, shared + domain nets with DSBN, "
-                                             "self-training"),
-    ModelEntry("sfpnet", SFPNetArch, SFPNetConfig, "SFPNet: scenario-tailoring blocks (SAM + RTM), DIN, S-DNN"),
-    ModelEntry("shared_bottom", SharedBottomArch, SharedBottomConfig,
-               "Shared-Bottom: shared MLP, one tower per domain",
-               sequence_positions=False),
-    ModelEntry("mmoe", MMoEArch, MMoEConfig, "MMoE: shared experts, one softmax gate and tower per domain",
-               sequence_positions=False),
-    ModelEntry("ple", PLEArch, PLEConfig, "PLE: stacked CGC levels (shared + domain experts), towers per domain",
-               sequence_positions=False),
-    ModelEntry("star", STARArch, STARConfig, "STAR: partitioned norm, star-topology FCN (shared ⊙ domain), aux net",
-               sequence_positions=False),
-    ModelEntry("pepnet", PEPNetArch, PEPNetConfig, "PEPNet: EPNet domain gates on embeddings, PPNet user gates "
-                                                   "on towers (model.pepnet.backbone: on DIN / MHA / CAN)",
-               sequence_positions=_unless_mean_backbone),
-    ModelEntry("deepfm", DeepFMArch, DeepFMConfig, "DeepFM: FM (first + second order) and a DNN over the same fields",
-               sequence_positions=False),
-    ModelEntry("maria", MARIAArch, MARIAConfig, "MARIA: scenario feature scaling, refiner selection per field, field "
-                                                "correlations, MoE, scenario towers + coupling-gated extra tower "
-                                                "(model.maria.backbone: din / mha / can / mean)",
-               sequence_positions=_unless_mean_backbone),
-    ModelEntry("apg", APGArch, APGConfig, "APG: hidden layers with weights U S_i V, S_i generated from the domain",
-               sequence_positions=_unless_mean_backbone),
-    ModelEntry("dcnv2", DCNv2Arch, DCNv2Config, "DCN-V2: full / low-rank / mixture cross layers and a DNN, stacked "
-                                                "or parallel", sequence_positions=False),
-    ModelEntry("frnet", FRNetArch, FRNetConfig, "FRNet: fields refined by two IEUs and a complementary selection "
-                                                "gate, then a DNN (model.frnet.backbone: on DIN / MHA / CAN)",
-               sequence_positions=_unless_mean_backbone),
-    ModelEntry("m2m", M2MArch, M2MConfig, "M2M: experts, scenario-generated meta attention and residual meta "
-                                          "towers per task", sequence_positions=_unless_mean_backbone),
-    ModelEntry("aesm2", AESM2Arch, AESM2Config, "AESM2: multi-task over multi-scenario expert layers, KL-based "
-                                                "selection of specific and shared experts per row",
-               sequence_positions=False),
-    ModelEntry("adasparse", AdaSparseArch, AdaSparseConfig, "AdaSparse: DNN whose neurons are weighted by "
-                                                             "domain-aware pruners, sparsity regularisation",
-               sequence_positions=False),
-    ModelEntry("masknet", MaskNetArch, MaskNetConfig, "MaskNet: MaskBlocks (instance-guided mask, LN, feed-forward), "
-                                                      "serial or parallel", sequence_positions=False),
-    ModelEntry("dffm", DFFMArch, DFFMConfig, "DFFM: domain-generated micro-MLP in the field inner products (DFFI), "
-                                             "target- and domain-parameterised behaviour self-attention (DFUB)",
-               sequence_positions=_with_dfub),
-    ModelEntry("dlrm", DLRMArch, DLRMConfig, "DLRM: dense arch, pairwise-dot interaction, over arch",
-               sequence_positions=False),
-    ModelEntry("dlrm_dcn", DLRMDCNArch, DLRMDCNConfig, "DLRM-DCNv2: low-rank cross layers as the interaction",
-               sequence_positions=False),
-)}
+MODELS: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in (
+        ModelEntry("dnn", DNNArch, DNNConfig, "shared MLP over all embeddings (BaseDNN)", sequence_positions=False),
+        ModelEntry("din", DINArch, DINConfig, "DIN target attention over the behaviour sequences"),
+        ModelEntry("mha", MHAArch, MHAConfig, "multi-head target attention over the behaviour sequences"),
+        ModelEntry("can", CANArch, CANConfig, "CAN: candidate-parameterised micro-MLP over each behaviour"),
+        ModelEntry("ads", ADSArch, ADSConfig, "ADS: PSRG + PCRG domain-personalised target attention (din/mha/can)"),
+        ModelEntry(
+            "adin", ADINArch, ADINConfig, "ADIN: SE domain interest, shared + domain nets with DSBN, self-training"
+        ),
+        ModelEntry("sfpnet", SFPNetArch, SFPNetConfig, "SFPNet: scenario-tailoring blocks (SAM + RTM), DIN, S-DNN"),
+        ModelEntry(
+            "shared_bottom",
+            SharedBottomArch,
+            SharedBottomConfig,
+            "Shared-Bottom: shared MLP, one tower per domain",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "mmoe",
+            MMoEArch,
+            MMoEConfig,
+            "MMoE: shared experts, one softmax gate and tower per domain",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "ple",
+            PLEArch,
+            PLEConfig,
+            "PLE: stacked CGC levels (shared + domain experts), towers per domain",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "star",
+            STARArch,
+            STARConfig,
+            "STAR: partitioned norm, star-topology FCN (shared ⊙ domain), aux net",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "pepnet",
+            PEPNetArch,
+            PEPNetConfig,
+            "PEPNet: EPNet domain gates on embeddings, PPNet user gates "
+            "on towers (model.pepnet.backbone: on DIN / MHA / CAN)",
+            sequence_positions=_unless_mean_backbone,
+        ),
+        ModelEntry(
+            "deepfm",
+            DeepFMArch,
+            DeepFMConfig,
+            "DeepFM: FM (first + second order) and a DNN over the same fields",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "maria",
+            MARIAArch,
+            MARIAConfig,
+            "MARIA: scenario feature scaling, refiner selection per field, field "
+            "correlations, MoE, scenario towers + coupling-gated extra tower "
+            "(model.maria.backbone: din / mha / can / mean)",
+            sequence_positions=_unless_mean_backbone,
+        ),
+        ModelEntry(
+            "apg",
+            APGArch,
+            APGConfig,
+            "APG: hidden layers with weights U S_i V, S_i generated from the domain",
+            sequence_positions=_unless_mean_backbone,
+        ),
+        ModelEntry(
+            "dcnv2",
+            DCNv2Arch,
+            DCNv2Config,
+            "DCN-V2: full / low-rank / mixture cross layers and a DNN, stacked or parallel",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "frnet",
+            FRNetArch,
+            FRNetConfig,
+            "FRNet: fields refined by two IEUs and a complementary selection "
+            "gate, then a DNN (model.frnet.backbone: on DIN / MHA / CAN)",
+            sequence_positions=_unless_mean_backbone,
+        ),
+        ModelEntry(
+            "m2m",
+            M2MArch,
+            M2MConfig,
+            "M2M: experts, scenario-generated meta attention and residual meta towers per task",
+            sequence_positions=_unless_mean_backbone,
+        ),
+        ModelEntry(
+            "aesm2",
+            AESM2Arch,
+            AESM2Config,
+            "AESM2: multi-task over multi-scenario expert layers, KL-based "
+            "selection of specific and shared experts per row",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "adasparse",
+            AdaSparseArch,
+            AdaSparseConfig,
+            "AdaSparse: DNN whose neurons are weighted by domain-aware pruners, sparsity regularisation",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "masknet",
+            MaskNetArch,
+            MaskNetConfig,
+            "MaskNet: MaskBlocks (instance-guided mask, LN, feed-forward), serial or parallel",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "dffm",
+            DFFMArch,
+            DFFMConfig,
+            "DFFM: domain-generated micro-MLP in the field inner products (DFFI), "
+            "target- and domain-parameterised behaviour self-attention (DFUB)",
+            sequence_positions=_with_dfub,
+        ),
+        ModelEntry(
+            "dlrm",
+            DLRMArch,
+            DLRMConfig,
+            "DLRM: dense arch, pairwise-dot interaction, over arch",
+            sequence_positions=False,
+        ),
+        ModelEntry(
+            "dlrm_dcn",
+            DLRMDCNArch,
+            DLRMDCNConfig,
+            "DLRM-DCNv2: low-rank cross layers as the interaction",
+            sequence_positions=False,
+        ),
+    )
+}
 
 
 def _validate(self: Any) -> None:
@@ -143,6 +229,7 @@ def _validate(self: Any) -> None:
 
 
 if TYPE_CHECKING:
+
     @dataclass
     class ModelConfig:
         """What a type checker sees of the dataclass :func:`~dataclasses.make_dataclass` builds below:
@@ -157,12 +244,16 @@ if TYPE_CHECKING:
 else:
     ModelConfig = make_dataclass(
         "ModelConfig",
-        [("name", str, field(default="din", metadata=doc(f"registered model: {', '.join(MODELS)}"))),
-         ("embedding_dim", int, field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))),
-         *((entry.name, entry.config, field(default_factory=entry.config)) for entry in MODELS.values())],
-        namespace={"validate": _validate,
-                   "__doc__": "``model.*``: the chosen model, the embedding dimension and every registered model's "
-                              "options (``model.<name>.*``, one field per :data:`MODELS` entry)."},
+        [
+            ("name", str, field(default="din", metadata=doc(f"registered model: {', '.join(MODELS)}"))),
+            ("embedding_dim", int, field(default=16, metadata=bounds(ge=1, help="embedding dimension of every table"))),
+            *((entry.name, entry.config, field(default_factory=entry.config)) for entry in MODELS.values()),
+        ],
+        namespace={
+            "validate": _validate,
+            "__doc__": "``model.*``: the chosen model, the embedding dimension and every registered model's "
+            "options (``model.<name>.*``, one field per :data:`MODELS` entry).",
+        },
     )
     ModelConfig.__module__ = __name__  # pickled and printed as torchrec_mdr.models.registry.ModelConfig
 

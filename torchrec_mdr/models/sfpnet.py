@@ -51,32 +51,54 @@ from torchrec_mdr.models.sfpnet_blocks import ScenarioAwareDNN, ScenarioTailorin
 
 @dataclass
 class SFPNetConfig:
-    num_blocks: int = field(default=3, metadata=bounds(
-        ge=0, help="stacked Scenario-Tailoring Blocks L (paper: 3 industrial, 2 Ali-CCP); 0 = w/o STB"))
+    num_blocks: int = field(
+        default=3,
+        metadata=bounds(ge=0, help="stacked Scenario-Tailoring Blocks L (paper: 3 industrial, 2 Ali-CCP); 0 = w/o STB"),
+    )
     sam_hidden: int = field(default=64, metadata=bounds(ge=1, help="hidden width of the SAM gate (W0, eq 3)"))
-    context_hidden: int = field(default=128, metadata=bounds(
-        ge=1, help="hidden width of the RTM aggregation MLP (W2, eq 5)"))
-    distribution_aware_pooling: bool = field(default=True, metadata=doc(
-        "pool sequences by mean ⊕ std (eq 2); false = mean only (w/o DAP)"))
+    context_hidden: int = field(
+        default=128, metadata=bounds(ge=1, help="hidden width of the RTM aggregation MLP (W2, eq 5)")
+    )
+    distribution_aware_pooling: bool = field(
+        default=True, metadata=doc("pool sequences by mean ⊕ std (eq 2); false = mean only (w/o DAP)")
+    )
     use_sam: bool = field(default=True, metadata=doc("Scenario-Adaptive Module gate (eqs 3-4); false = w/o SAM"))
     use_rtm: bool = field(default=True, metadata=doc("Residual-Tailoring Module (eqs 5-7); false = w/o RTM"))
-    scenario_aware_dnn: bool = field(default=True, metadata=doc(
-        "gate every DNN layer with the scenario (eqs 10-11); false = plain DNN (w/o S-DNN)"))
-    scenario_features: list[str] = field(default_factory=list, metadata=doc(
-        "id features whose embeddings join the domain-id embedding in the scenario vector s_m"))
-    attention_hidden: list[int] = field(default_factory=lambda: [64, 32],
-                                        metadata=bounds(ge=1, help="DIN attention MLP widths"))
-    hidden: list[int] = field(default_factory=lambda: [256, 128, 64],
-                              metadata=bounds(ge=1, help="DNN widths (paper: [256, 128, 64])"))
-    dnn_gate_hidden: int = field(default=64, metadata=bounds(
-        ge=1, help="hidden width of each S-DNN layer's gate (W5, eq 10)"))
-    dnn_gate_scale: float = field(default=1.0, metadata=bounds(
-        gt=0, help="γ of every S-DNN gate, A = γ·σ(·) (eq 10; paper: 1, gates ≈ ½ at init; 2 = PEPNet's)"))
-    dnn_gate_stop_gradient: bool = field(default=False, metadata=doc(
-        "the S-DNN gates read s_m with its scenario features' embeddings detached (PEPNet's stop-gradient on "
-        "the embedding part of a gate's input): the gates cannot move the shared field embeddings"))
-    gate_output_layer: bool = field(default=True, metadata=doc(
-        "gate the S-DNN output layer like the hidden ones (eqs 10-11); false = a plain linear output layer"))
+    scenario_aware_dnn: bool = field(
+        default=True, metadata=doc("gate every DNN layer with the scenario (eqs 10-11); false = plain DNN (w/o S-DNN)")
+    )
+    scenario_features: list[str] = field(
+        default_factory=list,
+        metadata=doc("id features whose embeddings join the domain-id embedding in the scenario vector s_m"),
+    )
+    attention_hidden: list[int] = field(
+        default_factory=lambda: [64, 32], metadata=bounds(ge=1, help="DIN attention MLP widths")
+    )
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="DNN widths (paper: [256, 128, 64])")
+    )
+    dnn_gate_hidden: int = field(
+        default=64, metadata=bounds(ge=1, help="hidden width of each S-DNN layer's gate (W5, eq 10)")
+    )
+    dnn_gate_scale: float = field(
+        default=1.0,
+        metadata=bounds(
+            gt=0, help="γ of every S-DNN gate, A = γ·σ(·) (eq 10; paper: 1, gates ≈ ½ at init; 2 = PEPNet's)"
+        ),
+    )
+    dnn_gate_stop_gradient: bool = field(
+        default=False,
+        metadata=doc(
+            "the S-DNN gates read s_m with its scenario features' embeddings detached (PEPNet's stop-gradient on "
+            "the embedding part of a gate's input): the gates cannot move the shared field embeddings"
+        ),
+    )
+    gate_output_layer: bool = field(
+        default=True,
+        metadata=doc(
+            "gate the S-DNN output layer like the hidden ones (eqs 10-11); false = a plain linear output layer"
+        ),
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden DNN layer"))
 
     def validate(self) -> None:
@@ -95,11 +117,14 @@ class SFPNetConfig:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: {self.dropout!r} is out of range (must be >= 0 and < 1)")
         if self.dnn_gate_stop_gradient and not (self.scenario_aware_dnn and self.scenario_features):
-            raise ConfigError("dnn_gate_stop_gradient: needs the S-DNN (scenario_aware_dnn) and at least one of "
-                              "scenario_features (without them no gate reads a field embedding)")
+            raise ConfigError(
+                "dnn_gate_stop_gradient: needs the S-DNN (scenario_aware_dnn) and at least one of "
+                "scenario_features (without them no gate reads a field embedding)"
+            )
         if self.num_blocks > 0 and not (self.use_sam or self.use_rtm):
-            raise ConfigError("use_sam, use_rtm: both false, a block would do nothing; "
-                              "set num_blocks = 0 for the w/o STB ablation")
+            raise ConfigError(
+                "use_sam, use_rtm: both false, a block would do nothing; set num_blocks = 0 for the w/o STB ablation"
+            )
 
 
 class SFPNetArch(nn.Module):
@@ -115,28 +140,43 @@ class SFPNetArch(nn.Module):
             config.validate()
         except ConfigError as error:
             raise ConfigError(f"model.sfpnet.{error}") from None
-        self.scenario_index = layout.field_indices(config.scenario_features, "model.sfpnet.scenario_features",
-                                                   unique=True)
+        self.scenario_index = layout.field_indices(
+            config.scenario_features, "model.sfpnet.scenario_features", unique=True
+        )
         self.candidate_index = [layout.field_indices(s.candidate_fields, "candidate_fields") for s in layout.sequences]
         dim, num_fields = layout.embedding_dim, len(layout.fields)
         widths = [layout.sequence_width(s) for s in layout.sequences]
         scenario_width = dim * (1 + len(self.scenario_index))
         self.domain_embedding = nn.Embedding(layout.num_domains, dim)
         self.blocks = nn.ModuleList(
-            ScenarioTailoringBlock(num_fields, dim, widths, scenario_width, use_sam=config.use_sam,
-                                   use_rtm=config.use_rtm, with_std=config.distribution_aware_pooling,
-                                   sam_hidden=config.sam_hidden, context_hidden=config.context_hidden)
-            for _ in range(config.num_blocks))
+            ScenarioTailoringBlock(
+                num_fields,
+                dim,
+                widths,
+                scenario_width,
+                use_sam=config.use_sam,
+                use_rtm=config.use_rtm,
+                with_std=config.distribution_aware_pooling,
+                sam_hidden=config.sam_hidden,
+                context_hidden=config.context_hidden,
+            )
+            for _ in range(config.num_blocks)
+        )
         self.pooling = SequencePooling.of(layout, AttentionOptions("din", din_hidden=config.attention_hidden))
         width = num_fields * dim + self.pooling.out_features + layout.num_dense  # H¹
         if config.scenario_aware_dnn:
-            self.dnn: nn.Module = ScenarioAwareDNN(width, config.hidden, layout.num_tasks, scenario_width,
-                                                   config.dnn_gate_hidden, config.dropout,
-                                                   gate_scale=config.dnn_gate_scale,
-                                                   gate_output=config.gate_output_layer)
+            self.dnn: nn.Module = ScenarioAwareDNN(
+                width,
+                config.hidden,
+                layout.num_tasks,
+                scenario_width,
+                config.dnn_gate_hidden,
+                config.dropout,
+                gate_scale=config.dnn_gate_scale,
+                gate_output=config.gate_output_layer,
+            )
         else:
-            self.dnn = MLP(width + scenario_width, config.hidden, out_features=layout.num_tasks,
-                           dropout=config.dropout)
+            self.dnn = MLP(width + scenario_width, config.hidden, out_features=layout.num_tasks, dropout=config.dropout)
         self.scenario_aware_dnn = config.scenario_aware_dnn
         self.dnn_gate_stop_gradient = config.dnn_gate_stop_gradient
 
@@ -144,12 +184,12 @@ class SFPNetArch(nn.Module):
         """s_m: [B, d·(1 + len(scenario_features))]; ``detach_fields``: the listed features' embeddings
         without their gradient (the domain-id embedding keeps it)."""
         parts = [self.domain_embedding(features.domain)]
-        parts += [features.fields[:, i].detach() if detach_fields else features.fields[:, i]
-                  for i in self.scenario_index]
+        parts += [
+            features.fields[:, i].detach() if detach_fields else features.fields[:, i] for i in self.scenario_index
+        ]
         return torch.cat(parts, dim=-1)
 
-    def tailor(self, features: EmbeddedFeatures,
-               scenario: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def tailor(self, features: EmbeddedFeatures, scenario: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The stacked blocks: fields [B, n, d] and behaviours [B, L_g, d_g] after block L."""
         fields = features.fields
         behaviours = [s.keys for s in features.sequences]
@@ -166,8 +206,10 @@ class SFPNetArch(nn.Module):
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         scenario = self.scenario(features)
         fields, behaviours = self.tailor(features, scenario)
-        tailored = [EmbeddedSequence(keys, sequence.mask, self.candidate(fields, index))
-                    for sequence, keys, index in zip(features.sequences, behaviours, self.candidate_index)]
+        tailored = [
+            EmbeddedSequence(keys, sequence.mask, self.candidate(fields, index))
+            for sequence, keys, index in zip(features.sequences, behaviours, self.candidate_index)
+        ]
         parts = [fields.flatten(1), *self.pooling(tailored), features.dense.to(fields.dtype)]  # eq 8
         h = torch.cat(parts, dim=-1)  # H¹ (eq 9)
         if self.scenario_aware_dnn:

@@ -90,7 +90,7 @@ class ScenarioAdaptiveModule(nn.Module):
 
     def forward(self, flat: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
         gate = self.gate(torch.cat([flat, scenario], dim=-1))  # eq 3
-        return flat[:, :self.gated_width] * gate  # eq 4
+        return flat[:, : self.gated_width] * gate  # eq 4
 
 
 class PerFieldLinear(nn.Module):
@@ -136,8 +136,7 @@ class ResidualTailoringModule(nn.Module):
     -> fields [B, n, d], behaviours [B, L_g, d_g].
     """
 
-    def __init__(self, num_fields: int, dim: int, behaviour_widths: list[int], in_width: int,
-                 hidden: int) -> None:
+    def __init__(self, num_fields: int, dim: int, behaviour_widths: list[int], in_width: int, hidden: int) -> None:
         super().__init__()
         self.num_fields, self.dim = num_fields, dim
         self.behaviour_widths = list(behaviour_widths)
@@ -148,17 +147,19 @@ class ResidualTailoringModule(nn.Module):
         self.behaviour_transform = nn.ModuleList(nn.Linear(w, w) for w in behaviour_widths)  # W4
         self.behaviour_gate = nn.ModuleList(nn.Linear(w, w) for w in behaviour_widths)  # W5
 
-    def forward(self, gated: torch.Tensor, behaviours: list[torch.Tensor],
-                masks: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, gated: torch.Tensor, behaviours: list[torch.Tensor], masks: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         batch, field_width = gated.shape[0], self.num_fields * self.dim
         context = self.aggregate(gated)  # eq 5
         field_context = context[:, :field_width].reshape(batch, self.num_fields, self.dim)
         x_hat = gated[:, :field_width].reshape(batch, self.num_fields, self.dim)
         fields = torch.relu(self.field_transform(x_hat)) + torch.sigmoid(self.field_gate(x_hat)) * field_context
         tailored, offset = [], field_width
-        for v, mask, width, transform, gate in zip(behaviours, masks, self.behaviour_widths,
-                                                   self.behaviour_transform, self.behaviour_gate):
-            c_g = context[:, offset:offset + width].unsqueeze(1)  # [B, 1, d_g], shared by every behaviour
+        for v, mask, width, transform, gate in zip(
+            behaviours, masks, self.behaviour_widths, self.behaviour_transform, self.behaviour_gate
+        ):
+            c_g = context[:, offset : offset + width].unsqueeze(1)  # [B, 1, d_g], shared by every behaviour
             offset += width
             recoded = torch.relu(transform(v)) + torch.sigmoid(gate(v)) * c_g  # eq 7
             tailored.append(torch.where(mask.unsqueeze(-1), recoded, torch.zeros_like(recoded)))
@@ -176,8 +177,19 @@ class ScenarioTailoringBlock(nn.Module):
     -> fields [B, n, d], behaviours [B, L_g, d_g].
     """
 
-    def __init__(self, num_fields: int, dim: int, behaviour_widths: list[int], scenario_width: int, *,
-                 use_sam: bool, use_rtm: bool, with_std: bool, sam_hidden: int, context_hidden: int) -> None:
+    def __init__(
+        self,
+        num_fields: int,
+        dim: int,
+        behaviour_widths: list[int],
+        scenario_width: int,
+        *,
+        use_sam: bool,
+        use_rtm: bool,
+        with_std: bool,
+        sam_hidden: int,
+        context_hidden: int,
+    ) -> None:
         super().__init__()
         if not (use_sam or use_rtm):
             raise ValueError("a Scenario-Tailoring Block needs the SAM or the RTM")
@@ -185,13 +197,14 @@ class ScenarioTailoringBlock(nn.Module):
         pooled_width = sum((2 if with_std else 1) * w for w in behaviour_widths)
         flat_width = num_fields * dim + pooled_width
         gated_width = flat_width if use_rtm else num_fields * dim
-        self.sam = (ScenarioAdaptiveModule(flat_width, scenario_width, sam_hidden, gated_width)
-                    if use_sam else None)
-        self.rtm = (ResidualTailoringModule(num_fields, dim, behaviour_widths, flat_width, context_hidden)
-                    if use_rtm else None)
+        self.sam = ScenarioAdaptiveModule(flat_width, scenario_width, sam_hidden, gated_width) if use_sam else None
+        self.rtm = (
+            ResidualTailoringModule(num_fields, dim, behaviour_widths, flat_width, context_hidden) if use_rtm else None
+        )
 
-    def forward(self, fields: torch.Tensor, behaviours: list[torch.Tensor], masks: list[torch.Tensor],
-                scenario: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, fields: torch.Tensor, behaviours: list[torch.Tensor], masks: list[torch.Tensor], scenario: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         pooled = [distribution_aware_pooling(v, m, self.with_std) for v, m in zip(behaviours, masks)]
         flat = torch.cat([fields.flatten(1), *pooled], dim=-1)
         gated = self.sam(flat, scenario) if self.sam is not None else flat
@@ -208,8 +221,16 @@ class ScenarioAwareLayer(nn.Module):
     Shapes: H [B, in_width], scenario [B, d_s] -> [B, out_width].
     """
 
-    def __init__(self, in_width: int, out_width: int, scenario_width: int, gate_hidden: int,
-                 activation: bool, dropout: float, gate_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        in_width: int,
+        out_width: int,
+        scenario_width: int,
+        gate_hidden: int,
+        activation: bool,
+        dropout: float,
+        gate_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         self.gate = ScenarioGate(in_width + scenario_width, gate_hidden, in_width, gate_scale)  # eq 10
         self.linear = nn.Linear(in_width, out_width)  # W7, b7
@@ -233,19 +254,39 @@ class ScenarioAwareDNN(nn.Module):
     Shapes: H¹ [B, in_width], scenario [B, d_s] -> logits [B, num_tasks].
     """
 
-    def __init__(self, in_width: int, hidden: list[int], num_tasks: int, scenario_width: int,
-                 gate_hidden: int, dropout: float, gate_scale: float = 1.0, gate_output: bool = True) -> None:
+    def __init__(
+        self,
+        in_width: int,
+        hidden: list[int],
+        num_tasks: int,
+        scenario_width: int,
+        gate_hidden: int,
+        dropout: float,
+        gate_scale: float = 1.0,
+        gate_output: bool = True,
+    ) -> None:
         super().__init__()
         widths = [in_width, *hidden]
         self.layers = nn.ModuleList(
-            ScenarioAwareLayer(a, b, scenario_width, gate_hidden, activation=True, dropout=dropout,
-                               gate_scale=gate_scale)
-            for a, b in zip(widths[:-1], widths[1:]))
+            ScenarioAwareLayer(
+                a, b, scenario_width, gate_hidden, activation=True, dropout=dropout, gate_scale=gate_scale
+            )
+            for a, b in zip(widths[:-1], widths[1:])
+        )
         # The gated output layer stays the last of ``layers`` (the parameter names of the default).
         self.output: nn.Linear | None = None
         if gate_output:
-            self.layers.append(ScenarioAwareLayer(widths[-1], num_tasks, scenario_width, gate_hidden,
-                                                  activation=False, dropout=0.0, gate_scale=gate_scale))
+            self.layers.append(
+                ScenarioAwareLayer(
+                    widths[-1],
+                    num_tasks,
+                    scenario_width,
+                    gate_hidden,
+                    activation=False,
+                    dropout=0.0,
+                    gate_scale=gate_scale,
+                )
+            )
         else:
             self.output = nn.Linear(widths[-1], num_tasks)
 

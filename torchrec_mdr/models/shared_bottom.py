@@ -23,10 +23,12 @@ from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 @dataclass
 class SharedBottomConfig:
-    bottom_hidden: list[int] = field(default_factory=lambda: [256, 128],
-                                     metadata=bounds(ge=1, help="shared bottom MLP widths"))
-    tower_hidden: list[int] = field(default_factory=lambda: [64],
-                                    metadata=bounds(ge=1, help="hidden widths of each domain's tower"))
+    bottom_hidden: list[int] = field(
+        default_factory=lambda: [256, 128], metadata=bounds(ge=1, help="shared bottom MLP widths")
+    )
+    tower_hidden: list[int] = field(
+        default_factory=lambda: [64], metadata=bounds(ge=1, help="hidden widths of each domain's tower")
+    )
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
 
@@ -40,8 +42,9 @@ class SharedBottomArch(nn.Module):
         super().__init__()
         self.input = FlatInput(layout)
         self.bottom = MLP(self.input.width, config.bottom_hidden, dropout=config.dropout)
-        self.towers = DomainTowers(self.bottom.out_features, config.tower_hidden, layout.num_domains,
-                                   layout.num_tasks, config.dropout)
+        self.towers = DomainTowers(
+            self.bottom.out_features, config.tower_hidden, layout.num_domains, layout.num_tasks, config.dropout
+        )
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         return self.towers(self.bottom(self.input(features)), features.domain)

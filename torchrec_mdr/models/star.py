@@ -39,10 +39,12 @@ from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 
 @dataclass
 class STARConfig:
-    hidden: list[int] = field(default_factory=lambda: [256, 128, 64],
-                              metadata=bounds(ge=1, help="hidden widths of the star-topology FCN"))
-    auxiliary_hidden: list[int] = field(default_factory=lambda: [64],
-                                        metadata=bounds(ge=1, help="hidden widths of the auxiliary network"))
+    hidden: list[int] = field(
+        default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="hidden widths of the star-topology FCN")
+    )
+    auxiliary_hidden: list[int] = field(
+        default_factory=lambda: [64], metadata=bounds(ge=1, help="hidden widths of the auxiliary network")
+    )
     partitioned_norm: bool = field(default=True, metadata=doc("partitioned normalisation of the star input"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
 
@@ -75,8 +77,9 @@ class StarFCN(nn.Module):
     Shapes: x [B, in], domain [B] -> [B, out_features].
     """
 
-    def __init__(self, in_features: int, hidden: list[int], out_features: int, num_domains: int,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_features: int, hidden: list[int], out_features: int, num_domains: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         widths = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(StarLinear(a, b, num_domains) for a, b in zip(widths, widths[1:]))
@@ -101,8 +104,7 @@ class STARArch(nn.Module):
         super().__init__()
         self.input = FlatInput(layout)
         width = self.input.width
-        self.norm = (DomainBatchNorm(width, layout.num_domains, shared_affine=True)
-                     if config.partitioned_norm else None)
+        self.norm = DomainBatchNorm(width, layout.num_domains, shared_affine=True) if config.partitioned_norm else None
         self.star = StarFCN(width, config.hidden, layout.num_tasks, layout.num_domains, config.dropout)
         self.auxiliary = MLP(width, config.auxiliary_hidden, out_features=layout.num_tasks, dropout=config.dropout)
 

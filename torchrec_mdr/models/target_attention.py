@@ -33,8 +33,9 @@ class MHAConfig:
 
 @dataclass
 class CANConfig:
-    micro_hidden: list[int] = field(default_factory=lambda: [8, 4],
-                                    metadata=bounds(ge=1, help="co-action micro-MLP layer widths"))
+    micro_hidden: list[int] = field(
+        default_factory=lambda: [8, 4], metadata=bounds(ge=1, help="co-action micro-MLP layer widths")
+    )
     orders: int = field(default=1, metadata=bounds(ge=1, help="CAN multi-order enhancement: powers 1..orders"))
     hidden: list[int] = field(default_factory=lambda: [256, 128, 64], metadata=bounds(ge=1, help="MLP widths"))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1, help="dropout after each hidden layer"))
@@ -49,13 +50,13 @@ class TargetAttentionArch(nn.Module):
     Shapes: EmbeddedFeatures -> [B, num_tasks].
     """
 
-    def __init__(self, layout: FeatureLayout, attention: AttentionOptions, hidden: list[int],
-                 dropout: float) -> None:
+    def __init__(self, layout: FeatureLayout, attention: AttentionOptions, hidden: list[int], dropout: float) -> None:
         super().__init__()
         self.input = ContextInput(layout)
         self.pooling = SequencePooling.of(layout, attention)
-        self.mlp = MLP(self.input.width + self.pooling.out_features, hidden, out_features=layout.num_tasks,
-                       dropout=dropout)
+        self.mlp = MLP(
+            self.input.width + self.pooling.out_features, hidden, out_features=layout.num_tasks, dropout=dropout
+        )
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         return self.mlp(torch.cat([self.input(features), *self.pooling(features.sequences)], dim=1))

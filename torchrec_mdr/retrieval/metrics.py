@@ -53,8 +53,7 @@ class RetrievalResult:
         out["task"] = "retrieval"
         out.update({f"recall@{k}": v for k, v in self.recall.items()})
         out.update({f"hitrate@{k}": v for k, v in self.hitrate.items()})
-        out.update({"rows": self.rows, "users": self.users, "pool_size": self.pool_size,
-                    "per_domain": self.per_domain})
+        out.update({"rows": self.rows, "users": self.users, "pool_size": self.pool_size, "per_domain": self.per_domain})
         return out
 
 
@@ -65,14 +64,22 @@ class RetrievalBuffer:
         self.vectors: list[torch.Tensor] = []
         self.keys: list[torch.Tensor] = []
 
-    def add(self, user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor, positive: torch.Tensor,
-            domain: torch.Tensor, group: torch.Tensor) -> None:
+    def add(
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        item_ids: torch.Tensor,
+        positive: torch.Tensor,
+        domain: torch.Tensor,
+        group: torch.Tensor,
+    ) -> None:
         """Keep the rows with ``positive`` [B] bool of user, item [B, E] and item_ids, domain, group [B]."""
         self.vectors.append(torch.cat([user, item], dim=1)[positive].float().cpu())
         self.keys.append(torch.stack([item_ids.long(), domain.long(), group.long()], dim=1)[positive].cpu())
 
-    def gather(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor, torch.Tensor]:
+    def gather(
+        self, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(user [N, E], item [N, E], item_ids [N], domain [N], group [N]) of every rank (rank order), on
         ``device`` (which also carries the collectives: GPU for nccl)."""
         device = device or torch.device("cpu")
@@ -95,15 +102,22 @@ def _all_gather_rows(local: torch.Tensor, device: torch.device) -> torch.Tensor:
     longest = int(max(int(s[0]) for s in shapes))
     padded = torch.zeros(longest, width, dtype=local.dtype, device=device)
     if local.numel():
-        padded[:local.shape[0]] = local
+        padded[: local.shape[0]] = local
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[:int(s[0])] for g, s in zip(gathered, shapes)])
+    return torch.cat([g[: int(s[0])] for g, s in zip(gathered, shapes)])
 
 
-def retrieval_metrics(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor, domain: torch.Tensor,
-                      group: torch.Tensor, domain_names: list[str], top_k: list[int],
-                      chunk_elements: int = 1 << 24) -> RetrievalResult:
+def retrieval_metrics(
+    user: torch.Tensor,
+    item: torch.Tensor,
+    item_ids: torch.Tensor,
+    domain: torch.Tensor,
+    group: torch.Tensor,
+    domain_names: list[str],
+    top_k: list[int],
+    chunk_elements: int = 1 << 24,
+) -> RetrievalResult:
     """Recall@K and HitRate@K, overall and per domain (see the module docstring for the definitions).
 
     Shapes: user, item [N, E]; item_ids, domain, group [N] (the positive rows).
@@ -112,15 +126,18 @@ def retrieval_metrics(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Te
     rows = int(user.shape[0])
     nan = float("nan")
     if rows == 0:
-        empty = {name: {**{f"recall@{k}": nan for k in ks}, **{f"hitrate@{k}": nan for k in ks}, "rows": 0,
-                        "users": 0} for name in domain_names}
+        empty = {
+            name: {**{f"recall@{k}": nan for k in ks}, **{f"hitrate@{k}": nan for k in ks}, "rows": 0, "users": 0}
+            for name in domain_names
+        }
         return RetrievalResult({k: nan for k in ks}, {k: nan for k in ks}, 0, 0, 0, empty)
     device = user.device
     num_domains = len(domain_names)
     pool_ids, target = torch.unique(item_ids, return_inverse=True)  # target: each row's pool index
     pool = int(pool_ids.shape[0])
     first = torch.full((pool,), rows, dtype=torch.long, device=device).scatter_reduce(
-        0, target, torch.arange(rows, device=device), reduce="amin")
+        0, target, torch.arange(rows, device=device), reduce="amin"
+    )
     pool_vectors = item[first].float()
     users, user_index = torch.unique(group, return_inverse=True)
     num_users = int(users.shape[0])
@@ -159,8 +176,13 @@ def retrieval_metrics(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Te
 
     recall = per_group_mean(recall_all, user_index, num_users)
     hitrate = hits.mean(0)
-    result = RetrievalResult({k: float(recall[i]) for i, k in enumerate(ks)},
-                             {k: float(hitrate[i]) for i, k in enumerate(ks)}, rows, num_users, pool)
+    result = RetrievalResult(
+        {k: float(recall[i]) for i, k in enumerate(ks)},
+        {k: float(hitrate[i]) for i, k in enumerate(ks)},
+        rows,
+        num_users,
+        pool,
+    )
     for d, name in enumerate(domain_names):
         mask = domain == d
         count = int(mask.sum())
@@ -170,9 +192,12 @@ def retrieval_metrics(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Te
             continue
         d_recall = per_group_mean(recall_domain[mask], pair_index[mask], num_users * num_domains)
         d_hit = hits[mask].mean(0)
-        result.per_domain[name] = {**{f"recall@{k}": float(d_recall[i]) for i, k in enumerate(ks)},
-                                   **{f"hitrate@{k}": float(d_hit[i]) for i, k in enumerate(ks)},
-                                   "rows": count, "users": int(torch.unique(user_index[mask]).shape[0])}
+        result.per_domain[name] = {
+            **{f"recall@{k}": float(d_recall[i]) for i, k in enumerate(ks)},
+            **{f"hitrate@{k}": float(d_hit[i]) for i, k in enumerate(ks)},
+            "rows": count,
+            "users": int(torch.unique(user_index[mask]).shape[0]),
+        }
     return result
 
 
@@ -182,8 +207,11 @@ def format_retrieval_table(metrics: dict, domain_names: list[str]) -> str:
     header = f"{'domain':<20}{'rows':>9}{'users':>8}" + "".join(f"{'R@' + str(k):>9}" for k in ks)
     header += "".join(f"{'HR@' + str(k):>9}" for k in ks)
     split = f" ({metrics['split']} split)" if "split" in metrics else ""
-    lines = [f"\n{metrics.get('model', 'retrieval')} on {metrics.get('dataset', '?')}{split}: Recall@K and "
-             f"HitRate@K over a pool of {metrics.get('pool_size', 0):,} items", header]
+    lines = [
+        f"\n{metrics.get('model', 'retrieval')} on {metrics.get('dataset', '?')}{split}: Recall@K and "
+        f"HitRate@K over a pool of {metrics.get('pool_size', 0):,} items",
+        header,
+    ]
 
     def line(name: str, values: dict) -> str:
         text = f"{name:<20}{values.get('rows', 0):>9,}{values.get('users', 0):>8,}"
@@ -196,6 +224,7 @@ def format_retrieval_table(metrics: dict, domain_names: list[str]) -> str:
     lines.append(line("all", metrics))
     train = metrics.get("train")
     if train:
-        lines.append(f"trained {train['steps']} steps in {train['wall_sec']:.1f} s, "
-                     f"{train['samples_per_sec']:,.0f} samples/s")
+        lines.append(
+            f"trained {train['steps']} steps in {train['wall_sec']:.1f} s, {train['samples_per_sec']:,.0f} samples/s"
+        )
     return "\n".join(lines)

@@ -73,21 +73,26 @@ class TowerFeatures:
         if config.item_fields is None:
             item_fields = list(dict.fromkeys(f for s in layout.sequences for f in s.candidate_fields))
             if not item_fields:
-                raise ConfigError(f"retrieval.item_fields: the dataset has no sequence group with a candidate "
-                                  f"field to default to; name the item tower's id features (id features: {ids})")
+                raise ConfigError(
+                    f"retrieval.item_fields: the dataset has no sequence group with a candidate "
+                    f"field to default to; name the item tower's id features (id features: {ids})"
+                )
         else:
             item_fields = list(config.item_fields)
         unknown = [name for name in item_fields if name not in ids]
         if unknown:
-            raise ConfigError(f"retrieval.item_fields: {unknown[0]!r} is not an id feature of the dataset; "
-                              f"id features: {ids}")
+            raise ConfigError(
+                f"retrieval.item_fields: {unknown[0]!r} is not an id feature of the dataset; id features: {ids}"
+            )
         single = [c.name for c in spec.columns_of("id")]
         item_key = config.item_key if config.item_key is not None else item_fields[0]
         if item_key not in item_fields:
             raise ConfigError(f"retrieval.item_key: {item_key!r} is not one of retrieval.item_fields {item_fields}")
         if item_key not in single:
-            raise ConfigError(f"retrieval.item_key: {item_key!r} must be a single-valued id feature "
-                              f"(one of {[n for n in single if n in item_fields]})")
+            raise ConfigError(
+                f"retrieval.item_key: {item_key!r} must be a single-valued id feature "
+                f"(one of {[n for n in single if n in item_fields]})"
+            )
         dense = list(spec.dense_features)
         return TowerFeatures(
             user_fields=tuple(i for i, name in enumerate(ids) if name not in item_fields),
@@ -124,16 +129,21 @@ class UserInput(nn.Module):
     ``width = (Nu + 1) * D + Du + sum of the sequence widths``.
     """
 
-    def __init__(self, layout: FeatureLayout, num_fields: int, num_dense: int,
-                 interest: DomainInterestLayer | None) -> None:
+    def __init__(
+        self, layout: FeatureLayout, num_fields: int, num_dense: int, interest: DomainInterestLayer | None
+    ) -> None:
         super().__init__()
         self.interest = interest
         self.domain_embedding = nn.Embedding(layout.num_domains, layout.embedding_dim)
-        self.width = ((num_fields + 1) * layout.embedding_dim + num_dense
-                      + sum(layout.sequence_width(s) for s in layout.sequences))
+        self.width = (
+            (num_fields + 1) * layout.embedding_dim
+            + num_dense
+            + sum(layout.sequence_width(s) for s in layout.sequences)
+        )
 
-    def forward(self, fields: torch.Tensor, sequences: list[EmbeddedSequence], dense: torch.Tensor,
-                domain: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fields: torch.Tensor, sequences: list[EmbeddedSequence], dense: torch.Tensor, domain: torch.Tensor
+    ) -> torch.Tensor:
         if self.interest is not None:
             fields = self.interest(fields, domain)
         parts = [fields.flatten(1), self.domain_embedding(domain), dense]
@@ -153,17 +163,24 @@ class ADINUserTower(nn.Module):
         if not config.user_hidden:
             raise ConfigError("retrieval.user_hidden: the ADIN user tower needs at least one layer width")
         if config.use_domain_interest and num_fields == 0:
-            raise ConfigError("retrieval.use_domain_interest: the user tower has no id features to re-weight "
-                              "(every id feature is in retrieval.item_fields)")
-        interest = (DomainInterestLayer(num_fields, layout.num_domains, max(1, num_fields // config.interest_reduction))
-                    if config.use_domain_interest else None)
+            raise ConfigError(
+                "retrieval.use_domain_interest: the user tower has no id features to re-weight "
+                "(every id feature is in retrieval.item_fields)"
+            )
+        interest = (
+            DomainInterestLayer(num_fields, layout.num_domains, max(1, num_fields // config.interest_reduction))
+            if config.use_domain_interest
+            else None
+        )
         self.input = UserInput(layout, num_fields, num_dense, interest)
-        self.network = SharedAndDomainNetwork(self.input.width, config.user_hidden, layout.num_domains,
-                                              config.use_dsbn, config.fusion)
+        self.network = SharedAndDomainNetwork(
+            self.input.width, config.user_hidden, layout.num_domains, config.use_dsbn, config.fusion
+        )
         self.output = nn.Linear(self.network.out_features, config.output_dim)
 
-    def forward(self, fields: torch.Tensor, sequences: list[EmbeddedSequence], dense: torch.Tensor,
-                domain: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fields: torch.Tensor, sequences: list[EmbeddedSequence], dense: torch.Tensor, domain: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.network(self.input(fields, sequences, dense, domain), domain)
         return F.normalize(self.output(hidden).float(), dim=-1)
 
@@ -179,8 +196,9 @@ class DNNUserTower(nn.Module):
         self.input = UserInput(layout, num_fields, num_dense, None)
         self.mlp = MLP(self.input.width, config.user_hidden, out_features=config.output_dim)
 
-    def forward(self, fields: torch.Tensor, sequences: list[EmbeddedSequence], dense: torch.Tensor,
-                domain: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fields: torch.Tensor, sequences: list[EmbeddedSequence], dense: torch.Tensor, domain: torch.Tensor
+    ) -> torch.Tensor:
         return F.normalize(self.mlp(self.input(fields, sequences, dense, domain)).float(), dim=-1)
 
 
@@ -201,8 +219,14 @@ class ItemTower(nn.Module):
 # --------------------------------------------------------------------------- loss
 
 
-def in_batch_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor, positive: torch.Tensor,
-                          temperature: float, log_q: torch.Tensor | None = None) -> torch.Tensor:
+def in_batch_softmax_loss(
+    user: torch.Tensor,
+    item: torch.Tensor,
+    item_ids: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
     """In-batch sampled softmax over the batch's positive rows, with log-Q correction.
 
     For positive rows ``i, j``: ``logit[i, j] = <u_i, v_j> / temperature - log q(item_j)`` (Yi et al.
@@ -261,8 +285,14 @@ class RetrievalDenseArch(nn.Module):
     user_dense_index: torch.Tensor
     item_dense_index: torch.Tensor
 
-    def __init__(self, spec: DatasetSpec, layout: FeatureLayout, config: RetrievalConfig,
-                 mixed_precision: bool = False, stream_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        layout: FeatureLayout,
+        config: RetrievalConfig,
+        mixed_precision: bool = False,
+        stream_rows: int | None = None,
+    ) -> None:
         super().__init__()
         if not spec.label_names:
             raise ConfigError("task = retrieval: the dataset has no label column to take positive rows from")
@@ -279,14 +309,27 @@ class RetrievalDenseArch(nn.Module):
         tower = ADINUserTower if config.model == "adin" else DNNUserTower
         self.user_tower = tower(layout, len(f.user_fields), len(f.user_dense), config)
         self.item_tower = ItemTower(len(f.item_fields), layout.embedding_dim, len(f.item_dense), config)
-        self.frequency = (StreamingFrequencyEstimator(config.frequency_buckets, config.frequency_alpha)
-                          if config.log_q_correction else None)
+        self.frequency = (
+            StreamingFrequencyEstimator(config.frequency_buckets, config.frequency_alpha)
+            if config.log_q_correction
+            else None
+        )
 
-    def forward(self, pooled: KeyedTensor | None, unpooled: dict[str, JaggedTensor], dense: torch.Tensor,
-                domain: torch.Tensor, labels: torch.Tensor, sparse_ids: KeyedJaggedTensor,
-                sequence_ids: KeyedJaggedTensor) -> tuple[torch.Tensor, ...]:
-        with torch.autocast(device_type=dense.device.type, dtype=torch.bfloat16,
-                            enabled=self.mixed_precision and dense.device.type == "cuda"):
+    def forward(
+        self,
+        pooled: KeyedTensor | None,
+        unpooled: dict[str, JaggedTensor],
+        dense: torch.Tensor,
+        domain: torch.Tensor,
+        labels: torch.Tensor,
+        sparse_ids: KeyedJaggedTensor,
+        sequence_ids: KeyedJaggedTensor,
+    ) -> tuple[torch.Tensor, ...]:
+        with torch.autocast(
+            device_type=dense.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.mixed_precision and dense.device.type == "cuda",
+        ):
             user, item = self.vectors(embed_features(self.layout, pooled, unpooled, dense, domain))
         item_ids = _item_ids(sparse_ids if self.features.item_key_pooled else sequence_ids, self.features.item_key)
         positive = labels[:, 0] > 0.5
@@ -301,10 +344,15 @@ class RetrievalDenseArch(nn.Module):
     def vectors(self, features: EmbeddedFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """EmbeddedFeatures -> (u [B, E], v [B, E]) float32, L2-normalised."""
         fields, dense = features.fields, features.dense
-        user = self.user_tower(fields.index_select(1, self.user_field_index), features.sequences,
-                               dense.index_select(1, self.user_dense_index), features.domain)
-        item = self.item_tower(fields.index_select(1, self.item_field_index),
-                               dense.index_select(1, self.item_dense_index))
+        user = self.user_tower(
+            fields.index_select(1, self.user_field_index),
+            features.sequences,
+            dense.index_select(1, self.user_dense_index),
+            features.domain,
+        )
+        item = self.item_tower(
+            fields.index_select(1, self.item_field_index), dense.index_select(1, self.item_dense_index)
+        )
         return user, item
 
     def _stream(self, item_ids: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,11 +361,12 @@ class RetrievalDenseArch(nn.Module):
             return item_ids, positive
         rows = self.stream_rows or item_ids.shape[0]
         if item_ids.shape[0] > rows:
-            raise RuntimeError(f"a batch of {item_ids.shape[0]} rows exceeds the {rows} rows per rank the "
-                               f"frequency estimate gathers")
+            raise RuntimeError(
+                f"a batch of {item_ids.shape[0]} rows exceeds the {rows} rows per rank the frequency estimate gathers"
+            )
         padded = item_ids.new_zeros(2, rows)
-        padded[0, :item_ids.shape[0]] = item_ids
-        padded[1, :item_ids.shape[0]] = positive.long()
+        padded[0, : item_ids.shape[0]] = item_ids
+        padded[1, : item_ids.shape[0]] = positive.long()
         gathered = [torch.zeros_like(padded) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, padded)
         stream = torch.cat(gathered, dim=1)
@@ -356,20 +405,43 @@ class RetrievalModel(nn.Module):
         planning_only: see :class:`~torchrec_mdr.sparse.arch.SparseArch` (``mdr plan``).
     """
 
-    def __init__(self, spec: DatasetSpec, embedding_dim: int, config: RetrievalConfig,
-                 sparse_device: torch.device | None = None, dense_device: torch.device | None = None,
-                 eviction: "EvictionConfig | None" = None, mc_buckets: int = 1, mixed_precision: bool = False,
-                 stream_rows: int | None = None, planning_only: bool = False) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        embedding_dim: int,
+        config: RetrievalConfig,
+        sparse_device: torch.device | None = None,
+        dense_device: torch.device | None = None,
+        eviction: "EvictionConfig | None" = None,
+        mc_buckets: int = 1,
+        mixed_precision: bool = False,
+        stream_rows: int | None = None,
+        planning_only: bool = False,
+    ) -> None:
         super().__init__()
-        self.sparse_arch = SparseArch(spec, embedding_dim, device=sparse_device, eviction=eviction,
-                                      mc_buckets=mc_buckets, planning_only=planning_only)
-        self.dense_arch = RetrievalDenseArch(spec, FeatureLayout.from_spec(spec, embedding_dim), config,
-                                             mixed_precision, stream_rows).to(dense_device)
+        self.sparse_arch = SparseArch(
+            spec,
+            embedding_dim,
+            device=sparse_device,
+            eviction=eviction,
+            mc_buckets=mc_buckets,
+            planning_only=planning_only,
+        )
+        self.dense_arch = RetrievalDenseArch(
+            spec, FeatureLayout.from_spec(spec, embedding_dim), config, mixed_precision, stream_rows
+        ).to(dense_device)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, RetrievalOutput]:
         pooled, unpooled = self.sparse_arch(batch.sparse_features, batch.sequence_features)
         loss, user, item, item_ids, positive = self.dense_arch(
-            pooled, unpooled, batch.dense_features, batch.domain, batch.labels, batch.sparse_features,
-            batch.sequence_features)
-        return loss, RetrievalOutput(loss.detach(), user.detach(), item.detach(), item_ids, positive, batch.domain,
-                                     batch.group_ids)
+            pooled,
+            unpooled,
+            batch.dense_features,
+            batch.domain,
+            batch.labels,
+            batch.sparse_features,
+            batch.sequence_features,
+        )
+        return loss, RetrievalOutput(
+            loss.detach(), user.detach(), item.detach(), item_ids, positive, batch.domain, batch.group_ids
+        )

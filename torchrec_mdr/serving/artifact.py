@@ -86,20 +86,69 @@ def _config_entries(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
 
 
 # What the program's graph may call, and what its symbolic expressions may hold (see check_graph).
-_TARGET = re.compile(r"^(torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.[a-z_]+|math\.[a-z_]+|"
-                     r"torch\.sym_[a-z_]+)$")
+_TARGET = re.compile(
+    r"^(torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.[a-z_]+|math\.[a-z_]+|"
+    r"torch\.sym_[a-z_]+)$"
+)
 _SYMBOL = re.compile(r"^[a-z]\d+$")
-_NAMES = {"L", "math", "inf", "oo", "Max", "Min", "Eq", "Ne", "Abs", "And", "Or", "Not", "FloorDiv", "Mod",
-          "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "TruncToInt", "IntTrueDiv", "FloatTrueDiv",
-          "ModularIndexing", "Where", "ToFloat", "PowByNatural", "FloatPow", "Identity", "Integer", "Symbol",
-          # sympy's arithmetic in srepr form, e.g. Mul(Integer(16), Symbol('s78', positive=True)) (a sequence
-          # table's flattened width times the batch symbol)
-          "Mul", "Add", "Pow", "Rational"}
+_NAMES = {
+    "L",
+    "math",
+    "inf",
+    "oo",
+    "Max",
+    "Min",
+    "Eq",
+    "Ne",
+    "Abs",
+    "And",
+    "Or",
+    "Not",
+    "FloorDiv",
+    "Mod",
+    "PythonMod",
+    "CleanDiv",
+    "CeilToInt",
+    "FloorToInt",
+    "TruncToInt",
+    "IntTrueDiv",
+    "FloatTrueDiv",
+    "ModularIndexing",
+    "Where",
+    "ToFloat",
+    "PowByNatural",
+    "FloatPow",
+    "Identity",
+    "Integer",
+    "Symbol",
+    # sympy's arithmetic in srepr form, e.g. Mul(Integer(16), Symbol('s78', positive=True)) (a sequence
+    # table's flattened width times the batch symbol)
+    "Mul",
+    "Add",
+    "Pow",
+    "Rational",
+}
 _ASSUMPTIONS = {"positive", "negative", "nonnegative", "integer", "real", "finite", "zero", "nonzero"}
 _ATTRIBUTES = {"size", "stride", "storage_offset", "isnan", "inf"}
-_NODES = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load,
-          ast.Subscript, ast.Attribute, ast.Call, ast.keyword, ast.Tuple, ast.operator, ast.cmpop, ast.boolop,
-          ast.unaryop)
+_NODES = (
+    ast.Expression,
+    ast.Compare,
+    ast.BoolOp,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Constant,
+    ast.Name,
+    ast.Load,
+    ast.Subscript,
+    ast.Attribute,
+    ast.Call,
+    ast.keyword,
+    ast.Tuple,
+    ast.operator,
+    ast.cmpop,
+    ast.boolop,
+    ast.unaryop,
+)
 
 
 def _plain_expression(text: str) -> bool:
@@ -119,8 +168,9 @@ def _plain_expression(text: str) -> bool:
         if isinstance(node, ast.Attribute) and node.attr not in _ATTRIBUTES:
             return False
         if isinstance(node, ast.Call) and not (
-                (isinstance(node.func, ast.Name) and node.func.id in _NAMES - {"L", "math"})
-                or isinstance(node.func, ast.Attribute)):
+            (isinstance(node.func, ast.Name) and node.func.id in _NAMES - {"L", "math"})
+            or isinstance(node.func, ast.Attribute)
+        ):
             return False
         if isinstance(node, ast.keyword) and (node.arg not in _ASSUMPTIONS or not isinstance(node.value, ast.Constant)):
             return False
@@ -142,15 +192,18 @@ def check_graph(graph: Any, where: str) -> None:
             continue
         target = value.get("target")
         if isinstance(target, str) and "inputs" in value and not _TARGET.match(target):
-            raise ArtifactError(f"{where}: the program calls {target!r}, which is not an aten operator; "
-                                f"refusing to load it")
+            raise ArtifactError(
+                f"{where}: the program calls {target!r}, which is not an aten operator; refusing to load it"
+            )
         texts = [value["expr_str"]] if isinstance(value.get("expr_str"), str) else []
         texts += [g for g in value.get("guards_code", []) if isinstance(g, str)]
         texts += [k for k in value.get("range_constraints", {}) if isinstance(k, str)]
         for text in texts:
             if not _plain_expression(text):
-                raise ArtifactError(f"{where}: the program holds the expression {text[:80]!r}, which is not "
-                                    f"a shape expression; refusing to load it")
+                raise ArtifactError(
+                    f"{where}: the program holds the expression {text[:80]!r}, which is not "
+                    f"a shape expression; refusing to load it"
+                )
         stack.extend(value.values())
 
 
@@ -161,8 +214,10 @@ def check_program(folder: str | Path, manifest: dict[str, Any]) -> Path:
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist")
     if path.stat().st_size != expected.get("bytes") or _sha256(path) != expected.get("sha256"):
-        raise ArtifactError(f"{path} does not match its manifest (SHA-256 / size differ): the artifact was "
-                            f"modified after export; refusing to load it")
+        raise ArtifactError(
+            f"{path} does not match its manifest (SHA-256 / size differ): the artifact was "
+            f"modified after export; refusing to load it"
+        )
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
@@ -173,8 +228,10 @@ def check_program(folder: str | Path, manifest: dict[str, Any]) -> Path:
             if name.endswith("_config.json") and ("weights" in parts or "constants" in parts):
                 for fqn, entry in _config_entries(archive, name).items():
                     if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight", "tensor")):
-                        raise ArtifactError(f"{path}: entry {fqn!r} of {name} is a pickled object, which loading "
-                                            f"would run; refusing to load it")
+                        raise ArtifactError(
+                            f"{path}: entry {fqn!r} of {name} is a pickled object, which loading "
+                            f"would run; refusing to load it"
+                        )
             elif name.endswith(".json") and "models" in parts:
                 try:
                     graph = json.loads(archive.read(name))
@@ -187,8 +244,9 @@ def check_program(folder: str | Path, manifest: dict[str, Any]) -> Path:
                 try:
                     torch.load(io.BytesIO(archive.read(name)), weights_only=True)
                 except Exception as error:  # noqa: BLE001 - any failure means torch would unpickle it unsafely
-                    raise ArtifactError(f"{path}: {name} holds objects a weights-only load refuses ({error}); "
-                                        f"refusing to load it") from None
+                    raise ArtifactError(
+                        f"{path}: {name} holds objects a weights-only load refuses ({error}); refusing to load it"
+                    ) from None
     return path
 
 
@@ -203,7 +261,7 @@ def _list_column(value: Any, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
     if hasattr(value, "combine_chunks") or hasattr(value, "offsets"):  # pyarrow (Chunked)Array
         chunk = value.combine_chunks() if hasattr(value, "combine_chunks") else value
         offsets = np.asarray(chunk.offsets).astype(np.int64)
-        values = chunk.values.to_numpy(zero_copy_only=False).astype(np.int64)[offsets[0]:offsets[-1]]
+        values = chunk.values.to_numpy(zero_copy_only=False).astype(np.int64)[offsets[0] : offsets[-1]]
         return offsets - offsets[0], values
     lists = [np.asarray(v, dtype=np.int64).reshape(-1) for v in value]
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)
@@ -231,10 +289,12 @@ def _checked_ids(column: dict[str, Any], ids: np.ndarray) -> np.ndarray:
         raise ArtifactError(f"column '{name}': negative id {int(ids.min())}")
     if ids.size and ids.max() >= cardinality:
         if column["oov"] != "hash":
-            raise ArtifactError(f"column '{name}': id {int(ids.max())} is not below its cardinality "
-                                f"{cardinality} (oov = reject)")
+            raise ArtifactError(
+                f"column '{name}': id {int(ids.max())} is not below its cardinality {cardinality} (oov = reject)"
+            )
         ids = ids % cardinality
     return ids
+
 
 def encode(manifest: dict[str, Any], columns: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
     """The program's input tensors of raw feature columns (see the module docstring), by an artifact's
@@ -265,8 +325,9 @@ def encode(manifest: dict[str, Any], columns: Mapping[str, Any]) -> tuple[torch.
         if group is not None:
             seen = group_lengths.setdefault(group, (column["name"], np.diff(offsets)))
             if not np.array_equal(seen[1], np.diff(offsets)):
-                raise ArtifactError(f"sequence group '{group}': columns '{seen[0]}' and '{column['name']}' "
-                                    f"differ in length in some row")
+                raise ArtifactError(
+                    f"sequence group '{group}': columns '{seen[0]}' and '{column['name']}' differ in length in some row"
+                )
         width = column["max_length"] if column["kind"] == "sequence" else None
         padded = _padded(offsets, _checked_ids(column, values), column["max_length"], width)
         tensors.append(torch.from_numpy(padded))

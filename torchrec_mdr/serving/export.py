@@ -83,8 +83,10 @@ def full_tensor(value: torch.Tensor) -> torch.Tensor:
         full[index] = shard.tensor.detach().cpu()
         covered += shard.tensor.numel()
     if covered != full.numel():
-        raise TrainingError(f"a sharded tensor of shape {tuple(value.size())} is not all on this process "
-                            f"({covered} of {full.numel()} values); export runs in one process")
+        raise TrainingError(
+            f"a sharded tensor of shape {tuple(value.size())} is not all on this process "
+            f"({covered} of {full.numel()} values); export runs in one process"
+        )
     return full
 
 
@@ -112,8 +114,10 @@ def gather_tables(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Manag
 
 
 def _input_columns(spec: Any) -> list[InputColumn]:
-    return [InputColumn(c.name, c.kind, c.table_name, c.max_length if c.kind == "sequence" else None)
-            for c in spec.columns_of("id", "multi_id", "sequence")]
+    return [
+        InputColumn(c.name, c.kind, c.table_name, c.max_length if c.kind == "sequence" else None)
+        for c in spec.columns_of("id", "multi_id", "sequence")
+    ]
 
 
 def example_inputs(columns: list[InputColumn], num_dense: int, batch: int = _EXAMPLE_BATCH) -> tuple[torch.Tensor, ...]:
@@ -125,13 +129,14 @@ def example_inputs(columns: list[InputColumn], num_dense: int, batch: int = _EXA
         else:
             width = column.width or 3
             tensor = torch.zeros(batch, width, dtype=torch.int64)
-            tensor[:, width - max(width // 3, 1):] = PAD
+            tensor[:, width - max(width // 3, 1) :] = PAD
             ids.append(tensor)
     return (torch.zeros(batch, num_dense), torch.zeros(batch, dtype=torch.int64), *ids)
 
 
-def export_program(program: InferenceProgram, columns: list[InputColumn],
-                   num_dense: int) -> torch.export.ExportedProgram:
+def export_program(
+    program: InferenceProgram, columns: list[InputColumn], num_dense: int
+) -> torch.export.ExportedProgram:
     """torch.export of ``program`` with a dynamic batch (and multi_id width) dimension."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     ids: list[Any] = []
@@ -142,8 +147,7 @@ def export_program(program: InferenceProgram, columns: list[InputColumn],
             ids.append({0: batch})
     shapes = ({0: batch}, {0: batch}, tuple(ids))  # forward(dense, domain, *ids)
     with torch.no_grad():
-        return torch.export.export(program, example_inputs(columns, num_dense), dynamic_shapes=shapes,
-                                   strict=False)
+        return torch.export.export(program, example_inputs(columns, num_dense), dynamic_shapes=shapes, strict=False)
 
 
 def input_description(spec: Any, reader_spec: Any) -> dict[str, Any]:
@@ -151,10 +155,18 @@ def input_description(spec: Any, reader_spec: Any) -> dict[str, Any]:
     encode` reads): id columns with the cardinality and policy the reader applies (``reader_spec``:
     managed tables accept raw ids below ``input_hash_size``), dense names, domain, labels."""
     return {
-        "columns": [{"name": c.name, "kind": c.kind, "table": c.table_name,
-                     "cardinality": reader_spec.column(c.name).cardinality, "oov": reader_spec.column(c.name).oov,
-                     "max_length": c.max_length, "sequence_group": c.sequence_group}
-                    for c in spec.columns_of("id", "multi_id", "sequence")],
+        "columns": [
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "table": c.table_name,
+                "cardinality": reader_spec.column(c.name).cardinality,
+                "oov": reader_spec.column(c.name).oov,
+                "max_length": c.max_length,
+                "sequence_group": c.sequence_group,
+            }
+            for c in spec.columns_of("id", "multi_id", "sequence")
+        ],
         "dense": spec.dense_features,
         "domain": {"column": spec.domain_column, "names": list(spec.domain_names)},
         "labels": spec.label_names,
@@ -162,8 +174,17 @@ def input_description(spec: Any, reader_spec: Any) -> dict[str, Any]:
     }
 
 
-def _manifest(config: Any, evaluator: Any, info: Any, checkpoint: str, run_dir: Path, columns: list[InputColumn],
-              tables: dict[str, torch.Tensor], managed: dict[str, Any], int8: bool) -> dict[str, Any]:
+def _manifest(
+    config: Any,
+    evaluator: Any,
+    info: Any,
+    checkpoint: str,
+    run_dir: Path,
+    columns: list[InputColumn],
+    tables: dict[str, torch.Tensor],
+    managed: dict[str, Any],
+    int8: bool,
+) -> dict[str, Any]:
     import torchrec
 
     from torchrec_mdr.training.checkpoint import dataset_signature
@@ -173,23 +194,43 @@ def _manifest(config: Any, evaluator: Any, info: Any, checkpoint: str, run_dir: 
         "format": FORMAT_VERSION,
         "kind": "torchrec-mdr ranking artifact",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": {"torchrec_mdr": torchrec_mdr.__version__, "torch": torch.__version__,
-                     "torchrec": getattr(torchrec, "__version__", "unknown")},
+        "versions": {
+            "torchrec_mdr": torchrec_mdr.__version__,
+            "torch": torch.__version__,
+            "torchrec": getattr(torchrec, "__version__", "unknown"),
+        },
         "run": str(run_dir),
-        "checkpoint": {"name": checkpoint, "step": info.step, "path": str(info.path),
-                       "world_size": info.record.get("world_size")},
+        "checkpoint": {
+            "name": checkpoint,
+            "step": info.step,
+            "path": str(info.path),
+            "world_size": info.record.get("world_size"),
+        },
         "model": config.model.name,
         "embedding_dim": config.model.embedding_dim,
-        "dataset": {"name": spec.name, "path": str(config.data.path),
-                    "fingerprint": dataset_signature(spec)["fingerprint"]},
+        "dataset": {
+            "name": spec.name,
+            "path": str(config.data.path),
+            "fingerprint": dataset_signature(spec)["fingerprint"],
+        },
         "precision": "int8" if int8 else "fp32",
-        "quantization": ({"scheme": "8-bit row-wise asymmetric", "dequantize": "codes * scale + bias",
-                          "codes": "uint8 [rows, D]", "scale": "float32 [rows]", "bias": "float32 [rows]"}
-                         if int8 else None),
+        "quantization": (
+            {
+                "scheme": "8-bit row-wise asymmetric",
+                "dequantize": "codes * scale + bias",
+                "codes": "uint8 [rows, D]",
+                "scale": "float32 [rows]",
+                "bias": "float32 [rows]",
+            }
+            if int8
+            else None
+        ),
         "inputs": input_names(columns),
         **input_description(spec, reader_spec),
-        "tables": {name: {"rows": int(t.shape[0]), "dim": int(t.shape[1]), "managed": name in managed}
-                   for name, t in sorted(tables.items())},
+        "tables": {
+            name: {"rows": int(t.shape[0]), "dim": int(t.shape[1]), "managed": name in managed}
+            for name, t in sorted(tables.items())
+        },
     }
 
 
@@ -205,8 +246,9 @@ def _self_check(folder: Path, program: InferenceProgram, columns: list[InputColu
         raise TrainingError(f"the exported program differs from the model by {float((got - expected).abs().max())}")
 
 
-def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", int8: bool = False,
-               overwrite: bool = False) -> dict[str, Any]:
+def export_run(
+    run_dir: str | Path, out: str | Path, checkpoint: str = "latest", int8: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Write the artifact of a ranking run's ``checkpoint`` into ``out`` (atomically); returns the manifest."""
     from torchrec_mdr.models.ranking import DenseArch
     from torchrec_mdr.training.evaluate import Evaluator, run_config
@@ -217,8 +259,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     if config.task != "ranking":
         raise TrainingError(f"mdr export exports ranking runs; {run_dir} is a task = '{config.task}' run")
-    config = replace(config, data=replace(config.data, num_workers=0),
-                     train=replace(config.train, device="cpu"))
+    config = replace(config, data=replace(config.data, num_workers=0), train=replace(config.train, device="cpu"))
     evaluator = Evaluator(config, run_dir)
     if evaluator.ctx.world_size != 1:
         raise TrainingError("mdr export runs in one process (it gathers the tables of any number of ranks itself)")
@@ -230,8 +271,9 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     missing = sorted({c.table for c in columns} - set(tables))
     if missing:
         raise TrainingError(f"checkpoint {info.path}: no weights found for table(s) {', '.join(missing)}")
-    program = InferenceProgram(dense_arch.layout, copy.deepcopy(dense_arch.model).cpu(), columns, tables, managed,
-                               int8=int8).eval()
+    program = InferenceProgram(
+        dense_arch.layout, copy.deepcopy(dense_arch.model).cpu(), columns, tables, managed, int8=int8
+    ).eval()
     exported = export_program(program, columns, len(evaluator.spec.dense_features))
     manifest = _manifest(config, evaluator, info, checkpoint, run_dir, columns, tables, managed, int8)
 
@@ -239,8 +281,9 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
     tmp.mkdir(parents=True)
     try:
         torch.export.save(exported, tmp / PROGRAM_FILE)
-        manifest["files"] = {PROGRAM_FILE: {"sha256": sha256(tmp / PROGRAM_FILE),
-                                            "bytes": (tmp / PROGRAM_FILE).stat().st_size}}
+        manifest["files"] = {
+            PROGRAM_FILE: {"sha256": sha256(tmp / PROGRAM_FILE), "bytes": (tmp / PROGRAM_FILE).stat().st_size}
+        }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         _self_check(tmp, program, columns, len(evaluator.spec.dense_features))
         if out.exists():
@@ -250,6 +293,8 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str = "latest",
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     size = manifest["files"][PROGRAM_FILE]["bytes"]
-    print(f"exported {config.model.name} ({manifest['precision']}, {len(tables)} tables, checkpoint "
-          f"{info.path.name}) to {out}: {size / 1e6:.2f} MB")
+    print(
+        f"exported {config.model.name} ({manifest['precision']}, {len(tables)} tables, checkpoint "
+        f"{info.path.name}) to {out}: {size / 1e6:.2f} MB"
+    )
     return manifest

@@ -78,9 +78,15 @@ class InferenceProgram(nn.Module):
         int8: store the tables as :func:`quantize_rows` codes and dequantise the rows looked up.
     """
 
-    def __init__(self, layout: FeatureLayout, arch: nn.Module, columns: list[InputColumn],
-                 tables: dict[str, torch.Tensor], managed: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 int8: bool = False) -> None:
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        arch: nn.Module,
+        columns: list[InputColumn],
+        tables: dict[str, torch.Tensor],
+        managed: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        int8: bool = False,
+    ) -> None:
         super().__init__()
         self.layout = layout
         self.arch = arch.eval()
@@ -119,8 +125,9 @@ class InferenceProgram(nn.Module):
         rows = self._rows(table, ids)
         if self.int8:
             codes = getattr(self, f"codes_{table}")[rows].float()
-            values = codes * getattr(self, f"scale_{table}")[rows].unsqueeze(-1) + \
-                getattr(self, f"bias_{table}")[rows].unsqueeze(-1)
+            values = codes * getattr(self, f"scale_{table}")[rows].unsqueeze(-1) + getattr(self, f"bias_{table}")[
+                rows
+            ].unsqueeze(-1)
         else:
             values = getattr(self, f"weight_{table}")[rows]
         return torch.where((ids != PAD).unsqueeze(-1), values, torch.zeros_like(values))
@@ -130,10 +137,10 @@ class InferenceProgram(nn.Module):
         looked_up = {c.name: self._lookup(c.table, inputs[c.name]) for c in self.columns}
         batch_size = dense.shape[0]
         kinds = {c.name: c.kind for c in self.columns}
-        vectors = [looked_up[name] if kinds[name] == "id" else looked_up[name].sum(dim=1)
-                   for name in self.layout.fields]
-        fields = (torch.stack(vectors, dim=1) if vectors
-                  else dense.new_zeros(batch_size, 0, self.layout.embedding_dim))
+        vectors = [
+            looked_up[name] if kinds[name] == "id" else looked_up[name].sum(dim=1) for name in self.layout.fields
+        ]
+        fields = torch.stack(vectors, dim=1) if vectors else dense.new_zeros(batch_size, 0, self.layout.embedding_dim)
         sequences = []
         for sequence in self.layout.sequences:
             keys = torch.cat([looked_up[f] for f in sequence.fields], dim=-1)

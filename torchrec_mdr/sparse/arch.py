@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig
-from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagCollection,
-                                                   ManagedCollisionEmbeddingCollection)
+from torchrec.modules.mc_embedding_modules import (
+    ManagedCollisionEmbeddingBagCollection,
+    ManagedCollisionEmbeddingCollection,
+)
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from torchrec_mdr.data.spec import ColumnSpec, DatasetSpec
@@ -49,26 +51,41 @@ def _tables(columns: list[ColumnSpec]) -> dict[str, tuple[int, list[str]]]:
     return tables
 
 
-def pooled_table_configs(spec: DatasetSpec, embedding_dim: int,
-                         eviction: "EvictionConfig | None" = None) -> list[EmbeddingBagConfig]:
+def pooled_table_configs(
+    spec: DatasetSpec, embedding_dim: int, eviction: "EvictionConfig | None" = None
+) -> list[EmbeddingBagConfig]:
     """Pooled tables; a managed one (``eviction.tables``) has ``eviction.zch_size`` rows."""
     managed = managed_tables(eviction)
-    return [EmbeddingBagConfig(name=name, embedding_dim=embedding_dim, feature_names=features,
-                               num_embeddings=eviction.zch_size if name in managed else rows)
-            for name, (rows, features) in _tables(spec.pooled_features).items()]
+    return [
+        EmbeddingBagConfig(
+            name=name,
+            embedding_dim=embedding_dim,
+            feature_names=features,
+            num_embeddings=eviction.zch_size if name in managed else rows,
+        )
+        for name, (rows, features) in _tables(spec.pooled_features).items()
+    ]
 
 
-def unpooled_table_configs(spec: DatasetSpec, embedding_dim: int,
-                           eviction: "EvictionConfig | None" = None) -> list[EmbeddingConfig]:
+def unpooled_table_configs(
+    spec: DatasetSpec, embedding_dim: int, eviction: "EvictionConfig | None" = None
+) -> list[EmbeddingConfig]:
     """Unpooled tables; a managed one (``eviction.tables``) has ``eviction.zch_size`` rows."""
     managed = managed_tables(eviction)
-    return [EmbeddingConfig(name=name, embedding_dim=embedding_dim, feature_names=features,
-                            num_embeddings=eviction.zch_size if name in managed else rows)
-            for name, (rows, features) in _tables(spec.sequence_features).items()]
+    return [
+        EmbeddingConfig(
+            name=name,
+            embedding_dim=embedding_dim,
+            feature_names=features,
+            num_embeddings=eviction.zch_size if name in managed else rows,
+        )
+        for name, (rows, features) in _tables(spec.sequence_features).items()
+    ]
 
 
-def pooled_sequence_tables(spec: DatasetSpec, eviction: "EvictionConfig | None" = None,
-                           pool: bool = True) -> frozenset[str]:
+def pooled_sequence_tables(
+    spec: DatasetSpec, eviction: "EvictionConfig | None" = None, pool: bool = True
+) -> frozenset[str]:
     """The sequence tables to look up pooled when the model reads only sequence means (``pool``): those
     of the sequence groups without a managed table, less any table that a group with one also uses."""
     if not pool:
@@ -98,9 +115,11 @@ def _merge_pooled(plain: KeyedTensor | None, managed: KeyedTensor | None) -> Key
     """One KeyedTensor [B, sum of D] with the keys of both (either may be None)."""
     if plain is None or managed is None:
         return managed if plain is None else plain
-    return KeyedTensor(keys=plain.keys() + managed.keys(),
-                       length_per_key=plain.length_per_key() + managed.length_per_key(),
-                       values=torch.cat([plain.values(), managed.values()], dim=1))
+    return KeyedTensor(
+        keys=plain.keys() + managed.keys(),
+        length_per_key=plain.length_per_key() + managed.length_per_key(),
+        values=torch.cat([plain.values(), managed.values()], dim=1),
+    )
 
 
 @torch.fx.wrap
@@ -131,9 +150,16 @@ class SparseArch(nn.Module):
     their cardinality.
     """
 
-    def __init__(self, spec: DatasetSpec, embedding_dim: int, device: torch.device | None = None,
-                 eviction: "EvictionConfig | None" = None, mc_buckets: int = 1,
-                 planning_only: bool = False, pooled_sequences: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        embedding_dim: int,
+        device: torch.device | None = None,
+        eviction: "EvictionConfig | None" = None,
+        mc_buckets: int = 1,
+        planning_only: bool = False,
+        pooled_sequences: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__()
         managed = managed_tables(eviction)
         if managed:
@@ -144,29 +170,50 @@ class SparseArch(nn.Module):
         self.has_unpooled = bool(unpooled)
         plain_pooled = [c for c in pooled if c.name not in managed]
         plain_unpooled = [c for c in unpooled if c.name not in managed and c.name not in pooled_sequences]
-        sequence_bags = [EmbeddingBagConfig(name=c.name, embedding_dim=c.embedding_dim, num_embeddings=c.num_embeddings,
-                                            feature_names=c.feature_names)
-                         for c in unpooled if c.name in pooled_sequences and c.name not in managed]
+        sequence_bags = [
+            EmbeddingBagConfig(
+                name=c.name,
+                embedding_dim=c.embedding_dim,
+                num_embeddings=c.num_embeddings,
+                feature_names=c.feature_names,
+            )
+            for c in unpooled
+            if c.name in pooled_sequences and c.name not in managed
+        ]
         self.sequence_means = [c.name for c in spec.columns_of("sequence") if c.table_name in pooled_sequences]
         managed_pooled = [c for c in pooled if c.name in managed]
         managed_unpooled = [c for c in unpooled if c.name in managed]
-        self.embedding_bag_collection = (EmbeddingBagCollection(tables=plain_pooled, device=device)
-                                         if plain_pooled else None)
-        self.embedding_collection = (EmbeddingCollection(tables=plain_unpooled, device=device)
-                                     if plain_unpooled else None)
-        self.sequence_bag_collection = (EmbeddingBagCollection(tables=sequence_bags, device=device)
-                                        if sequence_bags else None)
-        self.managed_embedding_bag_collection = (ManagedCollisionEmbeddingBagCollection(
-            EmbeddingBagCollection(tables=managed_pooled, device=device),
-            mc_collection(managed_pooled, spec, eviction, mc_buckets, device, planning_only),
-            return_remapped_features=False) if managed_pooled else None)
-        self.managed_embedding_collection = (ManagedCollisionEmbeddingCollection(
-            EmbeddingCollection(tables=managed_unpooled, device=device),
-            mc_collection(managed_unpooled, spec, eviction, mc_buckets, device, planning_only),
-            return_remapped_features=False) if managed_unpooled else None)
+        self.embedding_bag_collection = (
+            EmbeddingBagCollection(tables=plain_pooled, device=device) if plain_pooled else None
+        )
+        self.embedding_collection = (
+            EmbeddingCollection(tables=plain_unpooled, device=device) if plain_unpooled else None
+        )
+        self.sequence_bag_collection = (
+            EmbeddingBagCollection(tables=sequence_bags, device=device) if sequence_bags else None
+        )
+        self.managed_embedding_bag_collection = (
+            ManagedCollisionEmbeddingBagCollection(
+                EmbeddingBagCollection(tables=managed_pooled, device=device),
+                mc_collection(managed_pooled, spec, eviction, mc_buckets, device, planning_only),
+                return_remapped_features=False,
+            )
+            if managed_pooled
+            else None
+        )
+        self.managed_embedding_collection = (
+            ManagedCollisionEmbeddingCollection(
+                EmbeddingCollection(tables=managed_unpooled, device=device),
+                mc_collection(managed_unpooled, spec, eviction, mc_buckets, device, planning_only),
+                return_remapped_features=False,
+            )
+            if managed_unpooled
+            else None
+        )
 
-    def forward(self, sparse_features: KeyedJaggedTensor,
-                sequence_features: KeyedJaggedTensor) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
+    def forward(
+        self, sparse_features: KeyedJaggedTensor, sequence_features: KeyedJaggedTensor
+    ) -> tuple[KeyedTensor | None, dict[str, JaggedTensor]]:
         pooled = self.embedding_bag_collection(sparse_features) if self.embedding_bag_collection is not None else None
         unpooled = self.embedding_collection(sequence_features) if self.embedding_collection is not None else {}
         if self.sequence_bag_collection is not None:

@@ -66,27 +66,44 @@ _library: torch.library.Library | None = None  # keeps the registration alive
 def _table_rows(hash_size_cumsum: list[int], feature: int) -> int:
     """Rows of ``feature``'s table: fbgemm's per-feature cumsum steps only at a table's last feature."""
     start = hash_size_cumsum[feature]
-    return next(end - start for end in hash_size_cumsum[feature + 1:] if end != start)
+    return next(end - start for end in hash_size_cumsum[feature + 1 :] if end != start)
 
 
-def nobag_backward_via_pooled(grad_output: torch.Tensor, host_weights: torch.Tensor,
-                              weights_placements: torch.Tensor, weights_offsets: torch.Tensor, D: int,
-                              hash_size_cumsum: torch.Tensor, total_hash_size_bits: int, indices: torch.Tensor,
-                              offsets: torch.Tensor, stochastic_rounding: bool, momentum1_host: torch.Tensor,
-                              momentum1_placements: torch.Tensor, momentum1_offsets: torch.Tensor,
-                              learning_rate_tensor: torch.Tensor, eps: float = 0.0, weight_decay: float = 0.0,
-                              weight_decay_mode: int = 0, max_norm: float = 0.0) -> None:
+def nobag_backward_via_pooled(
+    grad_output: torch.Tensor,
+    host_weights: torch.Tensor,
+    weights_placements: torch.Tensor,
+    weights_offsets: torch.Tensor,
+    D: int,
+    hash_size_cumsum: torch.Tensor,
+    total_hash_size_bits: int,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    stochastic_rounding: bool,
+    momentum1_host: torch.Tensor,
+    momentum1_placements: torch.Tensor,
+    momentum1_offsets: torch.Tensor,
+    learning_rate_tensor: torch.Tensor,
+    eps: float = 0.0,
+    weight_decay: float = 0.0,
+    weight_decay_mode: int = 0,
+    max_norm: float = 0.0,
+) -> None:
     """The unpooled op's update (same signature), made by the pooled op (see the module doc).
 
     Shapes: ``grad_output`` [n, D], ``indices`` [n], ``offsets`` [T * B + 1] (feature-major, as the
     unpooled op takes them), ``weights_offsets`` / ``*_placements`` / ``momentum1_offsets`` [T].
     """
     if weight_decay != 0.0 or max_norm != 0.0:
-        raise TrainingError(f"fbgemm::{OP} (torchrec_mdr.sparse.fbgemm_nobag_cpu): weight_decay "
-                            f"{weight_decay} / max_norm {max_norm} are not supported; both must be 0")
+        raise TrainingError(
+            f"fbgemm::{OP} (torchrec_mdr.sparse.fbgemm_nobag_cpu): weight_decay "
+            f"{weight_decay} / max_norm {max_norm} are not supported; both must be 0"
+        )
     if host_weights.dtype != torch.float32 or grad_output.dtype != torch.float32:
-        raise TrainingError(f"fbgemm::{OP} (torchrec_mdr.sparse.fbgemm_nobag_cpu): float32 weights and gradients "
-                            f"only, got {host_weights.dtype} / {grad_output.dtype}")
+        raise TrainingError(
+            f"fbgemm::{OP} (torchrec_mdr.sparse.fbgemm_nobag_cpu): float32 weights and gradients "
+            f"only, got {host_weights.dtype} / {grad_output.dtype}"
+        )
     num_features = weights_offsets.numel()
     batch = (offsets.numel() - 1) // num_features
     bounds = offsets[::batch].tolist()  # feature t's lookups: bounds[t]:bounds[t + 1]
@@ -106,12 +123,29 @@ def nobag_backward_via_pooled(grad_output: torch.Tensor, host_weights: torch.Ten
         count = table_indices.numel()
         one = slice(first, first + 1)
         torch.ops.fbgemm.split_embedding_backward_codegen_rowwise_adagrad_cpu(
-            table_grad, host_weights, weights_placements[one], weights_offsets[one],
-            torch.tensor([0, D], dtype=torch.int32), D,
-            torch.tensor([0, _table_rows(cumsum, first)], dtype=hash_size_cumsum.dtype), total_hash_size_bits,
-            table_indices, torch.arange(count + 1, dtype=offsets.dtype), SUM_POOLING,
-            torch.empty(0, dtype=torch.float32), stochastic_rounding, momentum1_host, momentum1_placements[one],
-            momentum1_offsets[one], learning_rate_tensor, eps, weight_decay, weight_decay_mode, max_norm, 0)
+            table_grad,
+            host_weights,
+            weights_placements[one],
+            weights_offsets[one],
+            torch.tensor([0, D], dtype=torch.int32),
+            D,
+            torch.tensor([0, _table_rows(cumsum, first)], dtype=hash_size_cumsum.dtype),
+            total_hash_size_bits,
+            table_indices,
+            torch.arange(count + 1, dtype=offsets.dtype),
+            SUM_POOLING,
+            torch.empty(0, dtype=torch.float32),
+            stochastic_rounding,
+            momentum1_host,
+            momentum1_placements[one],
+            momentum1_offsets[one],
+            learning_rate_tensor,
+            eps,
+            weight_decay,
+            weight_decay_mode,
+            max_norm,
+            0,
+        )
 
 
 def install() -> bool:
@@ -127,11 +161,17 @@ def install() -> bool:
 
     version = getattr(fbgemm_gpu, "__version__", "unknown")
     ops = torch.ops.fbgemm
-    schemas = (str(getattr(ops, OP).default._schema),
-               str(ops.split_embedding_backward_codegen_rowwise_adagrad_cpu.default._schema))
+    schemas = (
+        str(getattr(ops, OP).default._schema),
+        str(ops.split_embedding_backward_codegen_rowwise_adagrad_cpu.default._schema),
+    )
     if not version.startswith(FBGEMM_VERSION) or schemas != (OP_SCHEMA, POOLED_OP_SCHEMA):
-        logger.info("fbgemm-gpu %s: kept fbgemm's unpooled CPU backward (torchrec_mdr.sparse.fbgemm_nobag_cpu "
-                    "was written for %s)", version, FBGEMM_VERSION)
+        logger.info(
+            "fbgemm-gpu %s: kept fbgemm's unpooled CPU backward (torchrec_mdr.sparse.fbgemm_nobag_cpu "
+            "was written for %s)",
+            version,
+            FBGEMM_VERSION,
+        )
         return False
     library = torch.library.Library("fbgemm", "IMPL")
     with warnings.catch_warnings():  # torch warns that a kernel is overridden: that is the point

@@ -122,8 +122,10 @@ class Task(ABC):
     def check_early_stopping(self, config: EarlyStoppingConfig) -> None:
         """Raise ConfigError when ``train.early_stopping`` (enabled) asks for what this task cannot give."""
         if config.metric not in self.stopping_metrics:
-            raise ConfigError(f"train.early_stopping.metric = {config.metric!r}: task = {self.name!r} computes "
-                              f"{', '.join(self.stopping_metrics) or 'no metric early stopping can use'}")
+            raise ConfigError(
+                f"train.early_stopping.metric = {config.metric!r}: task = {self.name!r} computes "
+                f"{', '.join(self.stopping_metrics) or 'no metric early stopping can use'}"
+            )
 
     def stopping_value(self, result: Any, config: EarlyStoppingConfig) -> float:
         """The value of ``config.metric`` in ``result`` that early stopping decides on."""

@@ -58,11 +58,19 @@ class RankingTask(Task):
         config = self.config
         # each task's BCE weighted and summed (for one label: TrainModel's default mean BCE, the same number)
         loss_fn = TaskWeightedBCE(task_weights(config.train.task_weights, self.spec)).to(dense_device)
-        return TrainModel(RankingModel(self.spec, config.model, sparse_device=torch.device("meta"),
-                                       dense_device=dense_device, eviction=config.sparse.eviction,
-                                       mc_buckets=world_size, mixed_precision=config.train.mixed_precision,
-                                       planning_only=planning_only),
-                          loss_fn=loss_fn)
+        return TrainModel(
+            RankingModel(
+                self.spec,
+                config.model,
+                sparse_device=torch.device("meta"),
+                dense_device=dense_device,
+                eviction=config.sparse.eviction,
+                mc_buckets=world_size,
+                mixed_precision=config.train.mixed_precision,
+                planning_only=planning_only,
+            ),
+            loss_fn=loss_fn,
+        )
 
     def buffer(self) -> RankingBuffer:
         return RankingBuffer(self.spec)
@@ -92,8 +100,10 @@ class RankingTask(Task):
     def check_early_stopping(self, config: EarlyStoppingConfig) -> None:
         super().check_early_stopping(config)
         if config.task is not None and config.task not in self.spec.label_names:
-            raise ConfigError(f"train.early_stopping.task = {config.task!r} is not a label of {self.config.data.path}; "
-                              f"its labels are {self.spec.label_names}")
+            raise ConfigError(
+                f"train.early_stopping.task = {config.task!r} is not a label of {self.config.data.path}; "
+                f"its labels are {self.spec.label_names}"
+            )
 
     def stopping_value(self, result: EvalResult, config: EarlyStoppingConfig) -> float:
         decider = result.task(config.task)  # the first task unless early_stopping.task names one
@@ -112,5 +122,9 @@ def _task_scalars(prefix: str, result: EvalResult) -> list[tuple[str, float]]:
 
 
 def _headline(result: EvalResult) -> dict[str, Any]:
-    return {"auc": result.auc, "logloss": result.logloss, "gauc": result.gauc,
-            "per_domain": {name: values["auc"] for name, values in result.per_domain.items()}}
+    return {
+        "auc": result.auc,
+        "logloss": result.logloss,
+        "gauc": result.gauc,
+        "per_domain": {name: values["auc"] for name, values in result.per_domain.items()},
+    }

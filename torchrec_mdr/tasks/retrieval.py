@@ -37,8 +37,9 @@ class RetrievalPass:
         self.rows.add(output.user, output.item, output.item_ids, output.positive, output.domain, output.group_ids)
 
     def compute(self, device: torch.device) -> RetrievalResult:
-        result = retrieval_metrics(*self.rows.gather(device), self.task.spec.domain_names,
-                                   self.task.config.retrieval.top_k)
+        result = retrieval_metrics(
+            *self.rows.gather(device), self.task.spec.domain_names, self.task.config.retrieval.top_k
+        )
         result.model = self.task.model_name
         return result
 
@@ -54,16 +55,29 @@ class RetrievalTask(Task):
     def identity(self, identity: dict) -> dict:
         """The towers' structure replaces the (unused) ranking model's config."""
         config = self.config
-        return {**identity, "model": {"task": "retrieval", "embedding_dim": config.model.embedding_dim,
-                                      "retrieval": to_dict(config.retrieval.structure())}}
+        return {
+            **identity,
+            "model": {
+                "task": "retrieval",
+                "embedding_dim": config.model.embedding_dim,
+                "retrieval": to_dict(config.retrieval.structure()),
+            },
+        }
 
     def build_model(self, dense_device: torch.device, world_size: int, planning_only: bool = False) -> nn.Module:
         config = self.config
-        return RetrievalModel(self.spec, config.model.embedding_dim, config.retrieval,
-                              sparse_device=torch.device("meta"), dense_device=dense_device,
-                              eviction=config.sparse.eviction, mc_buckets=world_size,
-                              mixed_precision=config.train.mixed_precision, stream_rows=config.data.batch_size,
-                              planning_only=planning_only)
+        return RetrievalModel(
+            self.spec,
+            config.model.embedding_dim,
+            config.retrieval,
+            sparse_device=torch.device("meta"),
+            dense_device=dense_device,
+            eviction=config.sparse.eviction,
+            mc_buckets=world_size,
+            mixed_precision=config.train.mixed_precision,
+            stream_rows=config.data.batch_size,
+            planning_only=planning_only,
+        )
 
     def buffer(self) -> RetrievalPass:
         return RetrievalPass(self)
@@ -72,8 +86,9 @@ class RetrievalTask(Task):
         pairs: list[tuple[str, float]] = []
         for k in result.recall:
             pairs += [(f"{split}/recall@{k}", result.recall[k]), (f"{split}/hitrate@{k}", result.hitrate[k])]
-            pairs += [(f"{split}/recall@{k}/{name}", values[f"recall@{k}"])
-                      for name, values in result.per_domain.items()]
+            pairs += [
+                (f"{split}/recall@{k}/{name}", values[f"recall@{k}"]) for name, values in result.per_domain.items()
+            ]
         return pairs
 
     def headline(self, result: RetrievalResult) -> dict[str, str]:
@@ -81,11 +96,15 @@ class RetrievalTask(Task):
 
     def history(self, result: RetrievalResult) -> dict[str, Any]:
         """``recall`` and ``hitrate`` {k: value}."""
-        return {"recall": {str(k): v for k, v in result.recall.items()},
-                "hitrate": {str(k): v for k, v in result.hitrate.items()}}
+        return {
+            "recall": {str(k): v for k, v in result.recall.items()},
+            "hitrate": {str(k): v for k, v in result.hitrate.items()},
+        }
 
     def check_early_stopping(self, config: EarlyStoppingConfig) -> None:
-        raise ConfigError("train.early_stopping decides on AUC or logloss, which task = 'retrieval' does not "
-                          "compute; disable it for retrieval")
+        raise ConfigError(
+            "train.early_stopping decides on AUC or logloss, which task = 'retrieval' does not "
+            "compute; disable it for retrieval"
+        )
 
     format_table = staticmethod(format_retrieval_table)

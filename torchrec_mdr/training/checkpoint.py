@@ -71,10 +71,22 @@ from torchrec_mdr.safe_files import check_dcp_metadata, load_side_file, save_sid
 from torchrec_mdr.sparse.mch.reshard import MCHReshard
 from torchrec_mdr.sparse.mch.state import load_module_states, module_states
 from torchrec_mdr.training.checkpoint_identity import (  # noqa: F401  (re-exported: checkpoint.check_identity ...)
-    check_identity, data_order, dataset_signature, differences, run_identity)
+    check_identity,
+    data_order,
+    dataset_signature,
+    differences,
+    run_identity,
+)
 from torchrec_mdr.training.checkpoint_state import (  # noqa: F401  (re-exported: checkpoint.all_finite ...)
-    all_finite, attach_optimizer_state, copy_leading_rows, flat_keys, grown_targets, optimizer_target, rng_state,
-    set_rng_state)
+    all_finite,
+    attach_optimizer_state,
+    copy_leading_rows,
+    flat_keys,
+    grown_targets,
+    optimizer_target,
+    rng_state,
+    set_rng_state,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -146,8 +158,7 @@ class CheckpointManager:
         """Complete checkpoints, oldest first (a folder gets its ``step-N`` name only once complete)."""
         if not self.root.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.root.iterdir()
-                 if p.is_dir() and (m := _COMPLETE.match(p.name))]
+        found = [(int(m.group(1)), p) for p in self.root.iterdir() if p.is_dir() and (m := _COMPLETE.match(p.name))]
         return [p for _, p in sorted(found)]
 
     def _marked(self, marker_name: str) -> Path | None:
@@ -188,13 +199,16 @@ class CheckpointManager:
         elif name == "best":
             info = self.best()
             if info is None:
-                raise TrainingError(f"{self.root} has no best checkpoint (train.early_stopping was not enabled, "
-                                    f"or no evaluation finished); checkpoints: {available}")
+                raise TrainingError(
+                    f"{self.root} has no best checkpoint (train.early_stopping was not enabled, "
+                    f"or no evaluation finished); checkpoints: {available}"
+                )
         else:
             match = re.fullmatch(r"step-(\d+)", name)
             if match is None:
-                raise TrainingError(f"checkpoint {name!r}: expected best, latest or step-N (checkpoints in "
-                                    f"{self.root}: {available})")
+                raise TrainingError(
+                    f"checkpoint {name!r}: expected best, latest or step-N (checkpoints in {self.root}: {available})"
+                )
             path = self.root / f"step-{int(match.group(1)):06d}"
             if not (path / STATE_FILE).is_file():
                 raise TrainingError(f"{self.root} holds no complete checkpoint {name} (checkpoints: {available})")
@@ -213,8 +227,10 @@ class CheckpointManager:
         except json.JSONDecodeError as error:
             raise TrainingError(f"checkpoint record {state} is not valid JSON: {error}") from None
         if record.get("format") != FORMAT_VERSION:
-            raise TrainingError(f"checkpoint {path} has format {record.get('format')}; this version of "
-                                f"torchrec-mdr reads format {FORMAT_VERSION}")
+            raise TrainingError(
+                f"checkpoint {path} has format {record.get('format')}; this version of "
+                f"torchrec-mdr reads format {FORMAT_VERSION}"
+            )
         return CheckpointInfo(path, int(record["progress"]["step"]), record)
 
     # ---------------------------------------------------------------- saving
@@ -245,7 +261,7 @@ class CheckpointManager:
         best = self._marked(BEST_FILE)
         complete = [p for p in self.complete() if p != best]
         removed = []
-        for path in complete[:max(len(complete) - self.keep, 0)]:
+        for path in complete[: max(len(complete) - self.keep, 0)]:
             if latest is not None and path == latest.path:
                 continue
             shutil.rmtree(path, ignore_errors=True)
@@ -265,8 +281,13 @@ class CheckpointManager:
         dcp.save(state, storage_writer=FileSystemWriter(str(tmp)))
         save_side_file({"rng": rng_state(), "modules": module_states(model)}, tmp / f"rank{self.ctx.rank}.pt")
         if self.ctx.is_main:
-            full = {"format": FORMAT_VERSION, "torchrec_mdr_version": torchrec_mdr.__version__,
-                    "world_size": self.ctx.world_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+            full = {
+                "format": FORMAT_VERSION,
+                "torchrec_mdr_version": torchrec_mdr.__version__,
+                "world_size": self.ctx.world_size,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **record,
+            }
             (tmp / STATE_FILE).write_text(json.dumps(full, indent=2) + "\n")
         self._barrier()  # every rank's files are written
         if self.ctx.is_main:
@@ -279,8 +300,15 @@ class CheckpointManager:
         return final
 
     # ---------------------------------------------------------------- loading
-    def load(self, path: str | Path, model: nn.Module, optimizer: KeyedOptimizer | None = None,
-             restore_rng: bool = True, grow: bool = False, reshard_managed: bool = False) -> CheckpointInfo:
+    def load(
+        self,
+        path: str | Path,
+        model: nn.Module,
+        optimizer: KeyedOptimizer | None = None,
+        restore_rng: bool = True,
+        grow: bool = False,
+        reshard_managed: bool = False,
+    ) -> CheckpointInfo:
         """Load a checkpoint into ``model`` (and ``optimizer``) in place, resharding as needed (a
         collective). At the checkpoint's world size also restore this rank's managed-collision history
         and eviction counters and (``restore_rng``) its RNG states; at another world size the
@@ -309,15 +337,25 @@ class CheckpointManager:
         missing = sorted(k for k in flat_keys(state) if k not in saved)
         if missing:
             moved = any(".sequence_bag_collection." in k for k in missing)  # see docs/benchmarks.md, pooled sequences
-            raise TrainingError(f"checkpoint {info.path} does not hold {len(missing)} entries this model needs, "
-                                f"e.g. {missing[:3]} (was it written by another model or optimizer?"
-                                + (" Models that only pool their sequences keep those tables in "
-                                   "sparse_arch.sequence_bag_collection since torchrec-mdr 2026-11-26; older "
-                                   "checkpoints of such models hold them in sparse_arch.embedding_collection "
-                                   "and do not load" if moved else "") + ")")
+            raise TrainingError(
+                f"checkpoint {info.path} does not hold {len(missing)} entries this model needs, "
+                f"e.g. {missing[:3]} (was it written by another model or optimizer?"
+                + (
+                    " Models that only pool their sequences keep those tables in "
+                    "sparse_arch.sequence_bag_collection since torchrec-mdr 2026-11-26; older "
+                    "checkpoints of such models hold them in sparse_arch.embedding_collection "
+                    "and do not load"
+                    if moved
+                    else ""
+                )
+                + ")"
+            )
         grown = grown_targets(state, saved, info.path) if grow else []
-        reshard = (MCHReshard(model, state["model"], saved, saved_world)
-                   if managed and (saved_world != self.ctx.world_size or reshard_managed) else None)
+        reshard = (
+            MCHReshard(model, state["model"], saved, saved_world)
+            if managed and (saved_world != self.ctx.world_size or reshard_managed)
+            else None
+        )
         try:
             dcp.load(state, storage_reader=reader)
         except CheckpointException as error:
@@ -345,5 +383,3 @@ class CheckpointManager:
             if restore_rng:
                 set_rng_state(own["rng"])
         return info
-
-

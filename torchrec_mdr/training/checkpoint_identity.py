@@ -18,15 +18,23 @@ from torchrec_mdr.experiment import ExperimentConfig
 from torchrec_mdr.models.registry import MODELS, ModelConfig
 from torchrec_mdr.sparse.mch.config import EvictionConfig
 
+
 def dataset_signature(spec: DatasetSpec) -> dict[str, Any]:
     """What a model trained on ``spec`` depends on: columns (name, kind, table, cardinality, sequence
     group, max length), domain names and labels — not row counts, files or the dataset's name.
     ``fingerprint`` is a short hash of the rest."""
-    columns = [{"name": c.name, "kind": c.kind, "table": c.table_name if c.kind in EMBEDDED_KINDS else None,
-                "cardinality": c.cardinality, "sequence_group": c.sequence_group, "max_length": c.max_length}
-               for c in spec.columns]
-    signature: dict[str, Any] = {"columns": columns, "domains": list(spec.domain_names),
-                                 "labels": spec.label_names}
+    columns = [
+        {
+            "name": c.name,
+            "kind": c.kind,
+            "table": c.table_name if c.kind in EMBEDDED_KINDS else None,
+            "cardinality": c.cardinality,
+            "sequence_group": c.sequence_group,
+            "max_length": c.max_length,
+        }
+        for c in spec.columns
+    ]
+    signature: dict[str, Any] = {"columns": columns, "domains": list(spec.domain_names), "labels": spec.label_names}
     text = json.dumps(signature, sort_keys=True)
     signature["fingerprint"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return signature
@@ -54,9 +62,15 @@ def run_identity(config: ExperimentConfig, spec: DatasetSpec) -> dict[str, Any]:
 def data_order(config: ExperimentConfig, world_size: int) -> dict[str, Any]:
     """Settings that decide which rows each step trains on (exact resumption needs them unchanged)."""
     data = config.data
-    return {"world_size": world_size, "batch_size": data.batch_size, "num_workers": data.num_workers,
-            "shuffle": data.shuffle, "shuffle_buffer_rows": data.shuffle_buffer_rows, "drop_last": data.drop_last,
-            "seed": data.seed}
+    return {
+        "world_size": world_size,
+        "batch_size": data.batch_size,
+        "num_workers": data.num_workers,
+        "shuffle": data.shuffle,
+        "shuffle_buffer_rows": data.shuffle_buffer_rows,
+        "drop_last": data.drop_last,
+        "seed": data.seed,
+    }
 
 
 def _describe(value: Any) -> str:
@@ -82,19 +96,32 @@ def differences(saved: Any, current: Any, key: str = "", defaults: Any = None) -
             else:
                 found.extend(differences(saved[name], current[name], sub, defaults.get(name)))
         return found
-    if (isinstance(saved, list) and isinstance(current, list) and saved and current
-            and all(isinstance(v, dict) and "name" in v for v in saved + current)):
+    if (
+        isinstance(saved, list)
+        and isinstance(current, list)
+        and saved
+        and current
+        and all(isinstance(v, dict) and "name" in v for v in saved + current)
+    ):
         return differences({v["name"]: v for v in saved}, {v["name"]: v for v in current}, key)
     if saved != current:
         return [f"{key}: {_describe(saved)} in the checkpoint, {_describe(current)} now"]
     return []
 
 
-def check_identity(saved: dict[str, Any], current: dict[str, Any], path: Path,
-                   parts: tuple[str, ...] = ("model", "eviction", "optimizer", "dataset")) -> None:
+def check_identity(
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    path: Path,
+    parts: tuple[str, ...] = ("model", "eviction", "optimizer", "dataset"),
+) -> None:
     """TrainingError naming every difference in ``parts`` between a checkpoint and this run."""
-    what = {"model": "model config", "eviction": "sparse.eviction config", "optimizer": "optimizer kinds",
-            "dataset": "dataset spec"}
+    what = {
+        "model": "model config",
+        "eviction": "sparse.eviction config",
+        "optimizer": "optimizer kinds",
+        "dataset": "dataset spec",
+    }
     for part in parts:
         saved_part = dict(saved.get(part, {}))
         current_part = dict(current[part])
@@ -103,13 +130,21 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: Path,
                 continue
             saved_part.pop("fingerprint", None)
             current_part.pop("fingerprint", None)
-        defaults = to_dict(ModelConfig()) if part == "model" else to_dict(EvictionConfig()) if part == "eviction" \
-            else None
-        found = differences(saved_part, current_part, "model" if part == "model" else
-                            "sparse.eviction" if part == "eviction" else "optimizer" if part == "optimizer" else "",
-                            defaults)
+        defaults = (
+            to_dict(ModelConfig()) if part == "model" else to_dict(EvictionConfig()) if part == "eviction" else None
+        )
+        found = differences(
+            saved_part,
+            current_part,
+            "model"
+            if part == "model"
+            else "sparse.eviction"
+            if part == "eviction"
+            else "optimizer"
+            if part == "optimizer"
+            else "",
+            defaults,
+        )
         if found:
             shown = "; ".join(found[:8]) + (f"; ... ({len(found) - 8} more)" if len(found) > 8 else "")
             raise TrainingError(f"checkpoint {path} was written for a different {what[part]}: {shown}")
-
-

@@ -28,11 +28,17 @@ def rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state(legacy=True)
     assert isinstance(numpy_state, tuple)  # legacy=True: ('MT19937', keys, pos, has_gauss, cached_gaussian)
     kind, keys, position, has_gauss, cached_gaussian = numpy_state
-    state: dict[str, Any] = {"torch": torch.get_rng_state(),
-                             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
-                                       "pos": int(position), "has_gauss": int(has_gauss),
-                                       "cached_gaussian": float(cached_gaussian)},
-                             "python": random.getstate()}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -43,8 +49,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     saved = state["numpy"]
     if isinstance(saved, dict):
-        saved = (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
-                 saved["cached_gaussian"])
+        saved = (
+            saved["kind"],
+            saved["keys"].numpy().astype(np.uint32),
+            saved["pos"],
+            saved["has_gauss"],
+            saved["cached_gaussian"],
+        )
     np.random.set_state(saved)
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
@@ -107,12 +118,18 @@ def optimizer_target(optimizer: KeyedOptimizer, saved: dict[str, Any]) -> dict[s
         if key in state or isinstance(param, ShardedTensor):
             continue
         prefix = f"optim.{key}."
-        entries = {fqn[len(prefix):]: md for fqn, md in saved.items()
-                   if fqn.startswith(prefix) and isinstance(md, TensorStorageMetadata)}
+        entries = {
+            fqn[len(prefix) :]: md
+            for fqn, md in saved.items()
+            if fqn.startswith(prefix) and isinstance(md, TensorStorageMetadata)
+        }
         if entries:
-            state[key] = {name: torch.empty(md.size, dtype=md.properties.dtype,
-                                            device="cpu" if len(md.size) == 0 else param.device)
-                          for name, md in entries.items()}
+            state[key] = {
+                name: torch.empty(
+                    md.size, dtype=md.properties.dtype, device="cpu" if len(md.size) == 0 else param.device
+                )
+                for name, md in entries.items()
+            }
     return state
 
 
@@ -127,7 +144,6 @@ def attach_optimizer_state(optimizer: KeyedOptimizer, loaded: dict[str, Any]) ->
         if param is not None and param not in current:
             owners[id(param)].state[param] = values
     optimizer.load_state_dict({"state": loaded})
-
 
 
 def leaves(state: dict[str, Any], prefix: str = "") -> Iterator[tuple[dict[str, Any], str, str]]:
@@ -154,11 +170,15 @@ def grown_targets(state: dict[str, Any], saved: dict[str, Any], path: Path) -> l
         if now == before:
             continue
         if len(now) != len(before) or len(now) == 0 or now[1:] != before[1:]:
-            raise TrainingError(f"checkpoint {path}: {name} has shape {list(before)}, this model's is {list(now)} "
-                                f"(another model config?)")
+            raise TrainingError(
+                f"checkpoint {path}: {name} has shape {list(before)}, this model's is {list(now)} "
+                f"(another model config?)"
+            )
         if now[0] < before[0]:
-            raise TrainingError(f"checkpoint {path}: {name} has {before[0]} rows, this model's has {now[0]}: the "
-                                f"table shrank (a table may only grow)")
+            raise TrainingError(
+                f"checkpoint {path}: {name} has {before[0]} rows, this model's has {now[0]}: the "
+                f"table shrank (a table may only grow)"
+            )
         parent[key] = torch.empty(before, dtype=entry.properties.dtype)
         swapped.append((parent, key, value))
     return swapped
@@ -176,8 +196,7 @@ def copy_leading_rows(source: torch.Tensor, target: torch.Tensor | ShardedTensor
         count = min(rows - offsets[0], sizes[0])
         if count <= 0:
             continue
-        index = (slice(offsets[0], offsets[0] + count),
-                 *(slice(o, o + n) for o, n in zip(offsets[1:], sizes[1:])))
+        index = (slice(offsets[0], offsets[0] + count), *(slice(o, o + n) for o, n in zip(offsets[1:], sizes[1:])))
         shard.tensor[:count].copy_(source[index].to(shard.tensor.device))
 
 
@@ -189,4 +208,3 @@ def flat_keys(state: dict[str, Any], prefix: str = "") -> Iterator[str]:
             yield from flat_keys(value, name)
         else:
             yield name
-

@@ -16,7 +16,7 @@ from typing import Literal
 from torchrec_mdr.config import ConfigError, bounds, doc
 from torchrec_mdr.data.spec import EMBEDDED_KINDS, DatasetSpec
 
-GB = 1024 ** 3
+GB = 1024**3
 
 
 @dataclass
@@ -29,19 +29,23 @@ class ClusterConfig:
     device: Literal["cuda", "cpu"] = field(default="cuda", metadata=doc("compute device of every rank"))
     hbm_gb: float = field(default=80.0, metadata=bounds(gt=0, help="GPU memory per rank, GiB"))
     ddr_gb: float = field(default=128.0, metadata=bounds(ge=0, help="host memory per rank, GiB"))
-    batch_size: int | None = field(default=None, metadata=bounds(ge=1, help="batch per rank "
-                                                                            "(default: the config's data.batch_size)"))
+    batch_size: int | None = field(
+        default=None, metadata=bounds(ge=1, help="batch per rank (default: the config's data.batch_size)")
+    )
     hbm_bw_gbps: float | None = field(default=None, metadata=bounds(gt=0, help="GPU memory bandwidth, GB/s"))
     ddr_bw_gbps: float | None = field(default=None, metadata=bounds(gt=0, help="host memory bandwidth per rank, GB/s"))
-    intra_host_bw_gbps: float | None = field(default=None, metadata=bounds(gt=0, help="bandwidth between the ranks "
-                                                                                      "of one host, GB/s"))
-    inter_host_bw_gbps: float | None = field(default=None, metadata=bounds(gt=0, help="network bandwidth per rank "
-                                                                                      "between hosts, GB/s"))
+    intra_host_bw_gbps: float | None = field(
+        default=None, metadata=bounds(gt=0, help="bandwidth between the ranks of one host, GB/s")
+    )
+    inter_host_bw_gbps: float | None = field(
+        default=None, metadata=bounds(gt=0, help="network bandwidth per rank between hosts, GB/s")
+    )
 
     def validate(self) -> None:
         if self.world_size % self.local_world_size:
-            raise ConfigError(f"world_size {self.world_size} is not a multiple of local_world_size "
-                              f"{self.local_world_size}")
+            raise ConfigError(
+                f"world_size {self.world_size} is not a multiple of local_world_size {self.local_world_size}"
+            )
 
     @property
     def hosts(self) -> int:
@@ -50,8 +54,10 @@ class ClusterConfig:
     def describe(self) -> str:
         memory = f"HBM {self.hbm_gb:g} GiB" if self.device == "cuda" else "no HBM"
         title = f"{self.name}: " if self.name else ""
-        return (f"{title}{self.world_size} x {self.device} ({self.hosts} host(s) of {self.local_world_size}), "
-                f"{memory} + DDR {self.ddr_gb:g} GiB per rank")
+        return (
+            f"{title}{self.world_size} x {self.device} ({self.hosts} host(s) of {self.local_world_size}), "
+            f"{memory} + DDR {self.ddr_gb:g} GiB per rank"
+        )
 
 
 def parse_table_rows(items: list[str]) -> dict[str, int]:
@@ -64,8 +70,9 @@ def parse_table_rows(items: list[str]) -> dict[str, int]:
         except ValueError:
             number = math.nan
         if not name or not math.isfinite(number) or number < 1 or number != int(number):
-            raise ConfigError(f"--table-rows {text!r}: expected TABLE=ROWS with a whole number of rows >= 1, "
-                              f"e.g. item=1e9")
+            raise ConfigError(
+                f"--table-rows {text!r}: expected TABLE=ROWS with a whole number of rows >= 1, e.g. item=1e9"
+            )
         rows[name] = int(number)
     return rows
 
@@ -75,8 +82,13 @@ def scale_tables(spec: DatasetSpec, rows: dict[str, int]) -> DatasetSpec:
     tables = spec.tables
     unknown = sorted(set(rows) - set(tables))
     if unknown:
-        raise ConfigError(f"--table-rows: the dataset spec has no embedding table {unknown[0]!r} "
-                          f"(its tables: {', '.join(tables)})")
-    columns = [dataclasses.replace(c, cardinality=rows[c.table_name])
-               if c.kind in EMBEDDED_KINDS and c.table_name in rows else c for c in spec.columns]
+        raise ConfigError(
+            f"--table-rows: the dataset spec has no embedding table {unknown[0]!r} (its tables: {', '.join(tables)})"
+        )
+    columns = [
+        dataclasses.replace(c, cardinality=rows[c.table_name])
+        if c.kind in EMBEDDED_KINDS and c.table_name in rows
+        else c
+        for c in spec.columns
+    ]
     return dataclasses.replace(spec, columns=columns)

@@ -44,8 +44,10 @@ def keep_freed_memory() -> bool:
     if libc is None:
         return False
     applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))
-    logger.info("glibc malloc: mmap %s for large tensors (torchrec_mdr.training.cpu_memory)",
-                "off, freed memory kept" if applied else "settings refused; unchanged")
+    logger.info(
+        "glibc malloc: mmap %s for large tensors (torchrec_mdr.training.cpu_memory)",
+        "off, freed memory kept" if applied else "settings refused; unchanged",
+    )
     return applied
 
 

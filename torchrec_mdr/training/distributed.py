@@ -59,6 +59,7 @@ def init_distributed(device: str = "auto") -> DistContext:
         if "MASTER_ADDR" in os.environ:
             dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
         else:
-            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
-                                    rank=0, world_size=1)
+            dist.init_process_group(
+                backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+            )
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, torch_device, backend)

@@ -69,14 +69,20 @@ class EarlyStopping:
     def reason(self, split: str) -> str:
         """One line saying why training stopped."""
         metric = self.config.metric + (f" of task {self.config.task}" if self.config.task is not None else "")
-        return (f"early stopping at step {self.stopped_at}: {split} {metric} has not improved by more "
-                f"than {self.config.min_delta} for {self.bad_evaluations} evaluation(s); the best, "
-                f"{self.best_value:.6f}, was at step {self.best_step}")
+        return (
+            f"early stopping at step {self.stopped_at}: {split} {metric} has not improved by more "
+            f"than {self.config.min_delta} for {self.bad_evaluations} evaluation(s); the best, "
+            f"{self.best_value:.6f}, was at step {self.best_step}"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON values (kept in each checkpoint's ``state.json``)."""
-        return {"best_value": self.best_value, "best_step": self.best_step,
-                "bad_evaluations": self.bad_evaluations, "stopped_at": self.stopped_at}
+        return {
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "bad_evaluations": self.bad_evaluations,
+            "stopped_at": self.stopped_at,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (a checkpoint written without early stopping gives ``{}``: fresh)."""
@@ -87,9 +93,16 @@ class EarlyStopping:
 
     def summary(self, split: str) -> dict[str, Any]:
         """The ``early_stopping`` section of ``metrics.json`` (``task`` only when one is named)."""
-        summary = {"split": split, "metric": self.config.metric, "patience": self.config.patience,
-                   "min_delta": self.config.min_delta, "best_step": self.best_step, "best_value": self.best_value,
-                   "stopped_early": self.stopped_at is not None, "stopped_at_step": self.stopped_at}
+        summary = {
+            "split": split,
+            "metric": self.config.metric,
+            "patience": self.config.patience,
+            "min_delta": self.config.min_delta,
+            "best_step": self.best_step,
+            "best_value": self.best_value,
+            "stopped_early": self.stopped_at is not None,
+            "stopped_at_step": self.stopped_at,
+        }
         if self.config.task is not None:
             summary["task"] = self.config.task
         return summary

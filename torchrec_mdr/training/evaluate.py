@@ -78,17 +78,31 @@ class Evaluator:
         info = self.checkpoints.resolve(checkpoint)
         best = self.checkpoints.best() if checkpoint == "latest" else None
         if best is not None and best.step != info.step and self.ctx.is_main:
-            print(f"note: {checkpoint} is step {info.step}; this run's best evaluation (early stopping, the weights "
-                  f"its metrics.json reports) is step {best.step}: pass --checkpoint best to use it")
-        self.grown = load_grown(self.checkpoints, info, self.model, None, self.ctx, self.identity,
-                                self.config.sparse.eviction.tables, ("model", "eviction"),
-                                f"score {self.config.data.path} with")
+            print(
+                f"note: {checkpoint} is step {info.step}; this run's best evaluation (early stopping, the weights "
+                f"its metrics.json reports) is step {best.step}: pass --checkpoint best to use it"
+            )
+        self.grown = load_grown(
+            self.checkpoints,
+            info,
+            self.model,
+            None,
+            self.ctx,
+            self.identity,
+            self.config.sparse.eviction.tables,
+            ("model", "eviction"),
+            f"score {self.config.data.path} with",
+        )
         if self.grown and self.ctx.is_main:
             managed = set(self.config.sparse.eviction.tables)
-            print(f"note: {self.config.data.path} grew tables since the run's dataset: "
-                  + ", ".join(f"'{t}' {a:,} -> {b:,} ids" + (" (managed: slots unchanged)" if t in managed else "")
-                              for t, (a, b) in sorted(self.grown.items()))
-                  + "; the new ids' rows are initialised as a warm start from this run would initialise them")
+            print(
+                f"note: {self.config.data.path} grew tables since the run's dataset: "
+                + ", ".join(
+                    f"'{t}' {a:,} -> {b:,} ids" + (" (managed: slots unchanged)" if t in managed else "")
+                    for t, (a, b) in sorted(self.grown.items())
+                )
+                + "; the new ids' rows are initialised as a warm start from this run would initialise them"
+            )
         return info
 
     def outputs(self, split: str) -> Iterator[Any]:
@@ -101,8 +115,9 @@ class Evaluator:
         return self.task.evaluate(self.outputs(split), self.ctx.device)
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
-                 checkpoint: str = "latest") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, data: str | Path | None = None, split: str = "test", checkpoint: str = "latest"
+) -> dict[str, Any]:
     """Evaluate a checkpoint of a run on ``split`` (``mdr eval``).
 
     ``checkpoint``: ``latest`` (the default), ``best`` (the best evaluation of early stopping, whose
@@ -123,17 +138,28 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     info = evaluator.load(checkpoint)
     result = evaluator.evaluate(split)
     task, spec = evaluator.task, evaluator.spec
-    metrics: dict[str, Any] = {"model": task.model_name, "dataset": spec.name, "data": str(config.data.path),
-                               "split": split, **result.to_dict(),
-                               "checkpoint": {"name": checkpoint, "path": str(info.path), "step": info.step,
-                                              "world_size": info.record.get("world_size")},
-                               **task.split_metrics(split)}
+    metrics: dict[str, Any] = {
+        "model": task.model_name,
+        "dataset": spec.name,
+        "data": str(config.data.path),
+        "split": split,
+        **result.to_dict(),
+        "checkpoint": {
+            "name": checkpoint,
+            "path": str(info.path),
+            "step": info.step,
+            "world_size": info.record.get("world_size"),
+        },
+        **task.split_metrics(split),
+    }
     if evaluator.grown:
         metrics["grown_tables"] = grown_record(evaluator.grown)
     if evaluator.ctx.is_main:
         out = run_dir / (f"eval-{split}.json" if checkpoint == "latest" else f"eval-{split}-{checkpoint}.json")
         out.write_text(json.dumps(metrics, indent=2) + "\n")
         print(task.format_table(metrics, spec.domain_names))
-        print(f"checkpoint {info.path} (step {info.step}, written by {info.record.get('world_size')} rank(s)); "
-              f"wrote {out}")
+        print(
+            f"checkpoint {info.path} (step {info.step}, written by {info.record.get('world_size')} rank(s)); "
+            f"wrote {out}"
+        )
     return metrics

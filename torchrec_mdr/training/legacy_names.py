@@ -27,8 +27,10 @@ RENAMES: tuple[tuple[re.Pattern[str], str], ...] = (  # (new name, its old form)
     (re.compile(r"dense_arch\.model\.input\.dense_field\."), "dense_arch.model.dense_field."),
     (re.compile(r"dense_arch\.model\.pooling\.(\d+)\.query_projection\."), r"dense_arch.model.queries.\1."),
     (re.compile(r"dense_arch\.model\.pooling\.(\d+)\.attention\."), r"dense_arch.model.attentions.\1."),
-    (re.compile(r"sparse_arch\.sequence_bag_collection\.embedding_bags\."),
-     "sparse_arch.embedding_collection.embeddings."),
+    (
+        re.compile(r"sparse_arch\.sequence_bag_collection\.embedding_bags\."),
+        "sparse_arch.embedding_collection.embeddings.",
+    ),
 )
 
 

@@ -65,6 +65,8 @@ def task_weights(weights: Sequence[float] | None, spec: DatasetSpec) -> list[flo
     if weights is None:
         return [1.0] * len(labels)
     if len(weights) != len(labels):
-        raise ConfigError(f"train.task_weights has {len(weights)} value(s) {list(weights)}, but the dataset "
-                          f"{spec.name} has {len(labels)} label(s) {labels}: give one weight per label, in that order")
+        raise ConfigError(
+            f"train.task_weights has {len(weights)} value(s) {list(weights)}, but the dataset "
+            f"{spec.name} has {len(labels)} label(s) {labels}: give one weight per label, in that order"
+        )
     return [float(w) for w in weights]

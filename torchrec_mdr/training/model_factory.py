@@ -18,9 +18,15 @@ from torchrec_mdr.tasks import Task, make_task
 from torchrec_mdr.training.optimizers import apply_sparse_optimizer
 
 
-def build_model(config: ExperimentConfig, spec: DatasetSpec, dense_device: torch.device,
-                world_size: int, sparse_device: torch.device | None = None,
-                planning_only: bool = False, task: Task | None = None) -> nn.Module:
+def build_model(
+    config: ExperimentConfig,
+    spec: DatasetSpec,
+    dense_device: torch.device,
+    world_size: int,
+    sparse_device: torch.device | None = None,
+    planning_only: bool = False,
+    task: Task | None = None,
+) -> nn.Module:
     """The run's model, tables on meta, sparse optimizer applied.
 
     Args:

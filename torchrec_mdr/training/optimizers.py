@@ -28,10 +28,16 @@ DENSE_OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "s
 def apply_sparse_optimizer(model: nn.Module, config: OptimizerConfig, device: torch.device) -> None:
     """Register the fused sparse optimizer on every embedding table (before DMP wraps the model)."""
     if config.sparse == "adam" and device.type == "cpu":
-        raise ConfigError("optimizer.sparse = adam: fbgemm's fused CPU kernels do not support Adam "
-                          "(use rowwise_adagrad, adagrad or sgd on CPU; adam works on GPU)")
-    params = [p for m in model.modules() if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))
-              for p in m.parameters()]
+        raise ConfigError(
+            "optimizer.sparse = adam: fbgemm's fused CPU kernels do not support Adam "
+            "(use rowwise_adagrad, adagrad or sgd on CPU; adam works on GPU)"
+        )
+    params = [
+        p
+        for m in model.modules()
+        if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))
+        for p in m.parameters()
+    ]
     # A fresh dict: DMP renames "lr" in the dict it is given (torchrec gotcha).
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[config.sparse], params, {"lr": config.sparse_lr})
 
@@ -45,16 +51,20 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> KeyedOptimizer
     def make(params: Any) -> torch.optim.Optimizer:
         return dense_class(params, lr=config.dense_lr, weight_decay=config.weight_decay)
 
-    dense = (ClippedOptimizer(dense_params, make, config.grad_clip_norm) if config.grad_clip_norm
-             else KeyedOptimizerWrapper(dense_params, make))
+    dense = (
+        ClippedOptimizer(dense_params, make, config.grad_clip_norm)
+        if config.grad_clip_norm
+        else KeyedOptimizerWrapper(dense_params, make)
+    )
     return CombinedOptimizer([model.fused_optimizer, dense])
 
 
 class ClippedOptimizer(KeyedOptimizerWrapper):
     """A dense optimizer that clips its parameters' total gradient norm before each step."""
 
-    def __init__(self, params: dict[str, nn.Parameter], make: Callable[[Any], torch.optim.Optimizer],
-                 max_norm: float) -> None:
+    def __init__(
+        self, params: dict[str, nn.Parameter], make: Callable[[Any], torch.optim.Optimizer], max_norm: float
+    ) -> None:
         super().__init__(params, make)
         self.max_norm = max_norm
 

@@ -68,8 +68,10 @@ class KeptColumns:
         while self._pending_rows < rows:
             chunk = next(self._chunks, None)
             if chunk is None:
-                raise TrainingError(f"rank {self.dataset.rank}: the model scored more rows than its slice of "
-                                    f"split '{self.dataset.split}' holds")
+                raise TrainingError(
+                    f"rank {self.dataset.rank}: the model scored more rows than its slice of "
+                    f"split '{self.dataset.split}' holds"
+                )
             self._pending.append(chunk)
             self._pending_rows += chunk.num_rows
         table = pa.concat_tables(self._pending)  # zero-copy: chunks and slices of the row groups read
@@ -131,11 +133,14 @@ def _output_columns(spec: Any, keep: list[str], available: list[str]) -> list[st
     own = {"row", "domain", *(f"prob_{label}" for label in spec.label_names)}
     for name in keep:
         if name not in available:
-            raise ConfigError(f"--keep {name}: the dataset's files have no column '{name}' "
-                              f"(columns: {', '.join(available)})")
+            raise ConfigError(
+                f"--keep {name}: the dataset's files have no column '{name}' (columns: {', '.join(available)})"
+            )
         if name in own:
-            raise ConfigError(f"--keep {name}: the output already has a column '{name}' "
-                              f"(row, domain, prob_<label>); keep another column")
+            raise ConfigError(
+                f"--keep {name}: the output already has a column '{name}' "
+                f"(row, domain, prob_<label>); keep another column"
+            )
     return keep
 
 
@@ -159,9 +164,17 @@ def _total(value: int, ctx: Any) -> int:
     return int(tensor.item())
 
 
-def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = None, split: str = "test",
-                keep: list[str] | None = None, checkpoint: str = "latest", overwrite: bool = False,
-                row_group_rows: int = 65_536, rows_per_file: int = 5_000_000) -> dict[str, Any]:
+def predict_run(
+    run_dir: str | Path,
+    out: str | Path,
+    data: str | Path | None = None,
+    split: str = "test",
+    keep: list[str] | None = None,
+    checkpoint: str = "latest",
+    overwrite: bool = False,
+    row_group_rows: int = 65_536,
+    rows_per_file: int = 5_000_000,
+) -> dict[str, Any]:
     """Score every row of ``split`` of ``data`` (default: the run's ``data.path``; or a dataset whose spec
     only grew the run's tables, e.g. tomorrow's candidates: see :meth:`Evaluator.load
     <torchrec_mdr.training.evaluate.Evaluator.load>`, also for the new ids' rows) with the run's
@@ -185,22 +198,30 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
         raise ConfigError(f"--split {split}: {config.data.path} has splits {', '.join(spec.splits)}")
     info = evaluator.load(checkpoint)
 
-    dataset = ParquetBatches(replace(config.data, shuffle=False), split, ctx.rank, ctx.world_size, shuffle=False,
-                             spec=evaluator.reader_spec)
+    dataset = ParquetBatches(
+        replace(config.data, shuffle=False), split, ctx.rank, ctx.world_size, shuffle=False, spec=evaluator.reader_spec
+    )
     keep = keep if keep is not None else ([spec.group_column] if spec.group_column else [])
     available = open_parquet(dataset.files[0]).schema_arrow.names if dataset.files else []
     kept = KeptColumns(dataset, _output_columns(spec, keep, available))
     folder = _agreed_folder(out, ctx)
     writer = PartWriter(folder, ctx.rank, row_group_rows, rows_per_file)
     first_row, _ = slice_bounds(sum(sum(g) for g in dataset.row_groups), ctx.world_size, ctx.rank)
-    bar = tqdm(total=dataset.rows(), desc=f"predict {split}" + (" (rank 0's slice)" if ctx.world_size > 1 else ""),
-               unit="row", unit_scale=True, disable=not ctx.is_main, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(
+        total=dataset.rows(),
+        desc=f"predict {split}" + (" (rank 0's slice)" if ctx.world_size > 1 else ""),
+        unit="row",
+        unit_scale=True,
+        disable=not ctx.is_main,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
     try:
         for output in evaluator.outputs(split):  # RankingOutput
             rows = int(output.logits.shape[0])
-            columns: dict[str, Any] = {"row": np.arange(first_row + writer.rows, first_row + writer.rows + rows,
-                                                        dtype=np.int64),
-                                       "domain": output.domain.detach().cpu().numpy().astype(np.int64)}
+            columns: dict[str, Any] = {
+                "row": np.arange(first_row + writer.rows, first_row + writer.rows + rows, dtype=np.int64),
+                "domain": output.domain.detach().cpu().numpy().astype(np.int64),
+            }
             probs = torch.sigmoid(output.logits.detach().float()).cpu().numpy()
             for task, label in enumerate(spec.label_names):
                 columns[f"prob_{label}"] = probs[:, task]
@@ -212,8 +233,10 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
             bar.update(rows)
         writer.close()
         if writer.rows != dataset.rows():
-            raise TrainingError(f"rank {ctx.rank} scored {writer.rows} rows of its slice of split '{split}', "
-                                f"which holds {dataset.rows()}")
+            raise TrainingError(
+                f"rank {ctx.rank} scored {writer.rows} rows of its slice of split '{split}', "
+                f"which holds {dataset.rows()}"
+            )
     except BaseException:
         bar.close()
         writer.close()
@@ -222,18 +245,25 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
     bar.close()
     total = _total(writer.rows, ctx)
     if total != spec.splits[split].rows:
-        raise TrainingError(f"predicted {total} rows but split '{split}' of {config.data.path} has "
-                            f"{spec.splits[split].rows}; nothing written")
+        raise TrainingError(
+            f"predicted {total} rows but split '{split}' of {config.data.path} has "
+            f"{spec.splits[split].rows}; nothing written"
+        )
     files: list[Any] = [None] * ctx.world_size  # each rank's file names
     if ctx.world_size > 1:
         dist.all_gather_object(files, writer.files)
     else:
         files = [writer.files]
     manifest: dict[str, Any] = {
-        "run": str(run_dir), "checkpoint": {"name": checkpoint, "path": str(info.path), "step": info.step},
-        "data": str(config.data.path), "split": split, "rows": total, "world_size": ctx.world_size,
+        "run": str(run_dir),
+        "checkpoint": {"name": checkpoint, "path": str(info.path), "step": info.step},
+        "data": str(config.data.path),
+        "split": split,
+        "rows": total,
+        "world_size": ctx.world_size,
         "columns": ["row", "domain", *(f"prob_{label}" for label in spec.label_names), *kept.columns],
-        "files": sorted(name for names in files for name in names)}
+        "files": sorted(name for names in files for name in names),
+    }
     if evaluator.grown:  # today's data, yesterday's run (Evaluator.load)
         manifest["grown_tables"] = grown_record(evaluator.grown)
     if ctx.is_main:
@@ -241,8 +271,10 @@ def predict_run(run_dir: str | Path, out: str | Path, data: str | Path | None = 
         if out.exists():  # --overwrite
             shutil.rmtree(out)
         folder.rename(out)
-        print(f"wrote {total:,} predictions of split '{split}' ({len(manifest['files'])} files) to {out} "
-              f"with checkpoint {info.path.name}")
+        print(
+            f"wrote {total:,} predictions of split '{split}' ({len(manifest['files'])} files) to {out} "
+            f"with checkpoint {info.path.name}"
+        )
     if ctx.world_size > 1:
         dist.barrier()
     return manifest

@@ -59,8 +59,14 @@ def open_run(config: ExperimentConfig, run_dir: Path) -> RunParts:
     prepare_eviction(spec, config.sparse.eviction, ctx.world_size, config.data.batch_size)
     task = make_task(config, spec)
     checkpoints = CheckpointManager(run_dir, ctx, config.train.keep_checkpoints)
-    return RunParts(ctx, spec, managed_reader_spec(spec, config.sparse.eviction), task, checkpoints,
-                    task.identity(run_identity(config, spec)))
+    return RunParts(
+        ctx,
+        spec,
+        managed_reader_spec(spec, config.sparse.eviction),
+        task,
+        checkpoints,
+        task.identity(run_identity(config, spec)),
+    )
 
 
 def build_sharded(config: ExperimentConfig, parts: RunParts) -> tuple[nn.Module, Any]:
@@ -85,8 +91,9 @@ def all_equal_batches(loader: BatchLoader, ctx: DistContext, reduce_op: dist.Red
     return int(count.item())
 
 
-def eval_outputs(model: nn.Module, optimizer: Any, config: ExperimentConfig, split: str, ctx: DistContext,
-                 reader_spec: DatasetSpec) -> Iterator[Any]:
+def eval_outputs(
+    model: nn.Module, optimizer: Any, config: ExperimentConfig, split: str, ctx: DistContext, reader_spec: DatasetSpec
+) -> Iterator[Any]:
     """The model's outputs (the second element of its forward: the task's NamedTuple) on this rank's
     batches of ``split``, in eval mode without gradients: through torchrec's ``EvalPipelineSparseDist``
     (the input all-to-all of batch i+1 overlaps the forward of batch i; batches are read by a

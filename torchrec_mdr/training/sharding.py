@@ -29,12 +29,19 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.mc_embedding import ManagedCollisionEmbeddingCollectionSharder
 from torchrec.distributed.mc_embeddingbag import ManagedCollisionEmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.sharding_plan import (column_wise, construct_module_sharding_plan, data_parallel,
-                                                row_wise, table_wise)
+from torchrec.distributed.sharding_plan import (
+    column_wise,
+    construct_module_sharding_plan,
+    data_parallel,
+    row_wise,
+    table_wise,
+)
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
-from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagCollection,
-                                                   ManagedCollisionEmbeddingCollection)
+from torchrec.modules.mc_embedding_modules import (
+    ManagedCollisionEmbeddingBagCollection,
+    ManagedCollisionEmbeddingCollection,
+)
 
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.sparse import fbgemm_nobag_cpu
@@ -60,27 +67,31 @@ def embedding_collections(model: nn.Module) -> dict[str, nn.Module]:
 def table_sizes(module: nn.Module) -> dict[str, tuple[int, int]]:
     """``{table: (rows, dim)}`` of one collection (of the collection inside a managed one)."""
     inner: Any = module._embedding_module if isinstance(module, MANAGED) else module  # torchrec: untyped
-    configs = (inner.embedding_bag_configs() if isinstance(inner, EmbeddingBagCollection)
-               else inner.embedding_configs())
+    configs = inner.embedding_bag_configs() if isinstance(inner, EmbeddingBagCollection) else inner.embedding_configs()
     return {c.name: (c.num_embeddings, c.embedding_dim) for c in configs}
 
 
 def check_sharding(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> None:
     """Clear errors for a sharding type these tables or this device cannot use."""
     if sharding not in get_args(ShardingType):
-        raise ConfigError(f"sparse.sharding = {sharding!r} is not a sharding type; "
-                          f"choose one of {', '.join(get_args(ShardingType))}")
+        raise ConfigError(
+            f"sparse.sharding = {sharding!r} is not a sharding type; choose one of {', '.join(get_args(ShardingType))}"
+        )
     for module in embedding_collections(model).values():
         if isinstance(module, MANAGED):
             continue  # always row_wise
         for table, (_rows, dim) in table_sizes(module).items():
             if sharding == "column_wise" and dim % ctx.world_size:
-                raise ConfigError(f"sparse.sharding = column_wise: table '{table}' has embedding dimension {dim}, "
-                                  f"which cannot be split evenly over {ctx.world_size} ranks")
+                raise ConfigError(
+                    f"sparse.sharding = column_wise: table '{table}' has embedding dimension {dim}, "
+                    f"which cannot be split evenly over {ctx.world_size} ranks"
+                )
         if sharding == "data_parallel" and isinstance(module, EmbeddingCollection) and ctx.device.type == "cpu":
-            raise ConfigError("sparse.sharding = data_parallel: the EmbeddingCollection of the sequence features "
-                              "cannot be data-parallel on CPU (fbgemm's CPU kernel ignores unpooled lookups); "
-                              "use auto, table_wise, row_wise or column_wise")
+            raise ConfigError(
+                "sparse.sharding = data_parallel: the EmbeddingCollection of the sequence features "
+                "cannot be data-parallel on CPU (fbgemm's CPU kernel ignores unpooled lookups); "
+                "use auto, table_wise, row_wise or column_wise"
+            )
 
 
 def hand_plan(model: nn.Module | dict[str, nn.Module], sharding: ShardingType, ctx: DistContext) -> ShardingPlan:
@@ -91,15 +102,22 @@ def hand_plan(model: nn.Module | dict[str, nn.Module], sharding: ShardingType, c
         sizes = table_sizes(module)
         by_size = sorted(sizes, key=lambda t: -sizes[t][0] * sizes[t][1])
         generators = {
-            table: (row_wise() if isinstance(module, MANAGED)
-                    else table_wise(rank=by_size.index(table) % ctx.world_size) if sharding == "table_wise"
-                    else row_wise() if sharding == "row_wise"
-                    else column_wise(ranks=list(range(ctx.world_size))) if sharding == "column_wise"
-                    else data_parallel())
+            table: (
+                row_wise()
+                if isinstance(module, MANAGED)
+                else table_wise(rank=by_size.index(table) % ctx.world_size)
+                if sharding == "table_wise"
+                else row_wise()
+                if sharding == "row_wise"
+                else column_wise(ranks=list(range(ctx.world_size)))
+                if sharding == "column_wise"
+                else data_parallel()
+            )
             for table in sizes
         }
-        plans[path] = construct_module_sharding_plan(module, generators, local_size=ctx.world_size,
-                                                     world_size=ctx.world_size, device_type=ctx.device.type)
+        plans[path] = construct_module_sharding_plan(
+            module, generators, local_size=ctx.world_size, world_size=ctx.world_size, device_type=ctx.device.type
+        )
     return ShardingPlan(plans)
 
 
@@ -114,8 +132,12 @@ def planner_sharding_types(module: nn.Module, device_type: str) -> list[str]:
 
 def default_sharders() -> list:
     """The sharders of every collection the sparse arch builds (plain and managed, pooled and unpooled)."""
-    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder(),
-            ManagedCollisionEmbeddingBagCollectionSharder(), ManagedCollisionEmbeddingCollectionSharder()]
+    return [
+        EmbeddingBagCollectionSharder(),
+        EmbeddingCollectionSharder(),
+        ManagedCollisionEmbeddingBagCollectionSharder(),
+        ManagedCollisionEmbeddingCollectionSharder(),
+    ]
 
 
 def planner_plan(model: nn.Module, ctx: DistContext, sharders: list) -> ShardingPlan:

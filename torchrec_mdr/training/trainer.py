@@ -81,14 +81,17 @@ class Trainer:
             stored = {**to_dict(config), "model": model_options(config.model)}  # the chosen model's section only
             (self.run_dir / "config.json").write_text(json.dumps(stored, indent=2) + "\n")
         self.model, self.optimizer = build_sharded(config, parts)
-        self.train_loader = make_dataloader(config.data, "train", self.ctx.rank, self.ctx.world_size,
-                                            spec=self.reader_spec)
+        self.train_loader = make_dataloader(
+            config.data, "train", self.ctx.rank, self.ctx.world_size, spec=self.reader_spec
+        )
         self.steps_per_epoch = all_equal_batches(self.train_loader, self.ctx, dist.ReduceOp.MIN)
         # max_steps, when set, is the length of training: the epochs repeat as needed (see TrainConfig)
         self.total_steps = config.train.max_steps or self.steps_per_epoch * config.train.epochs
         if config.train.max_steps and self.steps_per_epoch == 0:
-            raise TrainingError(f"the train split of {config.data.path} gives no batch on some rank; cannot "
-                                f"train train.max_steps={config.train.max_steps} steps")
+            raise TrainingError(
+                f"the train split of {config.data.path} gives no batch on some rank; cannot "
+                f"train train.max_steps={config.train.max_steps} steps"
+            )
         self.schedule = LRSchedule(self.optimizer, config.optimizer, self.total_steps)
         self.progress = Progress()
         self.step_losses: list[float] = []  # this rank's loss of every step trained by fit()
@@ -103,8 +106,15 @@ class Trainer:
         if resume_from is not None:
             self._resume(resume_from)
         elif config.train.init_from:
-            self.init_record = warm_start(config.train.init_from, config.train.init_optimizer, self.model,
-                                          self.optimizer, self.ctx, self.identity, config.sparse.eviction.tables)
+            self.init_record = warm_start(
+                config.train.init_from,
+                config.train.init_optimizer,
+                self.model,
+                self.optimizer,
+                self.ctx,
+                self.identity,
+                config.sparse.eviction.tables,
+            )
 
     def _make_stopper(self) -> EarlyStopping | None:
         """The early-stopping tracker of ``train.early_stopping`` (None when disabled)."""
@@ -112,8 +122,9 @@ class Trainer:
         if not config.enabled:
             return None
         if self.config.train.eval_every is None:
-            raise ConfigError("train.early_stopping needs train.eval_every (how often the validation split is "
-                              "evaluated)")
+            raise ConfigError(
+                "train.early_stopping needs train.eval_every (how often the validation split is evaluated)"
+            )
         self.task.check_early_stopping(config)
         return EarlyStopping(config)
 
@@ -123,8 +134,10 @@ class Trainer:
         latest = self.checkpoints.latest()
         if not resume:
             if latest is not None:
-                raise TrainingError(f"{self.run_dir} already holds checkpoint {latest.path.name}: pass --resume to "
-                                    f"continue from it, or choose another run directory")
+                raise TrainingError(
+                    f"{self.run_dir} already holds checkpoint {latest.path.name}: pass --resume to "
+                    f"continue from it, or choose another run directory"
+                )
             return None
         if latest is None:
             if self.ctx.is_main:
@@ -150,16 +163,23 @@ class Trainer:
         saved_order = record.get("data_order", {})
         changed = differences(saved_order, data_order(self.config, self.ctx.world_size), "data")
         if changed:
-            rows = (self.progress.batch_in_epoch * saved_order.get("world_size", self.ctx.world_size)
-                    * saved_order.get("batch_size", self.config.data.batch_size))
+            rows = (
+                self.progress.batch_in_epoch
+                * saved_order.get("world_size", self.ctx.world_size)
+                * saved_order.get("batch_size", self.config.data.batch_size)
+            )
             per_step = self.ctx.world_size * self.config.data.batch_size
             self.progress.batch_in_epoch = min(rows // per_step, self.steps_per_epoch)
         if self.ctx.is_main:
-            print(f"resuming from {info.path} (step {self.progress.step}, epoch {self.progress.epoch}, "
-                  f"batch {self.progress.batch_in_epoch} of the epoch)")
+            print(
+                f"resuming from {info.path} (step {self.progress.step}, epoch {self.progress.epoch}, "
+                f"batch {self.progress.batch_in_epoch} of the epoch)"
+            )
             if changed:
-                print("note: the data order differs from the checkpoint's run, so this is not an exact "
-                      "continuation: " + "; ".join(changed).replace("data.world_size", "world size"))
+                print(
+                    "note: the data order differs from the checkpoint's run, so this is not an exact "
+                    "continuation: " + "; ".join(changed).replace("data.world_size", "world size")
+                )
 
     def save_checkpoint(self) -> Path | None:
         """Checkpoint the current state (a collective) unless this step is saved already. A non-finite
@@ -168,13 +188,20 @@ class Trainer:
         if self.progress.step in (0, self._saved_step):
             return None
         self._flush_losses()
-        self._check_loss(self.step_losses[self._losses_saved:])
+        self._check_loss(self.step_losses[self._losses_saved :])
         if not all_finite(self.model, self.ctx):
-            raise TrainingError(f"the model's weights are not finite at step {self.progress.step}; not saving "
-                                f"a checkpoint{self._checkpoint_note()}")
-        record = {"model_name": self.task.model_name, "progress": asdict(self.progress),
-                  "schedule": self.schedule.state_dict(), "identity": self.identity,
-                  "data_order": data_order(self.config, self.ctx.world_size), "history": self.history}
+            raise TrainingError(
+                f"the model's weights are not finite at step {self.progress.step}; not saving "
+                f"a checkpoint{self._checkpoint_note()}"
+            )
+        record = {
+            "model_name": self.task.model_name,
+            "progress": asdict(self.progress),
+            "schedule": self.schedule.state_dict(),
+            "identity": self.identity,
+            "data_order": data_order(self.config, self.ctx.world_size),
+            "history": self.history,
+        }
         if self.stopper is not None:
             record["early_stopping"] = self.stopper.state_dict()
         if self.init_record is not None:
@@ -242,9 +269,15 @@ class Trainer:
         start = time.perf_counter()
         # On a terminal the bar redraws every second; in a log file (torchx, slurm) every 30 s, so that
         # a long run's log stays readable.
-        bar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", unit="step",
-                   disable=not self.ctx.is_main, dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.progress.step,
+            desc="train",
+            unit="step",
+            disable=not self.ctx.is_main,
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        )
         postfix: dict[str, str] = {}  # loss, samples/s, occupancy and the last evaluation, shown together
         done = self.progress.step >= self.total_steps or self._stop_early()
         while not done and (cfg.max_steps is not None or self.progress.epoch < cfg.epochs):
@@ -270,7 +303,7 @@ class Trainer:
                 bar.update(1)
                 if self.progress.step % cfg.log_every == 0 or self.progress.step == self.total_steps:
                     self._flush_losses()
-                    mean_loss = self._check_loss(losses[-cfg.log_every:])
+                    mean_loss = self._check_loss(losses[-cfg.log_every :])
                     rate = samples / (time.perf_counter() - start)
                     self._scalar("train/loss", mean_loss)
                     self._scalar("train/samples_per_sec", rate)
@@ -294,25 +327,36 @@ class Trainer:
         bar.close()
         wall = time.perf_counter() - start
         self._flush_losses()
-        self._check_loss(losses[-cfg.log_every:])
+        self._check_loss(losses[-cfg.log_every :])
         self.save_checkpoint()
         if self.stopper is not None and self.ctx.is_main and self.stopper.stopped_at is not None:
             print(self.stopper.reason(cfg.eval_split))
         self._restore_best()
-        train = {"samples_per_sec": samples / wall if wall else 0.0, "steps": self.progress.step, "wall_sec": wall,
-                 "final_loss": losses[-1] if losses else float("nan")}
+        train = {
+            "samples_per_sec": samples / wall if wall else 0.0,
+            "steps": self.progress.step,
+            "wall_sec": wall,
+            "final_loss": losses[-1] if losses else float("nan"),
+        }
         return self.report(train)
 
     def _after_evaluation(self, result: TaskResult) -> bool:
         """Record an evaluation of ``train.eval_split`` in the history and, with early stopping, save it as
         the best checkpoint when it is; True when training must stop (the same answer on every rank: the
         metric is broadcast from rank 0)."""
-        self.history.append({"step": self.progress.step, "epoch": self.progress.epoch,
-                             "split": self.config.train.eval_split, **self.task.history(result)})
+        self.history.append(
+            {
+                "step": self.progress.step,
+                "epoch": self.progress.epoch,
+                "split": self.config.train.eval_split,
+                **self.task.history(result),
+            }
+        )
         if self.stopper is None:
             return False
-        value = torch.tensor([self.task.stopping_value(result, self.stopper.config)], dtype=torch.float64,
-                             device=self.ctx.device)
+        value = torch.tensor(
+            [self.task.stopping_value(result, self.stopper.config)], dtype=torch.float64, device=self.ctx.device
+        )
         if self.ctx.world_size > 1:
             dist.broadcast(value, src=0)
         if self.stopper.update(float(value.item()), self.progress.step):
@@ -347,8 +391,10 @@ class Trainer:
             return
         best = self.checkpoints.best()
         if best is None or best.step != self.stopper.best_step:
-            raise TrainingError(f"the best checkpoint (step {self.stopper.best_step}) is missing from "
-                                f"{self.checkpoints.root}; cannot restore it for the final evaluation")
+            raise TrainingError(
+                f"the best checkpoint (step {self.stopper.best_step}) is missing from "
+                f"{self.checkpoints.root}; cannot restore it for the final evaluation"
+            )
         if self.ctx.is_main:
             print(f"restoring the best checkpoint {best.path} (step {best.step}) for the final evaluation")
         self.checkpoints.load(best.path, self.model, optimizer=None, restore_rng=False)
@@ -366,9 +412,11 @@ class Trainer:
             value /= self.ctx.world_size
         mean = float(value.item())
         if not math.isfinite(mean):
-            raise TrainingError(f"the training loss became {mean} at step {self.progress.step}; stopping "
-                                f"(lower optimizer.dense_lr / optimizer.sparse_lr or set optimizer.grad_clip_norm)"
-                                f"{self._checkpoint_note()}")
+            raise TrainingError(
+                f"the training loss became {mean} at step {self.progress.step}; stopping "
+                f"(lower optimizer.dense_lr / optimizer.sparse_lr or set optimizer.grad_clip_norm)"
+                f"{self._checkpoint_note()}"
+            )
         return mean
 
     def _log_eviction(self) -> dict[str, str]:
@@ -404,14 +452,22 @@ class Trainer:
     def report(self, train: dict) -> dict:
         split = self.config.train.test_split
         result = self.evaluate(split)
-        metrics = {"model": self.task.model_name, "dataset": self.spec.name, "split": split,
-                   **result.to_dict(), "train": train, "history": self.history}
+        metrics = {
+            "model": self.task.model_name,
+            "dataset": self.spec.name,
+            "split": split,
+            **result.to_dict(),
+            "train": train,
+            "history": self.history,
+        }
         if self.init_record is not None:
             metrics["init_from"] = self.init_record
         if self.stopper is not None:
             best = self.checkpoints.best()
-            metrics["early_stopping"] = {**self.stopper.summary(self.config.train.eval_split),
-                                         "best_checkpoint": str(best.path) if best is not None else None}
+            metrics["early_stopping"] = {
+                **self.stopper.summary(self.config.train.eval_split),
+                "best_checkpoint": str(best.path) if best is not None else None,
+            }
             if best is not None:  # the weights evaluated above (restored by fit)
                 metrics["checkpoint"] = {"name": "best", "step": best.step, "path": str(best.path)}
         metrics.update(self.task.split_metrics(split))  # ranking: the oracle AUC of synthetic data
@@ -424,4 +480,3 @@ class Trainer:
         if self.writer is not None:
             self.writer.flush()
         return metrics
-

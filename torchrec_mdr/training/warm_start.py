@@ -48,8 +48,9 @@ def parse_source(text: str) -> tuple[Path, str]:
     return Path(text), "latest"
 
 
-def dataset_changes(saved: dict[str, Any], current: dict[str, Any], where: Path,
-                    action: str = "warm-start from") -> dict[str, tuple[int, int]]:
+def dataset_changes(
+    saved: dict[str, Any], current: dict[str, Any], where: Path, action: str = "warm-start from"
+) -> dict[str, tuple[int, int]]:
     """The tables that grew between two :func:`~torchrec_mdr.training.checkpoint.dataset_signature`\\ s,
     ``{table: (rows in the checkpoint, rows now)}``; TrainingError naming every other difference
     (``cannot <action> <where>: ...``)."""
@@ -58,33 +59,41 @@ def dataset_changes(saved: dict[str, Any], current: dict[str, Any], where: Path,
     problems: list[str] = []
     grown: dict[str, tuple[int, int]] = {}
     for name in old.keys() - new.keys():
-        problems.append(f"feature '{name}' ({old[name]['kind']}) vanished: the checkpoint's model reads it and "
-                        f"this dataset has no such column")
+        problems.append(
+            f"feature '{name}' ({old[name]['kind']}) vanished: the checkpoint's model reads it and "
+            f"this dataset has no such column"
+        )
     for name in new.keys() - old.keys():
-        problems.append(f"feature '{name}' ({new[name]['kind']}) is new: the checkpoint's model has no input "
-                        f"for it")
+        problems.append(f"feature '{name}' ({new[name]['kind']}) is new: the checkpoint's model has no input for it")
     for name in sorted(old.keys() & new.keys()):
         before, after = old[name], new[name]
         for key in ("kind", "table", "sequence_group", "max_length"):
             if before.get(key) != after.get(key):
-                problems.append(f"feature '{name}': {key} {before.get(key)!r} in the checkpoint, "
-                                f"{after.get(key)!r} now")
+                problems.append(
+                    f"feature '{name}': {key} {before.get(key)!r} in the checkpoint, {after.get(key)!r} now"
+                )
         rows_before, rows_after = before.get("cardinality"), after.get("cardinality")
         if rows_before is None or rows_after is None or rows_before == rows_after:
             continue
         table = after.get("table") or name
         if rows_after < rows_before:
-            problems.append(f"table '{table}' shrank: feature '{name}' has {rows_after} ids, {rows_before} in the "
-                            f"checkpoint (a table may only grow)")
+            problems.append(
+                f"table '{table}' shrank: feature '{name}' has {rows_after} ids, {rows_before} in the "
+                f"checkpoint (a table may only grow)"
+            )
         else:
-            grown[table] = (min(rows_before, grown.get(table, (rows_before, 0))[0]),
-                            max(rows_after, grown.get(table, (0, rows_after))[1]))
+            grown[table] = (
+                min(rows_before, grown.get(table, (rows_before, 0))[0]),
+                max(rows_after, grown.get(table, (0, rows_after))[1]),
+            )
     for key in ("domains", "labels"):
         if saved.get(key) != current.get(key):
             problems.append(f"{key}: {saved.get(key)} in the checkpoint, {current.get(key)} now")
     if problems:
-        raise TrainingError(f"cannot {action} {where}: its dataset differs from this one beyond grown "
-                            f"tables: " + "; ".join(sorted(problems)))
+        raise TrainingError(
+            f"cannot {action} {where}: its dataset differs from this one beyond grown "
+            f"tables: " + "; ".join(sorted(problems))
+        )
     return grown
 
 
@@ -95,17 +104,29 @@ def grown_record(grown: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]
 
 def describe(record: dict[str, Any], managed: set[str]) -> str:
     """The line rank 0 prints after a warm start (``record``: metrics.json's ``init_from``)."""
-    grew = ", ".join(f"'{t}' {v['rows_before']:,} -> {v['rows_now']:,} ids" + (" (managed: slots unchanged)"
-                                                                               if t in managed else "")
-                     for t, v in record["grown_tables"].items())
-    return (f"warm start from {record['path']} (step {record['step']}, written by {record['world_size']} rank(s)); "
-            f"optimizer state {'carried' if record['optimizer'] else 'fresh'}; "
-            + (f"grown tables: {grew}" if grew else "no table grew") + "; the schedule starts at step 0")
+    grew = ", ".join(
+        f"'{t}' {v['rows_before']:,} -> {v['rows_now']:,} ids" + (" (managed: slots unchanged)" if t in managed else "")
+        for t, v in record["grown_tables"].items()
+    )
+    return (
+        f"warm start from {record['path']} (step {record['step']}, written by {record['world_size']} rank(s)); "
+        f"optimizer state {'carried' if record['optimizer'] else 'fresh'}; "
+        + (f"grown tables: {grew}" if grew else "no table grew")
+        + "; the schedule starts at step 0"
+    )
 
 
-def load_grown(checkpoints: CheckpointManager, info: CheckpointInfo, model: nn.Module, optimizer: Any,
-               ctx: DistContext, identity: dict, managed_tables: list[str], parts: tuple[str, ...],
-               action: str) -> dict[str, tuple[int, int]]:
+def load_grown(
+    checkpoints: CheckpointManager,
+    info: CheckpointInfo,
+    model: nn.Module,
+    optimizer: Any,
+    ctx: DistContext,
+    identity: dict,
+    managed_tables: list[str],
+    parts: tuple[str, ...],
+    action: str,
+) -> dict[str, tuple[int, int]]:
     """Check checkpoint ``info`` against this run's ``identity`` (the config ``parts``; the dataset may only
     grow tables) and load it into ``model`` (and ``optimizer`` unless None) through
     :meth:`CheckpointManager.load` with ``grow``: a grown table takes the checkpoint's rows first and keeps
@@ -117,29 +138,50 @@ def load_grown(checkpoints: CheckpointManager, info: CheckpointInfo, model: nn.M
     check_identity(saved, identity, info.path, parts=parts)
     grown = dataset_changes(saved.get("dataset", {}), identity["dataset"], info.path, action)
     moved = set(managed_tables) & grown.keys()  # a managed table's ids may now belong to other shards
-    checkpoints.load(info.path, model, optimizer, restore_rng=False, grow=True,
-                     reshard_managed=bool(moved) and ctx.world_size > 1)
+    checkpoints.load(
+        info.path, model, optimizer, restore_rng=False, grow=True, reshard_managed=bool(moved) and ctx.world_size > 1
+    )
     return grown
 
 
-def warm_start(source: str, init_optimizer: bool, model: nn.Module, optimizer: Any, ctx: DistContext,
-               identity: dict, managed_tables: list[str]) -> dict:
+def warm_start(
+    source: str,
+    init_optimizer: bool,
+    model: nn.Module,
+    optimizer: Any,
+    ctx: DistContext,
+    identity: dict,
+    managed_tables: list[str],
+) -> dict:
     """Load another run's checkpoint ``source`` (``RUN[:latest|best|step-N]``) into ``model`` (and, with
     ``init_optimizer``, ``optimizer``) after checking it against this run's ``identity``; a collective.
     ``managed_tables``: ``sparse.eviction.tables``. Returns the record metrics.json keeps under ``init_from``."""
     run, name = parse_source(source)
     if not (run / "checkpoints").is_dir():
-        raise TrainingError(f"train.init_from: {run} holds no checkpoints (expected a run directory of mdr "
-                            f"train)")
+        raise TrainingError(f"train.init_from: {run} holds no checkpoints (expected a run directory of mdr train)")
     source_checkpoints = CheckpointManager(run, ctx)
     info = source_checkpoints.resolve(name)
-    grown = load_grown(source_checkpoints, info, model, optimizer if init_optimizer else None, ctx, identity,
-                       managed_tables, ("model", "eviction", "optimizer") if init_optimizer else ("model", "eviction"),
-                       "warm-start from")
-    record = {"run": str(run), "checkpoint": name, "path": str(info.path), "step": info.step,
-              "world_size": info.record.get("world_size"), "optimizer": init_optimizer,
-              "grown_tables": grown_record(grown),
-              "dataset": info.record.get("identity", {}).get("dataset", {}).get("fingerprint")}
+    grown = load_grown(
+        source_checkpoints,
+        info,
+        model,
+        optimizer if init_optimizer else None,
+        ctx,
+        identity,
+        managed_tables,
+        ("model", "eviction", "optimizer") if init_optimizer else ("model", "eviction"),
+        "warm-start from",
+    )
+    record = {
+        "run": str(run),
+        "checkpoint": name,
+        "path": str(info.path),
+        "step": info.step,
+        "world_size": info.record.get("world_size"),
+        "optimizer": init_optimizer,
+        "grown_tables": grown_record(grown),
+        "dataset": info.record.get("identity", {}).get("dataset", {}).get("fingerprint"),
+    }
     if ctx.is_main:
         print(describe(record, set(managed_tables)))
     return record

@@ -28,24 +28,70 @@ Named id fields (a model option such as ``domain_features``) are resolved by
 :meth:`~torchrec_mdr.models.features.FeatureLayout.field_indices`.
 """
 
-from torchrec_mdr.models.blocks.attention import (ATTENTION_KINDS, AttentionKind, AttentionOptions, CoActionUnit,
-                                                  DINAttention, MultiHeadTargetAttention, TargetAttentionConfig,
-                                                  build_attention, check_attention_kind)
+from torchrec_mdr.models.blocks.attention import (
+    ATTENTION_KINDS,
+    AttentionKind,
+    AttentionOptions,
+    CoActionUnit,
+    DINAttention,
+    MultiHeadTargetAttention,
+    TargetAttentionConfig,
+    build_attention,
+    check_attention_kind,
+)
 from torchrec_mdr.models.blocks.generated import GeneratedLinear, GeneratedMLP
 from torchrec_mdr.models.blocks.inputs import ContextInput, FieldVectors, FlatInput
 from torchrec_mdr.models.blocks.mlp import MLP
 from torchrec_mdr.models.blocks.norm import DomainBatchNorm
-from torchrec_mdr.models.blocks.refinement import (WEIGHT_TYPES, FeatureRefinement, FieldSelfAttention,
-                                                   InformationExtractionUnit, WeightType)
-from torchrec_mdr.models.blocks.sequence import (SEQUENCE_BACKBONES, MeanPooling, QueryProjection, SequenceAttention,
-                                                 SequencePooling, masked_mean, sequence_summary)
+from torchrec_mdr.models.blocks.refinement import (
+    WEIGHT_TYPES,
+    FeatureRefinement,
+    FieldSelfAttention,
+    InformationExtractionUnit,
+    WeightType,
+)
+from torchrec_mdr.models.blocks.sequence import (
+    SEQUENCE_BACKBONES,
+    MeanPooling,
+    QueryProjection,
+    SequenceAttention,
+    SequencePooling,
+    masked_mean,
+    sequence_summary,
+)
 from torchrec_mdr.models.blocks.stacked import DomainTowers, StackedLinear, StackedMLP, select_domain
 
 __all__ = [
-    "ATTENTION_KINDS", "AttentionKind", "AttentionOptions", "CoActionUnit", "ContextInput", "DINAttention",
-    "DomainBatchNorm", "DomainTowers", "FeatureRefinement", "FieldSelfAttention", "FieldVectors", "FlatInput",
-    "GeneratedLinear", "GeneratedMLP", "InformationExtractionUnit", "MLP", "MeanPooling", "MultiHeadTargetAttention",
-    "QueryProjection", "SEQUENCE_BACKBONES", "SequenceAttention", "SequencePooling", "StackedLinear", "StackedMLP",
-    "TargetAttentionConfig", "WEIGHT_TYPES", "WeightType", "build_attention", "check_attention_kind", "masked_mean",
-    "select_domain", "sequence_summary",
+    "ATTENTION_KINDS",
+    "AttentionKind",
+    "AttentionOptions",
+    "CoActionUnit",
+    "ContextInput",
+    "DINAttention",
+    "DomainBatchNorm",
+    "DomainTowers",
+    "FeatureRefinement",
+    "FieldSelfAttention",
+    "FieldVectors",
+    "FlatInput",
+    "GeneratedLinear",
+    "GeneratedMLP",
+    "InformationExtractionUnit",
+    "MLP",
+    "MeanPooling",
+    "MultiHeadTargetAttention",
+    "QueryProjection",
+    "SEQUENCE_BACKBONES",
+    "SequenceAttention",
+    "SequencePooling",
+    "StackedLinear",
+    "StackedMLP",
+    "TargetAttentionConfig",
+    "WEIGHT_TYPES",
+    "WeightType",
+    "build_attention",
+    "check_attention_kind",
+    "masked_mean",
+    "select_domain",
+    "sequence_summary",
 ]

@@ -44,8 +44,15 @@ class AttentionOptions:
 
     def build(self, dim: int) -> TargetAttention:
         """The attention for queries and keys of width ``dim``; ``.out_features`` is its output width."""
-        return build_attention(self.kind, dim, din_hidden=self.din_hidden, heads=self.heads,
-                               head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
+        return build_attention(
+            self.kind,
+            dim,
+            din_hidden=self.din_hidden,
+            heads=self.heads,
+            head_dim=self.head_dim,
+            micro_hidden=self.micro_hidden,
+            orders=self.orders,
+        )
 
 
 @dataclass
@@ -53,17 +60,25 @@ class TargetAttentionConfig:
     """A model's ``<model>.attention`` section: the options of whichever target attention it runs (each kind
     reads its own keys); :meth:`options` turns it into :class:`AttentionOptions` of a chosen kind."""
 
-    din_hidden: list[int] = field(default_factory=lambda: [64, 32], metadata=bounds(
-        ge=1, help="DIN: the scorer MLP's widths"))
+    din_hidden: list[int] = field(
+        default_factory=lambda: [64, 32], metadata=bounds(ge=1, help="DIN: the scorer MLP's widths")
+    )
     heads: int = field(default=2, metadata=bounds(ge=1, help="MHA: attention heads"))
     head_dim: int = field(default=16, metadata=bounds(ge=1, help="MHA: d_A, the query/key/value width per head"))
-    micro_hidden: list[int] = field(default_factory=lambda: [8, 4], metadata=bounds(
-        ge=1, help="CAN: the co-action micro-MLP's widths"))
+    micro_hidden: list[int] = field(
+        default_factory=lambda: [8, 4], metadata=bounds(ge=1, help="CAN: the co-action micro-MLP's widths")
+    )
     orders: int = field(default=1, metadata=bounds(ge=1, help="CAN: multi-order enhancement, powers 1..orders"))
 
     def options(self, kind: str) -> AttentionOptions:
-        return AttentionOptions(kind, din_hidden=self.din_hidden, heads=self.heads,  # type: ignore[arg-type]
-                                head_dim=self.head_dim, micro_hidden=self.micro_hidden, orders=self.orders)
+        return AttentionOptions(
+            kind,  # type: ignore[arg-type]
+            din_hidden=self.din_hidden,
+            heads=self.heads,
+            head_dim=self.head_dim,
+            micro_hidden=self.micro_hidden,
+            orders=self.orders,
+        )
 
 
 def check_attention_kind(kind: str, key: str) -> None:
@@ -185,9 +200,9 @@ class CoActionUnit(nn.Module):
         flat = self.induction(query)
         parts, start = [], 0
         for fan_in, fan_out in self.shapes:
-            weight = flat[..., start:start + fan_in * fan_out].unflatten(-1, (fan_in, fan_out))
+            weight = flat[..., start : start + fan_in * fan_out].unflatten(-1, (fan_in, fan_out))
             start += fan_in * fan_out
-            parts.append((weight, flat[..., start:start + fan_out]))
+            parts.append((weight, flat[..., start : start + fan_out]))
             start += fan_out
         return parts
 
@@ -195,7 +210,7 @@ class CoActionUnit(nn.Module):
         layers = self.micro_parameters(per_position_query(query, keys))  # weights [B, L, in, out]
         outputs = []
         for order in range(1, self.orders + 1):
-            x = keys if order == 1 else keys ** order
+            x = keys if order == 1 else keys**order
             for index, (weight, bias) in enumerate(layers):
                 if index > 0:
                     x = torch.tanh(x)
@@ -210,8 +225,9 @@ class CoActionUnit(nn.Module):
 TargetAttention = DINAttention | MultiHeadTargetAttention | CoActionUnit
 
 
-def build_attention(kind: str, dim: int, *, din_hidden: list[int], heads: int, head_dim: int,
-                    micro_hidden: list[int], orders: int) -> TargetAttention:
+def build_attention(
+    kind: str, dim: int, *, din_hidden: list[int], heads: int, head_dim: int, micro_hidden: list[int], orders: int
+) -> TargetAttention:
     """The named target attention for queries and keys of width ``dim``; ``.out_features`` its width."""
     if kind == "din":
         return DINAttention(dim, din_hidden)

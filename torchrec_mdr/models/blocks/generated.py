@@ -77,9 +77,17 @@ class GeneratedLinear(nn.Module):
         layer(torch.randn(3, 16), torch.randn(3, 4)).shape  # (3, 8)
     """
 
-    def __init__(self, in_features: int, out_features: int, condition_width: int, rank: int = 8,
-                 generation: str = "shared", over_rank: int = 0, generator_hidden: list[int] | None = None,
-                 generate_bias: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        condition_width: int,
+        rank: int = 8,
+        generation: str = "shared",
+        over_rank: int = 0,
+        generator_hidden: list[int] | None = None,
+        generate_bias: bool = False,
+    ) -> None:
         super().__init__()
         if generation not in GENERATIONS:
             raise ValueError(f"generation {generation!r} is not one of {list(GENERATIONS)}")
@@ -92,8 +100,11 @@ class GeneratedLinear(nn.Module):
         self.shapes = shapes + ([(n,)] if generate_bias else [])
         self.sizes = [math.prod(shape) for shape in self.shapes]
         self.generator = MLP(condition_width, list(generator_hidden or []), out_features=sum(self.sizes))
-        start = {"full": [_linear_draw(n, m)], "specific": [_linear_draw(n, k), torch.eye(k), _linear_draw(k, m)],
-                 "shared": [torch.eye(k)]}[generation] + ([torch.zeros(n)] if generate_bias else [])
+        start = {
+            "full": [_linear_draw(n, m)],
+            "specific": [_linear_draw(n, k), torch.eye(k), _linear_draw(k, m)],
+            "shared": [torch.eye(k)],
+        }[generation] + ([torch.zeros(n)] if generate_bias else [])
         last = self.generator[-1]
         assert isinstance(last, nn.Linear)
         with torch.no_grad():
@@ -116,9 +127,10 @@ class GeneratedLinear(nn.Module):
     def generate(self, condition: torch.Tensor) -> list[torch.Tensor]:
         """G(z) cut into the generated tensors, each [B, *shape]: W_i | U_i, S_i, V_i | S_i, then b_i if generated."""
         flat = self.generator(condition)
-        ends = [sum(self.sizes[:i + 1]) for i in range(len(self.sizes))]  # slices, not split: fx-traceable
-        return [flat[:, end - size:end].reshape([-1, *shape])
-                for end, size, shape in zip(ends, self.sizes, self.shapes)]
+        ends = [sum(self.sizes[: i + 1]) for i in range(len(self.sizes))]  # slices, not split: fx-traceable
+        return [
+            flat[:, end - size : end].reshape([-1, *shape]) for end, size, shape in zip(ends, self.sizes, self.shapes)
+        ]
 
     def row_weights(self, condition: torch.Tensor) -> torch.Tensor:
         """Each row's whole W_i [B, N, M] (for inspection and tests; forward never forms it)."""
@@ -155,10 +167,19 @@ class GeneratedMLP(nn.Module):
     [B, hidden[-1]] (``out_features``).
     """
 
-    def __init__(self, in_features: int, hidden: list[int], condition_width: int, condition: str = "group",
-                 rank: int = 8, generation: str = "shared", over_rank: int = 0,
-                 generator_hidden: list[int] | None = None, generate_bias: bool = False,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden: list[int],
+        condition_width: int,
+        condition: str = "group",
+        rank: int = 8,
+        generation: str = "shared",
+        over_rank: int = 0,
+        generator_hidden: list[int] | None = None,
+        generate_bias: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if condition not in CONDITION_KINDS:
             raise ValueError(f"condition {condition!r} is not one of {list(CONDITION_KINDS)}")
@@ -166,9 +187,18 @@ class GeneratedMLP(nn.Module):
         widths = [in_features, *hidden]
         given = 0 if condition == "self" else condition_width
         self.layers = nn.ModuleList(
-            GeneratedLinear(a, b, given + (a if condition != "group" else 0), rank, generation, over_rank,
-                            generator_hidden, generate_bias)
-            for a, b in zip(widths, hidden))
+            GeneratedLinear(
+                a,
+                b,
+                given + (a if condition != "group" else 0),
+                rank,
+                generation,
+                over_rank,
+                generator_hidden,
+                generate_bias,
+            )
+            for a, b in zip(widths, hidden)
+        )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_features = widths[-1]
 

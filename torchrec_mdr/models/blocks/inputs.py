@@ -24,8 +24,9 @@ class ContextInput(nn.Module):
         self.domain_embedding = nn.Embedding(layout.num_domains, layout.embedding_dim)
         self.width = (len(layout.fields) + 1) * layout.embedding_dim + layout.num_dense
 
-    def forward(self, features: EmbeddedFeatures, fields: torch.Tensor | None = None,
-                domain: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, features: EmbeddedFeatures, fields: torch.Tensor | None = None, domain: torch.Tensor | None = None
+    ) -> torch.Tensor:
         fields = features.fields if fields is None else fields
         domain = self.domain_embedding(features.domain) if domain is None else domain
         return torch.cat([fields.flatten(1), domain, features.dense], dim=1)
@@ -72,8 +73,7 @@ class FieldVectors(nn.Module):
 
     def forward(self, features: EmbeddedFeatures) -> torch.Tensor:
         parts = [features.fields, self.domain_embedding(features.domain).unsqueeze(1)]
-        parts += [s.mean().unflatten(1, (n, self.dim))
-                  for s, n in zip(features.sequences, self.sequence_fields)]
+        parts += [s.mean().unflatten(1, (n, self.dim)) for s, n in zip(features.sequences, self.sequence_fields)]
         if self.dense_field is not None:
             parts.append(self.dense_field(features.dense).unsqueeze(1))
         return torch.cat(parts, dim=1)

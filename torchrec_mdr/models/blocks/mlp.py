@@ -15,8 +15,14 @@ class MLP(nn.Sequential):
         MLP(10, [8, 4], out_features=1)(torch.randn(2, 10)).shape  # (2, 1)
     """
 
-    def __init__(self, in_features: int, hidden: list[int], out_features: int | None = None,
-                 dropout: float = 0.0, activation: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden: list[int],
+        out_features: int | None = None,
+        dropout: float = 0.0,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
         layers: list[nn.Module] = []
         width = in_features
         for size in hidden:

@@ -67,8 +67,9 @@ class DomainBatchNorm(nn.Module):
     running_var: torch.Tensor
     num_batches_tracked: torch.Tensor
 
-    def __init__(self, num_features: int, num_domains: int, eps: float = 1e-5, momentum: float = 0.1,
-                 shared_affine: bool = False) -> None:
+    def __init__(
+        self, num_features: int, num_domains: int, eps: float = 1e-5, momentum: float = 0.1, shared_affine: bool = False
+    ) -> None:
         super().__init__()
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
@@ -87,8 +88,10 @@ class DomainBatchNorm(nn.Module):
         self.register_buffer("num_batches_tracked", torch.zeros(num_domains, dtype=torch.long))
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, num_domains={self.num_domains}, eps={self.eps}, "
-                f"momentum={self.momentum}, shared_affine={self.shared_affine}")
+        return (
+            f"{self.num_features}, num_domains={self.num_domains}, eps={self.eps}, "
+            f"momentum={self.momentum}, shared_affine={self.shared_affine}"
+        )
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-domain (gamma [K, F], beta [K, F]), partitioned when ``shared_affine``."""
@@ -112,7 +115,8 @@ class DomainBatchNorm(nn.Module):
         """Per-row (mean, biased var) [B, F] of the row's domain; updates the running statistics."""
         num_domains, width = self.num_domains, self.num_features
         counts = torch.zeros(num_domains, device=values.device, dtype=values.dtype).index_add(
-            0, domain, torch.ones_like(domain, dtype=values.dtype))  # [K]
+            0, domain, torch.ones_like(domain, dtype=values.dtype)
+        )  # [K]
         sums = values.new_zeros(num_domains, width).index_add(0, domain, values)
         mean = sums / counts.clamp_min(1.0)[:, None]  # [K, F]
         centred = values - mean[domain]  # [B, F]

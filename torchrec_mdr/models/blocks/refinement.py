@@ -78,8 +78,9 @@ class InformationExtractionUnit(nn.Module):
     Shapes: [B, K, D] -> [B, K, D] ('bit') or [B, K, 1] ('vector').
     """
 
-    def __init__(self, num_fields: int, dim: int, attention_size: int, cie_hidden: list[int],
-                 weight_type: WeightType = "bit") -> None:
+    def __init__(
+        self, num_fields: int, dim: int, attention_size: int, cie_hidden: list[int], weight_type: WeightType = "bit"
+    ) -> None:
         super().__init__()
         if weight_type not in WEIGHT_TYPES:
             raise ValueError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
@@ -103,8 +104,14 @@ class FeatureRefinement(nn.Module):
         refine(torch.randn(32, 6, 16)).shape  # (32, 6, 16)
     """
 
-    def __init__(self, num_fields: int, dim: int, attention_size: int = 10, cie_hidden: list[int] | None = None,
-                 weight_type: WeightType = "bit") -> None:
+    def __init__(
+        self,
+        num_fields: int,
+        dim: int,
+        attention_size: int = 10,
+        cie_hidden: list[int] | None = None,
+        weight_type: WeightType = "bit",
+    ) -> None:
         super().__init__()
         hidden = [256] if cie_hidden is None else list(cie_hidden)
         self.ieu_g = InformationExtractionUnit(num_fields, dim, attention_size, hidden)  # complementary features

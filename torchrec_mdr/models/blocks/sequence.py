@@ -70,8 +70,9 @@ class SequenceAttention(nn.Module):
         self.attention = attention
         self.out_features: int = attention.out_features
 
-    def queries_and_keys(self, context: torch.Tensor | None,
-                         sequence: EmbeddedSequence) -> tuple[torch.Tensor, torch.Tensor]:
+    def queries_and_keys(
+        self, context: torch.Tensor | None, sequence: EmbeddedSequence
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The attention's query ([B, K], or [B, L, K] one per position) and keys [B, L, K]."""
         return self.query_projection(sequence.query), sequence.keys
 
@@ -129,8 +130,9 @@ class MeanPooling(nn.Module):
 SEQUENCE_BACKBONES: tuple[str, ...] = ("mean", *ATTENTION_KINDS)
 
 
-def sequence_summary(layout: FeatureLayout, backbone: str, attention: AttentionOptions,
-                     key: str) -> MeanPooling | SequencePooling:
+def sequence_summary(
+    layout: FeatureLayout, backbone: str, attention: AttentionOptions, key: str
+) -> MeanPooling | SequencePooling:
     """The sequence summary named by ``backbone``: :class:`MeanPooling` for ``"mean"``, else the target attention
     of that kind over every group (``attention``'s options; its ``kind`` is replaced). ``key`` names the option
     in the ConfigError for an unknown name."""

@@ -71,8 +71,9 @@ class StackedMLP(nn.Module):
     Shapes: x [B, in] or [B, G, in] -> [B, G, hidden[-1] or out_features].
     """
 
-    def __init__(self, groups: int, in_features: int, hidden: list[int], out_features: int | None = None,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, groups: int, in_features: int, hidden: list[int], out_features: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
@@ -100,8 +101,9 @@ class DomainTowers(nn.Module):
     Shapes: x [B, in], domain [B] -> [B, out_features] (via [B, K, out_features] and a gather).
     """
 
-    def __init__(self, in_features: int, hidden: list[int], num_domains: int, out_features: int,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_features: int, hidden: list[int], num_domains: int, out_features: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.towers = StackedMLP(num_domains, in_features, hidden, out_features, dropout)
 

@@ -60,8 +60,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec.modules.mc_modules import (DistanceLFU_EvictionPolicy, LFU_EvictionPolicy, LRU_EvictionPolicy,
-                                         ManagedCollisionCollection, MCHEvictionPolicy, MCHManagedCollisionModule)
+from torchrec.modules.mc_modules import (
+    DistanceLFU_EvictionPolicy,
+    LFU_EvictionPolicy,
+    LRU_EvictionPolicy,
+    ManagedCollisionCollection,
+    MCHEvictionPolicy,
+    MCHManagedCollisionModule,
+)
 
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.data.spec import DatasetSpec
@@ -110,8 +116,9 @@ class TrackedMCHModule(MCHManagedCollisionModule):
         self.eviction_seconds += time.perf_counter() - start
 
     @torch.no_grad()
-    def _update_and_evict(self, uniq_ids: torch.Tensor, uniq_ids_counts: torch.Tensor,
-                          uniq_ids_metadata: dict[str, torch.Tensor]) -> None:
+    def _update_and_evict(
+        self, uniq_ids: torch.Tensor, uniq_ids_counts: torch.Tensor, uniq_ids_metadata: dict[str, torch.Tensor]
+    ) -> None:
         before = self._mch_sorted_raw_ids.clone()
         super()._update_and_evict(uniq_ids, uniq_ids_counts, uniq_ids_metadata)
         after = self._mch_sorted_raw_ids
@@ -122,8 +129,11 @@ class TrackedMCHModule(MCHManagedCollisionModule):
 
     def counter_state(self) -> dict[str, int]:
         """The three counts, for a checkpoint (:mod:`torchrec_mdr.sparse.mch.state` saves them per rank)."""
-        return {"evicted_ids": self.evicted_ids, "admitted_ids": self.admitted_ids,
-                "eviction_rounds": self.eviction_rounds}
+        return {
+            "evicted_ids": self.evicted_ids,
+            "admitted_ids": self.admitted_ids,
+            "eviction_rounds": self.eviction_rounds,
+        }
 
     def load_counter_state(self, state: Mapping[str, int]) -> None:
         """Inverse of :meth:`counter_state`, so that a resumed run counts on from the checkpoint."""
@@ -157,44 +167,57 @@ def check_eviction(spec: DatasetSpec, eviction: "EvictionConfig", world_size: in
     seen: set[str] = set()
     for name in eviction.tables:
         if name not in tables:
-            raise ConfigError(f"sparse.eviction.tables: the dataset spec has no embedding table '{name}' "
-                              f"(its tables: {', '.join(sorted(tables))})")
+            raise ConfigError(
+                f"sparse.eviction.tables: the dataset spec has no embedding table '{name}' "
+                f"(its tables: {', '.join(sorted(tables))})"
+            )
         if name in seen:
             raise ConfigError(f"sparse.eviction.tables: table '{name}' is listed twice")
         seen.add(name)
         if eviction.input_hash_size < tables[name]:
-            raise ConfigError(f"sparse.eviction.input_hash_size = {eviction.input_hash_size} is smaller than table "
-                              f"'{name}''s cardinality {tables[name]} in the dataset spec: ids the spec declares "
-                              f"distinct would be merged before eviction (use at least {tables[name]})")
+            raise ConfigError(
+                f"sparse.eviction.input_hash_size = {eviction.input_hash_size} is smaller than table "
+                f"'{name}''s cardinality {tables[name]} in the dataset spec: ids the spec declares "
+                f"distinct would be merged before eviction (use at least {tables[name]})"
+            )
     if eviction.tables and eviction.input_hash_size > MAX_INPUT_HASH_SIZE:
-        raise ConfigError(f"sparse.eviction.input_hash_size = {eviction.input_hash_size} is above 2**62, "
-                          f"the largest raw-id range torchrec's managed collision supports here")
+        raise ConfigError(
+            f"sparse.eviction.input_hash_size = {eviction.input_hash_size} is above 2**62, "
+            f"the largest raw-id range torchrec's managed collision supports here"
+        )
     if eviction.tables and eviction.zch_size < 2 * world_size:
-        raise ConfigError(f"sparse.eviction.zch_size = {eviction.zch_size} is too small for {world_size} rank(s): "
-                          f"each rank's shard keeps one row for unknown ids, so at least {2 * world_size} rows "
-                          f"are needed")
+        raise ConfigError(
+            f"sparse.eviction.zch_size = {eviction.zch_size} is too small for {world_size} rank(s): "
+            f"each rank's shard keeps one row for unknown ids, so at least {2 * world_size} rows "
+            f"are needed"
+        )
 
 
-def prepare_eviction(spec: DatasetSpec, eviction: "EvictionConfig", world_size: int, batch_size: int,
-                     warn_bytes: int = 2 << 30) -> None:
+def prepare_eviction(
+    spec: DatasetSpec, eviction: "EvictionConfig", world_size: int, batch_size: int, warn_bytes: int = 2 << 30
+) -> None:
     """:func:`check_eviction`, then a warning for a history buffer above ``warn_bytes`` per table."""
     check_eviction(spec, eviction, world_size)
     if not eviction.tables:
         return
     for table, size in history_buffer_bytes(spec, eviction, batch_size).items():
         if size > warn_bytes:
-            warnings.warn(f"sparse.eviction: table '{table}' may need a history buffer of up to "
-                          f"{size / 2**30:.1f} GiB per rank (eviction_interval {eviction.eviction_interval} x "
-                          f"batch_size {batch_size} x its ids per row x 1.25 x 8 bytes); lower "
-                          f"sparse.eviction.eviction_interval if memory is short", stacklevel=2)
+            warnings.warn(
+                f"sparse.eviction: table '{table}' may need a history buffer of up to "
+                f"{size / 2**30:.1f} GiB per rank (eviction_interval {eviction.eviction_interval} x "
+                f"batch_size {batch_size} x its ids per row x 1.25 x 8 bytes); lower "
+                f"sparse.eviction.eviction_interval if memory is short",
+                stacklevel=2,
+            )
 
 
 def managed_tables(eviction: "EvictionConfig | None") -> set[str]:
     return set(eviction.tables) if eviction is not None else set()
 
 
-def mc_module(table: str, eviction: "EvictionConfig", placement_range: int, buckets: int = 1,
-              device: torch.device | None = None) -> TrackedMCHModule:
+def mc_module(
+    table: str, eviction: "EvictionConfig", placement_range: int, buckets: int = 1, device: torch.device | None = None
+) -> TrackedMCHModule:
     """The managed-collision module of one table (``placement_range``: the spec's cardinality)."""
     return TrackedMCHModule(
         zch_size=eviction.zch_size,
@@ -207,9 +230,14 @@ def mc_module(table: str, eviction: "EvictionConfig", placement_range: int, buck
     )
 
 
-def mc_collection(configs: list["BaseEmbeddingConfig"], spec: DatasetSpec, eviction: "EvictionConfig",
-                  buckets: int = 1, device: torch.device | None = None,
-                  keep_meta: bool = False) -> ManagedCollisionCollection:
+def mc_collection(
+    configs: list["BaseEmbeddingConfig"],
+    spec: DatasetSpec,
+    eviction: "EvictionConfig",
+    buckets: int = 1,
+    device: torch.device | None = None,
+    keep_meta: bool = False,
+) -> ManagedCollisionCollection:
     """A ManagedCollisionCollection with one module per table of ``configs`` (all managed).
 
     ``buckets``: the world size when the tables will be sharded (torchrec's planner wants the
@@ -234,8 +262,12 @@ def managed_reader_spec(spec: DatasetSpec, eviction: "EvictionConfig | None") ->
     if not names:
         return spec
     assert eviction is not None  # managed_tables(None) is empty
-    columns = [dataclasses.replace(c, cardinality=eviction.input_hash_size) if c.kind in ("id", "multi_id", "sequence")
-               and c.table_name in names else c for c in spec.columns]
+    columns = [
+        dataclasses.replace(c, cardinality=eviction.input_hash_size)
+        if c.kind in ("id", "multi_id", "sequence") and c.table_name in names
+        else c
+        for c in spec.columns
+    ]
     return dataclasses.replace(spec, columns=columns)
 
 
@@ -244,8 +276,9 @@ def history_buffer_bytes(spec: DatasetSpec, eviction: "EvictionConfig", batch_si
     ``max_length`` (a multi_id column without one counts 1 id per row)."""
     out = {}
     for name in eviction.tables:
-        ids_per_row = sum(c.max_length or 1 for c in spec.columns_of("id", "multi_id", "sequence")
-                          if c.table_name == name)
+        ids_per_row = sum(
+            c.max_length or 1 for c in spec.columns_of("id", "multi_id", "sequence") if c.table_name == name
+        )
         buffers = 1 if eviction.policy == "lfu" else 2
         out[name] = int(1.25 * eviction.eviction_interval * batch_size * ids_per_row) * 8 * buffers
     return out
@@ -276,9 +309,14 @@ class TableOccupancy:
         return self.ids_held / self.zch_size if self.zch_size else 0.0
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"zch_size": self.zch_size, "ids_held": self.ids_held, "occupancy": self.occupancy,
-                "evicted_ids": self.evicted_ids, "admitted_ids": self.admitted_ids,
-                "eviction_rounds": self.eviction_rounds}
+        return {
+            "zch_size": self.zch_size,
+            "ids_held": self.ids_held,
+            "occupancy": self.occupancy,
+            "evicted_ids": self.evicted_ids,
+            "admitted_ids": self.admitted_ids,
+            "eviction_rounds": self.eviction_rounds,
+        }
 
 
 def tracked_modules(model: nn.Module) -> list[TrackedMCHModule]:
@@ -297,8 +335,9 @@ def _is_sharded(model: nn.Module) -> bool:
     return any(isinstance(m, ShardedManagedCollisionCollection) for m in model.modules())
 
 
-def eviction_stats(model: nn.Module, tables: list[str] | None = None,
-                   device: torch.device | None = None) -> dict[str, TableOccupancy]:
+def eviction_stats(
+    model: nn.Module, tables: list[str] | None = None, device: torch.device | None = None
+) -> dict[str, TableOccupancy]:
     """Occupancy and eviction counts of the managed tables of ``model`` (sharded or not).
 
     ``tables``: the managed tables (default: those found in ``model``; pass the configured list on

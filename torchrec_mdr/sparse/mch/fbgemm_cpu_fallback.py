@@ -64,19 +64,32 @@ def _host_storage(weights_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     ref = _host_tables.get(id(weights_offsets))
     tbe = ref() if ref is not None else None
     if tbe is None or tbe.weights_offsets is not weights_offsets:
-        raise RuntimeError(f"{OP_NAME} (CPU fallback): a HOST-placed table batch that install() was not shown; "
-                           "call torchrec_mdr.sparse.mch.fbgemm_cpu_fallback.install(model) after sharding")
+        raise RuntimeError(
+            f"{OP_NAME} (CPU fallback): a HOST-placed table batch that install() was not shown; "
+            "call torchrec_mdr.sparse.mch.fbgemm_cpu_fallback.install(model) after sharding"
+        )
     return tbe.weights_host, tbe.momentum1_host
 
 
-def reset_weight_momentum_cpu(dev_weights: torch.Tensor, uvm_weights: torch.Tensor, lxu_cache_weights: torch.Tensor,
-                              weights_placements: torch.Tensor, weights_offsets: torch.Tensor,
-                              momentum1_dev: torch.Tensor, momentum1_uvm: torch.Tensor,
-                              momentum1_placements: torch.Tensor, momentum1_offsets: torch.Tensor,
-                              D_offsets: torch.Tensor, pruned_indices: torch.Tensor,
-                              pruned_indices_offsets: torch.Tensor, logical_table_ids: torch.Tensor,
-                              buffer_ids: torch.Tensor, cache_hash_size_cumsum: torch.Tensor,
-                              lxu_cache_state: torch.Tensor, total_cache_hash_size: int) -> None:
+def reset_weight_momentum_cpu(
+    dev_weights: torch.Tensor,
+    uvm_weights: torch.Tensor,
+    lxu_cache_weights: torch.Tensor,
+    weights_placements: torch.Tensor,
+    weights_offsets: torch.Tensor,
+    momentum1_dev: torch.Tensor,
+    momentum1_uvm: torch.Tensor,
+    momentum1_placements: torch.Tensor,
+    momentum1_offsets: torch.Tensor,
+    D_offsets: torch.Tensor,
+    pruned_indices: torch.Tensor,
+    pruned_indices_offsets: torch.Tensor,
+    logical_table_ids: torch.Tensor,
+    buffer_ids: torch.Tensor,
+    cache_hash_size_cumsum: torch.Tensor,
+    lxu_cache_state: torch.Tensor,
+    total_cache_hash_size: int,
+) -> None:
     """Zero the weights [D] and the row-wise momentum [1] of every pruned row (see the module doc)."""
     if total_cache_hash_size > 0:
         raise RuntimeError(f"{OP_NAME} (CPU fallback): cached (MANAGED_CACHING) tables are not supported")
@@ -84,7 +97,7 @@ def reset_weight_momentum_cpu(dev_weights: torch.Tensor, uvm_weights: torch.Tens
     with torch.no_grad():
         for i in range(logical_table_ids.numel()):
             t, b = int(logical_table_ids[i]), int(buffer_ids[i])
-            rows = pruned_indices[int(pruned_indices_offsets[b]):int(pruned_indices_offsets[b + 1])].long()
+            rows = pruned_indices[int(pruned_indices_offsets[b]) : int(pruned_indices_offsets[b + 1])].long()
             if rows.numel() == 0:
                 continue
             dim = int(D_offsets[t + 1] - D_offsets[t])
@@ -112,11 +125,13 @@ def _register() -> bool:
     version = getattr(fbgemm_gpu, "__version__", "unknown")
     schema = str(torch.ops.fbgemm.reset_weight_momentum.default._schema)
     if not version.startswith(FBGEMM_VERSION) or schema != OP_SCHEMA:
-        raise TrainingError(f"fbgemm-gpu {version} has no CPU kernel for {OP_NAME}, which evicting ids from a "
-                            f"sharded table on CPU needs; torchrec-mdr's fallback was written for fbgemm-gpu-cpu "
-                            f"{FBGEMM_VERSION} and this version "
-                            f"{'changed the op' if schema != OP_SCHEMA else 'is untested'}: "
-                            f"use fbgemm-gpu-cpu {FBGEMM_VERSION} or a GPU")
+        raise TrainingError(
+            f"fbgemm-gpu {version} has no CPU kernel for {OP_NAME}, which evicting ids from a "
+            f"sharded table on CPU needs; torchrec-mdr's fallback was written for fbgemm-gpu-cpu "
+            f"{FBGEMM_VERSION} and this version "
+            f"{'changed the op' if schema != OP_SCHEMA else 'is untested'}: "
+            f"use fbgemm-gpu-cpu {FBGEMM_VERSION} or a GPU"
+        )
     library = torch.library.Library("fbgemm", "IMPL")
     library.impl("reset_weight_momentum", reset_weight_momentum_cpu, "CPU")
     _library = library

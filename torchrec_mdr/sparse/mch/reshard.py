@@ -71,8 +71,10 @@ from torchrec_mdr.sparse.mch.eviction import EMPTY_SLOT
 from torchrec_mdr.sparse.mch.state import load_module_state
 
 CHECKED_TORCHREC = ("1.9.2",)  # the torchrec versions this layout was read from and tested with
-_MODULE_KEY = re.compile(r"^(?P<collection>.+)\._managed_collision_collection\._managed_collision_modules\."
-                         r"(?P<table>[^.]+)\.(?P<buffer>[^.]+)$")
+_MODULE_KEY = re.compile(
+    r"^(?P<collection>.+)\._managed_collision_collection\._managed_collision_modules\."
+    r"(?P<table>[^.]+)\.(?P<buffer>[^.]+)$"
+)
 _RAW, _ROWS = "_mch_sorted_raw_ids", "_mch_remapped_ids_mapping"
 _SEGMENTS = "_output_segments_tensor"  # a plain (replicated) buffer: rank 0's boundaries in the checkpoint
 _RANKING = ("counts", "last_access_iter")  # metadata that decides who stays when a shard overflows
@@ -114,11 +116,17 @@ def _shard_of(positions: torch.Tensor, segments: list[int]) -> torch.Tensor:
 
 
 def _check_segments(segments: list[int], size: int, what: str) -> None:
-    if (len(segments) < 2 or segments[0] != 0 or segments[-1] != size
-            or any(b - a < 2 for a, b in zip(segments, segments[1:]))):
-        raise TrainingError(f"{what}: shard boundaries {segments} do not split {size} managed-collision slots into "
-                            f"shards of at least 2 (torchrec's layout changed? this code was checked against "
-                            f"torchrec {', '.join(CHECKED_TORCHREC)})")
+    if (
+        len(segments) < 2
+        or segments[0] != 0
+        or segments[-1] != size
+        or any(b - a < 2 for a, b in zip(segments, segments[1:]))
+    ):
+        raise TrainingError(
+            f"{what}: shard boundaries {segments} do not split {size} managed-collision slots into "
+            f"shards of at least 2 (torchrec's layout changed? this code was checked against "
+            f"torchrec {', '.join(CHECKED_TORCHREC)})"
+        )
 
 
 def _survivors(scores: list[torch.Tensor], ids: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -129,8 +137,9 @@ def _survivors(scores: list[torch.Tensor], ids: torch.Tensor, capacity: int) -> 
     return order[:capacity]
 
 
-def plan_table(old: SlotMaps, old_segments: list[int], new_segments: list[int],
-               owner: Callable[[torch.Tensor], torch.Tensor]) -> TablePlan:
+def plan_table(
+    old: SlotMaps, old_segments: list[int], new_segments: list[int], owner: Callable[[torch.Tensor], torch.Tensor]
+) -> TablePlan:
     """Move one table's held ids to the shards that own them at the new world size (see the module doc).
 
     ``old_segments`` / ``new_segments``: the shard boundaries (``[0, ..., zch_size]``) at the old and
@@ -141,8 +150,10 @@ def plan_table(old: SlotMaps, old_segments: list[int], new_segments: list[int],
     _check_segments(new_segments, size, "this model")
     last = torch.tensor(old_segments[1:]) - 1  # each old shard's unknown-id slot
     if not bool((old.raw_ids[last] == EMPTY_SLOT).all()):
-        raise TrainingError("the checkpoint's managed-collision slot maps do not end each shard with a free "
-                            "unknown-id slot (torchrec's layout changed?)")
+        raise TrainingError(
+            "the checkpoint's managed-collision slot maps do not end each shard with a free "
+            "unknown-id slot (torchrec's layout changed?)"
+        )
     old_unknown_rows = old.rows[last]
     old_shards, new_shards = len(old_segments) - 1, len(new_segments) - 1
     held = old.raw_ids != EMPTY_SLOT
@@ -187,10 +198,14 @@ def plan_table(old: SlotMaps, old_segments: list[int], new_segments: list[int],
         raw_parts += [ids[keep], torch.full((empty,), EMPTY_SLOT, dtype=torch.int64)]
         row_parts += [new_rows, free_rows[movers:], torch.tensor([unknown], dtype=torch.int64)]
         for name, values in old.metadata.items():
-            meta_parts[name] += [metadata[name][keep], torch.zeros(empty - 1, dtype=values.dtype),
-                                 values[unknown_slot:unknown_slot + 1]]
-    slots = SlotMaps(torch.cat(raw_parts), torch.cat(row_parts),
-                     {name: torch.cat(parts) for name, parts in meta_parts.items()})
+            meta_parts[name] += [
+                metadata[name][keep],
+                torch.zeros(empty - 1, dtype=values.dtype),
+                values[unknown_slot : unknown_slot + 1],
+            ]
+    slots = SlotMaps(
+        torch.cat(raw_parts), torch.cat(row_parts), {name: torch.cat(parts) for name, parts in meta_parts.items()}
+    )
     return TablePlan(slots, source_rows, torch.cat(kept_ids), torch.cat(dropped_ids))
 
 
@@ -203,18 +218,25 @@ def bucket_owner(ids: torch.Tensor, input_size: int, buckets: int, world_size: i
     if n == 0 or world_size == 1:
         return torch.zeros(n, dtype=torch.int64)
     lengths, *_ = torch.ops.fbgemm.block_bucketize_sparse_features(
-        torch.ones(n, dtype=torch.int64), ids.to(torch.int64).cpu(), bucketize_pos=False, sequence=True,
+        torch.ones(n, dtype=torch.int64),
+        ids.to(torch.int64).cpu(),
+        bucketize_pos=False,
+        sequence=True,
         block_sizes=torch.tensor([(input_size + buckets - 1) // buckets], dtype=torch.int64),
-        total_num_blocks=torch.tensor([buckets], dtype=torch.int64), my_size=world_size, weights=None,
-        keep_orig_idx=True)
+        total_num_blocks=torch.tensor([buckets], dtype=torch.int64),
+        my_size=world_size,
+        weights=None,
+        keep_orig_idx=True,
+    )
     per_rank = lengths.view(world_size, n)
     if not bool((per_rank.sum(0) == 1).all()):
         raise TrainingError("fbgemm's block_bucketize_sparse_features did not place every id on exactly one rank")
     return per_rank.argmax(0)
 
 
-def move_rows(local: torch.Tensor, source_rows: torch.Tensor, segments: list[int], rank: int,
-              world_size: int) -> torch.Tensor:
+def move_rows(
+    local: torch.Tensor, source_rows: torch.Tensor, segments: list[int], rank: int, world_size: int
+) -> torch.Tensor:
     """This rank's rows of a row-wise sharded tensor after a row permutation (a collective at world size > 1).
 
     ``local``: this rank's rows ``[segments[rank], segments[rank + 1])`` as DCP loaded them (the
@@ -267,19 +289,27 @@ class ReshardReport:
     def lines(self) -> list[str]:
         """What rank 0 prints: one line for the slots, one per kind of history note."""
         tables = ", ".join(f"'{t}' {self.kept[t]} ids kept, {self.dropped[t]} dropped" for t in sorted(self.kept))
-        text = [f"note: managed-collision slot maps resharded from {self.saved_world_size} to {self.world_size} "
-                f"rank(s) (ids moved to the shard that owns them now; ids beyond a shard's slots dropped, lowest "
-                f"count first - lru: least recently seen - and counted as evicted): {tables}"]
+        text = [
+            f"note: managed-collision slot maps resharded from {self.saved_world_size} to {self.world_size} "
+            f"rank(s) (ids moved to the shard that owns them now; ids beyond a shard's slots dropped, lowest "
+            f"count first - lru: least recently seen - and counted as evicted): {tables}"
+        ]
         if self.history_carried:
-            text.append(f"note: the ids counted since the last eviction round went to their new shards "
-                        f"({', '.join(sorted(self.history_carried))})")
+            text.append(
+                f"note: the ids counted since the last eviction round went to their new shards "
+                f"({', '.join(sorted(self.history_carried))})"
+            )
         if self.history_dropped:
-            text.append(f"note: the ids counted since the last eviction round were dropped (not saved by every "
-                        f"rank: {', '.join(sorted(self.history_dropped))}); the next round comes eviction_interval "
-                        f"steps after this load")
+            text.append(
+                f"note: the ids counted since the last eviction round were dropped (not saved by every "
+                f"rank: {', '.join(sorted(self.history_dropped))}); the next round comes eviction_interval "
+                f"steps after this load"
+            )
         if self.counters_missing:
-            text.append(f"note: eviction counters restart at 0 (not saved by every rank: "
-                        f"{', '.join(sorted(self.counters_missing))})")
+            text.append(
+                f"note: eviction counters restart at 0 (not saved by every rank: "
+                f"{', '.join(sorted(self.counters_missing))})"
+            )
         return text
 
 
@@ -292,7 +322,7 @@ def _local(value: ShardedTensor, key: str) -> tuple[torch.Tensor, int]:
 
 def _segments(module: MCHManagedCollisionModule) -> list[int]:
     values = module._init_output_segments_tensor.tolist()
-    return [int(v) for v in values[:values.index(-1)]] if -1 in values else [int(v) for v in values]
+    return [int(v) for v in values[: values.index(-1)]] if -1 in values else [int(v) for v in values]
 
 
 class MCHReshard:
@@ -303,8 +333,9 @@ class MCHReshard:
     :meth:`apply` (a collective) before ``model.load_state_dict``, and :meth:`restore_modules` after it.
     """
 
-    def __init__(self, model: nn.Module, model_state: dict[str, Any], metadata: dict[str, Any],
-                 saved_world_size: int) -> None:
+    def __init__(
+        self, model: nn.Module, model_state: dict[str, Any], metadata: dict[str, Any], saved_world_size: int
+    ) -> None:
         self.saved_world_size = saved_world_size
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
@@ -317,31 +348,39 @@ class MCHReshard:
             match = _MODULE_KEY.match(key)
             if match is None:
                 continue
-            prefix = key[:-len(match["buffer"])]
+            prefix = key[: -len(match["buffer"])]
             if prefix not in by_prefix:
                 found = [name for name in modules if name == prefix[:-1] or name.endswith("." + prefix[:-1])]
                 if len(found) != 1:
                     raise TrainingError(f"cannot tell which managed-collision module holds {key}")
                 module = modules[found[0]]
-                weights = [f"{match['collection']}._embedding_module.{kind}.{match['table']}.weight"
-                           for kind in ("embedding_bags", "embeddings")]
+                weights = [
+                    f"{match['collection']}._embedding_module.{kind}.{match['table']}.weight"
+                    for kind in ("embedding_bags", "embeddings")
+                ]
                 weight_key = next((w for w in weights if w in model_state), None)
                 if weight_key is None:
-                    raise TrainingError(f"no embedding weight of managed table '{match['table']}' in the state dict "
-                                        f"(looked for {weights})")
+                    raise TrainingError(
+                        f"no embedding weight of managed table '{match['table']}' in the state dict "
+                        f"(looked for {weights})"
+                    )
                 table = _Table(match["table"], prefix, found[0], module, weight_key, _segments(module))
                 by_prefix[prefix] = table
                 self.tables.append(table)
             table = by_prefix[prefix]
             if isinstance(value, ShardedTensor):
                 if not match["buffer"].startswith("_mch_"):
-                    raise TrainingError(f"{key}: an unexpected sharded managed-collision buffer (this code knows "
-                                        f"torchrec {', '.join(CHECKED_TORCHREC)})")
+                    raise TrainingError(
+                        f"{key}: an unexpected sharded managed-collision buffer (this code knows "
+                        f"torchrec {', '.join(CHECKED_TORCHREC)})"
+                    )
                 table.buffers[match["buffer"]] = value
         for table in self.tables:
             if _RAW not in table.buffers or _ROWS not in table.buffers:
-                raise TrainingError(f"managed table '{table.name}': the model's state dict lacks sharded {_RAW} / "
-                                    f"{_ROWS}; resharding needs a DistributedModelParallel model")
+                raise TrainingError(
+                    f"managed table '{table.name}': the model's state dict lacks sharded {_RAW} / "
+                    f"{_ROWS}; resharding needs a DistributedModelParallel model"
+                )
             for name in table.buffers:  # read the checkpoint's full arrays instead
                 key = f"model.{table.prefix}{name}"
                 saved = metadata.get(key)
@@ -352,10 +391,12 @@ class MCHReshard:
             # _init_output_segments_tensor, and validate_state (run by load_state_dict) asserts that this
             # shard's range is among them
             if table.prefix + _SEGMENTS in model_state:
-                model_state[table.prefix + _SEGMENTS] = torch.empty_like(table.module._output_segments_tensor,
-                                                                         device="cpu")
-        self.old_segments = {table.prefix: self._old_segments(metadata, f"model.{table.prefix}{_RAW}")
-                             for table in self.tables}
+                model_state[table.prefix + _SEGMENTS] = torch.empty_like(
+                    table.module._output_segments_tensor, device="cpu"
+                )
+        self.old_segments = {
+            table.prefix: self._old_segments(metadata, f"model.{table.prefix}{_RAW}") for table in self.tables
+        }
 
     @staticmethod
     def _old_segments(metadata: dict[str, Any], key: str) -> list[int]:
@@ -369,9 +410,15 @@ class MCHReshard:
         report = ReshardReport(self.saved_world_size, self.world_size)
         model_state = state["model"]
         for table in self.tables:
-            old = SlotMaps(model_state[table.prefix + _RAW], model_state[table.prefix + _ROWS],
-                           {name[len("_mch_"):]: model_state[table.prefix + name] for name in table.buffers
-                            if name not in (_RAW, _ROWS)})
+            old = SlotMaps(
+                model_state[table.prefix + _RAW],
+                model_state[table.prefix + _ROWS],
+                {
+                    name[len("_mch_") :]: model_state[table.prefix + name]
+                    for name in table.buffers
+                    if name not in (_RAW, _ROWS)
+                },
+            )
             module = table.module
 
             def owner(ids: torch.Tensor, m: Any = module) -> torch.Tensor:
@@ -379,13 +426,18 @@ class MCHReshard:
 
             plan = plan_table(old, self.old_segments[table.prefix], table.segments, owner)
             start, end = table.segments[self.rank], table.segments[self.rank + 1]
-            new_values = {_RAW: plan.slots.raw_ids, _ROWS: plan.slots.rows,
-                          **{f"_mch_{name}": values for name, values in plan.slots.metadata.items()}}
+            new_values = {
+                _RAW: plan.slots.raw_ids,
+                _ROWS: plan.slots.rows,
+                **{f"_mch_{name}": values for name, values in plan.slots.metadata.items()},
+            }
             for name, sharded in table.buffers.items():
                 local, offset = _local(sharded, table.prefix + name)
                 if offset != start or local.shape[0] != end - start:
-                    raise TrainingError(f"{table.prefix}{name}: this rank's slots [{offset}, {offset + local.shape[0]})"
-                                        f" are not its rows [{start}, {end})")
+                    raise TrainingError(
+                        f"{table.prefix}{name}: this rank's slots [{offset}, {offset + local.shape[0]})"
+                        f" are not its rows [{start}, {end})"
+                    )
                 local.copy_(new_values[name][start:end])
                 model_state[table.prefix + name] = sharded
             if table.prefix + _SEGMENTS in model_state:
@@ -393,13 +445,16 @@ class MCHReshard:
             for key, value in self._row_tensors(state, table):
                 local, offset = _local(value, key)
                 if offset != start or local.shape[0] != end - start:
-                    raise TrainingError(f"{key}: this rank's rows [{offset}, {offset + local.shape[0]}) are not the "
-                                        f"managed-collision shard [{start}, {end})")
+                    raise TrainingError(
+                        f"{key}: this rank's rows [{offset}, {offset + local.shape[0]}) are not the "
+                        f"managed-collision shard [{start}, {end})"
+                    )
                 local.copy_(move_rows(local, plan.source_rows, table.segments, self.rank, self.world_size))
             report.kept[table.name] = report.kept.get(table.name, 0) + int(plan.kept.numel())
             report.dropped[table.name] = report.dropped.get(table.name, 0) + int(plan.dropped.numel())
-            self.module_states[table.module_name] = self._module_state(table, checkpoint, int(plan.dropped.numel()),
-                                                                       report)
+            self.module_states[table.module_name] = self._module_state(
+                table, checkpoint, int(plan.dropped.numel()), report
+            )
         return report
 
     @staticmethod
@@ -423,8 +478,7 @@ class MCHReshard:
             self._saved_modules = []
             for rank in range(self.saved_world_size):
                 path = checkpoint / f"rank{rank}.pt"
-                self._saved_modules.append(load_side_file(path).get("modules", {})
-                                           if path.is_file() else {})
+                self._saved_modules.append(load_side_file(path).get("modules", {}) if path.is_file() else {})
         saved = [modules.get(table.module_name) for modules in self._saved_modules]
         counters = [s.get("counters") for s in saved if s is not None]
         state: dict[str, Any] = {}
@@ -432,7 +486,8 @@ class MCHReshard:
             state["counters"] = {
                 "evicted_ids": sum(c["evicted_ids"] for c in counters) + dropped if self.rank == 0 else 0,
                 "admitted_ids": sum(c["admitted_ids"] for c in counters) if self.rank == 0 else 0,
-                "eviction_rounds": max(c["eviction_rounds"] for c in counters)}
+                "eviction_rounds": max(c["eviction_rounds"] for c in counters),
+            }
         else:
             report.counters_missing.append(table.name)
         have_history = [s is not None and "history_size" in s for s in saved]
@@ -454,8 +509,12 @@ class MCHReshard:
         mine = bucket_owner(history, module.input_size(), module.buckets(), self.world_size) == self.rank
         history = history[mine]
         # room for the carried ids and for a full interval more, as the first batch would size it
-        state.update(history_size=int(history.numel()) + max(sizes), history_offset=int(history.numel()),
-                     history=history, history_metadata={name: values[mine] for name, values in metadata.items()})
+        state.update(
+            history_size=int(history.numel()) + max(sizes),
+            history_offset=int(history.numel()),
+            history=history,
+            history_metadata={name: values[mine] for name, values in metadata.items()},
+        )
         report.history_carried.append(table.name)
         return state
 

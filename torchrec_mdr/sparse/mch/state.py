@@ -32,15 +32,24 @@ from torchrec.modules.mc_modules import MCHManagedCollisionModule
 
 from torchrec_mdr.sparse.mch.eviction import TrackedMCHModule
 
-_ATTRIBUTES = ("_history_accumulator", "_history_metadata", "_current_history_buffer_offset",
-               "_input_history_buffer_size", "_current_iter", "_last_eviction_iter")
+_ATTRIBUTES = (
+    "_history_accumulator",
+    "_history_metadata",
+    "_current_history_buffer_offset",
+    "_input_history_buffer_size",
+    "_current_iter",
+    "_last_eviction_iter",
+)
 
 
 def _supported(module: MCHManagedCollisionModule) -> bool:
     if all(hasattr(module, name) for name in _ATTRIBUTES[1:]):  # the accumulator comes with the first batch
         return True
-    warnings.warn(f"torchrec's {type(module).__name__} lacks the attributes torchrec-mdr saves between "
-                  f"eviction rounds ({', '.join(_ATTRIBUTES)}); a resumed run will not be exact", stacklevel=3)
+    warnings.warn(
+        f"torchrec's {type(module).__name__} lacks the attributes torchrec-mdr saves between "
+        f"eviction rounds ({', '.join(_ATTRIBUTES)}); a resumed run will not be exact",
+        stacklevel=3,
+    )
     return False
 
 
@@ -53,12 +62,17 @@ def module_state(module: MCHManagedCollisionModule, history: bool = True) -> dic
     if not history:
         return state
     offset = int(module._current_history_buffer_offset)
-    state.update(current_iter=int(module._current_iter), last_eviction_iter=int(module._last_eviction_iter),
-                 history_size=int(module._input_history_buffer_size), history_offset=offset)
+    state.update(
+        current_iter=int(module._current_iter),
+        last_eviction_iter=int(module._last_eviction_iter),
+        history_size=int(module._input_history_buffer_size),
+        history_offset=offset,
+    )
     if state["history_size"] != -1:
         state["history"] = module._history_accumulator[:offset].cpu().clone()
-        state["history_metadata"] = {name: buffer[:offset].cpu().clone()
-                                     for name, buffer in module._history_metadata.items()}
+        state["history_metadata"] = {
+            name: buffer[:offset].cpu().clone() for name, buffer in module._history_metadata.items()
+        }
     return state
 
 
@@ -87,8 +101,11 @@ def load_module_state(module: MCHManagedCollisionModule, state: dict[str, Any]) 
 
 def module_states(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Qualified module name -> :func:`module_state` for every MCH module of ``model`` on this rank."""
-    return {name: module_state(module, history=_supported(module)) for name, module in model.named_modules()
-            if isinstance(module, MCHManagedCollisionModule)}
+    return {
+        name: module_state(module, history=_supported(module))
+        for name, module in model.named_modules()
+        if isinstance(module, MCHManagedCollisionModule)
+    }
 
 
 def load_module_states(model: nn.Module, states: dict[str, dict[str, Any]]) -> list[str]:
