@@ -125,3 +125,9 @@ def tiny_synthetic(out: Path, **options) -> Path:
     settings.update(options)
     convert(Options(out=out, **settings))
     return out
+
+
+def small_synthetic(out: Path) -> Path:
+    """The 400-row planted dataset the model-wide tests share (30 users, 50 items, 5-long sequences, empty
+    sequences allowed)."""
+    return tiny_synthetic(out, rows=400, users=30, items=50, categories=5, brands=8, seq_length=5, min_seq_length=0)

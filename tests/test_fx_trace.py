@@ -33,7 +33,7 @@ from torchrec.modules.mc_embedding_modules import (
     ManagedCollisionEmbeddingCollection,
 )
 
-from helpers import tiny_synthetic
+from helpers import small_synthetic
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.ranking import RankingModel, TrainModel
@@ -52,16 +52,7 @@ EVICTION = EvictionConfig(tables=["item", "user"], zch_size=40, eviction_interva
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return tiny_synthetic(
-        tmp_path_factory.mktemp("fx") / "syn",
-        rows=400,
-        users=30,
-        items=50,
-        categories=5,
-        brands=8,
-        seq_length=5,
-        min_seq_length=0,
-    )
+    return small_synthetic(tmp_path_factory.mktemp("fx") / "syn")
 
 
 def first_batch(path: Path, spec: DatasetSpec | None = None, batch_size: int = 32):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_synthetic
+from helpers import small_synthetic
 from data_prep.synthetic import Options, convert
 from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
@@ -184,16 +184,7 @@ def test_mlp_shapes():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return tiny_synthetic(
-        tmp_path_factory.mktemp("models") / "syn",
-        rows=400,
-        users=30,
-        items=50,
-        categories=5,
-        brands=8,
-        seq_length=5,
-        min_seq_length=0,
-    )
+    return small_synthetic(tmp_path_factory.mktemp("models") / "syn")
 
 
 def first_batch(path: Path, batch_size: int = 32):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_synthetic
+from helpers import small_synthetic
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.ranking import RankingModel
@@ -23,16 +23,7 @@ POOL_ONLY = sorted(name for name, entry in MODELS.items() if not entry.needs_pos
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return tiny_synthetic(
-        tmp_path_factory.mktemp("pooled") / "syn",
-        rows=400,
-        users=30,
-        items=50,
-        categories=5,
-        brands=8,
-        seq_length=5,
-        min_seq_length=0,
-    )
+    return small_synthetic(tmp_path_factory.mktemp("pooled") / "syn")
 
 
 def _batch(path: Path, batch_size: int = 64):

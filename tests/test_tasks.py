@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_synthetic
+from helpers import small_synthetic
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.data.reader import ReaderConfig, make_dataloader
 from torchrec_mdr.data.spec import DatasetSpec
@@ -33,16 +33,7 @@ from torchrec_mdr.tasks import TASKS, RankingTask, RetrievalTask, format_table, 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return tiny_synthetic(
-        tmp_path_factory.mktemp("tasks") / "syn",
-        rows=400,
-        users=30,
-        items=50,
-        categories=5,
-        brands=8,
-        seq_length=5,
-        min_seq_length=0,
-    )
+    return small_synthetic(tmp_path_factory.mktemp("tasks") / "syn")
 
 
 def experiment(data: Path, **train) -> ExperimentConfig:
