@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from data_prep.writer import DatasetWriter, list_array
 from torchrec_mdr.data.spec import ColumnSpec
+from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
 
 
 # A session key far above 2**32 (and above float32's exact range): the reader must keep it exact.
@@ -131,3 +133,36 @@ def small_synthetic(out: Path) -> Path:
     """The 400-row planted dataset the model-wide tests share (30 users, 50 items, 5-long sequences, empty
     sequences allowed)."""
     return tiny_synthetic(out, rows=400, users=30, items=50, categories=5, brands=8, seq_length=5, min_seq_length=0)
+
+
+# The tiny hand-made batch of the field-vector baselines' tests (DeepFM, DCNv2, FRNet, MaskNet): B rows, two id
+# fields (user_id pooled, item_id the candidate), one sequence group of two columns (L long), dense features.
+TINY_B, TINY_L, TINY_D, TINY_K, TINY_T = 5, 4, 3, 3, 2
+TINY_LENGTHS = [4, 2, 1, 0, 3]  # row 3: an empty sequence
+
+
+def tiny_layout(num_dense: int = 2, num_tasks: int = TINY_T) -> FeatureLayout:
+    sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), TINY_L, ("item_id",))
+    return FeatureLayout(
+        fields=("user_id", "item_id"),
+        pooled=frozenset({"user_id"}),
+        sequences=(sequence,),
+        embedding_dim=TINY_D,
+        num_dense=num_dense,
+        num_domains=TINY_K,
+        num_tasks=num_tasks,
+    )
+
+
+def tiny_features(num_dense: int = 2, seed: int = 3) -> EmbeddedFeatures:
+    """Random features for :func:`tiny_layout` (padded behaviours zero; domains 0, 1, 2, 0, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.arange(TINY_L)[None, :] < torch.tensor(TINY_LENGTHS)[:, None]
+    keys = torch.randn(TINY_B, TINY_L, 2 * TINY_D, generator=generator) * mask[..., None]
+    fields = torch.randn(TINY_B, 2, TINY_D, generator=generator)
+    return EmbeddedFeatures(
+        fields,
+        [EmbeddedSequence(keys, mask, fields[:, 1])],
+        torch.randn(TINY_B, num_dense, generator=generator),
+        torch.tensor([0, 1, 2, 0, 1]),
+    )

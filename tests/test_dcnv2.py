@@ -13,38 +13,21 @@ import torch
 
 from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.models.dcnv2 import DCNv2Arch, DCNv2Config, cross_network
-from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
+from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 from torchrec_mdr.models.registry import ModelConfig
 
-B, L, D, K, T = 5, 4, 3, 3, 2
-LENGTHS = [4, 2, 1, 0, 3]
+from helpers import TINY_LENGTHS, TINY_B as B, TINY_D as D, TINY_T as T, tiny_features, tiny_layout
+
+LENGTHS = TINY_LENGTHS
 WIDTH = (2 + 1) * D + 2 + 2 * D  # fields + domain, dense, one sequence group of two columns = 17
 
 
 def layout(num_tasks: int = T) -> FeatureLayout:
-    sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(
-        fields=("user_id", "item_id"),
-        pooled=frozenset({"user_id"}),
-        sequences=(sequence,),
-        embedding_dim=D,
-        num_dense=2,
-        num_domains=K,
-        num_tasks=num_tasks,
-    )
+    return tiny_layout(num_tasks=num_tasks)
 
 
 def features() -> EmbeddedFeatures:
-    generator = torch.Generator().manual_seed(3)
-    mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
-    keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
-    fields = torch.randn(B, 2, D, generator=generator)
-    return EmbeddedFeatures(
-        fields,
-        [EmbeddedSequence(keys, mask, fields[:, 1])],
-        torch.randn(B, 2, generator=generator),
-        torch.tensor([0, 1, 2, 0, 1]),
-    )
+    return tiny_features()
 
 
 def set_parameters(module: torch.nn.Module, seed: int) -> None:

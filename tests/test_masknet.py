@@ -14,39 +14,22 @@ import pytest
 import torch
 
 from torchrec_mdr.config import ConfigError, from_dict
-from torchrec_mdr.models.features import EmbeddedFeatures, EmbeddedSequence, FeatureLayout, SequenceLayout
+from torchrec_mdr.models.features import EmbeddedFeatures, FeatureLayout
 from torchrec_mdr.models.masknet import FieldLayerNorm, InstanceGuidedMask, MaskBlock, MaskNetArch, MaskNetConfig
 from torchrec_mdr.models.registry import ModelConfig
 
-B, L, D, K, T = 5, 4, 3, 3, 2
-LENGTHS = [4, 2, 1, 0, 3]
+from helpers import TINY_LENGTHS, TINY_B as B, TINY_D as D, TINY_K as K, TINY_T as T, tiny_features, tiny_layout
+
+LENGTHS = TINY_LENGTHS
 NUM_FIELDS = 2 + 1 + 2 + 1  # user_id, item_id, domain, hist_item_id, hist_domain, dense
 
 
 def layout() -> FeatureLayout:
-    sequence = SequenceLayout("hist", ("hist_item_id", "hist_domain"), L, ("item_id",))
-    return FeatureLayout(
-        fields=("user_id", "item_id"),
-        pooled=frozenset({"user_id"}),
-        sequences=(sequence,),
-        embedding_dim=D,
-        num_dense=2,
-        num_domains=K,
-        num_tasks=T,
-    )
+    return tiny_layout()
 
 
 def features() -> EmbeddedFeatures:
-    generator = torch.Generator().manual_seed(5)
-    mask = torch.arange(L)[None, :] < torch.tensor(LENGTHS)[:, None]
-    keys = torch.randn(B, L, 2 * D, generator=generator) * mask[..., None]
-    fields = torch.randn(B, 2, D, generator=generator)
-    return EmbeddedFeatures(
-        fields,
-        [EmbeddedSequence(keys, mask, fields[:, 1])],
-        torch.randn(B, 2, generator=generator),
-        torch.tensor([0, 1, 2, 0, 1]),
-    )
+    return tiny_features(seed=5)
 
 
 def set_(linear: torch.nn.Linear, weight: list, bias: list | None = None) -> None:
