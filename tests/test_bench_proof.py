@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,13 @@ from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.registry import MODELS as REGISTRY
+
+
+def tiny_options(tmp_path: Path, **settings: object) -> ProofBenchOptions:
+    """The tests' benchmark: one world, one seed, folders under ``tmp_path`` (``settings`` override)."""
+    return ProofBenchOptions(
+        **{"out": tmp_path / "out", "work": tmp_path / "work", "worlds": 1, "seeds": 1, **settings}
+    )
 
 
 def brute_force_mann_whitney(a: list[float], b: list[float]) -> float:
@@ -136,11 +144,8 @@ def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path, capfd):
-    options = ProofBenchOptions(
-        out=tmp_path / "out",
-        work=tmp_path / "work",
-        worlds=1,
-        seeds=1,
+    options = tiny_options(
+        tmp_path,
         rows=2000,
         users=100,
         items=300,
@@ -195,11 +200,8 @@ def test_diagonal_matrix_plans_own_none_and_all(tmp_path):
 
 
 def test_tiny_scaling_suite_trains_each_row_count(tmp_path):
-    options = ProofBenchOptions(
-        out=tmp_path / "out",
-        work=tmp_path / "work",
-        worlds=1,
-        seeds=1,
+    options = tiny_options(
+        tmp_path,
         rows=1500,
         users=60,
         items=200,
@@ -225,11 +227,8 @@ def test_tiny_scaling_suite_trains_each_row_count(tmp_path):
 def test_tiny_dose_suite_plants_the_knob_stronger_and_tables_the_pairs(tmp_path):
     """The dose suite trains each mechanism's pair on its own effect at each dose (the knob times the dose)
     and tables it beside dose 0 (``none``) and dose 1 (the specificity dataset) when those ran."""
-    options = ProofBenchOptions(
-        out=tmp_path / "out",
-        work=tmp_path / "work",
-        worlds=1,
-        seeds=1,
+    options = tiny_options(
+        tmp_path,
         rows=1500,
         users=60,
         items=200,
@@ -266,11 +265,8 @@ def test_tiny_dose_suite_plants_the_knob_stronger_and_tables_the_pairs(tmp_path)
 
 
 def test_options_suite_pairs_each_option_with_its_default_on_its_data(tmp_path):
-    options = ProofBenchOptions(
-        out=tmp_path / "out",
-        work=tmp_path / "work",
-        worlds=1,
-        seeds=1,
+    options = tiny_options(
+        tmp_path,
         rows=1000,
         users=50,
         items=200,
