@@ -391,3 +391,31 @@ def test_ceilings_table_lists_the_dose_datasets_too(tmp_path):
     dataset(options, 0, "pcrg", 3.0)
     table = write_ceilings(options).read_text()
     assert f"| {dataset_name(options, 0, 'pcrg', 3.0)} | " in table
+
+
+def test_ablation_models_choose_whose_ablations_are_trained_and_tabled(tmp_path):
+    from torchrec_mdr.bench.proof_report import write_ablation
+
+    options = tiny_options(tmp_path, rows=1000, users=50, items=200, seq_length=4, suites=["ablation"])
+    options.ablation_models = ["ads", "adin"]
+    labels = [v.label for v, _, _ in planned_jobs(options)]
+    assert labels == ["ADS", "ADS w/o PCRG", "ADS w/o PCRG & PSRG", "ADIN", "ADIN w/o DSBN", "ADIN w/o SE"] + [
+        "ADIN w/o self-training"
+    ]
+    name = dataset_name(options, 0, "all")
+    results = {(label, name, 0): {"auc": 0.70 + i / 100} for i, label in enumerate(labels + ["SFPNet"])}
+    options.out.mkdir()
+    table = write_ablation(options, results).read_text()
+    assert "--ablation-models ads adin" in table
+    assert "| ADIN w/o DSBN |" in table and "SFPNet" not in table  # archived, but not chosen: no row
+    assert "ADS > ADS w/o PCRG > ADS w/o PCRG & PSRG: **does NOT hold**" in table  # 0.70 < 0.71 < 0.72
+    with pytest.raises(ConfigError, match="--ablation-models: unknown"):
+        ProofBenchOptions(ablation_models=["star"]).validate()
+
+
+def test_the_tables_command_names_the_chosen_effects():
+    from torchrec_mdr.bench.proof_report import _command
+
+    assert "--effects" not in _command(ProofBenchOptions(suites=["specificity"]), "specificity")
+    chosen = _command(ProofBenchOptions(suites=["specificity"], effects=["none", "pcrg"]), "specificity")
+    assert "--effects none pcrg --matrix full" in chosen

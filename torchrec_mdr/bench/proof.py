@@ -62,6 +62,7 @@ from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for cal
     SUITES,
     ProofBenchOptions,
     archived,
+    chosen_ablations,
     dataset_name,
     run_dir,
 )
@@ -248,7 +249,7 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
                 jobs += [(v, movielens(options), seed) for v in MODELS]
             if {"ablation", "models"} & set(options.suites):
                 data = dataset(options, world, "all")
-                chosen = (ABLATIONS if "ablation" in options.suites else ()) + (
+                chosen = (tuple(chosen_ablations(options.ablation_models)) if "ablation" in options.suites else ()) + (
                     MODELS if "models" in options.suites else ()
                 )
                 jobs += [(v, data, seed) for v in chosen]

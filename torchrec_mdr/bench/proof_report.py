@@ -112,7 +112,7 @@ def _ceiling_gap(options: "ProofBenchOptions", effect: str, mechanism: str) -> f
 
 def _command(options: "ProofBenchOptions", suite: str) -> str:
     """The ``mdr bench proof`` command line that reproduces ``suite``'s table (only the options it reads)."""
-    from torchrec_mdr.bench.proof_setup import MECHANISMS, OPTIONS
+    from torchrec_mdr.bench.proof_setup import ABLATION_MODELS, EFFECTS, MECHANISMS, OPTIONS
 
     protocol = (
         f" --seeds {_seeds(options)} --max-epochs {options.max_epochs} --patience {options.patience} "
@@ -128,7 +128,11 @@ def _command(options: "ProofBenchOptions", suite: str) -> str:
     if suite in ("specificity", "dose") and list(options.mechanisms) != list(MECHANISMS):
         command += " --mechanisms " + " ".join(options.mechanisms)
     if suite == "specificity":
+        if list(options.effects) != list(EFFECTS):
+            command += " --effects " + " ".join(options.effects)
         command += f" --matrix {options.matrix}"
+    if suite == "ablation" and list(options.ablation_models) != list(ABLATION_MODELS):
+        command += " --ablation-models " + " ".join(options.ablation_models)
     if suite in ("dose", "options"):
         command += " --doses " + " ".join(f"{d:g}" for d in options.doses)
     if suite == "options" and list(options.alternatives) != list(OPTIONS):
@@ -283,11 +287,12 @@ def _table(
 
 
 def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
-    from torchrec_mdr.bench.proof_setup import ABLATIONS
+    from torchrec_mdr.bench.proof_setup import chosen_ablations
 
+    ablations = chosen_ablations(options.ablation_models)
     datasets = _world_datasets(options, "all")
     lines = _header(options, "Ablations on generator v2 with every effect planted", "ablation")
-    lines += _table(options, list(ABLATIONS), results, datasets, with_ceiling=True)
+    lines += _table(options, ablations, results, datasets, with_ceiling=True)
     order = sorted(
         (
             (
@@ -301,7 +306,7 @@ def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
                     ]
                 )[0],
             )
-            for v in ABLATIONS
+            for v in ablations
         ),
         key=lambda item: -item[1] if math.isfinite(item[1]) else 0,
     )

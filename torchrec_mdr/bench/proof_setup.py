@@ -54,6 +54,14 @@ ABLATIONS: tuple[Variant, ...] = (
     Variant("ADIN w/o self-training", "adin", ("model.adin.self_training=false",), "ADIN"),
 )
 
+ABLATION_MODELS: tuple[str, ...] = ("ads", "sfpnet", "adin")
+
+
+def chosen_ablations(ablation_models: list[str]) -> list[Variant]:
+    """The ablation suite's variants of the chosen models, in the table's order."""
+    return [v for v in ABLATIONS if v.model in ablation_models]
+
+
 # the ``options`` suite (issue item 5): option -> (the model with it, the default model, the planted effect it
 # is tested on, at the ``doses`` strengths; "all" at dose 1)
 OPTIONS: dict[str, tuple[Variant, Variant, str]] = {
@@ -181,6 +189,10 @@ class ProofBenchOptions:
     )
     batch_size: int = field(default=1024, metadata=bounds(ge=1, help="rows per batch"))
     embedding_dim: int = field(default=16, metadata=bounds(ge=1, help="embedding dimension"))
+    ablation_models: list[str] = field(
+        default_factory=lambda: list(ABLATION_MODELS),
+        metadata=doc(f"ablation suite: whose ablations to train and table, any of {', '.join(ABLATION_MODELS)}"),
+    )
     matrix: str = field(
         default="full",
         metadata=doc(
@@ -201,6 +213,7 @@ class ProofBenchOptions:
             ("effects", self.effects, EFFECTS),
             ("mechanisms", self.mechanisms, MECHANISMS),
             ("alternatives", self.alternatives, OPTIONS),
+            ("ablation-models", self.ablation_models, ABLATION_MODELS),
         ):
             unknown = sorted(set(chosen) - set(known))
             if unknown:
