@@ -82,6 +82,7 @@ def test_paired_differences_and_verdicts():
     assert verdict(c) == "wins"
     assert verdict(paired(results, "B", "A", ["d0", "d1", "d2"], 5)) == "loses"
     assert verdict(paired(results, "A", "B", ["d0"], 4)) == "too few pairs for p < 0.05"
+    assert verdict(paired(results, "A", "B", ["d0"], 5)) == "too few pairs for p < 0.05"  # best p: 2/32
     noisy = {("A", "d0", s): {"auc": 0.70 + (0.01 if s % 2 else -0.01)} for s in range(6)}
     noisy |= {("B", "d0", s): {"auc": 0.70} for s in range(6)}
     assert verdict(paired(noisy, "A", "B", ["d0"], 6)) == "ties"

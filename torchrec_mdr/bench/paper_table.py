@@ -209,7 +209,7 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
         lines += [
             "",
             "Bold: the best Overall AUC of each group; `*`: ADS above the group's second best with p < 0.05 "
-            "(paired sign-flip test over the seeds; with fewer than 5 seeds it cannot be reached).",
+            "(paired sign-flip test over the seeds; with fewer than 6 seeds it cannot be reached).",
         ]
     else:
         header = ["Method", *domains]

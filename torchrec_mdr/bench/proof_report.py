@@ -6,8 +6,8 @@ paired mean (``p``), and the unpaired Mann-Whitney U test the SFPNet paper repor
 Verdicts at the 0.05 level:
 
 * a mechanism **wins** where ``mean Δ > 0`` and ``p < 0.05``, **loses** where ``mean Δ < 0`` and
-  ``p < 0.05``, and **ties** otherwise (with fewer than 5 pairs no test can reach 0.05 and the
-  verdict says so);
+  ``p < 0.05``, and **ties** otherwise (with fewer than 6 pairs the exact sign-flip test cannot reach
+  0.05 — 5 pairs of one sign give p = 2/32 — and the verdict says so);
 * on its own planted effect (and on ``all``) a mechanism is expected to win; on ``none`` and on the
   other effects, to tie.
 """
@@ -73,7 +73,7 @@ def best_epoch(metrics: dict) -> int | None:
 def verdict(c: dict) -> str:
     if c["n"] == 0:
         return "not run"
-    if c["n"] < 5:
+    if c["n"] < 6:
         return "too few pairs for p < 0.05"
     if c["p"] < 0.05:
         return "wins" if c["delta"] > 0 else "loses"
