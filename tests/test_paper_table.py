@@ -115,3 +115,18 @@ def test_bad_paper_or_data_is_one_clear_error(tmp_path):
         run(PaperTableOptions(paper="star", data=tmp_path))
     with pytest.raises(ConfigError, match="is not a prepared dataset"):
         run(PaperTableOptions(paper="ads", data=tmp_path / "none"))
+
+
+def test_the_table_states_its_training_time(data, tmp_path):
+    from torchrec_mdr.data.spec import DatasetSpec
+
+    domains = DatasetSpec.load(data).domain_names
+    options = PaperTableOptions(paper="sfpnet", data=data, seeds=2, work=tmp_path, out=tmp_path, jobs=2)
+    results = {
+        (variant.label, data.name, seed): {**_metrics(0.7, domains), "train": {"wall_sec": 30.0 + 60.0 * seed}}
+        for variant in _variants(options)
+        for seed in range(2)
+    }
+    table = render(options, results)
+    assert "Training time: 22 runs, 22.0 min in all" in table  # 11 rows x (30 s + 90 s)
+    assert "2 run(s) at once" in table and "BaseDNN 60, DeepFM 60" in table

@@ -241,7 +241,28 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
             "`*`: SFPNet above the best baseline of that scenario with Mann-Whitney p < 0.05 over the seeds "
             "(as the paper reports; with 3 seeds per side the smallest attainable p is 0.1).",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _cpu_time(options, results, dataset)) + "\n"
+
+
+def _cpu_time(options: PaperTableOptions, results: dict[tuple[str, str, int], dict], dataset: str) -> list[str]:
+    """The table's cost: training seconds per run (one thread each), in total and per row."""
+    seconds: dict[str, list[float]] = {}
+    for variant in _variants(options):
+        for seed in range(options.seeds):
+            wall = results.get((variant.label, dataset, seed), {}).get("train", {}).get("wall_sec")
+            if wall is not None:
+                seconds.setdefault(variant.label, []).append(float(wall))
+    if not seconds:
+        return []
+    total = sum(sum(v) for v in seconds.values())
+    return [
+        "",
+        f"Training time: {sum(len(v) for v in seconds.values())} runs, {total / 60:.1f} min in all: the wall time of "
+        f"each run's training loop, evaluations included, one thread per run and {options.jobs} run(s) at once "
+        "(on a busy machine this overstates the CPU time). Mean seconds per run: "
+        + ", ".join(f"{label} {statistics.fmean(v):.0f}" for label, v in seconds.items())
+        + ".",
+    ]
 
 
 def run(options: PaperTableOptions) -> Path:
