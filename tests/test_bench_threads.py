@@ -69,9 +69,10 @@ def test_speedup_is_the_ratio_of_the_medians_and_shares_are_of_the_full_step():
     lookups, full = body  # the step's parts in STEP_PARTS order
     assert lookups == ["lookups", "dnn", "8", "3.000", "5.000", "0.600", "50.0%", "50.0%", "45.0%"]
     assert full[3:8] == ["6.000", "10.000", "0.600", "100.0%", "100.0%"]
-    markdown = format_markdown(rows, options).splitlines()
-    assert markdown[0] == "| " + " | ".join(header) + " |"
-    assert markdown[2] == "| " + " | ".join(lookups) + " |"
+    markdown = format_markdown(rows, options, "passive").splitlines()
+    assert markdown[0].endswith("OMP_WAIT_POLICY passive") and markdown[1] == ""
+    assert markdown[2] == "| " + " | ".join(header) + " |"
+    assert markdown[4] == "| " + " | ".join(lookups) + " |"
 
 
 def test_bad_options_are_one_line_errors(capsys):
@@ -87,7 +88,7 @@ def _number(cell: str) -> float:
     return float(cell.rstrip("%"))
 
 
-def test_bench_threads_tiny(tmp_path, capsys):
+def test_bench_threads_tiny(tmp_path, capsys, monkeypatch):
     """One model, one batch size, two rounds of one-step windows: every part at both counts, with the thread
     count in force inside every window, and the printed numbers consistent with each other."""
     options = ThreadsBenchOptions(
@@ -103,8 +104,11 @@ def test_bench_threads_tiny(tmp_path, capsys):
         batches_in_memory=2,
         reader_batches=2,
         out=tmp_path / "threads.md",
+        omp_wait_policy="passive",
     )
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
     rows = run(options)
+    assert os.environ["OMP_WAIT_POLICY"] == "active"  # set for the measuring process only
     assert [(r.part, r.model, r.batch_size) for r in rows] == [(p, "dnn", 16) for p in STEP_PARTS] + [
         (p, "-", 16) for p in READER_PARTS
     ]
@@ -113,6 +117,7 @@ def test_bench_threads_tiny(tmp_path, capsys):
         assert all(math.isfinite(ms) and ms > 0 for n in (1, 2) for ms in row.window_ms[n]), row
     lines = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("part"))
+    assert lines[start - 1].endswith("OMP_WAIT_POLICY passive")  # as the measuring process saw it
     printed = lines[start + 1 : start + 6]
     assert [line[:18].strip() for line in printed] == list(STEP_PARTS + READER_PARTS)
     by_part = {row.part: row for row in rows}
@@ -131,5 +136,5 @@ def test_bench_threads_tiny(tmp_path, capsys):
             assert cells[5:7] == ["-", "-"]
     assert any(line.startswith("reading batch 16 in line adds to the full step at 1 thread(s): dnn ") for line in lines)
     markdown = options.out.read_text().splitlines()
-    assert markdown[0].startswith("| part | model | batch | ms@1 | ms@2 | speedup@2 |")
+    assert markdown[2].startswith("| part | model | batch | ms@1 | ms@2 | speedup@2 |")
     assert len([line for line in markdown if line.startswith("| ")]) == 1 + len(rows)

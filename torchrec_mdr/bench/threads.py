@@ -14,7 +14,7 @@ parameters; :class:`torchrec_mdr.bench.train._Loop`) and times three parts of it
 * ``full step`` — the trainer's plain step: zero_grad, DMP forward, backward, optimizer step.
 
 and, per batch size, the streaming reader (:func:`torchrec_mdr.data.reader.make_dataloader`, the training
-defaults: shuffled) producing :class:`Batch` es from parquet:
+defaults: shuffled) producing :class:`Batch` objects from parquet:
 
 * ``reader`` — ``num_workers = 0``: reading, checking and batching in this process;
 * ``reader, 1 worker`` — ``num_workers = 1``: one worker process reads ahead (it runs with one torch
@@ -29,12 +29,14 @@ part (in an order rotated by one place per round) is timed for one window of ``s
 count of ``threads`` (``torch.set_num_threads`` before each window; the count that goes first also moves
 one place per round), so the windows of one part at 1 and 2 threads run back to back. A cell is the
 median window in ms per step; ``speedup`` is the median at the first count over the median at the other;
-``share`` is a part's median over the full step's median at the same count (the reader's: what reading
-in line would add to a step). ``other threads`` is, at each count after the first, the share of the
-process's CPU time spent on threads other than the one running the step (per-thread CPU clocks from
-``/proc``; the median window): about 0 for a part that runs on one thread whatever the count. With
-OpenMP's default (active) wait policy, idle pool threads spin for a while after each parallel region and
-their spin counts here too; ``OMP_WAIT_POLICY=passive`` in the environment leaves only their work.
+``share`` is a part's median over the full step's median at the same count (for the reader, the lines
+under the table: what reading in line adds to each model's full step). ``other threads`` is, at each count
+after the first, the share of the process's CPU time spent on threads other than the one running the step
+(per-thread CPU clocks from ``/proc``, this process only: not the dataloader worker's; the median window):
+about 0 for a part that runs on one thread whatever the count. With OpenMP's default (active) wait policy,
+idle pool threads spin for a while after each parallel region and their spin counts here too;
+``omp_wait_policy = "passive"`` (``OMP_WAIT_POLICY`` of the measuring process,
+which OpenMP reads when it loads) leaves only their work.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -87,6 +89,13 @@ class ThreadsBenchOptions:
         default=20, metadata=bounds(ge=1, help="batches per reader window (the first of an epoch, from a new iterator)")
     )
     reader: bool = field(default=True, metadata=doc("also time the reader (--no-reader: the step parts only)"))
+    omp_wait_policy: Literal["inherit", "active", "passive"] = field(
+        default="inherit",
+        metadata=doc(
+            "OMP_WAIT_POLICY of the measuring process (inherit: this environment's): whether idle OpenMP threads "
+            "spin (active) or sleep (passive) after a parallel region"
+        ),
+    )
     out: Path | None = field(default=None, metadata=doc("also write the table as markdown to this file"))
 
     def validate(self) -> None:
@@ -302,7 +311,8 @@ def _worker(rank: int, port: int, options: ThreadsBenchOptions, out: Path) -> No
             rows += _model_rows(options, model, batches, out)
         if options.reader:
             rows += _reader_rows(options)
-        (out / "rows.json").write_text(json.dumps([asdict(row) for row in rows]))
+        policy = os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default)")
+        (out / "rows.json").write_text(json.dumps({"rows": [asdict(row) for row in rows], "omp_wait_policy": policy}))
     finally:
         dist.destroy_process_group()
 
@@ -377,13 +387,19 @@ def reader_lines(rows: list[Row], options: ThreadsBenchOptions) -> list[str]:
     return lines
 
 
-def format_text(rows: list[Row], options: ThreadsBenchOptions) -> str:
+def title(options: ThreadsBenchOptions, omp_wait_policy: str) -> str:
+    return (
+        f"ms per step (reader: per batch), median of {options.repeats} rounds x {options.steps} steps "
+        f"(reader: {options.reader_batches} batches); torch threads {', '.join(map(str, options.threads))}; "
+        f"world size 1, table_wise, embedding dim {options.embedding_dim}; OMP_WAIT_POLICY {omp_wait_policy}"
+    )
+
+
+def format_text(rows: list[Row], options: ThreadsBenchOptions, omp_wait_policy: str = "") -> str:
     header, body = table(rows, options)
     widths = [max(len(line[i]) for line in [header] + body) + 2 for i in range(len(header))]
     lines = [
-        f"ms per step (reader: per batch), median of {options.repeats} rounds x {options.steps} steps; "
-        f"torch threads {', '.join(map(str, options.threads))}; world size 1, table_wise, embedding dim "
-        f"{options.embedding_dim}",
+        title(options, omp_wait_policy),
         "".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(header, widths))),
     ]
     for cells in body:
@@ -391,9 +407,10 @@ def format_text(rows: list[Row], options: ThreadsBenchOptions) -> str:
     return "\n".join(lines + reader_lines(rows, options))
 
 
-def format_markdown(rows: list[Row], options: ThreadsBenchOptions) -> str:
+def format_markdown(rows: list[Row], options: ThreadsBenchOptions, omp_wait_policy: str = "") -> str:
     header, body = table(rows, options)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
+    lines = [title(options, omp_wait_policy), ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     notes = reader_lines(rows, options)
     return "\n".join(lines + ([""] + [f"- {line}" for line in notes] if notes else [])) + "\n"
@@ -415,13 +432,23 @@ def run(options: ThreadsBenchOptions) -> list[Row]:
         for size in options.batch_sizes:
             config = ReaderConfig(path=options.data, batch_size=size, drop_last=True)
             check_reader_batches(ParquetBatches(config, "train").num_batches(), options, size)
-    with tempfile.TemporaryDirectory(prefix="mdr-bench-threads-") as tmp:
-        out = Path(tmp)
-        mp.spawn(_worker, args=(_free_port(), options, out), nprocs=1, join=True)
-        rows = [_row_from_json(item) for item in json.loads((out / "rows.json").read_text())]
-    print(format_text(rows, options))
+    saved = os.environ.get("OMP_WAIT_POLICY")
+    if options.omp_wait_policy != "inherit":  # read by OpenMP when the spawned process loads it
+        os.environ["OMP_WAIT_POLICY"] = options.omp_wait_policy
+    try:
+        with tempfile.TemporaryDirectory(prefix="mdr-bench-threads-") as tmp:
+            out = Path(tmp)
+            mp.spawn(_worker, args=(_free_port(), options, out), nprocs=1, join=True)
+            result = json.loads((out / "rows.json").read_text())
+            rows, policy = [_row_from_json(item) for item in result["rows"]], result["omp_wait_policy"]
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        else:
+            os.environ["OMP_WAIT_POLICY"] = saved
+    print(format_text(rows, options, policy))
     if options.out is not None:
         options.out.parent.mkdir(parents=True, exist_ok=True)
-        options.out.write_text(format_markdown(rows, options))
+        options.out.write_text(format_markdown(rows, options, policy))
         print(f"written {options.out}")
     return rows
