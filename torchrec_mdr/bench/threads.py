@@ -34,9 +34,24 @@ under the table: what reading in line adds to each model's full step). ``other t
 after the first, the share of the process's CPU time spent on threads other than the one running the step
 (per-thread CPU clocks from ``/proc``, this process only: not the dataloader worker's; the median window):
 about 0 for a part that runs on one thread whatever the count. With OpenMP's default (active) wait policy,
-idle pool threads spin for a while after each parallel region and their spin counts here too;
+idle pool threads spin for a while after each parallel region and their spin counts here too (also in
+a window at fewer threads right after one at more: the rotation puts each order in half the rounds);
 ``omp_wait_policy = "passive"`` (``OMP_WAIT_POLICY`` of the measuring process,
 which OpenMP reads when it loads) leaves only their work.
+
+What to expect of the lookups: fbgemm-gpu-cpu 1.8.0's CPU kernels (``split_embedding_codegen_forward_cpu``,
+``split_embedding_backward_codegen_rowwise_adagrad_cpu``, ``split_embedding_nobag_backward_codegen_
+rowwise_adagrad_cpu``, csr2csc) are written with ``at::parallel_for`` (FBGEMM v1.8.0,
+``fbgemm_gpu/codegen/training/forward/embedding_forward_split_cpu.cpp`` and
+``codegen/training/backward/embedding_backward_split_cpu_template.cpp``), but the wheel compiles them
+without ``-fopenmp`` (``cmake/modules/GpuCppLibrary.cmake`` adds it only where AVX2 is not found), so
+``_OPENMP`` and ATen's ``INTRA_OP_PARALLEL`` are undefined there and every ``at::parallel_for`` takes its
+serial branch (torch's ``ATen/Parallel-inl.h``): the installed ``fbgemm_gpu_tbe_common.so`` and
+``fbgemm_gpu_tbe_training_backward.so`` import no ``GOMP_*`` / ``omp_*`` symbol and neither
+``at::internal::lazy_init_num_threads`` nor ``at::in_parallel_region``, and ``fbgemm.so``'s
+``fbgemm::is_radix_sort_accelerated_with_openmp()`` returns false. The lookups run on one thread whatever
+``torch.set_num_threads`` says (:mod:`torchrec_mdr.sparse.fbgemm_nobag_cpu` hands the unpooled backward to
+the pooled kernel: serial too); only the torch ops around them can use a second one.
 """
 
 from __future__ import annotations
@@ -389,8 +404,9 @@ def reader_lines(rows: list[Row], options: ThreadsBenchOptions) -> list[str]:
 
 def title(options: ThreadsBenchOptions, omp_wait_policy: str) -> str:
     return (
-        f"ms per step (reader: per batch), median of {options.repeats} rounds x {options.steps} steps "
-        f"(reader: {options.reader_batches} batches); torch threads {', '.join(map(str, options.threads))}; "
+        f"ms per step{' (reader: per batch)' if options.reader else ''}, median of {options.repeats} rounds x "
+        f"{options.steps} steps{f' (reader: {options.reader_batches} batches)' if options.reader else ''}; "
+        f"torch threads {', '.join(map(str, options.threads))}; "
         f"world size 1, table_wise, embedding dim {options.embedding_dim}; OMP_WAIT_POLICY {omp_wait_policy}"
     )
 
