@@ -5,6 +5,7 @@
     mdr data validate --data DIR               check every file and value against the spec
     mdr bench loader [--data DIR]              reader throughput (rows/s)
     mdr bench train [--data DIR]               training samples/s per model, world size and loop
+    mdr bench threads [--models ...]           what a second torch thread buys lookups, dense arch, step, reader
     mdr bench ads [--seq-lengths ...]          ADS step time / its backbone's, per T and items per chunk
     mdr bench accuracy [--suites ...]          mechanisms vs their bases (generator v1): tables in docs/results
     mdr bench proof [--suites ...]             each mechanism on each planted effect (generator v2), paired tests
@@ -131,6 +132,12 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     from torchrec_mdr.bench.train import TrainBenchOptions, run
 
     run(dataclass_from_args(TrainBenchOptions, args))
+
+
+def _cmd_bench_threads(args: argparse.Namespace) -> None:
+    from torchrec_mdr.bench.threads import ThreadsBenchOptions, run
+
+    run(dataclass_from_args(ThreadsBenchOptions, args))
 
 
 def _cmd_bench_ads(args: argparse.Namespace) -> None:
@@ -382,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     from torchrec_mdr.bench.proof import ProofBenchOptions
     from torchrec_mdr.bench.scale import ScaleBenchOptions
     from torchrec_mdr.bench.serve import ServeBenchOptions
+    from torchrec_mdr.bench.threads import ThreadsBenchOptions
     from torchrec_mdr.bench.train import TrainBenchOptions
 
     bench = commands.add_parser("bench", help="benchmarks that print figures")
@@ -391,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _subcommand(
         bench_commands, "train", "training samples/s: models x world sizes x loops", TrainBenchOptions, _cmd_bench_train
+    )
+    _subcommand(
+        bench_commands,
+        "threads",
+        "ms per step of the lookups, the dense arch, the full step and the reader at 1 and 2 torch threads, "
+        "interleaved in one process: speedups and each part's share of the step",
+        ThreadsBenchOptions,
+        _cmd_bench_threads,
     )
     _subcommand(
         bench_commands,
