@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from data_prep.writer import DatasetWriter, list_array
 from torchrec_mdr.data.spec import ColumnSpec
@@ -165,4 +166,70 @@ def tiny_features(num_dense: int = 2, seed: int = 3) -> EmbeddedFeatures:
         [EmbeddedSequence(keys, mask, fields[:, 1])],
         torch.randn(TINY_B, num_dense, generator=generator),
         torch.tensor([0, 1, 2, 0, 1]),
+    )
+
+
+# MPZCH: torchrec's HashZchManagedCollisionModule in a managed-collision EmbeddingCollection (tests/test_mpzch_cpu.py
+# pins what runs on CPU, tests/gpu/test_cuda_mpzch.py trains it on CUDA; docs/scale.md, "MPZCH").
+MPZCH_INPUT_HASH_SIZE = 1 << 40  # raw ids are below this; torchrec's row-wise input dist places them by it
+
+
+class ManagedItemModel(torch.nn.Module):
+    """One managed table ``item`` (feature ``item``, ``zch_size`` rows of dimension ``dim``) behind ``module``, a
+    torchrec managed-collision module of ``zch_size`` rows, in a ManagedCollisionEmbeddingCollection.
+
+    Call: ``KJT (key item) -> (dict item -> JaggedTensor of [N, dim] rows, remapped KJT: the rows the ids map to)``.
+    ``device`` meta: DistributedModelParallel materialises the table (build ``module`` on CPU: sharding rebuilds it
+    on the training device, as for the sparse arch's managed tables).
+    """
+
+    def __init__(self, module: torch.nn.Module, zch_size: int, device: torch.device, dim: int = 8) -> None:
+        from torchrec import EmbeddingCollection, EmbeddingConfig
+        from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
+        from torchrec.modules.mc_modules import ManagedCollisionCollection
+
+        super().__init__()
+        configs = [EmbeddingConfig(name="item", embedding_dim=dim, num_embeddings=zch_size, feature_names=["item"])]
+        self.collection = ManagedCollisionEmbeddingCollection(
+            EmbeddingCollection(tables=configs, device=device),
+            ManagedCollisionCollection({"item": module}, configs),
+            return_remapped_features=True,
+        )
+
+    def forward(self, features: KeyedJaggedTensor) -> tuple[dict[str, JaggedTensor], KeyedJaggedTensor]:
+        return self.collection(features)
+
+
+def mpzch_model(
+    zch_size: int,
+    device: torch.device,
+    policy: str | None = None,
+    ttl_hours: int = 1,
+    buckets: int = 1,
+    max_probe: int = 128,
+    dim: int = 8,
+) -> ManagedItemModel:
+    """:class:`ManagedItemModel` behind torchrec's MPZCH module. ``policy``: None, ``"SINGLE_TTL_EVICTION"`` or
+    ``"LRU_EVICTION"`` (torchrec's HashZchEvictionPolicyName): a row whose id was last seen more than
+    ``ttl_hours`` ago may be taken by a new id. ``buckets``: the world size the table will be sharded over."""
+    from torchrec.modules.hash_mc_evictions import HashZchEvictionConfig, HashZchEvictionPolicyName
+    from torchrec.modules.hash_mc_modules import HashZchManagedCollisionModule
+
+    module = HashZchManagedCollisionModule(
+        zch_size=zch_size,
+        device=torch.device("cpu") if device.type == "meta" else device,
+        total_num_buckets=buckets,
+        max_probe=max_probe,
+        input_hash_size=MPZCH_INPUT_HASH_SIZE,
+        name="item",
+        eviction_policy_name=HashZchEvictionPolicyName(policy) if policy is not None else None,
+        eviction_config=HashZchEvictionConfig(features=["item"], single_ttl=ttl_hours) if policy else None,
+    )
+    return ManagedItemModel(module, zch_size, device, dim)
+
+
+def item_ids(ids: list[int], device: torch.device | None = None) -> KeyedJaggedTensor:
+    """A KJT of one feature ``item`` with one id per row."""
+    return KeyedJaggedTensor(
+        ["item"], torch.tensor(ids, device=device), lengths=torch.ones(len(ids), dtype=torch.int32, device=device)
     )

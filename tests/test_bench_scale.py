@@ -8,7 +8,7 @@ import math
 import pytest
 
 from torchrec_mdr.bench.scale import RunSpec, ScaleBenchOptions, plan_runs
-from torchrec_mdr.bench.scale_report import tenth_rates
+from torchrec_mdr.bench.scale_report import KEPT, kept_tail, tenth_rates
 from torchrec_mdr.config import ConfigError
 
 ROWS, ITEMS, BATCH, INTERVAL, SEQ = 6000, 600, 128, 5, 5
@@ -48,6 +48,15 @@ def test_tenth_rates_by_hand():
     assert rates["first_tenth"] == pytest.approx(1000 / 1.0) and rates["last_tenth"] == pytest.approx(1000 / 2.0)
     assert rates["ratio"] == pytest.approx(0.5)
     assert tenth_rates(log[:3], warmup_steps=10) is None  # two lines after the warm-up are not enough
+
+
+def test_kept_tail(tmp_path):
+    doc = tmp_path / "scale.md"
+    assert kept_tail(doc) == []  # no report yet
+    doc.write_text("# generated\n\nfigures\n")
+    assert kept_tail(doc) == []
+    doc.write_text(f"# generated\n\n{KEPT}\n\n## MPZCH\n\ntext\n\n")
+    assert kept_tail(doc) == [KEPT, "", "## MPZCH", "", "text"]
 
 
 def test_plan_and_options(tmp_path):
@@ -140,6 +149,8 @@ def test_scale_bench_tiny(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "peak RSS of training vs rows" in printed and "eviction din-ws1-zch150-rows6000" in printed
 
+    hand = [KEPT, "", "## Hand-written", "", "kept across rewrites"]
+    options.doc_path.write_text(options.doc_path.read_text() + "\n".join(hand) + "\n")
     mtimes = {name: (options.out / name / "result.json").stat().st_mtime for name in results}
     more = _options(tmp_path, memory_rows=[3000], zch_curve=[50], curve_steps=10)
     figures = run(more, command="mdr bench scale --tiny")
@@ -152,6 +163,8 @@ def test_scale_bench_tiny(tmp_path, capsys):
     assert curve["din-ws1-zch50-rows6000-steps10"]["rounds"] == 2
     report = more.doc_path.read_text()
     assert "`mdr bench scale --tiny`" in report and "This is a reduced run" in report
+    assert report.endswith("\n".join(hand) + "\n") and report.count(KEPT) == 1
+    assert report.index("## Notes") < report.index(KEPT)  # the generated part first, then the kept one
     assert "| din | 2 | zch 150 |" in report and "| din | 1 | full |" in report
     history = int(1.25 * INTERVAL * BATCH * (SEQ + 1)) * 8 / 2**20  # per rank, as measured in _check_run
     assert f"item table takes {history:,.1f} MiB per rank here" in report and "Mean 1-minute load average" in report

@@ -11,6 +11,9 @@ The checks (issue 14; printed as figures, never asserted by a timed test):
   0.10 at zch 1M with the default interval) and the curve of seconds per round against the zch size;
 * **item table**: the item table's bytes (all ranks) with eviction on and off, per row of the table:
   with eviction the table has ``zch_size`` rows whatever the distinct ids.
+
+The report is rewritten on every call; a hand-written part after the :data:`KEPT` line of an existing
+report (docs/scale.md: the MPZCH section) is carried over unchanged (:func:`kept_tail`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from torchrec_mdr.bench.scale import RunSpec, ScaleBenchOptions, plan_runs, run_all
 
 MIB = 2**20
+KEPT = "<!-- Hand-written from here on: `mdr bench scale` keeps this part when it rewrites the report. -->"
 
 
 def tenth_rates(log: list[dict], warmup_steps: int) -> dict[str, Any] | None:
@@ -394,7 +398,14 @@ def write_report(
         "",
         *_notes(options, logs),
     ]
-    options.doc_path.write_text("\n".join(lines) + "\n")
+    options.doc_path.write_text("\n".join(lines + kept_tail(options.doc_path)) + "\n")
+
+
+def kept_tail(path: Path) -> list[str]:
+    """The lines of ``path`` from the :data:`KEPT` line on (none if the file or the line is missing)."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find(KEPT)
+    return text[at:].rstrip("\n").split("\n") if at >= 0 else []
 
 
 def run(options: ScaleBenchOptions, command: str = "mdr bench scale") -> dict:
