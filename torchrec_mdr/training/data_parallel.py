@@ -33,8 +33,10 @@ dense tensors (9 / 17 / 30 tensors, 88k / 99k / 190k values) with a trivial forw
 of CPU per step. torch.profiler (which times wall clock, inflated here by the load) puts the events
 only the DDP build has (``c10d::allreduce_``, ``DistributedDataParallel.forward``, the reducer's
 ``mul_out``) at 16% of the profiled step for dnn at 1024, 4% at 4096, 3% for din and ads at 1024
-and under 1% at 4096. So: a fixed ~0.3-0.6 ms of CPU per step, about 2% of a small model's step;
-more on wall clock wherever the hand-off to gloo's thread waits for a core.
+and under 1% at 4096. So: a cost of a few tenths of a millisecond of CPU per step that does not
+grow with the batch (0.07-0.28 ms alone, 0.3-0.7 ms in the dnn and din-1024 pairs; the 2-5 ms of
+din and ads at 4096 lie within their rounds' spread), about 2% of a small model's step; more on wall
+clock wherever the hand-off to gloo's thread waits for a core.
 
 What relies on the DDP wrapper was checked in torchrec 1.9.2 and stays correct unwrapped:
 
