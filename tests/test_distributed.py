@@ -27,15 +27,17 @@ assert on what they saved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from multiprocess import spawn
 from torchrec_mdr.config import ConfigError, load_config
@@ -65,6 +67,7 @@ RUNS_2 = [(s, s, "plain", "rowwise_adagrad", "adam") for s in SHARDINGS] + [
 SGD_SPARSE_LR = 5.0  # a mean-loss gradient is small per row: a large rate makes the embeddings matter
 RUNS_1 = [
     ("reference", "table_wise", "plain", "rowwise_adagrad", "adam"),
+    ("reference_ddp", "table_wise", "plain", "rowwise_adagrad", "adam"),  # dense part in DDP, as torchrec does
     ("sparse_dist", "table_wise", "sparse_dist", "rowwise_adagrad", "adam"),
     ("sgd", "table_wise", "plain", "sgd", "sgd"),
 ]
@@ -217,9 +220,14 @@ def _compare_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
             dense=dense,
             sparse_lr=SGD_SPARSE_LR if sparse == "sgd" else 0.1,
         )
-        trainer = Trainer(config, out / f"run-{name}-{world_size}")
+        with _torchrec_ddp() if name.endswith("_ddp") else contextlib.nullcontext():
+            trainer = Trainer(config, out / f"run-{name}-{world_size}")
         load_full_state(trainer.model, init)
-        results[name] = {"losses": train_steps(trainer, batches), "state": local_state(trainer.model)}
+        results[name] = {
+            "losses": train_steps(trainer, batches),
+            "state": local_state(trainer.model),
+            "ddp": isinstance(trainer.model._dmp_wrapped_module, DistributedDataParallel),
+        }
     if world_size == 1:
         results["epochs"] = _two_epochs(data, out, init)
     if world_size > 1:
@@ -227,6 +235,21 @@ def _compare_worker(rank: int, world_size: int, data: Path, out: Path) -> None:
         results["models"] = _all_models(data, out)
         results["errors"] = _config_errors(data, out)
     torch.save(results, out / f"result-{world_size}-{rank}.pt")
+
+
+@contextlib.contextmanager
+def _torchrec_ddp() -> Iterator[None]:
+    """Models built inside get torchrec's own DefaultDataParallelWrapper (DDP at every world size)."""
+    from torchrec.distributed.model_parallel import DefaultDataParallelWrapper
+
+    from torchrec_mdr.training import sharding
+
+    ours = sharding.data_parallel_wrapper
+    sharding.data_parallel_wrapper = DefaultDataParallelWrapper
+    try:
+        yield
+    finally:
+        sharding.data_parallel_wrapper = ours
 
 
 def _two_epochs(data: Path, out: Path, init: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
@@ -365,6 +388,27 @@ def test_sharded_training_matches_world_size_one(runs, sharding):
     assert len(_embedding_keys(expected)) == 9  # 7 pooled tables (EBC) + item and hist_domain (EC)
     for key, value in expected.items():  # every embedding row and every dense parameter
         torch.testing.assert_close(full[key], value, rtol=1e-5, atol=1e-6, msg=f"{sharding}: {key}")
+
+
+def test_dense_part_is_in_ddp_only_above_world_size_one(runs):
+    """torchrec_mdr.training.data_parallel: no DDP over a single rank; DDP (torchrec's wrapper) at 2."""
+    one = runs[1][0]
+    assert not one["reference"]["ddp"] and not one["sparse_dist"]["ddp"] and one["reference_ddp"]["ddp"]
+    assert all(r[name]["ddp"] for r in runs[2] for name, *_ in RUNS_2)
+
+
+def test_world_size_one_trains_the_same_without_ddp(runs):
+    """DDP over one rank divides the gradients by 1 and all-reduces them with nobody: leaving it out
+    changes no loss and no parameter, embedding rows included, to the last bit."""
+    unwrapped, wrapped = runs[1][0]["reference"], runs[1][0]["reference_ddp"]
+    assert unwrapped["losses"] == wrapped["losses"]
+    assert unwrapped["losses"][-1] < unwrapped["losses"][0]
+    state, reference = assemble([unwrapped["state"]]), assemble([wrapped["state"]])
+    assert set(state) == set(reference)  # the same state-dict keys: checkpoints are interchangeable
+    for key, value in reference.items():
+        assert torch.equal(state[key], value), key
+    dense = [key for key in reference if not key.startswith("model.sparse_arch.")]  # what DDP would touch
+    assert len(dense) >= 6 and all(not torch.equal(reference[k], runs["init"][k]) for k in dense)
 
 
 def test_sgd_sharded_training_matches_world_size_one(runs):

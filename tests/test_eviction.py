@@ -213,6 +213,42 @@ def test_evaluation_remaps_but_never_evicts() -> None:
     assert local_module(model, "item").ids_held() == 0
 
 
+def test_module_states_load_under_the_names_of_older_checkpoints() -> None:
+    """rank{R}.pt keys each managed module's history and counters by its name inside the DMP / DDP
+    wrappers; checkpoints written before keyed it by ``named_modules()`` of the DDP-wrapped DMP. Both
+    restore the same ids, counts and step counters (torchrec_mdr.training.data_parallel: no DDP at world
+    size 1, so the wrapped name would differ between world sizes)."""
+    from torchrec_mdr.sparse.mch.state import load_module_states, module_states, saved_key
+
+    def model() -> SumModel:
+        torch.manual_seed(0)
+        return SumModel(SparseArch(stream_spec(), 4, eviction=eviction_config(1)))
+
+    trained = model()
+    for ids in STEPS[:3]:  # one round at step 1, then step 2's ids in the history
+        trained(*stream_batch(ids)).backward()
+    states = module_states(trained)
+    names = {"arch.managed_embedding_bag_collection._managed_collision_collection._managed_collision_modules.item"}
+    assert names <= set(states) and all(not name.startswith("_dmp") for name in states)
+    assert saved_key("_dmp_wrapped_module.module." + next(iter(names))) == next(iter(names))
+    assert saved_key("model.sparse_arch.x") == "model.sparse_arch.x"
+    item = states[next(iter(names))]
+    assert item["counters"]["eviction_rounds"] == 1 and item["history_offset"] == len(STEPS[2])
+    for saved in (states, {"_dmp_wrapped_module.module." + name: state for name, state in states.items()}):
+        fresh = model()
+        assert load_module_states(fresh, saved) == []  # every module found its history
+        restored = module_states(fresh)
+        assert set(restored) == set(states)
+        for name, state in states.items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(restored[name][key], value), (name, key)
+                elif key == "history_metadata":
+                    assert all(torch.equal(restored[name][key][k], v) for k, v in value.items()), name
+                else:
+                    assert restored[name][key] == value, (name, key)
+
+
 # --------------------------------------------------------------------------- sharded (2 ranks, gloo)
 
 

@@ -47,6 +47,7 @@ from torchrec_mdr.config import ConfigError
 from torchrec_mdr.sparse import fbgemm_nobag_cpu
 from torchrec_mdr.sparse.config import ShardingType
 from torchrec_mdr.sparse.mch import fbgemm_cpu_fallback
+from torchrec_mdr.training.data_parallel import data_parallel_wrapper
 from torchrec_mdr.training.distributed import DistContext
 
 
@@ -181,12 +182,15 @@ def _tree(modules: dict[str, nn.Module]) -> nn.Module:
 
 
 def wrap_model(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> DistributedModelParallel:
-    """Shard ``model``'s embedding collections (built on the meta device) and wrap the rest in DDP."""
+    """Shard ``model``'s embedding collections (built on the meta device) and wrap the rest in DDP (not at
+    world size 1: :mod:`torchrec_mdr.training.data_parallel`)."""
     check_sharding(model, sharding, ctx)
     all_sharders = default_sharders()
     plan = planner_plan(model, ctx, all_sharders) if sharding == "auto" else hand_plan(model, sharding, ctx)
     managed = any(isinstance(m, MANAGED) for m in embedding_collections(model).values())
-    sharded = DistributedModelParallel(model, device=ctx.device, plan=plan, sharders=all_sharders)
+    sharded = DistributedModelParallel(
+        model, device=ctx.device, plan=plan, sharders=all_sharders, data_parallel_wrapper=data_parallel_wrapper()
+    )
     if ctx.device.type == "cpu":
         fbgemm_nobag_cpu.install()  # kept to fbgemm-gpu-cpu 1.8.0; a no-op once installed
     if managed:

@@ -68,7 +68,7 @@ from torchrec.modules.mc_modules import MCHManagedCollisionModule
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.safe_files import load_side_file
 from torchrec_mdr.sparse.mch.eviction import EMPTY_SLOT
-from torchrec_mdr.sparse.mch.state import load_module_state
+from torchrec_mdr.sparse.mch.state import load_module_state, named_mch_modules, saved_key
 
 CHECKED_TORCHREC = ("1.9.2",)  # the torchrec versions this layout was read from and tested with
 _MODULE_KEY = re.compile(
@@ -267,7 +267,7 @@ class _Table:
 
     name: str
     prefix: str  # state-dict prefix of its MCH module, e.g. "<collection>._managed_collision_collection...item."
-    module_name: str  # qualified name in model.named_modules() (the key of rank{R}.pt's module states)
+    module_name: str  # its name in state.named_mch_modules(model) (the key of rank{R}.pt's module states)
     module: MCHManagedCollisionModule
     weight_key: str  # state-dict key of its embedding weight
     segments: list[int]  # the row-wise shard boundaries at this world size
@@ -341,7 +341,7 @@ class MCHReshard:
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.module_states: dict[str, dict[str, Any]] = {}  # this rank's new module states, by module name
         self._saved_modules: list[dict[str, Any]] | None = None  # every old rank's rank{R}.pt module states
-        modules = {name: m for name, m in model.named_modules() if isinstance(m, MCHManagedCollisionModule)}
+        modules = dict(named_mch_modules(model))
         self.tables: list[_Table] = []
         by_prefix: dict[str, _Table] = {}
         for key, value in model_state.items():
@@ -478,7 +478,8 @@ class MCHReshard:
             self._saved_modules = []
             for rank in range(self.saved_world_size):
                 path = checkpoint / f"rank{rank}.pt"
-                self._saved_modules.append(load_side_file(path).get("modules", {}) if path.is_file() else {})
+                modules = load_side_file(path).get("modules", {}) if path.is_file() else {}
+                self._saved_modules.append({saved_key(name): state for name, state in modules.items()})
         saved = [modules.get(table.module_name) for modules in self._saved_modules]
         counters = [s.get("counters") for s in saved if s is not None]
         state: dict[str, Any] = {}

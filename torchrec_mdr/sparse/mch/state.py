@@ -19,18 +19,28 @@ run reports the counts of an uninterrupted one. Modules whose attributes differ 
 (another torchrec version) keep their counters but lose the history, with a warning: resumption
 then stays correct but is no longer exact. At another world size
 :mod:`torchrec_mdr.sparse.mch.reshard` redistributes these states.
+
+A module's state is keyed by its name inside torchrec's DistributedModelParallel and torch's
+DistributedDataParallel (:func:`named_mch_modules`, e.g. ``model.sparse_arch.<...>.user``): a model is
+wrapped in DDP at world size > 1 only (:mod:`torchrec_mdr.training.data_parallel`), and
+``named_modules`` of the wrapped model would name the same module differently at the two sizes.
+Checkpoints written before 2026-11-26 key it by that full name, always through DDP
+(``_dmp_wrapped_module.module.<name>``); :func:`saved_key` reads both.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torchrec.distributed.model_parallel import get_unwrapped_module
 from torchrec.modules.mc_modules import MCHManagedCollisionModule
 
 from torchrec_mdr.sparse.mch.eviction import TrackedMCHModule
+
+_OLD_PREFIX = "_dmp_wrapped_module.module."  # DMP's attribute, then DDP's, in pre-2026-11-26 checkpoints
 
 _ATTRIBUTES = (
     "_history_accumulator",
@@ -99,25 +109,37 @@ def load_module_state(module: MCHManagedCollisionModule, state: dict[str, Any]) 
     module._last_eviction_iter = state["last_eviction_iter"]
 
 
+def named_mch_modules(model: nn.Module) -> Iterator[tuple[str, MCHManagedCollisionModule]]:
+    """``(name, module)`` of every MCH module of ``model``, named inside the DMP / DDP / FSDP wrappers
+    (``model.sparse_arch...``, the same whether or not the model is wrapped in DDP)."""
+    for name, module in get_unwrapped_module(model).named_modules():
+        if isinstance(module, MCHManagedCollisionModule):
+            yield name, module
+
+
+def saved_key(name: str) -> str:
+    """The :func:`named_mch_modules` name of a key of a checkpoint's module states (older checkpoints
+    keyed them by ``named_modules()`` of the DDP-wrapped DMP: ``_dmp_wrapped_module.module.<name>``)."""
+    return name[len(_OLD_PREFIX) :] if name.startswith(_OLD_PREFIX) else name
+
+
 def module_states(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Qualified module name -> :func:`module_state` for every MCH module of ``model`` on this rank."""
-    return {
-        name: module_state(module, history=_supported(module))
-        for name, module in model.named_modules()
-        if isinstance(module, MCHManagedCollisionModule)
-    }
+    """Module name (:func:`named_mch_modules`) -> :func:`module_state` for every MCH module of ``model``
+    on this rank."""
+    return {name: module_state(module, history=_supported(module)) for name, module in named_mch_modules(model)}
 
 
 def load_module_states(model: nn.Module, states: dict[str, dict[str, Any]]) -> list[str]:
-    """Restore :func:`module_states`; returns the names of this model's MCH modules that had no saved
-    history (another torchrec version, or a module the checkpoint did not have)."""
+    """Restore :func:`module_states` (keys of older checkpoints too, :func:`saved_key`); returns the
+    names of this model's MCH modules that had no saved history (another torchrec version, or a module
+    the checkpoint did not have)."""
+    states = {saved_key(name): state for name, state in states.items()}
     missing = []
-    for name, module in model.named_modules():
-        if isinstance(module, MCHManagedCollisionModule):
-            state = states.get(name, {})
-            if "history_size" in state and not _supported(module):
-                state = {k: v for k, v in state.items() if k == "counters"}
-            load_module_state(module, state)
-            if "history_size" not in state:
-                missing.append(name)
+    for name, module in named_mch_modules(model):
+        state = states.get(name, {})
+        if "history_size" in state and not _supported(module):
+            state = {k: v for k, v in state.items() if k == "counters"}
+        load_module_state(module, state)
+        if "history_size" not in state:
+            missing.append(name)
     return missing
