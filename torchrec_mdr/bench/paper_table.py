@@ -163,7 +163,11 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
         "",
         f"Produced by `mdr bench table --paper {options.paper} --data {options.data} --seeds {options.seeds}"
         + (f" --domain-features {' '.join(options.domain_features)}" if options.domain_features else "")
-        + f" --max-epochs {options.max_epochs} --patience {options.patience}` (test AUC, mean over the seeds "
+        + f" --max-epochs {options.max_epochs} --patience {options.patience}"
+        + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else "")
+        + (f" --batch-size {options.batch_size}" if options.batch_size != 1024 else "")
+        + (f" --embedding-dim {options.embedding_dim}" if options.embedding_dim != 16 else "")
+        + "` (test AUC, mean over the seeds "
         "run; each run early-stopped on the validation AUC). Rows marked '" + MISSING + "' are models the "
         "library does not implement.",
         "",
