@@ -131,5 +131,6 @@ def test_the_table_states_its_training_time(data, tmp_path):
     assert "Training time: 22 runs, 22.0 min in all" in table  # 11 rows x (30 s + 90 s)
     assert "2 run(s) at once" in table and "BaseDNN 60, DeepFM 60" in table
     assert "--patience 2`" in table  # the defaults are not spelled out
+    assert "with 2 seed(s) per side the smallest attainable p is 0.333" in table  # 2 / C(4, 2)
     fresh = render(PaperTableOptions(paper="sfpnet", data=data, max_epochs=1, evals_per_epoch=8), results)
     assert "--max-epochs 1 --patience 2 --evals-per-epoch 8`" in fresh
