@@ -246,10 +246,10 @@ def render(options: PaperTableOptions, results: dict[tuple[str, str, int], dict]
             f"(as the paper reports; with {options.seeds} seed(s) per side the smallest attainable p is "
             f"{2 / math.comb(2 * options.seeds, options.seeds):.3g}).",
         ]
-    return "\n".join(lines + _cpu_time(options, results, dataset)) + "\n"
+    return "\n".join(lines + _training_time(options, results, dataset)) + "\n"
 
 
-def _cpu_time(options: PaperTableOptions, results: dict[tuple[str, str, int], dict], dataset: str) -> list[str]:
+def _training_time(options: PaperTableOptions, results: dict[tuple[str, str, int], dict], dataset: str) -> list[str]:
     """The table's cost: training seconds per run (one thread each), in total and per row."""
     seconds: dict[str, list[float]] = {}
     for variant in _variants(options):
