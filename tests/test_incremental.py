@@ -16,8 +16,6 @@ import hashlib
 import json
 import os
 import re
-import warnings
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ import torch.multiprocessing as mp
 
 from data_prep.synthetic import Options, convert
 from data_prep.synthetic_world import World
-from multiprocess import spawn
+from multiprocess import spawn, spawn_retrying_a_native_crash
 from tests.test_checkpoint import MANAGED_TABLES, experiment, full_state, held_rows, merge_held
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.errors import TrainingError
@@ -312,24 +310,6 @@ def _two_rank_days(rank: int, world_size: int, day0: Path, day1: Path, out: Path
     trainer.fit()
 
 
-def _spawn_retrying_a_native_crash(fn: Callable[..., None], *args: Any, out: Path) -> Path:
-    """``spawn(fn, 2, *args, out / "attempt<N>")``, run once more in a fresh folder when a rank was killed by
-    SIGABRT / SIGSEGV (not on an exception or assertion): a fresh-clone CI run saw rank 0 of this 2-rank
-    managed-collision run abort once ("terminate called without an active exception", a native thread of
-    torch / gloo / fbgemm) after its last step; 16 runs of the test alone passed. Returns the attempt's folder."""
-    for attempt in range(2):
-        folder = out / f"attempt{attempt}"
-        folder.mkdir(parents=True)
-        try:
-            spawn(fn, 2, *args, folder)
-            return folder
-        except mp.ProcessExitedException as error:
-            if attempt == 1 or error.signal_name not in ("SIGABRT", "SIGSEGV"):
-                raise
-            warnings.warn(f"retrying after a native crash: {error}", stacklevel=2)
-    raise AssertionError("unreachable")
-
-
 def _abort_in_the_first_attempt(rank: int, world_size: int, out: Path) -> None:
     if rank == 0 and out.name == "attempt0":
         os.abort()
@@ -338,10 +318,10 @@ def _abort_in_the_first_attempt(rank: int, world_size: int, out: Path) -> None:
 
 def test_only_a_native_crash_is_retried_and_only_once(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="retrying after a native crash"):
-        folder = _spawn_retrying_a_native_crash(_abort_in_the_first_attempt, out=tmp_path / "a")
+        folder = spawn_retrying_a_native_crash(_abort_in_the_first_attempt, 2, out=tmp_path / "a")
     assert folder.name == "attempt1" and (folder / "rank0").exists() and (folder / "rank1").exists()
     with pytest.raises(mp.ProcessRaisedException, match="ZeroDivisionError"):
-        _spawn_retrying_a_native_crash(_divide_by_zero, out=tmp_path / "b")
+        spawn_retrying_a_native_crash(_divide_by_zero, 2, out=tmp_path / "b")
     assert not (tmp_path / "b" / "attempt1").exists()
 
 
@@ -350,7 +330,7 @@ def _divide_by_zero(rank: int, world_size: int, out: Path) -> None:
 
 
 def test_a_grown_managed_table_is_redistributed_at_the_same_world_size(days: dict[str, Path], tmp_path: Path) -> None:
-    tmp_path = _spawn_retrying_a_native_crash(_two_rank_days, days["d0"], days["d1"], out=tmp_path)
+    tmp_path = spawn_retrying_a_native_crash(_two_rank_days, 2, days["d0"], days["d1"], out=tmp_path)
     before = merge_held([torch.load(tmp_path / f"before-{rank}.pt") for rank in range(2)])
     after = merge_held([torch.load(tmp_path / f"after-{rank}.pt") for rank in range(2)])
     for table in MANAGED_TABLES:
