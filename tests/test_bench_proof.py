@@ -420,3 +420,28 @@ def test_the_tables_command_names_the_chosen_effects():
     assert "--effects" not in _command(ProofBenchOptions(suites=["specificity"]), "specificity")
     chosen = _command(ProofBenchOptions(suites=["specificity"], effects=["none", "pcrg"]), "specificity")
     assert "--effects none pcrg --matrix full" in chosen
+
+
+def test_the_ads_noise_ablation_group_checks_ads_order_with_the_default_psrg_start(tmp_path):
+    from torchrec_mdr.bench.proof_report import write_ablation
+
+    options = tiny_options(tmp_path, rows=1000, users=50, items=200, seq_length=4, suites=["ablation"])
+    options.ablation_models = ["ads_noise"]
+    jobs = planned_jobs(options)
+    labels = [v.label for v, _, _ in jobs]
+    assert labels == ["ADS, W_shared identity+noise", "ADS w/o PCRG, W_shared identity+noise", "ADS w/o PCRG & PSRG"]
+    full, no_pcrg, neither = (v for v, _, _ in jobs)
+    assert full.overrides[-1] == "model.ads.psrg_shared_init=identity_noise"  # the later override wins
+    assert "model.ads.use_pcrg=false" in no_pcrg.overrides and "model.ads.use_pcrg=false" not in full.overrides
+    assert no_pcrg.base == full.label and neither.base == full.label  # compared with the full model of their start
+    # the same runs as the options suite's variant and the ads group's bare model (shared by label)
+    assert no_pcrg.slug == OPTIONS["psrg_shared_init=identity_noise"][0].slug
+    name = dataset_name(options, 0, "all")
+    results = {(label, name, 0): {"auc": auc} for label, auc in zip(labels, (0.73, 0.72, 0.71))}
+    options.out.mkdir()
+    table = write_ablation(options, results).read_text()
+    assert "--ablation-models ads_noise" in table
+    chain = "ADS, W_shared identity+noise > ADS w/o PCRG, W_shared identity+noise > ADS w/o PCRG & PSRG"
+    assert f"{chain}: **holds** in the means" in table
+    assert "| ADS w/o PCRG & PSRG | 0.7100 ± 0.0000 | " in table
+    assert "ADS > ADS w/o PCRG" not in table  # the ads group was not chosen

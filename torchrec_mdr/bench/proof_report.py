@@ -287,7 +287,7 @@ def _table(
 
 
 def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
-    from torchrec_mdr.bench.proof_setup import chosen_ablations
+    from torchrec_mdr.bench.proof_setup import ABLATION_ORDERS, chosen_ablations
 
     ablations = chosen_ablations(options.ablation_models)
     datasets = _world_datasets(options, "all")
@@ -312,17 +312,10 @@ def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
     )
     lines += ["", "## The papers' orders (computed from the table)", ""]
     means = dict(order)
-    for chain in (
-        ("ADS", "ADS w/o PCRG", "ADS w/o PCRG & PSRG"),
-        ("SFPNet", "SFPNet w/o DAP"),
-        ("SFPNet", "SFPNet w/o SAM"),
-        ("SFPNet", "SFPNet w/o RTM"),
-        ("SFPNet", "SFPNet w/o S-DNN"),
-        ("SFPNet", "SFPNet w/o STB"),
-        ("ADIN", "ADIN w/o DSBN"),
-        ("ADIN", "ADIN w/o SE"),
-        ("ADIN", "ADIN w/o self-training"),
-    ):
+    chosen = [
+        chain for group, chains in ABLATION_ORDERS.items() if group in options.ablation_models for chain in chains
+    ]
+    for chain in chosen:
         if not all(math.isfinite(means.get(label, float("nan"))) for label in chain):
             continue
         holds = all(means[a] > means[b] for a, b in zip(chain, chain[1:]))
