@@ -69,15 +69,17 @@ def test_tiny_probes_read_trained_runs_and_cache(tmp_path, capsys):
         batch_size=256,
         effects=["none", "psrg"],
         mechanisms=["psrg", "pcrg"],
-        suites=["specificity"],
+        suites=["specificity", "dose"],
         matrix="diagonal",
+        doses=[3.0],
     )
     run(options)
     assert world_of(dataset(options, 0, "psrg")).strength["psrg"] == 1.0
     written = run(ProofBenchOptions(**{**vars(options), "suites": ["probes"]}))
     cache = json.loads((options.out / "probes.json").read_text())
     psrg = {k: v for k, v in cache.items() if k.startswith("psrg/")}
-    assert len(psrg) == 4  # none and psrg, trained and init
+    assert len(psrg) == 6  # none, psrg and psrg at dose 3 (the dose suite's runs), trained and init
+    assert f"psrg/{dataset(options, 0, 'psrg', 3.0).name}/0" in psrg
     for value in psrg.values():
         assert 10 <= value["groups"] <= 15 and -1 <= value["rsa"] <= 1 and value["spread"] >= 0  # of 3 x 5 (d, a)
     for key, value in cache.items():
@@ -88,6 +90,10 @@ def test_tiny_probes_read_trained_runs_and_cache(tmp_path, capsys):
     table = written["probes"].read_text()
     trained = cache[f"psrg/{dataset(options, 0, 'psrg').name}/0"]
     assert f"| psrg | {summary([trained['rsa']])} | " in table
+    dosed = cache[f"pcrg/{dataset(options, 0, 'pcrg', 3.0).name}/0"]
+    assert f"| pcrg ×3 | {summary([dosed['F']])} | " in table
+    assert "| pcrg |" not in table  # pcrg at dose 1 was not trained: no row
+    assert "--rows 3000" in table and "--doses 3" in table  # the command names the regime it probed
     capsys.readouterr()
     run(ProofBenchOptions(**{**vars(options), "suites": ["probes"]}))
     assert "probe " not in capsys.readouterr().out  # cached: nothing recomputed

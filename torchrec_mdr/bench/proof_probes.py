@@ -211,6 +211,16 @@ def summary(values: list[float]) -> str:
     return f"{statistics.fmean(finite):.3f} ± {sd:.3f} (n={len(finite)})"
 
 
+def probed_datasets(options, effects: tuple[str, ...]) -> list[tuple[str, float]]:
+    """(effect, dose) of every dataset a probe reads: ``none`` and ``all`` as planted, a mechanism's own
+    effect at dose 1 (the specificity suite's) and at each of ``options.doses`` (the dose suite's)."""
+    return [
+        (effect, dose)
+        for effect in effects
+        for dose in ([1.0] if effect in ("none", "all") else dict.fromkeys([1.0, *options.doses]))
+    ]
+
+
 def write_probes(options) -> Path:
     """probes.md and probes.json: every probe on every local run it applies to (``seeds`` x ``worlds``) and
     on the untrained model (the run's config without a checkpoint: the initialisation of seed 0). Results
@@ -218,6 +228,7 @@ def write_probes(options) -> Path:
     skipped (the archive keeps metrics only)."""
     import json
 
+    from torchrec_mdr.bench.proof_report import _command
     from torchrec_mdr.bench.proof_setup import ABLATIONS, dataset_name, run_dir
 
     cache_file = options.out / "probes.json"
@@ -225,9 +236,9 @@ def write_probes(options) -> Path:
     seeds = options.first_seed + options.seeds
     for probe, (label, effects) in PROBED.items():
         variant = next(v for v in ABLATIONS if v.label == label)
-        for effect in effects:
+        for effect, dose in probed_datasets(options, effects):
             for world in range(options.worlds):
-                data = options.work / dataset_name(options, world, effect)
+                data = options.work / dataset_name(options, world, effect, dose)
                 for seed in [*range(seeds), "init"]:
                     key = f"{probe}/{data.name}/{seed}"
                     run = run_dir(options, variant, data, 0 if seed == "init" else seed)
@@ -239,10 +250,10 @@ def write_probes(options) -> Path:
     lines = [
         "# Probes: did the trained mechanisms learn the planted structure?",
         "",
-        f"Produced by `mdr bench proof --suites probes --worlds {options.worlds} --seeds {seeds}` from the "
-        "best checkpoints of the specificity runs (test split; `torchrec_mdr/bench/proof_probes.py` defines "
-        "each statistic). Each cell: mean ± sd over the worlds and seeds probed; *init* = the same model "
-        "untrained (seed 0's initialisation).",
+        f"Produced by `{_command(options, 'probes')}` from the best checkpoints of the specificity and dose "
+        "runs (test split; `torchrec_mdr/bench/proof_probes.py` defines each statistic). Each cell: mean ± sd "
+        "over the worlds and seeds probed; *init* = the same model untrained (seed 0's initialisation); "
+        "`psrg ×3`: the psrg effect at dose 3. A dataset without local checkpoints has no row.",
         "",
     ]
     columns = {"psrg": ("rsa", "spread"), "pcrg": ("F", "distinct"), "attention": ("corr_full", "corr_recency")}
@@ -253,14 +264,17 @@ def write_probes(options) -> Path:
             "| dataset | " + " | ".join(f"{c} trained | {c} init" for c in columns[probe]) + " |",
             "|" + "---|" * (1 + 2 * len(columns[probe])),
         ]
-        for effect in effects:
-            names = [dataset_name(options, w, effect) for w in range(options.worlds)]
+        for effect, dose in probed_datasets(options, effects):
+            names = [dataset_name(options, w, effect, dose) for w in range(options.worlds)]
             trained = [cache[k] for n in names for s in range(seeds) if (k := f"{probe}/{n}/{s}") in cache]
             init = [cache[k] for n in names if (k := f"{probe}/{n}/init") in cache]
+            if not trained and not init:
+                continue
             cells = []
             for c in columns[probe]:
                 cells += [summary([r[c] for r in trained]), summary([r[c] for r in init])]
-            lines.append(f"| {effect} | " + " | ".join(cells) + " |")
+            row = effect if dose == 1.0 else f"{effect} ×{dose:g}"
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
     path = options.out / "probes.md"
     path.write_text("\n".join(lines))

@@ -133,7 +133,7 @@ def _command(options: "ProofBenchOptions", suite: str) -> str:
         command += f" --matrix {options.matrix}"
     if suite == "ablation" and list(options.ablation_models) != list(ABLATION_MODELS):
         command += " --ablation-models " + " ".join(options.ablation_models)
-    if suite in ("dose", "options"):
+    if suite in ("dose", "options", "probes"):
         command += " --doses " + " ".join(f"{d:g}" for d in options.doses)
     if suite == "options" and list(options.alternatives) != list(OPTIONS):
         command += " --alternatives " + " ".join(options.alternatives)
