@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -837,3 +838,27 @@ def test_config_json_holds_only_the_chosen_models_options_and_loads_back(straigh
     assert "dnn" not in stored and "ads" not in stored  # 20 models' defaults are not repeated in every run
     loaded = run_config(run)
     assert loaded.model == experiment(loaded.data.path).model  # the other sections come back at their defaults
+
+
+def test_an_older_config_json_with_every_models_section_loads_and_the_chosen_section_stays_strict(
+    straight: dict[str, Any], tmp_path: Path
+) -> None:
+    """Runs trained before config.json kept only the chosen model's section store every model's options; an
+    option since removed from a model not chosen must not stop ``mdr eval`` / ``predict`` / ``export``."""
+    from torchrec_mdr.config import ConfigError, to_dict
+    from torchrec_mdr.training.evaluate import run_config
+
+    run = tmp_path / "old-run"
+    shutil.copytree(straight["run"], run)
+    stored = json.loads((run / "config.json").read_text())
+    full = to_dict(run_config(run))
+    full["model"]["m2m"]["head_dim"] = 16  # an option M2M had once
+    full["model"]["retired_model"] = {"width": 3}  # a model no longer registered
+    (run / "config.json").write_text(json.dumps(full))
+    loaded = run_config(run)
+    assert loaded.model == run_config(straight["run"]).model
+    assert loaded.model.din.attention_hidden == stored["model"]["din"]["attention_hidden"] == [8]
+    full["model"]["din"]["attention_hiden"] = [8]  # a typo in the chosen model's section is still refused
+    (run / "config.json").write_text(json.dumps(full))
+    with pytest.raises(ConfigError, match=r"unknown key .*model\.din\.attention_hiden"):
+        run_config(run)

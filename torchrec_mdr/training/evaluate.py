@@ -17,9 +17,10 @@ from typing import Any, Iterator
 
 import torch
 
-from torchrec_mdr.config import load_config
+from torchrec_mdr.config import from_dict, read_file
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
+from torchrec_mdr.models.registry import MODELS
 from torchrec_mdr.tasks.base import TaskResult
 from torchrec_mdr.training.checkpoint import CheckpointInfo
 from torchrec_mdr.training.run_model import build_sharded, eval_outputs, open_run
@@ -31,7 +32,15 @@ def run_config(run_dir: Path) -> ExperimentConfig:
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise TrainingError(f"{run_dir} is not a run directory: {config_file} does not exist")
-    return load_config(ExperimentConfig, config_file)
+    data = read_file(config_file)
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name", "din"), str):
+        # config.json of a run trained before it kept only the chosen model's section holds every registered
+        # model's options; the others are never read and may since have changed: they load at their defaults
+        entry = MODELS.get(model.get("name", "din"))
+        chosen = entry.config_field if entry is not None else None
+        data["model"] = {k: v for k, v in model.items() if not isinstance(v, dict) or k == chosen}
+    return from_dict(ExperimentConfig, data, source=str(config_file))
 
 
 class Evaluator:
