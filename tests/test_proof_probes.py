@@ -11,7 +11,7 @@ import pytest
 from data_prep.planted_v2 import WorldV2, _sequence_term, draw_rows, relevance
 from data_prep.synthetic_world import Options
 from torchrec_mdr.bench.proof import ProofBenchOptions, dataset, run
-from torchrec_mdr.bench.proof_probes import spearman, summary, true_weights, world_of
+from torchrec_mdr.bench.proof_probes import paired_vs_none, spearman, summary, true_weights, world_of
 
 
 def test_spearman_by_hand():
@@ -19,6 +19,13 @@ def test_spearman_by_hand():
     assert spearman(np.array([1.0, 2.0, 3.0]), np.array([3.0, 1.0, 2.0])) == pytest.approx(-0.5)
     # ties get their average rank: x ranks (0.5, 0.5, 2), y ranks (0, 1, 2) -> Pearson of those
     assert spearman(np.array([1.0, 1.0, 5.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(np.sqrt(3) / 2)
+
+
+def test_paired_vs_none_by_hand():
+    # deltas +0.2, +0.1, -0.05: mean 0.0833, 2 wins of 3; of the 8 sign flips, |sum| >= 0.25 for
+    # (+,+,-), (+,+,+) and their negatives -> two-sided p = 4/8
+    assert paired_vs_none([(0.5, 0.3), (0.4, 0.3), (0.2, 0.25)], "F") == "F +0.083 (2/3, p = 0.5)"
+    assert paired_vs_none([], "rsa") == "rsa —"
 
 
 def test_true_weights_are_the_generators_behaviour_weights(tmp_path):
@@ -93,6 +100,8 @@ def test_tiny_probes_read_trained_runs_and_cache(tmp_path, capsys):
     dosed = cache[f"pcrg/{dataset(options, 0, 'pcrg', 3.0).name}/0"]
     assert f"| pcrg ×3 | {summary([dosed['F']])} | " in table
     assert "| pcrg |" not in table  # pcrg at dose 1 was not trained: no row
+    none = cache[f"pcrg/{dataset(options, 0, 'none').name}/0"]
+    assert f"- pcrg ×3 − none: {paired_vs_none([(dosed['F'], none['F'])], 'F')}; " in table
     assert "--rows 3000" in table and "--doses 3" in table  # the command names the regime it probed
     capsys.readouterr()
     run(ProofBenchOptions(**{**vars(options), "suites": ["probes"]}))

@@ -203,6 +203,18 @@ def probe_attention(run: Path, data: Path, checkpoint: str = "best") -> dict:
 PROBES = {"psrg": probe_psrg, "pcrg": probe_pcrg, "attention": probe_attention}
 
 
+def paired_vs_none(pairs: list[tuple[float, float]], stat: str) -> str:
+    """``stat`` on a planted dataset minus on ``none``, paired by (world, seed): mean, wins / pairs and the
+    exact sign-flip p."""
+    from torchrec_mdr.bench.significance import sign_flip_p
+
+    deltas = [a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    if not deltas:
+        return f"{stat} —"
+    wins = sum(d > 0 for d in deltas)
+    return f"{stat} {statistics.fmean(deltas):+.3f} ({wins}/{len(deltas)}, p = {sign_flip_p(deltas):.3g})"
+
+
 def summary(values: list[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
@@ -264,6 +276,7 @@ def write_probes(options) -> Path:
             "| dataset | " + " | ".join(f"{c} trained | {c} init" for c in columns[probe]) + " |",
             "|" + "---|" * (1 + 2 * len(columns[probe])),
         ]
+        paired_lines: list[str] = []
         for effect, dose in probed_datasets(options, effects):
             names = [dataset_name(options, w, effect, dose) for w in range(options.worlds)]
             trained = [cache[k] for n in names for s in range(seeds) if (k := f"{probe}/{n}/{s}") in cache]
@@ -275,7 +288,22 @@ def write_probes(options) -> Path:
                 cells += [summary([r[c] for r in trained]), summary([r[c] for r in init])]
             row = effect if dose == 1.0 else f"{effect} ×{dose:g}"
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
+            if effect != "none":
+                none = [dataset_name(options, w, "none") for w in range(options.worlds)]
+                pairs = [
+                    (cache[a], cache[b])
+                    for w in range(options.worlds)
+                    for s in range(seeds)
+                    if (a := f"{probe}/{names[w]}/{s}") in cache and (b := f"{probe}/{none[w]}/{s}") in cache
+                ]
+                if pairs:
+                    paired_lines.append(
+                        f"- {row} − none: "
+                        + "; ".join(paired_vs_none([(x[c], y[c]) for x, y in pairs], c) for c in columns[probe])
+                    )
         lines.append("")
+        if paired_lines:
+            lines += ["Paired with `none` (same world and seed; sign-flip p):", "", *paired_lines, ""]
     path = options.out / "probes.md"
     path.write_text("\n".join(lines))
     return path
