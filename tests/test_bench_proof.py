@@ -445,3 +445,28 @@ def test_the_ads_noise_ablation_group_checks_ads_order_with_the_default_psrg_sta
     assert f"{chain}: **holds** in the means" in table
     assert "| ADS w/o PCRG & PSRG | 0.7100 ± 0.0000 | " in table
     assert "ADS > ADS w/o PCRG" not in table  # the ads group was not chosen
+
+
+def test_specificity_verdicts_of_a_table_without_the_own_effect_column(tmp_path):
+    """A table of `none` alone (the fresh regime's) still gets a verdict line per mechanism: where its effect
+    is absent it should tie; here psrg loses in 6 of 6 pairs and se ties."""
+    from torchrec_mdr.bench.proof_report import write_specificity
+
+    options = tiny_options(tmp_path, worlds=3, seeds=2, rows=1000, users=50, items=200, seq_length=4, effects=["none"])
+    options.mechanisms = ["psrg", "se"]
+    results = {}
+    for world, seed in itertools.product(range(3), range(2)):
+        name = dataset_name(options, world, "none")
+        bump = 0.001 * (world + 1) * (seed + 1)  # every pair differs, never by 0
+        (with_psrg, without_psrg), (with_se, without_se) = PAIRS["psrg"], PAIRS["se"]
+        results[(with_psrg.label, name, seed)] = {"auc": 0.70}
+        results[(without_psrg.label, name, seed)] = {"auc": 0.70 + bump}  # psrg loses everywhere
+        results[(with_se.label, name, seed)] = {"auc": 0.70 + (bump if seed else -bump)}  # 3 wins, 3 losses
+        results[(without_se.label, name, seed)] = {"auc": 0.70}
+    options.out.mkdir()
+    table = write_specificity(options, results).read_text()
+    assert (
+        "- **psrg**: its own effect is not in this table. Ties where the effect is absent: 0/1 (none: loses)." in table
+    )
+    assert "- **se**: its own effect is not in this table. Ties where the effect is absent: 1/1 (none: ties)." in table
+    assert "nothing run yet" not in table

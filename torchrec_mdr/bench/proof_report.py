@@ -213,18 +213,23 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
             + " |"
         )
         own = raw[mechanism].get(mechanism)
+        expected_ties = [e for e in effects if e not in (mechanism, "all") and raw[mechanism][e]["n"]]
+        ties = [e for e in expected_ties if verdict(raw[mechanism][e]) == "ties"]
+        absent = (
+            f"Ties where the effect is absent: {len(ties)}/{len(expected_ties)} "
+            f"({', '.join(e + ': ' + verdict(raw[mechanism][e]) for e in expected_ties) or 'none run'})."
+        )
         if own and own["n"]:
             gap = _ceiling_gap(options, mechanism, mechanism)
             closed = own["delta"] / gap if gap and math.isfinite(gap) and gap > 0 else float("nan")
-            expected_ties = [e for e in effects if e not in (mechanism, "all") and raw[mechanism][e]["n"]]
-            ties = [e for e in expected_ties if verdict(raw[mechanism][e]) == "ties"]
             verdict_lines.append(
                 f"- **{mechanism}**: on its own effect Δ {own['delta']:+.4f} (p={own['p']:.3g}, "
                 f"p_MW={own['p_mw']:.3g}) — "
                 f"**{verdict(own)}** (expected: wins); the oracle gap of the effect is {gap:.4f}, the mechanism "
-                f"closes {closed:.0%} of it. Ties where the effect is absent: {len(ties)}/{len(expected_ties)} "
-                f"({', '.join(e + ': ' + verdict(raw[mechanism][e]) for e in expected_ties) or 'none run'})."
+                f"closes {closed:.0%} of it. {absent}"
             )
+        elif expected_ties:
+            verdict_lines.append(f"- **{mechanism}**: its own effect is not in this table. {absent}")
     lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
     path = options.out / "specificity.md"
     path.write_text("\n".join(lines) + "\n")
