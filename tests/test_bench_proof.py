@@ -27,7 +27,7 @@ from torchrec_mdr.bench.proof import (
 )
 from torchrec_mdr.bench.proof_report import paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
-from torchrec_mdr.config import ConfigError
+from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.models.registry import MODELS as REGISTRY
 
@@ -470,3 +470,33 @@ def test_specificity_verdicts_of_a_table_without_the_own_effect_column(tmp_path)
     )
     assert "- **se**: its own effect is not in this table. Ties where the effect is absent: 1/1 (none: ties)." in table
     assert "nothing run yet" not in table
+
+
+def test_dose_0_is_the_none_dataset_so_an_option_can_be_tried_where_no_effect_is_planted(tmp_path):
+    from torchrec_mdr.bench.proof_report import write_options
+
+    options = tiny_options(
+        tmp_path,
+        rows=1000,
+        users=50,
+        items=200,
+        seq_length=4,
+        suites=["options"],
+        doses=[0.0, 3.0],
+        alternatives=["psrg_shared_init=identity_noise"],
+    )
+    options.validate()
+    assert dataset_name(options, 0, "psrg", 0.0) == dataset_name(options, 0, "none")
+    noisy, default, _ = OPTIONS["psrg_shared_init=identity_noise"]
+    names = sorted({data.name for _, data, _ in planned_jobs(options)})
+    assert names == sorted([dataset_name(options, 0, "none"), dataset_name(options, 0, "psrg", 3.0)])
+    results = {
+        (label, dataset_name(options, 0, "none"), 0): {"auc": auc}
+        for label, auc in ((default.label, 0.70), (noisy.label, 0.69), (PAIRS["psrg"][1].label, 0.71))
+    }
+    options.out.mkdir()
+    table = write_options(options, results).read_text()
+    assert "| psrg_shared_init=identity_noise | none | 0.6900 | 0.7000 |" in table
+    assert "--doses 0 3" in table
+    with pytest.raises(ConfigError, match="doses"):  # 0 is allowed now, a negative strength is not
+        from_dict(ProofBenchOptions, {"doses": [-1.0]})

@@ -229,7 +229,7 @@ def probed_datasets(options, effects: tuple[str, ...]) -> list[tuple[str, float]
     return [
         (effect, dose)
         for effect in effects
-        for dose in ([1.0] if effect in ("none", "all") else dict.fromkeys([1.0, *options.doses]))
+        for dose in ([1.0] if effect in ("none", "all") else dict.fromkeys([1.0, *(d for d in options.doses if d)]))
     ]
 
 

@@ -432,7 +432,7 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
     every ``doses`` strength — with the oracle gap of the effect and the share of it the mechanism closes."""
     from torchrec_mdr.bench.proof_setup import PAIRS, dataset_name
 
-    doses = [0.0, 1.0, *sorted(d for d in options.doses if d != 1.0)]
+    doses = [0.0, 1.0, *sorted(d for d in options.doses if d not in (0.0, 1.0))]
     lines = _header(options, "Dose: each mechanism on its own effect, planted more strongly", "dose")
     lines += [
         "Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs, p) over the worlds and seeds run; "
@@ -511,7 +511,7 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
             if not c["n"]:
                 continue
             bare = paired(results, with_v.label, without.label, names, _seeds(options)) if without else None
-            where = f"{effect}" + (f" × {dose:g}" if dose != 1.0 else "")
+            where = "none" if dose == 0.0 else f"{effect}" + (f" × {dose:g}" if dose != 1.0 else "")
             lines.append(
                 f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {_cell(c)} | "
                 f"{c['p_mw']:.3g} | {_cell(bare) + ' vs ' + without.label if bare and without else '—'} |"

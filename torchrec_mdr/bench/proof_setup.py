@@ -185,9 +185,10 @@ class ProofBenchOptions:
     doses: list[float] = field(
         default_factory=lambda: [3.0],
         metadata=bounds(
-            gt=0,
+            ge=0,
             help="dose suite: each mechanism's own knob at these strengths (1 = the specificity suite's "
-            "dataset, 0 = none; both are pooled into the dose table when run)",
+            "dataset, 0 = none; both are pooled into the dose table when run); options suite: the option on "
+            "its effect at these strengths (0: on none, where no effect is planted)",
         ),
     )
     alternatives: list[str] = field(
@@ -248,7 +249,9 @@ class ProofBenchOptions:
 
 def dataset_name(options: ProofBenchOptions, world: int, effect: str, dose: float = 1.0) -> str:
     """The folder name of a world's dataset: every generator setting the bench varies is in it (``dose``:
-    the planted knob's strength, named only when it is not 1)."""
+    the planted knob's strength, named only when it is not 1; dose 0 is the ``none`` dataset)."""
+    if dose == 0.0:  # no knob on: the none dataset, whatever effect was named
+        effect, dose = "none", 1.0
     strength = "" if dose == 1.0 else f"-dose{dose:g}"
     return (
         f"v2-world{world}-{effect}{strength}-rows{options.rows}-users{options.users}-items{options.items}"
