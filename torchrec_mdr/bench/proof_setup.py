@@ -67,12 +67,18 @@ ABLATION_GROUPS: dict[str, tuple[Variant, ...]] = {
 }
 # every ablation variant once (by label)
 ABLATIONS: tuple[Variant, ...] = tuple({v.label: v for group in ABLATION_GROUPS.values() for v in group}.values())
+
+
+def _each_below_the_full(variants: tuple[Variant, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple((variants[0].label, v.label) for v in variants[1:])
+
+
 # the papers' orders the ablation table checks: each chain must be decreasing in mean test AUC
 ABLATION_ORDERS: dict[str, tuple[tuple[str, ...], ...]] = {
-    group: (tuple(v.label for v in variants),)
-    if group.startswith("ads")
-    else tuple((variants[0].label, v.label) for v in variants[1:])
-    for group, variants in ABLATION_GROUPS.items()
+    "ads": ((ADS.label, ADS_NO_PCRG.label, ADS_NEITHER.label),),  # ADS > w/o PCRG > w/o PCRG & PSRG
+    "ads_noise": ((ADS_NOISE.label, ADS_NO_PCRG_NOISE.label, ADS_NEITHER.label),),
+    "sfpnet": _each_below_the_full(ABLATION_GROUPS["sfpnet"]),
+    "adin": _each_below_the_full(ABLATION_GROUPS["adin"]),
 }
 
 # the default ``--ablation-models``: the papers' own ablations (``ads_noise`` on request)
