@@ -39,6 +39,12 @@ def tiny_options(tmp_path: Path, **settings: object) -> ProofBenchOptions:
     )
 
 
+def tiny_world(tmp_path: Path, **settings: object) -> ProofBenchOptions:
+    """:func:`tiny_options` on a world of 1,000 rows, 50 users, 200 items and sequences of 4 (the tables'
+    tests: datasets are named, rarely generated)."""
+    return tiny_options(tmp_path, **{"rows": 1000, "users": 50, "items": 200, "seq_length": 4, **settings})
+
+
 def brute_force_mann_whitney(a: list[float], b: list[float]) -> float:
     """Two-sided p from every split of the pooled values into groups of len(a) and len(b)."""
     pooled = a + b
@@ -266,12 +272,8 @@ def test_tiny_dose_suite_plants_the_knob_stronger_and_tables_the_pairs(tmp_path)
 
 
 def test_options_suite_pairs_each_option_with_its_default_on_its_data(tmp_path):
-    options = tiny_options(
+    options = tiny_world(
         tmp_path,
-        rows=1000,
-        users=50,
-        items=200,
-        seq_length=4,
         suites=["options"],
         doses=[3.0],
     )
@@ -397,7 +399,7 @@ def test_ceilings_table_lists_the_dose_datasets_too(tmp_path):
 def test_ablation_models_choose_whose_ablations_are_trained_and_tabled(tmp_path):
     from torchrec_mdr.bench.proof_report import write_ablation
 
-    options = tiny_options(tmp_path, rows=1000, users=50, items=200, seq_length=4, suites=["ablation"])
+    options = tiny_world(tmp_path, suites=["ablation"])
     options.ablation_models = ["ads", "adin"]
     labels = [v.label for v, _, _ in planned_jobs(options)]
     assert labels == ["ADS", "ADS w/o PCRG", "ADS w/o PCRG & PSRG", "ADIN", "ADIN w/o DSBN", "ADIN w/o SE"] + [
@@ -415,17 +417,17 @@ def test_ablation_models_choose_whose_ablations_are_trained_and_tabled(tmp_path)
 
 
 def test_the_tables_command_names_the_chosen_effects():
-    from torchrec_mdr.bench.proof_report import _command
+    from torchrec_mdr.bench.proof_report import command_line
 
-    assert "--effects" not in _command(ProofBenchOptions(suites=["specificity"]), "specificity")
-    chosen = _command(ProofBenchOptions(suites=["specificity"], effects=["none", "pcrg"]), "specificity")
+    assert "--effects" not in command_line(ProofBenchOptions(suites=["specificity"]), "specificity")
+    chosen = command_line(ProofBenchOptions(suites=["specificity"], effects=["none", "pcrg"]), "specificity")
     assert "--effects none pcrg --matrix full" in chosen
 
 
 def test_the_ads_noise_ablation_group_checks_ads_order_with_the_default_psrg_start(tmp_path):
     from torchrec_mdr.bench.proof_report import write_ablation
 
-    options = tiny_options(tmp_path, rows=1000, users=50, items=200, seq_length=4, suites=["ablation"])
+    options = tiny_world(tmp_path, suites=["ablation"])
     options.ablation_models = ["ads_noise"]
     jobs = planned_jobs(options)
     labels = [v.label for v, _, _ in jobs]
@@ -452,7 +454,7 @@ def test_specificity_verdicts_of_a_table_without_the_own_effect_column(tmp_path)
     is absent it should tie; here psrg loses in 6 of 6 pairs and se ties."""
     from torchrec_mdr.bench.proof_report import write_specificity
 
-    options = tiny_options(tmp_path, worlds=3, seeds=2, rows=1000, users=50, items=200, seq_length=4, effects=["none"])
+    options = tiny_world(tmp_path, worlds=3, seeds=2, effects=["none"])
     options.mechanisms = ["psrg", "se"]
     results = {}
     for world, seed in itertools.product(range(3), range(2)):
@@ -475,12 +477,8 @@ def test_specificity_verdicts_of_a_table_without_the_own_effect_column(tmp_path)
 def test_dose_0_is_the_none_dataset_so_an_option_can_be_tried_where_no_effect_is_planted(tmp_path):
     from torchrec_mdr.bench.proof_report import write_options
 
-    options = tiny_options(
+    options = tiny_world(
         tmp_path,
-        rows=1000,
-        users=50,
-        items=200,
-        seq_length=4,
         suites=["options"],
         doses=[0.0, 3.0],
         alternatives=["psrg_shared_init=identity_noise"],

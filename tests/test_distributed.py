@@ -244,12 +244,12 @@ def _torchrec_ddp() -> Iterator[None]:
 
     from torchrec_mdr.training import sharding
 
-    ours = sharding.data_parallel_wrapper
-    sharding.data_parallel_wrapper = DefaultDataParallelWrapper
+    ours = sharding.SingleRankDataParallelWrapper
+    sharding.SingleRankDataParallelWrapper = DefaultDataParallelWrapper
     try:
         yield
     finally:
-        sharding.data_parallel_wrapper = ours
+        sharding.SingleRankDataParallelWrapper = ours
 
 
 def _two_epochs(data: Path, out: Path, init: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:

@@ -240,7 +240,7 @@ def write_probes(options) -> Path:
     skipped (the archive keeps metrics only)."""
     import json
 
-    from torchrec_mdr.bench.proof_report import _command
+    from torchrec_mdr.bench.proof_report import command_line
     from torchrec_mdr.bench.proof_setup import ABLATIONS, dataset_name, run_dir
 
     cache_file = options.out / "probes.json"
@@ -262,7 +262,7 @@ def write_probes(options) -> Path:
     lines = [
         "# Probes: did the trained mechanisms learn the planted structure?",
         "",
-        f"Produced by `{_command(options, 'probes')}` from the best checkpoints of the specificity and dose "
+        f"Produced by `{command_line(options, 'probes')}` from the best checkpoints of the specificity and dose "
         "runs (test split; `torchrec_mdr/bench/proof_probes.py` defines each statistic). Each cell: mean ± sd "
         "over the worlds and seeds probed; *init* = the same model untrained (seed 0's initialisation); "
         "`psrg ×3`: the psrg effect at dose 3. A dataset without local checkpoints has no row.",

@@ -110,7 +110,7 @@ def _ceiling_gap(options: "ProofBenchOptions", effect: str, mechanism: str) -> f
     return statistics.fmean(gaps) if gaps else float("nan")
 
 
-def _command(options: "ProofBenchOptions", suite: str) -> str:
+def command_line(options: "ProofBenchOptions", suite: str) -> str:
     """The ``mdr bench proof`` command line that reproduces ``suite``'s table (only the options it reads)."""
     from torchrec_mdr.bench.proof_setup import ABLATION_MODELS, EFFECTS, MECHANISMS, OPTIONS
 
@@ -146,7 +146,7 @@ def _header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
     return [
         f"# {title}",
         "",
-        f"Produced by `{_command(options, suite)}` (generator v2, "
+        f"Produced by `{command_line(options, suite)}` (generator v2, "
         "`data_prep/planted_v2.py`; early stopping on the validation AUC, best checkpoint restored; "
         "test AUC; Δ = paired difference per (world, seed); p = exact sign-flip test of the paired "
         "mean, p_MW = Mann-Whitney U; see `torchrec_mdr/bench/proof_report.py` for the verdict rules).",

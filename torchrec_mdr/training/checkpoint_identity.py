@@ -43,8 +43,17 @@ def dataset_signature(spec: DatasetSpec) -> dict[str, Any]:
 def model_options(config: ModelConfig) -> dict[str, Any]:
     """``model.*`` as a plain dict without the sections of the models not chosen (what config.json and a
     checkpoint's identity store: loading fills those sections with their defaults)."""
-    others = {entry.config_field for name, entry in MODELS.items() if name != config.name}
-    return {k: v for k, v in to_dict(config).items() if k not in others}
+    return chosen_model_options(to_dict(config))
+
+
+def chosen_model_options(model: dict[str, Any]) -> dict[str, Any]:
+    """A plain ``model.*`` dict without the options sections of the models not chosen: every section but
+    ``model.<chosen>`` (the sections are its only dict values), including a section of a model no longer
+    registered. A run's config.json written before it stored the chosen section only holds them all."""
+    name = model.get("name", "din")
+    entry = MODELS.get(name) if isinstance(name, str) else None
+    chosen = entry.config_field if entry is not None else None
+    return {k: v for k, v in model.items() if not isinstance(v, dict) or k == chosen}
 
 
 def run_identity(config: ExperimentConfig, spec: DatasetSpec) -> dict[str, Any]:

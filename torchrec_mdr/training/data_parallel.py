@@ -57,8 +57,3 @@ class SingleRankDataParallelWrapper(DataParallelWrapper):
         if env.world_size == 1:
             return  # one rank: nothing to all-reduce
         self.default.wrap(dmp, env, device)
-
-
-def data_parallel_wrapper() -> DataParallelWrapper:
-    """The wrapper :func:`torchrec_mdr.training.sharding.wrap_model` gives DistributedModelParallel."""
-    return SingleRankDataParallelWrapper()

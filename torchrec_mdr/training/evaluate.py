@@ -20,9 +20,9 @@ import torch
 from torchrec_mdr.config import from_dict, read_file
 from torchrec_mdr.errors import TrainingError
 from torchrec_mdr.experiment import ExperimentConfig
-from torchrec_mdr.models.registry import MODELS
 from torchrec_mdr.tasks.base import TaskResult
 from torchrec_mdr.training.checkpoint import CheckpointInfo
+from torchrec_mdr.training.checkpoint_identity import chosen_model_options
 from torchrec_mdr.training.run_model import build_sharded, eval_outputs, open_run
 from torchrec_mdr.training.warm_start import grown_record, load_grown
 
@@ -33,13 +33,10 @@ def run_config(run_dir: Path) -> ExperimentConfig:
     if not config_file.is_file():
         raise TrainingError(f"{run_dir} is not a run directory: {config_file} does not exist")
     data = read_file(config_file)
-    model = data.get("model")
-    if isinstance(model, dict) and isinstance(model.get("name", "din"), str):
-        # config.json of a run trained before it kept only the chosen model's section holds every registered
-        # model's options; the others are never read and may since have changed: they load at their defaults
-        entry = MODELS.get(model.get("name", "din"))
-        chosen = entry.config_field if entry is not None else None
-        data["model"] = {k: v for k, v in model.items() if not isinstance(v, dict) or k == chosen}
+    if isinstance(data.get("model"), dict):
+        # an older config.json holds every model's options: the others, never read and perhaps changed since,
+        # load at their defaults; the chosen model's section stays strict
+        data["model"] = chosen_model_options(data["model"])
     return from_dict(ExperimentConfig, data, source=str(config_file))
 
 

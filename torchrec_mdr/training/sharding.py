@@ -47,7 +47,7 @@ from torchrec_mdr.config import ConfigError
 from torchrec_mdr.sparse import fbgemm_nobag_cpu
 from torchrec_mdr.sparse.config import ShardingType
 from torchrec_mdr.sparse.mch import fbgemm_cpu_fallback
-from torchrec_mdr.training.data_parallel import data_parallel_wrapper
+from torchrec_mdr.training.data_parallel import SingleRankDataParallelWrapper
 from torchrec_mdr.training.distributed import DistContext
 
 
@@ -189,7 +189,11 @@ def wrap_model(model: nn.Module, sharding: ShardingType, ctx: DistContext) -> Di
     plan = planner_plan(model, ctx, all_sharders) if sharding == "auto" else hand_plan(model, sharding, ctx)
     managed = any(isinstance(m, MANAGED) for m in embedding_collections(model).values())
     sharded = DistributedModelParallel(
-        model, device=ctx.device, plan=plan, sharders=all_sharders, data_parallel_wrapper=data_parallel_wrapper()
+        model,
+        device=ctx.device,
+        plan=plan,
+        sharders=all_sharders,
+        data_parallel_wrapper=SingleRankDataParallelWrapper(),
     )
     if ctx.device.type == "cpu":
         fbgemm_nobag_cpu.install()  # kept to fbgemm-gpu-cpu 1.8.0; a no-op once installed
