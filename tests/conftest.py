@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import write_toy
+from native_crash import pytest_runtest_protocol  # noqa: F401  (the hook: a native crash of a spawned rank runs a test once more)
 
 
 GPU_TESTS = Path(__file__).parent / "gpu"

@@ -39,7 +39,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from multiprocess import retrying_a_native_crash, spawn
+from multiprocess import spawn
 from torchrec_mdr.config import ConfigError, load_config
 from torchrec_mdr.data.batch import Batch
 from torchrec_mdr.data.reader import Block, ParquetBatches, ReaderConfig, block_to_batch
@@ -547,31 +547,29 @@ def test_bench_train_tiny(tmp_path, capsys):
     from torchrec_mdr.cli import main
 
     assert (
-        retrying_a_native_crash(
-            lambda _attempt: main(
-                [
-                    "bench",
-                    "train",
-                    "--data",
-                    str(tmp_path / "bench"),
-                    "--rows",
-                    "1000",
-                    "--seq-length",
-                    "4",
-                    "--batch-size",
-                    "16",
-                    "--embedding-dim",
-                    "4",
-                    "--warmup",
-                    "2",
-                    "--steps",
-                    "2",
-                    "--repeats",
-                    "1",
-                    "--batches-in-memory",
-                    "2",
-                ]
-            )
+        main(
+            [
+                "bench",
+                "train",
+                "--data",
+                str(tmp_path / "bench"),
+                "--rows",
+                "1000",
+                "--seq-length",
+                "4",
+                "--batch-size",
+                "16",
+                "--embedding-dim",
+                "4",
+                "--warmup",
+                "2",
+                "--steps",
+                "2",
+                "--repeats",
+                "1",
+                "--batches-in-memory",
+                "2",
+            ]
         )
         == 0
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -24,11 +23,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from data_prep.synthetic import Options, convert
 from data_prep.synthetic_world import World
-from multiprocess import spawn, spawn_retrying_a_native_crash
+from multiprocess import spawn
 from tests.test_checkpoint import MANAGED_TABLES, experiment, full_state, held_rows, merge_held
 from torchrec_mdr.data.spec import DatasetSpec
 from torchrec_mdr.errors import TrainingError
@@ -310,27 +308,8 @@ def _two_rank_days(rank: int, world_size: int, day0: Path, day1: Path, out: Path
     trainer.fit()
 
 
-def _abort_in_the_first_attempt(rank: int, world_size: int, out: Path) -> None:
-    if rank == 0 and out.name == "attempt0":
-        os.abort()
-    (out / f"rank{rank}").touch()
-
-
-def test_only_a_native_crash_is_retried_and_only_once(tmp_path: Path) -> None:
-    with pytest.warns(UserWarning, match="retrying after a native crash"):
-        folder = spawn_retrying_a_native_crash(_abort_in_the_first_attempt, 2, out=tmp_path / "a")
-    assert folder.name == "attempt1" and (folder / "rank0").exists() and (folder / "rank1").exists()
-    with pytest.raises(mp.ProcessRaisedException, match="ZeroDivisionError"):
-        spawn_retrying_a_native_crash(_divide_by_zero, 2, out=tmp_path / "b")
-    assert not (tmp_path / "b" / "attempt1").exists()
-
-
-def _divide_by_zero(rank: int, world_size: int, out: Path) -> None:
-    print(1 / 0)
-
-
 def test_a_grown_managed_table_is_redistributed_at_the_same_world_size(days: dict[str, Path], tmp_path: Path) -> None:
-    tmp_path = spawn_retrying_a_native_crash(_two_rank_days, 2, days["d0"], days["d1"], out=tmp_path)
+    spawn(_two_rank_days, 2, days["d0"], days["d1"], tmp_path)
     before = merge_held([torch.load(tmp_path / f"before-{rank}.pt") for rank in range(2)])
     after = merge_held([torch.load(tmp_path / f"after-{rank}.pt") for rank in range(2)])
     for table in MANAGED_TABLES:
