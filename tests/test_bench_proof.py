@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import shutil
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torchrec_mdr.bench.proof import (
     ProofBenchOptions,
     archived,
     dataset_name,
+    movielens_models,
     planned_jobs,
     run,
     run_dir,
@@ -338,18 +340,27 @@ def test_movielens_suite_trains_every_model_per_seed_and_tables_them_against_the
         movielens_src=write_ml100k(tmp_path / "ml-100k"),
     )
     jobs = planned_jobs(options)
+    gate_options = ["SFPNet, S-DNN gate scale 2", "SFPNet, S-DNN gates stop-gradient"]  # the whole-model options
     assert sorted((v.label, d.name, s) for v, d, s in jobs) == sorted(
-        (v.label, "ml-100k", s) for v in MODELS for s in range(2)
-    )  # one dataset: worlds do not multiply
+        (label, "ml-100k", s) for label in [v.label for v in MODELS] + gate_options for s in range(2)
+    )  # one dataset: worlds do not multiply; PSRG's options concern its effect only
     assert DatasetSpec.load(jobs[0][1]).domain_names == ["age<25", "age25-34", "age>=35"]
+    chosen = replace(options, alternatives=["psrg_shared_init=xavier", "dnn_gate_scale=2"])
+    variants = movielens_models(chosen.alternatives)
+    assert [v.label for v in variants] == [v.label for v in MODELS] + gate_options[:1]
     results = {
-        (v.label, "ml-100k", s): {"auc": 0.70 + 0.01 * i + 0.001 * s} for i, v in enumerate(MODELS) for s in range(2)
+        (v.label, "ml-100k", s): {"auc": 0.70 + 0.01 * i + 0.001 * s} for i, v in enumerate(variants) for s in range(2)
     }
+    results[("SFPNet, S-DNN gate scale 2", "ml-100k", 1)]["auc"] -= 0.02  # one pair lost against SFPNet
     options.out.mkdir()
-    table = write_movielens(options, results).read_text()
+    table = write_movielens(chosen, results).read_text()
     rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
-    din, ads = rows["DIN"], rows["ADS"]
+    din, ads, gate = rows["DIN"], rows["ADS"], rows["SFPNet, S-DNN gate scale 2"]
     assert din.startswith("| DIN | 0.7105 ± 0.0007 |") and "| DIN | +0.0100 ± 0.0000 (2/2)" in ads
+    # SFPNet is MODELS[3] (0.73 + 0.001 s); the gate option is row 7: +0.04, then +0.04 - 0.02
+    assert gate.startswith("| SFPNet, S-DNN gate scale 2 | 0.7605 ± 0.0134 | SFPNet | +0.0300 ± 0.0141 (2/2)")
+    assert "--suites movielens --seeds 2" in table
+    assert "--alternatives psrg_shared_init=xavier dnn_gate_scale=2" in table
 
 
 def test_alternatives_choose_which_options_are_trained_and_tabled(tmp_path):

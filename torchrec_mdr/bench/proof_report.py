@@ -120,7 +120,10 @@ def command_line(options: "ProofBenchOptions", suite: str) -> str:
         + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else "")
     )
     if suite == "movielens":  # one real dataset: no generator options
-        return f"mdr bench proof --suites movielens{protocol}"
+        alternatives = (
+            " --alternatives " + " ".join(options.alternatives) if list(options.alternatives) != list(OPTIONS) else ""
+        )
+        return f"mdr bench proof --suites movielens{protocol}{alternatives}"
     command = (
         f"mdr bench proof --suites {suite} --worlds {options.worlds}{protocol} --rows {options.rows} "
         f"--users {options.users} --items {options.items} --seq-length {options.seq_length}"
@@ -527,8 +530,9 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
 
 
 def write_movielens(options: "ProofBenchOptions", results: Results) -> Path:
-    """movielens.md: the models suite's models on MovieLens-100K, paired against their bases."""
-    from torchrec_mdr.bench.proof_setup import MODELS
+    """movielens.md: the models suite's models (and the whole-model options) on MovieLens-100K, paired against
+    their bases."""
+    from torchrec_mdr.bench.proof_setup import movielens_models
 
     lines = _header(options, "MovieLens-100K (real data; domains = user age groups)", "movielens")
     lines += [
@@ -537,7 +541,7 @@ def write_movielens(options: "ProofBenchOptions", results: Results) -> Path:
         "bucketed) as their implicit domain feature, as on the planted data.",
         "",
     ]
-    lines += _table(options, list(MODELS), results, ["ml-100k"], with_ceiling=False)
+    lines += _table(options, list(movielens_models(options.alternatives)), results, ["ml-100k"], with_ceiling=False)
     path = options.out / "movielens.md"
     path.write_text("\n".join(lines) + "\n")
     return path

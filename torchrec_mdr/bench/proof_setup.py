@@ -143,6 +143,15 @@ MODELS: tuple[Variant, ...] = (
 )
 
 
+def movielens_models(alternatives: list[str]) -> tuple[Variant, ...]:
+    """The ``movielens`` suite's models: :data:`MODELS`, then each chosen option of :data:`OPTIONS` that
+    concerns the whole model (tried on ``all``), paired with its default model: an option that could become a
+    default is checked on the real data too."""
+    return MODELS + tuple(
+        with_v for name, (with_v, _, effect) in OPTIONS.items() if name in alternatives and effect == "all"
+    )
+
+
 @dataclass
 class ProofBenchOptions:
     out: Path = field(default=Path("docs/results/v2"), metadata=doc("folder for the tables and plots"))
