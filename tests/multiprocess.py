@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from torchrec_mdr.training.rank_exit import end_rank
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,10 +34,10 @@ def _entry(rank: int, fn: Callable[..., None], world_size: int, port: int, args:
         fn(rank, world_size, *args)
     except BaseException:
         traceback.print_exc()
-        raise
-    finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    end_rank()  # as every rank of a real run ends (torchrec_mdr/training/rank_exit.py)
 
 
 def spawn(fn: Callable[..., None], world_size: int, *args: Any) -> None:

@@ -391,6 +391,7 @@ def _worker(
     import torch.distributed as dist
 
     from torchrec_mdr.data.spec import DatasetSpec
+    from torchrec_mdr.training.rank_exit import end_rank
     from torchrec_mdr.training.trainer import Trainer
 
     os.environ.update(
@@ -445,10 +446,13 @@ def _worker(
             tmp = run_dir / "result.json.tmp"
             tmp.write_text(json.dumps(result, indent=2) + "\n")
             tmp.replace(run_dir / "result.json")
+    except BaseException:
+        dist.destroy_process_group()
+        raise
     finally:
         if trainer.writer is not None:
             trainer.writer.close()
-        dist.destroy_process_group()
+    end_rank()
 
 
 # --------------------------------------------------------------------------- the launcher

@@ -348,6 +348,8 @@ def _quiet() -> None:
 def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, out: Path) -> None:
     import torch.distributed as dist
 
+    from torchrec_mdr.training.rank_exit import end_rank
+
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -380,8 +382,10 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
                 )
         if rank == 0:
             (out / f"cells-{world_size}.json").write_text(json.dumps(cells))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    end_rank()
 
 
 # --------------------------------------------------------------------------- the launcher
