@@ -21,7 +21,9 @@ from torchrec_mdr.bench.proof import (
     PAIRS,
     ProofBenchOptions,
     archived,
+    chosen_ablations,
     dataset_name,
+    model_slugs,
     movielens_models,
     planned_jobs,
     run,
@@ -425,6 +427,28 @@ def test_ablation_models_choose_whose_ablations_are_trained_and_tabled(tmp_path)
     assert "ADS > ADS w/o PCRG > ADS w/o PCRG & PSRG: **does NOT hold**" in table  # 0.70 < 0.71 < 0.72
     with pytest.raises(ConfigError, match="--ablation-models: unknown"):
         ProofBenchOptions(ablation_models=["star"]).validate()
+
+
+def test_train_only_trains_the_chosen_models_and_still_reads_every_archived_run(tmp_path):
+    from torchrec_mdr.bench.proof import finished_and_pending
+
+    options = ProofBenchOptions(out=tmp_path / "out", work=tmp_path / "work", suites=["ablation"])
+    variants = chosen_ablations(["sfpnet"])
+    data = tmp_path / "work" / dataset_name(options, 0, "all")
+    jobs = [(v, data, seed) for seed in (0, 1) for v in variants]
+    for variant in variants:  # seed 0 finished and archived for every model
+        path = archived(options, variant, data, 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"auc": 0.7}))
+    results, pending = finished_and_pending(options, jobs)
+    assert len(results) == 6 and [p[:3] for p in pending] == [(v, data, 1) for v in variants]
+    only = replace(options, train_only=["sfpnet", "sfpnet-w-o-sam"])
+    results, pending = finished_and_pending(only, jobs)
+    assert len(results) == 6 and [(v.label, s) for v, _, s, _ in pending] == [("SFPNet", 1), ("SFPNet w/o SAM", 1)]
+    assert finished_and_pending(replace(options, train=False), jobs)[1] == []
+    assert "sfpnet-w-o-s-dnn" in model_slugs() and "adin-w-o-self-training" in model_slugs()
+    with pytest.raises(ConfigError, match="--train-only: unknown"):
+        ProofBenchOptions(train_only=["SFPNet w/o SAM"]).validate()  # a label, not its run-file name
 
 
 def test_the_tables_command_names_the_chosen_effects():

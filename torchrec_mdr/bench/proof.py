@@ -65,6 +65,7 @@ from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for cal
     archived,
     chosen_ablations,
     dataset_name,
+    model_slugs,
     movielens_models,
     run_dir,
 )
@@ -168,8 +169,11 @@ def _interrupted(folder: Path) -> bool:
     return False
 
 
-def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]]) -> dict[tuple[str, str, int], dict]:
-    """Train every (variant, dataset, seed) not finished yet; return all their metrics."""
+def finished_and_pending(
+    options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]]
+) -> tuple[dict[tuple[str, str, int], dict], list[tuple[Variant, Path, int, Path]]]:
+    """The finished runs' metrics (archived, or finished in ``work`` and archived now), and the runs to train
+    (none with ``--no-train``; with ``--train-only``, only those models' runs)."""
     results: dict[tuple[str, str, int], dict] = {}
     pending = []
     unique = {(v.slug, d, s): (v, d, s) for v, d, s in jobs}  # one run per (label, dataset, seed)
@@ -184,6 +188,14 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
             pending.append((variant, data, seed, folder))
     if not options.train:
         pending = []
+    elif options.train_only:
+        pending = [job for job in pending if job[0].slug in options.train_only]
+    return results, pending
+
+
+def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]]) -> dict[tuple[str, str, int], dict]:
+    """Train every (variant, dataset, seed) not finished yet; return all their metrics."""
+    results, pending = finished_and_pending(options, jobs)
     total = len(pending)
     if total:
         print(f"bench proof: {len(results)} runs done, {total} to train ({options.jobs} at once)", flush=True)

@@ -242,6 +242,13 @@ class ProofBenchOptions:
             "none, its own effect and all"
         ),
     )
+    train_only: list[str] = field(
+        default_factory=list,
+        metadata=doc(
+            "train only the runs of these models (their run-file names: sfpnet-w-o-sam, adin, ...), e.g. to add "
+            "seeds to some cells of a table; the tables still read every archived run (default: every model)"
+        ),
+    )
     jobs: int = field(default=1, metadata=bounds(ge=1, help="runs trained at once (one thread each)"))
     train: bool = field(
         default=True, metadata=doc("false: train nothing, render the tables from the finished and archived runs")
@@ -256,10 +263,18 @@ class ProofBenchOptions:
             ("mechanisms", self.mechanisms, MECHANISMS),
             ("alternatives", self.alternatives, OPTIONS),
             ("ablation-models", self.ablation_models, ABLATION_GROUPS),
+            ("train-only", self.train_only, model_slugs()),
         ):
             unknown = sorted(set(chosen) - set(known))
             if unknown:
                 raise ConfigError(f"--{name}: unknown {unknown}; choose from {list(known)}")
+
+
+def model_slugs() -> list[str]:
+    """The run-file name of every model the suites train (``--train-only`` chooses among them)."""
+    variants = [*MODELS, *ABLATIONS, *(v for pair in PAIRS.values() for v in pair)]
+    variants += [with_v for with_v, _, _ in OPTIONS.values()]
+    return list(dict.fromkeys(v.slug for v in variants))
 
 
 def dataset_name(options: ProofBenchOptions, world: int, effect: str, dose: float = 1.0) -> str:
