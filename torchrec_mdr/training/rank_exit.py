@@ -20,9 +20,9 @@ it is the likely explanation, not a proven one: the abort was never reproduced o
 ``destroy_process_group``, logging, stdout and stderr flushed, then ``os._exit(0)``. Work must be written
 and closed before it is called (every writer here closes its files when it returns; checkpoints are
 renamed into place when complete). It is called only where a process was started to be one rank of a
-world of several: ``mdr`` under torchrun (:func:`torchrec_mdr.cli.main`), the benchmarks' spawned ranks,
-the tests' spawned ranks. A failing rank fails as before (its traceback is the report); in-process use
-(a world of one, ``main([...])`` from Python) never exits here.
+world of several: ``mdr`` and ``dlrm_style.train`` under torchrun (their ``main``), the benchmarks'
+spawned ranks, the tests' spawned ranks. A failing rank fails as before (its traceback is the report);
+in-process use (a world of one, ``main([...])`` from Python) never exits here.
 """
 
 from __future__ import annotations
