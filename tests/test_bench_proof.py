@@ -484,6 +484,24 @@ def test_the_ads_noise_ablation_group_checks_ads_order_with_the_default_psrg_sta
     assert "ADS > ADS w/o PCRG" not in table  # the ads group was not chosen
 
 
+def test_an_ablation_order_compares_only_the_runs_every_model_of_it_has(tmp_path):
+    """--train-only adds seeds to some models: the full model's extra seeds must not decide an order."""
+    from torchrec_mdr.bench.proof_report import write_ablation
+
+    options = tiny_world(tmp_path, suites=["ablation"])
+    options.ablation_models, options.seeds = ["ads"], 2
+    name = dataset_name(options, 0, "all")
+    results = {("ADS", name, s): {"auc": auc} for s, auc in ((0, 0.70), (1, 0.80))}  # mean 0.75 over 2 seeds
+    results |= {("ADS w/o PCRG", name, 0): {"auc": 0.72}, ("ADS w/o PCRG & PSRG", name, 0): {"auc": 0.71}}
+    options.out.mkdir()
+    table = write_ablation(options, results).read_text()
+    assert "| ADS | 0.7500 ± 0.0707 |" in table  # the table row keeps every run
+    assert (
+        "ADS > ADS w/o PCRG > ADS w/o PCRG & PSRG: **does NOT hold** (ADS 0.7000, ADS w/o PCRG 0.7200, "
+        "ADS w/o PCRG & PSRG 0.7100; over the 1 (world, seed) runs they all have)"
+    ) in table
+
+
 def test_specificity_verdicts_of_a_table_without_the_own_effect_column(tmp_path):
     """A table of `none` alone (the fresh regime's) still gets a verdict line per mechanism: where its effect
     is absent it should tie; here psrg loses in 6 of 6 pairs and se ties."""

@@ -301,38 +301,24 @@ def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
     datasets = _world_datasets(options, "all")
     lines = _header(options, "Ablations on generator v2 with every effect planted", "ablation")
     lines += _table(options, ablations, results, datasets, with_ceiling=True)
-    order = sorted(
-        (
-            (
-                v.label,
-                _mean_sd(
-                    [
-                        results[(v.label, d, s)]["auc"]
-                        for d in datasets
-                        for s in range(_seeds(options))
-                        if (v.label, d, s) in results
-                    ]
-                )[0],
-            )
-            for v in ablations
-        ),
-        key=lambda item: -item[1] if math.isfinite(item[1]) else 0,
-    )
     lines += ["", "## The papers' orders (computed from the table)", ""]
-    means = dict(order)
     chosen = [
         chain for group, chains in ABLATION_ORDERS.items() if group in options.ablation_models for chain in chains
     ]
-    for chain in chosen:
-        if not all(math.isfinite(means.get(label, float("nan"))) for label in chain):
+    for chain in chosen:  # means over the (world, seed) runs every model of the chain has: a paired comparison
+        keys = [
+            (d, s) for d in datasets for s in range(_seeds(options)) if all((label, d, s) in results for label in chain)
+        ]
+        if not keys:
             continue
+        means = {label: statistics.fmean(results[(label, d, s)]["auc"] for d, s in keys) for label in chain}
         holds = all(means[a] > means[b] for a, b in zip(chain, chain[1:]))
         lines.append(
             f"- {' > '.join(chain)}: "
             + ("**holds** in the means" if holds else "**does NOT hold**")
             + " ("
             + ", ".join(f"{label} {means[label]:.4f}" for label in chain)
-            + ")"
+            + f"; over the {len(keys)} (world, seed) runs they all have)"
         )
     path = options.out / "ablation.md"
     path.write_text("\n".join(lines) + "\n")
