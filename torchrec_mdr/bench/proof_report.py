@@ -222,6 +222,10 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
             f"Ties where the effect is absent: {len(ties)}/{len(expected_ties)} "
             f"({', '.join(e + ': ' + verdict(raw[mechanism][e]) for e in expected_ties) or 'none run'})."
         )
+        if len(expected_ties) > 1:  # a small cost or gain that no single cell can show
+            datasets = [d for e in expected_ties for d in _world_datasets(options, e)]
+            pooled = paired(results, with_v.label, without_v.label, datasets, _seeds(options))
+            absent += f" Those cells pooled: {_cell(pooled)}."
         if own and own["n"]:
             gap = _ceiling_gap(options, mechanism, mechanism)
             closed = own["delta"] / gap if gap and math.isfinite(gap) and gap > 0 else float("nan")
