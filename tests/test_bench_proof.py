@@ -527,9 +527,10 @@ def test_specificity_verdicts_of_a_table_without_the_own_effect_column(tmp_path)
     assert "nothing run yet" not in table
 
 
-def test_specificity_pools_the_cells_where_the_effect_is_absent(tmp_path):
-    """psrg loses 5 of 6 pairs on `none` and on `pcrg`, its smallest pair a win: each cell ties (p = 0.0625),
-    the 12 pairs pooled lose (sign-flip p = 16 / 4096: only the sign patterns flipping at most 0.002)."""
+def test_specificity_averages_the_cells_where_the_effect_is_absent_per_world_and_seed(tmp_path):
+    """psrg loses 5 of 6 pairs on `none`, its smallest pair a win (cell p = 0.0625); on `pcrg` it loses all 6,
+    twice as much (p = 0.031). Averaged per (world, seed): 6 units, all losses (p = 2 / 64), mean -26 / 6000;
+    not 12 pairs pooled as if independent."""
     from torchrec_mdr.bench.proof_report import write_specificity
 
     options = tiny_world(tmp_path, worlds=3, seeds=2, effects=["none", "pcrg"])
@@ -539,14 +540,15 @@ def test_specificity_pools_the_cells_where_the_effect_is_absent(tmp_path):
     for effect, world, seed in itertools.product(["none", "pcrg"], range(3), range(2)):
         name = dataset_name(options, world, effect)
         bump = 0.001 * (world + 1) * (seed + 1)
-        results[(with_psrg.label, name, seed)] = {"auc": 0.70 + (bump if world == seed == 0 else -bump)}
+        delta = (bump if world == seed == 0 else -bump) if effect == "none" else -2 * bump
+        results[(with_psrg.label, name, seed)] = {"auc": 0.70 + delta}
         results[(without_psrg.label, name, seed)] = {"auc": 0.70}
     options.out.mkdir()
     table = write_specificity(options, results).read_text()
-    assert table.count("(1/6, p=0.0625) **ties**") == 2
+    assert "(1/6, p=0.0625) **ties**" in table and "(0/6, p=0.0312) **loses**" in table
     verdicts = next(line for line in table.splitlines() if line.startswith("- **psrg**"))
-    assert "Ties where the effect is absent: 2/2 (none: ties, pcrg: ties). Those cells pooled: -0.0027 ± " in verdicts
-    assert verdicts.endswith("(2/12, p=0.00391) **loses**.")
+    assert "absent: 1/2 (none: ties, pcrg: loses). Those cells averaged per (world, seed): -0.0043 ± " in verdicts
+    assert verdicts.endswith("(0/6, p=0.0312) **loses**.")  # unit (0, 0): (+0.001 - 0.002) / 2 < 0
 
 
 def test_dose_0_is_the_none_dataset_so_an_option_can_be_tried_where_no_effect_is_planted(tmp_path):
