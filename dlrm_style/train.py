@@ -194,10 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TrainingError) as error:
         print(f"dlrm_style.train: error: {error}", file=sys.stderr)
         return 2
-    from torchrec_mdr.training.rank_exit import end_rank, in_multi_rank_world
+    from torchrec_mdr.training.rank_exit import end_if_one_of_several_ranks
 
-    if in_multi_rank_world():  # one rank of a torchrun job, its work done (see rank_exit)
-        end_rank()
+    end_if_one_of_several_ranks()  # a rank of a torchrun job, its work done: no exit-time teardown
     return 0
 
 

@@ -8,10 +8,9 @@ import traceback
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from torchrec_mdr.training.rank_exit import end_rank
+from torchrec_mdr.training.rank_exit import spawned_rank
 
 
 def free_port() -> int:
@@ -30,14 +29,12 @@ def _entry(rank: int, fn: Callable[..., None], world_size: int, port: int, args:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    try:
-        fn(rank, world_size, *args)
-    except BaseException:
-        traceback.print_exc()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    end_rank()  # as every rank of a real run ends (torchrec_mdr/training/rank_exit.py)
+    with spawned_rank():  # ends as every rank of a real run does (torchrec_mdr/training/rank_exit.py)
+        try:
+            fn(rank, world_size, *args)
+        except BaseException:
+            traceback.print_exc()
+            raise
 
 
 def spawn(fn: Callable[..., None], world_size: int, *args: Any) -> None:

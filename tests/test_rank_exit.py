@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from multiprocess import spawn
 
 from torchrec_mdr.training.distributed import init_distributed
@@ -63,3 +64,13 @@ def test_end_rank_keeps_each_ranks_work_and_output_and_exits_zero(tmp_path: Path
     for rank in range(2):
         assert json.loads((tmp_path / f"work-{rank}.json").read_text()) == {"rank": rank}
         assert (tmp_path / f"stdout-{rank}.txt").read_text() == f"rank {rank} done\n"  # buffered, yet kept
+
+
+def _fail(rank: int, world_size: int, out: Path) -> None:
+    init_distributed("cpu")
+    raise ValueError(f"rank {rank} could not finish")
+
+
+def test_a_failing_rank_still_fails_with_its_traceback(tmp_path: Path) -> None:
+    with pytest.raises(mp.ProcessRaisedException, match=r"ValueError: rank \d could not finish"):
+        spawn(_fail, 2, tmp_path)  # tests/multiprocess.spawn runs each rank in spawned_rank()

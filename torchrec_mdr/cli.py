@@ -588,10 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mdr: interrupted", file=sys.stderr)
         return 130
-    from torchrec_mdr.training.rank_exit import end_rank, in_multi_rank_world
+    from torchrec_mdr.training.rank_exit import end_if_one_of_several_ranks
 
-    if in_multi_rank_world():  # one rank of a torchrun job, its work done: end it without the exit-time teardown
-        end_rank()
+    end_if_one_of_several_ranks()  # a rank of a torchrun job, its work done: no exit-time teardown
     return 0
 
 

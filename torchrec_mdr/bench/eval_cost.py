@@ -107,12 +107,12 @@ def _pass(options: EvalBenchOptions, path: str, rows: int, rank: int, world_size
 def _worker(rank: int, world_size: int, port: int, options: EvalBenchOptions, path: str, rows: int, out: Path) -> None:
     import torch.distributed as dist
 
-    from torchrec_mdr.training.rank_exit import end_rank
+    from torchrec_mdr.training.rank_exit import spawned_rank
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(options.threads)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with spawned_rank():
         _reset_peak()
         before = _status_kib("VmRSS")
         result, seconds, compute = _pass(options, path, rows, rank, world_size)
@@ -120,10 +120,6 @@ def _worker(rank: int, world_size: int, port: int, options: EvalBenchOptions, pa
         (out / f"{path}-{rows}-{world_size}-{rank}.json").write_text(
             json.dumps({"result": result, "seconds": seconds, "compute": compute, "peak_mib": (peak - before) / 1024})
         )
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    end_rank()
 
 
 def _free_port() -> int:

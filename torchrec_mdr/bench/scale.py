@@ -388,10 +388,9 @@ def _config(options: ScaleBenchOptions, run: RunSpec, data: Path) -> "Experiment
 def _worker(
     rank: int, world_size: int, port: int, options: ScaleBenchOptions, run: RunSpec, data: Path, run_dir: Path
 ) -> None:
-    import torch.distributed as dist
 
     from torchrec_mdr.data.spec import DatasetSpec
-    from torchrec_mdr.training.rank_exit import end_rank
+    from torchrec_mdr.training.rank_exit import spawned_rank
     from torchrec_mdr.training.trainer import Trainer
 
     os.environ.update(
@@ -406,53 +405,54 @@ def _worker(
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     trainer = Trainer(_config(options, run, data), run_dir)
-    try:
-        logger = _Logger(trainer, run_dir / "log.jsonl")
-        last = _train_epoch(trainer, logger, run, options.log_every)
-        checkpoint = _checkpoint_costs(trainer)
-        peak = logger.gather([status_mib("VmHWM")])[:, 0].tolist()  # after training and the checkpoint
-        item = logger.gather(table_bytes(trainer.model, trainer.optimizer, "item")).sum(dim=0).tolist()
-        metrics = trainer.report(
-            {"samples_per_sec": last["rows_seen"] / last["seconds"], "steps": last["step"], "wall_sec": last["seconds"]}
-        )
-        if trainer.ctx.is_main:
-            spec = DatasetSpec.load(data)
-            result = {
-                **asdict(run),
-                "name": run.name,
-                "train_rows": spec.splits["train"].rows,
-                "distinct_items": spec.tables["item"],
-                "batch_size": options.batch_size,
-                "eviction_interval": options.eviction_interval if run.zch_size else None,
-                "threads": torch.get_num_threads(),
-                "steps": last["step"],
-                "rows_seen": last["rows_seen"],
-                "wall_sec": last["seconds"],
-                "samples_per_sec": last["rows_seen"] / last["seconds"],
-                "eviction_seconds": last["eviction_seconds"],
-                "peak_rss_mib_train": last["peak_rss_mib"],
-                "peak_rss_mib": peak,
-                "item_table_bytes": int(sum(item)),
-                "item_table_parts": dict(zip(("rows", "slots", "history"), map(int, item))),
-                "checkpoint": checkpoint,
-                "occupancy": last["occupancy"],
-                "eviction": metrics.get("eviction", {}),
-                "test": {
-                    "auc": metrics["auc"],
-                    "logloss": metrics["logloss"],
-                    "per_domain": {d: v["auc"] for d, v in metrics["per_domain"].items()},
-                },
-            }
-            tmp = run_dir / "result.json.tmp"
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            tmp.replace(run_dir / "result.json")
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    finally:
-        if trainer.writer is not None:
-            trainer.writer.close()
-    end_rank()
+    with spawned_rank():
+        try:
+            logger = _Logger(trainer, run_dir / "log.jsonl")
+            last = _train_epoch(trainer, logger, run, options.log_every)
+            checkpoint = _checkpoint_costs(trainer)
+            peak = logger.gather([status_mib("VmHWM")])[:, 0].tolist()  # after training and the checkpoint
+            item = logger.gather(table_bytes(trainer.model, trainer.optimizer, "item")).sum(dim=0).tolist()
+            metrics = trainer.report(
+                {
+                    "samples_per_sec": last["rows_seen"] / last["seconds"],
+                    "steps": last["step"],
+                    "wall_sec": last["seconds"],
+                }
+            )
+            if trainer.ctx.is_main:
+                spec = DatasetSpec.load(data)
+                result = {
+                    **asdict(run),
+                    "name": run.name,
+                    "train_rows": spec.splits["train"].rows,
+                    "distinct_items": spec.tables["item"],
+                    "batch_size": options.batch_size,
+                    "eviction_interval": options.eviction_interval if run.zch_size else None,
+                    "threads": torch.get_num_threads(),
+                    "steps": last["step"],
+                    "rows_seen": last["rows_seen"],
+                    "wall_sec": last["seconds"],
+                    "samples_per_sec": last["rows_seen"] / last["seconds"],
+                    "eviction_seconds": last["eviction_seconds"],
+                    "peak_rss_mib_train": last["peak_rss_mib"],
+                    "peak_rss_mib": peak,
+                    "item_table_bytes": int(sum(item)),
+                    "item_table_parts": dict(zip(("rows", "slots", "history"), map(int, item))),
+                    "checkpoint": checkpoint,
+                    "occupancy": last["occupancy"],
+                    "eviction": metrics.get("eviction", {}),
+                    "test": {
+                        "auc": metrics["auc"],
+                        "logloss": metrics["logloss"],
+                        "per_domain": {d: v["auc"] for d, v in metrics["per_domain"].items()},
+                    },
+                }
+                tmp = run_dir / "result.json.tmp"
+                tmp.write_text(json.dumps(result, indent=2) + "\n")
+                tmp.replace(run_dir / "result.json")
+        finally:
+            if trainer.writer is not None:
+                trainer.writer.close()
 
 
 # --------------------------------------------------------------------------- the launcher

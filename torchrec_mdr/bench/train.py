@@ -348,7 +348,7 @@ def _quiet() -> None:
 def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, out: Path) -> None:
     import torch.distributed as dist
 
-    from torchrec_mdr.training.rank_exit import end_rank
+    from torchrec_mdr.training.rank_exit import spawned_rank
 
     os.environ.update(
         RANK=str(rank),
@@ -363,7 +363,7 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
     if options.device == "cuda":
         torch.cuda.set_device(rank)
     dist.init_process_group("nccl" if options.device == "cuda" else "gloo", rank=rank, world_size=world_size)
-    try:
+    with spawned_rank():
         batches = {size: _read_batches(options, size, rank, world_size) for size in options.sizes}
         cells = []
         for model in options.models:
@@ -382,10 +382,6 @@ def _worker(rank: int, world_size: int, port: int, options: TrainBenchOptions, o
                 )
         if rank == 0:
             (out / f"cells-{world_size}.json").write_text(json.dumps(cells))
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    end_rank()
 
 
 # --------------------------------------------------------------------------- the launcher

@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import NoReturn
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
 
 import torch.distributed as dist
 
@@ -54,11 +55,6 @@ def gloo_threads() -> list[str]:
     return names
 
 
-def in_multi_rank_world() -> bool:
-    """Whether this process is one rank of an initialised world of more than one."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def end_rank() -> NoReturn:
     """End this rank, which finished its work: destroy the process group, flush, ``os._exit(0)`` (no
     exit-time teardown; see the module docstring). No barrier: a rank that fails must not leave the others
@@ -72,3 +68,23 @@ def end_rank() -> NoReturn:
         except (OSError, ValueError):  # closed or redirected to a closed pipe: nothing left to save
             pass
     os._exit(0)
+
+
+def end_if_one_of_several_ranks() -> None:
+    """At the end of a program's ``main``: end this rank by :func:`end_rank` when it is one rank of an
+    initialised world of more than one (torchrun); otherwise return (a world of one, in-process use)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        end_rank()
+
+
+@contextmanager
+def spawned_rank() -> Iterator[None]:
+    """The body of a spawned rank: on an exception, destroy the process group and raise (the traceback is the
+    report); when the body finishes, :func:`end_rank`: the code after the ``with`` block never runs."""
+    try:
+        yield
+    except BaseException:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    end_rank()
