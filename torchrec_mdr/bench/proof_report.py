@@ -136,10 +136,10 @@ def command_line(options: "ProofBenchOptions", suite: str) -> str:
         f"--batch-size {options.batch_size}"
         + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else "")
     )
+    alternatives = (
+        " --alternatives " + " ".join(options.alternatives) if list(options.alternatives) != list(OPTIONS) else ""
+    )
     if suite == "movielens":  # one real dataset: no generator options
-        alternatives = (
-            " --alternatives " + " ".join(options.alternatives) if list(options.alternatives) != list(OPTIONS) else ""
-        )
         return f"mdr bench proof --suites movielens{protocol}{alternatives}"
     command = (
         f"mdr bench proof --suites {suite} --worlds {options.worlds}{protocol} --rows {options.rows} "
@@ -155,8 +155,8 @@ def command_line(options: "ProofBenchOptions", suite: str) -> str:
         command += " --ablation-models " + " ".join(options.ablation_models)
     if suite in ("dose", "options", "probes"):
         command += " --doses " + " ".join(f"{d:g}" for d in options.doses)
-    if suite == "options" and list(options.alternatives) != list(OPTIONS):
-        command += " --alternatives " + " ".join(options.alternatives)
+    if suite == "options":
+        command += alternatives
     if suite == "scaling":
         command += " --scale-rows " + " ".join(str(r) for r in options.scale_rows)
     return command
