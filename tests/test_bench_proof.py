@@ -365,6 +365,50 @@ def test_movielens_suite_trains_every_model_per_seed_and_tables_them_against_the
     assert "--alternatives psrg_shared_init=xavier dnn_gate_scale=2" in table
 
 
+def test_movielens_ablations_train_each_group_variant_once_and_table_it_against_its_full_model(tmp_path):
+    from test_convert_movielens import write_ml100k
+
+    from torchrec_mdr.bench.proof_report import write_movielens
+
+    options = ProofBenchOptions(
+        out=tmp_path / "out",
+        work=tmp_path / "work",
+        seeds=2,
+        suites=["movielens"],
+        alternatives=[],
+        movielens_ablations=["ads", "adin"],
+        movielens_src=write_ml100k(tmp_path / "ml-100k"),
+    )
+    jobs = planned_jobs(options)
+    ablated = ["ADS w/o PCRG", "ADS w/o PCRG & PSRG", "ADIN w/o DSBN", "ADIN w/o SE", "ADIN w/o self-training"]
+    # ADS and ADIN are among MODELS already (the same overrides): trained once
+    assert sorted((v.label, s) for v, _, s in jobs) == sorted(
+        (label, s) for label in [v.label for v in MODELS] + ablated for s in range(2)
+    )
+    auc = {"ADS": 0.72, "ADS w/o PCRG": 0.71, "ADS w/o PCRG & PSRG": 0.715, "ADIN": 0.70, "ADIN w/o DSBN": 0.69}
+    auc |= {"ADIN w/o SE": 0.68, "ADIN w/o self-training": 0.67, "DIN": 0.70, "SharedBottom": 0.71}
+    results = {(label, "ml-100k", s): {"auc": a + 0.001 * s} for label, a in auc.items() for s in range(2)}
+    results[("ADIN w/o DSBN", "ml-100k", 1)]["auc"] += 0.025  # one pair lost by ADIN
+    options.out.mkdir()
+    table = write_movielens(options, results).read_text()
+    main, ablations = table.split("## Ablations on MovieLens-100K")
+    assert "| ADS w/o PCRG |" not in main and "| ADS | 0.7205 ± 0.0007 | DIN | +0.0200 ± 0.0000 (2/2)" in main
+    rows = {line.split(" | ")[0][2:]: line for line in ablations.splitlines() if line.startswith("| ")}
+    assert rows["ADS w/o PCRG"].startswith("| ADS w/o PCRG | 0.7105 ± 0.0007 | ADS | -0.0100 ± 0.0000 (0/2)")
+    # 0.69 and 0.716 against 0.70 and 0.701: -0.01, then +0.015
+    assert rows["ADIN w/o DSBN"].startswith("| ADIN w/o DSBN | 0.7030 ± 0.0184 | ADIN | +0.0025 ± 0.0177 (1/2)")
+    orders = ablations.split("## The papers' orders")[1]
+    assert "- ADS > ADS w/o PCRG > ADS w/o PCRG & PSRG: **does NOT hold**" in orders  # 0.7105 < 0.7155
+    assert (
+        "- ADIN > ADIN w/o DSBN: **does NOT hold** (ADIN 0.7005, ADIN w/o DSBN 0.7030; over the 2 seed runs" in orders
+    )
+    assert "- ADIN > ADIN w/o SE: **holds** in the means" in orders
+    assert "--suites movielens --seeds 2 --max-epochs 10 --patience 2 --batch-size 1024 --alternatives " in table
+    assert table.split("`")[1].endswith("--movielens-ablations ads adin")
+    with pytest.raises(ConfigError, match="--movielens-ablations: unknown"):
+        replace(options, movielens_ablations=["din"]).validate()
+
+
 def test_alternatives_choose_which_options_are_trained_and_tabled(tmp_path):
     from torchrec_mdr.bench.proof_report import write_options
 

@@ -20,7 +20,8 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
   ``all``), each paired with the default model (``alternatives`` chooses which);
 * ``movielens`` — the ``models`` suite's models on real MovieLens-100K (age-group domains), ``seeds``
   seeds, same protocol: mean ± sd and the paired test against each model's base; also the chosen
-  ``alternatives`` that concern the whole model (SFPNet's gate options), paired with the default model;
+  ``alternatives`` that concern the whole model (SFPNet's gate options), paired with the default model,
+  and the ablations of the ``movielens_ablations`` groups, each paired with its full model;
 * ``probes`` — no training: what the specificity runs' mechanisms learned, measured against the planted
   parameters (:mod:`torchrec_mdr.bench.proof_probes`);
 * ``scaling`` — DNN, DIN, ADS, SFPNet on world 0 with every effect planted at ``scale_rows`` rows (first
@@ -260,7 +261,10 @@ def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
             if "options" in options.suites:
                 jobs += [(with_v, data, seed) for with_v, data in option_datasets(options, world)]
             if "movielens" in options.suites and world == 0:  # one real dataset: seeds only
-                jobs += [(v, movielens(options), seed) for v in movielens_models(options.alternatives)]
+                jobs += [
+                    (v, movielens(options), seed)
+                    for v in movielens_models(options.alternatives, options.movielens_ablations)
+                ]
             if {"ablation", "models"} & set(options.suites):
                 data = dataset(options, world, "all")
                 chosen = (tuple(chosen_ablations(options.ablation_models)) if "ablation" in options.suites else ()) + (

@@ -140,7 +140,10 @@ def command_line(options: "ProofBenchOptions", suite: str) -> str:
         " --alternatives " + " ".join(options.alternatives) if list(options.alternatives) != list(OPTIONS) else ""
     )
     if suite == "movielens":  # one real dataset: no generator options
-        return f"mdr bench proof --suites movielens{protocol}{alternatives}"
+        ablations = (
+            " --movielens-ablations " + " ".join(options.movielens_ablations) if options.movielens_ablations else ""
+        )
+        return f"mdr bench proof --suites movielens{protocol}{alternatives}{ablations}"
     command = (
         f"mdr bench proof --suites {suite} --worlds {options.worlds}{protocol} --rows {options.rows} "
         f"--users {options.users} --items {options.items} --seq-length {options.seq_length}"
@@ -315,17 +318,27 @@ def _table(
 
 
 def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
-    from torchrec_mdr.bench.proof_setup import ABLATION_ORDERS, chosen_ablations
+    from torchrec_mdr.bench.proof_setup import chosen_ablations
 
     ablations = chosen_ablations(options.ablation_models)
     datasets = _world_datasets(options, "all")
     lines = _header(options, "Ablations on generator v2 with every effect planted", "ablation")
     lines += _table(options, ablations, results, datasets, with_ceiling=True)
-    lines += ["", "## The papers' orders (computed from the table)", ""]
-    chosen = [
-        chain for group, chains in ABLATION_ORDERS.items() if group in options.ablation_models for chain in chains
-    ]
-    for chain in chosen:  # means over the (world, seed) runs every model of the chain has: a paired comparison
+    lines += _orders(options, results, datasets, options.ablation_models)
+    path = options.out / "ablation.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _orders(
+    options: "ProofBenchOptions", results: Results, datasets: list[str], groups: list[str], runs: str = "(world, seed)"
+) -> list[str]:
+    """The papers' orders of the chosen ablation groups, each checked on the means over the (dataset, seed) runs
+    every model of the order has (a paired comparison); ``runs`` names those runs in the text."""
+    from torchrec_mdr.bench.proof_setup import ABLATION_ORDERS
+
+    lines = ["", "## The papers' orders (computed from the table)", ""]
+    for chain in (chain for group, chains in ABLATION_ORDERS.items() if group in groups for chain in chains):
         keys = [
             (d, s) for d in datasets for s in range(_seeds(options)) if all((label, d, s) in results for label in chain)
         ]
@@ -338,11 +351,9 @@ def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
             + ("**holds** in the means" if holds else "**does NOT hold**")
             + " ("
             + ", ".join(f"{label} {means[label]:.4f}" for label in chain)
-            + f"; over the {len(keys)} (world, seed) runs they all have)"
+            + f"; over the {len(keys)} {runs} runs they all have)"
         )
-    path = options.out / "ablation.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def write_models(options: "ProofBenchOptions", results: Results) -> Path:
@@ -538,7 +549,7 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
 def write_movielens(options: "ProofBenchOptions", results: Results) -> Path:
     """movielens.md: the models suite's models (and the whole-model options) on MovieLens-100K, paired against
     their bases."""
-    from torchrec_mdr.bench.proof_setup import movielens_models
+    from torchrec_mdr.bench.proof_setup import chosen_ablations, movielens_models
 
     lines = _header(options, "MovieLens-100K (real data; domains = user age groups)", "movielens")
     lines += [
@@ -547,7 +558,14 @@ def write_movielens(options: "ProofBenchOptions", results: Results) -> Path:
         "bucketed) as their implicit domain feature, as on the planted data.",
         "",
     ]
-    lines += _table(options, list(movielens_models(options.alternatives)), results, ["ml-100k"], with_ceiling=False)
+    models = movielens_models(options.alternatives)
+    lines += _table(options, list(models), results, ["ml-100k"], with_ceiling=False)
+    if options.movielens_ablations:
+        lines += ["", "## Ablations on MovieLens-100K", ""]
+        lines += _table(
+            options, chosen_ablations(options.movielens_ablations), results, ["ml-100k"], with_ceiling=False
+        )
+        lines += _orders(options, results, ["ml-100k"], options.movielens_ablations, runs="seed")
     path = options.out / "movielens.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -143,12 +143,17 @@ MODELS: tuple[Variant, ...] = (
 )
 
 
-def movielens_models(alternatives: list[str]) -> tuple[Variant, ...]:
+def movielens_models(alternatives: list[str], ablation_groups: tuple[str, ...] | list[str] = ()) -> tuple[Variant, ...]:
     """The ``movielens`` suite's models: :data:`MODELS`, then each chosen option of :data:`OPTIONS` that
     concerns the whole model (tried on ``all``), paired with its default model: an option that could become a
-    default is checked on the real data too."""
-    return MODELS + tuple(
+    default is checked on the real data too; then the chosen ``ablation_groups``' variants (once each by label:
+    the full models are already among :data:`MODELS`, with the same overrides)."""
+    chosen = MODELS + tuple(
         with_v for name, (with_v, _, effect) in OPTIONS.items() if name in alternatives and effect == "all"
+    )
+    known = {v.label for v in chosen}
+    return chosen + tuple(
+        {v.label: v for v in chosen_ablations(list(ablation_groups)) if v.label not in known}.values()
     )
 
 
@@ -235,6 +240,13 @@ class ProofBenchOptions:
             "(ads_noise: ADS's order with PSRG's default identity+noise start)"
         ),
     )
+    movielens_ablations: list[str] = field(
+        default_factory=list,
+        metadata=doc(
+            f"movielens suite: also train these groups' ablations on MovieLens-100K, any of "
+            f"{', '.join(ABLATION_GROUPS)} (each variant paired with its full model, the papers' orders checked)"
+        ),
+    )
     matrix: str = field(
         default="full",
         metadata=doc(
@@ -263,6 +275,7 @@ class ProofBenchOptions:
             ("mechanisms", self.mechanisms, MECHANISMS),
             ("alternatives", self.alternatives, OPTIONS),
             ("ablation-models", self.ablation_models, ABLATION_GROUPS),
+            ("movielens-ablations", self.movielens_ablations, ABLATION_GROUPS),
             ("train-only", self.train_only, model_slugs()),
         ):
             unknown = sorted(set(chosen) - set(known))
