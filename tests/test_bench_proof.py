@@ -326,6 +326,7 @@ def test_evals_per_epoch_sets_the_evaluation_clock(tmp_path):
     epoch_steps = -(-DatasetSpec.load(data).splits["train"].rows // 100)
     args = overrides(options, PAIRS["psrg"][0], data, 0)
     assert f"train.eval_every={-(-epoch_steps // 4)}" in args and f"train.max_steps={epoch_steps}" in args
+    assert "train.eval_at_end=false" in args  # the archived runs' protocol
 
 
 def test_movielens_suite_trains_every_model_per_seed_and_tables_them_against_their_bases(tmp_path):

@@ -183,7 +183,9 @@ def test_resumed_early_stopping_stops_where_an_uninterrupted_run_does(
 ) -> None:
     """Stop a run at step 3 (before the early stop), resume it: same history, same stop, same best."""
     run = tmp_path / "run"
-    fit(experiment(data, max_steps=3), run)
+    interrupted = experiment(data, max_steps=3)
+    interrupted.train.eval_at_end = False  # an interruption (a kill) evaluates nothing at its last step
+    fit(interrupted, run)
     metrics, trainer = fit(experiment(data), run, resume=True)
     assert trainer.progress.step == stopped["steps"]
     assert [h["step"] for h in metrics["history"]] == [h["step"] for h in stopped["metrics"]["history"]]
@@ -248,9 +250,11 @@ def test_max_steps_beyond_one_epoch_trains_exactly_max_steps(data: Path, tmp_pat
     )
     assert metrics["train"]["steps"] == len(trainer.step_losses) == steps
     assert trainer.progress.epoch == 2 and trainer.progress.batch_in_epoch == 3
-    # without early stopping the history is kept too, one entry per evaluation, and the epochs are named
-    assert [h["step"] for h in metrics["history"]] == list(range(3, steps + 1, 3))
-    assert [h["epoch"] for h in metrics["history"]] == [(s - 1) // epoch_steps for s in range(3, steps + 1, 3)]
+    # without early stopping the history is kept too, one entry per evaluation (and one at the last step, if
+    # it is not a multiple of eval_every: train.eval_at_end), and the epochs are named
+    evaluated = list(range(3, steps + 1, 3)) + ([steps] if steps % 3 else [])
+    assert [h["step"] for h in metrics["history"]] == evaluated
+    assert [h["epoch"] for h in metrics["history"]] == [(s - 1) // epoch_steps for s in evaluated]
     assert "early_stopping" not in metrics
     # without max_steps, epochs decide
     metrics, _ = fit(
@@ -260,6 +264,20 @@ def test_max_steps_beyond_one_epoch_trains_exactly_max_steps(data: Path, tmp_pat
         tmp_path / "epochs",
     )
     assert metrics["train"]["steps"] == 2 * epoch_steps and metrics["history"] == []
+
+
+@pytest.mark.parametrize("at_end", [True, False])
+def test_the_last_step_is_evaluated_so_early_stopping_can_keep_it(data: Path, tmp_path: Path, at_end: bool) -> None:
+    """7 steps, an evaluation every 3: with ``train.eval_at_end`` step 7 is evaluated too (the pipeline drained
+    there) and early stopping chooses among 3, 6 and 7; without it the last step is never a candidate."""
+    config = experiment(data, patience=10, max_steps=7, eval_every=3, checkpoint_every=None)
+    config.train.eval_at_end = at_end
+    metrics, trainer = fit(config, tmp_path / "run")
+    history = [h["step"] for h in metrics["history"]]
+    assert history == ([3, 6, 7] if at_end else [3, 6])
+    assert metrics["train"]["steps"] == len(trainer.step_losses) == 7  # trained exactly 7 steps either way
+    aucs = [h["auc"] for h in metrics["history"]]
+    assert metrics["early_stopping"]["best_step"] == history[aucs.index(max(aucs))] == metrics["checkpoint"]["step"]
 
 
 def test_data_order_depends_on_data_seed_not_train_seed(data: Path) -> None:

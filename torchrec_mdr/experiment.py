@@ -108,6 +108,15 @@ class TrainConfig:
             help=("evaluate train.eval_split every N steps (each evaluation is recorded in metrics.json's history)"),
         ),
     )
+    eval_at_end: bool = field(
+        default=True,
+        metadata=doc(
+            "also evaluate train.eval_split at the last step when it is not a multiple of train.eval_every, so "
+            "that early stopping can keep the end of training (false: evaluations at multiples of eval_every "
+            "only, and the steps after the last of them are never kept by early stopping); a run resumed "
+            "with a larger train.max_steps keeps that evaluation in its history and early stopping's count"
+        ),
+    )
     eval_split: str = field(default="valid", metadata=doc("split evaluated during training"))
     test_split: str = field(default="test", metadata=doc("split evaluated at the end (reported in metrics.json)"))
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)

@@ -310,7 +310,10 @@ class Trainer:
                     postfix.update(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}", **self._log_eviction())
                     bar.set_postfix(postfix, refresh=False)
                 stop = False
-                if cfg.eval_every and self.progress.step % cfg.eval_every == 0:
+                if cfg.eval_every and (
+                    self.progress.step % cfg.eval_every == 0
+                    or (cfg.eval_at_end and self.progress.step >= self.total_steps)
+                ):
                     self._flush_losses()
                     result = self.evaluate(cfg.eval_split)
                     postfix.update({f"{cfg.eval_split}_{k}": v for k, v in self.task.headline(result).items()})
@@ -400,9 +403,15 @@ class Trainer:
         self.checkpoints.load(best.path, self.model, optimizer=None, restore_rng=False)
 
     def _steps_to_evaluation(self) -> int | None:
-        """Steps until the next evaluation of ``train.eval_every`` (None: no evaluations)."""
+        """Steps until the next evaluation of ``train.eval_every`` (None: no evaluations); with
+        ``train.eval_at_end`` the last step is one too, so that the pipeline is drained there."""
         every = self.config.train.eval_every
-        return every - self.progress.step % every if every else None
+        if not every:
+            return None
+        steps = every - self.progress.step % every
+        if self.config.train.eval_at_end:
+            steps = min(steps, max(self.total_steps - self.progress.step, 1))
+        return steps
 
     def _check_loss(self, recent: list[float]) -> float:
         """Mean recent loss over all ranks; a NaN or inf anywhere stops the run on every rank."""
