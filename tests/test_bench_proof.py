@@ -29,7 +29,7 @@ from torchrec_mdr.bench.proof import (
     run,
     run_dir,
 )
-from torchrec_mdr.bench.proof_report import paired, verdict
+from torchrec_mdr.bench.proof_stats import paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.data.spec import DatasetSpec
@@ -85,17 +85,33 @@ def test_mann_whitney_p_matches_enumeration():
 
 
 def test_paired_differences_and_verdicts():
-    results = {("A", f"d{w}", s): {"auc": 0.70 + 0.01 * s} for w in range(3) for s in range(5)}
-    results |= {("B", f"d{w}", s): {"auc": 0.69 + 0.01 * s} for w in range(3) for s in range(5)}
-    c = paired(results, "A", "B", ["d0", "d1", "d2"], 5)
-    assert c["n"] == 15 and c["wins"] == 15 and c["delta"] == pytest.approx(0.01) and c["p"] < 1e-3
+    results = {("A", f"d{w}", s): {"auc": 0.70 + 0.01 * s} for w in range(3) for s in range(6)}
+    results |= {("B", f"d{w}", s): {"auc": 0.69 + 0.01 * s} for w in range(3) for s in range(6)}
+    c = paired(results, "A", "B", ["d0", "d1", "d2"], 6)
+    assert c["n"] == 18 and c["wins"] == 18 and c["delta"] == pytest.approx(0.01)
+    assert c["seeds"] == 6 and c["seed_wins"] == 6 and c["p"] == pytest.approx(2 / 64)  # tested over the seeds
+    assert c["p_pairs"] == pytest.approx(2 / 2**18)
     assert verdict(c) == "wins"
-    assert verdict(paired(results, "B", "A", ["d0", "d1", "d2"], 5)) == "loses"
-    assert verdict(paired(results, "A", "B", ["d0"], 4)) == "too few pairs for p < 0.05"
-    assert verdict(paired(results, "A", "B", ["d0"], 5)) == "too few pairs for p < 0.05"  # best p: 2/32
+    assert verdict(paired(results, "B", "A", ["d0", "d1", "d2"], 6)) == "loses"
+    # 15 pairs of one sign, but 5 seeds: the best p is 2/32
+    five = paired(results, "A", "B", ["d0", "d1", "d2"], 5)
+    assert five["n"] == 15 and five["p"] == pytest.approx(2 / 32)
+    assert verdict(five) == "too few seeds for p < 0.05"
+    assert verdict(paired(results, "A", "B", ["d0"], 4)) == "too few seeds for p < 0.05"
     noisy = {("A", "d0", s): {"auc": 0.70 + (0.01 if s % 2 else -0.01)} for s in range(6)}
     noisy |= {("B", "d0", s): {"auc": 0.70} for s in range(6)}
     assert verdict(paired(noisy, "A", "B", ["d0"], 6)) == "ties"
+
+
+def test_pairs_that_share_a_seed_are_tested_as_one_unit():
+    """Seed 5 loses in all 3 worlds, seeds 0-4 win in all: over the 18 pairs the sign-flip p would be
+    2 (C(18,15) + C(18,16) + C(18,17) + 1) / 2^18 = 0.0075, but the 6 seed means give 2 (6 + 1) / 64."""
+    results = {("B", f"d{w}", s): {"auc": 0.70} for w in range(3) for s in range(6)}
+    results |= {("A", f"d{w}", s): {"auc": 0.70 + (0.01 if s < 5 else -0.01)} for w in range(3) for s in range(6)}
+    c = paired(results, "A", "B", ["d0", "d1", "d2"], 6)
+    assert (c["wins"], c["seed_wins"]) == (15, 5)
+    assert c["p_pairs"] == pytest.approx(2 * (816 + 153 + 18 + 1) / 2**18)
+    assert c["p"] == pytest.approx(14 / 64) and verdict(c) == "ties"
 
 
 def test_every_benchmarked_model_is_registered_and_pairs_differ_by_one_switch():
@@ -143,7 +159,7 @@ def test_tiny_proof_writes_consistent_tables_and_resumes(tmp_path, capsys):
     for metrics in runs.values():  # early stopping ran: one evaluation per epoch, at most 2
         assert 1 <= len(metrics["history"]) <= 2
     table = written["specificity"].read_text()
-    assert f"{cell['delta']:+.4f}" in table and "too few pairs" in table
+    assert f"{cell['delta']:+.4f}" in table and "too few seeds" in table
     ceilings = written["ceilings"].read_text()
     assert dataset_name(options, 0, "none") in ceilings and dataset_name(options, 0, "pcrg") in ceilings
     capsys.readouterr()
@@ -292,19 +308,20 @@ def test_options_suite_pairs_each_option_with_its_default_on_its_data(tmp_path):
 def test_options_table_pairs_the_option_with_the_default_and_the_bare_model(tmp_path):
     from torchrec_mdr.bench.proof_report import write_options
 
-    options = ProofBenchOptions(out=tmp_path, work=tmp_path, worlds=3, seeds=2, doses=[3.0])
+    options = ProofBenchOptions(out=tmp_path, work=tmp_path, worlds=3, seeds=6, doses=[3.0])
     xavier, default, _ = OPTIONS["psrg_shared_init=xavier"]
     bare = PAIRS["psrg"][1]
     results = {}
-    for world, seed in itertools.product(range(3), range(2)):
+    for world, seed in itertools.product(range(3), range(6)):
         name = dataset_name(options, world, "psrg", 3.0)
         results[(default.label, name, seed)] = {"auc": 0.70 + 0.01 * world}
         results[(xavier.label, name, seed)] = {"auc": 0.71 + 0.01 * world + 0.001 * seed}
         results[(bare.label, name, seed)] = {"auc": 0.72 + 0.01 * world}
     table = write_options(options, results).read_text()
     row = next(line for line in table.splitlines() if line.startswith("| psrg_shared_init=xavier"))
-    assert "| psrg × 3 | 0.7205 | 0.7100 | +0.0105 ± 0.0005 (6/6, p=0.0312) **wins** |" in row
-    assert "-0.0095 ± 0.0005 (0/6, p=0.0312) **loses** vs ADS w/o PCRG & PSRG" in row
+    # Δ = 0.01 + 0.001 seed: mean 0.0125, sd 0.001 sqrt(17.5 / 17) over the 18 pairs; 6 seeds of one sign
+    assert "| psrg × 3 | 0.7225 | 0.7100 | +0.0125 ± 0.0018 (18/18; seeds 6/6, p=0.0312) **wins** |" in row
+    assert "-0.0075 ± 0.0018 (0/18; seeds 0/6, p=0.0312) **loses** vs ADS w/o PCRG & PSRG" in row
     assert "identity_noise" not in table  # not run: no row
 
 
@@ -359,9 +376,9 @@ def test_movielens_suite_trains_every_model_per_seed_and_tables_them_against_the
     table = write_movielens(chosen, results).read_text()
     rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
     din, ads, gate = rows["DIN"], rows["ADS"], rows["SFPNet, S-DNN gate scale 2"]
-    assert din.startswith("| DIN | 0.7105 ± 0.0007 |") and "| DIN | +0.0100 ± 0.0000 (2/2)" in ads
+    assert din.startswith("| DIN | 0.7105 ± 0.0007 |") and "| DIN | +0.0100 ± 0.0000 (2/2; 2/2)" in ads
     # SFPNet is MODELS[3] (0.73 + 0.001 s); the gate option is row 7: +0.04, then +0.04 - 0.02
-    assert gate.startswith("| SFPNet, S-DNN gate scale 2 | 0.7605 ± 0.0134 | SFPNet | +0.0300 ± 0.0141 (2/2)")
+    assert gate.startswith("| SFPNet, S-DNN gate scale 2 | 0.7605 ± 0.0134 | SFPNet | +0.0300 ± 0.0141 (2/2; 2/2)")
     assert "--suites movielens --seeds 2" in table
     assert "--alternatives psrg_shared_init=xavier dnn_gate_scale=2" in table
 
@@ -393,11 +410,11 @@ def test_movielens_ablations_train_each_group_variant_once_and_table_it_against_
     options.out.mkdir()
     table = write_movielens(options, results).read_text()
     main, ablations = table.split("## Ablations on MovieLens-100K")
-    assert "| ADS w/o PCRG |" not in main and "| ADS | 0.7205 ± 0.0007 | DIN | +0.0200 ± 0.0000 (2/2)" in main
+    assert "| ADS w/o PCRG |" not in main and "| ADS | 0.7205 ± 0.0007 | DIN | +0.0200 ± 0.0000 (2/2; 2/2)" in main
     rows = {line.split(" | ")[0][2:]: line for line in ablations.splitlines() if line.startswith("| ")}
-    assert rows["ADS w/o PCRG"].startswith("| ADS w/o PCRG | 0.7105 ± 0.0007 | ADS | -0.0100 ± 0.0000 (0/2)")
+    assert rows["ADS w/o PCRG"].startswith("| ADS w/o PCRG | 0.7105 ± 0.0007 | ADS | -0.0100 ± 0.0000 (0/2; 0/2)")
     # 0.69 and 0.716 against 0.70 and 0.701: -0.01, then +0.015
-    assert rows["ADIN w/o DSBN"].startswith("| ADIN w/o DSBN | 0.7030 ± 0.0184 | ADIN | +0.0025 ± 0.0177 (1/2)")
+    assert rows["ADIN w/o DSBN"].startswith("| ADIN w/o DSBN | 0.7030 ± 0.0184 | ADIN | +0.0025 ± 0.0177 (1/2; 1/2)")
     orders = ablations.split("## The papers' orders")[1]
     assert "- ADS > ADS w/o PCRG > ADS w/o PCRG & PSRG: **does NOT hold**" in orders  # 0.7105 < 0.7155
     assert (
@@ -549,51 +566,58 @@ def test_an_ablation_order_compares_only_the_runs_every_model_of_it_has(tmp_path
 
 def test_specificity_verdicts_of_a_table_without_the_own_effect_column(tmp_path):
     """A table of `none` alone (the fresh regime's) still gets a verdict line per mechanism: where its effect
-    is absent it should tie; here psrg loses in 6 of 6 pairs and se ties."""
+    is absent it should tie; here psrg loses in 6 of 6 seeds and se ties (5 of 6, p = 4 / 64)."""
     from torchrec_mdr.bench.proof_report import write_specificity
 
-    options = tiny_world(tmp_path, worlds=3, seeds=2, effects=["none"])
+    options = tiny_world(tmp_path, worlds=1, seeds=6, effects=["none"])
     options.mechanisms = ["psrg", "se"]
     results = {}
-    for world, seed in itertools.product(range(3), range(2)):
+    for world, seed in itertools.product(range(1), range(6)):
         name = dataset_name(options, world, "none")
-        bump = 0.001 * (world + 1) * (seed + 1)  # every pair differs, never by 0
+        bump = 0.001 * (seed + 1)  # every pair differs, never by 0
         (with_psrg, without_psrg), (with_se, without_se) = PAIRS["psrg"], PAIRS["se"]
         results[(with_psrg.label, name, seed)] = {"auc": 0.70}
         results[(without_psrg.label, name, seed)] = {"auc": 0.70 + bump}  # psrg loses everywhere
-        results[(with_se.label, name, seed)] = {"auc": 0.70 + (bump if seed else -bump)}  # 3 wins, 3 losses
+        results[(with_se.label, name, seed)] = {"auc": 0.70 + (bump if seed else -bump)}  # 5 wins, 1 loss
         results[(without_se.label, name, seed)] = {"auc": 0.70}
     options.out.mkdir()
     table = write_specificity(options, results).read_text()
     assert (
-        "- **psrg**: its own effect is not in this table. Ties where the effect is absent: 0/1 (none: loses)." in table
+        "- **psrg**: its own effect is not in this table. Neither wins nor loses where the effect is absent: 0/1 "
+        "(none: loses)." in table
     )
-    assert "- **se**: its own effect is not in this table. Ties where the effect is absent: 1/1 (none: ties)." in table
+    assert (
+        "- **se**: its own effect is not in this table. Neither wins nor loses where the effect is absent: 1/1 "
+        "(none: ties)." in table
+    )
     assert "nothing run yet" not in table
 
 
 def test_specificity_averages_the_cells_where_the_effect_is_absent_per_world_and_seed(tmp_path):
-    """psrg loses 5 of 6 pairs on `none`, its smallest pair a win (cell p = 0.0625); on `pcrg` it loses all 6,
-    twice as much (p = 0.031). Averaged per (world, seed): 6 units, all losses (p = 2 / 64), mean -26 / 6000;
-    not 12 pairs pooled as if independent."""
+    """psrg loses 5 of 6 seeds on `none`, its smallest pair a win (cell p = 4 / 64); on `pcrg` it loses all 6,
+    twice as much (p = 2 / 64). Averaged per (world, seed): 6 units, all losses (p = 2 / 64), mean
+    (-0.0005 - 1.5 (0.002 + ... + 0.006)) / 6 = -0.0051; not 12 pairs pooled as if independent."""
     from torchrec_mdr.bench.proof_report import write_specificity
 
-    options = tiny_world(tmp_path, worlds=3, seeds=2, effects=["none", "pcrg"])
+    options = tiny_world(tmp_path, worlds=1, seeds=6, effects=["none", "pcrg"])
     options.mechanisms = ["psrg"]
     with_psrg, without_psrg = PAIRS["psrg"]
     results = {}
-    for effect, world, seed in itertools.product(["none", "pcrg"], range(3), range(2)):
+    for effect, world, seed in itertools.product(["none", "pcrg"], range(1), range(6)):
         name = dataset_name(options, world, effect)
-        bump = 0.001 * (world + 1) * (seed + 1)
+        bump = 0.001 * (seed + 1)
         delta = (bump if world == seed == 0 else -bump) if effect == "none" else -2 * bump
         results[(with_psrg.label, name, seed)] = {"auc": 0.70 + delta}
         results[(without_psrg.label, name, seed)] = {"auc": 0.70}
     options.out.mkdir()
     table = write_specificity(options, results).read_text()
-    assert "(1/6, p=0.0625) **ties**" in table and "(0/6, p=0.0312) **loses**" in table
+    assert "(1/6; seeds 1/6, p=0.0625) **ties**" in table and "(0/6; seeds 0/6, p=0.0312) **loses**" in table
     verdicts = next(line for line in table.splitlines() if line.startswith("- **psrg**"))
-    assert "absent: 1/2 (none: ties, pcrg: loses). Those cells averaged per (world, seed): -0.0043 ± " in verdicts
-    assert verdicts.endswith("(0/6, p=0.0312) **loses**.")  # unit (0, 0): (+0.001 - 0.002) / 2 < 0
+    assert (
+        "absent: 1/2 (none: ties, pcrg: loses). Those cells averaged per (world, seed), tested by seed: -0.0051 ± "
+        in verdicts
+    )
+    assert verdicts.endswith("(0/6; seeds 0/6, p=0.0312) **loses**.")  # unit (0, 0): (+0.001 - 0.002) / 2 < 0
 
 
 def test_dose_0_is_the_none_dataset_so_an_option_can_be_tried_where_no_effect_is_planted(tmp_path):

@@ -1,16 +1,6 @@
-"""Tables and plots of ``mdr bench proof``; every verdict is computed from the numbers it prints.
-
-Paired differences are taken per (world, seed): the two models saw the same data in the same order
-from the same seed. Tests (:mod:`torchrec_mdr.bench.significance`): the exact sign-flip test of the
-paired mean (``p``), and the unpaired Mann-Whitney U test the SFPNet paper reports (``p_MW``).
-Verdicts at the 0.05 level:
-
-* a mechanism **wins** where ``mean Δ > 0`` and ``p < 0.05``, **loses** where ``mean Δ < 0`` and
-  ``p < 0.05``, and **ties** otherwise (with fewer than 6 pairs the exact sign-flip test cannot reach
-  0.05 — 5 pairs of one sign give p = 2/32 — and the verdict says so);
-* on its own planted effect (and on ``all``) a mechanism is expected to win; on ``none`` and on the
-  other effects, to tie.
-"""
+"""Tables and plots of ``mdr bench proof``; every verdict is computed from the numbers it prints, by the
+tests and rules of :mod:`torchrec_mdr.bench.proof_stats` (paired differences per (world, seed), tested by
+seed)."""
 
 from __future__ import annotations
 
@@ -20,14 +10,12 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
+from torchrec_mdr.bench.proof_stats import Results, format_cell, mean_sd, paired, paired_stats, verdict
 
 if TYPE_CHECKING:
     from torchrec_mdr.bench.accuracy_setup import Variant
     from torchrec_mdr.bench.proof_setup import ProofBenchOptions
     from torchrec_mdr.data.spec import DatasetSpec
-
-Results = dict[tuple[str, str, int], dict]
 
 
 def _seeds(options: "ProofBenchOptions") -> int:
@@ -35,72 +23,26 @@ def _seeds(options: "ProofBenchOptions") -> int:
     return options.first_seed + options.seeds
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return float("nan"), float("nan")
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
-
-
-def paired(results: Results, with_label: str, without_label: str, datasets: list[str], seeds: int) -> dict:
-    """Δ test AUC (with - without) over every (dataset, seed < ``seeds``) where both ran."""
-    pairs = [
-        (results[(with_label, d, s)]["auc"], results[(without_label, d, s)]["auc"])
-        for d in datasets
-        for s in range(seeds)
-        if (with_label, d, s) in results and (without_label, d, s) in results
-    ]
-    deltas = [a - b for a, b in pairs]
-    mean, sd = _mean_sd(deltas)
-    return {
-        "n": len(deltas),
-        "delta": mean,
-        "sd": sd,
-        "wins": sum(d > 0 for d in deltas),
-        "p": sign_flip_p(deltas),
-        "p_mw": mann_whitney_p([a for a, _ in pairs], [b for _, b in pairs]),
-        "with": _mean_sd([a for a, _ in pairs])[0],
-        "without": _mean_sd([b for _, b in pairs])[0],
-    }
-
-
 def _averaged_per_run(
     options: "ProofBenchOptions", results: Results, with_label: str, without_label: str, effects: list[str]
 ) -> dict:
     """Δ (with - without) averaged over ``effects``, one value per (world, seed) where every effect has the pair.
     Averaging, not pooling the pairs: a world's datasets share its users and items, so its pairs on several
-    effects are not independent; the (world, seed) units are."""
-    deltas = []
+    effects are not independent; the (world, seed) units are (and the test blocks them by seed)."""
+    units = []
     for world in range(options.worlds):
         names = [_world_datasets(options, e)[world] for e in effects]
         for seed in range(_seeds(options)):
             keys = [((with_label, d, seed), (without_label, d, seed)) for d in names]
             if all(a in results and b in results for a, b in keys):
-                deltas.append(statistics.fmean(results[a]["auc"] - results[b]["auc"] for a, b in keys))
-    mean, sd = _mean_sd(deltas)
-    return {"n": len(deltas), "delta": mean, "sd": sd, "wins": sum(d > 0 for d in deltas), "p": sign_flip_p(deltas)}
+                units.append((seed, statistics.fmean(results[a]["auc"] - results[b]["auc"] for a, b in keys)))
+    return paired_stats(units)
 
 
 def best_epoch(metrics: dict) -> int | None:
     """1-based epoch of the restored best checkpoint (from the evaluation history)."""
     step = metrics.get("early_stopping", {}).get("best_step")
     return next((h["epoch"] + 1 for h in metrics.get("history", []) if h["step"] == step), None)
-
-
-def verdict(c: dict) -> str:
-    if c["n"] == 0:
-        return "not run"
-    if c["n"] < 6:
-        return "too few pairs for p < 0.05"
-    if c["p"] < 0.05:
-        return "wins" if c["delta"] > 0 else "loses"
-    return "ties"
-
-
-def _cell(c: dict) -> str:
-    if c["n"] == 0:
-        return "—"
-    return f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}, p={c['p']:.3g}) **{verdict(c)}**"
 
 
 def _world_datasets(options: "ProofBenchOptions", effect: str) -> list[str]:
@@ -171,8 +113,9 @@ def _header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
         "",
         f"Produced by `{command_line(options, suite)}` (generator v2, "
         "`data_prep/planted_v2.py`; early stopping on the validation AUC, best checkpoint restored; "
-        "test AUC; Δ = paired difference per (world, seed); p = exact sign-flip test of the paired "
-        "mean, p_MW = Mann-Whitney U; see `torchrec_mdr/bench/proof_report.py` for the verdict rules).",
+        "test AUC; Δ = paired difference per (world, seed); p = exact sign-flip test over the seeds' mean Δ "
+        "(pairs that share a seed are not independent), p_MW = Mann-Whitney U; see "
+        "`torchrec_mdr/bench/proof_stats.py` for the verdict rules).",
         "",
     ]
 
@@ -216,8 +159,9 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
     effects = list(options.effects)
     lines = _header(options, "Specificity: each mechanism, with minus without, on each planted effect", "specificity")
     lines += [
-        f"Each cell: mean Δ test AUC ± sd (wins/pairs, p) over {options.worlds} world(s) × "
-        f"{_seeds(options)} seed(s). Rows: the mechanism and the pair of models that differ only by it.",
+        f"Each cell: mean Δ test AUC ± sd (wins/pairs; seeds whose mean Δ over the worlds is positive, p of "
+        f"the sign-flip test over those seed means) over {options.worlds} world(s) × {_seeds(options)} seed(s). "
+        "Rows: the mechanism and the pair of models that differ only by it.",
         "",
         "| mechanism (with vs without) | " + " | ".join(effects) + " |",
         "|" + "---|" * (len(effects) + 1),
@@ -232,19 +176,19 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
         }
         lines.append(
             f"| {mechanism} ({with_v.label} vs {without_v.label}) | "
-            + " | ".join(_cell(raw[mechanism][e]) for e in effects)
+            + " | ".join(format_cell(raw[mechanism][e]) for e in effects)
             + " |"
         )
         own = raw[mechanism].get(mechanism)
         expected_ties = [e for e in effects if e not in (mechanism, "all") and raw[mechanism][e]["n"]]
-        ties = [e for e in expected_ties if verdict(raw[mechanism][e]) == "ties"]
+        ties = [e for e in expected_ties if verdict(raw[mechanism][e]) not in ("wins", "loses")]
         absent = (
-            f"Ties where the effect is absent: {len(ties)}/{len(expected_ties)} "
+            f"Neither wins nor loses where the effect is absent: {len(ties)}/{len(expected_ties)} "
             f"({', '.join(e + ': ' + verdict(raw[mechanism][e]) for e in expected_ties) or 'none run'})."
         )
         if len(expected_ties) > 1:  # a small cost or gain that no single cell can show
             pooled = _averaged_per_run(options, results, with_v.label, without_v.label, expected_ties)
-            absent += f" Those cells averaged per (world, seed): {_cell(pooled)}."
+            absent += f" Those cells averaged per (world, seed), tested by seed: {format_cell(pooled)}."
         if own and own["n"]:
             gap = _ceiling_gap(options, mechanism, mechanism)
             closed = own["delta"] / gap if gap and math.isfinite(gap) and gap > 0 else float("nan")
@@ -266,7 +210,7 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
 def _table(
     options: "ProofBenchOptions", variants: list["Variant"], results: Results, datasets: list[str], with_ceiling: bool
 ) -> list[str]:
-    header = ["Model", "test AUC", "base", "Δ vs base (wins/pairs)", "p", "p_MW", "best epoch (mean)"]
+    header = ["Model", "test AUC", "base", "Δ vs base (wins/pairs; seeds)", "p", "p_MW", "best epoch (mean)"]
     if with_ceiling:
         header.insert(2, "share of oracle − main closed")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -282,7 +226,7 @@ def _table(
         ]
         if not runs:
             continue
-        mean, sd = _mean_sd([r["auc"] for r in runs])
+        mean, sd = mean_sd([r["auc"] for r in runs])
         epochs = [e for e in (best_epoch(r) for r in runs) if e is not None]
         cells = [
             v.label,
@@ -296,7 +240,8 @@ def _table(
         if v.base:
             c = paired(results, v.label, v.base, datasets, _seeds(options))
             cells[3:6] = [
-                f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}) **{verdict(c)}**",
+                f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}; {c['seed_wins']}/{c['seeds']}) "
+                f"**{verdict(c)}**",
                 f"{c['p']:.3g}",
                 f"{c['p_mw']:.3g}",
             ]
@@ -490,7 +435,7 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
             # how far the model WITHOUT the mechanism already got: (its AUC - ceiling without the effect) / gap
             c["closed_without"] = statistics.fmean(base_shares) if base_shares else float("nan")
             raw[mechanism][f"{dose:g}"] = c
-            cell = _cell(c)
+            cell = format_cell(c)
             if c["n"] and math.isfinite(c["closed"]):
                 cell += (
                     f"; gap {c['gap']:.4f}, closed {c['closed']:.0%}; the model without it: {c['closed_without']:.0%}"
@@ -533,12 +478,12 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
             bare = paired(results, with_v.label, without.label, names, _seeds(options)) if without else None
             where = "none" if dose == 0.0 else f"{effect}" + (f" × {dose:g}" if dose != 1.0 else "")
             lines.append(
-                f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {_cell(c)} | "
-                f"{c['p_mw']:.3g} | {_cell(bare) + ' vs ' + without.label if bare and without else '—'} |"
+                f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {format_cell(c)} | "
+                f"{c['p_mw']:.3g} | {format_cell(bare) + ' vs ' + without.label if bare and without else '—'} |"
             )
             verdict_lines.append(
                 f"- **{option}** on {where}: {verdict(c)} against the default "
-                f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}, p={c['p']:.3g})."
+                f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}; seeds {c['seed_wins']}/{c['seeds']}, p={c['p']:.3g})."
             )
     lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
     path = options.out / "options.md"
