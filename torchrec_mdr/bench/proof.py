@@ -22,6 +22,8 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
   seeds, same protocol: mean ± sd and the paired test against each model's base; also the chosen
   ``alternatives`` that concern the whole model (SFPNet's gate options), paired with the default model,
   and the ablations of the ``movielens_ablations`` groups, each paired with its full model;
+* ``seeds`` — no training: do the pairs that share a training seed agree across worlds (the reason the
+  tables test over the seeds' means; :mod:`torchrec_mdr.bench.proof_seeds`)?
 * ``probes`` — no training: what the specificity runs' mechanisms learned, measured against the planted
   parameters (:mod:`torchrec_mdr.bench.proof_probes`);
 * ``scaling`` — DNN, DIN, ADS, SFPNet on world 0 with every effect planted at ``scale_rows`` rows (first
@@ -327,6 +329,11 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
         written["dose"] = report.write_dose(options, results)
     if "options" in options.suites:
         written["options"] = report.write_options(options, results)
+    if "seeds" in options.suites:  # no training: the other suites' archived runs
+        from torchrec_mdr.bench.proof_seeds import seed_jobs, write_seed_effect
+
+        results.update(train_all(replace(options, train=False), seed_jobs(options)))
+        written["seeds"] = write_seed_effect(options, results)
     if "probes" in options.suites:
         from torchrec_mdr.bench.proof_probes import write_probes
 

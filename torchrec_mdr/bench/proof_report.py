@@ -98,7 +98,7 @@ def command_line(options: "ProofBenchOptions", suite: str) -> str:
         command += f" --matrix {options.matrix}"
     if suite == "ablation" and list(options.ablation_models) != list(ABLATION_MODELS):
         command += " --ablation-models " + " ".join(options.ablation_models)
-    if suite in ("dose", "options", "probes"):
+    if suite in ("dose", "options", "probes", "seeds"):
         command += " --doses " + " ".join(f"{d:g}" for d in options.doses)
     if suite == "options":
         command += alternatives
@@ -107,7 +107,7 @@ def command_line(options: "ProofBenchOptions", suite: str) -> str:
     return command
 
 
-def _header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
+def table_header(options: "ProofBenchOptions", title: str, suite: str) -> list[str]:
     return [
         f"# {title}",
         "",
@@ -157,7 +157,9 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import PAIRS
 
     effects = list(options.effects)
-    lines = _header(options, "Specificity: each mechanism, with minus without, on each planted effect", "specificity")
+    lines = table_header(
+        options, "Specificity: each mechanism, with minus without, on each planted effect", "specificity"
+    )
     lines += [
         f"Each cell: mean Δ test AUC ± sd (wins/pairs; seeds whose mean Δ over the worlds is positive, p of "
         f"the sign-flip test over those seed means) over {options.worlds} world(s) × {_seeds(options)} seed(s). "
@@ -267,7 +269,7 @@ def write_ablation(options: "ProofBenchOptions", results: Results) -> Path:
 
     ablations = chosen_ablations(options.ablation_models)
     datasets = _world_datasets(options, "all")
-    lines = _header(options, "Ablations on generator v2 with every effect planted", "ablation")
+    lines = table_header(options, "Ablations on generator v2 with every effect planted", "ablation")
     lines += _table(options, ablations, results, datasets, with_ceiling=True)
     lines += _orders(options, results, datasets, options.ablation_models)
     path = options.out / "ablation.md"
@@ -304,7 +306,7 @@ def _orders(
 def write_models(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import MODELS
 
-    lines = _header(options, "Models on generator v2 with every effect planted", "models")
+    lines = table_header(options, "Models on generator v2 with every effect planted", "models")
     lines += _table(options, list(MODELS), results, _world_datasets(options, "all"), with_ceiling=True)
     lines += ["", "Learning curves (validation AUC per epoch, world 0): `curves.png`."]
     path = options.out / "models.md"
@@ -360,7 +362,7 @@ def write_scaling(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import SCALING_LABELS, dataset_name
 
     header = ["rows", *SCALING_LABELS, "ADS − DIN", "SFPNet − DNN", "main ceiling", "oracle", "best epochs"]
-    lines = _header(options, "Scaling: the same world with more rows", "scaling")
+    lines = table_header(options, "Scaling: the same world with more rows", "scaling")
     lines += [
         f"World 0, every effect planted, seed {options.first_seed}; rows over train / valid / test 80/10/10.",
         "",
@@ -398,7 +400,7 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import PAIRS, dataset_name
 
     doses = [0.0, 1.0, *sorted(d for d in options.doses if d not in (0.0, 1.0))]
-    lines = _header(options, "Dose: each mechanism on its own effect, planted more strongly", "dose")
+    lines = table_header(options, "Dose: each mechanism on its own effect, planted more strongly", "dose")
     lines += [
         "Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs, p) over the worlds and seeds run; "
         "gap = oracle − ceiling without the mechanism's effect (what the effect is worth to an oracle, mean "
@@ -460,7 +462,7 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
     """options.md: each questioned option against the default model, paired, on the data it targets."""
     from torchrec_mdr.bench.proof_setup import OPTIONS, PAIRS, dataset_name
 
-    lines = _header(options, "Options: the questioned defaults against the alternatives", "options")
+    lines = table_header(options, "Options: the questioned defaults against the alternatives", "options")
     lines += [
         "| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
         "|---|---|---|---|---|---|---|",
@@ -496,7 +498,7 @@ def write_movielens(options: "ProofBenchOptions", results: Results) -> Path:
     their bases."""
     from torchrec_mdr.bench.proof_setup import chosen_ablations, movielens_models
 
-    lines = _header(options, "MovieLens-100K (real data; domains = user age groups)", "movielens")
+    lines = table_header(options, "MovieLens-100K (real data; domains = user age groups)", "movielens")
     lines += [
         "Converted by `mdr data movielens` from the RecBole wheel (click = rating >= 4, history = all earlier "
         "ratings, at most 50; one time cut 80/10/10). ADS and SFPNet get `user_activity` (earlier ratings, "

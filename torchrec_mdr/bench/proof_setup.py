@@ -10,7 +10,17 @@ from pathlib import Path
 from torchrec_mdr.bench.accuracy_setup import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
 
-SUITES: tuple[str, ...] = ("specificity", "ablation", "models", "scaling", "dose", "probes", "options", "movielens")
+SUITES: tuple[str, ...] = (
+    "specificity",
+    "ablation",
+    "models",
+    "scaling",
+    "dose",
+    "probes",
+    "options",
+    "movielens",
+    "seeds",
+)
 EFFECTS: tuple[str, ...] = ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")
 MECHANISMS: tuple[str, ...] = ("psrg", "pcrg", "sfpnet", "dsbn", "se")
 
