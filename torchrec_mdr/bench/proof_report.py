@@ -402,7 +402,8 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
     doses = [0.0, 1.0, *sorted(d for d in options.doses if d not in (0.0, 1.0))]
     lines = table_header(options, "Dose: each mechanism on its own effect, planted more strongly", "dose")
     lines += [
-        "Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs, p) over the worlds and seeds run; "
+        "Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs; seeds whose mean Δ is positive, p by "
+        "seed) over the worlds and seeds run; "
         "gap = oracle − ceiling without the mechanism's effect (what the effect is worth to an oracle, mean "
         "over worlds); closed = Δ / gap; the model without it = (its AUC − the ceiling without the effect) / "
         "gap, how much of the effect the model lacking the mechanism already captures (negative: it is below "
