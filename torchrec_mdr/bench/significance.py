@@ -8,6 +8,8 @@
   to test at that level.
 * :func:`mann_whitney_p` — the unpaired Mann-Whitney U test the SFPNet paper reports, exact by counting
   the rank-sum distribution with dynamic programming (ties get mid-ranks; exact without ties).
+* :func:`seed_share` and :func:`shared_seed_p` — whether paired differences that share a training seed move
+  together across worlds: the share of their spread the seeds explain, and its permutation test.
 """
 
 from __future__ import annotations
