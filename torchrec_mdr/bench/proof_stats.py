@@ -7,10 +7,11 @@ unpaired Mann-Whitney U test the SFPNet paper reports (``p_MW``).
 **The test is blocked by seed** (``p``): the pairs' differences are averaged over the worlds (datasets)
 of each seed, and the sign-flip test runs over those per-seed means. A seed fixes a model's
 initialisation and the row order in every world alike (the worlds' tables have the same shapes), and
-the differences of the pairs that share a seed were measured to be correlated (round 7 of
-docs/results/v2: the seed explains 40% of the spread of the paired differences of the 12 fifteen-pair
-cells of the fresh regime, where 29% is expected without a seed effect; combined p = 0.002), so pairs are
-not independent units and a sign-flip over them overstates the evidence. ``p_pairs`` (the sign-flip over
+the differences of the pairs that share a seed were measured to be correlated (the ``seeds`` suite,
+:mod:`torchrec_mdr.bench.proof_seeds`; in round 7 of docs/results/v2 the seeds explained 53% of the
+spread of the paired differences in the fresh regime, where 33% is expected without a seed effect,
+permutation p = 5e-05), so pairs are not independent units and a sign-flip over them overstates the
+evidence. ``p_pairs`` (the sign-flip over
 the pairs) is kept in the JSON for comparison. On one dataset (MovieLens) the two tests are the same.
 
 Verdicts at the 0.05 level:
