@@ -461,7 +461,7 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
 
 def write_options(options: "ProofBenchOptions", results: Results) -> Path:
     """options.md: each questioned option against the default model, paired, on the data it targets."""
-    from torchrec_mdr.bench.proof_setup import OPTIONS, PAIRS, dataset_name
+    from torchrec_mdr.bench.proof_setup import OPTIONS, PAIRS, data_label, dataset_name
 
     lines = table_header(options, "Options: the questioned defaults against the alternatives", "options")
     lines += [
@@ -479,7 +479,7 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
             if not c["n"]:
                 continue
             bare = paired(results, with_v.label, without.label, names, _seeds(options)) if without else None
-            where = "none" if dose == 0.0 else f"{effect}" + (f" × {dose:g}" if dose != 1.0 else "")
+            where = data_label(effect, dose)
             lines.append(
                 f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {format_cell(c)} | "
                 f"{c['p_mw']:.3g} | {format_cell(bare) + ' vs ' + without.label if bare and without else '—'} |"

@@ -32,7 +32,7 @@ Cell = tuple[str, "Variant", "Variant", str, list[str]]
 
 def seed_cells(options: "ProofBenchOptions") -> list[Cell]:
     """Every comparison of the specificity, dose, options and ablation suites, on its datasets."""
-    from torchrec_mdr.bench.proof_setup import ABLATION_GROUPS, OPTIONS, PAIRS, dataset_name
+    from torchrec_mdr.bench.proof_setup import ABLATION_GROUPS, OPTIONS, PAIRS, data_label, dataset_name
 
     def names(effect: str, dose: float = 1.0) -> list[str]:
         return [dataset_name(options, world, effect, dose) for world in range(options.worlds)]
@@ -42,11 +42,11 @@ def seed_cells(options: "ProofBenchOptions") -> list[Cell]:
         for effect in ("none", mechanism, "all"):
             cells.append((mechanism, with_v, without_v, effect, names(effect)))
         for dose in (d for d in options.doses if d not in (0.0, 1.0)):
-            cells.append((mechanism, with_v, without_v, f"{mechanism} × {dose:g}", names(mechanism, dose)))
+            cells.append((mechanism, with_v, without_v, data_label(mechanism, dose), names(mechanism, dose)))
     for option, (with_v, default, effect) in OPTIONS.items():
         bare = PAIRS[effect][1] if effect in PAIRS else None
         for dose in options.doses if effect != "all" else [1.0]:
-            where = "none" if dose == 0.0 else effect + (f" × {dose:g}" if dose != 1.0 else "")
+            where = data_label(effect, dose)
             cells.append((f"{option} vs default", with_v, default, where, names(effect, dose)))
             if bare is not None:
                 cells.append((f"{option} vs {bare.label}", with_v, bare, where, names(effect, dose)))

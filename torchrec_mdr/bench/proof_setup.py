@@ -312,6 +312,13 @@ def dataset_name(options: ProofBenchOptions, world: int, effect: str, dose: floa
     )
 
 
+def data_label(effect: str, dose: float = 1.0) -> str:
+    """How the tables name a planted dataset: ``none`` (dose 0 or the none dataset), ``psrg``, ``psrg × 3``."""
+    if dose == 0.0 or effect == "none":
+        return "none"
+    return effect + (f" × {dose:g}" if dose != 1.0 else "")
+
+
 def run_dir(options: ProofBenchOptions, variant: Variant, data: Path, seed: int) -> Path:
     return options.work / "runs" / data.name / f"{variant.slug}-seed{seed}"
 

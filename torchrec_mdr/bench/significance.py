@@ -71,14 +71,16 @@ def mann_whitney_p(a: list[float], b: list[float]) -> float:
     return float(min(1.0, distribution[np.abs(sums - expected) >= deviation].sum()))
 
 
-def seed_share(grid: np.ndarray) -> float:
-    """Share of the spread of paired differences ``grid`` (worlds x seeds) that the seeds explain: each world's
-    row centred on its mean, ``worlds x`` the sum of squares of the seed means over the total sum of squares.
-    Without an effect shared by the pairs of a seed (the seeds' columns exchangeable within each world) its
-    expectation is ``1 / worlds``."""
-    centred = grid - grid.mean(axis=1, keepdims=True)
-    total = float((centred**2).sum())
-    return float(grid.shape[0] * (centred.mean(axis=0) ** 2).sum() / total) if total > 0 else 0.0
+def seed_share(grid: np.ndarray) -> np.ndarray | float:
+    """Share of the spread of paired differences ``grid`` (worlds x seeds; or a stack of such grids, ``[..., worlds,
+    seeds]``) that the seeds explain: each world's row centred on its mean, ``worlds x`` the sum of squares of the
+    seed means over the total sum of squares (0 where nothing varies). Without an effect shared by the pairs of a
+    seed (the seeds' columns exchangeable within each world) its expectation is ``1 / worlds``."""
+    centred = grid - grid.mean(axis=-1, keepdims=True)
+    total = (centred**2).sum(axis=(-2, -1))
+    explained = grid.shape[-2] * (centred.mean(axis=-2) ** 2).sum(axis=-1)
+    share = np.divide(explained, total, out=np.zeros_like(explained, dtype=np.float64), where=total > 0)
+    return float(share) if share.ndim == 0 else share
 
 
 def shared_seed_p(grids: list[np.ndarray], draws: int = 20_000) -> tuple[list[float], float]:
@@ -90,12 +92,8 @@ def shared_seed_p(grids: list[np.ndarray], draws: int = 20_000) -> tuple[list[fl
     observed = np.array([seed_share(g) for g in grids])
     permuted_shares = np.empty((draws, len(grids)))
     for i, grid in enumerate(grids):
-        centred = grid - grid.mean(axis=1, keepdims=True)
-        total = float((centred**2).sum())
         order = rng.random((draws, *grid.shape)).argsort(axis=2)
-        shuffled = np.take_along_axis(np.broadcast_to(centred, (draws, *grid.shape)), order, axis=2)
-        shares = grid.shape[0] * (shuffled.mean(axis=1) ** 2).sum(axis=1) / total if total > 0 else np.zeros(draws)
-        permuted_shares[:, i] = shares
+        permuted_shares[:, i] = seed_share(np.take_along_axis(np.broadcast_to(grid, (draws, *grid.shape)), order, 2))
     each = [float(((permuted_shares[:, i] >= observed[i] - 1e-12).sum() + 1) / (draws + 1)) for i in range(len(grids))]
     combined = float(((permuted_shares.mean(axis=1) >= observed.mean() - 1e-12).sum() + 1) / (draws + 1))
     return each, combined
