@@ -226,6 +226,32 @@ def test_diagonal_matrix_plans_own_none_and_all(tmp_path):
     assert len(full) == 2 * 2 * 7 * 10 and len(jobs) == 2 * 2 * 3 * 10
 
 
+def test_one_world_seeds_train_in_one_world_and_the_tables_pool_every_archived_run(tmp_path):
+    options = tiny_world(tmp_path, worlds=3, seeds=5, suites=["specificity"], effects=["none"], mechanisms=["dsbn"])
+    one_world = replace(options, one_world_from=2)
+    grid = {(d.name, s) for _, d, s in planned_jobs(one_world, generate=False)}
+    name = partial(dataset_name, options, effect="none")
+    assert grid == {(name(w), s) for s in (0, 1) for w in range(3)} | {(name(2), 2), (name(0), 3), (name(1), 4)}
+    assert not (options.work / name(0)).exists()  # generate=False: paths only
+    # the archive: seeds 0-1 in every world, seed 2 also in world 1 (an earlier all-worlds call), seeds 3-4
+    # in their own world; with - without = +0.01 in every pair, except seed 2's world-1 pair (-0.03)
+    with_v, without_v = PAIRS["dsbn"]
+    for world, seed in sorted(grid | {(name(1), 2)}):
+        delta = -0.03 if (world, seed) == (name(1), 2) else 0.01
+        for variant, auc in ((with_v, 0.7 + delta), (without_v, 0.7)):
+            path = archived(options, variant, Path(world), seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"auc": auc}))
+    run(replace(one_world, train=False, first_seed=3, seeds=2))
+    table = (options.out / "specificity.md").read_text()
+    assert "--seeds 5" in table and "--one-world-from 2" in table
+    assert "seeds from 2 on in world seed mod 3 only" in table
+    row = next(line for line in table.splitlines() if line.startswith("| dsbn"))
+    # seeds 0-2 from the archive too: 10 pairs, 9 won; seed 2's mean is (0.01 - 0.03) / 2 < 0, four seeds
+    # win: p = (1 + 5 + 5 + 1) / 32
+    assert "(9/10; seeds 4/5, p=0.375)" in row
+
+
 def test_tiny_scaling_suite_trains_each_row_count(tmp_path):
     options = tiny_options(
         tmp_path,

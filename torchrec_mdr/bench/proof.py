@@ -71,18 +71,19 @@ from torchrec_mdr.bench.proof_setup import (  # noqa: F401  (re-exported for cal
     model_slugs,
     movielens_models,
     run_dir,
+    seed_worlds,
 )
 
 
-def dataset(options: ProofBenchOptions, world: int, effect: str, dose: float = 1.0) -> Path:
+def dataset(options: ProofBenchOptions, world: int, effect: str, dose: float = 1.0, generate: bool = True) -> Path:
     """The generator-v2 dataset of ``world`` with only ``effect`` planted (``all``: every one; ``none``: no
     mechanism, the domains differ only in size and base rate), each planted knob at ``dose``. Generated
-    once."""
+    once (``generate=False``: only its path)."""
     from data_prep.synthetic import Options, convert
     from torchrec_mdr.data.spec import SPEC_FILE
 
     path = options.work / dataset_name(options, world, effect, dose)
-    if not (path / SPEC_FILE).exists():
+    if generate and not (path / SPEC_FILE).exists():
         knobs: dict[str, Any] = {f"{m}_effect": dose * float(effect == "all" or effect == m) for m in MECHANISMS}
         convert(
             Options(
@@ -230,48 +231,52 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
     return results
 
 
-def option_datasets(options: ProofBenchOptions, world: int, defaults: bool = False) -> list[tuple[Variant, Path]]:
+def option_datasets(
+    options: ProofBenchOptions, world: int, defaults: bool = False, generate: bool = True
+) -> list[tuple[Variant, Path]]:
     """The ``options`` suite's (model with the option, dataset) of a world; ``defaults``: the default model
     instead, whose runs other suites train (dose, specificity) and the options table only reads."""
     return [
-        (default if defaults else with_v, dataset(options, world, effect, dose))
+        (default if defaults else with_v, dataset(options, world, effect, dose, generate))
         for name, (with_v, default, effect) in OPTIONS.items()
         if name in options.alternatives
         for dose in (options.doses if effect != "all" else [1.0])
     ]
 
 
-def planned_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
-    """Every run the chosen suites need (datasets generated on the way), seed by seed: the first seed of
-    every world is trained before the second seed of any, so that a partial benchmark covers the worlds."""
+def planned_jobs(options: ProofBenchOptions, generate: bool = True) -> list[tuple[Variant, Path, int]]:
+    """Every run the chosen suites need (datasets generated on the way unless ``generate`` is false), seed by
+    seed: the first seed of every world is trained before the second seed of any, so that a partial benchmark
+    covers the worlds; each seed in :func:`seed_worlds`."""
     jobs: list[tuple[Variant, Path, int]] = []
     if "scaling" in options.suites:
         scaling = [v for v in MODELS if v.label in SCALING_LABELS]
         for rows in options.scale_rows:
-            data = dataset(replace(options, rows=rows), 0, "all")
+            data = dataset(replace(options, rows=rows), 0, "all", generate=generate)
             jobs += [(v, data, options.first_seed) for v in scaling]
     for seed in range(options.first_seed, options.first_seed + options.seeds):
-        for world in range(options.worlds):
+        worlds = seed_worlds(options, seed)
+        for world in worlds:
             if "specificity" in options.suites:
                 for effect in options.effects:
-                    data = dataset(options, world, effect)
+                    data = dataset(options, world, effect, generate=generate)
                     for mechanism in options.mechanisms:
                         if options.matrix == "full" or effect in ("none", "all", mechanism):
                             jobs += [(v, data, seed) for v in PAIRS[mechanism]]
             if "dose" in options.suites:
                 for mechanism in options.mechanisms:
                     for dose in options.doses:
-                        data = dataset(options, world, mechanism, dose)
+                        data = dataset(options, world, mechanism, dose, generate=generate)
                         jobs += [(v, data, seed) for v in PAIRS[mechanism]]
             if "options" in options.suites:
-                jobs += [(with_v, data, seed) for with_v, data in option_datasets(options, world)]
-            if "movielens" in options.suites and world == 0:  # one real dataset: seeds only
+                jobs += [(with_v, data, seed) for with_v, data in option_datasets(options, world, generate=generate)]
+            if "movielens" in options.suites and world == worlds[0]:  # one real dataset: seeds only
                 jobs += [
                     (v, movielens(options), seed)
                     for v in movielens_models(options.alternatives, options.movielens_ablations)
                 ]
             if {"ablation", "models"} & set(options.suites):
-                data = dataset(options, world, "all")
+                data = dataset(options, world, "all", generate=generate)
                 chosen = (tuple(chosen_ablations(options.ablation_models)) if "ablation" in options.suites else ()) + (
                     MODELS if "models" in options.suites else ()
                 )
@@ -286,6 +291,10 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
     options.validate()
     options.out.mkdir(parents=True, exist_ok=True)
     results = train_all(options, planned_jobs(options))
+    # the tables pool every archived run of the grid: the seeds below first_seed, and seeds in worlds they
+    # were not trained in this time (an earlier call without --one-world-from)
+    pooled = replace(options, first_seed=0, seeds=options.first_seed + options.seeds, one_world_from=None, train=False)
+    results.update(train_all(pooled, planned_jobs(pooled, generate=False)))
     if "dose" in options.suites:  # doses 0 and 1: the specificity suite's runs, as far as they are finished
         results.update(
             train_all(

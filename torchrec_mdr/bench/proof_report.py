@@ -23,6 +23,17 @@ def _seeds(options: "ProofBenchOptions") -> int:
     return options.first_seed + options.seeds
 
 
+def _grid_words(options: "ProofBenchOptions") -> str:
+    """The (world, seed) pairs a cell pools, in words."""
+    grid = f"{options.worlds} world(s) × {_seeds(options)} seed(s)"
+    if options.one_world_from is None or options.one_world_from >= _seeds(options):
+        return grid
+    return (
+        f"{grid}, seeds from {options.one_world_from} on in world seed mod {options.worlds} only "
+        "(each its own unit in the test; a cell counts its pairs and seeds)"
+    )
+
+
 def _averaged_per_run(
     options: "ProofBenchOptions", results: Results, with_label: str, without_label: str, effects: list[str]
 ) -> dict:
@@ -77,6 +88,7 @@ def command_line(options: "ProofBenchOptions", suite: str) -> str:
         f" --seeds {_seeds(options)} --max-epochs {options.max_epochs} --patience {options.patience} "
         f"--batch-size {options.batch_size}"
         + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else "")
+        + (f" --one-world-from {options.one_world_from}" if options.one_world_from is not None else "")
     )
     alternatives = (
         " --alternatives " + " ".join(options.alternatives) if list(options.alternatives) != list(OPTIONS) else ""
@@ -162,7 +174,7 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
     )
     lines += [
         f"Each cell: mean Δ test AUC ± sd (wins/pairs; seeds whose mean Δ over the worlds is positive, p of "
-        f"the sign-flip test over those seed means) over {options.worlds} world(s) × {_seeds(options)} seed(s). "
+        f"the sign-flip test over those seed means) over {_grid_words(options)}. "
         "Rows: the mechanism and the pair of models that differ only by it.",
         "",
         "| mechanism (with vs without) | " + " | ".join(effects) + " |",

@@ -193,6 +193,15 @@ class ProofBenchOptions:
             "pool every archived seed below first_seed + seeds",
         ),
     )
+    one_world_from: int | None = field(
+        default=None,
+        metadata=bounds(
+            ge=0,
+            help="seeds from this one on are trained in one world each (world = seed mod worlds), so that no "
+            "two of their pairs share a seed: each is a unit of its own in the seed-blocked test, at a third "
+            "of the runs (default: every seed in every world)",
+        ),
+    )
     rows: int = field(default=100_000, metadata=bounds(ge=1000, help="rows per dataset (train/valid/test 80/10/10)"))
     users: int = field(
         default=500,
@@ -291,6 +300,13 @@ class ProofBenchOptions:
             unknown = sorted(set(chosen) - set(known))
             if unknown:
                 raise ConfigError(f"--{name}: unknown {unknown}; choose from {list(known)}")
+
+
+def seed_worlds(options: ProofBenchOptions, seed: int) -> list[int]:
+    """The worlds ``seed`` is trained in: all of them, or from ``one_world_from`` on, world ``seed mod worlds``."""
+    if options.one_world_from is not None and seed >= options.one_world_from:
+        return [seed % options.worlds]
+    return list(range(options.worlds))
 
 
 def model_slugs() -> list[str]:
