@@ -29,8 +29,9 @@ def _grid_words(options: "ProofBenchOptions") -> str:
     if options.one_world_from is None or options.one_world_from >= _seeds(options):
         return grid
     return (
-        f"{grid}, seeds from {options.one_world_from} on in world seed mod {options.worlds} only "
-        "(each its own unit in the test; a cell counts its pairs and seeds)"
+        f"{grid} at most: seeds from {options.one_world_from} on were added in one world each (world = seed mod "
+        f"{options.worlds}; runs an earlier call trained in other worlds are pooled too), so the cells differ in "
+        "their pairs, counted in each cell; every seed is one unit of the test"
     )
 
 
