@@ -332,7 +332,7 @@ def test_options_suite_pairs_each_option_with_its_default_on_its_data(tmp_path):
 
 
 def test_options_table_pairs_the_option_with_the_default_and_the_bare_model(tmp_path):
-    from torchrec_mdr.bench.proof_report import write_options
+    from torchrec_mdr.bench.proof_dose_report import write_options
 
     options = ProofBenchOptions(out=tmp_path, work=tmp_path, worlds=3, seeds=6, doses=[3.0])
     xavier, default, _ = OPTIONS["psrg_shared_init=xavier"]
@@ -454,7 +454,7 @@ def test_movielens_ablations_train_each_group_variant_once_and_table_it_against_
 
 
 def test_alternatives_choose_which_options_are_trained_and_tabled(tmp_path):
-    from torchrec_mdr.bench.proof_report import write_options
+    from torchrec_mdr.bench.proof_dose_report import write_options
 
     options = ProofBenchOptions(
         out=tmp_path,
@@ -647,7 +647,7 @@ def test_specificity_averages_the_cells_where_the_effect_is_absent_per_world_and
 
 
 def test_dose_0_is_the_none_dataset_so_an_option_can_be_tried_where_no_effect_is_planted(tmp_path):
-    from torchrec_mdr.bench.proof_report import write_options
+    from torchrec_mdr.bench.proof_dose_report import write_options
 
     options = tiny_world(
         tmp_path,

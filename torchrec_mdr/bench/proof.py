@@ -287,6 +287,7 @@ def planned_jobs(options: ProofBenchOptions, generate: bool = True) -> list[tupl
 def run(options: ProofBenchOptions) -> dict[str, Path]:
     """Train what is missing, then write the chosen suites' tables; return the written files."""
     from torchrec_mdr.bench import proof_report as report
+    from torchrec_mdr.bench.proof_dose_report import write_dose, write_options
 
     options.validate()
     options.out.mkdir(parents=True, exist_ok=True)
@@ -335,9 +336,9 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
     if "movielens" in options.suites:
         written["movielens"] = report.write_movielens(options, results)
     if "dose" in options.suites:
-        written["dose"] = report.write_dose(options, results)
+        written["dose"] = write_dose(options, results)
     if "options" in options.suites:
-        written["options"] = report.write_options(options, results)
+        written["options"] = write_options(options, results)
     if "seeds" in options.suites:  # no training: the other suites' archived runs
         from torchrec_mdr.bench.proof_seeds import seed_jobs, write_seed_effect
 

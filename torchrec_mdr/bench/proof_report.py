@@ -8,7 +8,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torchrec_mdr.bench.proof_stats import Results, format_cell, mean_sd, paired, paired_stats, verdict
 
@@ -18,15 +18,15 @@ if TYPE_CHECKING:
     from torchrec_mdr.data.spec import DatasetSpec
 
 
-def _seeds(options: "ProofBenchOptions") -> int:
+def pooled_seeds(options: "ProofBenchOptions") -> int:
     """Seeds the tables pool: 0 .. first_seed + seeds - 1 (earlier seeds from the archive)."""
     return options.first_seed + options.seeds
 
 
 def _grid_words(options: "ProofBenchOptions") -> str:
     """The (world, seed) pairs a cell pools, in words."""
-    grid = f"{options.worlds} world(s) × {_seeds(options)} seed(s)"
-    if options.one_world_from is None or options.one_world_from >= _seeds(options):
+    grid = f"{options.worlds} world(s) × {pooled_seeds(options)} seed(s)"
+    if options.one_world_from is None or options.one_world_from >= pooled_seeds(options):
         return grid
     return (
         f"{grid} at most: seeds from {options.one_world_from} on were added in one world each (world = seed mod "
@@ -44,7 +44,7 @@ def _averaged_per_run(
     units = []
     for world in range(options.worlds):
         names = [_world_datasets(options, e)[world] for e in effects]
-        for seed in range(_seeds(options)):
+        for seed in range(pooled_seeds(options)):
             keys = [((with_label, d, seed), (without_label, d, seed)) for d in names]
             if all(a in results and b in results for a, b in keys):
                 units.append((seed, statistics.fmean(results[a]["auc"] - results[b]["auc"] for a, b in keys)))
@@ -63,7 +63,7 @@ def _world_datasets(options: "ProofBenchOptions", effect: str) -> list[str]:
     return [dataset_name(options, w, effect) for w in range(options.worlds)]
 
 
-def _spec(options: "ProofBenchOptions", name: str) -> DatasetSpec | None:
+def dataset_spec(options: "ProofBenchOptions", name: str) -> DatasetSpec | None:
     from torchrec_mdr.data.spec import SPEC_FILE, DatasetSpec
 
     path = options.work / name
@@ -74,7 +74,7 @@ def _ceiling_gap(options: "ProofBenchOptions", effect: str, mechanism: str) -> f
     """Mean over worlds of oracle - without_<mechanism> on the test split of ``effect``'s datasets."""
     gaps = []
     for name in _world_datasets(options, effect):
-        spec = _spec(options, name)
+        spec = dataset_spec(options, name)
         if spec is not None:
             test = spec.splits["test"]
             gaps.append(test.oracle_auc["all"] - test.ceilings[f"without_{mechanism}"]["all"])
@@ -86,7 +86,7 @@ def command_line(options: "ProofBenchOptions", suite: str) -> str:
     from torchrec_mdr.bench.proof_setup import ABLATION_MODELS, EFFECTS, MECHANISMS, OPTIONS
 
     protocol = (
-        f" --seeds {_seeds(options)} --max-epochs {options.max_epochs} --patience {options.patience} "
+        f" --seeds {pooled_seeds(options)} --max-epochs {options.max_epochs} --patience {options.patience} "
         f"--batch-size {options.batch_size}"
         + (f" --evals-per-epoch {options.evals_per_epoch}" if options.evals_per_epoch != 1 else "")
         + (f" --one-world-from {options.one_world_from}" if options.one_world_from is not None else "")
@@ -151,7 +151,7 @@ def write_ceilings(options: "ProofBenchOptions") -> Path:
             (e, d) for e in ("psrg", "pcrg", "sfpnet", "dsbn", "se") for d in options.doses if d != 1.0
         ]:
             name = dataset_name(options, world, effect, dose)
-            spec = _spec(options, name)
+            spec = dataset_spec(options, name)
             if spec is None:
                 continue
             test = spec.splits["test"]
@@ -186,7 +186,7 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
     for mechanism in options.mechanisms:
         with_v, without_v = PAIRS[mechanism]
         raw[mechanism] = {
-            e: paired(results, with_v.label, without_v.label, _world_datasets(options, e), _seeds(options))
+            e: paired(results, with_v.label, without_v.label, _world_datasets(options, e), pooled_seeds(options))
             for e in effects
         }
         lines.append(
@@ -231,13 +231,16 @@ def _table(
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     oracle, main = [], []
     for name in datasets:
-        spec = _spec(options, name)
+        spec = dataset_spec(options, name)
         if spec is not None and spec.splits["test"].oracle_auc:  # planted data (real data has no oracle)
             oracle.append(spec.splits["test"].oracle_auc["all"])
             main.append(spec.splits["test"].ceilings["main"]["all"])
     for v in variants:
         runs = [
-            results[(v.label, d, s)] for d in datasets for s in range(_seeds(options)) if (v.label, d, s) in results
+            results[(v.label, d, s)]
+            for d in datasets
+            for s in range(pooled_seeds(options))
+            if (v.label, d, s) in results
         ]
         if not runs:
             continue
@@ -253,7 +256,7 @@ def _table(
             f"{statistics.fmean(epochs):.1f}" if epochs else "n/a",
         ]
         if v.base:
-            c = paired(results, v.label, v.base, datasets, _seeds(options))
+            c = paired(results, v.label, v.base, datasets, pooled_seeds(options))
             cells[3:6] = [
                 f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}; {c['seed_wins']}/{c['seeds']}) "
                 f"**{verdict(c)}**",
@@ -300,7 +303,10 @@ def _orders(
     lines = ["", "## The papers' orders (computed from the table)", ""]
     for chain in (chain for group, chains in ABLATION_ORDERS.items() if group in groups for chain in chains):
         keys = [
-            (d, s) for d in datasets for s in range(_seeds(options)) if all((label, d, s) in results for label in chain)
+            (d, s)
+            for d in datasets
+            for s in range(pooled_seeds(options))
+            if all((label, d, s) in results for label in chain)
         ]
         if not keys:
             continue
@@ -337,10 +343,10 @@ def write_curves(options: "ProofBenchOptions") -> Path:
     from torchrec_mdr.bench.proof_setup import MODELS, dataset_name, run_dir
 
     data = options.work / dataset_name(options, 0, "all")
-    spec = _spec(options, data.name)
+    spec = dataset_spec(options, data.name)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for v in MODELS:
-        for seed in range(_seeds(options)):
+        for seed in range(pooled_seeds(options)):
             metrics_file = run_dir(options, v, data, seed) / "metrics.json"
             if not metrics_file.exists():
                 continue
@@ -385,7 +391,7 @@ def write_scaling(options: "ProofBenchOptions", results: Results) -> Path:
     for rows in options.scale_rows:
         name = dataset_name(replace(options, rows=rows), 0, "all")
         runs = {label: results.get((label, name, options.first_seed)) for label in SCALING_LABELS}
-        spec = _spec(options, name)
+        spec = dataset_spec(options, name)
         if spec is None or not any(runs.values()):
             continue
         auc = {label: r["auc"] if r else float("nan") for label, r in runs.items()}
@@ -403,106 +409,6 @@ def write_scaling(options: "ProofBenchOptions", results: Results) -> Path:
         "0.003 is within the seed noise measured in `models.md`.",
     ]
     path = options.out / "scaling.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
-    """dose.md: each mechanism's pair on its own effect at dose 0 (``none``), 1 (its specificity dataset) and
-    every ``doses`` strength — with the oracle gap of the effect and the share of it the mechanism closes."""
-    from torchrec_mdr.bench.proof_setup import PAIRS, dataset_name
-
-    doses = [0.0, 1.0, *sorted(d for d in options.doses if d not in (0.0, 1.0))]
-    lines = table_header(options, "Dose: each mechanism on its own effect, planted more strongly", "dose")
-    lines += [
-        "Each cell: mean Δ test AUC (with − without) ± sd (wins/pairs; seeds whose mean Δ is positive, p by "
-        "seed) over the worlds and seeds run; "
-        "gap = oracle − ceiling without the mechanism's effect (what the effect is worth to an oracle, mean "
-        "over worlds); closed = Δ / gap; the model without it = (its AUC − the ceiling without the effect) / "
-        "gap, how much of the effect the model lacking the mechanism already captures (negative: it is below "
-        "even that ceiling). Dose 0 is the `none` dataset, dose 1 the specificity suite's.",
-        "",
-        "| mechanism (with vs without) | " + " | ".join(f"dose {d:g}" for d in doses) + " |",
-        "|" + "---|" * (len(doses) + 1),
-    ]
-    verdict_lines: list[str] = []
-    raw: dict[str, dict[str, Any]] = {}  # mechanism -> dose -> paired comparison
-    for mechanism in options.mechanisms:
-        with_v, without_v = PAIRS[mechanism]
-        cells, raw[mechanism] = [], {}
-        for dose in doses:
-            effect = "none" if dose == 0.0 else mechanism
-            names = [dataset_name(options, w, effect, dose or 1.0) for w in range(options.worlds)]
-            c = paired(results, with_v.label, without_v.label, names, _seeds(options))
-            gaps, base_shares = [], []
-            for name in names:
-                spec = _spec(options, name)
-                if spec is not None:
-                    test = spec.splits["test"]
-                    ceiling = test.ceilings[f"without_{mechanism}"]["all"]
-                    gaps.append(test.oracle_auc["all"] - ceiling)
-                    base_shares += [
-                        (results[(without_v.label, name, seed)]["auc"] - ceiling) / gaps[-1]
-                        for seed in range(_seeds(options))
-                        if (without_v.label, name, seed) in results and gaps[-1] > 0
-                    ]
-            c["gap"] = statistics.fmean(gaps) if gaps else float("nan")
-            c["closed"] = c["delta"] / c["gap"] if c["n"] and c["gap"] > 0 else float("nan")
-            # how far the model WITHOUT the mechanism already got: (its AUC - ceiling without the effect) / gap
-            c["closed_without"] = statistics.fmean(base_shares) if base_shares else float("nan")
-            raw[mechanism][f"{dose:g}"] = c
-            cell = format_cell(c)
-            if c["n"] and math.isfinite(c["closed"]):
-                cell += (
-                    f"; gap {c['gap']:.4f}, closed {c['closed']:.0%}; the model without it: {c['closed_without']:.0%}"
-                )
-            cells.append(cell)
-        lines.append(f"| {mechanism} ({with_v.label} vs {without_v.label}) | " + " | ".join(cells) + " |")
-        run = [(d, raw[mechanism][f"{d:g}"]) for d in doses if d > 1.0 and raw[mechanism][f"{d:g}"]["n"]]
-        for dose, c in run:
-            verdict_lines.append(
-                f"- **{mechanism}** at dose {dose:g} (oracle gap {c['gap']:.4f}): Δ {c['delta']:+.4f} "
-                f"(p={c['p']:.3g}, p_MW={c['p_mw']:.3g}) — **{verdict(c)}**; it closes "
-                f"{c['closed']:.0%} of the gap."
-            )
-    lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
-    path = options.out / "dose.md"
-    path.write_text("\n".join(lines) + "\n")
-    (options.out / "dose.json").write_text(json.dumps(raw, indent=1) + "\n")
-    return path
-
-
-def write_options(options: "ProofBenchOptions", results: Results) -> Path:
-    """options.md: each questioned option against the default model, paired, on the data it targets."""
-    from torchrec_mdr.bench.proof_setup import OPTIONS, PAIRS, data_label, dataset_name
-
-    lines = table_header(options, "Options: the questioned defaults against the alternatives", "options")
-    lines += [
-        "| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    verdict_lines = []
-    for option, (with_v, default, effect) in OPTIONS.items():
-        if option not in options.alternatives:
-            continue
-        without = PAIRS[effect][1] if effect in PAIRS else None
-        for dose in options.doses if effect != "all" else [1.0]:
-            names = [dataset_name(options, w, effect, dose) for w in range(options.worlds)]
-            c = paired(results, with_v.label, default.label, names, _seeds(options))
-            if not c["n"]:
-                continue
-            bare = paired(results, with_v.label, without.label, names, _seeds(options)) if without else None
-            where = data_label(effect, dose)
-            lines.append(
-                f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {format_cell(c)} | "
-                f"{c['p_mw']:.3g} | {format_cell(bare) + ' vs ' + without.label if bare and without else '—'} |"
-            )
-            verdict_lines.append(
-                f"- **{option}** on {where}: {verdict(c)} against the default "
-                f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}; seeds {c['seed_wins']}/{c['seeds']}, p={c['p']:.3g})."
-            )
-    lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
-    path = options.out / "options.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
