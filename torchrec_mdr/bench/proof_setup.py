@@ -198,7 +198,7 @@ class ProofBenchOptions:
         metadata=bounds(
             ge=0,
             help="seeds from this one on are trained in one world each (world = seed mod worlds), so that no "
-            "two of their pairs share a seed: each is a unit of its own in the seed-blocked test, at a third "
+            "two of their pairs share a seed: each is a unit of its own in the seed-blocked test, at 1 / worlds "
             "of the runs (default: every seed in every world)",
         ),
     )
