@@ -29,7 +29,7 @@ from torchrec_mdr.bench.proof import (
     run,
     run_dir,
 )
-from torchrec_mdr.bench.proof_stats import paired, verdict
+from torchrec_mdr.bench.proof_stats import chance_note, paired, verdict
 from torchrec_mdr.bench.significance import mann_whitney_p, sign_flip_p
 from torchrec_mdr.config import ConfigError, from_dict
 from torchrec_mdr.data.spec import DatasetSpec
@@ -112,6 +112,20 @@ def test_pairs_that_share_a_seed_are_tested_as_one_unit():
     assert (c["wins"], c["seed_wins"]) == (15, 5)
     assert c["p_pairs"] == pytest.approx(2 * (816 + 153 + 18 + 1) / 2**18)
     assert c["p"] == pytest.approx(14 / 64) and verdict(c) == "ties"
+
+
+def test_chance_note_counts_the_verdicts_chance_would_give():
+    results = {("B", "d0", s): {"auc": 0.70} for s in range(6)}
+    results |= {("A", "d0", s): {"auc": 0.71} for s in range(6)}  # a win: 6/6 seeds, p = 2/64
+    results |= {("C", "d0", s): {"auc": 0.70 + (0.01 if s % 2 else -0.01)} for s in range(6)}  # a tie
+    win, tie = paired(results, "A", "B", ["d0"], 6), paired(results, "C", "B", ["d0"], 6)
+    few = paired(results, "A", "B", ["d0"], 5)  # no verdict: not counted
+    note = chance_note([win] + [tie] * 9 + [few])
+    # 1 of 10 cells; P(at least 1 of Binomial(10, 0.05)) = 1 - 0.95^10 = 0.4013
+    assert note.startswith("**Chance:** 1 of the 10 cells with a verdict reach p < 0.05")
+    assert "at most 0.5 are expected, and 1 or more come with probability at most 0.4 " in note
+    assert "0 of the 9 cells" in chance_note([tie] * 9) and "probability at most 1 " in chance_note([tie] * 9)
+    assert chance_note([few]) == "No cell has the 6 seeds a verdict needs."
 
 
 def test_every_benchmarked_model_is_registered_and_pairs_differ_by_one_switch():

@@ -10,7 +10,15 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torchrec_mdr.bench.proof_stats import Results, format_cell, mean_sd, paired, paired_stats, verdict
+from torchrec_mdr.bench.proof_stats import (
+    Results,
+    chance_note,
+    format_cell,
+    mean_sd,
+    paired,
+    paired_stats,
+    verdict,
+)
 
 if TYPE_CHECKING:
     from torchrec_mdr.bench.accuracy_setup import Variant
@@ -216,6 +224,7 @@ def write_specificity(options: "ProofBenchOptions", results: Results) -> Path:
         elif expected_ties:
             verdict_lines.append(f"- **{mechanism}**: its own effect is not in this table. {absent}")
     lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
+    lines += ["", chance_note([c for cells in raw.values() for c in cells.values()])]
     path = options.out / "specificity.md"
     path.write_text("\n".join(lines) + "\n")
     (options.out / "specificity.json").write_text(json.dumps(raw, indent=1) + "\n")

@@ -20,7 +20,11 @@ Verdicts at the 0.05 level:
   ``p < 0.05``, and **ties** otherwise (with fewer than 6 seeds the exact sign-flip test cannot reach
   0.05 — 5 seeds of one sign give p = 2/32 — and the verdict says so);
 * on its own planted effect (and on ``all``) a mechanism is expected to win; on ``none`` and on the
-  other effects, to tie.
+  other effects, to tie;
+* a table of many cells gets some verdicts by chance: :func:`chance_note` says how many.
+
+Seeds trained in one world each (``--one-world-from``) are units of their own: the test needs no
+complete grid of worlds x seeds, and each seed's mean is over the worlds it ran in.
 """
 
 from __future__ import annotations
@@ -95,4 +99,21 @@ def format_cell(c: dict) -> str:
     return (
         f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}; seeds {c['seed_wins']}/{c['seeds']}, "
         f"p={c['p']:.3g}) **{verdict(c)}**"
+    )
+
+
+def chance_note(cells: list[dict], alpha: float = 0.05) -> str:
+    """How many of ``cells``' verdicts chance alone would give. With no real difference, each cell's exact test
+    reaches ``p < alpha`` with probability at most ``alpha``, so the number of wins and losses is at most
+    binomial(cells with a verdict, ``alpha``) if the cells are independent — they are not quite (a row's
+    cells share its model pair, a column's its datasets and seeds), so the tail is a guide, not a test."""
+    tested = [c for c in cells if c["n"] and c["seeds"] >= 6]
+    if not tested:
+        return "No cell has the 6 seeds a verdict needs."
+    n, hits = len(tested), sum(verdict(c) in ("wins", "loses") for c in tested)
+    tail = sum(math.comb(n, k) * alpha**k * (1 - alpha) ** (n - k) for k in range(hits, n + 1))
+    return (
+        f"**Chance:** {hits} of the {n} cells with a verdict reach p < {alpha:g}; with no real difference in any "
+        f"of them at most {alpha * n:.2g} are expected, and {hits} or more come with probability at most "
+        f"{tail:.2g} (binomial, as if the cells were independent)."
     )
