@@ -122,10 +122,10 @@ def test_chance_note_counts_the_verdicts_chance_would_give():
     few = paired(results, "A", "B", ["d0"], 5)  # no verdict: not counted
     note = chance_note([win] + [tie] * 9 + [few])
     # 1 of 10 cells; P(at least 1 of Binomial(10, 0.05)) = 1 - 0.95^10 = 0.4013
-    assert note.startswith("**Chance:** 1 of the 10 cells with a verdict reach p < 0.05")
+    assert note.startswith("**Chance:** p < 0.05 in 1 of the 10 comparisons with a verdict;")
     assert "at most 0.5 are expected, and 1 or more come with probability at most 0.4 " in note
-    assert "0 of the 9 cells" in chance_note([tie] * 9) and "probability at most 1 " in chance_note([tie] * 9)
-    assert chance_note([few]) == "No cell has the 6 seeds a verdict needs."
+    assert "in 0 of the 9 comparisons" in chance_note([tie] * 9) and "probability at most 1 " in chance_note([tie] * 9)
+    assert chance_note([few]) == "No comparison has the 6 seeds a verdict needs."
 
 
 def test_every_benchmarked_model_is_registered_and_pairs_differ_by_one_switch():

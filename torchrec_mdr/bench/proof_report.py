@@ -238,7 +238,7 @@ def _table(
     if with_ceiling:
         header.insert(2, "share of oracle − main closed")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    oracle, main = [], []
+    oracle, main, compared = [], [], []
     for name in datasets:
         spec = dataset_spec(options, name)
         if spec is not None and spec.splits["test"].oracle_auc:  # planted data (real data has no oracle)
@@ -266,6 +266,7 @@ def _table(
         ]
         if v.base:
             c = paired(results, v.label, v.base, datasets, pooled_seeds(options))
+            compared.append(c)
             cells[3:6] = [
                 f"{c['delta']:+.4f} ± {c['sd']:.4f} ({c['wins']}/{c['n']}; {c['seed_wins']}/{c['seeds']}) "
                 f"**{verdict(c)}**",
@@ -280,6 +281,8 @@ def _table(
             )
             cells.insert(2, f"{share:.0%}")
         lines.append("| " + " | ".join(cells) + " |")
+    if compared:
+        lines += ["", chance_note(compared)]
     if oracle:
         lines += [
             "",

@@ -103,17 +103,18 @@ def format_cell(c: dict) -> str:
 
 
 def chance_note(cells: list[dict], alpha: float = 0.05) -> str:
-    """How many of ``cells``' verdicts chance alone would give. With no real difference, each cell's exact test
-    reaches ``p < alpha`` with probability at most ``alpha``, so the number of wins and losses is at most
-    binomial(cells with a verdict, ``alpha``) if the cells are independent — they are not quite (a row's
-    cells share its model pair, a column's its datasets and seeds), so the tail is a guide, not a test."""
+    """How many of a table's verdicts (``cells``: paired comparisons) chance alone would give. With no real
+    difference, each comparison's exact test reaches ``p < alpha`` with probability at most ``alpha``, so the
+    number of wins and losses is at most binomial(comparisons with a verdict, ``alpha``) if they are
+    independent — they are not quite (a row's cells share its model pair, a column's its datasets and seeds),
+    so the tail is a guide, not a test."""
     tested = [c for c in cells if c["n"] and c["seeds"] >= 6]
     if not tested:
-        return "No cell has the 6 seeds a verdict needs."
+        return "No comparison has the 6 seeds a verdict needs."
     n, hits = len(tested), sum(verdict(c) in ("wins", "loses") for c in tested)
     tail = sum(math.comb(n, k) * alpha**k * (1 - alpha) ** (n - k) for k in range(hits, n + 1))
     return (
-        f"**Chance:** {hits} of the {n} cells with a verdict reach p < {alpha:g}; with no real difference in any "
-        f"of them at most {alpha * n:.2g} are expected, and {hits} or more come with probability at most "
-        f"{tail:.2g} (binomial, as if the cells were independent)."
+        f"**Chance:** p < {alpha:g} in {hits} of the {n} comparisons with a verdict; with no real difference in "
+        f"any of them at most {alpha * n:.2g} are expected, and {hits} or more come with probability at most "
+        f"{tail:.2g} (binomial, as if the comparisons were independent)."
     )
