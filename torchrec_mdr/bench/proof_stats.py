@@ -113,8 +113,13 @@ def chance_note(cells: list[dict], alpha: float = 0.05) -> str:
         return "No comparison has the 6 seeds a verdict needs."
     n, hits = len(tested), sum(verdict(c) in ("wins", "loses") for c in tested)
     tail = sum(math.comb(n, k) * alpha**k * (1 - alpha) ** (n - k) for k in range(hits, n + 1))
-    return (
+    note = (
         f"**Chance:** p < {alpha:g} in {hits} of the {n} comparisons with a verdict; with no real difference in "
-        f"any of them at most {alpha * n:.2g} are expected, and {hits} or more come with probability at most "
-        f"{tail:.2g} (binomial, as if the comparisons were independent)."
+        f"any of them at most {alpha * n:.2g} are expected"
+    )
+    if not hits:
+        return note + "."
+    return note + (
+        f", and {hits} or more come with probability at most {tail:.2g} (binomial, as if the comparisons were "
+        "independent)."
     )
