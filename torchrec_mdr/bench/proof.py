@@ -284,6 +284,31 @@ def planned_jobs(options: ProofBenchOptions, generate: bool = True) -> list[tupl
     return jobs
 
 
+def pooled_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
+    """Every run the chosen suites' tables read, as far as it is archived (no dataset generated): every seed
+    below ``first_seed + seeds`` in every world (earlier calls, and seeds a call trained in one world only),
+    and the other suites' runs that the dose table (doses 0 and 1: the specificity datasets) and the options
+    table (the default models and the bare ones) compare against."""
+    pooled = replace(options, first_seed=0, seeds=options.first_seed + options.seeds, one_world_from=None)
+    jobs = planned_jobs(pooled, generate=False)
+    for seed in range(pooled.seeds):
+        for world in range(options.worlds):
+            if "dose" in options.suites:
+                jobs += [
+                    (v, options.work / dataset_name(options, world, effect), seed)
+                    for mechanism in options.mechanisms
+                    for effect in ("none", mechanism)
+                    for v in PAIRS[mechanism]
+                ]
+            if "options" in options.suites:
+                jobs += [
+                    (v, data, seed)
+                    for default, data in option_datasets(options, world, defaults=True, generate=False)
+                    for v in {default, *(PAIRS[m][1] for m in PAIRS if default in PAIRS[m])}
+                ]
+    return jobs
+
+
 def run(options: ProofBenchOptions) -> dict[str, Path]:
     """Train what is missing, then write the chosen suites' tables; return the written files."""
     from torchrec_mdr.bench import proof_report as report
@@ -291,38 +316,8 @@ def run(options: ProofBenchOptions) -> dict[str, Path]:
 
     options.validate()
     options.out.mkdir(parents=True, exist_ok=True)
-    results = train_all(options, planned_jobs(options))
-    # the tables pool every archived run of the grid: the seeds below first_seed, and seeds in worlds they
-    # were not trained in this time (an earlier call without --one-world-from)
-    pooled = replace(options, first_seed=0, seeds=options.first_seed + options.seeds, one_world_from=None, train=False)
-    results.update(train_all(pooled, planned_jobs(pooled, generate=False)))
-    if "dose" in options.suites:  # doses 0 and 1: the specificity suite's runs, as far as they are finished
-        results.update(
-            train_all(
-                replace(options, train=False),
-                [
-                    (v, options.work / dataset_name(options, world, effect), seed)
-                    for seed in range(options.first_seed + options.seeds)
-                    for world in range(options.worlds)
-                    for mechanism in options.mechanisms
-                    for effect in ("none", mechanism)
-                    for v in PAIRS[mechanism]
-                ],
-            )
-        )
-    if "options" in options.suites:  # the default models' runs, as far as other suites have finished them
-        results.update(
-            train_all(
-                replace(options, train=False),
-                [
-                    (v, data, seed)
-                    for seed in range(options.first_seed + options.seeds)
-                    for world in range(options.worlds)
-                    for default, data in option_datasets(options, world, defaults=True)
-                    for v in {default, *(PAIRS[m][1] for m in PAIRS if default in PAIRS[m])}
-                ],
-            )
-        )  # and the bare model
+    train_all(options, planned_jobs(options))
+    results = train_all(replace(options, train=False), pooled_jobs(options))
     written = {"ceilings": report.write_ceilings(options)}
     if "specificity" in options.suites:
         written["specificity"] = report.write_specificity(options, results)
