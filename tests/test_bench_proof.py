@@ -26,6 +26,7 @@ from torchrec_mdr.bench.proof import (
     model_slugs,
     movielens_models,
     planned_jobs,
+    pooled_jobs,
     run,
     run_dir,
 )
@@ -340,18 +341,26 @@ def test_options_suite_pairs_each_option_with_its_default_on_its_data(tmp_path):
         doses=[3.0],
     )
     cells = {(v.label, d.name) for v, d, _ in planned_jobs(options)}
-    for with_v, default, effect in OPTIONS.values():
+    read = {(v.label, d.name) for v, d, _ in pooled_jobs(options)}
+    for with_v, default, effect, bare in OPTIONS.values():
         dose = 1.0 if effect == "all" else 3.0
-        assert (with_v.label, dataset_name(options, 0, effect, dose)) in cells
-        assert with_v.model == default.model and len(set(with_v.overrides) - set(default.overrides)) == 1
+        name = dataset_name(options, 0, effect, dose)
+        assert (with_v.label, name) in cells
+        assert with_v.model == default.model == bare.model
+        assert len(set(with_v.overrides) - set(default.overrides)) == 1
+        # the bare model: the default without the mechanism the option concerns (one switch off)
+        assert len(set(bare.overrides) - set(default.overrides)) == 1
+        assert {(default.label, name), (bare.label, name)} <= read  # read by the table, trained by other suites
     assert len(cells) == len(OPTIONS)  # the default models' runs belong to the dose and specificity suites
+    assert OPTIONS["psrg_shared_init=xavier"].bare == PAIRS["psrg"][1]
+    assert "model.sfpnet.scenario_aware_dnn=false" in OPTIONS["dnn_gate_scale=2"].bare.overrides
 
 
 def test_options_table_pairs_the_option_with_the_default_and_the_bare_model(tmp_path):
     from torchrec_mdr.bench.proof_dose_report import write_options
 
     options = ProofBenchOptions(out=tmp_path, work=tmp_path, worlds=3, seeds=6, doses=[3.0])
-    xavier, default, _ = OPTIONS["psrg_shared_init=xavier"]
+    xavier, default, _, _ = OPTIONS["psrg_shared_init=xavier"]
     bare = PAIRS["psrg"][1]
     results = {}
     for world, seed in itertools.product(range(3), range(6)):
@@ -359,12 +368,24 @@ def test_options_table_pairs_the_option_with_the_default_and_the_bare_model(tmp_
         results[(default.label, name, seed)] = {"auc": 0.70 + 0.01 * world}
         results[(xavier.label, name, seed)] = {"auc": 0.71 + 0.01 * world + 0.001 * seed}
         results[(bare.label, name, seed)] = {"auc": 0.72 + 0.01 * world}
+    gate, sfpnet, _, no_sdnn = OPTIONS["dnn_gate_scale=2"]
+    for world, seed in itertools.product(range(3), range(2)):  # 2 seeds, and the bare model in world 0 only
+        name = dataset_name(options, world, "all")
+        results[(sfpnet.label, name, seed)] = {"auc": 0.75}
+        results[(gate.label, name, seed)] = {"auc": 0.76}
+        if world == 0:
+            results[(no_sdnn.label, name, seed)] = {"auc": 0.77}
     table = write_options(options, results).read_text()
+    gate_row = next(line for line in table.splitlines() if line.startswith("| dnn_gate_scale=2"))
+    assert "| all | 0.7600 | 0.7500 | +0.0100 ± 0.0000 (6/6; seeds 2/2, p=0.5)" in gate_row
+    assert gate_row.endswith(
+        "| -0.0100 ± 0.0000 (0/2; seeds 0/2, p=0.5) **too few seeds for p < 0.05** vs SFPNet w/o S-DNN |"
+    )
     row = next(line for line in table.splitlines() if line.startswith("| psrg_shared_init=xavier"))
     # Δ = 0.01 + 0.001 seed: mean 0.0125, sd 0.001 sqrt(17.5 / 17) over the 18 pairs; 6 seeds of one sign
     assert "| psrg × 3 | 0.7225 | 0.7100 | +0.0125 ± 0.0018 (18/18; seeds 6/6, p=0.0312) **wins** |" in row
     assert "-0.0075 ± 0.0018 (0/18; seeds 0/6, p=0.0312) **loses** vs ADS w/o PCRG & PSRG" in row
-    assert "identity_noise" not in table  # not run: no row
+    assert "identity_noise" not in table and "stop_gradient" not in table  # not run: no row
 
 
 def test_evals_per_epoch_sets_the_evaluation_clock(tmp_path):
@@ -485,7 +506,7 @@ def test_alternatives_choose_which_options_are_trained_and_tabled(tmp_path):
         doses=[3.0],
         alternatives=["psrg_shared_init=identity_noise"],
     )
-    identity, default, _ = OPTIONS["psrg_shared_init=identity_noise"]
+    identity, default, _, _ = OPTIONS["psrg_shared_init=identity_noise"]
     assert {v.label for v, _, _ in planned_jobs(options)} == {identity.label}
     xavier = OPTIONS["psrg_shared_init=xavier"][0]
     name = dataset_name(options, 0, "psrg", 3.0)
@@ -673,7 +694,7 @@ def test_dose_0_is_the_none_dataset_so_an_option_can_be_tried_where_no_effect_is
     )
     options.validate()
     assert dataset_name(options, 0, "psrg", 0.0) == dataset_name(options, 0, "none")
-    noisy, default, _ = OPTIONS["psrg_shared_init=identity_noise"]
+    noisy, default, _, _ = OPTIONS["psrg_shared_init=identity_noise"]
     names = sorted({data.name for _, data, _ in planned_jobs(options)})
     assert names == sorted([dataset_name(options, 0, "none"), dataset_name(options, 0, "psrg", 3.0)])
     results = {

@@ -234,13 +234,15 @@ def train_all(options: ProofBenchOptions, jobs: list[tuple[Variant, Path, int]])
 def option_datasets(
     options: ProofBenchOptions, world: int, defaults: bool = False, generate: bool = True
 ) -> list[tuple[Variant, Path]]:
-    """The ``options`` suite's (model with the option, dataset) of a world; ``defaults``: the default model
-    instead, whose runs other suites train (dose, specificity) and the options table only reads."""
+    """The ``options`` suite's (model with the option, dataset) of a world; ``defaults``: the default model and
+    the bare one instead, whose runs other suites train (dose, specificity, ablation) and the options table only
+    reads."""
     return [
-        (default if defaults else with_v, dataset(options, world, effect, dose, generate))
-        for name, (with_v, default, effect) in OPTIONS.items()
+        (model, dataset(options, world, option.effect, dose, generate))
+        for name, option in OPTIONS.items()
         if name in options.alternatives
-        for dose in (options.doses if effect != "all" else [1.0])
+        for dose in (options.doses if option.effect != "all" else [1.0])
+        for model in ((option.default, option.bare) if defaults else (option.with_option,))
     ]
 
 
@@ -301,11 +303,7 @@ def pooled_jobs(options: ProofBenchOptions) -> list[tuple[Variant, Path, int]]:
                     for v in PAIRS[mechanism]
                 ]
             if "options" in options.suites:
-                jobs += [
-                    (v, data, seed)
-                    for default, data in option_datasets(options, world, defaults=True, generate=False)
-                    for v in {default, *(PAIRS[m][1] for m in PAIRS if default in PAIRS[m])}
-                ]
+                jobs += [(v, data, seed) for v, data in option_datasets(options, world, defaults=True, generate=False)]
     return jobs
 
 

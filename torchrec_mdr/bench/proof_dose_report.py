@@ -14,7 +14,7 @@ from torchrec_mdr.bench.proof_report import dataset_spec, pooled_seeds, table_he
 from torchrec_mdr.bench.proof_stats import Results, format_cell, paired, verdict
 
 if TYPE_CHECKING:
-    from torchrec_mdr.bench.proof_setup import ProofBenchOptions
+    from torchrec_mdr.bench.proof_setup import Option, ProofBenchOptions
 
 
 def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
@@ -82,35 +82,49 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
     return path
 
 
+OPTION_HEADER = [
+    "| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+def option_row(
+    options: "ProofBenchOptions", results: Results, name: str, option: "Option", datasets: list[str], where: str
+) -> tuple[str, str] | None:
+    """One option's row of :data:`OPTION_HEADER` on ``datasets`` (paired against the default model and against
+    the model without the mechanism), and its verdict line; None where no pair is archived."""
+    c = paired(results, option.with_option.label, option.default.label, datasets, pooled_seeds(options))
+    if not c["n"]:
+        return None
+    bare = paired(results, option.with_option.label, option.bare.label, datasets, pooled_seeds(options))
+    bare_cell = f"{format_cell(bare)} vs {option.bare.label}" if bare["n"] else "—"
+    row = (
+        f"| {name} | {where} | {c['with']:.4f} | {c['without']:.4f} | {format_cell(c)} | {c['p_mw']:.3g} "
+        f"| {bare_cell} |"
+    )
+    verdict_line = (
+        f"- **{name}** on {where}: {verdict(c)} against the default "
+        f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}; seeds {c['seed_wins']}/{c['seeds']}, p={c['p']:.3g})."
+    )
+    return row, verdict_line
+
+
 def write_options(options: "ProofBenchOptions", results: Results) -> Path:
     """options.md: each questioned option against the default model, paired, on the data it targets."""
-    from torchrec_mdr.bench.proof_setup import OPTIONS, PAIRS, data_label, dataset_name
+    from torchrec_mdr.bench.proof_setup import OPTIONS, data_label, dataset_name
 
     lines = table_header(options, "Options: the questioned defaults against the alternatives", "options")
-    lines += [
-        "| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines += OPTION_HEADER
     verdict_lines = []
-    for option, (with_v, default, effect) in OPTIONS.items():
-        if option not in options.alternatives:
+    for name, option in OPTIONS.items():
+        if name not in options.alternatives:
             continue
-        without = PAIRS[effect][1] if effect in PAIRS else None
-        for dose in options.doses if effect != "all" else [1.0]:
-            names = [dataset_name(options, w, effect, dose) for w in range(options.worlds)]
-            c = paired(results, with_v.label, default.label, names, pooled_seeds(options))
-            if not c["n"]:
-                continue
-            bare = paired(results, with_v.label, without.label, names, pooled_seeds(options)) if without else None
-            where = data_label(effect, dose)
-            lines.append(
-                f"| {option} | {where} | {c['with']:.4f} | {c['without']:.4f} | {format_cell(c)} | "
-                f"{c['p_mw']:.3g} | {format_cell(bare) + ' vs ' + without.label if bare and without else '—'} |"
-            )
-            verdict_lines.append(
-                f"- **{option}** on {where}: {verdict(c)} against the default "
-                f"(Δ {c['delta']:+.4f}, {c['wins']}/{c['n']}; seeds {c['seed_wins']}/{c['seeds']}, p={c['p']:.3g})."
-            )
+        for dose in options.doses if option.effect != "all" else [1.0]:
+            datasets = [dataset_name(options, w, option.effect, dose) for w in range(options.worlds)]
+            row = option_row(options, results, name, option, datasets, data_label(option.effect, dose))
+            if row:
+                lines.append(row[0])
+                verdict_lines.append(row[1])
     lines += ["", "## Verdicts (computed from the table)", ""] + (verdict_lines or ["- nothing run yet"])
     path = options.out / "options.md"
     path.write_text("\n".join(lines) + "\n")

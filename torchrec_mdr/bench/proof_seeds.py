@@ -43,13 +43,11 @@ def seed_cells(options: "ProofBenchOptions") -> list[Cell]:
             cells.append((mechanism, with_v, without_v, effect, names(effect)))
         for dose in (d for d in options.doses if d not in (0.0, 1.0)):
             cells.append((mechanism, with_v, without_v, data_label(mechanism, dose), names(mechanism, dose)))
-    for option, (with_v, default, effect) in OPTIONS.items():
-        bare = PAIRS[effect][1] if effect in PAIRS else None
-        for dose in options.doses if effect != "all" else [1.0]:
-            where = data_label(effect, dose)
-            cells.append((f"{option} vs default", with_v, default, where, names(effect, dose)))
-            if bare is not None:
-                cells.append((f"{option} vs {bare.label}", with_v, bare, where, names(effect, dose)))
+    for name, option in OPTIONS.items():
+        for dose in options.doses if option.effect != "all" else [1.0]:
+            where, datasets = data_label(option.effect, dose), names(option.effect, dose)
+            cells.append((f"{name} vs default", option.with_option, option.default, where, datasets))
+            cells.append((f"{name} vs {option.bare.label}", option.with_option, option.bare, where, datasets))
     for variants in ABLATION_GROUPS.values():
         by_label = {v.label: v for v in variants}
         for v in variants:

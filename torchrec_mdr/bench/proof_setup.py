@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from torchrec_mdr.bench.accuracy_setup import Variant
 from torchrec_mdr.config import ConfigError, bounds, doc
@@ -35,6 +36,7 @@ ADS_NEITHER = Variant(
 )
 SFPNET = Variant("SFPNet", "sfpnet", _SFP)
 SFPNET_NO_STB = Variant("SFPNet w/o STB", "sfpnet", (*_SFP, "model.sfpnet.num_blocks=0"), "SFPNet")
+SFPNET_NO_SDNN = Variant("SFPNet w/o S-DNN", "sfpnet", (*_SFP, "model.sfpnet.scenario_aware_dnn=false"), "SFPNet")
 ADIN = Variant("ADIN", "adin")
 ADIN_NO_DSBN = Variant("ADIN w/o DSBN", "adin", ("model.adin.use_dsbn=false",), "ADIN")
 ADIN_NO_SE = Variant("ADIN w/o SE", "adin", ("model.adin.use_domain_interest=false",), "ADIN")
@@ -65,7 +67,7 @@ ABLATION_GROUPS: dict[str, tuple[Variant, ...]] = {
         Variant("SFPNet w/o DAP", "sfpnet", (*_SFP, "model.sfpnet.distribution_aware_pooling=false"), "SFPNet"),
         Variant("SFPNet w/o SAM", "sfpnet", (*_SFP, "model.sfpnet.use_sam=false"), "SFPNet"),
         Variant("SFPNet w/o RTM", "sfpnet", (*_SFP, "model.sfpnet.use_rtm=false"), "SFPNet"),
-        Variant("SFPNet w/o S-DNN", "sfpnet", (*_SFP, "model.sfpnet.scenario_aware_dnn=false"), "SFPNet"),
+        SFPNET_NO_SDNN,
         SFPNET_NO_STB,
     ),
     "adin": (
@@ -101,10 +103,17 @@ def chosen_ablations(ablation_models: list[str]) -> list[Variant]:
     return [v for group, variants in ABLATION_GROUPS.items() if group in ablation_models for v in variants]
 
 
-# the ``options`` suite (issue item 5): option -> (the model with it, the default model, the planted effect it
-# is tested on, at the ``doses`` strengths; "all" at dose 1)
-OPTIONS: dict[str, tuple[Variant, Variant, str]] = {
-    "psrg_shared_init=xavier": (
+class Option(NamedTuple):
+    """One questioned option of the ``options`` suite (issue item 5)."""
+
+    with_option: Variant  # the model with the option
+    default: Variant  # the same model with the default
+    effect: str  # the planted effect it is tested on, at the ``doses`` strengths ("all": at dose 1)
+    bare: Variant  # the model without the mechanism the option concerns: does the mechanism pay with it?
+
+
+OPTIONS: dict[str, Option] = {
+    "psrg_shared_init=xavier": Option(
         Variant(
             "ADS w/o PCRG, W_shared xavier",
             "ads",
@@ -113,8 +122,9 @@ OPTIONS: dict[str, tuple[Variant, Variant, str]] = {
         ),
         ADS_NO_PCRG,
         "psrg",
+        ADS_NEITHER,
     ),
-    "psrg_shared_init=identity_noise": (
+    "psrg_shared_init=identity_noise": Option(
         Variant(
             "ADS w/o PCRG, W_shared identity+noise",
             "ads",
@@ -123,18 +133,21 @@ OPTIONS: dict[str, tuple[Variant, Variant, str]] = {
         ),
         ADS_NO_PCRG,
         "psrg",
+        ADS_NEITHER,
     ),
-    "dnn_gate_scale=2": (
+    "dnn_gate_scale=2": Option(
         Variant("SFPNet, S-DNN gate scale 2", "sfpnet", (*_SFP, "model.sfpnet.dnn_gate_scale=2.0"), "SFPNet"),
         SFPNET,
         "all",
+        SFPNET_NO_SDNN,
     ),
-    "dnn_gate_stop_gradient=true": (
+    "dnn_gate_stop_gradient=true": Option(
         Variant(
             "SFPNet, S-DNN gates stop-gradient", "sfpnet", (*_SFP, "model.sfpnet.dnn_gate_stop_gradient=true"), "SFPNet"
         ),
         SFPNET,
         "all",
+        SFPNET_NO_SDNN,
     ),
 }
 
@@ -159,7 +172,7 @@ def movielens_models(alternatives: list[str], ablation_groups: tuple[str, ...] |
     default is checked on the real data too; then the chosen ``ablation_groups``' variants (once each by label:
     the full models are already among :data:`MODELS`, with the same overrides)."""
     chosen = MODELS + tuple(
-        with_v for name, (with_v, _, effect) in OPTIONS.items() if name in alternatives and effect == "all"
+        option.with_option for name, option in OPTIONS.items() if name in alternatives and option.effect == "all"
     )
     known = {v.label for v in chosen}
     return chosen + tuple(
@@ -312,7 +325,7 @@ def seed_worlds(options: ProofBenchOptions, seed: int) -> list[int]:
 def model_slugs() -> list[str]:
     """The run-file name of every model the suites train (``--train-only`` chooses among them)."""
     variants = [*MODELS, *ABLATIONS, *(v for pair in PAIRS.values() for v in pair)]
-    variants += [with_v for with_v, _, _ in OPTIONS.values()]
+    variants += [option.with_option for option in OPTIONS.values()]
     return list(dict.fromkeys(v.slug for v in variants))
 
 
