@@ -44,6 +44,10 @@ def test_seed_cells_name_every_comparison_once(tmp_path):
     assert len(keys) == len(set(keys))
     assert ("ADS", "ADS w/o PCRG", "pcrg × 3") in keys and ("ADIN", "ADIN w/o SE", "none") in keys
     assert ("SFPNet w/o S-DNN", "SFPNet", "all") in keys  # the ablations on all
+    # each option against its default and against the model without its mechanism
+    assert ("SFPNet, S-DNN gate scale 2", "SFPNet", "all") in keys
+    assert ("SFPNet, S-DNN gate scale 2", "SFPNet w/o S-DNN", "all") in keys
+    assert ("ADS w/o PCRG, W_shared xavier", "ADS w/o PCRG & PSRG", "psrg × 3") in keys
     assert all(len(c[4]) == 2 for c in cells)  # one dataset per world
 
 
