@@ -82,16 +82,16 @@ def write_dose(options: "ProofBenchOptions", results: Results) -> Path:
     return path
 
 
-OPTION_HEADER = [
+_OPTION_HEADER = [
     "| option | dataset | with the option | default | Δ vs default | p_MW | Δ vs no mechanism |",
     "|---|---|---|---|---|---|---|",
 ]
 
 
-def option_row(
+def _option_row(
     options: "ProofBenchOptions", results: Results, name: str, option: "Option", datasets: list[str], where: str
 ) -> tuple[str, str] | None:
-    """One option's row of :data:`OPTION_HEADER` on ``datasets`` (paired against the default model and against
+    """One option's row of :data:`_OPTION_HEADER` on ``datasets`` (paired against the default model and against
     the model without the mechanism), and its verdict line; None where no pair is archived."""
     c = paired(results, option.with_option.label, option.default.label, datasets, pooled_seeds(options))
     if not c["n"]:
@@ -114,14 +114,14 @@ def write_options(options: "ProofBenchOptions", results: Results) -> Path:
     from torchrec_mdr.bench.proof_setup import OPTIONS, data_label, dataset_name
 
     lines = table_header(options, "Options: the questioned defaults against the alternatives", "options")
-    lines += OPTION_HEADER
+    lines += _OPTION_HEADER
     verdict_lines = []
     for name, option in OPTIONS.items():
         if name not in options.alternatives:
             continue
         for dose in options.doses if option.effect != "all" else [1.0]:
             datasets = [dataset_name(options, w, option.effect, dose) for w in range(options.worlds)]
-            row = option_row(options, results, name, option, datasets, data_label(option.effect, dose))
+            row = _option_row(options, results, name, option, datasets, data_label(option.effect, dose))
             if row:
                 lines.append(row[0])
                 verdict_lines.append(row[1])
