@@ -527,11 +527,15 @@ def test_ceilings_table_lists_the_dose_datasets_too(tmp_path):
     from torchrec_mdr.bench.proof_report import write_ceilings
 
     options = ProofBenchOptions(
-        out=tmp_path, work=tmp_path / "work", worlds=1, rows=1000, users=50, items=200, seq_length=4, doses=[3.0]
+        out=tmp_path, work=tmp_path / "work", worlds=1, rows=1000, users=50, items=200, seq_length=4, doses=[3.0, 0.0]
     )
     dataset(options, 0, "pcrg", 3.0)
-    table = write_ceilings(options).read_text()
-    assert f"| {dataset_name(options, 0, 'pcrg', 3.0)} | " in table
+    dataset(options, 0, "none")
+    rows = [line for line in write_ceilings(options).read_text().splitlines() if line.startswith("| v2-")]
+    # dose 0 is the none dataset: listed once, not once more per mechanism
+    assert [r.split(" | ")[0] for r in rows] == [
+        f"| {dataset_name(options, 0, e, d)}" for e, d in (("none", 1.0), ("pcrg", 3.0))
+    ]
 
 
 def test_ablation_models_choose_whose_ablations_are_trained_and_tabled(tmp_path):

@@ -156,8 +156,8 @@ def write_ceilings(options: "ProofBenchOptions") -> Path:
     ]
     for world in range(options.worlds):
         for effect, dose in [(e, 1.0) for e in ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")] + [
-            (e, d) for e in ("psrg", "pcrg", "sfpnet", "dsbn", "se") for d in options.doses if d != 1.0
-        ]:
+            (e, d) for e in ("psrg", "pcrg", "sfpnet", "dsbn", "se") for d in options.doses if d not in (0.0, 1.0)
+        ]:  # dose 0 is the none dataset, dose 1 each effect's own: both listed already
             name = dataset_name(options, world, effect, dose)
             spec = dataset_spec(options, name)
             if spec is None:
