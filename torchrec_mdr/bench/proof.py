@@ -17,7 +17,8 @@ Runs on generator v2 (:mod:`data_prep.planted_v2`), one dataset per (world seed,
   and how large must it be?
 * ``options`` — the options whose defaults item 5 questions (:data:`OPTIONS`: PSRG's ``W_shared``
   initialisation on the psrg effect at ``doses``, SFPNet's S-DNN gate scale and stop-gradient on
-  ``all``), each paired with the default model (``alternatives`` chooses which);
+  ``all``), each paired with the default model and with the model without the mechanism it concerns
+  (``Option.bare``; ``alternatives`` chooses which);
 * ``movielens`` — the ``models`` suite's models on real MovieLens-100K (age-group domains), ``seeds``
   seeds, same protocol: mean ± sd and the paired test against each model's base; also the chosen
   ``alternatives`` that concern the whole model (SFPNet's gate options), paired with the default model,
