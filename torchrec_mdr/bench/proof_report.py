@@ -143,7 +143,7 @@ def table_header(options: "ProofBenchOptions", title: str, suite: str) -> list[s
 
 def write_ceilings(options: "ProofBenchOptions") -> Path:
     from data_prep.planted_v2 import CEILINGS
-    from torchrec_mdr.bench.proof_setup import dataset_name
+    from torchrec_mdr.bench.proof_setup import EFFECTS, MECHANISMS, dataset_name
 
     lines = [
         "# Generator v2: oracle and ceilings (test split, all domains)",
@@ -155,8 +155,8 @@ def write_ceilings(options: "ProofBenchOptions") -> Path:
         "|" + "---|" * (len(CEILINGS) + 4),
     ]
     for world in range(options.worlds):
-        for effect, dose in [(e, 1.0) for e in ("none", "psrg", "pcrg", "sfpnet", "dsbn", "se", "all")] + [
-            (e, d) for e in ("psrg", "pcrg", "sfpnet", "dsbn", "se") for d in options.doses if d not in (0.0, 1.0)
+        for effect, dose in [(e, 1.0) for e in EFFECTS] + [
+            (e, d) for e in MECHANISMS for d in options.doses if d not in (0.0, 1.0)
         ]:  # dose 0 is the none dataset, dose 1 each effect's own: both listed already
             name = dataset_name(options, world, effect, dose)
             spec = dataset_spec(options, name)

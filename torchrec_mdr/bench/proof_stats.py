@@ -83,12 +83,16 @@ def paired(results: Results, with_label: str, without_label: str, datasets: list
     }
 
 
+ALPHA = 0.05  # the level of every verdict
+MIN_SEEDS = 6  # the fewest seeds whose exact sign-flip test can reach p < ALPHA (6 of one sign: p = 2/64)
+
+
 def verdict(c: dict) -> str:
     if c["n"] == 0:
         return "not run"
-    if c["seeds"] < 6:
-        return "too few seeds for p < 0.05"
-    if c["p"] < 0.05:
+    if c["seeds"] < MIN_SEEDS:
+        return f"too few seeds for p < {ALPHA:g}"
+    if c["p"] < ALPHA:
         return "wins" if c["delta"] > 0 else "loses"
     return "ties"
 
@@ -102,20 +106,20 @@ def format_cell(c: dict) -> str:
     )
 
 
-def chance_note(cells: list[dict], alpha: float = 0.05) -> str:
+def chance_note(cells: list[dict]) -> str:
     """How many of a table's verdicts (``cells``: paired comparisons) chance alone would give. With no real
-    difference, each comparison's exact test reaches ``p < alpha`` with probability at most ``alpha``, so the
-    number of wins and losses is at most binomial(comparisons with a verdict, ``alpha``) if they are
+    difference, each comparison's exact test reaches ``p < ALPHA`` with probability at most ``ALPHA``, so the
+    number of wins and losses is at most binomial(comparisons with a verdict, ``ALPHA``) if they are
     independent — they are not quite (a row's cells share its model pair, a column's its datasets and seeds),
     so the tail is a guide, not a test."""
-    tested = [c for c in cells if c["n"] and c["seeds"] >= 6]
+    tested = [c for c in cells if verdict(c) in ("wins", "loses", "ties")]
     if not tested:
-        return "No comparison has the 6 seeds a verdict needs."
+        return f"No comparison has the {MIN_SEEDS} seeds a verdict needs."
     n, hits = len(tested), sum(verdict(c) in ("wins", "loses") for c in tested)
-    tail = sum(math.comb(n, k) * alpha**k * (1 - alpha) ** (n - k) for k in range(hits, n + 1))
+    tail = sum(math.comb(n, k) * ALPHA**k * (1 - ALPHA) ** (n - k) for k in range(hits, n + 1))
     note = (
-        f"**Chance:** p < {alpha:g} in {hits} of the {n} comparisons with a verdict; with no real difference in "
-        f"any of them at most {alpha * n:.2g} are expected"
+        f"**Chance:** p < {ALPHA:g} in {hits} of the {n} comparisons with a verdict; with no real difference in "
+        f"any of them at most {ALPHA * n:.2g} are expected"
     )
     if not hits:
         return note + "."
